@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make demo   -- the main job: `basinscope demo` on built-in data
+#   make test   -- ruff + pytest
+# Each creates (or reuses) the virtual environment in $(VENV), installs torch==2.13.0
+# first (the CPU wheel on these machines; a plain `torch` requirement would pull
+# gigabytes of CUDA packages), then basinscope with the extras it needs.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_VERSION ?= 2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lint format bench clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install "torch==$(TORCH_VERSION)"
+	$(PIP) install -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed-dev
+	$(BIN)/basinscope demo $(ARGS)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/pytest $(ARGS)
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks
+
+format: $(VENV)/.installed-dev
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
+
+bench: $(VENV)/.installed-dev
+	$(BIN)/python benchmarks/bench_surface.py
+
+clean-venv:
+	rm -rf $(VENV)
