@@ -1,0 +1,36 @@
+"""The evaluation engine: metrics at many parameter points, fast, resumable."""
+
+from basinscope.engine.batches import as_batches, unpack_batch
+from basinscope.engine.bn import BN_POLICIES, BatchNormWarning, has_batchnorm, warn_stored_bn
+from basinscope.engine.evaluate import (
+    STRATEGIES,
+    ChunkJournal,
+    EvalJob,
+    EvalResult,
+    Evaluator,
+    LocalExecutor,
+    evaluate_points,
+)
+from basinscope.engine.metrics import BUILTIN_METRICS, Metric, resolve_metrics
+from basinscope.engine.points import PointBasis, chunk_slices
+
+__all__ = [
+    "BN_POLICIES",
+    "BUILTIN_METRICS",
+    "STRATEGIES",
+    "BatchNormWarning",
+    "ChunkJournal",
+    "EvalJob",
+    "EvalResult",
+    "Evaluator",
+    "LocalExecutor",
+    "Metric",
+    "PointBasis",
+    "as_batches",
+    "chunk_slices",
+    "evaluate_points",
+    "has_batchnorm",
+    "resolve_metrics",
+    "unpack_batch",
+    "warn_stored_bn",
+]

@@ -1,0 +1,103 @@
+"""1D landscapes: the line between two models and a random normalized line.
+
+The line between two solutions (Goodfellow et al. 2015; Li et al. 2018, Fig. 2):
+
+.. math::  f(\\alpha) = L((1 - \\alpha)\\theta_A + \\alpha\\theta_B),
+
+evaluated on any grid of :math:`\\alpha`, including extrapolation outside :math:`[0, 1]`
+(Neyshabur et al. 2020 use :math:`[-1, 2]`). A random line around one model is
+:math:`f(\\alpha) = L(\\theta + \\alpha d)` with :math:`d` a normalized random direction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from basinscope.analyses.landscape import Landscape, compute_landscape
+from basinscope.engine import warn_stored_bn
+from basinscope.geometry import direction_between, get_buffers, get_params, random_direction
+
+__all__ = ["interpolate", "random_line"]
+
+
+def _params_and_buffers(m: nn.Module | Mapping[str, Tensor]) -> tuple[dict, dict | None]:
+    if isinstance(m, nn.Module):
+        return get_params(m), get_buffers(m)
+    return {k: v.detach() for k, v in m.items()}, None
+
+
+def interpolate(
+    model_a: nn.Module,
+    model_b: nn.Module | Mapping[str, Tensor],
+    data: Any,
+    *,
+    alphas=None,
+    bn_policy: str = "stored",
+    **kwargs: Any,
+) -> Landscape:
+    """Metrics along :math:`(1 - \\alpha)\\theta_A + \\alpha\\theta_B` (default :math:`\\alpha \\in [-0.5, 1.5]`, 41 points).
+
+    ``model_b`` may be a model of the same architecture or its parameter dict. With
+    ``bn_policy="stored"`` BatchNorm running statistics are interpolated with the same
+    :math:`\\alpha` (and a :class:`~basinscope.engine.BatchNormWarning` says why that can
+    mislead); with ``"recompute"`` they are re-estimated at every point from ``bn_data``.
+    Other keyword arguments go to :func:`~basinscope.analyses.landscape.compute_landscape`.
+    """
+    alphas = np.linspace(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    pa, ba = _params_and_buffers(model_a)
+    pb, bb = _params_and_buffers(model_b)
+    direction = direction_between(pa, pb)
+    buffer_dirs = None
+    if bb is not None and ba:
+        buffer_dirs = [{k: (bb[k] - ba[k]) if ba[k].is_floating_point() else ba[k] * 0 for k in ba}]
+    if bn_policy == "stored":
+        warn_stored_bn(model_a, "interpolation between two solutions")
+    attrs = {"normalization": "none", "direction": "theta_B - theta_A", **kwargs.pop("attrs", {})}
+    return compute_landscape(
+        model_a,
+        pa,
+        [direction],
+        {"alpha": alphas},
+        data,
+        kind="interpolation",
+        attrs=attrs,
+        center_buffers=ba,
+        buffer_directions=buffer_dirs,
+        bn_policy=bn_policy,
+        **kwargs,
+    )
+
+
+def random_line(
+    model: nn.Module,
+    data: Any,
+    *,
+    seed: int = 0,
+    normalization: str = "filter",
+    bias_policy: str = "zero",
+    alphas=None,
+    direction: Mapping[str, Tensor] | None = None,
+    **kwargs: Any,
+) -> Landscape:
+    """Metrics along :math:`\\theta + \\alpha d` for a normalized random direction :math:`d`
+    (default :math:`\\alpha \\in [-1, 1]`, 41 points), or along a given ``direction``."""
+    alphas = np.linspace(-1, 1, 41) if alphas is None else np.asarray(alphas, dtype=np.float64)
+    params = get_params(model)
+    d = (
+        dict(direction)
+        if direction is not None
+        else random_direction(params, seed, normalization, bias_policy)
+    )
+    attrs = {
+        "normalization": normalization if direction is None else "given",
+        "bias_policy": bias_policy,
+        "seed": seed,
+        **kwargs.pop("attrs", {}),
+    }
+    return compute_landscape(
+        model, params, [d], {"alpha": alphas}, data, kind="random_line", attrs=attrs, **kwargs
+    )

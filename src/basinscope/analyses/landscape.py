@@ -1,0 +1,240 @@
+"""What 1D and 2D landscapes share: a grid of coefficients, the engine, the run store.
+
+A landscape is the engine's metric values on a grid :math:`\\theta^* + \\sum_d c_d v_d`,
+returned as a labelled :class:`xarray.Dataset` (coordinates ``alpha`` and, for planes,
+``beta``; one variable ``<split>_<metric>`` per split and metric) with every setting that
+produced the numbers in its attributes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import xarray as xr
+from torch import Tensor, nn
+
+from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, evaluate_points
+from basinscope.engine.metrics import Metric, resolve_metrics
+from basinscope.errors import BasinscopeError
+from basinscope.geometry import ParamDict, get_buffers
+from basinscope.store import RunStore, fingerprint_tensors
+
+__all__ = ["Landscape", "as_splits", "compute_landscape", "grid_coeffs"]
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass(frozen=True)
+class Landscape:
+    """A computed 1D or 2D landscape and how it was computed."""
+
+    dataset: xr.Dataset
+    directions: list[ParamDict]
+    center: ParamDict
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    run_dir: Path | None = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.dataset.attrs.get("kind", ""))
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-ready summary: coordinates, metric arrays, run folder, strategy, speed."""
+        ds = self.dataset
+        out: dict[str, Any] = {
+            "kind": self.kind,
+            "coords": {c: ds[c].values.tolist() for c in ds.dims},
+            "metrics": {v: _jsonable(ds[v].values) for v in ds.data_vars},
+            "attrs": dict(ds.attrs),
+            "run_dir": str(self.run_dir) if self.run_dir else None,
+        }
+        out.update(self.evaluation)
+        return out
+
+
+def _jsonable(a) -> list:
+    """Nested lists for JSON; JSON has no NaN/inf, so non-finite values become "nan"/"inf" strings."""
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim > 1:
+        return [_jsonable(x) for x in a]
+    return [float(x) if np.isfinite(x) else str(float(x)) for x in a]
+
+
+def as_splits(data: Any) -> dict[str, Any]:
+    """``{"train": data}`` unless ``data`` is already a mapping of split name to data."""
+    if (
+        isinstance(data, Mapping)
+        and data
+        and all(isinstance(k, str) for k in data)
+        and not ({"x", "y"} <= set(data) or {"input", "target"} <= set(data))
+    ):
+        return dict(data)
+    return {"train": data}
+
+
+def grid_coeffs(coords: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Row-major (``indexing="ij"``) coefficient matrix for the given axes."""
+    axes = [np.asarray(v, dtype=np.float64) for v in coords.values()]
+    for name, a in zip(coords, axes):
+        if a.ndim != 1 or len(a) == 0:
+            raise BasinscopeError(
+                f"coordinate {name!r} must be a non-empty 1-D array, got shape {a.shape}"
+            )
+    mesh = np.meshgrid(*axes, indexing="ij")
+    return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
+def compute_landscape(
+    model: nn.Module,
+    center: Mapping[str, Tensor],
+    directions: Sequence[Mapping[str, Tensor]],
+    coords: Mapping[str, np.ndarray],
+    data: Any,
+    *,
+    kind: str,
+    attrs: Mapping[str, Any] | None = None,
+    center_buffers: Mapping[str, Tensor] | None = None,
+    buffer_directions: Sequence[Mapping[str, Tensor]] | None = None,
+    metrics: Sequence[str | Metric | Callable] = ("loss", "accuracy"),
+    bn_policy: str = "stored",
+    bn_data: Any = None,
+    bn_batches: int = 10,
+    batch_size: int = 1024,
+    dtype: str = "float32",
+    device: str = "cpu",
+    chunk_size: int = 64,
+    strategy: str = "auto",
+    run_dir: str | Path | None = None,
+    spec: Mapping[str, Any] | None = None,
+    extra_tensors: Mapping[str, Mapping[str, Tensor]] | None = None,
+    executor: LocalExecutor | None = None,
+    progress: bool = False,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> Landscape:
+    """Evaluate ``metrics`` on the grid ``center + sum_d coords_d * directions_d``.
+
+    With ``run_dir`` the run is stored there (and resumed if interrupted); a finished run
+    with the same identity is loaded instead of recomputed.
+    """
+    if dtype not in DTYPES:
+        raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if len(directions) != len(coords):
+        raise ValueError(f"{len(directions)} directions but {len(coords)} coordinates")
+    torch_dtype = DTYPES[dtype]
+    splits = {
+        name: as_batches(d, batch_size=batch_size, device="cpu")
+        for name, d in as_splits(data).items()
+    }
+    bn_list = as_batches(bn_data, batch_size=128, device="cpu") if bn_data is not None else None
+    buffers = dict(center_buffers) if center_buffers is not None else get_buffers(model)
+    basis = PointBasis(
+        origin={k: v.detach() for k, v in center.items()},
+        basis=tuple({k: v.detach() for k, v in d.items()} for d in directions),
+        buffers={k: v.detach() for k, v in buffers.items()},
+        buffer_basis=tuple(buffer_directions) if buffer_directions is not None else None,
+    )
+    metric_objs = resolve_metrics(metrics)
+    job = EvalJob(
+        model=model,
+        basis=basis,
+        datasets=splits,
+        metrics=tuple(metric_objs),
+        batch_size=batch_size,
+        dtype=torch_dtype,
+        device=device,
+        bn_policy=bn_policy,
+        bn_data=bn_list,
+        bn_batches=bn_batches,
+        strategy=strategy,
+    )
+    coeffs = grid_coeffs(coords)
+    all_attrs = {
+        "kind": kind,
+        "bn_policy": bn_policy,
+        "bn_batches": bn_batches if bn_policy == "recompute" else 0,
+        "dtype": dtype,
+        **{f"metric_{m.name}": m.definition for m in metric_objs},
+        **{f"n_{s}": sum(len(y) for _, y in b) for s, b in splits.items()},
+        **(attrs or {}),
+    }
+    store = None
+    if run_dir is not None:
+        full_spec = {
+            "kind": kind,
+            "coords": {k: np.asarray(v, dtype=np.float64).tolist() for k, v in coords.items()},
+            "metrics": [m.name for m in metric_objs],
+            "bn_policy": bn_policy,
+            "bn_batches": bn_batches,
+            "batch_size": batch_size,
+            "dtype": dtype,
+            "chunk_size": chunk_size,
+            "strategy": strategy,
+            "attrs": dict(attrs or {}),
+            **(spec or {}),
+        }
+        fps = {
+            "center": fingerprint_tensors(
+                {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
+            ),
+            "directions": fingerprint_tensors([fingerprint_tensors(d) for d in basis.basis]),
+            "data": {s: fingerprint_tensors(b) for s, b in splits.items()},
+        }
+        if bn_list is not None and bn_policy == "recompute":
+            fps["bn_data"] = fingerprint_tensors(bn_list)
+        store = RunStore.open(run_dir, "landscape", full_spec, fps)
+        if store.manifest.get("status") == "complete" and (store.path / "results.zarr").exists():
+            return Landscape(
+                store.read_results(),
+                list(basis.basis),
+                basis.origin,
+                dict(store.manifest.get("evaluation", {})),
+                store.path,
+            )
+        store.save_tensors(
+            "directions", {f"d{i}/{k}": v for i, d in enumerate(basis.basis) for k, v in d.items()}
+        )
+        store.save_tensors(
+            "center", {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
+        )
+        for name, t in (extra_tensors or {}).items():
+            store.save_tensors(name, t)
+    journal = store.journal(len(coeffs), chunk_size) if store is not None else None
+    t0 = time.perf_counter()
+    result = evaluate_points(
+        job,
+        coeffs,
+        chunk_size=chunk_size,
+        executor=executor,
+        journal=journal,
+        progress=progress,
+        on_chunk=on_chunk,
+    )
+    shape = tuple(len(np.asarray(v)) for v in coords.values())
+    ds = xr.Dataset(
+        {name: (tuple(coords), v.reshape(shape)) for name, v in result.values.items()},
+        coords={k: np.asarray(v, dtype=np.float64) for k, v in coords.items()},
+        attrs={**all_attrs, "strategy": result.strategy, "chunk_size": chunk_size},
+    )
+    evaluation = {
+        "strategy": result.strategy,
+        "trial": result.trial,
+        "chunk_size": chunk_size,
+        "points": len(coeffs),
+        "points_evaluated": result.points_evaluated,
+        "seconds": round(time.perf_counter() - t0, 4),
+        "points_per_second": result.points_per_second,
+        "nonfinite": result.nonfinite,
+        "executor": (executor or LocalExecutor()).name,
+    }
+    if store is not None:
+        store.write_results(ds)
+        store.update_manifest(
+            status="complete", evaluation={**store.manifest.get("evaluation", {}), **evaluation}
+        )
+    return Landscape(ds, list(basis.basis), basis.origin, evaluation, store.path if store else None)

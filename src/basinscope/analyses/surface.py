@@ -1,0 +1,216 @@
+"""2D landscapes: :math:`f(\\alpha, \\beta) = L(\\theta^* + \\alpha\\delta + \\beta\\eta)` (Li et al. 2018).
+
+Three ways to choose the plane:
+
+* ``random_surface``: two seeded Gaussian directions, normalized (filter-wise by default),
+* ``pca_surface``: the top two principal directions of a training trajectory, centred at
+  its final point (Li et al. 2018, Sec. 7), with the trajectory projected onto the plane,
+* ``plane_surface``: the plane through three models (Garipov et al. 2018).
+
+``project_trajectory`` gives any trajectory's coordinates in a plane and each point's
+distance from it, so fine-tuning paths can be drawn on a surface honestly (a point far
+from the plane is not where the contour says it is).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import Tensor, nn
+
+from basinscope.analyses.landscape import Landscape, compute_landscape
+from basinscope.errors import BasinscopeError
+from basinscope.geometry import (
+    check_directions_fit,
+    get_params,
+    pca_directions,
+    plane_through,
+    project_onto_plane,
+    random_directions,
+)
+
+__all__ = [
+    "TrajectoryProjection",
+    "pca_surface",
+    "plane_surface",
+    "project_trajectory",
+    "random_surface",
+]
+
+
+def _default_axis(values, n: int = 21) -> np.ndarray:
+    return np.linspace(-1, 1, n) if values is None else np.asarray(values, dtype=np.float64)
+
+
+def random_surface(
+    model: nn.Module,
+    data: Any,
+    *,
+    seed: int = 0,
+    normalization: str = "filter",
+    bias_policy: str = "zero",
+    orthogonal: bool = False,
+    directions: Sequence[Mapping[str, Tensor]] | None = None,
+    alphas=None,
+    betas=None,
+    **kwargs: Any,
+) -> Landscape:
+    """The plane around ``model`` through two normalized random directions (or given ones)."""
+    params = get_params(model)
+    if directions is not None:
+        if len(directions) != 2:
+            raise BasinscopeError(f"a surface needs exactly 2 directions, got {len(directions)}")
+        check_directions_fit(directions, params)
+        dirs = [dict(d) for d in directions]
+        how = "given"
+    else:
+        dirs = random_directions(params, seed, 2, normalization, bias_policy, orthogonal)
+        how = "random"
+    attrs = {
+        "directions": how,
+        "normalization": normalization if how == "random" else "given",
+        "bias_policy": bias_policy,
+        "seed": seed,
+        "orthogonal": int(orthogonal),
+        **kwargs.pop("attrs", {}),
+    }
+    coords = {"alpha": _default_axis(alphas), "beta": _default_axis(betas)}
+    return compute_landscape(
+        model, params, dirs, coords, data, kind="surface", attrs=attrs, **kwargs
+    )
+
+
+@dataclass(frozen=True)
+class TrajectoryProjection:
+    """A trajectory in a plane: coordinates, distance from the plane, steps, label."""
+
+    label: str
+    steps: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    distance: np.ndarray
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "label": self.label,
+            "steps": self.steps.tolist(),
+            "alpha": self.alpha.tolist(),
+            "beta": self.beta.tolist(),
+            "distance": self.distance.tolist(),
+        }
+
+
+def project_trajectory(
+    landscape: Landscape,
+    checkpoints: Mapping[int, Mapping[str, Tensor]] | Sequence[Mapping[str, Tensor]],
+    label: str = "trajectory",
+) -> TrajectoryProjection:
+    """Coordinates of ``checkpoints`` in ``landscape``'s plane (least squares) and distances."""
+    if len(landscape.directions) != 2:
+        raise BasinscopeError("trajectories can only be projected onto a 2D surface")
+    if isinstance(checkpoints, Mapping):
+        steps = np.array(sorted(checkpoints), dtype=np.int64)
+        pts = [checkpoints[int(s)] for s in steps]
+    else:
+        pts = list(checkpoints)
+        steps = np.arange(len(pts))
+    keys = landscape.center.keys()
+    pts = [{k: p[k] for k in keys} for p in pts]
+    proj = project_onto_plane(
+        pts, landscape.center, landscape.directions[0], landscape.directions[1]
+    )
+    return TrajectoryProjection(label, steps, proj.alpha, proj.beta, proj.distance)
+
+
+def pca_surface(
+    model: nn.Module,
+    trajectory: Mapping[int, Mapping[str, Tensor]] | Sequence[Mapping[str, Tensor]],
+    data: Any,
+    *,
+    alphas=None,
+    betas=None,
+    n: int = 21,
+    margin: float = 0.2,
+    **kwargs: Any,
+) -> tuple[Landscape, TrajectoryProjection]:
+    """The plane of the top two PCA directions of ``trajectory``, centred at ``model``.
+
+    ``model`` should hold the trajectory's final point. The PCA directions are unit vectors,
+    so the coordinates are distances in parameter space; by default the grid covers the
+    projected trajectory with a ``margin`` on each side.
+    """
+    params = get_params(model)
+    pts = (
+        [trajectory[k] for k in sorted(trajectory)]
+        if isinstance(trajectory, Mapping)
+        else list(trajectory)
+    )
+    pts = [{k: p[k] for k in params} for p in pts]
+    pca = pca_directions(pts, 2, center=params)
+    proj = project_onto_plane(pts, params, pca.directions[0], pca.directions[1])
+
+    def axis(v, given):
+        if given is not None:
+            return np.asarray(given, dtype=np.float64)
+        lo, hi = min(v.min(), 0.0), max(v.max(), 0.0)
+        span = max(hi - lo, 1e-8)
+        return np.linspace(lo - margin * span, hi + margin * span, n)
+
+    attrs = {
+        "directions": "pca",
+        "normalization": "none (unit PCA components)",
+        "explained_variance_ratio": [float(x) for x in pca.explained_variance_ratio],
+        **kwargs.pop("attrs", {}),
+    }
+    coords = {"alpha": axis(proj.alpha, alphas), "beta": axis(proj.beta, betas)}
+    land = compute_landscape(
+        model, params, pca.directions, coords, data, kind="pca_surface", attrs=attrs, **kwargs
+    )
+    steps = (
+        np.array(sorted(trajectory), dtype=np.int64)
+        if isinstance(trajectory, Mapping)
+        else np.arange(len(pts))
+    )
+    return land, TrajectoryProjection("trajectory", steps, proj.alpha, proj.beta, proj.distance)
+
+
+def plane_surface(
+    model_a: nn.Module,
+    model_b: nn.Module | Mapping[str, Tensor],
+    model_c: nn.Module | Mapping[str, Tensor],
+    data: Any,
+    *,
+    orthogonal: bool = True,
+    alphas=None,
+    betas=None,
+    n: int = 21,
+    margin: float = 0.25,
+    **kwargs: Any,
+) -> tuple[Landscape, np.ndarray]:
+    """The plane through three models, centred at ``model_a``; returns it and the models' (3, 2) coordinates."""
+    pa = get_params(model_a)
+    pb = get_params(model_b) if isinstance(model_b, nn.Module) else dict(model_b)
+    pc = get_params(model_c) if isinstance(model_c, nn.Module) else dict(model_c)
+    dirs, pos = plane_through(pa, pb, pc, orthogonal)
+
+    def axis(v, given):
+        if given is not None:
+            return np.asarray(given, dtype=np.float64)
+        lo, hi = v.min(), v.max()
+        span = hi - lo
+        return np.linspace(lo - margin * span, hi + margin * span, n)
+
+    coords = {"alpha": axis(pos[:, 0], alphas), "beta": axis(pos[:, 1], betas)}
+    attrs = {
+        "directions": "plane through three models",
+        "normalization": "orthonormal" if orthogonal else "none",
+        "model_coords": pos.reshape(-1).tolist(),
+        **kwargs.pop("attrs", {}),
+    }
+    land = compute_landscape(
+        model_a, pa, dirs, coords, data, kind="plane_surface", attrs=attrs, **kwargs
+    )
+    return land, pos

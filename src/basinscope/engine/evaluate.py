@@ -1,0 +1,358 @@
+"""The evaluation engine: metrics at many parameter points over a whole dataset.
+
+For every chunk of ``K`` points the engine reads each data batch once and evaluates all
+``K`` points on it, either
+
+``vmap``  with :func:`torch.func.functional_call` vectorized over the stacked parameters
+          of the chunk (one big matmul per layer: fast for MLPs), or
+``loop``  with a tight loop of ``functional_call`` over the points (no model copies, no
+          state-dict loads: fast for convolutions, which ``vmap`` turns into grouped
+          convolutions that are slow on CPUs).
+
+``strategy="auto"`` times both on a trial chunk and keeps the faster; the choice and the
+timings are recorded in the result. The caller's model is never touched: the engine works
+on a private copy. Non-finite values are recorded as they are.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, vmap
+
+from basinscope.engine.batches import Batches, as_batches
+from basinscope.engine.bn import BN_POLICIES, has_batchnorm
+from basinscope.engine.metrics import Metric, batch_values, resolve_metrics
+from basinscope.engine.points import PointBasis, as_coeff_matrix, chunk_slices, points_dict
+from basinscope.errors import BasinscopeError
+
+__all__ = [
+    "STRATEGIES",
+    "ChunkJournal",
+    "EvalJob",
+    "EvalResult",
+    "Evaluator",
+    "LocalExecutor",
+    "evaluate_points",
+]
+
+STRATEGIES = ("auto", "vmap", "loop")
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    """Everything a worker needs to evaluate chunks of points (the unit shipped to executors)."""
+
+    model: nn.Module
+    basis: PointBasis
+    datasets: Mapping[str, Any]
+    metrics: Sequence[str | Metric | Callable] = ("loss", "accuracy")
+    batch_size: int = 1024
+    dtype: torch.dtype = torch.float32
+    device: str = "cpu"
+    bn_policy: str = "stored"
+    bn_data: Any = None
+    bn_batches: int = 10
+    bn_batch_size: int = 128
+    strategy: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.bn_policy not in BN_POLICIES:
+            raise BasinscopeError(
+                f"unknown BatchNorm policy {self.bn_policy!r}: expected one of {', '.join(BN_POLICIES)}"
+            )
+        if self.strategy not in STRATEGIES:
+            raise BasinscopeError(
+                f"unknown strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}"
+            )
+        if self.bn_policy == "recompute" and has_batchnorm(self.model) and self.bn_data is None:
+            raise BasinscopeError(
+                "bn_policy='recompute' needs bn_data: the training data to re-estimate statistics from"
+            )
+        if not self.datasets:
+            raise BasinscopeError(
+                "no datasets given: pass at least one split, e.g. {'train': data}"
+            )
+
+    def build(self) -> Evaluator:
+        return Evaluator(self)
+
+
+class Evaluator:
+    """A worker's state: private model copy, data batches and basis on the device."""
+
+    def __init__(self, job: EvalJob):
+        self.job = job
+        self.device = torch.device(job.device)
+        self.dtype = job.dtype
+        model = copy.deepcopy(job.model).to(device=self.device, dtype=self.dtype)
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model
+        self.metrics = resolve_metrics(job.metrics)
+        self.splits = {
+            name: as_batches(data, batch_size=job.batch_size, device=self.device, dtype=self.dtype)
+            for name, data in job.datasets.items()
+        }
+        self.recompute_bn = job.bn_policy == "recompute" and has_batchnorm(model)
+        self.bn_modules = [
+            m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        ]
+        self.bn_batches: Batches = []
+        if self.recompute_bn:
+            bn_all = as_batches(
+                job.bn_data, batch_size=job.bn_batch_size, device=self.device, dtype=self.dtype
+            )
+            self.bn_batches = bn_all[: job.bn_batches]
+        self.buffers = {k: v.detach().to(self.device) for k, v in job.basis.buffers.items()}
+        if not self.buffers:
+            self.buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
+        else:
+            self.buffers = {
+                k: (v.to(self.dtype) if v.is_floating_point() else v)
+                for k, v in self.buffers.items()
+            }
+        self.strategy = job.strategy if job.strategy != "auto" else None
+        self.trial: dict[str, Any] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return [f"{s}_{m.name}" for s in self.splits for m in self.metrics]
+
+    # -- strategy -----------------------------------------------------------------
+    def choose_strategy(self, trial_coeffs: np.ndarray) -> str:
+        """Time ``vmap`` and ``loop`` on a trial chunk over the first batch; keep the faster."""
+        if self.strategy is not None:
+            return self.strategy
+        c = torch.as_tensor(trial_coeffs, dtype=torch.float64)
+        first = next(iter(self.splits))
+        batches = self.splits[first][:1]
+        timings: dict[str, float] = {}
+        for name in ("vmap", "loop"):
+            try:
+                self._run(c, {first: batches}, name)  # warm-up
+                t0 = time.perf_counter()
+                self._run(c, {first: batches}, name)
+                timings[name] = time.perf_counter() - t0
+            except Exception as e:  # vmap can fail on exotic modules; the loop always works
+                self.trial[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+        if not timings:
+            raise RuntimeError(f"neither evaluation strategy works for this model: {self.trial}")
+        self.strategy = min(timings, key=timings.get)
+        self.trial.update({f"{k}_seconds": v for k, v in timings.items()})
+        self.trial["trial_points"] = int(c.shape[0])
+        return self.strategy
+
+    # -- evaluation -----------------------------------------------------------------
+    def evaluate_chunk(self, coeffs: np.ndarray) -> dict[str, np.ndarray]:
+        """Metric values (float64 arrays of length K) for a chunk of K coefficient rows."""
+        if self.strategy is None:
+            self.choose_strategy(coeffs)
+        c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
+        return self._run(c, self.splits, self.strategy)
+
+    @torch.no_grad()
+    def _run(
+        self, c: Tensor, splits: Mapping[str, Batches], strategy: str
+    ) -> dict[str, np.ndarray]:
+        params, moving = self.job.basis.stacked(c, self.dtype, self.device)
+        k = c.shape[0]
+        if self.recompute_bn:
+            bufs = self._recompute_stats(params, moving, k, strategy)
+        else:
+            bufs = moving
+        out: dict[str, np.ndarray] = {}
+        for split, batches in splits.items():
+            sums = torch.zeros(len(self.metrics), k, dtype=torch.float64)
+            n = 0
+            for x, y in batches:
+                n += y.shape[0]
+                if strategy == "vmap":
+                    outs = self._forward_vmap(params, bufs, x)
+                    for j, m in enumerate(self.metrics):
+                        sums[j] += self._metric_stacked(m, outs, y).cpu()
+                else:
+                    for i in range(k):
+                        o = self._forward_one(params, bufs, i, x)
+                        for j, m in enumerate(self.metrics):
+                            sums[j, i] += batch_values(m, o, y).cpu()
+            for j, m in enumerate(self.metrics):
+                out[f"{split}_{m.name}"] = (sums[j] / n).numpy()
+        return out
+
+    def _forward_one(self, params, bufs, i: int, x: Tensor) -> Tensor:
+        b = points_dict(bufs, i) if bufs is not None else self.buffers
+        return functional_call(self.model, (points_dict(params, i), b), (x,))
+
+    def _forward_vmap(self, params, bufs, x: Tensor) -> Tensor:
+        def f(p, b):
+            return functional_call(self.model, (p, b), (x,))
+
+        if bufs is None:
+            return vmap(lambda p: f(p, self.buffers))(params)
+        return vmap(f)(params, bufs)
+
+    @staticmethod
+    def _metric_stacked(m: Metric, outs: Tensor, y: Tensor) -> Tensor:
+        k, b = outs.shape[0], outs.shape[1]
+        if m.per_example:
+            yy = y.unsqueeze(0).expand(k, *y.shape).reshape(k * b, *y.shape[1:])
+            v = m.fn(outs.reshape(k * b, *outs.shape[2:]), yy).reshape(k, b)
+            return v.sum(dim=1, dtype=torch.float64)
+        return torch.stack([m.fn(outs[i], y).double() * b for i in range(k)])
+
+    def _recompute_stats(self, params, moving, k: int, strategy: str) -> dict[str, Tensor]:
+        """Per-point BatchNorm statistics: cumulative average over the BN batches."""
+        base = (
+            moving
+            if moving is not None
+            else {name: v.expand(k, *v.shape).clone() for name, v in self.buffers.items()}
+        )
+        bufs = {name: v.clone() for name, v in base.items()}
+        for name, v in bufs.items():
+            if name.endswith("running_mean") or name.endswith("num_batches_tracked"):
+                v.zero_()
+            elif name.endswith("running_var"):
+                v.fill_(1)
+        for m in self.bn_modules:
+            m.train()
+        try:
+            for t, (x, _) in enumerate(self.bn_batches, start=1):
+                for m in self.bn_modules:
+                    m.momentum = 1.0 / t  # cumulative average, as momentum=None
+                if strategy == "vmap":
+                    vmap(lambda p, b, x=x: functional_call(self.model, (p, b), (x,)))(params, bufs)
+                else:
+                    for i in range(k):
+                        functional_call(
+                            self.model, (points_dict(params, i), points_dict(bufs, i)), (x,)
+                        )
+        finally:
+            for m in self.bn_modules:
+                m.eval()
+        return bufs
+
+
+class ChunkJournal(Protocol):
+    """Where finished chunks go (a run store); lets an interrupted evaluation resume."""
+
+    def done_chunks(self) -> set[int]: ...
+    def write_chunk(self, index: int, rows: slice, values: Mapping[str, np.ndarray]) -> None: ...
+    def read_values(self) -> dict[str, np.ndarray]: ...
+    def recorded_strategy(self) -> dict[str, Any] | None: ...
+    def record_strategy(self, info: Mapping[str, Any]) -> None: ...
+
+
+class LocalExecutor:
+    """Runs chunks in this process, in order. A Ray executor implements the same method."""
+
+    name = "local"
+
+    def run(
+        self, evaluator: Evaluator, tasks: Iterable[tuple[int, np.ndarray]]
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        for index, coeffs in tasks:
+            yield index, evaluator.evaluate_chunk(coeffs)
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """Metric values at every point, with how they were computed."""
+
+    values: dict[str, np.ndarray]
+    coeffs: np.ndarray
+    strategy: str
+    trial: dict[str, Any]
+    chunk_size: int
+    seconds: float
+    points_evaluated: int
+    nonfinite: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def points_per_second(self) -> float:
+        return self.points_evaluated / self.seconds if self.seconds > 0 else float("nan")
+
+
+def evaluate_points(
+    job: EvalJob,
+    coeffs,
+    *,
+    chunk_size: int = 64,
+    executor: LocalExecutor | None = None,
+    journal: ChunkJournal | None = None,
+    progress: bool = False,
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> EvalResult:
+    """Evaluate ``job``'s metrics at every row of ``coeffs`` (shape ``(P, dim)``).
+
+    With a ``journal`` (a run store), finished chunks are written as they complete and
+    chunks already in the journal are skipped, so an interrupted run resumes at the first
+    unfinished chunk; the strategy recorded by the first run is reused so the numbers are
+    bit-for-bit those of an uninterrupted run.
+    """
+    c = as_coeff_matrix(coeffs, job.basis.dim)
+    slices = chunk_slices(len(c), chunk_size)
+    evaluator = job.build()
+    recorded = journal.recorded_strategy() if journal is not None else None
+    if recorded:
+        evaluator.strategy = recorded["strategy"]
+        evaluator.trial = dict(recorded.get("trial", {}))
+    else:
+        evaluator.choose_strategy(c[slices[0]])
+        if journal is not None:
+            journal.record_strategy({"strategy": evaluator.strategy, "trial": evaluator.trial})
+    done = journal.done_chunks() if journal is not None else set()
+    values = {name: np.full(len(c), np.nan) for name in evaluator.names}
+    if journal is not None and done:
+        for name, arr in journal.read_values().items():
+            values[name] = np.array(arr, dtype=np.float64)
+    todo = [(i, c[s]) for i, s in enumerate(slices) if i not in done]
+    bar = _progress(len(slices), len(done), progress)
+    executor = executor or LocalExecutor()
+    t0 = time.perf_counter()
+    evaluated = 0
+    try:
+        for i, chunk_values in executor.run(evaluator, todo):
+            s = slices[i]
+            for name, v in chunk_values.items():
+                values[name][s] = v
+            if journal is not None:
+                journal.write_chunk(i, s, chunk_values)
+            evaluated += s.stop - s.start
+            if bar is not None:
+                bar.update(1)
+            if on_chunk is not None:
+                on_chunk(i, len(slices))
+    finally:
+        if bar is not None:
+            bar.close()
+    seconds = time.perf_counter() - t0
+    nonfinite = {
+        k: int((~np.isfinite(v)).sum()) for k, v in values.items() if (~np.isfinite(v)).any()
+    }
+    return EvalResult(
+        values=values,
+        coeffs=c,
+        strategy=evaluator.strategy,
+        trial=evaluator.trial,
+        chunk_size=chunk_size,
+        seconds=seconds,
+        points_evaluated=evaluated,
+        nonfinite=nonfinite,
+    )
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="chunks", unit="chunk", leave=False)

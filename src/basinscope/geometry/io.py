@@ -1,0 +1,96 @@
+"""Directions on disk as safetensors, so one plane can be reused across models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from basinscope.errors import BasinscopeError
+from basinscope.geometry.params import ParamDict
+
+__all__ = ["check_directions_fit", "load_directions", "save_directions"]
+
+
+def save_directions(
+    path: str | Path,
+    directions: Sequence[Mapping[str, Tensor]],
+    metadata: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write directions as ``d0/<param name>``, ``d1/<param name>``, ... with JSON metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"d{i}/{k}": v.detach().contiguous().cpu().clone()
+        for i, d in enumerate(directions)
+        for k, v in d.items()
+    }
+    meta = {"basinscope": json.dumps({"n_directions": len(directions), **(metadata or {})})}
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_directions(path: str | Path) -> tuple[list[ParamDict], dict[str, Any]]:
+    """Read directions written by :func:`save_directions`; returns (directions, metadata)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise BasinscopeError(
+            f"directions file {str(path)!r} does not exist; pass a .safetensors file written by basinscope"
+        )
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta_raw = (f.metadata() or {}).get("basinscope")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:
+        raise BasinscopeError(
+            f"could not read directions file {str(path)!r} ({type(e).__name__}: {e}); "
+            "expected a .safetensors file written by `basinscope surface` or save_directions()"
+        ) from None
+    if meta_raw is None:
+        raise BasinscopeError(
+            f"{str(path)!r} is a safetensors file but not a basinscope directions file "
+            "(no 'basinscope' metadata); write it with basinscope.geometry.save_directions()"
+        )
+    meta = json.loads(meta_raw)
+    n = int(meta["n_directions"])
+    dirs: list[ParamDict] = [{} for _ in range(n)]
+    for key, t in tensors.items():
+        head, name = key.split("/", 1)
+        dirs[int(head[1:])][name] = t
+    return dirs, meta
+
+
+def check_directions_fit(
+    directions: Sequence[Mapping[str, Tensor]],
+    params: Mapping[str, Tensor],
+    source: str = "directions",
+) -> None:
+    """Raise a clear error if the directions' keys or shapes do not match the model."""
+    for i, d in enumerate(directions):
+        missing = [k for k in params if k not in d]
+        extra = [k for k in d if k not in params]
+        shapes = [
+            f"{k}: {tuple(d[k].shape)} vs model {tuple(params[k].shape)}"
+            for k in params
+            if k in d and d[k].shape != params[k].shape
+        ]
+        if missing or extra or shapes:
+            parts = []
+            if missing:
+                parts.append(f"missing {len(missing)} parameters {missing[:5]}")
+            if extra:
+                parts.append(f"{len(extra)} parameters the model lacks {extra[:5]}")
+            if shapes:
+                parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
+            raise BasinscopeError(
+                f"{source}: direction {i} does not fit the model: " + "; ".join(parts) + ". "
+                "Directions must be made for the same architecture; recreate them for this model "
+                "(drop --directions) or pass the matching --model/--model-kwargs."
+            )

@@ -1,0 +1,287 @@
+"""Run folders: a manifest, a resumable journal of finished chunks, results, tensors, figures.
+
+Layout of a run folder::
+
+    manifest.json        the full spec, fingerprints, versions, evaluation strategy, status
+    journal/             per-point metric arrays (Zarr), written chunk by chunk, and a
+                         ``done`` mask; this is what an interrupted run resumes from
+    results.zarr         the labelled xarray Dataset (coordinates alpha/beta, one variable
+                         per metric and split), written when the run completes
+    tensors/*.safetensors  directions, centers, trajectories
+    figures/             PNG/PDF/HTML/VTP figures
+
+A run's *identity* is its spec plus the fingerprints of its model, data and directions.
+Opening an existing folder with a different identity is refused with a message that
+names the differing settings, so results of two different runs are never mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from basinscope.errors import BasinscopeError, SpecMismatchError
+
+__all__ = ["RunStore", "fingerprint_tensors", "versions"]
+
+MANIFEST = "manifest.json"
+
+
+def versions() -> dict[str, str]:
+    import basinscope
+
+    return {
+        "basinscope": basinscope.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def fingerprint_tensors(tensors: Mapping[str, Tensor] | list) -> str:
+    """sha256 (first 16 hex digits) of names, shapes, dtypes and raw bytes of tensors.
+
+    Accepts a dict or a list whose items are tensors, nested lists/tuples of tensors
+    (e.g. ``(x, y)`` batches) or strings (e.g. other fingerprints).
+    """
+    h = hashlib.sha256()
+    items = tensors.items() if isinstance(tensors, Mapping) else enumerate(tensors)
+    for k, v in items:
+        if isinstance(v, (tuple, list)):
+            h.update(fingerprint_tensors(list(v)).encode())
+            continue
+        if isinstance(v, str):
+            h.update(f"{k}|{v}|".encode())
+            continue
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _canonical(obj: Any) -> Any:
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if k not in a:
+                out.append(f"{key}: (absent) -> {b[k]!r}")
+            elif k not in b:
+                out.append(f"{key}: {a[k]!r} -> (absent)")
+            else:
+                out.extend(_diff(a[k], b[k], key))
+        return out
+    return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
+
+
+class RunStore:
+    """A run folder. ``RunStore.open(path, identity)`` creates it or reopens it to resume."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], resumed: bool):
+        self.path = path
+        self.manifest = manifest
+        self.resumed = resumed
+
+    # -- opening -------------------------------------------------------------------
+    @classmethod
+    def open(
+        cls, path: str | Path, kind: str, spec: Mapping[str, Any], fingerprints: Mapping[str, Any]
+    ) -> RunStore:
+        path = Path(path)
+        identity = _canonical({"kind": kind, "spec": spec, "fingerprints": fingerprints})
+        mpath = path / MANIFEST
+        if mpath.is_file():
+            try:
+                manifest = json.loads(mpath.read_text())
+            except (OSError, json.JSONDecodeError) as e:
+                raise BasinscopeError(
+                    f"{mpath} exists but is not readable JSON ({e}); choose another --out folder or remove it"
+                ) from None
+            old = {k: manifest.get(k) for k in ("kind", "spec", "fingerprints")}
+            if old != identity:
+                diffs = _diff(old, identity)
+                shown = "\n  ".join(diffs[:10]) + ("\n  ..." if len(diffs) > 10 else "")
+                raise SpecMismatchError(
+                    f"{path} already holds a different run ({len(diffs)} settings differ):\n  {shown}\n"
+                    "To resume it, repeat the original command; for a new run pass another --out folder "
+                    "(or delete this one)."
+                )
+            manifest["resumed_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            store = cls(path, manifest, resumed=True)
+            store._write_manifest()
+            return store
+        if path.exists() and any(path.iterdir()):
+            raise BasinscopeError(
+                f"{path} exists, is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
+                "Pass an empty or new --out folder."
+            )
+        path.mkdir(parents=True, exist_ok=True)
+        manifest = {
+            **identity,
+            "versions": versions(),
+            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": "running",
+        }
+        store = cls(path, manifest, resumed=False)
+        store._write_manifest()
+        return store
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunStore:
+        """Open an existing run folder read-only (for plotting and reports)."""
+        path = Path(path)
+        mpath = path / MANIFEST
+        if not mpath.is_file():
+            raise BasinscopeError(f"{path} is not a basinscope run folder: it has no {MANIFEST}")
+        return cls(path, json.loads(mpath.read_text()), resumed=True)
+
+    def _write_manifest(self) -> None:
+        tmp = self.path / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
+        os.replace(tmp, self.path / MANIFEST)
+
+    def update_manifest(self, **fields: Any) -> None:
+        self.manifest.update(_canonical(fields))
+        self._write_manifest()
+
+    @property
+    def kind(self) -> str:
+        return self.manifest["kind"]
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.manifest["spec"]
+
+    # -- journal (the engine's ChunkJournal protocol) -------------------------------
+    def journal(self, n_points: int, chunk_size: int, names: list[str] | None = None) -> Journal:
+        return Journal(self, n_points, chunk_size)
+
+    # -- tensors, results, figures --------------------------------------------------
+    def save_tensors(
+        self, name: str, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
+    ) -> Path:
+        from safetensors.torch import save_file
+
+        p = self.path / "tensors" / f"{name}.safetensors"
+        p.parent.mkdir(exist_ok=True)
+        save_file(
+            {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()},
+            str(p),
+            metadata=dict(metadata or {}),
+        )
+        return p
+
+    def load_tensors(self, name: str) -> dict[str, Tensor]:
+        from safetensors.torch import load_file
+
+        p = self.path / "tensors" / f"{name}.safetensors"
+        if not p.is_file():
+            raise BasinscopeError(f"{self.path} has no tensors named {name!r}")
+        return load_file(str(p))
+
+    def write_results(self, ds) -> Path:
+        p = self.path / "results.zarr"
+        ds.to_zarr(p, mode="w", consolidated=False)
+        return p
+
+    def read_results(self):
+        import xarray as xr
+
+        p = self.path / "results.zarr"
+        if not p.exists():
+            raise BasinscopeError(
+                f"{self.path} has no results yet (status: {self.manifest.get('status')}); "
+                "run the original command again to finish it"
+            )
+        return xr.open_zarr(p, consolidated=False).load()
+
+    @property
+    def figures(self) -> Path:
+        p = self.path / "figures"
+        p.mkdir(exist_ok=True)
+        return p
+
+
+class Journal:
+    """Per-point arrays written one chunk at a time; a chunk counts once its ``done`` flag is set."""
+
+    def __init__(self, store: RunStore, n_points: int, chunk_size: int):
+        self.store = store
+        self.root = store.path / "journal"
+        self.n_points = n_points
+        self.chunk_size = chunk_size
+        self.n_chunks = -(-n_points // chunk_size)
+
+    def _array(self, name: str, *, dtype, fill, chunks: int, shape: int, create: bool):
+        import zarr
+
+        p = self.root / name
+        if not create and not p.exists():
+            return None
+        return zarr.open_array(
+            str(p), mode="a", shape=(shape,), chunks=(chunks,), dtype=dtype, fill_value=fill
+        )
+
+    def done_chunks(self) -> set[int]:
+        done = self._array(
+            "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=False
+        )
+        if done is None:
+            return set()
+        return {int(i) for i in np.flatnonzero(done[:])}
+
+    def write_chunk(self, index: int, rows: slice, values: Mapping[str, np.ndarray]) -> None:
+        for name, v in values.items():
+            arr = self._array(
+                f"values/{name}",
+                dtype="float64",
+                fill=np.nan,
+                chunks=self.chunk_size,
+                shape=self.n_points,
+                create=True,
+            )
+            arr[rows] = np.asarray(v, dtype=np.float64)
+        done = self._array(
+            "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=True
+        )
+        done[index] = True
+
+    def read_values(self) -> dict[str, np.ndarray]:
+        base = self.root / "values"
+        if not base.exists():
+            return {}
+        out = {}
+        for p in sorted(base.iterdir()):
+            if p.is_dir():
+                arr = self._array(
+                    f"values/{p.name}",
+                    dtype="float64",
+                    fill=np.nan,
+                    chunks=self.chunk_size,
+                    shape=self.n_points,
+                    create=False,
+                )
+                out[p.name] = arr[:]
+        return out
+
+    def recorded_strategy(self) -> dict[str, Any] | None:
+        return self.store.manifest.get("evaluation")
+
+    def record_strategy(self, info: Mapping[str, Any]) -> None:
+        self.store.update_manifest(evaluation={**info, "chunk_size": self.chunk_size})
