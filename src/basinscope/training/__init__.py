@@ -1,0 +1,25 @@
+"""Training that records trajectories: configs, schedules, the trainer, trajectory files.
+
+The entry point is :func:`train`, a plain function of a model, data and a frozen
+:class:`TrainConfig` that returns a frozen :class:`TrainResult`.
+"""
+
+from basinscope.training.config import BN_MODES, OPTIMIZERS, TrainConfig
+from basinscope.training.schedules import SCHEDULES, check_schedule, lr_at
+from basinscope.training.trainer import Callback, TrainResult, select_trainable, train
+from basinscope.training.trajectory import load_trajectory, trajectory_to_safetensors
+
+__all__ = [
+    "BN_MODES",
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "Callback",
+    "TrainConfig",
+    "TrainResult",
+    "check_schedule",
+    "load_trajectory",
+    "lr_at",
+    "select_trainable",
+    "train",
+    "trajectory_to_safetensors",
+]

@@ -1,0 +1,163 @@
+"""The training configuration: one frozen, JSON-serialisable dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from basinscope.errors import BasinscopeError
+from basinscope.training.schedules import check_schedule
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+BN_MODES: tuple[str, ...] = ("train", "eval")
+
+__all__ = ["BN_MODES", "OPTIMIZERS", "TrainConfig"]
+
+_TUPLE_FIELDS = ("betas", "milestones", "checkpoint_steps", "frozen", "trainable")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train: optimizer, schedule, data order, what to record and what to freeze.
+
+    Attributes:
+        steps: number of optimizer updates.
+        batch_size: minibatch size; a value ``>= len(data)`` means full-batch training.
+        optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (decoupled weight decay).
+        lr: peak learning rate (see :mod:`basinscope.training.schedules`).
+        momentum: SGD momentum (ignored by Adam).
+        nesterov: Nesterov momentum (SGD only, needs ``momentum > 0``).
+        weight_decay: L2 penalty coefficient (decoupled for ``"adamw"``).
+        betas: Adam's ``(beta1, beta2)``.
+        schedule: ``"constant"``, ``"step"``, ``"cosine"``, ``"linear"`` or ``"cyclic"``.
+        warmup_steps, milestones, gamma, min_lr, cycle_steps: schedule arguments, see
+            :func:`basinscope.training.schedules.lr_at`.
+        data_seed: the only source of randomness of a run: it fixes the minibatch order and
+            seeds the global RNG inside :func:`~basinscope.training.train` (dropout).
+        checkpoint_steps: steps at which the parameters and buffers are recorded: 0 is the
+            initial model, ``k`` the model after the ``k``-th update, ``steps`` the final one.
+        frozen: ``fnmatch`` patterns on parameter names (``"conv*"``, ``"features.*"``);
+            matching parameters are not trained and stay bit-identical.
+        trainable: the opposite: only parameters matching these patterns are trained.
+            At most one of ``frozen`` and ``trainable`` may be set.
+        eval_every: evaluate on ``eval_data`` every this many steps, at step 0 and at the
+            last step (0: never).
+        grad_clip: clip the global gradient norm of the trained parameters to this value.
+        bn_mode: ``"train"`` (BatchNorm uses and updates batch statistics, as usual) or
+            ``"eval"`` (BatchNorm keeps its running statistics frozen; useful for linear
+            probing). Other layers (dropout) are in training mode either way.
+    """
+
+    steps: int = 500
+    batch_size: int = 64
+    optimizer: str = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    cycle_steps: int | None = None
+    data_seed: int = 0
+    checkpoint_steps: tuple[int, ...] = ()
+    frozen: tuple[str, ...] = ()
+    trainable: tuple[str, ...] = ()
+    eval_every: int = 0
+    grad_clip: float | None = None
+    bn_mode: str = "train"
+
+    def __post_init__(self) -> None:
+        for name in _TUPLE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                raise BasinscopeError(
+                    f"TrainConfig.{name} must be a sequence, got the string {value!r}; "
+                    f"write ({value!r},) for a single entry."
+                )
+            object.__setattr__(self, name, tuple(value))
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.steps < 1:
+            raise BasinscopeError(f"TrainConfig.steps must be >= 1, got {self.steps}.")
+        if self.batch_size < 1:
+            raise BasinscopeError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}.")
+        if not self.lr > 0:
+            raise BasinscopeError(f"TrainConfig.lr must be > 0, got {self.lr}.")
+        if self.optimizer not in OPTIMIZERS:
+            raise BasinscopeError(
+                f"unknown optimizer {self.optimizer!r}; valid optimizers are "
+                f"{', '.join(repr(o) for o in OPTIMIZERS)}."
+            )
+        if not 0 <= self.momentum < 1:
+            raise BasinscopeError(f"TrainConfig.momentum must lie in [0, 1), got {self.momentum}.")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise BasinscopeError(
+                "nesterov=True needs optimizer='sgd' and momentum > 0, got "
+                f"optimizer={self.optimizer!r}, momentum={self.momentum}."
+            )
+        if self.weight_decay < 0:
+            raise BasinscopeError(
+                f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}."
+            )
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise BasinscopeError(
+                f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}."
+            )
+        check_schedule(
+            self.schedule,
+            total_steps=self.steps,
+            base_lr=self.lr,
+            warmup_steps=self.warmup_steps,
+            milestones=self.milestones,
+            gamma=self.gamma,
+            min_lr=self.min_lr,
+            cycle_steps=self.cycle_steps,
+        )
+        bad = [s for s in self.checkpoint_steps if not 0 <= s <= self.steps]
+        if bad:
+            raise BasinscopeError(
+                f"checkpoint_steps must lie in [0, steps] = [0, {self.steps}], got {bad} "
+                "(0 is the initial model, steps the final one)."
+            )
+        if self.frozen and self.trainable:
+            raise BasinscopeError(
+                f"set at most one of TrainConfig.frozen and TrainConfig.trainable, got "
+                f"frozen={self.frozen} and trainable={self.trainable}."
+            )
+        if self.eval_every < 0:
+            raise BasinscopeError(f"TrainConfig.eval_every must be >= 0, got {self.eval_every}.")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise BasinscopeError(
+                f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}."
+            )
+        if self.bn_mode not in BN_MODES:
+            raise BasinscopeError(
+                f"unknown bn_mode {self.bn_mode!r}; valid modes are "
+                f"{', '.join(repr(m) for m in BN_MODES)}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise a :class:`BasinscopeError`."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise BasinscopeError(
+                f"unknown TrainConfig keys {unknown}; valid keys are {', '.join(names)}."
+            )
+        return cls(**d)
