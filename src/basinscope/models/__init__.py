@@ -1,0 +1,28 @@
+"""Models for loss-landscape experiments and loading them from specs and files.
+
+Built in: :func:`mlp`, :func:`lenet` and :func:`resnet` (with ``skip=False`` for the
+no-skip networks of Li et al., 2018), all sized by ``in_channels``/``image_size`` to run
+on both 8x8 digits and 28x28 MNIST. :func:`build_model` turns a spec (``"lenet"`` or
+``"module:factory"``, e.g. ``"basinscope.models:lenet"``) into a model with a seeded
+initialization; :func:`load_weights`, :func:`load_state_dict_file` and
+:func:`save_weights` move state dicts to and from ``.safetensors``/``.pt`` files.
+"""
+
+from basinscope.models.loading import (
+    build_model,
+    load_state_dict_file,
+    load_weights,
+    save_weights,
+)
+from basinscope.models.zoo import MODELS, lenet, mlp, resnet
+
+__all__ = [
+    "MODELS",
+    "build_model",
+    "lenet",
+    "load_state_dict_file",
+    "load_weights",
+    "mlp",
+    "resnet",
+    "save_weights",
+]

@@ -1,0 +1,318 @@
+"""Turning what the user has into a :class:`TensorData`.
+
+* :func:`load_npz` reads ``x``/``y`` (or ``x_<split>``/``y_<split>``) arrays from a file;
+* :func:`load_object` imports ``"module:attr"``;
+* :func:`as_tensor_data` converts a torch ``Dataset``, a ``DataLoader`` or any iterable of
+  ``(input, target)`` pairs or dict batches;
+* :func:`resolve_data` maps a CLI data spec to a dataset and applies the shifts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import inspect
+import zipfile
+import zlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from basinscope.data.digits import load_digits
+from basinscope.data.mnist import load_mnist5k
+from basinscope.data.shifts import apply_shift
+from basinscope.data.tensordata import TensorData
+from basinscope.errors import BasinscopeError
+
+__all__ = ["DICT_KEYS", "as_tensor_data", "load_npz", "load_object", "resolve_data"]
+
+#: Key pairs accepted for dict batches/items, tried in this order.
+DICT_KEYS = (("x", "y"), ("input", "target"), ("inputs", "labels"))
+
+_NPZ_HOW = "np.savez(path, x=inputs, y=labels)"
+
+
+def _finish(x: Tensor, y: Tensor, name: str) -> TensorData:
+    """Common conversions: float inputs, a channel dim for (N, H, W), integer labels."""
+    if not x.is_floating_point():
+        x = x.float()
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if y.is_floating_point():
+        if y.numel() and not bool(torch.all(y == y.round())):
+            raise BasinscopeError(
+                f"dataset {name!r}: labels must be integer class indices, found "
+                f"non-integer floats (dtype {y.dtype}). Classification labels only."
+            )
+        y = y.long()
+    return TensorData(x, y, name=name)
+
+
+def load_npz(path: str | Path, split: str | None = None) -> TensorData:
+    """Read a dataset from an ``.npz`` file.
+
+    With ``split=None`` the file must hold arrays ``x`` (inputs) and ``y`` (integer
+    labels). With a split, ``x_<split>``/``y_<split>`` are used when present; otherwise
+    ``x``/``y`` serve the ``"train"`` (and ``"all"``) split, and ``"all"`` also accepts the
+    concatenation of ``x_train`` and ``x_test``. Integer inputs are cast to float32 (not
+    rescaled), and 3-D inputs ``(N, H, W)`` get a channel dim: ``(N, 1, H, W)``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BasinscopeError(
+            f"data file {str(path)!r} does not exist. Pass the path of an .npz file written "
+            f"with {_NPZ_HOW}."
+        )
+    try:
+        # open the file ourselves: np.load leaks the handle when a zip is truncated
+        with open(path, "rb") as fh:
+            loaded = np.load(fh, allow_pickle=False)
+            if not isinstance(loaded, np.lib.npyio.NpzFile):
+                raise ValueError(f"it holds a single {type(loaded).__name__}, not named arrays")
+            with loaded as f:
+                arrays = {k: f[k] for k in f.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as e:
+        raise BasinscopeError(
+            f"could not read {str(path)!r} as an .npz file ({type(e).__name__}: {e}). "
+            f"Expected a numpy archive written with {_NPZ_HOW} (object arrays are not "
+            "allowed)."
+        ) from e
+    have = sorted(arrays)
+    if split is not None and {f"x_{split}", f"y_{split}"} <= arrays.keys():
+        keys = [(f"x_{split}", f"y_{split}")]
+    elif split in (None, "train", "all") and {"x", "y"} <= arrays.keys():
+        keys = [("x", "y")]
+    elif split == "all" and {"x_train", "y_train", "x_test", "y_test"} <= arrays.keys():
+        keys = [("x_train", "y_train"), ("x_test", "y_test")]
+    elif split is not None and {"x", "y"} <= arrays.keys():
+        raise BasinscopeError(
+            f"{str(path)!r} has no {split} arrays: it holds {have}, and plain x/y serve "
+            f"only the 'train' split. Save the {split} data in the same file as "
+            f"x_{split}/y_{split}: np.savez(path, x_train=..., y_train=..., x_{split}=..., "
+            f"y_{split}=...), or point the {split} data at a separate file."
+        )
+    else:
+        want = "x and y" if split is None else f"x_{split} and y_{split} (or x and y)"
+        raise BasinscopeError(
+            f"{str(path)!r} lacks the arrays {want}; it holds {have}. Write it with "
+            f"{_NPZ_HOW} or np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
+        )
+    xs, ys = [], []
+    for kx, ky in keys:
+        x, y = arrays[kx], arrays[ky]
+        if x.dtype.kind not in "biuf" or y.dtype.kind not in "iuf" or x.ndim < 1 or y.ndim != 1:
+            raise BasinscopeError(
+                f"{str(path)!r}: {kx} must be a numeric array (N, ...) and {ky} a 1-D label "
+                f"array (N,), found {kx} {x.dtype} {x.shape} and {ky} {y.dtype} {y.shape}."
+            )
+        if x.shape[0] != y.shape[0]:
+            raise BasinscopeError(
+                f"{str(path)!r}: {kx} and {ky} must have the same length, found {x.shape[0]} "
+                f"inputs and {y.shape[0]} labels. Save matching arrays."
+            )
+        xs.append(x)
+        ys.append(y)
+    x, y = np.concatenate(xs), np.concatenate(ys)
+    name = path.stem if split is None else f"{path.stem}-{split}"
+    if y.shape[0] == 0:
+        raise BasinscopeError(
+            f"dataset {name!r} is empty: {str(path)!r} holds 0 samples in "
+            f"{[k for pair in keys for k in pair]}. Save at least one sample."
+        )
+    if x.ndim == 1:
+        x = x[:, None]
+    return _finish(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), name)
+
+
+def load_object(spec: str) -> Any:
+    """Import ``"module:attr"`` (``attr`` may be dotted) and return the attribute."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr or ":" in attr:
+        raise BasinscopeError(
+            f"{spec!r} is not an import spec: expected module:attr, e.g. "
+            "'mypkg.data:train_set' (module path, a colon, then the attribute name)."
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name is None or not (module_name + ".").startswith(e.name + "."):
+            raise  # the module exists but one of its own imports is missing
+        raise BasinscopeError(
+            f"module {module_name!r} (from {spec!r}) was not found. Check the spelling, "
+            "install the package, or run from the folder that contains it (it must be on "
+            "sys.path / PYTHONPATH)."
+        ) from e
+    obj: Any = module
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            where = ".".join([module_name, *attr.split(".")[:i]])
+            names = sorted(n for n in dir(obj) if not n.startswith("_"))
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise BasinscopeError(
+                f"{where!r} has no attribute {part!r} (from {spec!r}). Available names: "
+                f"{shown or '(none)'}."
+            )
+        obj = getattr(obj, part)
+    return obj
+
+
+def _pair(item: Any, where: str) -> tuple[Any, Any]:
+    if isinstance(item, Mapping):
+        for kx, ky in DICT_KEYS:
+            if kx in item and ky in item:
+                return item[kx], item[ky]
+        raise BasinscopeError(
+            f"{where} is a dict with keys {sorted(map(str, item))}; expected one of the key "
+            f"pairs {[f'{a}/{b}' for a, b in DICT_KEYS]}."
+        )
+    if isinstance(item, (tuple, list)) and len(item) == 2:
+        return item[0], item[1]
+    found = type(item).__name__
+    if isinstance(item, (tuple, list)):
+        found += f" of length {len(item)}"
+    elif isinstance(item, Tensor):
+        found += f" of shape {tuple(item.shape)}"
+    raise BasinscopeError(
+        f"{where} is a {found}; expected an (input, target) pair or a dict with keys "
+        f"{'/'.join(DICT_KEYS[0])}. Wrap the data so that each item or batch yields "
+        "(input, target)."
+    )
+
+
+def as_tensor_data(obj: Any, name: str = "") -> TensorData:
+    """Convert a dataset-like object into a :class:`TensorData` by reading all of it.
+
+    Accepted: a :class:`TensorData` (renamed if ``name`` is given); a pair of tensors
+    ``(x, y)``; a map-style dataset (``len`` and integer indexing, e.g. a torch
+    ``Dataset``) whose items are ``(input, target)``; or any iterable, such as a
+    ``DataLoader`` or a list, of such items or of batches. Items and batches (and ``obj``
+    itself, as a single batch) may also be dicts with keys ``x``/``y``, ``input``/``target`` or ``inputs``/``labels``. A 0-d
+    target marks a single sample, a 1-D target a batch. Inputs become floating point and
+    3-D inputs ``(N, H, W)`` get a channel dim.
+    """
+    if isinstance(obj, TensorData):
+        return dataclasses.replace(obj, name=name) if name else obj
+    if (
+        isinstance(obj, tuple)
+        and len(obj) == 2
+        and all(isinstance(t, Tensor) for t in obj)
+        and obj[1].ndim == 1
+    ):
+        return _finish(obj[0], obj[1], name)
+    if isinstance(obj, Mapping):
+        items: Iterable[Any] = [obj]  # one dict batch
+    elif hasattr(obj, "__len__") and hasattr(obj, "__getitem__") and not hasattr(obj, "__iter__"):
+        items = (obj[i] for i in range(len(obj)))
+    elif isinstance(obj, Iterable) and not isinstance(obj, (str, bytes, Tensor)):
+        items = obj
+    else:
+        raise BasinscopeError(
+            f"cannot use an object of type {type(obj).__name__} as a dataset"
+            f"{f' ({name!r})' if name else ''}; "
+            "expected a TensorData, a torch Dataset, a DataLoader or an iterable of "
+            "(input, target) pairs or batches."
+        )
+    xs, ys = [], []
+    for i, item in enumerate(items):
+        x, y = _pair(item, f"item {i} of {name or type(obj).__name__}")
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if y.ndim == 0:
+            x, y = x.unsqueeze(0), y.unsqueeze(0)
+        elif y.ndim != 1 or x.ndim == 0 or x.shape[0] != y.shape[0]:
+            raise BasinscopeError(
+                f"item {i} of {name or type(obj).__name__}: expected an input with a "
+                "matching batch dim and a target that is a class index (0-d) or a batch of "
+                f"them (1-D), found input {tuple(x.shape)} and target {tuple(y.shape)}."
+            )
+        xs.append(x)
+        ys.append(y)
+    if not xs:
+        raise BasinscopeError(
+            f"dataset {name or type(obj).__name__!r} is empty: it yielded no items. "
+            "Check that it is built over the right split/folder."
+        )
+    try:
+        x, y = torch.cat(xs), torch.cat(ys)
+    except (RuntimeError, TypeError) as e:
+        shapes = sorted({tuple(t.shape[1:]) for t in xs})
+        raise BasinscopeError(
+            f"dataset {name!r}: inputs have different shapes {shapes[:5]} and cannot be "
+            "stacked; resize them to one shape (e.g. with a transform)."
+        ) from e
+    return _finish(x, y, name)
+
+
+def resolve_data(
+    spec: str,
+    split: str = "train",
+    *,
+    rotation: float = 0.0,
+    block_shuffle: int | None = None,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> TensorData:
+    """Resolve a CLI data spec to a dataset and apply the requested shifts.
+
+    ``spec`` is one of:
+
+    * ``"digits"``: scikit-learn's 8x8 digits (:func:`~basinscope.data.load_digits`);
+    * ``"mnist"`` or ``"mnist5k"``: 5,000 MNIST digits (:func:`load_mnist5k`);
+    * a path ending in ``.npz`` (:func:`load_npz` with ``split``);
+    * ``"module:attr"``: a TensorData, Dataset, DataLoader or iterable (the ``"train"``
+      split only), or a callable called as ``attr(split=split)`` that returns one.
+
+    The shifts are applied with :func:`~basinscope.data.apply_shift`.
+    """
+    if spec == "digits":
+        data = load_digits(split)
+    elif spec in ("mnist", "mnist5k"):
+        data = load_mnist5k(split)
+    elif spec.lower().endswith(".npz"):
+        data = load_npz(spec, split)
+    elif ":" in spec and not spec.startswith(":"):
+        obj = load_object(spec)
+        attr = spec.rsplit(":", 1)[1]
+        if callable(obj) and not _is_data(obj):
+            try:
+                inspect.signature(obj).bind(split=split)
+            except TypeError as e:
+                raise BasinscopeError(
+                    f"{spec!r} is callable, so it is called as {attr}(split={split!r}), but "
+                    f"its signature {_signature(obj)} does not accept split=. Give it a "
+                    "'split' parameter, or point the spec at a dataset object."
+                ) from e
+            except ValueError:
+                pass  # no signature available (a builtin); just call it
+            obj = obj(split=split)
+            name = f"{attr}-{split}"
+        else:
+            if split != "train":
+                raise BasinscopeError(
+                    f"{spec!r} is a fixed dataset object with no splits, so it cannot provide the "
+                    f"{split!r} split. Point the spec at a function taking split= (e.g. "
+                    f"def {attr}(split): ...), or evaluate only the training split (--splits train)."
+                )
+            name = attr
+        data = as_tensor_data(obj, name)
+    else:
+        raise BasinscopeError(
+            f"unknown data spec {spec!r}. Accepted: 'digits', 'mnist' (5,000 MNIST images), "
+            "a path to an .npz file with arrays x/y or x_train/y_train/x_test/y_test, or "
+            "'module:attr' naming a TensorData, Dataset, DataLoader or a function of split."
+        )
+    return apply_shift(data, rotation=rotation, block_shuffle=block_shuffle, noise=noise, seed=seed)
+
+
+def _is_data(obj: Any) -> bool:
+    return isinstance(obj, (TensorData, torch.utils.data.Dataset, torch.utils.data.DataLoader))
+
+
+def _signature(obj: Any) -> str:
+    try:
+        return str(inspect.signature(obj))
+    except (TypeError, ValueError):
+        return "(?)"
