@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, evaluate_points
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
-from basinscope.geometry import ParamDict, get_buffers
+from basinscope.geometry import ParamDict, get_buffers, save_directions
 from basinscope.store import RunStore, fingerprint_tensors
 
 __all__ = ["Landscape", "as_splits", "compute_landscape", "grid_coeffs"]
@@ -64,6 +64,10 @@ def _jsonable(a) -> list:
     if a.ndim > 1:
         return [_jsonable(x) for x in a]
     return [float(x) if np.isfinite(x) else str(float(x)) for x in a]
+
+
+def _str_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
+    return {k: v for k, v in (attrs or {}).items() if isinstance(v, (str, int, float))}
 
 
 def as_splits(data: Any) -> dict[str, Any]:
@@ -196,8 +200,10 @@ def compute_landscape(
                 dict(store.manifest.get("evaluation", {})),
                 store.path,
             )
-        store.save_tensors(
-            "directions", {f"d{i}/{k}": v for i, d in enumerate(basis.basis) for k, v in d.items()}
+        save_directions(
+            store.path / "tensors" / "directions.safetensors",
+            basis.basis,
+            {"kind": kind, **_str_attrs(attrs)},
         )
         store.save_tensors(
             "center", {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}

@@ -161,7 +161,9 @@ def pca_surface(
 
     attrs = {
         "directions": "pca",
-        "normalization": "none (unit PCA components)",
+        "normalization": "none",
+        "x_label": f"PC1 ({100 * pca.explained_variance_ratio[0]:.1f}% of variance; unit vector)",
+        "y_label": f"PC2 ({100 * pca.explained_variance_ratio[1]:.1f}% of variance; unit vector)",
         "explained_variance_ratio": [float(x) for x in pca.explained_variance_ratio],
         **kwargs.pop("attrs", {}),
     }
@@ -207,6 +209,10 @@ def plane_surface(
     attrs = {
         "directions": "plane through three models",
         "normalization": "orthonormal" if orthogonal else "none",
+        "x_label": "distance along θ_B − θ_A" if orthogonal else "α (units of θ_B − θ_A)",
+        "y_label": "distance along the orthogonalized θ_C − θ_A"
+        if orthogonal
+        else "β (units of θ_C − θ_A)",
         "model_coords": pos.reshape(-1).tolist(),
         **kwargs.pop("attrs", {}),
     }

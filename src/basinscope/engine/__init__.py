@@ -9,6 +9,7 @@ from basinscope.engine.evaluate import (
     EvalResult,
     Evaluator,
     LocalExecutor,
+    evaluate_model,
     evaluate_points,
 )
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric, resolve_metrics
@@ -28,6 +29,7 @@ __all__ = [
     "PointBasis",
     "as_batches",
     "chunk_slices",
+    "evaluate_model",
     "evaluate_points",
     "has_batchnorm",
     "resolve_metrics",

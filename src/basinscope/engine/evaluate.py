@@ -40,6 +40,7 @@ __all__ = [
     "EvalResult",
     "Evaluator",
     "LocalExecutor",
+    "evaluate_model",
     "evaluate_points",
 ]
 
@@ -356,3 +357,41 @@ def _progress(total: int, initial: int, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc="chunks", unit="chunk", leave=False)
+
+
+def evaluate_model(
+    model: nn.Module,
+    data: Any,
+    *,
+    metrics: Sequence[str | Metric | Callable] = ("loss", "accuracy"),
+    bn_policy: str = "stored",
+    bn_data: Any = None,
+    batch_size: int = 1024,
+    dtype: torch.dtype = torch.float32,
+    device: str = "cpu",
+) -> dict[str, float]:
+    """Metrics of one model on one dataset or a ``{split: data}`` mapping (a single point)."""
+    from basinscope.geometry import get_buffers, get_params
+
+    splits = (
+        dict(data)
+        if isinstance(data, Mapping)
+        and not hasattr(data, "x")
+        and all(isinstance(k, str) for k in data)
+        and not ({"x", "y"} & set(data))
+        else {"train": data}
+    )
+    job = EvalJob(
+        model,
+        PointBasis(get_params(model), (), get_buffers(model)),
+        splits,
+        metrics=metrics,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        bn_policy=bn_policy,
+        bn_data=bn_data,
+        strategy="loop",
+    )
+    values = job.build().evaluate_chunk(np.zeros((1, 0)))
+    return {k: float(v[0]) for k, v in values.items()}

@@ -1,0 +1,56 @@
+"""The ``basinscope`` command."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from basinscope.cli import demo as demo_cmd
+from basinscope.cli import landscape, plot, train
+from basinscope.errors import BasinscopeError
+
+app = typer.Typer(
+    name="basinscope",
+    help=(
+        "See, measure and compare the loss landscapes of neural networks: lines and planes "
+        "through parameter space, with the definitions stated and every run resumable.\n\n"
+        "Start with `basinscope demo`. Every command takes --help; --json prints one JSON "
+        "object on stdout."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("train")(train.train_cmd)
+app.command("interpolate")(landscape.interpolate_cmd)
+app.command("surface")(landscape.surface_cmd)
+app.command("plot")(plot.plot_cmd)
+app.command("demo")(demo_cmd.demo_cmd)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors are printed without a traceback and exit with status 2."""
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except BasinscopeError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo(
+            "interrupted: finished chunks are saved in the run folder; run the same command again to resume",
+            err=True,
+        )
+        sys.exit(130)
+    except typer.Abort:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        # usage errors of the command-line parser (click's ClickException, vendored by typer)
+        if hasattr(e, "show") and hasattr(e, "exit_code"):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)

@@ -1,0 +1,54 @@
+"""``basinscope plot RUN_DIR``: redraw a run's figures from its stored results."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from basinscope.cli.common import emit_json, info
+
+HELP = """Draw the figures of a finished run from its stored results.
+
+1D runs: loss and accuracy on twin axes (train solid, test dashed) and an
+interactive HTML version. 2D runs: contour, filled contour, heatmap, 3D surface,
+an interactive plotly surface (.html) and a ParaView .vtp file, with projected
+trajectories drawn. Files go to RUN_DIR/figures.
+
+Examples:
+
+  basinscope plot runs/surface
+
+  basinscope plot runs/surface --var test_loss --kind filled --kind html --log
+"""
+
+
+def plot_cmd(
+    run_dir: Path = typer.Argument(
+        ..., help="A run folder written by basinscope interpolate/surface."
+    ),
+    var: list[str] = typer.Option(
+        [], "--var", help="Variable to draw, e.g. train_loss (repeatable; default: every loss)."
+    ),
+    kind: list[str] = typer.Option(
+        [], "--kind", help="contour, filled, heatmap, 3d, html or vtp (repeatable; default: all)."
+    ),
+    log: bool = typer.Option(False, "--log", help="Log-scale the values."),
+    fmt: list[str] = typer.Option(
+        ["png", "pdf"], "--format", help="Static figure formats (png, pdf, svg)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
+) -> None:
+    from basinscope.plotting.run import SURFACE_KINDS, render_run
+
+    files = render_run(
+        run_dir, variables=var or None, kinds=kind or SURFACE_KINDS, log=log, formats=fmt
+    )
+    if json_out:
+        emit_json({"run_dir": str(run_dir), "figures": [str(f) for f in files]})
+    else:
+        for f in files:
+            info(str(f))
+
+
+plot_cmd.__doc__ = HELP

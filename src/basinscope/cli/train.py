@@ -1,0 +1,201 @@
+"""``basinscope train``: the deterministic trainer, with a trajectory for PCA planes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from basinscope.cli.common import (
+    DataOptions,
+    default_out,
+    emit_json,
+    info,
+    load_model,
+    model_spec,
+    sanitize,
+)
+from basinscope.errors import BasinscopeError
+
+HELP = """Train a model deterministically and save its weights and trajectory.
+
+The run folder gets model.safetensors (final weights), trajectory.safetensors
+(the checkpoints, for `basinscope surface --pca`), history.json and manifest.json.
+The same command with the same --out reuses a finished run.
+
+Examples:
+
+  basinscope train --model basinscope.models:lenet --data digits --steps 500 --out runs/lenet
+
+  basinscope train --model basinscope.models:lenet --weights runs/lenet/model.safetensors \\
+      --data digits --rotation 35 --steps 100 --checkpoint-every 10 --out runs/ft35
+"""
+
+
+def _steps(text: str, every: int, total: int) -> tuple[int, ...]:
+    steps: set[int] = {0, total}
+    if text:
+        try:
+            steps |= {int(s) for s in text.split(",") if s.strip()}
+        except ValueError:
+            raise BasinscopeError(
+                f"--checkpoint-steps must be comma-separated integers, e.g. 0,10,100; got {text!r}"
+            ) from None
+    if every < 0:
+        raise BasinscopeError(f"--checkpoint-every must be >= 0, got {every}")
+    if every:
+        steps |= set(range(0, total + 1, every))
+    return tuple(sorted(steps))
+
+
+def train_cmd(
+    model: str = typer.Option(
+        "basinscope.models:lenet",
+        "--model",
+        help="module:factory, or a built-in name (mlp, lenet, resnet).",
+    ),
+    model_kwargs: str = typer.Option(
+        None,
+        "--model-kwargs",
+        help="JSON keyword arguments for the factory, e.g. '{\"width\": 2}'.",
+    ),
+    weights: Path = typer.Option(
+        None,
+        "--weights",
+        help="Start from these weights (.pt or .safetensors) instead of a fresh initialization.",
+    ),
+    data: str = typer.Option(
+        "digits", "--data", help="digits, mnist, a .npz file (x, y or x_train, ...) or module:attr."
+    ),
+    rotation: float = typer.Option(
+        0.0, "--rotation", help="Rotate the images by this many degrees (counter-clockwise)."
+    ),
+    block_shuffle: int = typer.Option(
+        None, "--block-shuffle", help="Shuffle k x k blocks of each image (one fixed permutation)."
+    ),
+    noise: float = typer.Option(
+        0.0, "--noise", help="Std of additive Gaussian noise on the inputs."
+    ),
+    shift_seed: int = typer.Option(
+        0, "--shift-seed", help="Seed of the block permutation and the noise."
+    ),
+    steps: int = typer.Option(500, "--steps", help="Number of gradient steps."),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd, adam or adamw."),
+    lr: float = typer.Option(0.05, "--lr", help="Base learning rate."),
+    momentum: float = typer.Option(0.9, "--momentum"),
+    weight_decay: float = typer.Option(0.0, "--weight-decay"),
+    schedule: str = typer.Option(
+        "constant", "--schedule", help="constant, step, cosine, linear or cyclic."
+    ),
+    warmup_steps: int = typer.Option(0, "--warmup-steps"),
+    init_seed: int = typer.Option(0, "--init-seed", help="Seed of the model's initialization."),
+    data_seed: int = typer.Option(0, "--data-seed", help="Seed of the data order (the SGD noise)."),
+    checkpoint_every: int = typer.Option(
+        0, "--checkpoint-every", help="Save a checkpoint every N steps (0: only first and last)."
+    ),
+    checkpoint_steps: str = typer.Option(
+        "", "--checkpoint-steps", help="Extra checkpoint steps, comma-separated."
+    ),
+    frozen: list[str] = typer.Option(
+        [],
+        "--frozen",
+        help="Freeze parameters matching this pattern (fnmatch, repeatable), e.g. 'conv*'.",
+    ),
+    trainable: list[str] = typer.Option(
+        [], "--trainable", help="Train only parameters matching this pattern (repeatable)."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Run folder (default: basinscope-runs/train-<time>)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Show a progress bar on stderr."
+    ),
+) -> None:
+    from basinscope.engine import evaluate_model
+    from basinscope.models import save_weights
+    from basinscope.store import RunStore, fingerprint_tensors
+    from basinscope.training import TrainConfig, train, trajectory_to_safetensors
+
+    opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
+    train_data = opts.load("train")
+    try:
+        test_data = opts.load("test")
+    except BasinscopeError:
+        test_data = None
+    net = load_model(model, model_kwargs, weights, init_seed)
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        warmup_steps=warmup_steps,
+        data_seed=data_seed,
+        checkpoint_steps=_steps(checkpoint_steps, checkpoint_every, steps),
+        frozen=tuple(frozen),
+        trainable=tuple(trainable),
+    )
+    spec = {
+        **model_spec(model, model_kwargs, weights),
+        **opts.to_dict(),
+        "init_seed": init_seed,
+        "config": config.to_dict(),
+    }
+    fps = {"init": fingerprint_tensors(net.state_dict()), "data": train_data.fingerprint()}
+    out = out or default_out("train")
+    store = RunStore.open(out, "train", spec, fps)
+    summary_path = store.path / "summary.json"
+    if store.manifest.get("status") == "complete" and summary_path.is_file():
+        summary = json.loads(summary_path.read_text())
+        info(f"reusing the finished run in {store.path}", json_out)
+    else:
+        result = train(net, train_data, config, progress=progress and not json_out)
+        save_weights(result.model, store.path / "model.safetensors")
+        trajectory_to_safetensors(result, store.path / "trajectory.safetensors")
+        (store.path / "history.json").write_text(json.dumps(sanitize(result.history)))
+        evals = (
+            {"train": train_data} if test_data is None else {"train": train_data, "test": test_data}
+        )
+        summary = {
+            "run_dir": str(store.path),
+            "weights": str(store.path / "model.safetensors"),
+            "trajectory": str(store.path / "trajectory.safetensors"),
+            "checkpoint_steps": list(config.checkpoint_steps),
+            "final": evaluate_model(result.model, evals),
+            "initial": evaluate_model(net, evals),
+        }
+        summary_path.write_text(json.dumps(sanitize(summary), indent=2))
+        store.update_manifest(status="complete")
+        _plot_history(store.path, result.history)
+    if json_out:
+        emit_json(sanitize(summary))
+    else:
+        f = summary["final"]
+        info(
+            "trained: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in f.items())
+            + f"\nweights: {summary['weights']}\ntrajectory: {summary['trajectory']}"
+        )
+
+
+def _plot_history(path: Path, history: dict) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5, 3.2))
+    ax = fig.add_subplot()
+    ax.plot(history["step"], history["loss"], lw=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("minibatch loss")
+    ax.set_yscale("log")
+    ax.set_title("training loss")
+    fig.tight_layout()
+    (path / "figures").mkdir(exist_ok=True)
+    fig.savefig(path / "figures" / "training_loss.png", dpi=150)
+
+
+train_cmd.__doc__ = HELP

@@ -1,0 +1,115 @@
+"""A self-contained HTML report: figures embedded, interactive plotly, works offline.
+
+Static figures are embedded as base64 PNG (with their PDF written beside the report),
+interactive figures as plotly ``div`` elements sharing one inlined copy of plotly.js, so
+the file opens with no network and no other files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Report"]
+
+CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
+h1{font-size:1.7em;margin-bottom:.2em} h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+figure{margin:1.2em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
+figcaption{font-size:.92em;color:#444;margin-top:.4em}
+table{border-collapse:collapse;font-size:.9em;margin:1em 0} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+.meta{font-size:.85em;color:#666} code{background:#f5f5f5;padding:0 .2em}
+"""
+
+
+@dataclass
+class Report:
+    """Collects sections, then writes one HTML file."""
+
+    title: str
+    subtitle: str = ""
+    parts: list[str] = field(default_factory=list)
+    _plotly_included: bool = False
+    _n: int = 0
+
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+
+    def text(self, text: str) -> None:
+        """A paragraph (plain text; blank lines separate paragraphs)."""
+        for para in text.strip().split("\n\n"):
+            self.parts.append(f"<p>{html.escape(para)}</p>")
+
+    def figure(self, fig: Any, caption: str, *, save_as: Path | None = None) -> None:
+        """Embed a matplotlib figure as PNG; also write PNG/PDF to ``save_as`` (a path stem)."""
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        if save_as is not None:
+            from basinscope.plotting.io import save_figure
+
+            save_figure(fig, save_as, ("png", "pdf"))
+        self._n += 1
+        self.parts.append(
+            f'<figure id="fig{self._n}" class="static"><img alt="{html.escape(caption[:80])}" '
+            f'src="data:image/png;base64,{data}"><figcaption><b>Figure {self._n}.</b> {html.escape(caption)}</figcaption></figure>'
+        )
+
+    def plotly(self, fig: Any, caption: str) -> None:
+        """Embed an interactive plotly figure (plotly.js inlined once per report)."""
+        div = fig.to_html(
+            full_html=False, include_plotlyjs=not self._plotly_included, default_height="520px"
+        )
+        self._plotly_included = True
+        self._n += 1
+        self.parts.append(
+            f'<figure id="fig{self._n}" class="interactive">{div}<figcaption><b>Figure {self._n}.</b> '
+            f"{html.escape(caption)}</figcaption></figure>"
+        )
+
+    def table(
+        self,
+        rows: Sequence[dict[str, Any]],
+        caption: str = "",
+        columns: Sequence[str] | None = None,
+    ) -> None:
+        if not rows:
+            return
+        cols = list(columns or rows[0].keys())
+        head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
+            for r in rows
+        )
+        cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
+        self.parts.append(
+            f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        )
+
+    def render(self) -> str:
+        sub = f'<p class="meta">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
+        return (
+            "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{html.escape(self.title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>{sub}"
+            + "\n".join(self.parts)
+            + "</body></html>"
+        )
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.render(), encoding="utf-8")
+        return path
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
