@@ -115,16 +115,15 @@ def train_cmd(
     ),
 ) -> None:
     from basinscope.engine import evaluate_model
-    from basinscope.models import save_weights
-    from basinscope.store import RunStore, fingerprint_tensors
-    from basinscope.training import TrainConfig, train, trajectory_to_safetensors
+    from basinscope.experiments.stages import train_stage
+    from basinscope.training import TrainConfig
 
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     train_data = opts.load("train")
     try:
         test_data = opts.load("test")
     except BasinscopeError:
-        test_data = None
+        test_data = None  # e.g. an .npz with only x/y: report training metrics only
     net = load_model(model, model_kwargs, weights, init_seed)
     config = TrainConfig(
         steps=steps,
@@ -140,38 +139,30 @@ def train_cmd(
         frozen=tuple(frozen),
         trainable=tuple(trainable),
     )
-    spec = {
-        **model_spec(model, model_kwargs, weights),
-        **opts.to_dict(),
-        "init_seed": init_seed,
-        "config": config.to_dict(),
-    }
-    fps = {"init": fingerprint_tensors(net.state_dict()), "data": train_data.fingerprint()}
-    out = out or default_out("train")
-    store = RunStore.open(out, "train", spec, fps)
-    summary_path = store.path / "summary.json"
-    if store.manifest.get("status") == "complete" and summary_path.is_file():
-        summary = json.loads(summary_path.read_text())
-        info(f"reusing the finished run in {store.path}", json_out)
+    spec = {**model_spec(model, model_kwargs, weights), **opts.to_dict(), "init_seed": init_seed}
+    stage = train_stage(
+        out or default_out("train"),
+        net,
+        train_data,
+        config,
+        spec,
+        progress=progress and not json_out,
+    )
+    if stage.reused:
+        info(f"reusing the finished run in {stage.run_dir}", json_out)
     else:
-        result = train(net, train_data, config, progress=progress and not json_out)
-        save_weights(result.model, store.path / "model.safetensors")
-        trajectory_to_safetensors(result, store.path / "trajectory.safetensors")
-        (store.path / "history.json").write_text(json.dumps(sanitize(result.history)))
-        evals = (
-            {"train": train_data} if test_data is None else {"train": train_data, "test": test_data}
-        )
-        summary = {
-            "run_dir": str(store.path),
-            "weights": str(store.path / "model.safetensors"),
-            "trajectory": str(store.path / "trajectory.safetensors"),
-            "checkpoint_steps": list(config.checkpoint_steps),
-            "final": evaluate_model(result.model, evals),
-            "initial": evaluate_model(net, evals),
-        }
-        summary_path.write_text(json.dumps(sanitize(summary), indent=2))
-        store.update_manifest(status="complete")
-        _plot_history(store.path, result.history)
+        _plot_history(stage.run_dir, stage.history)
+    evals = {"train": train_data} if test_data is None else {"train": train_data, "test": test_data}
+    summary = {
+        "run_dir": str(stage.run_dir),
+        "weights": str(stage.run_dir / "model.safetensors"),
+        "trajectory": str(stage.run_dir / "trajectory.safetensors"),
+        "checkpoint_steps": sorted(stage.checkpoints),
+        "reused": stage.reused,
+        "initial": evaluate_model(net, evals),
+        "final": evaluate_model(stage.model, evals),
+    }
+    (stage.run_dir / "summary.json").write_text(json.dumps(sanitize(summary), indent=2))
     if json_out:
         emit_json(sanitize(summary))
     else:
