@@ -22,6 +22,7 @@ import numpy as np
 from torch import Tensor, nn
 
 from basinscope.analyses.landscape import Landscape, compute_landscape
+from basinscope.engine import warn_stored_bn
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import (
     check_directions_fit,
@@ -197,6 +198,8 @@ def plane_surface(
     pb = get_params(model_b) if isinstance(model_b, nn.Module) else dict(model_b)
     pc = get_params(model_c) if isinstance(model_c, nn.Module) else dict(model_c)
     dirs, pos = plane_through(pa, pb, pc, orthogonal)
+    if kwargs.get("bn_policy", "stored") == "stored":
+        warn_stored_bn(model_a, "a plane through three solutions")
 
     def axis(v, given):
         if given is not None:

@@ -58,7 +58,7 @@ def write_demo_report(out: Path, cfg, results: dict[str, Any], line, surfaces, p
     )
     rep.figure(
         fig,
-        "Loss (left, blue) and accuracy (right, red) along f(α) = L((1−α)θ_pre + αθ_ft) for α in [−1, 2] "
+        "Loss (left, blue, log scale) and accuracy (right, red) along f(α) = L((1−α)θ_pre + αθ_ft) for α in [−1, 2] "
         f"({len(ds.alpha)} points), on the test split of the source (solid) and target (dashed) distributions. "
         "Mean cross-entropy; LeNet without BatchNorm, so no statistics policy applies. A path that stays low "
         "on both datasets between 0 and 1 says the fine-tuned model did not leave the pre-trained basin.",
