@@ -142,6 +142,6 @@ def test_directions_that_do_not_fit_the_model_are_explained():
     d["extra"] = torch.zeros(1)
     with pytest.raises(
         BasinscopeError,
-        match=r"direction 0 does not fit the model: missing 1 parameters \['a.bias'\]; 1 parameters the model lacks \['extra'\]; 1 shape mismatches",
+        match=r"direction 0 does not fit the model.*1 missing keys \['a.bias'\]; 1 unexpected keys \['extra'\]; 1 shape mismatches \['c.weight: \(2, 3, 2, 2\) vs \(3, 3\)'\].*recreate them",
     ):
         check_directions_fit([d], params)

@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 
 from basinscope.errors import BasinscopeError
-from basinscope.geometry.params import ParamDict
+from basinscope.geometry.params import ParamDict, check_same_keys
 
 __all__ = ["check_directions_fit", "load_directions", "save_directions"]
 
@@ -74,23 +74,10 @@ def check_directions_fit(
 ) -> None:
     """Raise a clear error if the directions' keys or shapes do not match the model."""
     for i, d in enumerate(directions):
-        missing = [k for k in params if k not in d]
-        extra = [k for k in d if k not in params]
-        shapes = [
-            f"{k}: {tuple(d[k].shape)} vs model {tuple(params[k].shape)}"
-            for k in params
-            if k in d and d[k].shape != params[k].shape
-        ]
-        if missing or extra or shapes:
-            parts = []
-            if missing:
-                parts.append(f"missing {len(missing)} parameters {missing[:5]}")
-            if extra:
-                parts.append(f"{len(extra)} parameters the model lacks {extra[:5]}")
-            if shapes:
-                parts.append(f"{len(shapes)} shape mismatches {shapes[:5]}")
-            raise BasinscopeError(
-                f"{source}: direction {i} does not fit the model: " + "; ".join(parts) + ". "
-                "Directions must be made for the same architecture; recreate them for this model "
-                "(drop --directions) or pass the matching --model/--model-kwargs."
-            )
+        check_same_keys(
+            params,
+            d,
+            f"{source}: direction {i} does not fit the model; its keys and the model's parameters",
+            "Directions must be made for the same architecture; recreate them for this model "
+            "(drop --directions) or pass the matching --model/--model-kwargs.",
+        )

@@ -48,9 +48,15 @@ def get_buffers(model: nn.Module, *, detach: bool = True) -> ParamDict:
 
 
 def check_same_keys(
-    a: Mapping[str, Tensor], b: Mapping[str, Tensor], what: str = "parameters"
+    a: Mapping[str, Tensor],
+    b: Mapping[str, Tensor],
+    what: str = "parameters",
+    hint: str = "Both must come from the same architecture (same keys as model.named_parameters(), same shapes).",
 ) -> None:
-    """Raise a :class:`BasinscopeError` naming the keys and shapes where ``a`` and ``b`` differ."""
+    """Raise a :class:`BasinscopeError` naming the keys and shapes where ``b`` differs from ``a``.
+
+    "missing" keys are in ``a`` but not in ``b``; "unexpected" keys are in ``b`` only.
+    """
     missing = [k for k in a if k not in b]
     extra = [k for k in b if k not in a]
     shapes = [
@@ -66,10 +72,7 @@ def check_same_keys(
             parts.append(f"{len(extra)} unexpected keys {_short(extra)}")
         if shapes:
             parts.append(f"{len(shapes)} shape mismatches {_short(shapes)}")
-        raise BasinscopeError(
-            f"{what} do not match: " + "; ".join(parts) + ". Both must come from the same "
-            "architecture (same keys as model.named_parameters(), same shapes)."
-        )
+        raise BasinscopeError(f"{what} do not match: " + "; ".join(parts) + ". " + hint)
 
 
 def _short(items: list[str], n: int = 5) -> str:
