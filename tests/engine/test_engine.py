@@ -272,3 +272,27 @@ def test_bad_data_and_options_are_explained(digits_xy):
         random_line(MODELS["cnn_bn"](), (x[:10], y[:10]), bn_policy="recompute")
     with pytest.raises(BasinscopeError, match="unknown dtype 'float16'"):
         random_line(model, (x[:10], y[:10]), dtype="float16")
+
+
+class ReversedExecutor:
+    """Stands in for a distributed executor: rebuilds the worker from the job, returns out of order."""
+
+    name = "reversed"
+
+    def run(self, evaluator, tasks):
+        worker = evaluator.job.build()
+        worker.strategy = evaluator.strategy
+        for index, coeffs in reversed(list(tasks)):
+            yield index, worker.evaluate_chunk(coeffs)
+
+
+def test_executor_seam_accepts_out_of_order_workers(digits_xy, tmp_path):
+    x, y = digits_xy
+    model = MODELS["mlp"]()
+    kw = dict(alphas=np.linspace(-1, 1, 5), betas=np.linspace(-1, 1, 3), chunk_size=4)
+    local = random_surface(model, (x[:100], y[:100]), **kw)
+    remote = random_surface(
+        model, (x[:100], y[:100]), executor=ReversedExecutor(), run_dir=tmp_path / "r", **kw
+    )
+    assert remote.evaluation["executor"] == "reversed"
+    assert np.array_equal(local.dataset["train_loss"].values, remote.dataset["train_loss"].values)

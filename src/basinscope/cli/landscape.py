@@ -95,6 +95,15 @@ def _common(
     progress: bool,
     json_out: bool,
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    # checked before anything is written: a bad value must not leave a run folder behind
+    # that the corrected command would then refuse as a different run
+    for flag, value, least in (
+        ("--chunk-size", chunk_size, 1),
+        ("--batch-size", batch_size, 1),
+        ("--bn-batches", bn_batches, 1),
+    ):
+        if value < least:
+            raise BasinscopeError(f"{flag} must be at least {least}, got {value}")
     if device != "cpu":
         import torch
 

@@ -30,6 +30,11 @@ app.command("plot")(plot.plot_cmd)
 app.command("demo")(demo_cmd.demo_cmd)
 
 
+INTERRUPTED = (
+    "interrupted: finished chunks are saved in the run folder; run the same command again to resume"
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: user errors are printed without a traceback and exit with status 2."""
     try:
@@ -38,10 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        typer.echo(
-            "interrupted: finished chunks are saved in the run folder; run the same command again to resume",
-            err=True,
-        )
+        typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except typer.Abort:
         typer.echo("interrupted", err=True)
@@ -52,5 +54,10 @@ def main(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(e.exit_code)
         raise
+    if rc == 130:
+        # typer catches Ctrl-C itself (KeyboardInterrupt -> exit status 130) and, with
+        # standalone_mode=False, returns 130 instead of raising: say how to resume here too
+        typer.echo(INTERRUPTED, err=True)
+        sys.exit(130)
     if isinstance(rc, int) and rc:
         sys.exit(rc)

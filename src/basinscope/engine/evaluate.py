@@ -253,7 +253,16 @@ class ChunkJournal(Protocol):
 
 
 class LocalExecutor:
-    """Runs chunks in this process, in order. A Ray executor implements the same method."""
+    """Runs chunks in this process, in order.
+
+    The executor seam: ``run(evaluator, tasks)`` receives the driver's evaluator (whose
+    ``job`` is the picklable description of the work and whose ``strategy`` is already
+    fixed) and ``(chunk index, coefficient rows)`` tasks, and yields ``(index, values)``
+    in any order. A distributed executor (Ray: one actor per GPU or core, each building
+    ``job.build()`` once with the driver's strategy) implements the same method;
+    :func:`evaluate_points` writes each result to the journal as it arrives, so
+    out-of-order completion and interruption are both safe.
+    """
 
     name = "local"
 
