@@ -105,3 +105,12 @@ def test_non_run_folders_are_not_overwritten(tmp_path, small_data):
         _surface(_model(), small_data, tmp_path / "broken")
     with pytest.raises(BasinscopeError, match=r"has no manifest\.json"):
         RunStore.load(tmp_path / "busy")
+
+
+def test_batchnorm_models_can_be_fingerprinted():
+    from basinscope.store import fingerprint_tensors
+
+    bn = nn.BatchNorm1d(3)
+    a = fingerprint_tensors(bn.state_dict())  # includes the 0-d num_batches_tracked
+    bn.num_batches_tracked += 1
+    assert fingerprint_tensors(bn.state_dict()) != a

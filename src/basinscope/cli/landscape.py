@@ -342,7 +342,7 @@ def surface_cmd(
     import json
 
     from basinscope.analyses import pca_surface, plane_surface, project_trajectory, random_surface
-    from basinscope.geometry import load_directions
+    from basinscope.geometry import check_directions_fit, get_params, load_directions
     from basinscope.training import load_trajectory
 
     alphas = parse_range(xrange, "--xrange") if xrange else None
@@ -397,6 +397,7 @@ def surface_cmd(
         given = None
         if directions is not None:
             given, _ = load_directions(directions)
+            check_directions_fit(given, get_params(net), str(directions))
             kw["spec"]["directions"] = str(directions)
         land = random_surface(
             net,

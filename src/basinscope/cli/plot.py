@@ -39,8 +39,19 @@ def plot_cmd(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
 ) -> None:
+    from basinscope.errors import BasinscopeError
     from basinscope.plotting.run import SURFACE_KINDS, render_run
+    from basinscope.store import RunStore
 
+    kind_of_run = RunStore.load(run_dir).kind
+    if kind_of_run != "landscape":
+        # e.g. a `basinscope train` folder: it has a manifest but never any results.zarr,
+        # and "run the original command again to finish it" would send the user in circles
+        raise BasinscopeError(
+            f"{run_dir} holds a {kind_of_run} run, which has no landscape to draw; "
+            "`basinscope plot` draws runs written by `basinscope interpolate` or "
+            "`basinscope surface` (a train run's loss curve is in its figures/ folder)"
+        )
     files = render_run(
         run_dir, variables=var or None, kinds=kind or SURFACE_KINDS, log=log, formats=fmt
     )

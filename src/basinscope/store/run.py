@@ -67,7 +67,7 @@ def fingerprint_tensors(tensors: Mapping[str, Tensor] | list) -> str:
             continue
         t = v.detach().cpu().contiguous()
         h.update(f"{k}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:16]
 
 

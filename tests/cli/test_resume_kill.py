@@ -1,0 +1,178 @@
+"""Resume after a real kill: SIGKILL or Ctrl-C (SIGINT) in the middle of `basinscope surface`,
+then the same command again, gives results bit for bit equal to an uninterrupted run.
+
+The commands run in subprocesses (``python -m basinscope``), as a user would run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+# ~15-20 s in all (five subprocess runs) on a busy 2-core machine
+pytestmark = pytest.mark.slow
+
+# 25 x 25 = 625 points in chunks of 3: 209 chunks, a few seconds of work, so there is time
+# to kill the run after its first finished chunk and well before its last
+N_AXIS = 25
+CHUNK = 3
+N_CHUNKS = -(-(N_AXIS * N_AXIS) // CHUNK)
+START_TIMEOUT = 180.0  # seconds to wait for the first finished chunk (imports included)
+RUN_TIMEOUT = 300.0
+
+
+def command(out: Path) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "basinscope",
+        "surface",
+        "--model",
+        "basinscope.models:mlp",
+        "--xrange",
+        f"-1:1:{N_AXIS}",
+        "--yrange",
+        f"-1:1:{N_AXIS}",
+        "--chunk-size",
+        str(CHUNK),
+        "--strategy",
+        "loop",
+        "--splits",
+        "train",
+        "--no-progress",
+        "--no-plot",
+        "--json",
+        "--out",
+        str(out),
+    ]
+
+
+def _env() -> dict[str, str]:
+    # The same environment, so the same thread count, for every run that is compared. One
+    # thread: on a busy 2-core machine, two OpenMP threads per tiny forward pass spin against
+    # the other load and make the runs ~30x slower (and a single thread is deterministic).
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def run_to_completion(out: Path) -> dict:
+    proc = subprocess.run(
+        command(out), capture_output=True, text=True, timeout=RUN_TIMEOUT, env=_env()
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def done_chunks(run: Path) -> int | None:
+    """Finished chunks in the run's journal, or None while it cannot be read yet."""
+    import zarr
+
+    path = run / "journal" / "done"
+    if not (path / "zarr.json").exists() and not (path / ".zarray").exists():
+        return None
+    try:
+        return int(np.count_nonzero(zarr.open_array(str(path), mode="r")[:]))
+    except Exception:  # being created right now: try again
+        return None
+
+
+def status(run: Path) -> str | None:
+    try:
+        return json.loads((run / "manifest.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def start_and_interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
+    """Start the command, wait for its first finished chunk, send ``sig``, collect it."""
+    proc = subprocess.Popen(
+        command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+    )
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            n = done_chunks(out)
+            if n is not None and n >= 1:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the run ended (status {proc.returncode}) before any chunk was done")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no chunk finished within {START_TIMEOUT} s")
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run finished before it could be interrupted"
+        assert status(out) == "running"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+def assert_interrupted_midway(run: Path) -> int:
+    """The journal holds some, not all, chunks; no results; the manifest says running."""
+    n = done_chunks(run)
+    assert n is not None and 1 <= n < N_CHUNKS, (n, N_CHUNKS)
+    assert status(run) == "running"
+    assert not (run / "results.zarr").exists()
+    return n
+
+
+def load(run: Path) -> xr.Dataset:
+    with xr.open_zarr(run / "results.zarr", consolidated=False) as ds:
+        return ds.load()
+
+
+def assert_bitwise_equal(a: xr.Dataset, b: xr.Dataset) -> None:
+    assert set(a.data_vars) == set(b.data_vars) == {"train_loss", "train_accuracy"}
+    assert a.attrs == b.attrs
+    for name in ("alpha", "beta"):
+        assert a[name].values.tobytes() == b[name].values.tobytes()
+    for name in a.data_vars:
+        x, y = a[name].values, b[name].values
+        assert x.shape == y.shape == (N_AXIS, N_AXIS)
+        assert x.dtype == y.dtype
+        assert np.isfinite(x).all()
+        assert x.tobytes() == y.tobytes(), name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume") / "uninterrupted"
+    summary = run_to_completion(out)
+    assert summary["points_evaluated"] == N_AXIS * N_AXIS
+    return load(out)
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGINT"])
+def test_resume_after_kill_is_bitwise_equal(uninterrupted, tmp_path, how):
+    out = tmp_path / "killed"
+    proc = start_and_interrupt(out, getattr(signal, how))
+    if how == "SIGKILL":
+        assert proc.returncode == -signal.SIGKILL
+    else:
+        assert proc.returncode == 130, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert "interrupted" in proc.stderr
+        assert "run the same command again to resume" in proc.stderr
+        assert proc.stdout == ""
+    n_done = assert_interrupted_midway(out)
+
+    summary = run_to_completion(out)
+    # it resumed: only the chunks that were not finished were evaluated
+    assert summary["points"] == N_AXIS * N_AXIS
+    assert 0 < summary["points_evaluated"] <= N_AXIS * N_AXIS - n_done * CHUNK + CHUNK
+    assert summary["points_evaluated"] < N_AXIS * N_AXIS
+    assert status(out) == "complete"
+    assert done_chunks(out) == N_CHUNKS
+    assert_bitwise_equal(load(out), uninterrupted)
