@@ -120,11 +120,14 @@ def compute_landscape(
     executor: LocalExecutor | None = None,
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
+    make_job: Callable[[PointBasis], Any] | None = None,
 ) -> Landscape:
     """Evaluate ``metrics`` on the grid ``center + sum_d coords_d * directions_d``.
 
     With ``run_dir`` the run is stored there (and resumed if interrupted); a finished run
-    with the same identity is loaded instead of recomputed.
+    with the same identity is loaded instead of recomputed. ``make_job(basis)`` replaces the
+    metric evaluation by any other per-point computation with the engine's job protocol
+    (e.g. Hessian eigenvalues), keeping the grid, chunks, resume and storage.
     """
     if dtype not in DTYPES:
         raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -143,19 +146,23 @@ def compute_landscape(
         buffers={k: v.detach() for k, v in buffers.items()},
         buffer_basis=tuple(buffer_directions) if buffer_directions is not None else None,
     )
-    metric_objs = resolve_metrics(metrics)
-    job = EvalJob(
-        model=model,
-        basis=basis,
-        datasets=splits,
-        metrics=tuple(metric_objs),
-        batch_size=batch_size,
-        dtype=torch_dtype,
-        device=device,
-        bn_policy=bn_policy,
-        bn_data=bn_list,
-        bn_batches=bn_batches,
-        strategy=strategy,
+    metric_objs = resolve_metrics(metrics) if make_job is None else []
+    job = (
+        make_job(basis)
+        if make_job is not None
+        else EvalJob(
+            model=model,
+            basis=basis,
+            datasets=splits,
+            metrics=tuple(metric_objs),
+            batch_size=batch_size,
+            dtype=torch_dtype,
+            device=device,
+            bn_policy=bn_policy,
+            bn_data=bn_list,
+            bn_batches=bn_batches,
+            strategy=strategy,
+        )
     )
     coeffs = grid_coeffs(coords)
     all_attrs = {
