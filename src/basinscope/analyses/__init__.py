@@ -2,6 +2,16 @@
 
 from basinscope.analyses.interpolation import interpolate, random_line
 from basinscope.analyses.landscape import Landscape, compute_landscape, grid_coeffs
+from basinscope.analyses.sharpness import (
+    SHARPNESS_MEASURES,
+    SharpnessResult,
+    adaptive_sharpness,
+    average_sharpness,
+    filter_normalized_sharpness,
+    m_sharpness,
+    sharpness,
+    worst_case_sharpness,
+)
 from basinscope.analyses.surface import (
     TrajectoryProjection,
     pca_surface,
@@ -11,14 +21,22 @@ from basinscope.analyses.surface import (
 )
 
 __all__ = [
+    "SHARPNESS_MEASURES",
     "Landscape",
+    "SharpnessResult",
     "TrajectoryProjection",
+    "adaptive_sharpness",
+    "average_sharpness",
     "compute_landscape",
+    "filter_normalized_sharpness",
     "grid_coeffs",
     "interpolate",
+    "m_sharpness",
     "pca_surface",
     "plane_surface",
     "project_trajectory",
     "random_line",
     "random_surface",
+    "sharpness",
+    "worst_case_sharpness",
 ]
