@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import warnings
 
 import torch
@@ -39,7 +40,7 @@ def tiny_models() -> dict[str, nn.Module]:
 
 def flat_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names=None):
     """(loss of a flat float64 parameter vector, the current flat vector)."""
-    m = model.double().eval()
+    m = copy.deepcopy(model).double().eval()  # never mutate the caller's model
     params = dict(m.named_parameters())
     names = names or list(params)
     shapes = [params[n].shape for n in names]

@@ -25,7 +25,7 @@ from torch import nn
 
 from basinscope.engine.points import PointBasis, points_dict
 
-__all__ = ["CurvatureMapJob", "curvature_map_values"]
+__all__ = ["CurvatureMapJob", "curvature_map"]
 
 MAP_VARIABLES = ("lambda_max", "lambda_min", "ratio", "residual_max", "residual_min", "converged")
 
@@ -43,6 +43,7 @@ class CurvatureMapJob:
     batch_size: int = 1024
     seed: int = 0
     dtype: torch.dtype = torch.float64
+    hvp_method: str = "auto"
 
     def build(self) -> _CurvatureWorker:
         return _CurvatureWorker(self)
@@ -53,13 +54,26 @@ class _CurvatureWorker:
         from basinscope.engine.batches import as_batches
 
         self.job = job
-        self.model = copy.deepcopy(job.model)
+        self.model = copy.deepcopy(job.model).to(job.dtype)  # points are built in job.dtype
         self.batches = as_batches(job.data, batch_size=job.batch_size, dtype=job.dtype)
         self.strategy = "lanczos"
         self.trial: dict[str, Any] = {}
         self.names = [f"train_{v}" for v in MAP_VARIABLES]
 
     def choose_strategy(self, trial_coeffs) -> str:
+        """Time the HVP methods once (at the first point) and fix the winner for the whole map.
+
+        Re-choosing per point would make the map depend on timing noise; the recorded
+        ``"lanczos/<method>"`` strategy is reused when the map resumes.
+        """
+        from basinscope.curvature.operators import HessianOperator
+
+        if self.job.operator == "hessian":
+            op = HessianOperator(
+                self.model, self.batches, dtype=self.job.dtype, method=self.job.hvp_method
+            )
+            self.trial = dict(op.trial)
+            self.strategy = f"lanczos/{op.method}"
         return self.strategy
 
     def evaluate_chunk(self, coeffs) -> dict[str, np.ndarray]:
@@ -76,7 +90,8 @@ class _CurvatureWorker:
             with torch.no_grad():
                 for name, p in self.model.named_parameters():
                     p.copy_(point[name].to(p.dtype))
-            op = ops[self.job.operator](self.model, self.batches, dtype=self.job.dtype)
+            kwargs = {"method": self.strategy.split("/", 1)[1]} if "/" in self.strategy else {}
+            op = ops[self.job.operator](self.model, self.batches, dtype=self.job.dtype, **kwargs)
             top, bottom = lanczos_both_ends(
                 op, 1, 1, tol=self.job.tol, max_iter=self.job.max_iter, seed=self.job.seed, v0=warm
             )
@@ -91,6 +106,77 @@ class _CurvatureWorker:
         return out
 
 
-def curvature_map_values(ds_values: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Rename the engine's ``train_*`` outputs to the map's variable names."""
-    return {k.removeprefix("train_"): v for k, v in ds_values.items()}
+def curvature_map(
+    model: nn.Module,
+    data: Any,
+    *,
+    seed: int = 0,
+    normalization: str = "filter",
+    bias_policy: str = "zero",
+    directions=None,
+    alphas=None,
+    betas=None,
+    operator: str = "hessian",
+    tol: float = 1e-4,
+    max_iter: int = 100,
+    hvp_method: str = "auto",
+    chunk_size: int = 8,
+    run_dir=None,
+    spec: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    on_chunk=None,
+):
+    """The map of :math:`|\\lambda_{\\min}/\\lambda_{\\max}|` (and both eigenvalues, their
+    residuals and converged flags) on the plane of :func:`~basinscope.analyses.random_surface`.
+
+    Returns a :class:`~basinscope.analyses.Landscape` whose variables are ``train_lambda_max``,
+    ``train_lambda_min``, ``train_ratio``, ``train_residual_max``, ``train_residual_min`` and
+    ``train_converged`` (1.0 where both ends met the tolerance).
+
+    ``hvp_method="auto"`` times the HVP methods once at the first point and uses the winner
+    everywhere (recorded as the run's strategy and reused on resume); pin it to compare two
+    separate runs bit for bit.
+    """
+    from basinscope.analyses.landscape import compute_landscape
+    from basinscope.geometry import check_directions_fit, get_params, random_directions
+
+    params = get_params(model)
+    if directions is not None:
+        check_directions_fit(directions, params)
+        dirs = [dict(d) for d in directions]
+    else:
+        dirs = random_directions(params, seed, 2, normalization, bias_policy)
+    coords = {
+        "alpha": np.linspace(-1, 1, 11) if alphas is None else np.asarray(alphas, dtype=np.float64),
+        "beta": np.linspace(-1, 1, 11) if betas is None else np.asarray(betas, dtype=np.float64),
+    }
+    attrs = {
+        "directions": "given" if directions is not None else "random",
+        "normalization": normalization if directions is None else "given",
+        "bias_policy": bias_policy,
+        "seed": seed,
+        "operator": operator,
+        "tol": tol,
+        "max_iter": max_iter,
+        "hvp_method": hvp_method,
+        "definition": "ratio = |lambda_min / lambda_max| of the Hessian of the mean training loss (Lanczos, both ends)",
+    }
+    return compute_landscape(
+        model,
+        params,
+        dirs,
+        coords,
+        data,
+        kind="curvature_map",
+        attrs=attrs,
+        chunk_size=chunk_size,
+        run_dir=run_dir,
+        spec=spec,
+        progress=progress,
+        on_chunk=on_chunk,
+        dtype="float64",
+        strategy="loop",
+        make_job=lambda basis: CurvatureMapJob(
+            model, basis, data, operator, tol, max_iter, seed=seed
+        ),
+    )

@@ -6,8 +6,8 @@ import sys
 
 import typer
 
+from basinscope.cli import curvature, landscape, plot, train
 from basinscope.cli import demo as demo_cmd
-from basinscope.cli import landscape, plot, train
 from basinscope.errors import BasinscopeError
 
 app = typer.Typer(
@@ -26,6 +26,8 @@ app = typer.Typer(
 app.command("train")(train.train_cmd)
 app.command("interpolate")(landscape.interpolate_cmd)
 app.command("surface")(landscape.surface_cmd)
+app.command("hessian")(curvature.hessian_cmd)
+app.command("sharpness")(curvature.sharpness_cmd)
 app.command("plot")(plot.plot_cmd)
 app.command("demo")(demo_cmd.demo_cmd)
 

@@ -10,7 +10,9 @@ For every chunk of ``K`` points the engine reads each data batch once and evalua
           convolutions that are slow on CPUs).
 
 ``strategy="auto"`` times both on a trial chunk and keeps the faster; the choice and the
-timings are recorded in the result. The caller's model is never touched: the engine works
+timings are recorded in the result (and in a run's manifest, where a resumed run reuses
+it). The two strategies agree to rounding, not bit for bit: pin ``strategy`` to compare two
+separate runs bitwise. The caller's model is never touched: the engine works
 on a private copy. Non-finite values are recorded as they are.
 """
 

@@ -19,6 +19,7 @@ the user's backend. Save them with :func:`save_figure`.
 from basinscope.plotting.interactive import line_figure, surface_figure, surface_html
 from basinscope.plotting.io import save_figure
 from basinscope.plotting.lines import plot_line
+from basinscope.plotting.spectrum import plot_per_module, plot_spectral_density
 from basinscope.plotting.surfaces import plot_contour, plot_side_by_side, plot_surface3d
 from basinscope.plotting.trajectory import Trajectory, draw_trajectory
 from basinscope.plotting.vtp import write_vtp
@@ -29,7 +30,9 @@ __all__ = [
     "line_figure",
     "plot_contour",
     "plot_line",
+    "plot_per_module",
     "plot_side_by_side",
+    "plot_spectral_density",
     "plot_surface3d",
     "save_figure",
     "surface_figure",

@@ -62,11 +62,14 @@ def render_run(
         raise BasinscopeError(
             f"unknown figure kinds {unknown}: expected some of {', '.join(SURFACE_KINDS)}"
         )
-    names = (
-        list(variables)
-        if variables
-        else [v for v in ds.data_vars if v.endswith("_loss")] or list(ds.data_vars)
-    )
+    if variables:
+        names = list(variables)
+    elif ds.attrs.get("kind") == "curvature_map":
+        names = [
+            v for v in ("train_ratio", "train_lambda_min", "train_lambda_max") if v in ds.data_vars
+        ]
+    else:
+        names = [v for v in ds.data_vars if v.endswith("_loss")] or list(ds.data_vars)
     missing = [v for v in names if v not in ds.data_vars]
     if missing:
         raise BasinscopeError(

@@ -1,0 +1,87 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from basinscope.analyses.hessian import hessian_analysis
+from basinscope.analyses.hessian_map import curvature_map
+from basinscope.errors import BasinscopeError
+from curvature_cases import dense_hessian, tiny_models
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def xy(digits_xy):
+    x, y = digits_xy
+    return x[:80], y[:80]
+
+
+def test_report_matches_dense_spectrum_at_both_ends(xy):
+    model = tiny_models()["mlp"]
+    evals = torch.linalg.eigvalsh(dense_hessian(model, *xy)).numpy()
+    rep = hessian_analysis(
+        model, xy, k_top=2, k_bottom=2, trace="exact", density=True, density_steps=40
+    )
+    scale = np.abs(evals).max()
+    np.testing.assert_allclose(rep.top.eigenvalues, evals[::-1][:2], atol=1e-6 * scale)
+    np.testing.assert_allclose(rep.bottom.eigenvalues, evals[:2], atol=1e-6 * scale)
+    assert rep.bottom.eigenvalues[0] < 0  # a tanh MLP away from a minimum is indefinite
+    assert rep.trace.estimate == pytest.approx(evals.sum(), rel=1e-9)
+    assert rep.density.moment(0) == pytest.approx(1.0)
+    d = json.loads(json.dumps(rep.to_dict()))
+    assert d["ratio_min_max"] == pytest.approx(abs(evals[0] / evals[-1]), rel=1e-5)
+    assert d["semantics"]["operator"] == "hessian" and d["semantics"]["bn_mode"] == "eval"
+
+
+def test_report_per_module_and_other_operators(xy):
+    model = tiny_models()["cnn"]
+    rep = hessian_analysis(
+        model, xy, operator="ggn", k_top=1, k_bottom=0, trace="hutchinson", per_module=True
+    )
+    assert rep.bottom is None and rep.top.eigenvalues[0] > 0
+    assert {m.module for m in rep.per_module} == {"0", "4"}
+    assert rep.semantics["operator"] == "ggn"
+
+
+def test_report_errors(xy):
+    model = tiny_models()["mlp"]
+    with pytest.raises(BasinscopeError, match="unknown curvature operator 'fisher'"):
+        hessian_analysis(model, xy, operator="fisher")
+    with pytest.raises(BasinscopeError, match="unknown trace method 'fast'"):
+        hessian_analysis(model, xy, trace="fast")
+
+
+def test_curvature_map_center_matches_the_spectrum_and_resumes(xy, tmp_path):
+    model = tiny_models()["mlp"]
+    kw = dict(
+        alphas=np.linspace(-0.5, 0.5, 3),
+        betas=np.array([-0.5, 0.0, 0.5]),
+        chunk_size=2,
+        tol=1e-8,
+        max_iter=200,
+    )
+    full = curvature_map(model, xy, run_dir=tmp_path / "full", **kw)
+    evals = torch.linalg.eigvalsh(dense_hessian(model, *xy)).numpy()
+    ds = full.dataset
+    assert ds["train_lambda_max"].values[1, 1] == pytest.approx(evals[-1], rel=1e-6)
+    assert ds["train_lambda_min"].values[1, 1] == pytest.approx(evals[0], rel=1e-5)
+    assert ds["train_ratio"].values[1, 1] == pytest.approx(abs(evals[0] / evals[-1]), rel=1e-5)
+    assert ds.attrs["kind"] == "curvature_map"
+
+    def stop(i, n):
+        if i == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        curvature_map(model, xy, run_dir=tmp_path / "cut", on_chunk=stop, **kw)
+    resumed = curvature_map(model, xy, run_dir=tmp_path / "cut", **kw)
+    for v in ds.data_vars:
+        assert np.array_equal(ds[v].values, resumed.dataset[v].values), v
