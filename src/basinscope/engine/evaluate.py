@@ -47,6 +47,8 @@ __all__ = [
 ]
 
 STRATEGIES = ("auto", "vmap", "loop")
+TRIAL_POINTS = 16
+TRIAL_EXAMPLES = 512
 
 
 @dataclass(frozen=True)
@@ -132,12 +134,18 @@ class Evaluator:
 
     # -- strategy -----------------------------------------------------------------
     def choose_strategy(self, trial_coeffs: np.ndarray) -> str:
-        """Time ``vmap`` and ``loop`` on a trial chunk over the first batch; keep the faster."""
+        """Time ``vmap`` and ``loop`` on a small trial and keep the faster.
+
+        The trial is at most ``TRIAL_POINTS`` points of the first chunk on at most
+        ``TRIAL_EXAMPLES`` examples of the first batch (after one untimed warm-up of each),
+        so it costs a small fraction of a surface while ranking the strategies the same way.
+        """
         if self.strategy is not None:
             return self.strategy
-        c = torch.as_tensor(trial_coeffs, dtype=torch.float64)
+        c = torch.as_tensor(trial_coeffs, dtype=torch.float64)[:TRIAL_POINTS]
         first = next(iter(self.splits))
-        batches = self.splits[first][:1]
+        x0, y0 = self.splits[first][0]
+        batches = [(x0[:TRIAL_EXAMPLES], y0[:TRIAL_EXAMPLES])]
         timings: dict[str, float] = {}
         for name in ("vmap", "loop"):
             try:
