@@ -1,0 +1,541 @@
+"""Permutation alignment: weight matching, activation matching, REPAIR and the barrier they remove.
+
+Two networks trained from different seeds sit in basins that a straight line between them
+leaves (the loss barrier); permuting the hidden units of one to match the other often
+removes most of it (Entezari et al. 2022; Ainsworth et al. 2023). Every permutation here
+is a symmetry of the network (see :mod:`basinscope.analyses._permutation_spec` for how the
+groups of axes that share one permutation are found), and every alignment is *verified*:
+the permuted model's outputs must equal the original's (to ``1e-5`` relative to the
+output scale), and the difference is recorded as ``max_output_diff``.
+
+``weight_matching``      Git Re-Basin, Algorithm 1 (Ainsworth et al. 2023): coordinate
+                         ascent on :math:`\\sum_\\ell \\langle W^A_\\ell, P_\\ell W^B_\\ell
+                         P_{\\ell-1}^\\top\\rangle`, one group at a time in random order,
+                         each a linear assignment problem, until no group improves.
+``activation_matching``  per group, the assignment that maximizes the summed correlation
+                         of matched units' activations on data (Li et al. 2016; Ainsworth
+                         et al. 2023, Sec. 3.1).
+``repair``               REPAIR (Jordan et al. 2023): rescale the interpolated network's
+                         channels to the interpolated statistics of the endpoints.
+``barrier_before_after`` the linear barrier of Entezari et al. (2022) on the line to the
+                         original and to the aligned model.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from torch.fx import Interpreter, symbolic_trace
+
+from basinscope.analyses._permutation_spec import (
+    PermutationSpec,
+    apply_permutation,
+    permutation_spec,
+    permute_tensor,
+    random_permutation,
+)
+from basinscope.analyses.interpolation import interpolate
+from basinscope.analyses.landscape import as_splits
+from basinscope.engine import as_batches
+from basinscope.engine.bn import has_batchnorm
+from basinscope.errors import BasinscopeError
+from basinscope.geometry import check_same_keys, get_params
+
+__all__ = [
+    "AlignmentResult",
+    "BarrierComparison",
+    "PermutationSpec",
+    "activation_matching",
+    "apply_permutation",
+    "barrier_before_after",
+    "linear_barrier",
+    "permutation_spec",
+    "random_permutation",
+    "repair",
+    "weight_matching",
+]
+
+TIE_BREAK = 1e-6
+"""Weight of the pre-activation correlation that matches dead units in activation matching."""
+OUTPUT_RTOL = 1e-5
+"""Verification: max |f_B'(x) - f_B(x)| must be at most ``OUTPUT_RTOL * max(1, max |f_B(x)|)``."""
+
+
+@dataclass(frozen=True)
+class AlignmentResult:
+    """Model B permuted to align with model A, and how it was found.
+
+    ``permutations[g][i]`` is the unit of B that becomes unit ``i`` of the aligned model;
+    ``objective`` is the matching objective after each sweep (weight matching) or the
+    summed matched correlation per group (activation matching).
+    """
+
+    method: str
+    permutations: dict[str, list[int]]
+    model: nn.Module
+    iterations: int
+    objective: list[float]
+    max_output_diff: float
+    spec: PermutationSpec
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (everything but the model)."""
+        return {
+            "method": self.method,
+            "permutations": {g: list(p) for g, p in self.permutations.items()},
+            "iterations": self.iterations,
+            "objective": list(self.objective),
+            "max_output_diff": self.max_output_diff,
+            "group_sizes": dict(self.spec.sizes),
+            "spec_origin": self.spec.origin,
+        }
+
+
+# -- helpers --------------------------------------------------------------------------------
+
+
+@contextmanager
+def _eval_mode(*models: nn.Module) -> Iterator[None]:
+    flags = [(m, m.training) for model in models for m in model.modules()]
+    for model in models:
+        model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, t in flags:
+            m.training = t
+
+
+def _inputs(data: Any, num_examples: int) -> Tensor:
+    """The first ``num_examples`` inputs of ``data`` (a tensor, TensorData, (x, y), loader)."""
+    if isinstance(data, Tensor):
+        return data[:num_examples]
+    batches = as_batches(next(iter(as_splits(data).values())), batch_size=num_examples)
+    return torch.cat([x for x, _ in batches])[:num_examples]
+
+
+def _verify(original: nn.Module, aligned: nn.Module, x: Tensor, spec: PermutationSpec) -> float:
+    """Max |f_aligned(x) - f_original(x)|; raises if it exceeds the tolerance."""
+    with _eval_mode(original, aligned):
+        ref, out = original(x), aligned(x)
+    diff = float((out - ref).abs().max())
+    scale = max(1.0, float(ref.abs().max()))
+    if not diff <= OUTPUT_RTOL * scale:
+        msg = (
+            f"the permuted model's outputs differ from the original's by {diff:.3g} "
+            f"(tolerance {OUTPUT_RTOL * scale:.3g}): the permutation is not a symmetry."
+        )
+        if spec.origin == "hand-written":
+            raise BasinscopeError(
+                msg + " The hand-written spec misses or mislabels an axis: every tensor "
+                "that reads or carries a permuted channel must be in its group."
+            )
+        raise RuntimeError(
+            msg + " This is a bug in basinscope's permutation-spec discovery; please report "
+            "it with the model's definition."
+        )
+    return diff
+
+
+def _rows(t: Tensor, axis: int, n: int) -> Tensor:
+    """``t`` as an ``(n, -1)`` matrix whose row ``i`` holds everything of channel ``i``."""
+    return t.movedim(axis, 0).reshape(n, -1)
+
+
+def _spec_for(model: nn.Module, spec: PermutationSpec | None, x: Tensor) -> PermutationSpec:
+    return spec if spec is not None else permutation_spec(model, x)
+
+
+def _result(method, spec, perms, model_b, x, iterations, objective) -> AlignmentResult:
+    aligned = apply_permutation(model_b, spec, perms)
+    diff = _verify(model_b, aligned, x, spec)
+    return AlignmentResult(
+        method=method,
+        permutations={g: p.tolist() for g, p in perms.items()},
+        model=aligned,
+        iterations=iterations,
+        objective=[float(v) for v in objective],
+        max_output_diff=diff,
+        spec=spec,
+    )
+
+
+# -- weight matching -------------------------------------------------------------------------
+
+
+def weight_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    spec: PermutationSpec | None = None,
+    *,
+    example_input: Tensor,
+    max_iter: int = 100,
+    seed: int = 0,
+) -> AlignmentResult:
+    """Permute ``model_b`` to maximize its parameters' inner product with ``model_a``'s.
+
+    Git Re-Basin, Algorithm 1 (Ainsworth et al. 2023): starting from identities, visit the
+    groups in a random order (``seed``); for group :math:`g` solve
+
+    .. math::  \\max_{P_g} \\sum_{(W, a) \\in g} \\langle W^A_{(a)},\\,
+               P_g W^B_{(a), \\text{others permuted}} \\rangle
+
+    with :func:`scipy.optimize.linear_sum_assignment` (the cost is
+    :math:`\\sum W^A_{(a)} (W^B_{(a)})^\\top` over the parameters touching :math:`g`, axis
+    :math:`a` first, the other axes of :math:`W^B` permuted by the current permutations);
+    stop after a sweep in which no group improves, or after ``max_iter`` sweeps. Only
+    parameters enter the objective (BatchNorm running statistics are permuted along). The
+    cost is accumulated in float64 on the CPU. ``example_input`` (a few real inputs) is
+    used to find the spec and to verify the result.
+    """
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise BasinscopeError(f"max_iter must be a positive integer, got {max_iter!r}.")
+    spec = _spec_for(model_a, spec, example_input)
+    check_same_keys(get_params(model_a), get_params(model_b))
+    pa = {k: v.detach().double().cpu() for k, v in model_a.named_parameters()}
+    pb = {k: v.detach().double().cpu() for k, v in model_b.named_parameters()}
+    perms = {g: torch.arange(n) for g, n in spec.sizes.items()}
+    names = [k for k in spec.axes if k in pa]
+
+    def objective() -> float:
+        return sum(float((pa[k] * permute_tensor(pb[k], spec.axes[k], perms)).sum()) for k in names)
+
+    rng = np.random.default_rng(seed)
+    history = [objective()]
+    order = list(spec.groups)
+    iterations = 0
+    while iterations < max_iter:
+        iterations += 1
+        improved = False
+        for i in rng.permutation(len(order)):
+            g, n = order[i], spec.sizes[order[i]]
+            cost = torch.zeros(n, n, dtype=torch.float64)
+            for name, axis, _ in spec.groups[g]:
+                if name not in pa:
+                    continue
+                wb = permute_tensor(pb[name], spec.axes[name], perms, skip=axis)
+                cost += _rows(pa[name], axis, n) @ _rows(wb, axis, n).T
+            c = cost.numpy()
+            _, col = linear_sum_assignment(c, maximize=True)
+            old = c[np.arange(n), perms[g].numpy()].sum()
+            new = c[np.arange(n), col].sum()
+            if new > old + 1e-12 * max(1.0, abs(old)):
+                perms[g] = torch.as_tensor(col, dtype=torch.long)
+                improved = True
+        history.append(objective())
+        if not improved:
+            break
+    return _result("weight_matching", spec, perms, model_b, example_input, iterations, history)
+
+
+# -- activation matching ----------------------------------------------------------------------
+
+
+class _SiteRecorder(Interpreter):
+    """Runs a traced graph and keeps the outputs of the named nodes."""
+
+    def __init__(self, model: nn.Module, sites: set[str]) -> None:
+        super().__init__(symbolic_trace(model))
+        self.sites, self.seen = sites, {}
+        missing = sites - {n.name for n in self.graph.nodes}
+        if missing:
+            raise BasinscopeError(
+                f"graph nodes {sorted(missing)} of the spec are not in the traced "
+                f"{type(model).__name__}: were the two models built with the same architecture?"
+            )
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.name in self.sites:
+            self.seen[n.name] = out
+        return out
+
+    def record(self, x: Tensor) -> dict[str, Tensor]:
+        self.seen = {}
+        self.run(x)
+        return self.seen
+
+
+def _record(
+    model: nn.Module, spec: PermutationSpec, x: Tensor
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Outputs at the spec's activation sites, and outputs of its producer modules."""
+    sites = {s[0] for v in spec.activation_sites.values() for s in v}
+    hooked = {p for v in spec.producers.values() for p in v}
+    if spec.site_kind == "module":
+        hooked |= sites
+    seen: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = [
+        modules[s].register_forward_hook(lambda m, i, o, s=s: seen.setdefault(s, o))
+        for s in sorted(hooked)
+    ]
+    try:
+        if spec.site_kind == "fx":
+            return _SiteRecorder(model, sites).record(x), seen
+        model(x)
+        return seen, seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _units(t: Tensor, dim: int, block: int, n: int) -> Tensor:
+    """Activations as ``(samples, n)``: batch, spatial positions and blocks become samples."""
+    t = t.movedim(dim, -1)
+    t = t.reshape(*t.shape[:-1], n, block).movedim(-2, -1)
+    return t.reshape(-1, n).double()
+
+
+def _correlation(a: Tensor, b: Tensor, eps: float = 1e-12) -> Tensor:
+    a = a - a.mean(0)
+    b = b - b.mean(0)
+    cov = a.T @ b / a.shape[0]
+    sa = a.pow(2).mean(0).sqrt()
+    sb = b.pow(2).mean(0).sqrt()
+    return cov / (sa[:, None] * sb[None, :] + eps)
+
+
+def activation_matching(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    spec: PermutationSpec | None = None,
+    *,
+    num_examples: int = 1024,
+) -> AlignmentResult:
+    """Permute ``model_b`` so that matched units' activations correlate most with ``model_a``'s.
+
+    For each group :math:`g` the cost is the Pearson correlation matrix
+    :math:`C_{ij} = \\operatorname{corr}(z^A_i, z^B_j)` over ``num_examples`` inputs of
+    ``data`` (spatial positions count as samples), summed over the group's *activation
+    sites*; the permutation solves :math:`\\max_P \\sum_i C_{i P(i)}` exactly
+    (:func:`scipy.optimize.linear_sum_assignment`). With a discovered spec the sites are the
+    tensors the group's consumers read: post-nonlinearity and post-pooling activations and,
+    for a residual stream, the post-addition activations of every block of the stage
+    (their correlations summed). Units that are dead on the data (constant, so
+    uncorrelated with everything) are matched by the correlation of the pre-activations
+    (the outputs of the group's producers), added with weight ``TIE_BREAK = 1e-6``: a
+    tie-break too small to change the assignment of live units in practice. One batch of
+    ``num_examples`` is used, so the activations must fit in memory. The recorded
+    ``objective`` is, per group, the matched cost (the post-activation correlations summed
+    over the sites, plus the tie-break term).
+    """
+    x = _inputs(data, num_examples)
+    spec = _spec_for(model_a, spec, x[:8])
+    check_same_keys(get_params(model_a), get_params(model_b))
+    empty = [g for g in spec.groups if not spec.activation_sites.get(g)]
+    if empty:
+        raise BasinscopeError(
+            f"groups {empty} have no activation sites: pass activation_sites= (module names "
+            "whose outputs carry the group) to PermutationSpec.from_groups."
+        )
+    with _eval_mode(model_a, model_b):
+        (acts_a, pre_a), (acts_b, pre_b) = _record(model_a, spec, x), _record(model_b, spec, x)
+    modules = dict(model_a.named_modules())
+    perms, scores = {}, []
+    for g, n in spec.sizes.items():
+        cost = sum(
+            _correlation(_units(acts_a[s], d, b, n), _units(acts_b[s], d, b, n))
+            for s, d, b in spec.activation_sites[g]
+        )
+        for p in spec.producers.get(g, ()):  # tie-break for units dead on the data
+            d = pre_a[p].ndim - 1 if isinstance(modules[p], nn.Linear) else 1
+            cost = cost + TIE_BREAK * _correlation(
+                _units(pre_a[p], d, 1, n), _units(pre_b[p], d, 1, n)
+            )
+        _, col = linear_sum_assignment(cost.numpy(), maximize=True)
+        perms[g] = torch.as_tensor(col, dtype=torch.long)
+        scores.append(float(cost.numpy()[np.arange(n), col].sum()))
+    return _result("activation_matching", spec, perms, model_b, x[:64], 1, scores)
+
+
+# -- REPAIR ----------------------------------------------------------------------------------
+
+
+def _interpolated(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Module:
+    """A copy of ``model_a`` at :math:`(1 - \\alpha)\\theta_A + \\alpha\\theta_B` (float buffers too)."""
+    out = copy.deepcopy(model_a)
+    sb = model_b.state_dict()
+    check_same_keys(model_a.state_dict(), sb, "state dicts")
+    with torch.no_grad():
+        for k, v in out.state_dict().items():
+            if v.is_floating_point():
+                v.copy_((1 - alpha) * v + alpha * sb[k].to(v))
+    return out
+
+
+def _channel_stats(model: nn.Module, names: Sequence[str], x: Tensor) -> dict[str, tuple]:
+    """Per-channel mean and (biased) std of each named module's output over one batch."""
+    stats: dict[str, tuple[Tensor, Tensor]] = {}
+    modules = dict(model.named_modules())
+
+    def hook(name: str):
+        def fn(mod, inp, out):
+            dim = out.ndim - 1 if isinstance(mod, nn.Linear) else 1
+            z = out.movedim(dim, -1).reshape(-1, out.shape[dim]).double()
+            stats[name] = (z.mean(0), z.std(0, unbiased=False))
+
+        return fn
+
+    handles = [modules[n].register_forward_hook(hook(n)) for n in names]
+    try:
+        with _eval_mode(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return stats
+
+
+def repair(
+    model_a: nn.Module,
+    model_b_aligned: nn.Module,
+    alpha: float,
+    data: Any,
+    *,
+    spec: PermutationSpec | None = None,
+    num_examples: int = 1024,
+    eps: float = 1e-8,
+) -> nn.Module:
+    """The interpolated model at ``alpha``, with its channel statistics REPAIRed.
+
+    REPAIR (Jordan et al. 2023): in :math:`\\theta_\\alpha = (1-\\alpha)\\theta_A +
+    \\alpha\\theta_{B'}` the pre-activations of each hidden channel :math:`c` are rescaled so
+    that their mean and standard deviation over the data are the interpolated statistics
+    of the endpoints,
+
+    .. math::  \\mu_c = (1-\\alpha)\\mu^A_c + \\alpha\\mu^{B'}_c, \\qquad
+               \\sigma_c = (1-\\alpha)\\sigma^A_c + \\alpha\\sigma^{B'}_c .
+
+    *Without BatchNorm* the correction is folded into the layer that produces the channel
+    (each Linear/Conv in ``spec.producers``, the logits excluded):
+    :math:`W_c \\leftarrow s_c W_c`, :math:`b_c \\leftarrow s_c (b_c - \\hat\\mu_c) + \\mu_c`
+    with :math:`s_c = \\sigma_c / \\hat\\sigma_c` and :math:`\\hat\\mu, \\hat\\sigma` measured in
+    the interpolated network after the layers before it were corrected (layer by layer, in
+    forward order, on one batch of ``num_examples`` inputs; channels whose
+    :math:`\\hat\\sigma_c` is below ``eps`` are left alone). Producers must have a bias.
+    *With BatchNorm* REPAIR reduces to resetting the running statistics on the data: BN
+    then normalizes every channel and its interpolated affine sets the output statistics;
+    that is what is done (no separate correction of producers; mixed BN/non-BN networks
+    are therefore only corrected at their BatchNorm layers).
+    ``model_b_aligned`` must already be aligned to ``model_a`` (e.g. ``result.model``).
+    Returns a new model; the inputs are not touched.
+    """
+    x = _inputs(data, num_examples)
+    model = _interpolated(model_a, model_b_aligned, alpha)
+    if has_batchnorm(model):
+        bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [b.momentum for b in bns]
+        with _eval_mode(model):
+            for b in bns:
+                b.reset_running_stats()
+                b.momentum = None
+                b.train()
+            model(x)  # one batch: the running statistics become its statistics
+        for b, mom in zip(bns, momenta):
+            b.momentum = mom
+        return model
+    spec = _spec_for(model_a, spec, x[:8])
+    producers = [p for g in spec.groups for p in spec.producers.get(g, ())]
+    modules = dict(model.named_modules())
+    producers.sort(key=list(modules).index)
+    for p in producers:
+        if getattr(modules[p], "bias", None) is None:
+            raise BasinscopeError(
+                f"REPAIR folds its correction into the bias of {p!r}, which has none; "
+                "models without BatchNorm need biases on their Linear/Conv layers."
+            )
+    sa = _channel_stats(model_a, producers, x)
+    sb = _channel_stats(model_b_aligned, producers, x)
+    for p in producers:  # forward order: each correction sees the corrected layers before it
+        mu_i, sd_i = _channel_stats(model, [p], x)[p]
+        mu_t = (1 - alpha) * sa[p][0] + alpha * sb[p][0]
+        sd_t = (1 - alpha) * sa[p][1] + alpha * sb[p][1]
+        s = torch.where(sd_i > eps, sd_t / sd_i.clamp_min(eps), torch.ones_like(sd_i))
+        mod = modules[p]
+        with torch.no_grad():
+            w = mod.weight
+            shape = (1, -1) if getattr(mod, "transposed", False) else (-1,)
+            w.mul_(s.to(w).reshape(*shape, *[1] * (w.ndim - len(shape))))
+            mod.bias.copy_(((mod.bias.double() - mu_i) * s + mu_t).to(mod.bias))
+    return model
+
+
+# -- barriers ------------------------------------------------------------------------------
+
+
+def linear_barrier(alphas: Sequence[float], values: Sequence[float]) -> float:
+    """Entezari et al. (2022)'s barrier: :math:`\\max_\\alpha f(\\alpha) - [(1-\\alpha) f(0) + \\alpha f(1)]`.
+
+    ``alphas`` must run from 0 to 1 (the endpoints are the first and last values).
+    """
+    a, v = np.asarray(alphas, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if a.ndim != 1 or a.shape != v.shape or a[0] != 0 or a[-1] != 1:
+        raise BasinscopeError(
+            f"linear_barrier needs matching 1-D alphas from 0 to 1 and values, got alphas "
+            f"{a.tolist()[:3]}... and {v.shape[0] if v.ndim else 0} values."
+        )
+    return float(np.max(v - ((1 - a) * v[0] + a * v[-1])))
+
+
+@dataclass(frozen=True)
+class BarrierComparison:
+    """The linear barrier between A and B before and after aligning B (see :func:`linear_barrier`)."""
+
+    before: float
+    after: float
+    metric: str
+    split: str
+    alphas: list[float]
+    curve_before: list[float]
+    curve_after: list[float]
+    definition: str = "linear: max_alpha f(alpha) - ((1 - alpha) f(0) + alpha f(1))"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def barrier_before_after(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    aligned: nn.Module | AlignmentResult,
+    data: Any,
+    num_points: int = 11,
+    metric: str = "loss",
+    **kwargs: Any,
+) -> BarrierComparison:
+    """The linear barrier of ``metric`` on the line A→B and on the line A→aligned B.
+
+    Both lines are evaluated with :func:`~basinscope.analyses.interpolation.interpolate` at
+    ``num_points`` evenly spaced :math:`\\alpha \\in [0, 1]` on the first split of ``data``;
+    other keyword arguments (``bn_policy``, ``bn_data``, ``batch_size``...) go to it.
+    """
+    if num_points < 3:
+        raise BasinscopeError(f"num_points must be at least 3, got {num_points}.")
+    if isinstance(aligned, AlignmentResult):
+        aligned = aligned.model
+    alphas = np.linspace(0.0, 1.0, num_points)
+    split = next(iter(as_splits(data)))
+    curves = []
+    for other in (model_b, aligned):
+        land = interpolate(model_a, other, data, alphas=alphas, metrics=(metric,), **kwargs)
+        curves.append(land.dataset[f"{split}_{metric}"].values.astype(np.float64))
+    return BarrierComparison(
+        before=linear_barrier(alphas, curves[0]),
+        after=linear_barrier(alphas, curves[1]),
+        metric=metric,
+        split=split,
+        alphas=alphas.tolist(),
+        curve_before=curves[0].tolist(),
+        curve_after=curves[1].tolist(),
+    )
