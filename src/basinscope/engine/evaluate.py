@@ -147,20 +147,32 @@ class Evaluator:
         x0, y0 = self.splits[first][0]
         batches = [(x0[:TRIAL_EXAMPLES], y0[:TRIAL_EXAMPLES])]
         timings: dict[str, float] = {}
-        for name in ("vmap", "loop"):
-            try:
-                self._run(c, {first: batches}, name)  # warm-up
-                t0 = time.perf_counter()
-                self._run(c, {first: batches}, name)
-                timings[name] = time.perf_counter() - t0
-            except Exception as e:  # vmap can fail on exotic modules; the loop always works
-                self.trial[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+        all_bn = self.bn_batches
+        self.bn_batches = all_bn[
+            :1
+        ]  # statistics from one batch are enough to time the forward passes
+        try:
+            self._time_strategies(c, {first: batches}, timings)
+        finally:
+            self.bn_batches = all_bn
         if not timings:
             raise RuntimeError(f"neither evaluation strategy works for this model: {self.trial}")
         self.strategy = min(timings, key=timings.get)
         self.trial.update({f"{k}_seconds": v for k, v in timings.items()})
         self.trial["trial_points"] = int(c.shape[0])
         return self.strategy
+
+    def _time_strategies(
+        self, c: Tensor, splits: Mapping[str, Batches], timings: dict[str, float]
+    ) -> None:
+        for name in ("vmap", "loop"):
+            try:
+                self._run(c, splits, name)  # warm-up
+                t0 = time.perf_counter()
+                self._run(c, splits, name)
+                timings[name] = time.perf_counter() - t0
+            except Exception as e:  # vmap can fail on exotic modules; the loop always works
+                self.trial[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
 
     # -- evaluation -----------------------------------------------------------------
     def evaluate_chunk(self, coeffs: np.ndarray) -> dict[str, np.ndarray]:

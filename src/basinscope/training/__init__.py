@@ -4,6 +4,7 @@ The entry point is :func:`train`, a plain function of a model, data and a frozen
 :class:`TrainConfig` that returns a frozen :class:`TrainResult`.
 """
 
+from basinscope.training.callbacks import FGE, SWA, update_bn
 from basinscope.training.config import BN_MODES, OPTIMIZERS, TrainConfig
 from basinscope.training.schedules import SCHEDULES, check_schedule, lr_at
 from basinscope.training.trainer import Callback, TrainResult, select_trainable, train
@@ -11,8 +12,10 @@ from basinscope.training.trajectory import load_trajectory, trajectory_to_safete
 
 __all__ = [
     "BN_MODES",
+    "FGE",
     "OPTIMIZERS",
     "SCHEDULES",
+    "SWA",
     "Callback",
     "TrainConfig",
     "TrainResult",
@@ -22,4 +25,5 @@ __all__ = [
     "select_trainable",
     "train",
     "trajectory_to_safetensors",
+    "update_bn",
 ]

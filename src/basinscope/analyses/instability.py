@@ -1,0 +1,554 @@
+"""Linear mode connectivity under SGD noise: the instability analysis of Frankle et al. 2020.
+
+Frankle, Dziugaite, Roy & Carbin (2020), "Linear mode connectivity and the lottery ticket
+hypothesis": train a *parent* from :math:`\\theta_0` for :math:`k` updates, spawn children
+that finish training to :math:`T` updates with different data orders (different SGD
+noise), and measure the error barrier on the line between the children,
+
+.. math::  \\mathrm{instability}(k) = \\max_{\\alpha \\in [0, 1]}
+           \\mathcal{E}((1 - \\alpha)\\theta_1 + \\alpha\\theta_2)
+           - \\tfrac12(\\mathcal{E}(\\theta_1) + \\mathcal{E}(\\theta_2))
+
+(Frankle's *mean* barrier; ``definition="linear"`` gives Entezari et al. 2022's barrier
+:math:`\\max_\\alpha f(\\alpha) - ((1-\\alpha)f(0) + \\alpha f(1))`, ``"midpoint"`` the
+value at :math:`\\alpha = 1/2`). A network is *stable* at :math:`k` when the barrier is
+about 0: from step :math:`k` on, SGD noise no longer changes the linearly connected
+region training ends in. With more than two children the barrier of every pair is
+measured and the mean and maximum are reported.
+
+The transfer variant (Neyshabur, Sedghi & Zhang 2020, "What is being transferred in
+transfer learning?", Sec. 3.2) compares two children fine-tuned from pre-trained weights
+with two children trained from one random initialization (:func:`transfer_instability`).
+
+Barriers come from :func:`basinscope.analyses.barrier.barrier` when that module is
+available, otherwise from a grid over :math:`\\alpha \\in [0, 1]` of
+:func:`~basinscope.analyses.interpolation.interpolate`; the result records which.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from basinscope.errors import BasinscopeError
+from basinscope.training import TrainConfig, TrainResult, train
+
+__all__ = [
+    "CHILD_SCHEDULES",
+    "InstabilityResult",
+    "InstabilitySweep",
+    "TransferInstabilityResult",
+    "instability",
+    "instability_sweep",
+    "plot_instability",
+    "transfer_instability",
+]
+
+_DEFINITIONS: tuple[str, ...] = ("linear", "mean", "midpoint")
+CHILD_SCHEDULES: tuple[str, ...] = ("continue", "restart")
+
+
+# -- barriers -----------------------------------------------------------------------------
+def _check_definition(definition: str, metric: str) -> None:
+    if definition not in _DEFINITIONS:
+        raise BasinscopeError(
+            f"unknown barrier definition {definition!r}; valid definitions are "
+            f"{', '.join(repr(d) for d in _DEFINITIONS)} ('mean' is Frankle et al. 2020's, "
+            "'linear' Entezari et al. 2022's)."
+        )
+    if not isinstance(metric, str) or not metric:
+        raise BasinscopeError(f"metric must be a metric name such as 'error', got {metric!r}.")
+
+
+def pair_barrier(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    *,
+    definition: str = "mean",
+    metric: str = "error",
+    num_points: int = 25,
+    bn_policy: str = "stored",
+    bn_data: Any = None,
+    strategy: str = "loop",
+) -> Any:
+    """The barrier between two models (:func:`basinscope.analyses.barrier.barrier`).
+
+    The engine strategy is pinned (default ``"loop"``) so equal models and seeds give
+    bit-identical numbers.
+    """
+    from basinscope.analyses.barrier import barrier
+
+    _check_definition(definition, metric)
+    return barrier(
+        model_a,
+        model_b,
+        data,
+        definition=definition,
+        metric=metric,
+        num_points=num_points,
+        bn_policy=bn_policy,
+        bn_data=bn_data,
+        strategy=strategy,
+    )
+
+
+def _barrier_dict(res: Any) -> dict[str, Any]:
+    if hasattr(res, "to_dict"):
+        return _jsonable(res.to_dict())
+    return {"value": float(res.value), "definition": str(res.definition)}
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.generic, np.ndarray)):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, TrainConfig):
+        return obj.to_dict()
+    return obj
+
+
+# -- results ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class InstabilityResult:
+    """The barrier between children spawned at step ``k`` (Frankle et al. 2020).
+
+    Attributes:
+        k: the spawning step (updates the parent was trained for).
+        total_steps: updates of parent plus child.
+        value: mean barrier over the pairs of children (the instability).
+        max_value: largest pairwise barrier.
+        barriers: the barrier of every pair, in the order of ``pairs``.
+        pairs: indices of the children of each pair.
+        definition, metric: which barrier on which metric (see the module docstring).
+        child_seeds: the children's data-order seeds; the parent's is ``parent_seed``.
+        child_values: each child's metric value (the barrier's endpoint values).
+        copy_optimizer_state: whether the children started with the parent's optimizer
+            state (momentum); False or ``k == 0`` means a fresh optimizer.
+        child_schedule: ``"continue"`` or ``"restart"`` (see :func:`instability`).
+        details: every pairwise barrier as a dict.
+        settings: everything else that defines the number (configs, data sizes, ...).
+        children: the trained children (not part of ``to_dict``).
+    """
+
+    k: int
+    total_steps: int
+    value: float
+    max_value: float
+    barriers: tuple[float, ...]
+    pairs: tuple[tuple[int, int], ...]
+    definition: str
+    metric: str
+    child_seeds: tuple[int, ...]
+    parent_seed: int
+    child_values: tuple[float, ...]
+    copy_optimizer_state: bool
+    child_schedule: str
+    details: tuple[dict[str, Any], ...]
+    settings: dict[str, Any]
+    children: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict of every field but the models."""
+        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "children"}
+        return _jsonable(d)
+
+
+@dataclass(frozen=True)
+class InstabilitySweep:
+    """Instability as a function of the spawning step (Frankle et al. 2020, Fig. 2)."""
+
+    ks: tuple[int, ...]
+    values: tuple[float, ...]
+    max_values: tuple[float, ...]
+    definition: str
+    metric: str
+    results: tuple[InstabilityResult, ...] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(
+            {
+                "ks": self.ks,
+                "values": self.values,
+                "max_values": self.max_values,
+                "definition": self.definition,
+                "metric": self.metric,
+                "results": [r.to_dict() for r in self.results],
+            }
+        )
+
+    def plot(self, ax=None):
+        """Same as :func:`plot_instability`."""
+        return plot_instability(self, ax=ax)
+
+
+@dataclass(frozen=True)
+class TransferInstabilityResult:
+    """Children fine-tuned from pre-trained weights vs children trained from scratch.
+
+    Neyshabur et al. 2020: two fine-tuned copies of a pre-trained model stay in one basin
+    (small ``pretrained_barrier``), two copies trained from one random initialization
+    need not (``scratch_barrier``).
+    """
+
+    pretrained_barrier: float
+    scratch_barrier: float
+    definition: str
+    metric: str
+    pretrained: InstabilityResult = field(repr=False)
+    scratch: InstabilityResult = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(
+            {
+                "pretrained_barrier": self.pretrained_barrier,
+                "scratch_barrier": self.scratch_barrier,
+                "definition": self.definition,
+                "metric": self.metric,
+                "pretrained": self.pretrained.to_dict(),
+                "scratch": self.scratch.to_dict(),
+            }
+        )
+
+
+# -- schedules of a spawned run -----------------------------------------------------------
+def _child_config(config: TrainConfig, k: int, total_steps: int, policy: str) -> TrainConfig:
+    """The children's config (without their seed) for spawning at ``k``.
+
+    ``"continue"``: the lr of child update ``j`` is the lr of update ``k + j`` of one run of
+    ``config`` over ``total_steps``; ``"restart"``: the children run ``config``'s schedule
+    from its start over the remaining ``total_steps - k`` updates.
+    """
+    remaining = total_steps - k
+    if policy == "restart" or k == 0:
+        return replace(config, steps=remaining, checkpoint_steps=())
+    s, w = config.schedule, config.warmup_steps
+    fix = (
+        "pass child_schedule='restart' (the children run the schedule from its start over "
+        "the remaining updates) or use schedule='constant'"
+    )
+    if k < w:
+        raise BasinscopeError(
+            f"cannot continue the warmup ({w} updates) in children spawned at k={k}: the trainer "
+            f"restarts a spawned run's schedule at update 0; spawn at k >= {w}, or {fix}."
+        )
+    base = replace(config, steps=remaining, warmup_steps=0, checkpoint_steps=())
+    if s == "constant":
+        return base
+    if s == "step":
+        passed = sum(1 for m in config.milestones if m <= k)
+        lr = config.lr * config.gamma**passed
+        return replace(
+            base,
+            lr=lr,
+            min_lr=min(config.min_lr, lr),
+            milestones=tuple(m - k for m in config.milestones if m > k),
+        )
+    if s == "cyclic" and config.cycle_steps is not None and (k - w) % config.cycle_steps == 0:
+        return base
+    if s == "cyclic":
+        raise BasinscopeError(
+            f"children spawned at k={k} would start in the middle of a cycle of "
+            f"{config.cycle_steps} updates; spawn at warmup_steps + a multiple of cycle_steps, or "
+            f"{fix}."
+        )
+    raise BasinscopeError(
+        f"the {s!r} schedule depends on the run length, so a parent of k={k} updates and "
+        f"children of {remaining} cannot reproduce one run of {total_steps}: {fix} "
+        "(k=0 and k=total_steps always work)."
+    )
+
+
+def _check_int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
+        raise BasinscopeError(f"{name} must be an integer >= {lo}, got {v!r}.")
+    if hi is not None and v > hi:
+        raise BasinscopeError(f"{name} must be <= {hi}, got {v!r}.")
+    return int(v)
+
+
+# -- the analysis -------------------------------------------------------------------------
+def instability(
+    model: nn.Module,
+    data: Any,
+    *,
+    k: int,
+    total_steps: int,
+    config: TrainConfig,
+    children: int = 2,
+    child_seeds: Sequence[int] = (1, 2),
+    copy_optimizer_state: bool = True,
+    definition: str = "mean",
+    metric: str = "error",
+    eval_data: Any = None,
+    num_points: int = 25,
+    child_schedule: str = "continue",
+    bn_policy: str = "stored",
+    bn_data: Any = None,
+    loss_fn: Callable | None = None,
+    strategy: str = "loop",
+) -> InstabilityResult:
+    """Instability of training at step ``k`` (Frankle et al. 2020): the barrier between children.
+
+    1. The parent is ``model`` trained for ``k`` updates with ``config`` (its data order
+       from ``config.data_seed``); ``k=0`` uses ``model`` itself.
+    2. ``children`` copies of the parent train for ``total_steps - k`` more updates, child
+       ``i`` with data order ``child_seeds[i]``, starting from the parent's optimizer state
+       (momentum, Adam moments) if ``copy_optimizer_state`` else from a fresh optimizer.
+    3. The barrier (``definition`` on ``metric``, over ``eval_data``, default ``data``)
+       between every pair of children; ``value`` is the mean over pairs, ``max_value`` the
+       largest.
+
+    The trainer restarts the lr schedule and the data order of every run at update 0.
+    ``child_schedule="continue"`` (default) makes parent + child follow exactly the lr of
+    one run of ``config`` over ``total_steps`` — possible for ``"constant"``, ``"step"``
+    (milestones shifted by ``k``), ``"cyclic"`` spawned at a cycle boundary, and any
+    schedule at ``k=0`` or ``k=total_steps``; otherwise a :class:`BasinscopeError` says so.
+    ``"restart"`` runs ``config``'s schedule from its start in the parent (over ``k``
+    updates) and again in each child (over ``total_steps - k``). Each child's data order
+    starts at the first epoch of its own seed either way.
+
+    Everything is a function of the seeds: the same arguments give bit-identical barriers.
+    """
+    if not isinstance(config, TrainConfig):
+        raise BasinscopeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    total_steps = _check_int("total_steps", total_steps, 1)
+    k = _check_int("k", k, 0, total_steps)
+    children = _check_int("children", children, 2)
+    seeds = tuple(int(s) for s in child_seeds)
+    if len(seeds) != children:
+        raise BasinscopeError(
+            f"child_seeds has {len(seeds)} seeds for children={children}; pass one data-order "
+            f"seed per child, e.g. child_seeds={tuple(range(1, children + 1))}."
+        )
+    if child_schedule not in CHILD_SCHEDULES:
+        raise BasinscopeError(
+            f"unknown child_schedule {child_schedule!r}; valid values are "
+            f"{', '.join(repr(c) for c in CHILD_SCHEDULES)}."
+        )
+    _check_definition(definition, metric)
+    eval_data = data if eval_data is None else eval_data
+
+    parent_result: TrainResult | None = None
+    parent_config = replace(config, steps=k, checkpoint_steps=()) if k > 0 else None
+    child_base = _child_config(config, k, total_steps, child_schedule) if k < total_steps else None
+    if parent_config is not None:
+        parent_result = train(model, data, parent_config, loss_fn=loss_fn)
+        parent = parent_result.model
+    else:
+        parent = model
+    state = (
+        parent_result.optimizer_state
+        if copy_optimizer_state and parent_result is not None
+        else None
+    )
+    kids: list[nn.Module] = []
+    child_configs = []
+    for seed in seeds:
+        if child_base is None:  # k == total_steps: nothing left to train
+            kids.append(copy.deepcopy(parent))
+            continue
+        cfg = replace(child_base, data_seed=seed)
+        child_configs.append(cfg.to_dict())
+        kids.append(train(parent, data, cfg, loss_fn=loss_fn, optimizer_state=state).model)
+    pairs = tuple(itertools.combinations(range(children), 2))
+    results = [
+        pair_barrier(
+            kids[i],
+            kids[j],
+            eval_data,
+            definition=definition,
+            metric=metric,
+            num_points=num_points,
+            bn_policy=bn_policy,
+            bn_data=bn_data,
+            strategy=strategy,
+        )
+        for i, j in pairs
+    ]
+    values = tuple(float(r.value) for r in results)
+    child_values = [math.nan] * children
+    for (i, j), r in zip(pairs, results):
+        child_values[i], child_values[j] = float(r.f0), float(r.f1)
+    settings = {
+        "parent_config": parent_config.to_dict() if parent_config is not None else None,
+        "child_configs": child_configs,
+        "num_points": num_points,
+        "bn_policy": bn_policy,
+        "strategy": strategy,
+        "barrier_implementation": "basinscope.analyses.barrier",
+        "optimizer_state_copied": state is not None and child_base is not None,
+        "eval_data_is_train_data": eval_data is data,
+    }
+    return InstabilityResult(
+        k=k,
+        total_steps=total_steps,
+        value=float(np.mean(values)),
+        max_value=float(np.max(values)),
+        barriers=values,
+        pairs=pairs,
+        definition=definition,
+        metric=metric,
+        child_seeds=seeds,
+        parent_seed=config.data_seed,
+        child_values=tuple(child_values),
+        copy_optimizer_state=copy_optimizer_state,
+        child_schedule=child_schedule,
+        details=tuple(_barrier_dict(r) for r in results),
+        settings=settings,
+        children=tuple(kids),
+    )
+
+
+def instability_sweep(
+    model: nn.Module,
+    data: Any,
+    ks: Sequence[int],
+    *,
+    total_steps: int,
+    config: TrainConfig,
+    **kwargs: Any,
+) -> InstabilitySweep:
+    """:func:`instability` at every spawning step in ``ks`` (same other arguments).
+
+    Each ``k`` trains its own parent from ``model`` (a prefix of the same deterministic
+    run for the ``"continue"`` schedules, so the parents are the run's checkpoints).
+    """
+    ks = tuple(_check_int("every k in ks", k, 0) for k in ks)
+    if not ks:
+        raise BasinscopeError("ks is empty: pass the spawning steps, e.g. ks=(0, 10, 100).")
+    if len(set(ks)) != len(ks):
+        raise BasinscopeError(f"ks has repeated steps: {list(ks)}; pass each step once.")
+    ks = tuple(sorted(ks))
+    results = tuple(
+        instability(model, data, k=k, total_steps=total_steps, config=config, **kwargs) for k in ks
+    )
+    return InstabilitySweep(
+        ks=ks,
+        values=tuple(r.value for r in results),
+        max_values=tuple(r.max_value for r in results),
+        definition=results[0].definition,
+        metric=results[0].metric,
+        results=results,
+    )
+
+
+def plot_instability(sweep: InstabilitySweep, ax=None):
+    """Barrier vs spawning step ``k``; returns ``(fig, ax)``.
+
+    The mean over pairs is the line; with more than two children the largest pairwise
+    barrier is drawn as well. The ``k`` axis is logarithmic when the positive ``k`` span
+    at least a decade (symmetric-log with a linear part below 1 when ``k=0`` is present).
+    """
+    from basinscope.plotting._common import (
+        LABEL_SIZE,
+        LEGEND_SIZE,
+        figure_of,
+        new_figure,
+        style_axes,
+    )
+
+    if not isinstance(sweep, InstabilitySweep):
+        raise BasinscopeError(
+            f"plot_instability needs an InstabilitySweep (from instability_sweep), got "
+            f"{type(sweep).__name__}."
+        )
+    if ax is None:
+        fig = new_figure((4.5, 3.2))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = figure_of(ax)
+    ks = np.asarray(sweep.ks, dtype=np.float64)
+    ax.plot(ks, sweep.values, "o-", color="tab:blue", label="mean over pairs")
+    if any(len(r.pairs) > 1 for r in sweep.results):
+        ax.plot(ks, sweep.max_values, "v--", color="tab:red", label="max over pairs")
+        ax.legend(fontsize=LEGEND_SIZE)
+    positive = ks[ks > 0]
+    if positive.size and positive.max() / positive.min() >= 10:
+        if (ks == 0).any():
+            ax.set_xscale("symlog", linthresh=1.0)
+        else:
+            ax.set_xscale("log")
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xlabel("spawning step k", fontsize=LABEL_SIZE)
+    ax.set_ylabel(f"{sweep.definition} barrier ({sweep.metric})", fontsize=LABEL_SIZE)
+    style_axes(ax)
+    return fig, ax
+
+
+def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
+    fresh = copy.deepcopy(model)
+    reset = 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for m in fresh.modules():
+            if callable(getattr(m, "reset_parameters", None)):
+                m.reset_parameters()
+                reset += 1
+    if reset == 0:
+        raise BasinscopeError(
+            f"cannot re-initialize a {type(model).__name__}: none of its modules has "
+            "reset_parameters(); pass random_init=<a freshly initialized model>."
+        )
+    return fresh
+
+
+def transfer_instability(
+    pretrained: nn.Module,
+    data: Any,
+    *,
+    steps: int,
+    config: TrainConfig,
+    random_init: nn.Module | None = None,
+    init_seed: int = 0,
+    child_seeds: Sequence[int] = (1, 2),
+    definition: str = "mean",
+    metric: str = "error",
+    **kwargs: Any,
+) -> TransferInstabilityResult:
+    """Barrier between two fine-tuned copies of ``pretrained`` vs two copies trained from scratch.
+
+    Both pairs are :func:`instability` at ``k=0`` over ``steps`` updates with the same
+    ``config`` and ``child_seeds``: once from the pre-trained weights, once from
+    ``random_init`` (default: ``pretrained`` with every module's ``reset_parameters()``
+    called under ``torch.manual_seed(init_seed)``). Other keyword arguments go to
+    :func:`instability`.
+    """
+    if "k" in kwargs or "total_steps" in kwargs:
+        raise BasinscopeError(
+            "transfer_instability spawns at k=0 and trains for `steps`; drop k/total_steps."
+        )
+    init = _reinitialized(pretrained, init_seed) if random_init is None else random_init
+    common = dict(
+        k=0,
+        total_steps=steps,
+        config=config,
+        children=len(tuple(child_seeds)),
+        child_seeds=child_seeds,
+        definition=definition,
+        metric=metric,
+        **kwargs,
+    )
+    pre = instability(pretrained, data, **common)
+    scratch = instability(init, data, **common)
+    return TransferInstabilityResult(
+        pretrained_barrier=pre.value,
+        scratch_barrier=scratch.value,
+        definition=definition,
+        metric=metric,
+        pretrained=pre,
+        scratch=scratch,
+    )
