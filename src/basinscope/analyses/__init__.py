@@ -21,6 +21,7 @@ from basinscope.analyses.barrier import (
     barrier_matrix,
     refine_worst,
 )
+from basinscope.analyses.basin import BasinResult, ConditionEstimate, basin_test
 from basinscope.analyses.curves import (
     CURVE_KINDS,
     Curve,
@@ -76,6 +77,8 @@ __all__ = [
     "AlignmentResult",
     "BarrierComparison",
     "BarrierResult",
+    "BasinResult",
+    "ConditionEstimate",
     "Curve",
     "CurveEvaluation",
     "CurveResult",
@@ -95,6 +98,7 @@ __all__ = [
     "barrier_before_after",
     "barrier_from_curve",
     "barrier_matrix",
+    "basin_test",
     "compute_landscape",
     "ensemble_metrics",
     "evaluate_curve",
