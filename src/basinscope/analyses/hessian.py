@@ -64,6 +64,7 @@ def hessian_analysis(
     density_steps: int = 80,
     per_module: bool = False,
     seed: int = 0,
+    progress: bool = False,
     **operator_kwargs: Any,
 ) -> HessianReport:
     """Spectrum of the curvature of the mean loss of ``model`` on ``data``.
@@ -77,6 +78,7 @@ def hessian_analysis(
             most ``trace_rtol`` of the estimate), ``"exact"`` (dense, tiny models) or ``"none"``.
         density: also estimate the spectral density by stochastic Lanczos quadrature.
         per_module: also the top eigenvalue and trace of each module's diagonal block.
+        progress: show the Lanczos iterations on stderr.
         operator_kwargs: passed to the operator (``params``, ``subset``, ``batch_size``,
             ``weight_decay``, ``bn_mode``, ``method``, ``dtype``, ``device``, ``loss_fn``).
     """
@@ -101,11 +103,17 @@ def hessian_analysis(
     op = OPERATORS[operator](model, data, **operator_kwargs)
     top = bottom = tr = sd = None
     if k_top and k_bottom:
-        top, bottom = lanczos_both_ends(op, k_top, k_bottom, tol=tol, max_iter=max_iter, seed=seed)
+        top, bottom = lanczos_both_ends(
+            op, k_top, k_bottom, tol=tol, max_iter=max_iter, seed=seed, progress=progress
+        )
     elif k_top:
-        top = lanczos_eigenpairs(op, k_top, "largest", tol=tol, max_iter=max_iter, seed=seed)
+        top = lanczos_eigenpairs(
+            op, k_top, "largest", tol=tol, max_iter=max_iter, seed=seed, progress=progress
+        )
     elif k_bottom:
-        bottom = lanczos_eigenpairs(op, k_bottom, "smallest", tol=tol, max_iter=max_iter, seed=seed)
+        bottom = lanczos_eigenpairs(
+            op, k_bottom, "smallest", tol=tol, max_iter=max_iter, seed=seed, progress=progress
+        )
     if trace == "hutch++":
         tr = hutch_plus_plus_trace(op, rtol=trace_rtol, seed=seed)
     elif trace == "hutchinson":

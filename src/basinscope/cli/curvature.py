@@ -193,6 +193,7 @@ def hessian_cmd(
         bn_mode=bn_mode,
         method=hvp,
         dtype=getattr(torch, dtype),
+        progress=progress and not json_out,
     )
     result = sanitize(report.to_dict())
     (store.path / "results.json").write_text(json.dumps(result, indent=1))
