@@ -60,7 +60,7 @@ class _CurvatureWorker:
         self.trial: dict[str, Any] = {}
         self.names = [f"train_{v}" for v in MAP_VARIABLES]
 
-    def choose_strategy(self, trial_coeffs) -> str:
+    def choose_strategy(self, trial_coeffs, total_points: int | None = None) -> str:
         """Time the HVP methods once (at the first point) and fix the winner for the whole map.
 
         Re-choosing per point would make the map depend on timing noise; the recorded
