@@ -116,6 +116,7 @@ def ensemble_metrics(
     bn_policy: str = "stored",
     bn_data: Any = None,
     batch_size: int = 1024,
+    split: str = "eval",
 ) -> dict[str, Any]:
     """Accuracy of the averaged softmax, the members' accuracies, disagreement, barriers.
 
@@ -180,6 +181,7 @@ def ensemble_metrics(
                 num_points=num_points,
                 bn_policy=bn_policy,
                 bn_data=bn_data,
+                split=split,
             )
             for i in range(m - 1)
         ]
@@ -323,7 +325,8 @@ def swa(
     Trains ``steps`` updates at the constant rate ``lr`` (other settings from ``config``)
     and averages the weights after update ``start`` and every ``every`` updates after it
     (:class:`~basinscope.training.callbacks.SWA`); BatchNorm statistics of the average are
-    re-estimated from ``bn_data`` (default ``data``). ``models`` holds the last SGD
+    re-estimated from ``bn_data`` (default ``data``), which the barriers also use when
+    ``bn_policy="recompute"``. ``models`` holds the last SGD
     iterate and the SWA model, so ``diversity`` and ``barriers`` compare the two;
     ``ensemble_accuracy`` is the SWA model's accuracy, ``members`` the number of averaged
     weights and ``budget = steps + pretrain_steps``.
@@ -357,9 +360,9 @@ def swa(
         bn_data = data
     averaged = collector.averaged_model(result.model, bn_data)
     pair = [result.model, averaged]
-    metrics = ensemble_metrics(
-        pair, data if eval_data is None else eval_data, **_metric_kwargs(metric_kwargs)
-    )
+    mk = _metric_kwargs(metric_kwargs)
+    mk.setdefault("bn_data", bn_data)  # the barriers' BatchNorm re-estimation uses the same data
+    metrics = ensemble_metrics(pair, data if eval_data is None else eval_data, **mk)
     metrics["sgd_accuracy"], metrics["swa_accuracy"] = metrics["member_accuracies"]
     settings = {
         "config": run,

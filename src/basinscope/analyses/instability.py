@@ -79,6 +79,7 @@ def pair_barrier(
     bn_policy: str = "stored",
     bn_data: Any = None,
     strategy: str = "loop",
+    split: str = "train",
 ) -> Any:
     """The barrier between two models (:func:`basinscope.analyses.barrier.barrier`).
 
@@ -98,6 +99,7 @@ def pair_barrier(
         bn_policy=bn_policy,
         bn_data=bn_data,
         strategy=strategy,
+        split=split,
     )
 
 
@@ -376,6 +378,7 @@ def instability(
             bn_policy=bn_policy,
             bn_data=bn_data,
             strategy=strategy,
+            split="train" if eval_data is data else "eval",
         )
         for i, j in pairs
     ]
