@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from basinscope.cli import connectivity, curvature, landscape, plot, train
+from basinscope.cli import barrier, curvature, curves, dynamics, landscape, plot, train
 from basinscope.cli import demo as demo_cmd
 from basinscope.errors import BasinscopeError
 
@@ -28,12 +28,12 @@ app.command("interpolate")(landscape.interpolate_cmd)
 app.command("surface")(landscape.surface_cmd)
 app.command("hessian")(curvature.hessian_cmd)
 app.command("sharpness")(curvature.sharpness_cmd)
-app.command("barrier")(connectivity.barrier_cmd)
-app.command("instability")(connectivity.instability_cmd)
-app.command("basin")(connectivity.basin_cmd)
-app.command("curve")(connectivity.curve_cmd)
-app.command("align")(connectivity.align_cmd)
-app.command("ensemble")(connectivity.ensemble_cmd)
+app.command("barrier")(barrier.barrier_cmd)
+app.command("instability")(dynamics.instability_cmd)
+app.command("basin")(barrier.basin_cmd)
+app.command("curve")(curves.curve_cmd)
+app.command("align")(curves.align_cmd)
+app.command("ensemble")(dynamics.ensemble_cmd)
 app.command("plot")(plot.plot_cmd)
 app.command("demo")(demo_cmd.demo_cmd)
 

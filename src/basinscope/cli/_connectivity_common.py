@@ -1,0 +1,193 @@
+"""Shared helpers of the mode-connectivity commands (``basinscope barrier``, ``basin``,
+``curve``, ``align``, ``instability`` and ``ensemble``): option values, validation, run
+folders, the ``_analysis`` context, figures and the final summary.
+
+Every command writes a run folder (``--out``) with ``manifest.json`` (the full spec and
+the fingerprints of the models and data), ``results.json`` and ``figures/`` (PNG and PDF),
+prints progress on stderr and, with ``--json``, one JSON object on stdout: the content of
+``results.json`` plus ``run_dir`` and ``figures``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from basinscope.cli.common import (
+    DataOptions,
+    default_out,
+    emit_json,
+    info,
+    load_model,
+    parse_json_kwargs,
+    sanitize,
+)
+from basinscope.errors import BasinscopeError
+
+BARRIER_DEFINITIONS = ("linear", "mean", "midpoint")
+BARRIER_METRICS = ("error", "loss")
+EVAL_METRICS = ("loss", "error", "accuracy")
+BN_POLICIES = ("stored", "recompute")
+DTYPES = ("float32", "float64")
+STRATEGIES = ("auto", "vmap", "loop")
+
+OUT_OPT = typer.Option(
+    None, "--out", help="Run folder (default: basinscope-runs/<command>-<time>)."
+)
+DEFINITION_HELP = (
+    "Barrier definition: linear (Entezari et al. 2022: max over alpha of the curve above the "
+    "chord), mean (Frankle et al. 2020: max above the endpoints' mean) or midpoint "
+    "(f(1/2) above the endpoints' mean)."
+)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def _choice(flag: str, value: str, choices: Sequence[str], what: str) -> str:
+    if value not in choices:
+        raise BasinscopeError(
+            f"unknown {what} {value!r} for {flag}: expected one of {', '.join(choices)}"
+        )
+    return value
+
+
+def _at_least(flag: str, value: int | float | None, least: int | float) -> None:
+    if value is not None and value < least:
+        raise BasinscopeError(f"{flag} must be at least {least}, got {value}")
+
+
+def _ints(text: str, flag: str, example: str) -> list[int]:
+    try:
+        values = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise BasinscopeError(
+            f"{flag} must be comma-separated integers, e.g. {flag} {example}; got {text!r}"
+        ) from None
+    if not values:
+        raise BasinscopeError(f"{flag} needs at least one integer, e.g. {flag} {example}")
+    return values
+
+
+def _labels(paths: Sequence[Path]) -> list[str]:
+    """Short names of weight files: the stem, or parent/stem, or the path when those repeat."""
+    for make in (
+        lambda p: p.stem,
+        lambda p: f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem,
+        str,
+    ):
+        names = [make(Path(p)) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{i}:{p}" for i, p in enumerate(paths)]
+
+
+def _models(model: str, model_kwargs: str | None, weights: Sequence[Path]) -> list:
+    return [load_model(model, model_kwargs, w) for w in weights]
+
+
+def _spec(model: str, model_kwargs: str | None, weights, data: DataOptions, **extra) -> dict:
+    if isinstance(weights, (list, tuple)):
+        w: Any = [str(p) for p in weights]
+    else:
+        w = str(weights) if weights is not None else None
+    return {
+        "model": model,
+        "model_kwargs": parse_json_kwargs(model_kwargs),
+        "weights": w,
+        **data.to_dict(),
+        **extra,
+    }
+
+
+def _open(out: Path | None, kind: str, spec: dict[str, Any], models: Sequence, datasets: dict):
+    from basinscope.store import RunStore, fingerprint_tensors
+
+    fps = {
+        "models": [fingerprint_tensors(m.state_dict()) for m in models],
+        "data": {name: d.fingerprint() for name, d in datasets.items()},
+    }
+    return RunStore.open(out or default_out(kind), kind, spec, fps)
+
+
+@contextmanager
+def _analysis(store, notes: list[str]) -> Iterator[None]:
+    """Run an analysis in a fresh or resumed run folder.
+
+    The analyses' warnings (BatchNorm, affinely dependent models) are printed as
+    ``warning:`` lines and collected in ``notes``. A user error raised by the analysis in a
+    folder this command created removes the folder again, so that the corrected command is
+    not refused as a different run of the same folder.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except BasinscopeError:
+            if not store.resumed:
+                shutil.rmtree(store.path, ignore_errors=True)
+            raise
+        finally:
+            for w in caught:
+                if not issubclass(w.category, (UserWarning, RuntimeWarning)):
+                    continue
+                msg = " ".join(str(w.message).split())
+                if msg not in notes:
+                    notes.append(msg)
+                    info(f"warning: {msg}")
+
+
+def _finish(
+    store,
+    result: dict[str, Any],
+    figures: list[Path],
+    json_out: bool,
+    notes: list[str],
+    summary: Callable[[], None],
+) -> None:
+    """Write results.json, mark the run complete, then print JSON or the summary."""
+    result = sanitize(result)
+    result["warnings"] = list(notes)
+    (store.path / "results.json").write_text(json.dumps(result, indent=1))
+    store.update_manifest(status="complete")
+    out = {**result, "run_dir": str(store.path), "figures": [str(f) for f in figures]}
+    if json_out:
+        emit_json(out)
+        return
+    summary()
+    info(f"run folder: {store.path}")
+
+
+def _fmt(x: Any) -> str:
+    try:
+        return f"{float(x):.4g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def _ci(ci: Any) -> str:
+    if ci is None:
+        return ""
+    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def _save(fig, store, name: str) -> list[Path]:
+    from basinscope.plotting.io import save_figure
+
+    return save_figure(fig, store.figures / name)
+
+
+def _say(json_out: bool, progress: bool) -> Callable[[str], None]:
+    quiet = json_out or not progress
+    return lambda msg: info(msg, quiet)
+
+
+def _train_config(**kw):
+    from basinscope.training import TrainConfig
+
+    return TrainConfig(**kw)
