@@ -1,0 +1,475 @@
+"""Representation similarity with centered kernel alignment (CKA).
+
+Estimators, each a named option recorded in the result:
+
+* ``"linear"`` -- linear CKA of Kornblith et al. (2019), "Similarity of Neural Network
+  Representations Revisited", computed in feature space on centered features:
+
+  .. math::
+      \\mathrm{CKA}(X, Y) = \\frac{\\lVert Y^\\top X \\rVert_F^2}
+      {\\lVert X^\\top X \\rVert_F \\, \\lVert Y^\\top Y \\rVert_F},
+
+  which equals :math:`\\mathrm{HSIC}(K, L) / \\sqrt{\\mathrm{HSIC}(K, K)\\mathrm{HSIC}(L, L)}`
+  with :math:`K = XX^\\top`, :math:`L = YY^\\top` and the biased estimator
+  :math:`\\mathrm{HSIC}(K, L) = \\mathrm{tr}(KHLH) / (n - 1)^2`.
+* ``"debiased"`` -- the same ratio with the unbiased HSIC estimator of Song et al. (2012)
+  (see :func:`unbiased_hsic`), needing at least 4 examples.
+* ``"rbf"`` -- CKA with Gaussian kernels :math:`k(x, x') = \\exp(-\\lVert x - x'\\rVert^2 /
+  (2\\sigma^2))`, :math:`\\sigma` a multiple (``sigma_factor``, default 0.8 as in Kornblith et
+  al.) of the median pairwise distance between examples.
+* ``"minibatch"`` -- minibatch CKA of Nguyen, Raghu and Kornblith (2021), "Do Wide and Deep
+  Networks Learn the Same Things?": unbiased HSIC of linear Grams summed over batches,
+
+  .. math::
+      \\mathrm{CKA}_{mb} = \\frac{\\sum_i \\mathrm{HSIC}_1(K_i, L_i)}
+      {\\sqrt{\\sum_i \\mathrm{HSIC}_1(K_i, K_i)} \\sqrt{\\sum_i \\mathrm{HSIC}_1(L_i, L_i)}},
+
+  so the number of examples is not limited by memory. Accumulation is in float64.
+
+All computations are in float64. Inputs of shape ``(N, ...)`` are flattened to ``(N, p)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from basinscope.engine.batches import as_batches
+from basinscope.errors import BasinscopeError
+
+__all__ = [
+    "METHODS",
+    "CKAResult",
+    "MinibatchCKA",
+    "cka_matrix",
+    "debiased_cka",
+    "linear_cka",
+    "rbf_cka",
+    "unbiased_hsic",
+]
+
+METHODS = ("minibatch", "linear", "debiased", "rbf")
+MIN_EXAMPLES_UNBIASED = 4
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_matrix(x: Tensor | np.ndarray, name: str) -> Tensor:
+    t = torch.as_tensor(x)
+    if t.ndim < 1:
+        raise BasinscopeError(f"{name} must have shape (N, features...), got a scalar")
+    return t.detach().reshape(t.shape[0], -1).to(device="cpu", dtype=torch.float64)
+
+
+def _pair(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    xm, ym = _as_matrix(x, "x"), _as_matrix(y, "y")
+    if xm.shape[0] != ym.shape[0]:
+        raise BasinscopeError(
+            f"x and y must hold the same examples: x has {xm.shape[0]} rows, y has "
+            f"{ym.shape[0]}; pass the activations of both layers on the same inputs"
+        )
+    if xm.shape[0] < 2:
+        raise BasinscopeError(f"CKA needs at least 2 examples, got {xm.shape[0]}")
+    return xm, ym
+
+
+def _check_unbiased(n: int, what: str) -> None:
+    if n < MIN_EXAMPLES_UNBIASED:
+        raise BasinscopeError(
+            f"{what} needs at least {MIN_EXAMPLES_UNBIASED} examples per batch, got {n}: the "
+            "unbiased HSIC estimator divides by n(n-3) and (n-1)(n-2), so smaller batches give "
+            "NaN or infinity; use a larger batch size (or drop the final short batch)"
+        )
+
+
+def _ratio(hxy: float, hxx: float, hyy: float) -> float:
+    denom = math.sqrt(hxx * hyy) if hxx > 0 and hyy > 0 else 0.0
+    if denom == 0.0:
+        raise BasinscopeError(
+            "CKA is undefined: one representation has zero (or negative estimated) "
+            "self-similarity, e.g. a constant layer output; check that the activations vary "
+            "across examples"
+        )
+    return float(hxy / denom)
+
+
+def _center_gram(k: Tensor) -> Tensor:
+    return k - k.mean(0, keepdim=True) - k.mean(1, keepdim=True) + k.mean()
+
+
+def unbiased_hsic(k: Tensor, ell: Tensor) -> float:
+    """Unbiased HSIC estimator of Song et al. (2012) on ``(n, n)`` Gram matrices, ``n >= 4``.
+
+    .. math::
+        \\mathrm{HSIC}_1(K, L) = \\frac{1}{n(n-3)}\\Big[\\mathrm{tr}(\\tilde K \\tilde L)
+        + \\frac{\\mathbf 1^\\top \\tilde K \\mathbf 1 \\, \\mathbf 1^\\top \\tilde L
+        \\mathbf 1}{(n-1)(n-2)} - \\frac{2}{n-2} \\mathbf 1^\\top \\tilde K \\tilde L
+        \\mathbf 1\\Big],
+
+    where :math:`\\tilde K, \\tilde L` are the Grams with their diagonals set to zero.
+    """
+    n = k.shape[0]
+    _check_unbiased(n, "the unbiased HSIC estimator")
+    kt = k.to(torch.float64).clone()
+    lt = ell.to(torch.float64).clone()
+    kt.fill_diagonal_(0.0)
+    lt.fill_diagonal_(0.0)
+    trace = (kt * lt).sum()  # tr(K L) for symmetric L
+    ksum, lsum = kt.sum(), lt.sum()
+    cross = kt.sum(0) @ lt.sum(1)
+    value = trace + ksum * lsum / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)
+    return float(value / (n * (n - 3)))
+
+
+# --------------------------------------------------------------------------- functional core
+
+
+def linear_cka(x: Tensor | np.ndarray, y: Tensor | np.ndarray, *, debiased: bool = False) -> float:
+    """Linear CKA between representations ``x`` (N, p) and ``y`` (N, q).
+
+    The biased estimator uses the feature-space formula (no N x N Gram) when the feature
+    dimensions are smaller than N; ``debiased=True`` uses :func:`unbiased_hsic` on the
+    linear Grams and needs N >= 4.
+    """
+    xm, ym = _pair(x, y)
+    if debiased:
+        return debiased_cka(xm, ym)
+    n, p, q = xm.shape[0], xm.shape[1], ym.shape[1]
+    xc = xm - xm.mean(0, keepdim=True)
+    yc = ym - ym.mean(0, keepdim=True)
+    if max(p, q) <= n:
+        hxy = torch.linalg.matrix_norm(yc.T @ xc) ** 2
+        hxx = torch.linalg.matrix_norm(xc.T @ xc)
+        hyy = torch.linalg.matrix_norm(yc.T @ yc)
+        return _ratio(float(hxy), float(hxx) ** 2, float(hyy) ** 2)
+    k, ell = xc @ xc.T, yc @ yc.T
+    return _ratio(float((k * ell).sum()), float((k * k).sum()), float((ell * ell).sum()))
+
+
+def debiased_cka(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
+    """Linear CKA with the unbiased HSIC estimator (Song et al. 2012); needs N >= 4."""
+    xm, ym = _pair(x, y)
+    _check_unbiased(xm.shape[0], "debiased CKA")
+    k, ell = xm @ xm.T, ym @ ym.T
+    return _ratio(unbiased_hsic(k, ell), unbiased_hsic(k, k), unbiased_hsic(ell, ell))
+
+
+def _rbf_gram(x: Tensor, sigma_factor: float) -> Tensor:
+    sq = torch.cdist(x, x).pow(2)
+    n = x.shape[0]
+    off = sq[~torch.eye(n, dtype=torch.bool)]
+    median = float(off.median().sqrt()) if off.numel() else 0.0
+    if median == 0.0:
+        raise BasinscopeError(
+            "the RBF bandwidth is zero: the median pairwise distance between examples is 0 "
+            "(most examples have identical representations); use linear CKA instead"
+        )
+    sigma = sigma_factor * median
+    return torch.exp(-sq / (2.0 * sigma**2))
+
+
+def rbf_cka(
+    x: Tensor | np.ndarray,
+    y: Tensor | np.ndarray,
+    *,
+    sigma_factor: float = 0.8,
+    debiased: bool = False,
+) -> float:
+    """CKA with Gaussian kernels, bandwidth ``sigma_factor`` x the median pairwise distance.
+
+    The default ``sigma_factor=0.8`` follows Kornblith et al. (2019). Builds N x N Grams.
+    """
+    if not sigma_factor > 0:
+        raise BasinscopeError(f"sigma_factor must be positive, got {sigma_factor}")
+    xm, ym = _pair(x, y)
+    k, ell = _rbf_gram(xm, sigma_factor), _rbf_gram(ym, sigma_factor)
+    if debiased:
+        _check_unbiased(xm.shape[0], "debiased RBF CKA")
+        return _ratio(unbiased_hsic(k, ell), unbiased_hsic(k, k), unbiased_hsic(ell, ell))
+    kc, lc = _center_gram(k), _center_gram(ell)
+    return _ratio(float((kc * lc).sum()), float((kc * kc).sum()), float((lc * lc).sum()))
+
+
+# --------------------------------------------------------------------------- minibatch
+
+
+class MinibatchCKA:
+    """Streaming minibatch CKA (Nguyen et al. 2021) between two lists of layers.
+
+    Call :meth:`update` with the activations of every layer on one batch (the same examples
+    for all layers, at least 4 of them), then :meth:`result` for the ``(L1, L2)`` matrix.
+    """
+
+    def __init__(self, num_x_layers: int, num_y_layers: int) -> None:
+        if num_x_layers < 1 or num_y_layers < 1:
+            raise BasinscopeError(
+                f"need at least one layer on each side, got {num_x_layers} and {num_y_layers}"
+            )
+        self.num_x_layers = num_x_layers
+        self.num_y_layers = num_y_layers
+        self._xy = np.zeros((num_x_layers, num_y_layers), dtype=np.float64)
+        self._xx = np.zeros(num_x_layers, dtype=np.float64)
+        self._yy = np.zeros(num_y_layers, dtype=np.float64)
+        self.num_batches = 0
+        self.num_examples = 0
+
+    def update(self, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
+        """Add one batch: ``xs`` the activations of the x layers, ``ys`` of the y layers."""
+        if len(xs) != self.num_x_layers or len(ys) != self.num_y_layers:
+            raise BasinscopeError(
+                f"expected {self.num_x_layers} x layers and {self.num_y_layers} y layers, got "
+                f"{len(xs)} and {len(ys)}"
+            )
+        xm = [_as_matrix(a, "x") for a in xs]
+        ym = [_as_matrix(a, "y") for a in ys]
+        sizes = {m.shape[0] for m in xm + ym}
+        if len(sizes) != 1:
+            raise BasinscopeError(
+                f"all layers must see the same batch, got batch sizes {sorted(sizes)}"
+            )
+        n = sizes.pop()
+        _check_unbiased(n, "minibatch CKA")
+        kx = [m @ m.T for m in xm]
+        ky = [m @ m.T for m in ym]
+        for i, k in enumerate(kx):
+            self._xx[i] += unbiased_hsic(k, k)
+            for j, ell in enumerate(ky):
+                self._xy[i, j] += unbiased_hsic(k, ell)
+        for j, ell in enumerate(ky):
+            self._yy[j] += unbiased_hsic(ell, ell)
+        self.num_batches += 1
+        self.num_examples += n
+
+    def result(self) -> np.ndarray:
+        """The ``(L1, L2)`` CKA matrix from the batches seen so far."""
+        if self.num_batches == 0:
+            raise BasinscopeError("MinibatchCKA.result() called before any update()")
+        return np.array(
+            [
+                [_ratio(self._xy[i, j], self._xx[i], self._yy[j]) for j in range(self.num_y_layers)]
+                for i in range(self.num_x_layers)
+            ]
+        )
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(frozen=True)
+class CKAResult:
+    """CKA between the layers of two models: ``matrix[i, j]`` = CKA(layers_a[i], layers_b[j])."""
+
+    matrix: np.ndarray
+    layers_a: tuple[str, ...]
+    layers_b: tuple[str, ...]
+    method: str
+    num_examples: int
+    batch_size: int
+    sigma_factor: float | None = field(default=None)
+
+    def diagonal(self) -> dict[str, float]:
+        """CKA between same-named layers, for layers named in both models (in ``layers_a`` order)."""
+        shared = [name for name in self.layers_a if name in self.layers_b]
+        if not shared:
+            raise BasinscopeError(
+                f"the two models share no layer names (a: {list(self.layers_a)[:5]}, b: "
+                f"{list(self.layers_b)[:5]}); read off-diagonal values from .matrix instead"
+            )
+        return {
+            name: float(self.matrix[self.layers_a.index(name), self.layers_b.index(name)])
+            for name in shared
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "matrix": self.matrix.tolist(),
+            "layers_a": list(self.layers_a),
+            "layers_b": list(self.layers_b),
+            "method": self.method,
+            "num_examples": self.num_examples,
+            "batch_size": self.batch_size,
+            "sigma_factor": self.sigma_factor,
+        }
+
+    def plot(self, ax: Any = None) -> tuple[Any, Any]:
+        """Heatmap of the CKA matrix with a colorbar; returns ``(fig, ax)``."""
+        return plot_cka(self, ax=ax)
+
+
+def plot_cka(result: CKAResult, ax: Any = None) -> tuple[Any, Any]:
+    """Heatmap of ``result.matrix``: rows are ``layers_a``, columns ``layers_b``."""
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        fig = Figure(figsize=(1.2 + 0.5 * len(result.layers_b), 1.0 + 0.5 * len(result.layers_a)))
+        ax = fig.add_subplot(1, 1, 1)
+    else:
+        fig = ax.figure
+    image = ax.imshow(result.matrix, vmin=0.0, vmax=1.0, cmap="magma", origin="lower")
+    ax.set_xticks(range(len(result.layers_b)), list(result.layers_b), rotation=90)
+    ax.set_yticks(range(len(result.layers_a)), list(result.layers_a))
+    ax.set_xlabel("model B layer")
+    ax.set_ylabel("model A layer")
+    ax.set_title(f"CKA ({result.method}, n={result.num_examples})")
+    fig.colorbar(image, ax=ax, label="CKA")
+    return fig, ax
+
+
+def _default_layers(model: nn.Module) -> list[str]:
+    return [
+        name
+        for name, mod in model.named_modules()
+        if name and not list(mod.children()) and any(True for _ in mod.parameters(recurse=False))
+    ]
+
+
+def _resolve_layers(model: nn.Module, layers: Sequence[str] | None, which: str) -> list[str]:
+    modules = dict(model.named_modules())
+    names = _default_layers(model) if layers is None else list(layers)
+    if not names:
+        raise BasinscopeError(
+            f"model {which} has no leaf modules with parameters; pass layers_{which}= "
+            f"with names from named_modules(), e.g. {list(modules)[1:6]}"
+        )
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise BasinscopeError(
+            f"model {which} has no modules named {missing}; valid names include "
+            f"{[n for n in modules if n][:10]}"
+        )
+    return names
+
+
+class _Capture:
+    """Forward hooks that store the flattened outputs of named modules."""
+
+    def __init__(self, model: nn.Module, names: list[str]) -> None:
+        self.outputs: dict[str, Tensor] = {}
+        modules = dict(model.named_modules())
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str) -> Any:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+            if isinstance(output, (tuple, list)):
+                output = output[0]
+            self.outputs[name] = (
+                output.detach().reshape(output.shape[0], -1).to("cpu", torch.float64)
+            )
+
+        return hook
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else None
+
+
+def cka_matrix(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    *,
+    layers_a: Sequence[str] | None = None,
+    layers_b: Sequence[str] | None = None,
+    batch_size: int = 256,
+    method: str = "minibatch",
+    max_examples: int | None = None,
+    sigma_factor: float = 0.8,
+) -> CKAResult:
+    """CKA between every layer of ``model_a`` and every layer of ``model_b`` on ``data``.
+
+    Layers are names from ``named_modules()``; by default every leaf module with parameters.
+    Outputs are captured with forward hooks, flattened, in float64; both models run in eval
+    mode under ``no_grad`` and are returned to their previous modes with hooks removed.
+
+    ``method="minibatch"`` streams (memory independent of N); a final batch with fewer than
+    4 examples is dropped (``num_examples`` records how many were used). The other methods
+    (``"linear"``, ``"debiased"``, ``"rbf"``) keep all activations in memory.
+    """
+    if method not in METHODS:
+        raise BasinscopeError(f"unknown CKA method {method!r}; choose one of {list(METHODS)}")
+    if batch_size < 1:
+        raise BasinscopeError(f"batch_size must be positive, got {batch_size}")
+    if method == "minibatch" and batch_size < MIN_EXAMPLES_UNBIASED:
+        _check_unbiased(batch_size, "minibatch CKA")
+    if max_examples is not None and max_examples < 1:
+        raise BasinscopeError(f"max_examples must be positive or None, got {max_examples}")
+    names_a = _resolve_layers(model_a, layers_a, "a")
+    names_b = _resolve_layers(model_b, layers_b, "b")
+    batches = as_batches(data, batch_size=batch_size)
+    modes = [(m, m.training) for model in (model_a, model_b) for m in model.modules()]
+    cap_a, cap_b = _Capture(model_a, names_a), _Capture(model_b, names_b)
+    dev_a, dev_b = _device_of(model_a), _device_of(model_b)
+    acc = MinibatchCKA(len(names_a), len(names_b)) if method == "minibatch" else None
+    store_a: list[list[Tensor]] = [[] for _ in names_a]
+    store_b: list[list[Tensor]] = [[] for _ in names_b]
+    seen = 0
+    try:
+        model_a.eval()
+        model_b.eval()
+        with torch.no_grad():
+            for x, _ in batches:
+                if max_examples is not None:
+                    x = x[: max_examples - seen]
+                n = len(x)
+                if n == 0:
+                    break
+                if acc is not None and n < MIN_EXAMPLES_UNBIASED:
+                    continue  # final short batch: dropped, see docstring
+                model_a(x.to(dev_a) if dev_a is not None else x)
+                model_b(x.to(dev_b) if dev_b is not None else x)
+                xs = [cap_a.outputs[n_] for n_ in names_a]
+                ys = [cap_b.outputs[n_] for n_ in names_b]
+                if acc is not None:
+                    acc.update(xs, ys)
+                else:
+                    for i, t in enumerate(xs):
+                        store_a[i].append(t)
+                    for j, t in enumerate(ys):
+                        store_b[j].append(t)
+                seen += n
+    finally:
+        cap_a.remove()
+        cap_b.remove()
+        for m, training in modes:
+            m.train(training)
+    if seen == 0:
+        raise BasinscopeError(
+            "no batch could be used: minibatch CKA needs batches of at least "
+            f"{MIN_EXAMPLES_UNBIASED} examples; pass more data or a larger batch_size"
+        )
+    if acc is not None:
+        matrix = acc.result()
+    else:
+        acts_a = [torch.cat(ts) for ts in store_a]
+        acts_b = [torch.cat(ts) for ts in store_b]
+        if method == "linear":
+            fn = linear_cka
+        elif method == "debiased":
+            fn = debiased_cka
+        else:
+
+            def fn(u: Tensor, v: Tensor) -> float:
+                return rbf_cka(u, v, sigma_factor=sigma_factor)
+
+        matrix = np.array([[fn(u, v) for v in acts_b] for u in acts_a])
+    return CKAResult(
+        matrix=matrix,
+        layers_a=tuple(names_a),
+        layers_b=tuple(names_b),
+        method=method,
+        num_examples=seen,
+        batch_size=batch_size,
+        sigma_factor=sigma_factor if method == "rbf" else None,
+    )
