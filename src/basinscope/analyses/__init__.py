@@ -22,6 +22,13 @@ from basinscope.analyses.barrier import (
     refine_worst,
 )
 from basinscope.analyses.basin import BasinResult, ConditionEstimate, basin_test
+from basinscope.analyses.criticality import (
+    CriticalityResult,
+    RewindResult,
+    module_criticality,
+    plot_valley,
+    rewind,
+)
 from basinscope.analyses.curves import (
     CURVE_KINDS,
     Curve,
@@ -32,6 +39,12 @@ from basinscope.analyses.curves import (
     load_curve,
     save_curve,
     train_curve,
+)
+from basinscope.analyses.distance import (
+    DistanceResult,
+    MistakeResult,
+    mistake_analysis,
+    parameter_distance,
 )
 from basinscope.analyses.ensembles import (
     EnsembleResult,
@@ -88,15 +101,19 @@ __all__ = [
     "BasinResult",
     "CKAResult",
     "ConditionEstimate",
+    "CriticalityResult",
     "Curve",
     "CurveEvaluation",
     "CurveResult",
+    "DistanceResult",
     "EnsembleResult",
     "InstabilityResult",
     "InstabilitySweep",
     "Landscape",
     "MinibatchCKA",
+    "MistakeResult",
     "PermutationSpec",
+    "RewindResult",
     "SharpnessResult",
     "TrajectoryProjection",
     "TransferInstabilityResult",
@@ -125,10 +142,14 @@ __all__ = [
     "linear_cka",
     "load_curve",
     "m_sharpness",
+    "mistake_analysis",
+    "module_criticality",
+    "parameter_distance",
     "pca_surface",
     "permutation_spec",
     "plane_surface",
     "plot_instability",
+    "plot_valley",
     "project_trajectory",
     "random_line",
     "random_permutation",
@@ -136,6 +157,7 @@ __all__ = [
     "rbf_cka",
     "refine_worst",
     "repair",
+    "rewind",
     "save_curve",
     "sharpness",
     "swa",
