@@ -223,3 +223,17 @@ def test_plot_returns_figure():
     assert isinstance(fig, Figure)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2"]
     assert len(fig.axes) == 2  # heatmap + colorbar
+
+
+def test_streaming_linear_cka_equals_the_full_data_value():
+    from basinscope.analyses.similarity import StreamingLinearCKA
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(500, 7, generator=g)
+    y = torch.cat([x @ torch.randn(7, 5, generator=g), torch.randn(500, 4, generator=g)], 1)
+    acc = StreamingLinearCKA(1, 2)
+    for i in range(0, 500, 64):  # uneven last batch
+        acc.update([x[i : i + 64]], [y[i : i + 64], x[i : i + 64] * 3.0])
+    got = acc.result()
+    assert got[0, 0] == pytest.approx(linear_cka(x, y), rel=1e-10)
+    assert got[0, 1] == pytest.approx(1.0, rel=1e-12)

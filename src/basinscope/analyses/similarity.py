@@ -47,6 +47,7 @@ __all__ = [
     "METHODS",
     "CKAResult",
     "MinibatchCKA",
+    "StreamingLinearCKA",
     "cka_matrix",
     "debiased_cka",
     "linear_cka",
@@ -198,6 +199,72 @@ def rbf_cka(
 
 
 # --------------------------------------------------------------------------- minibatch
+
+
+class StreamingLinearCKA:
+    """Exact full-data linear CKA, accumulated batch by batch in float64.
+
+    Keeps, per layer, the sums :math:`\\sum_n x_n` and :math:`X^\top X`, and per layer pair
+    :math:`X^\top Y`; the centred cross-covariances follow as
+    :math:`C_{xy} = X^\top Y - \tfrac1N (\\sum x)(\\sum y)^\top`, and
+
+    .. math::  \\mathrm{CKA}(X, Y) = \frac{\\lVert C_{xy}\rVert_F^2}{\\lVert C_{xx}\rVert_F\\,\\lVert C_{yy}\rVert_F}.
+
+    Memory is independent of the number of examples :math:`N` (it grows with the feature
+    dimensions, :math:`p \times q` per pair), and the value equals :func:`linear_cka` on the
+    concatenated activations.
+    """
+
+    def __init__(self, num_x_layers: int, num_y_layers: int) -> None:
+        self.shape = (num_x_layers, num_y_layers)
+        self.n = 0
+        self._sx: list[Tensor] = []
+        self._sy: list[Tensor] = []
+        self._xx: list[Tensor] = []
+        self._yy: list[Tensor] = []
+        self._xy: dict[tuple[int, int], Tensor] = {}
+
+    def update(self, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
+        xs = [x.detach().reshape(len(x), -1).double().cpu() for x in xs]
+        ys = [y.detach().reshape(len(y), -1).double().cpu() for y in ys]
+        if len(xs) != self.shape[0] or len(ys) != self.shape[1]:
+            raise BasinscopeError(
+                f"expected {self.shape[0]} and {self.shape[1]} layers, got {len(xs)} and {len(ys)}"
+            )
+        if not self._sx:
+            self._sx = [x.sum(0) for x in xs]
+            self._sy = [y.sum(0) for y in ys]
+            self._xx = [x.T @ x for x in xs]
+            self._yy = [y.T @ y for y in ys]
+            self._xy = {(i, j): x.T @ y for i, x in enumerate(xs) for j, y in enumerate(ys)}
+        else:
+            for i, x in enumerate(xs):
+                self._sx[i] += x.sum(0)
+                self._xx[i] += x.T @ x
+            for j, y in enumerate(ys):
+                self._sy[j] += y.sum(0)
+                self._yy[j] += y.T @ y
+            for (i, j), m in self._xy.items():
+                m += xs[i].T @ ys[j]
+        self.n += len(xs[0])
+
+    def result(self) -> np.ndarray:
+        if self.n < 2:
+            raise BasinscopeError(f"linear CKA needs at least 2 examples, got {self.n}")
+        n = self.n
+        cxx = [
+            float(torch.linalg.matrix_norm(xx - torch.outer(s, s) / n))
+            for xx, s in zip(self._xx, self._sx)
+        ]
+        cyy = [
+            float(torch.linalg.matrix_norm(yy - torch.outer(s, s) / n))
+            for yy, s in zip(self._yy, self._sy)
+        ]
+        out = np.empty(self.shape)
+        for (i, j), xy in self._xy.items():
+            cxy = xy - torch.outer(self._sx[i], self._sy[j]) / n
+            out[i, j] = _ratio(float(torch.linalg.matrix_norm(cxy)) ** 2, cxx[i] ** 2, cyy[j] ** 2)
+        return out
 
 
 class MinibatchCKA:
@@ -394,8 +461,9 @@ def cka_matrix(
     mode under ``no_grad`` and are returned to their previous modes with hooks removed.
 
     ``method="minibatch"`` streams (memory independent of N); a final batch with fewer than
-    4 examples is dropped (``num_examples`` records how many were used). The other methods
-    (``"linear"``, ``"debiased"``, ``"rbf"``) keep all activations in memory.
+    4 examples is dropped (``num_examples`` records how many were used). ``"linear"`` streams
+    too (:class:`StreamingLinearCKA`, exact full-data CKA in float64). ``"debiased"`` and
+    ``"rbf"`` need N x N Gram matrices and keep all activations in memory.
     """
     if method not in METHODS:
         raise BasinscopeError(f"unknown CKA method {method!r}; choose one of {list(METHODS)}")
@@ -411,7 +479,11 @@ def cka_matrix(
     modes = [(m, m.training) for model in (model_a, model_b) for m in model.modules()]
     cap_a, cap_b = _Capture(model_a, names_a), _Capture(model_b, names_b)
     dev_a, dev_b = _device_of(model_a), _device_of(model_b)
-    acc = MinibatchCKA(len(names_a), len(names_b)) if method == "minibatch" else None
+    acc: MinibatchCKA | StreamingLinearCKA | None = None
+    if method == "minibatch":
+        acc = MinibatchCKA(len(names_a), len(names_b))
+    elif method == "linear":
+        acc = StreamingLinearCKA(len(names_a), len(names_b))
     store_a: list[list[Tensor]] = [[] for _ in names_a]
     store_b: list[list[Tensor]] = [[] for _ in names_b]
     seen = 0
@@ -425,7 +497,7 @@ def cka_matrix(
                 n = len(x)
                 if n == 0:
                     break
-                if acc is not None and n < MIN_EXAMPLES_UNBIASED:
+                if method == "minibatch" and n < MIN_EXAMPLES_UNBIASED:
                     continue  # final short batch: dropped, see docstring
                 model_a(x.to(dev_a) if dev_a is not None else x)
                 model_b(x.to(dev_b) if dev_b is not None else x)
