@@ -136,3 +136,34 @@ def test_bn_mode_eval_keeps_running_stats(digits, models) -> None:
     assert not torch.equal(r.model[0].weight, model[0].weight)
     moved = train(model, (x, y), TrainConfig(steps=10, bn_mode="train"))
     assert not torch.equal(moved.model[1].running_mean, buffers["1.running_mean"])
+
+
+def test_spawn_from_a_checkpoint_copies_or_resets_the_optimizer():
+    import torch as _t
+
+    from basinscope.training import TrainConfig as _Cfg
+    from basinscope.training import spawn, train
+
+    g = _t.Generator().manual_seed(0)
+    x, y = _t.randn(64, 6, generator=g), _t.randint(0, 3, (64,), generator=g)
+    _t.manual_seed(0)
+    model = _t.nn.Sequential(_t.nn.Linear(6, 8), _t.nn.ReLU(), _t.nn.Linear(8, 3))
+    full = train(
+        model, (x, y), _Cfg(steps=10, batch_size=64, lr=0.1, momentum=0.9, checkpoint_steps=(5, 10))
+    )
+    assert set(full.optimizer_states) == {5, 10}
+    rest = _Cfg(steps=5, batch_size=64, lr=0.1, momentum=0.9)
+    copied = spawn(full, 5, (x, y), rest, optimizer="copy")
+    reset = spawn(full, 5, (x, y), rest, optimizer="reset")
+    for (
+        k,
+        v,
+    ) in full.model.state_dict().items():  # full batch: copying the momentum reproduces the run
+        _t.testing.assert_close(copied.model.state_dict()[k], v, rtol=1e-5, atol=1e-6)
+    assert any(
+        not _t.equal(reset.model.state_dict()[k], v) for k, v in full.model.state_dict().items()
+    )
+    with pytest.raises(
+        BasinscopeError, match=r"no checkpoint at step 3; its checkpoints are \[5, 10\]"
+    ):
+        spawn(full, 3, (x, y), rest)

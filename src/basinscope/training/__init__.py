@@ -7,7 +7,7 @@ The entry point is :func:`train`, a plain function of a model, data and a frozen
 from basinscope.training.callbacks import FGE, SWA, update_bn
 from basinscope.training.config import BN_MODES, OPTIMIZERS, TrainConfig
 from basinscope.training.schedules import SCHEDULES, check_schedule, lr_at
-from basinscope.training.trainer import Callback, TrainResult, select_trainable, train
+from basinscope.training.trainer import Callback, TrainResult, select_trainable, spawn, train
 from basinscope.training.trajectory import load_trajectory, trajectory_to_safetensors
 
 __all__ = [
@@ -23,6 +23,7 @@ __all__ = [
     "load_trajectory",
     "lr_at",
     "select_trainable",
+    "spawn",
     "train",
     "trajectory_to_safetensors",
     "update_bn",

@@ -14,7 +14,7 @@ import copy
 import fnmatch
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "TrainResult",
     "load_trajectory",
     "select_trainable",
+    "spawn",
     "train",
     "trajectory_to_safetensors",
 ]
@@ -58,6 +59,8 @@ class TrainResult:
             ``"eval_accuracy"`` (NaN when the targets are not class labels).
         config: the configuration used.
         optimizer_state: the optimizer's final ``state_dict()`` (a deep copy).
+        optimizer_states: ``{step: state_dict()}`` at the checkpoint steps, so a run can be
+            spawned from any checkpoint with its momentum (:func:`spawn`).
     """
 
     model: nn.Module
@@ -66,6 +69,7 @@ class TrainResult:
     history: dict[str, list[float]]
     config: TrainConfig
     optimizer_state: dict[str, Any]
+    optimizer_states: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 def select_trainable(model: nn.Module, config: TrainConfig) -> list[str]:
@@ -248,6 +252,7 @@ def train(
     ckpt_steps = set(config.checkpoint_steps)
     checkpoints: dict[int, dict[str, Tensor]] = {}
     buffers: dict[int, dict[str, Tensor]] = {}
+    optimizer_states: dict[int, dict[str, Any]] = {}
     history: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
     if do_eval:
         history.update({"eval_step": [], "eval_loss": [], "eval_accuracy": []})
@@ -256,6 +261,7 @@ def train(
         if step in ckpt_steps:
             checkpoints[step] = _cpu_clone(dict(net.named_parameters()))
             buffers[step] = _cpu_clone(dict(net.named_buffers()))
+            optimizer_states[step] = copy.deepcopy(opt.state_dict())
         if do_eval and (step % config.eval_every == 0 or step == config.steps):
             loss, acc = _evaluate(net, ex, ey, loss_fn)
             history["eval_step"].append(float(step))
@@ -318,4 +324,42 @@ def train(
         history=history,
         config=config,
         optimizer_state=copy.deepcopy(opt.state_dict()),
+        optimizer_states=optimizer_states,
     )
+
+
+def spawn(
+    parent: TrainResult,
+    step: int,
+    data: Any,
+    config: TrainConfig,
+    *,
+    optimizer: str = "copy",
+    **train_kwargs: Any,
+) -> TrainResult:
+    """Continue training from checkpoint ``step`` of ``parent`` with a new ``config``.
+
+    The child starts from the checkpoint's parameters and buffers; ``optimizer="copy"``
+    loads the optimizer state recorded at that step (momentum, Adam moments), ``"reset"``
+    starts a fresh optimizer. The child's learning-rate schedule and data order start at
+    its own step 0 with ``config.data_seed`` (use a different seed per child for different
+    SGD noise; :func:`basinscope.analyses.instability` reproduces a parent's schedule).
+    """
+    if optimizer not in ("copy", "reset"):
+        raise BasinscopeError(f"optimizer must be 'copy' or 'reset', got {optimizer!r}")
+    if step not in parent.checkpoints:
+        raise BasinscopeError(
+            f"the parent run has no checkpoint at step {step}; its checkpoints are "
+            f"{sorted(parent.checkpoints)} (set checkpoint_steps when training the parent)"
+        )
+    start = copy.deepcopy(parent.model)
+    state = {**parent.checkpoints[step], **parent.buffers.get(step, {})}
+    start.load_state_dict(state, strict=False)
+    opt_state = None
+    if optimizer == "copy":
+        if step not in parent.optimizer_states:
+            raise BasinscopeError(
+                f"the parent run recorded no optimizer state at step {step}; use optimizer='reset'"
+            )
+        opt_state = parent.optimizer_states[step]
+    return train(start, data, config, optimizer_state=opt_state, **train_kwargs)
