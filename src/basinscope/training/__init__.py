@@ -6,6 +6,13 @@ The entry point is :func:`train`, a plain function of a model, data and a frozen
 
 from basinscope.training.callbacks import FGE, SWA, update_bn
 from basinscope.training.config import BN_MODES, OPTIMIZERS, TrainConfig
+from basinscope.training.finetune import (
+    FinetuneResult,
+    compare_strategies,
+    finetune,
+    head_parameters,
+    module_ranking,
+)
 from basinscope.training.schedules import SCHEDULES, check_schedule, lr_at
 from basinscope.training.trainer import Callback, TrainResult, select_trainable, spawn, train
 from basinscope.training.trajectory import load_trajectory, trajectory_to_safetensors
@@ -17,11 +24,16 @@ __all__ = [
     "SCHEDULES",
     "SWA",
     "Callback",
+    "FinetuneResult",
     "TrainConfig",
     "TrainResult",
     "check_schedule",
+    "compare_strategies",
+    "finetune",
+    "head_parameters",
     "load_trajectory",
     "lr_at",
+    "module_ranking",
     "select_trainable",
     "spawn",
     "train",
