@@ -182,3 +182,13 @@ def test_criticality_smoke_on_trained_mlp(trained):
     assert fig is not None
     with pytest.raises(BasinscopeError, match="no module"):
         plot_valley(r, "9")
+
+
+def test_a_single_dataset_can_be_labelled_with_any_split_name(digits_xy):
+    from basinscope.analyses.criticality import _one_split
+
+    x, y = digits_xy
+    name, d = _one_split((x[:10], y[:10]), "test")
+    assert name == "test" and d[0].shape[0] == 10
+    with pytest.raises(BasinscopeError, match=r"unknown split 'val'"):
+        _one_split({"train": (x, y), "test": (x, y)}, "val")

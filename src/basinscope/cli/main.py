@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from basinscope.cli import barrier, curvature, curves, dynamics, landscape, plot, train
+from basinscope.cli import barrier, curvature, curves, dynamics, landscape, plot, train, transfer
 from basinscope.cli import demo as demo_cmd
 from basinscope.errors import BasinscopeError
 
@@ -34,6 +34,11 @@ app.command("basin")(barrier.basin_cmd)
 app.command("curve")(curves.curve_cmd)
 app.command("align")(curves.align_cmd)
 app.command("ensemble")(dynamics.ensemble_cmd)
+app.command("similarity")(transfer.similarity_cmd)
+app.command("distance")(transfer.distance_cmd)
+app.command("rewind")(transfer.rewind_cmd)
+app.command("criticality")(transfer.criticality_cmd)
+app.command("finetune")(transfer.finetune_cmd)
 app.command("plot")(plot.plot_cmd)
 app.command("demo")(demo_cmd.demo_cmd)
 
