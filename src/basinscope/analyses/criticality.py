@@ -89,7 +89,7 @@ def _init_params(model_init, final: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _one_split(data: Any, split: str | None) -> tuple[str, Any]:
     """A ``{split: data}`` mapping picks that split; a single dataset is labelled ``split``."""
     splits = as_splits(data)
-    if split is not None and splits is not data and list(splits) == ["train"]:
+    if split is not None and splits.get("train") is data:
         return split, splits["train"]  # one dataset given: ``split`` only names it
     if split is None:
         split = next(iter(splits))
