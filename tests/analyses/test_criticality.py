@@ -11,7 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from basinscope.analyses.criticality import module_criticality, plot_valley, rewind
+from basinscope.analyses.criticality import (
+    criticality_along_path,
+    module_criticality,
+    plot_valley,
+    rewind,
+)
 from basinscope.engine import Metric
 from basinscope.errors import BasinscopeError
 
@@ -192,3 +197,15 @@ def test_a_single_dataset_can_be_labelled_with_any_split_name(digits_xy):
     assert name == "test" and d[0].shape[0] == 10
     with pytest.raises(BasinscopeError, match=r"unknown split 'val'"):
         _one_split({"train": (x, y), "test": (x, y)}, "val")
+
+
+def test_criticality_along_the_optimization_path_is_zero_at_the_end():
+    c = torch.linspace(-1, 1, 5, dtype=torch.float64)
+    final = Quadratic(c, c)
+    path = {0: {"w": c + 2.0}, 5: {"w": c.clone()}}
+    res = criticality_along_path(final, path, QDATA, metric=QLOSS, epsilon=10.0, samples=2)
+    assert sorted(res) == [0, 5]
+    assert all(m.mu == 0.0 for m in res[5].modules.values())  # theta^0 = theta^F: no distance
+    assert all(m.mu > 0.0 for m in res[0].modules.values())
+    with pytest.raises(BasinscopeError, match="no checkpoints given"):
+        criticality_along_path(final, {}, QDATA, metric=QLOSS)

@@ -25,6 +25,7 @@ from basinscope.analyses.basin import BasinResult, ConditionEstimate, basin_test
 from basinscope.analyses.criticality import (
     CriticalityResult,
     RewindResult,
+    criticality_along_path,
     module_criticality,
     plot_valley,
     rewind,
@@ -128,6 +129,7 @@ __all__ = [
     "basin_test",
     "cka_matrix",
     "compute_landscape",
+    "criticality_along_path",
     "debiased_cka",
     "ensemble_metrics",
     "evaluate_curve",

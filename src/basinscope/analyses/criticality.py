@@ -62,6 +62,7 @@ __all__ = [
     "CriticalityResult",
     "ModuleCriticality",
     "RewindResult",
+    "criticality_along_path",
     "module_criticality",
     "plot_valley",
     "rewind",
@@ -426,3 +427,27 @@ def plot_valley(result: CriticalityResult, module: str, ax=None, *, levels: int 
     mu = f"{m.mu:.3g}" if math.isfinite(m.mu) else "inf"
     ax.set_title(f"{module}: mu={mu}, eps={result.epsilon:.3g}")
     return fig, ax
+
+
+def criticality_along_path(
+    model_final: nn.Module,
+    checkpoints: Mapping[int, Mapping[str, Tensor]],
+    data: Any,
+    **kwargs: Any,
+) -> dict[int, CriticalityResult]:
+    """Module criticality with :math:`\\theta^0` taken at each checkpoint of a training path.
+
+    The variant of Chatterji et al. (2020) and Neyshabur et al. (2020, Sec. 5) that asks how
+    critical each module is relative to where it was at step ``s`` of the optimization (for
+    instance a trajectory saved by :func:`basinscope.training.train`). Returns
+    ``{step: CriticalityResult}``; keyword arguments go to :func:`module_criticality` (the
+    same ``seed`` gives every step the same noise draws, so steps compare on equal terms).
+    """
+    if not checkpoints:
+        raise BasinscopeError(
+            "no checkpoints given: pass {step: parameter dict}, e.g. TrainResult.checkpoints"
+        )
+    return {
+        int(s): module_criticality(model_final, checkpoints[s], data, **kwargs)
+        for s in sorted(checkpoints)
+    }
