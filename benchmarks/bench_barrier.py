@@ -48,6 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import basinscope
+from _timing import is_clean, median_seconds, timed, wait_for_quiet
 from basinscope.analyses.barrier import BARRIER_DEFINITIONS, barrier, barrier_from_curve
 from basinscope.data import load_digits
 from basinscope.models import resnet
@@ -83,52 +84,8 @@ warnings.filterwarnings("ignore", message="There is a performance drop")
 # -----------------------------------------------------------------------------------------
 # 2. Timing, with a record of how busy the rest of the machine was
 # -----------------------------------------------------------------------------------------
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of this process), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-                int, f.readline().split()[1:9]
-            )
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return user + nice + system + irq + softirq + steal, int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, dict[str, float | None]]:
-    """``fn()``, its wall time in seconds and the cores other processes used meanwhile."""
-    c0 = _cpu_ticks()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    c1 = _cpu_ticks()
-    others = None
-    if c0 is not None and c1 is not None:
-        ticks = (c1[0] - c0[0]) - (c1[1] - c0[1]) - 1  # 1 tick of slack: 10 ms resolution
-        others = round(max(ticks, 0) / os.sysconf("SC_CLK_TCK") / seconds, 3)
-    return out, {"seconds": seconds, "others_cores": others}
-
-
-def is_clean(run: dict[str, Any]) -> bool:
-    return run["others_cores"] is None or run["others_cores"] <= CONTENDED_CORES
-
-
-def wait_for_quiet() -> float:
-    """Sleep in 0.5 s looks until other processes use few cores (or ``QUIET_WAIT`` passes)."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < QUIET_WAIT:
-        _, look = timed(lambda: time.sleep(0.5))
-        if is_clean(look):
-            break
-    return time.perf_counter() - t0
-
-
-def median_seconds(runs: list[dict[str, Any]]) -> tuple[float, int]:
-    """Median seconds over the clean runs (over all runs if none was clean), and their count."""
-    clean = [r["seconds"] for r in runs if is_clean(r)]
-    return statistics.median(clean or [r["seconds"] for r in runs]), len(clean)
+# timed, is_clean, wait_for_quiet and median_seconds: shared by the benchmarks, in
+# _timing.py; the settings QUIET_WAIT and CONTENDED_CORES above are passed to them.
 
 
 # -----------------------------------------------------------------------------------------
@@ -239,11 +196,13 @@ def main() -> None:
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     outputs: dict[str, Any] = {}
     for _ in range(max_rounds):
-        todo = [m for m, r in runs.items() if sum(map(is_clean, r)) < repeats]
+        todo = [
+            m for m, r in runs.items() if sum(is_clean(x, CONTENDED_CORES) for x in r) < repeats
+        ]
         if not todo:
             break
         for m in todo:
-            waited = wait_for_quiet()
+            waited = wait_for_quiet(QUIET_WAIT, CONTENDED_CORES)
             outputs[m], t = timed(lambda m=m: methods[m](alphas))
             if m != "loop":
                 ev = outputs[m].evaluation
@@ -286,15 +245,15 @@ def main() -> None:
             "loop_f_worst": at_worst,
         }
 
-    loop_s, loop_clean = median_seconds(runs["loop"])
+    loop_s, loop_clean = median_seconds(runs["loop"], CONTENDED_CORES)
     timing: dict[str, Any] = {
         "loop": {"seconds": loop_s, "clean_runs": loop_clean, "runs": runs["loop"]}
     }
     for m in methods:
         if m == "loop":
             continue
-        sec, clean = median_seconds(runs[m])
-        use = [r for r in runs[m] if is_clean(r)] or runs[m]
+        sec, clean = median_seconds(runs[m], CONTENDED_CORES)
+        use = [r for r in runs[m] if is_clean(r, CONTENDED_CORES)] or runs[m]
         timing[m] = {
             "seconds": sec,
             "speedup": loop_s / sec,

@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ import torch
 from torch import Tensor, nn
 
 import basinscope
+from _timing import is_clean, median_seconds, timed, wait_for_quiet
 from basinscope.analyses.similarity import _default_layers, cka_matrix
 from basinscope.data import load_digits
 from basinscope.models import lenet
@@ -77,52 +77,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_cka.json"
 # -----------------------------------------------------------------------------------------
 # 2. Timing, with a record of how busy the rest of the machine was
 # -----------------------------------------------------------------------------------------
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of this process), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-                int, f.readline().split()[1:9]
-            )
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return user + nice + system + irq + softirq + steal, int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, dict[str, float | None]]:
-    """``fn()``, its wall time in seconds and the cores other processes used meanwhile."""
-    c0 = _cpu_ticks()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    c1 = _cpu_ticks()
-    others = None
-    if c0 is not None and c1 is not None:
-        ticks = (c1[0] - c0[0]) - (c1[1] - c0[1]) - 1  # 1 tick of slack: 10 ms resolution
-        others = round(max(ticks, 0) / os.sysconf("SC_CLK_TCK") / seconds, 3)
-    return out, {"seconds": seconds, "others_cores": others}
-
-
-def is_clean(run: dict[str, Any]) -> bool:
-    return run["others_cores"] is None or run["others_cores"] <= CONTENDED_CORES
-
-
-def wait_for_quiet() -> float:
-    """Sleep in 0.5 s looks until other processes use few cores (or ``QUIET_WAIT`` passes)."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < QUIET_WAIT:
-        _, look = timed(lambda: time.sleep(0.5))
-        if is_clean(look):
-            break
-    return time.perf_counter() - t0
-
-
-def median_seconds(runs: list[dict[str, Any]]) -> tuple[float, int]:
-    """Median seconds over the clean runs (over all runs if none was clean), and their count."""
-    clean = [r["seconds"] for r in runs if is_clean(r)]
-    return statistics.median(clean or [r["seconds"] for r in runs]), len(clean)
+# timed, is_clean, wait_for_quiet and median_seconds: shared by the benchmarks, in
+# _timing.py; the settings QUIET_WAIT and CONTENDED_CORES above are passed to them.
 
 
 def rss_mib() -> tuple[float, float]:
@@ -229,8 +185,8 @@ def worker(method: str, n: int, states: Path) -> None:
     run(*models, x[:WARMUP_EXAMPLES])  # first-call costs (oneDNN kernels, lazy imports)
     runs: list[dict[str, Any]] = []
     matrix = None
-    while sum(map(is_clean, runs)) < REPEATS and len(runs) < MAX_ROUNDS:
-        waited = wait_for_quiet()
+    while sum(is_clean(r, CONTENDED_CORES) for r in runs) < REPEATS and len(runs) < MAX_ROUNDS:
+        waited = wait_for_quiet(QUIET_WAIT, CONTENDED_CORES)
         matrix, t = timed(lambda: run(*models, x))
         runs.append({**t, "waited": waited})
     _, peak = rss_mib()
@@ -282,7 +238,7 @@ def main() -> None:
                     [*cmd, "--states", tmp], capture_output=True, text=True, check=True
                 )
                 r = json.loads(proc.stdout.strip().splitlines()[-1])
-                r["seconds"], r["clean_runs"] = median_seconds(r["runs"])
+                r["seconds"], r["clean_runs"] = median_seconds(r["runs"], CONTENDED_CORES)
                 r["peak_minus_base_mib"] = r["peak_rss_mib"] - r["base_rss_mib"]
                 results[n][method] = r
 

@@ -36,7 +36,6 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +47,7 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
+from _timing import median_seconds, timed, wait_for_quiet
 from basinscope.curvature.lanczos import lanczos_both_ends, lanczos_eigenpairs
 from basinscope.curvature.operators import HessianOperator
 from basinscope.curvature.power import power_iteration
@@ -83,52 +83,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_hessian.json"
 # -----------------------------------------------------------------------------------------
 # 2. Timing, with a record of how busy the rest of the machine was
 # -----------------------------------------------------------------------------------------
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of this process), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-                int, f.readline().split()[1:9]
-            )
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return user + nice + system + irq + softirq + steal, int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, dict[str, float | None]]:
-    """``fn()``, its wall time in seconds and the cores other processes used meanwhile."""
-    c0 = _cpu_ticks()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    c1 = _cpu_ticks()
-    others = None
-    if c0 is not None and c1 is not None:
-        ticks = (c1[0] - c0[0]) - (c1[1] - c0[1]) - 1  # 1 tick of slack: 10 ms resolution
-        others = round(max(ticks, 0) / os.sysconf("SC_CLK_TCK") / seconds, 3)
-    return out, {"seconds": seconds, "others_cores": others}
-
-
-def is_clean(run: dict[str, Any]) -> bool:
-    return run["others_cores"] is None or run["others_cores"] <= CONTENDED_CORES
-
-
-def wait_for_quiet() -> float:
-    """Sleep in 0.5 s looks until other processes use few cores (or ``QUIET_WAIT`` passes)."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < QUIET_WAIT:
-        _, look = timed(lambda: time.sleep(0.5))
-        if is_clean(look):
-            break
-    return time.perf_counter() - t0
-
-
-def median_seconds(runs: list[dict[str, Any]]) -> tuple[float, int]:
-    """Median seconds over the clean runs (over all runs if none was clean), and their count."""
-    clean = [r["seconds"] for r in runs if is_clean(r)]
-    return statistics.median(clean or [r["seconds"] for r in runs]), len(clean)
+# timed, is_clean, wait_for_quiet and median_seconds: shared by the benchmarks, in
+# _timing.py; the settings QUIET_WAIT and CONTENDED_CORES above are passed to them.
 
 
 # -----------------------------------------------------------------------------------------
@@ -244,11 +200,11 @@ def hvp_gradient_ratio(model: nn.Module, data, reps: int, repeats: int) -> dict[
         runs: dict[str, list[dict[str, Any]]] = {"gradient": [], "hvp": []}
         for _ in range(repeats):
             for what, fn in (("gradient", op.gradient), ("hvp", lambda op=op, v=v: op.matvec(v))):
-                wait_for_quiet()
+                wait_for_quiet(QUIET_WAIT, CONTENDED_CORES)
                 _, t = timed(lambda fn=fn: [fn() for _ in range(reps)])
                 runs[what].append({**t, "seconds": t["seconds"] / reps})
-        grad_s, grad_clean = median_seconds(runs["gradient"])
-        hvp_s, hvp_clean = median_seconds(runs["hvp"])
+        grad_s, grad_clean = median_seconds(runs["gradient"], CONTENDED_CORES)
+        hvp_s, hvp_clean = median_seconds(runs["hvp"], CONTENDED_CORES)
         out[method] = {
             "gradient_ms": grad_s * 1e3,
             "hvp_ms": hvp_s * 1e3,
@@ -276,13 +232,13 @@ def bench_model(name: str, data, repeats: int, grad_reps: int) -> dict[str, Any]
     results: dict[str, dict[str, Any]] = {}
     for _ in range(repeats):
         for method, fn in METHODS.items():
-            waited = wait_for_quiet()
+            waited = wait_for_quiet(QUIET_WAIT, CONTENDED_CORES)
             res, t = timed(lambda fn=fn: fn(op))
             runs[method].append({**t, "waited": waited})
             results[method] = res
     methods: dict[str, Any] = {}
     for method, res in results.items():
-        sec, clean = median_seconds(runs[method])
+        sec, clean = median_seconds(runs[method], CONTENDED_CORES)
         methods[method] = {
             "hvps": res["hvps"],
             "seconds": sec,

@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import basinscope
+from _timing import is_clean, median_seconds, timed, wait_for_quiet
 from basinscope.analyses.surface import random_surface
 from basinscope.data import load_digits
 from basinscope.engine import evaluate as engine_module
@@ -88,52 +88,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_surface.json"
 # -----------------------------------------------------------------------------------------
 # 2. Timing, with a record of how busy the rest of the machine was
 # -----------------------------------------------------------------------------------------
-def _cpu_ticks() -> tuple[int, int] | None:
-    """(busy ticks of the whole machine, ticks of this process), or None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            user, nice, system, _idle, _iowait, irq, softirq, steal = map(
-                int, f.readline().split()[1:9]
-            )
-        with open("/proc/self/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return user + nice + system + irq + softirq + steal, int(fields[11]) + int(fields[12])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, dict[str, float | None]]:
-    """``fn()``, its wall time in seconds and the cores other processes used meanwhile."""
-    c0 = _cpu_ticks()
-    t0 = time.perf_counter()
-    out = fn()
-    seconds = time.perf_counter() - t0
-    c1 = _cpu_ticks()
-    others = None
-    if c0 is not None and c1 is not None:
-        ticks = (c1[0] - c0[0]) - (c1[1] - c0[1]) - 1  # 1 tick of slack: 10 ms resolution
-        others = round(max(ticks, 0) / os.sysconf("SC_CLK_TCK") / seconds, 3)
-    return out, {"seconds": seconds, "others_cores": others}
-
-
-def is_clean(run: dict[str, Any]) -> bool:
-    return run["others_cores"] is None or run["others_cores"] <= CONTENDED_CORES
-
-
-def wait_for_quiet() -> float:
-    """Sleep in 0.5 s looks until other processes use few cores (or ``QUIET_WAIT`` passes)."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < QUIET_WAIT:
-        _, look = timed(lambda: time.sleep(0.5))
-        if is_clean(look):
-            break
-    return time.perf_counter() - t0
-
-
-def median_seconds(runs: list[dict[str, Any]]) -> tuple[float, int]:
-    """Median seconds over the clean runs (over all runs if none was clean), and their count."""
-    clean = [r["seconds"] for r in runs if is_clean(r)]
-    return statistics.median(clean or [r["seconds"] for r in runs]), len(clean)
+# timed, is_clean, wait_for_quiet and median_seconds: shared by the benchmarks, in
+# _timing.py; the settings QUIET_WAIT and CONTENDED_CORES above are passed to them.
 
 
 # -----------------------------------------------------------------------------------------
@@ -240,7 +196,7 @@ def matmul_rounds() -> list[dict[str, Any]]:
 
     rounds = []
     for _ in range(MATMUL_ROUNDS):
-        wait_for_quiet()
+        wait_for_quiet(QUIET_WAIT, CONTENDED_CORES)
         _, t = timed(products)
         rounds.append({"gflops": 2 * MATMUL_N**3 * MATMUL_REPS / t["seconds"] / 1e9, **t})
     return rounds
@@ -269,11 +225,13 @@ def bench_model(name: str, data, grid: int, repeats: int, max_rounds: int) -> di
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in ("naive", *STRATEGIES)}
     values: dict[str, np.ndarray] = {}  # (points, [loss, accuracy]) from the latest run
     for _ in range(max_rounds):
-        todo = [m for m, r in runs.items() if sum(map(is_clean, r)) < repeats]
+        todo = [
+            m for m, r in runs.items() if sum(is_clean(x, CONTENDED_CORES) for x in r) < repeats
+        ]
         if not todo:
             break
         for method in todo:
-            waited = wait_for_quiet()
+            waited = wait_for_quiet(QUIET_WAIT, CONTENDED_CORES)
             if method == "naive":
                 values["naive"], t = timed(
                     lambda: naive_surface(model, center, d1, d2, loader, naive_points)
@@ -309,11 +267,11 @@ def bench_model(name: str, data, grid: int, repeats: int, max_rounds: int) -> di
     flops = forward_flops(model, data.x)
     per_point = flops * len(data)
     n_points = len(grid_points)
-    naive_s, naive_clean = median_seconds(runs["naive"])
+    naive_s, naive_clean = median_seconds(runs["naive"], CONTENDED_CORES)
     naive_pps = len(naive_points) / naive_s
     engine: dict[str, Any] = {}
     for s in STRATEGIES:
-        sec, clean = median_seconds(runs[s])
+        sec, clean = median_seconds(runs[s], CONTENDED_CORES)
         engine[s] = {
             "seconds": sec,
             "points_per_second": n_points / sec,
@@ -365,7 +323,7 @@ def main() -> None:
     matmul = matmul_rounds()
     results = {name: bench_model(name, data, grid, repeats, max_rounds) for name in MODELS}
     matmul += matmul_rounds()  # a second look after the models: was the machine steady?
-    clean_rates = [r["gflops"] for r in matmul if is_clean(r)]
+    clean_rates = [r["gflops"] for r in matmul if is_clean(r, CONTENDED_CORES)]
     peak = statistics.median(clean_rates or [r["gflops"] for r in matmul])
     for r in results.values():
         r["naive"]["efficiency"] = r["naive"]["gflops"] / peak
@@ -391,7 +349,9 @@ def main() -> None:
     print("-" * len(header))
     for name, r in results.items():
         e = r["engine"]
-        chosen = "/".join(sorted({x["strategy"] for x in e["auto"]["runs"] if is_clean(x)}))
+        chosen = "/".join(
+            sorted({x["strategy"] for x in e["auto"]["runs"] if is_clean(x, CONTENDED_CORES)})
+        )
         dloss = max(d["loss"] for d in r["max_abs_diff"].values())
         dacc = max(d["accuracy"] for d in r["max_abs_diff"].values())
         goal = f">={r['goal']:.0f}x {'ok' if r['goal_met'] else 'NO'}"
@@ -404,7 +364,7 @@ def main() -> None:
         )
     print("\nwhere auto's time goes (clean runs, medians, seconds):")
     for name, r in results.items():
-        clean = [x for x in r["engine"]["auto"]["runs"] if is_clean(x)]
+        clean = [x for x in r["engine"]["auto"]["runs"] if is_clean(x, CONTENDED_CORES)]
         clean = clean or r["engine"]["auto"]["runs"]
         total = statistics.median(x["seconds"] for x in clean)
         chunks = statistics.median(x["chunks_seconds"] for x in clean)

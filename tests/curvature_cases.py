@@ -1,4 +1,4 @@
-"""Dense float64 references for curvature tests: tiny models, exact Hessian/GGN/EF."""
+"""Curvature test references: tiny models, dense float64 Hessian/GGN/EF, explicit matrices."""
 
 from __future__ import annotations
 
@@ -67,3 +67,31 @@ def dense_hessian(model, x, y, names=None) -> torch.Tensor:
             "ignore", message=".*torch.jit.script.*", category=DeprecationWarning
         )
         return torch.func.hessian(loss)(p0)
+
+
+class MatrixOperator:
+    """An explicit symmetric matrix behind the operator interface."""
+
+    def __init__(self, a):
+        self.a = torch.as_tensor(a, dtype=torch.float64)
+        self.n = self.a.shape[0]
+        self.num_matvecs = 0
+        self.semantics = {"operator": "matrix", "dimension": self.n}
+
+    def matvec(self, v):
+        self.num_matvecs += 1
+        return self.a @ v
+
+    def matmat(self, vs):
+        self.num_matvecs += vs.shape[1]
+        return self.a @ vs
+
+    def dense(self):
+        return self.a.clone()
+
+
+def spectrum_matrix(eigs, seed=0):
+    """``Q diag(eigs) Q^T`` with a random orthogonal ``Q``."""
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), dtype=torch.float64, generator=g))
+    return (q * torch.as_tensor(eigs, dtype=torch.float64)) @ q.T

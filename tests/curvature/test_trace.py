@@ -9,7 +9,7 @@ import torch
 from basinscope.curvature.operators import HessianOperator
 from basinscope.curvature.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
 from basinscope.errors import BasinscopeError
-from curvature_cases import dense_hessian, tiny_models
+from curvature_cases import MatrixOperator, dense_hessian, spectrum_matrix, tiny_models
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -19,34 +19,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-class MatrixOperator:
-    """An explicit symmetric matrix behind the operator interface."""
-
-    def __init__(self, a):
-        self.a = torch.as_tensor(a, dtype=torch.float64)
-        self.n = self.a.shape[0]
-        self.num_matvecs = 0
-        self.semantics = {"operator": "matrix", "dimension": self.n}
-
-    def matvec(self, v):
-        self.num_matvecs += 1
-        return self.a @ v
-
-    def matmat(self, vs):
-        self.num_matvecs += vs.shape[1]
-        return self.a @ vs
-
-    def dense(self):
-        return self.a.clone()
-
-
-def spectrum_matrix(eigs, seed=0):
-    """``Q diag(eigs) Q^T`` with a random orthogonal ``Q``."""
-    g = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(len(eigs), len(eigs), dtype=torch.float64, generator=g))
-    return (q * torch.as_tensor(eigs, dtype=torch.float64)) @ q.T
 
 
 @pytest.fixture(scope="module")
