@@ -34,7 +34,6 @@ confidence intervals from per-example values at every :math:`\\alpha` (evaluated
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -50,6 +49,7 @@ from basinscope.analyses.landscape import DTYPES, as_splits
 from basinscope.engine import BatchNormWarning, EvalJob, Evaluator, as_batches, warn_stored_bn
 from basinscope.engine.bn import has_batchnorm
 from basinscope.errors import BasinscopeError
+from basinscope.jsonable import jsonable
 
 __all__ = [
     "BARRIER_DEFINITIONS",
@@ -112,19 +112,7 @@ class BarrierResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (non-finite floats as strings)."""
-        return _jsonable(asdict(self))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
+        return jsonable(asdict(self))
 
 
 # -- barriers of curves ------------------------------------------------------------------

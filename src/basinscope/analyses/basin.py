@@ -131,6 +131,7 @@ from basinscope.engine import EvalJob, PointBasis, evaluate_points, warn_stored_
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_buffers, get_params
+from basinscope.jsonable import jsonable
 
 __all__ = ["DEFINITION", "BasinResult", "ConditionEstimate", "basin_test", "exit_weights"]
 
@@ -243,19 +244,7 @@ class BasinResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field (non-finite numbers as strings)."""
-        return _jsonable(asdict(self))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
+        return jsonable(asdict(self))
 
 
 # -- geometry of the simplex --------------------------------------------------------------

@@ -59,6 +59,7 @@ from basinscope.engine import (
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import ParamDict, check_same_keys, get_buffers, get_params, norm
+from basinscope.jsonable import jsonable
 from basinscope.training._data import BatchStream, as_tensors
 from basinscope.training.schedules import check_schedule, lr_at
 
@@ -563,23 +564,11 @@ class CurveEvaluation:
             if self.line is not None
             else None
         )
-        return _jsonable(out)
+        return jsonable(out)
 
 
 def _vars(ds: xr.Dataset) -> dict[str, np.ndarray]:
     return {str(v): ds[v].values for v in ds.data_vars}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
 
 
 def evaluate_curve(

@@ -33,9 +33,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from basinscope.analyses.instability import _jsonable, pair_barrier
+from basinscope.analyses.instability import pair_barrier
 from basinscope.engine import as_batches, has_batchnorm
 from basinscope.errors import BasinscopeError
+from basinscope.jsonable import jsonable
 from basinscope.training import TrainConfig, train
 from basinscope.training.callbacks import FGE, SWA
 
@@ -78,7 +79,7 @@ class EnsembleResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field but the models."""
-        return _jsonable({f: getattr(self, f) for f in self.__dataclass_fields__ if f != "models"})
+        return jsonable({f: getattr(self, f) for f in self.__dataclass_fields__ if f != "models"})
 
 
 @torch.no_grad()
@@ -214,7 +215,7 @@ def _result(
         barrier_definition=metrics["barrier_definition"],
         barrier_metric=metrics["barrier_metric"],
         metrics=metrics,
-        settings=_jsonable(settings),
+        settings=jsonable(settings),
         models=tuple(models),
     )
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from basinscope.errors import BasinscopeError
+from basinscope.jsonable import jsonable
 from basinscope.training import TrainConfig, TrainResult, train
 
 __all__ = [
@@ -105,22 +106,8 @@ def pair_barrier(
 
 def _barrier_dict(res: Any) -> dict[str, Any]:
     if hasattr(res, "to_dict"):
-        return _jsonable(res.to_dict())
+        return jsonable(res.to_dict())
     return {"value": float(res.value), "definition": str(res.definition)}
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, Mapping):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, TrainConfig):
-        return obj.to_dict()
-    return obj
 
 
 # -- results ------------------------------------------------------------------------------
@@ -166,7 +153,7 @@ class InstabilityResult:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field but the models."""
         d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "children"}
-        return _jsonable(d)
+        return jsonable(d)
 
 
 @dataclass(frozen=True)
@@ -181,7 +168,7 @@ class InstabilitySweep:
     results: tuple[InstabilityResult, ...] = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return jsonable(
             {
                 "ks": self.ks,
                 "values": self.values,
@@ -214,7 +201,7 @@ class TransferInstabilityResult:
     scratch: InstabilityResult = field(repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(
+        return jsonable(
             {
                 "pretrained_barrier": self.pretrained_barrier,
                 "scratch_barrier": self.scratch_barrier,

@@ -23,6 +23,7 @@ from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, ev
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import ParamDict, get_buffers, save_directions
+from basinscope.jsonable import jsonable
 from basinscope.store import RunStore, fingerprint_tensors
 
 __all__ = ["Landscape", "as_splits", "compute_landscape", "grid_coeffs"]
@@ -50,20 +51,12 @@ class Landscape:
         out: dict[str, Any] = {
             "kind": self.kind,
             "coords": {c: ds[c].values.tolist() for c in ds.dims},
-            "metrics": {v: _jsonable(ds[v].values) for v in ds.data_vars},
+            "metrics": {v: jsonable(ds[v].values) for v in ds.data_vars},
             "attrs": dict(ds.attrs),
             "run_dir": str(self.run_dir) if self.run_dir else None,
         }
         out.update(self.evaluation)
         return out
-
-
-def _jsonable(a) -> list:
-    """Nested lists for JSON; JSON has no NaN/inf, so non-finite values become "nan"/"inf" strings."""
-    a = np.asarray(a, dtype=np.float64)
-    if a.ndim > 1:
-        return [_jsonable(x) for x in a]
-    return [float(x) if np.isfinite(x) else str(float(x)) for x in a]
 
 
 def _str_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:

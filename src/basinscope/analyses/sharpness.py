@@ -54,6 +54,7 @@ from basinscope.engine.metrics import BUILTIN_METRICS, Metric
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params, random_directions
 from basinscope.geometry.normalization import check_normalization
+from basinscope.jsonable import jsonable
 
 __all__ = [
     "SHARPNESS_MEASURES",
@@ -102,19 +103,7 @@ class SharpnessResult:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict of every field."""
-        return _jsonable(asdict(self))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (np.generic, np.ndarray)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
+        return jsonable(asdict(self))
 
 
 # -- argument checks ---------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 import typer
 
 from basinscope.errors import BasinscopeError
+from basinscope.jsonable import jsonable
 
 RANGE_RE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")
 
@@ -133,17 +134,7 @@ def _default(o: Any):
     return str(o)
 
 
-def sanitize(obj: Any) -> Any:
-    """Replace non-finite floats by strings so the JSON stays valid (nothing silently dropped)."""
-    if isinstance(obj, float):
-        return obj if np.isfinite(obj) else str(obj)
-    if isinstance(obj, dict):
-        return {k: sanitize(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [sanitize(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer, np.ndarray)):
-        return sanitize(obj.tolist())
-    return obj
+sanitize = jsonable  # the commands' name for it: non-finite floats become strings in --json
 
 
 def info(msg: str, quiet: bool = False) -> None:
