@@ -577,12 +577,44 @@ def test_train_errors(cli, tmp_path, flags, patterns):
     assert_user_error(cli(*args, *flags), *patterns)
 
 
-def test_demo_grid_too_small(cli, tmp_path):
+@pytest.mark.parametrize(
+    "args, patterns",
+    [
+        (["demo", "--set", "grid=1", "--quick"], [r"grid must be at least 3, got 1"]),
+        (["demo", "--set", "gird=5"], [r"unknown setting 'gird'", r"did you mean 'grid'\?"]),
+        (["demo", "--set", "grid"], [r"--set expects key=value", r"got 'grid'"]),
+        (
+            ["demo", "--set", "angles=ninety"],
+            [r"setting 'angles' expects a list of floats, got 'ninety'", r"angles=\[0, 15, 35\]"],
+        ),
+        (["demo", "--set", "copies=1"], [r"copies must be at least 2"]),
+        (["demo", "--set", 'strategies=["ft", "dfr"]'], [r"dfr needs a held-out set"]),
+        (["demo", "--set", "finetune_lr=fast"], [r"'finetune_lr' expects float, got 'fast'"]),
+        (["demo", "--config", "nosuch.toml"], [r"--config: no such file 'nosuch.toml'"]),
+        (
+            ["study", "rotated-digit"],
+            [r"unknown study 'rotated-digit'", r"Did you mean 'rotated-digits'\?"],
+        ),
+        (["study"], [r"which study\?", r"rotated-digits"]),
+        (["report", "nowhere"], [r"'nowhere' is not a study run folder \(no study.json\)"]),
+    ],
+)
+def test_study_errors(cli, tmp_path, monkeypatch, args, patterns):
+    monkeypatch.chdir(tmp_path)
     assert_user_error(
-        cli("demo", "--grid", "1", "--quick", "--out", tmp_path / "demo"),
-        r"--grid must be at least 2, got 1",
+        cli(*args, "--out", tmp_path / "runs") if args[0] != "report" else cli(*args), *patterns
     )
-    assert not (tmp_path / "demo").exists()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_study_config_file_errors(cli, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("grid = [1, 2\n")
+    assert_user_error(cli("demo", "--config", bad), r"bad.toml: not valid TOML")
+    bad.write_text("grid = 5\nbogus = 1\n")
+    assert_user_error(cli("demo", "--config", bad), r"unknown setting 'bogus'")
+    bad.write_text('grid = "fine"\n')
+    assert_user_error(cli("demo", "--config", bad), r"setting 'grid' expects int, got 'fine'")
 
 
 # -- the parser -----------------------------------------------------------------------

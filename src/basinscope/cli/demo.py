@@ -1,4 +1,5 @@
-"""``basinscope demo``: the rotated-digits transfer demo, end to end, on built-in data."""
+"""``basinscope study``, ``basinscope demo`` and ``basinscope report``: registered studies,
+run end to end on built-in data, and their reports."""
 
 from __future__ import annotations
 
@@ -8,71 +9,158 @@ import typer
 
 from basinscope.cli.common import emit_json, info, sanitize
 
-HELP = """Pre-train a LeNet on upright digits, fine-tune it on rotated digits from the
-pre-trained start and from a random start, and write an HTML report with the 1D path
-(pre-trained -> fine-tuned, alpha in [-1, 2]) and the 2D landscapes of the source
-and target losses with the fine-tuning trajectories drawn on them.
+STUDY_HELP = """Run a registered study: every stage is stored under --out/stages (folders
+named by a hash of their settings) and reused when a study runs again, so an
+interrupted study resumes and a changed setting recomputes only what depends on
+it. The run folder --out/<study>-<hash of the configuration> gets report.html
+(self-contained, works offline), figures/ (PNG and PDF) and results.json (every
+number in the report).
 
-Runs on the CPU in a few minutes (--quick: well under one). Every stage is stored
+Settings: the study's defaults, then --quick's reductions, then --config
+FILE.toml (keys at the top level or in a [<study>] table), then each --set
+key=value (TOML values: 3, 0.1, true, "ft", [0, 15, 35]). `basinscope study
+--list` shows the studies; `basinscope study NAME --show-config` their settings.
+
+Examples:
+
+  basinscope study --list
+
+  basinscope study rotated-digits
+
+  basinscope study rotated-digits --quick --set angles=[0,90] --set grid=11
+
+  basinscope study flatness-vs-batch-size --config my-settings.toml
+
+  basinscope study skip-connections --show-config
+"""
+
+DEMO_HELP = """The main job: `basinscope study rotated-digits` with its defaults. Pre-trains a
+LeNet on upright digits, fine-tunes it on digits rotated by 0-90 degrees with
+FT, LP, LP-FT and (landscape-guided) surgical fine-tuning from the pre-trained
+start and from a random start, and writes an HTML report: adaptation vs.
+forgetting, 2D landscapes with the fine-tuning trajectories, the extrapolated
+path pre-trained -> fine-tuned, barriers, distances and CKA, module criticality,
+and the curvature of each solution, with a summary table.
+
+Runs on a 2-core CPU in a few minutes (--quick: under one). Every stage is stored
 under --out and reused when the demo runs again.
 
 Examples:
 
   basinscope demo
 
-  basinscope demo --rotation 60 --out runs/demo60
+  basinscope demo --quick
 
-  basinscope demo --quick --json
+  basinscope demo --set angles=[0,45,90] --out runs/demo
 """
 
+REPORT_HELP = """Rebuild report.html and the figures of a finished study run from its stored
+results (results.json and the stage folders); nothing is recomputed.
 
-def demo_cmd(
-    out: Path = typer.Option(
-        Path("basinscope-runs/demo"),
-        "--out",
-        help="Output folder (stages, figures, report.html, results.json).",
-    ),
-    rotation: float = typer.Option(
-        35.0, "--rotation", help="Rotation of the target digits in degrees."
-    ),
-    grid: int = typer.Option(
-        None, "--grid", help="Points per axis of the 2D surfaces (default 21; --quick: 7)."
-    ),
-    quick: bool = typer.Option(
-        False, "--quick", help="A reduced version (fewer steps, coarse grids) for a fast check."
-    ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print the results as one JSON object on stdout."
-    ),
-    progress: bool = typer.Option(
-        True, "--progress/--no-progress", help="Show progress bars on stderr."
-    ),
-) -> None:
-    from basinscope.errors import BasinscopeError
-    from basinscope.experiments.rotated_digits import DemoConfig, run_demo
+Examples:
 
-    overrides = {"rotation": rotation}
-    if grid is not None:
-        if grid < 2:
-            raise BasinscopeError(f"--grid must be at least 2, got {grid}")
-        overrides["grid"] = grid
-    cfg = DemoConfig.quick(**overrides) if quick else DemoConfig(**overrides)
-    results = run_demo(
-        out, cfg, progress=progress and not json_out, log=lambda m: info(m, json_out)
+  basinscope report basinscope-runs/rotated-digits-1a2b3c4d5e
+"""
+
+OUT = typer.Option(
+    Path("basinscope-runs"),
+    "--out",
+    help="Output root: stages/ (shared, reused) and one run folder per configuration.",
+)
+SETS = typer.Option(
+    None,
+    "--set",
+    help="Override a setting, key=value (TOML value syntax); repeatable.",
+)
+CONFIG = typer.Option(None, "--config", help="A TOML file of settings.")
+QUICK = typer.Option(False, "--quick", help="The reduced version (seconds, for checks and tests).")
+JSON = typer.Option(False, "--json", help="Print the results as one JSON object on stdout.")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
+
+
+def _run(name, out, sets, config, quick, json_out, progress, show_config=False):
+    from basinscope.experiments.registry import config_dict, make_config, run_study
+
+    cfg = make_config(name, quick=quick, toml=config, sets=list(sets or []))
+    if show_config:
+        emit_json(config_dict(cfg)) if json_out else _print_config(cfg)
+        return
+    results = run_study(
+        name, out, cfg, progress=progress and not json_out, say=lambda m: info(m, json_out)
     )
     if json_out:
         emit_json(sanitize(results))
         return
-    info("")
-    for row in results["adaptation_and_forgetting"]:
-        info(
-            f"{row['start']:>18}: target acc. {row['target acc. before']:.3f} -> {row['target acc. after']:.3f}, "
-            f"source acc. {row['source acc. before']:.3f} -> {row['source acc. after']:.3f}, "
-            f"moved {row['‖θ_ft − θ_start‖']:.2f} ({100 * row['relative distance']:.0f}% of ‖θ_start‖)"
-        )
+    reused = sum(r["reused"] for r in results["stages"])
     info(
-        f"\nreport: {results['report']}\nall numbers: {Path(out) / 'results.json'} ({results['seconds']} s)"
+        f"\n{len(results['stages'])} stages ({reused} reused) in {results['seconds']} s"
+        f"\nreport: {results['report']}\nall numbers: {Path(results['run_dir']) / 'results.json'}"
     )
 
 
-demo_cmd.__doc__ = HELP
+def _print_config(cfg) -> None:
+    from basinscope.experiments.registry import config_dict
+
+    for k, v in config_dict(cfg).items():
+        typer.echo(f"{k} = {v!r}")
+
+
+def study_cmd(
+    name: str = typer.Argument(None, help="The study (see --list)."),
+    list_: bool = typer.Option(False, "--list", help="List the registered studies and exit."),
+    show_config: bool = typer.Option(
+        False, "--show-config", help="Print the resulting settings and exit (nothing runs)."
+    ),
+    out: Path = OUT,
+    sets: list[str] = SETS,
+    config: Path = CONFIG,
+    quick: bool = QUICK,
+    json_out: bool = JSON,
+    progress: bool = PROGRESS,
+) -> None:
+    from basinscope.errors import BasinscopeError
+    from basinscope.experiments.registry import list_studies
+
+    if list_:
+        studies = list_studies()
+        if json_out:
+            emit_json([{"name": s.name, "summary": s.summary} for s in studies])
+            return
+        for s in studies:
+            typer.echo(f"{s.name:<24} {s.summary}")
+        return
+    if name is None:
+        names = ", ".join(s.name for s in list_studies())
+        raise BasinscopeError(
+            f"which study? Give its name (registered: {names}), e.g. `basinscope study rotated-digits`"
+        )
+    _run(name, out, sets, config, quick, json_out, progress, show_config)
+
+
+def demo_cmd(
+    out: Path = OUT,
+    sets: list[str] = SETS,
+    config: Path = CONFIG,
+    quick: bool = QUICK,
+    json_out: bool = JSON,
+    progress: bool = PROGRESS,
+) -> None:
+    _run("rotated-digits", out, sets, config, quick, json_out, progress)
+
+
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `basinscope study`/`demo`."),
+    json_out: bool = JSON,
+) -> None:
+    from basinscope.experiments.registry import rebuild_report
+
+    path = rebuild_report(run_dir)
+    if json_out:
+        emit_json({"report": str(path)})
+    else:
+        info(f"report: {path}")
+
+
+study_cmd.__doc__ = STUDY_HELP
+demo_cmd.__doc__ = DEMO_HELP
+report_cmd.__doc__ = REPORT_HELP

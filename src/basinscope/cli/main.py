@@ -41,6 +41,8 @@ app.command("criticality")(transfer.criticality_cmd)
 app.command("finetune")(transfer.finetune_cmd)
 app.command("plot")(plot.plot_cmd)
 app.command("demo")(demo_cmd.demo_cmd)
+app.command("study")(demo_cmd.study_cmd)
+app.command("report")(demo_cmd.report_cmd)
 
 
 INTERRUPTED = (

@@ -1,65 +1,141 @@
-"""The rotated-digits transfer demo: is the fine-tuned model still in the pre-trained basin?
+"""The rotated-digits transfer study: does fine-tuning stay in the pre-trained basin?
 
-The distribution-shift talk's toy example on built-in data: pre-train a LeNet on upright
-digits (the source distribution), then fine-tune for 100 gradient steps on rotated digits
-(the target) from the pre-trained weights and from a random initialization, and look at
-the landscape:
+The distribution-shift talk's toy example on built-in data (Neyshabur, Sedghi & Zhang
+2020, "What is being transferred in transfer learning?"): pre-train a LeNet on upright
+digits (the source distribution), then fine-tune it on the digits rotated by each angle
+(the targets) for ``finetune_steps`` gradient steps, from the pre-trained weights with each
+strategy (FT, LP, LP-FT, surgical, landscape-guided surgical) and, for comparison, from a
+random initialization, ``copies`` times each with different SGD noise (data order).
 
-1. accuracy on source and target before and after (adaptation vs. forgetting),
-2. the straight path from the pre-trained to the fine-tuned model, extrapolated to
-   :math:`\\alpha \\in [-1, 2]`, on source and target data,
-3. the 2D landscape (PCA plane of each fine-tuning trajectory) of the target loss,
-   random start next to pre-trained start, with the trajectories drawn,
-4. the same plane around the pre-trained start on the source loss next to the target loss.
+Measured per angle and strategy: source and target accuracy before and after (forgetting
+vs. adaptation); the straight path pre-trained -> fine-tuned on source and target data,
+extrapolated to alpha in [-1, 2]; the barrier between the fine-tuned copies (pre-trained
+vs. random start); the barrier on the path pre-trained -> fine-tuned; parameter distance
+and per-layer CKA to the pre-trained model; module criticality per layer; the top Hessian
+eigenvalue and trace of each solution; and 2D landscapes around each start (source and
+target loss) with the copies' trajectories drawn.
 
-Everything is stored stage by stage under the output folder (folders named by a hash of
-their settings), so running the demo again reuses what is finished.
+Every stage stores its result in a folder named by a hash of its settings (which include
+the folders of the stages it depends on): see :mod:`basinscope.experiments.registry`.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from basinscope.experiments.stages import stage_dir, train_stage
+from basinscope.errors import BasinscopeError
+from basinscope.experiments.registry import Study, StudyContext, register
+from basinscope.experiments.stages import cached_stage, model_stage, stage_dir, train_stage
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["STUDY", "RotatedDigitsConfig", "run"]
+
+STRATEGY_NAMES = {
+    "ft": "FT",
+    "lp": "LP",
+    "lp-ft": "LP-FT",
+    "surgical": "surgical",
+    "guided": "guided surgical",
+}
 
 
 @dataclass(frozen=True)
-class DemoConfig:
-    """Settings (steps are gradient steps; angles in degrees, counter-clockwise)."""
+class RotatedDigitsConfig:
+    """Settings of the rotated-digits study (steps are gradient steps; angles in degrees)."""
 
-    rotation: float = 35.0  # target distribution: digits rotated by this angle
-    pretrain_steps: int = 600  # LeNet on upright digits, SGD
+    angles: tuple[float, ...] = (0.0, 15.0, 35.0, 60.0, 90.0)  # target rotations
+    strategies: tuple[str, ...] = ("ft", "lp", "lp-ft", "surgical", "guided")  # pre-trained start
+    copies: int = 2  # fine-tuning copies per start and strategy, SGD data seeds 0, 1, ...
+    pretrain_steps: int = 600  # LeNet on upright digits, SGD with momentum
     pretrain_lr: float = 0.05
     finetune_steps: int = 100  # the talk's "100 gradient steps"
-    finetune_lr: float = 0.02
+    finetune_lr: float = 0.02  # from the pre-trained start
+    random_start_lr: float = 0.05  # from a random start (the pre-training learning rate)
     batch_size: int = 64
     momentum: float = 0.9
-    checkpoint_every: int = 5  # fine-tuning checkpoints for the PCA planes
+    lp_steps: int = 50  # LP-FT: linear-probing steps before the finetune_steps of FT
+    surgical_blocks: tuple[str, ...] = ("conv1", "conv2")  # surgical: the feature layers
+    guided_signal: str = "relative_gradient_norm"  # guided surgical: Lee et al.'s Auto-RGN
+    guided_top_k: int = 1  # guided surgical: how many top-ranked modules are tuned
+    checkpoint_every: int = 5  # fine-tuning checkpoints for the drawn trajectories
     init_seed: int = 0  # pre-training initialization
-    random_start_seed: int = 1  # initialization of the random-start fine-tuning
-    data_seed: int = 0
-    grid: int = 21  # points per axis of each 2D surface
-    line_points: int = 31  # points on alpha in [-1, 2]
+    random_start_seed: int = 1  # initialization of the random start
     width: int = 1  # LeNet width multiplier
+    grid: int = 21  # points per axis of each 2D landscape
+    surface_margin: float = 0.3  # grid margin around the trajectories (fraction of span)
+    line_points: int = 31  # points on alpha in [-1, 2]
+    barrier_points: int = 25  # initial grid of each barrier on [0, 1] (refined at the max)
+    barrier_metric: str = "error"  # "error" (1 - accuracy) or "loss"
+    barrier_definition: str = "linear"  # "linear", "mean" or "midpoint" (basinscope barrier)
+    basin_epsilon: float = 0.02  # "stayed in the basin": both barriers at most this
+    hessian_examples: int = 512  # target training examples for the Hessian numbers
+    hessian_tol: float = 1e-3  # Lanczos relative Ritz-residual tolerance of lambda_max
+    trace_probes: int = 64  # Hutchinson probes at most (stops earlier at 5% CI half-width)
+    criticality_points: int = 6  # alphas and sigmas per axis of module criticality
+    criticality_samples: int = 2  # noise draws per (alpha, sigma)
+    criticality_examples: int = 512  # target training examples for module criticality
 
-    @classmethod
-    def quick(cls, **overrides: Any) -> DemoConfig:
-        """A reduced version for tests (well under a minute on 2 cores)."""
-        return replace(
-            cls(pretrain_steps=150, finetune_steps=40, checkpoint_every=5, grid=7, line_points=13),
-            **overrides,
-        )
+    def check(self) -> None:
+        from basinscope.analyses.barrier import BARRIER_DEFINITIONS as DEFS
+        from basinscope.training.finetune import GUIDED_SIGNALS
+
+        if not self.angles:
+            raise BasinscopeError("angles is empty: give at least one target rotation, e.g. [35]")
+        bad = [s for s in self.strategies if s not in STRATEGY_NAMES]
+        if bad or not self.strategies:
+            raise BasinscopeError(
+                f"strategies {list(self.strategies)}: expected a non-empty list of "
+                f"{', '.join(STRATEGY_NAMES)} (dfr needs a held-out set and is not part of this study)"
+            )
+        if "ft" not in self.strategies:
+            raise BasinscopeError(
+                "strategies must include 'ft': the landscapes, criticality and the random-start "
+                "comparison are of full fine-tuning"
+            )
+        if self.copies < 2:
+            raise BasinscopeError(
+                f"copies must be at least 2 (the barrier is between two fine-tuned copies), got {self.copies}"
+            )
+        if self.guided_signal not in GUIDED_SIGNALS:
+            raise BasinscopeError(
+                f"guided_signal {self.guided_signal!r}: expected one of {', '.join(GUIDED_SIGNALS)}"
+            )
+        if self.barrier_definition not in DEFS:
+            raise BasinscopeError(
+                f"barrier_definition {self.barrier_definition!r}: expected one of {', '.join(DEFS)}"
+            )
+        if self.barrier_metric not in ("error", "loss"):
+            raise BasinscopeError(
+                f"barrier_metric {self.barrier_metric!r}: expected 'error' or 'loss'"
+            )
+        for name in ("grid", "line_points", "barrier_points", "criticality_points"):
+            if getattr(self, name) < 3:
+                raise BasinscopeError(f"{name} must be at least 3, got {getattr(self, name)}")
+        for name in ("pretrain_steps", "finetune_steps", "lp_steps", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise BasinscopeError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
-def _config(steps: int, lr: float, cfg: DemoConfig, checkpoint_every: int):
+QUICK = {
+    "angles": (0.0, 60.0),
+    "pretrain_steps": 150,
+    "finetune_steps": 30,
+    "lp_steps": 10,
+    "grid": 7,
+    "line_points": 13,
+    "barrier_points": 9,
+    "hessian_examples": 128,
+    "trace_probes": 16,
+    "criticality_points": 3,
+    "criticality_examples": 128,
+}
+
+
+def _train_config(steps: int, lr: float, cfg: RotatedDigitsConfig, every: int, data_seed: int = 0):
     from basinscope.training import TrainConfig
 
     return TrainConfig(
@@ -67,172 +143,489 @@ def _config(steps: int, lr: float, cfg: DemoConfig, checkpoint_every: int):
         batch_size=cfg.batch_size,
         lr=lr,
         momentum=cfg.momentum,
-        data_seed=cfg.data_seed,
-        checkpoint_steps=tuple(range(0, steps + 1, checkpoint_every))
-        + ((steps,) if steps % checkpoint_every else ()),
+        data_seed=data_seed,
+        checkpoint_steps=tuple(range(0, steps + 1, every)) + ((steps,) if steps % every else ()),
     )
 
 
-def run_demo(
-    out: str | Path, cfg: DemoConfig | None = None, *, progress: bool = False, log=print
-) -> dict[str, Any]:
-    """Run the demo into ``out`` and write ``out/report.html`` and ``out/results.json``."""
-    from basinscope.analyses import interpolate, pca_surface
+def _lenet(seed: int, cfg: RotatedDigitsConfig):
+    from basinscope.models import build_model
+
+    return build_model("lenet", {"width": cfg.width}, init_seed=seed)
+
+
+def _landscape_stage(ctx: StudyContext, name: str, settings: dict[str, Any], fn):
+    """Run a landscape analysis (which resumes itself) in its stage folder and log it."""
+    import json
+
+    d = stage_dir(ctx.stages_root, name, settings)
+    m = d / "manifest.json"
+    done = (
+        m.is_file()
+        and json.loads(m.read_text()).get("status") == "complete"
+        and (d / "results.zarr").exists()
+    )
+    t0 = time.perf_counter()
+    out = fn(d)
+    ctx.log.record(d, done, 0.0 if done else time.perf_counter() - t0)
+    return out
+
+
+def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
     from basinscope.data import load_digits, rotate
     from basinscope.data.tensordata import TensorData
     from basinscope.engine import evaluate_model
-    from basinscope.geometry import get_params, norm, sub
 
-    cfg = cfg or DemoConfig()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    t_start = time.perf_counter()
+    say, root = ctx.say, ctx.stages_root
     src_train, src_test = load_digits("train"), load_digits("test")
-    tgt_train = TensorData(
-        rotate(src_train.x, cfg.rotation), src_train.y, f"digits-train-rot{cfg.rotation:g}"
-    )
-    tgt_test = TensorData(
-        rotate(src_test.x, cfg.rotation), src_test.y, f"digits-test-rot{cfg.rotation:g}"
-    )
-    model_kwargs = {"width": cfg.width}
 
-    # -- 1. pre-train on the source distribution ---------------------------------------------
-    pre_cfg = _config(cfg.pretrain_steps, cfg.pretrain_lr, cfg, max(cfg.pretrain_steps // 10, 1))
-    pre_spec = {
-        "model": "lenet",
-        "model_kwargs": model_kwargs,
-        "init_seed": cfg.init_seed,
-        "data": src_train.name,
-    }
-    log(f"[1/5] pre-training a LeNet on upright digits ({cfg.pretrain_steps} steps)")
+    # -- pre-training on the source ------------------------------------------------------
+    say(f"pre-training a LeNet on upright digits ({cfg.pretrain_steps} steps)")
+    pre_cfg = _train_config(
+        cfg.pretrain_steps, cfg.pretrain_lr, cfg, max(cfg.pretrain_steps // 10, 1)
+    )
+    pre_spec = {"model": "lenet", "width": cfg.width, "init_seed": cfg.init_seed}
     pre = train_stage(
-        stage_dir(out, "pretrain", {**pre_spec, **pre_cfg.to_dict()}),
-        _seeded_lenet(cfg.init_seed, model_kwargs),
+        stage_dir(root, "pretrain", {**pre_spec, "data": src_train.name, **pre_cfg.to_dict()}),
+        _lenet(cfg.init_seed, cfg),
         src_train,
         pre_cfg,
         pre_spec,
-        progress=progress,
+        progress=ctx.progress,
+        log=ctx.log,
     )
+    random_init = _lenet(cfg.random_start_seed, cfg)
+    pre_eval = evaluate_model(pre.model, {"source_train": src_train, "source_test": src_test})
 
-    # -- 2. fine-tune on the target from the pre-trained and from a random start -------------
-    ft_cfg = _config(cfg.finetune_steps, cfg.finetune_lr, cfg, cfg.checkpoint_every)
-    log(
-        f"[2/5] fine-tuning on digits rotated by {cfg.rotation:g} degrees ({cfg.finetune_steps} steps, two starts)"
-    )
-    starts = {
-        "pre-trained start": pre.model,
-        "random start": _seeded_lenet(cfg.random_start_seed, model_kwargs),
+    angles: dict[str, Any] = {}
+    for angle in cfg.angles:
+        say(f"target: digits rotated by {angle:g} degrees")
+        tgt_train = TensorData(
+            rotate(src_train.x, angle), src_train.y, f"digits-train-rot{angle:g}"
+        )
+        tgt_test = TensorData(rotate(src_test.x, angle), src_test.y, f"digits-test-rot{angle:g}")
+        data = {"src_train": src_train, "src_test": src_test}
+        data.update(tgt_train=tgt_train, tgt_test=tgt_test)
+        angles[f"{angle:g}"] = _run_angle(cfg, ctx, angle, pre, random_init, data)
+
+    return {
+        "definitions": DEFINITIONS(cfg),
+        "pretrained": {
+            "stage": pre.run_dir.name,
+            "source_train_accuracy": pre_eval["source_train_accuracy"],
+            "source_test_accuracy": pre_eval["source_test_accuracy"],
+            "source_test_loss": pre_eval["source_test_loss"],
+        },
+        "angles": angles,
+        "summary": summary_rows(cfg, angles),
     }
-    finetuned = {}
-    for label, start in starts.items():
-        spec = {
-            "start": label,
-            "start_run": pre.run_dir.name if start is pre.model else cfg.random_start_seed,
-            "data": tgt_train.name,
-        }
-        finetuned[label] = train_stage(
-            stage_dir(out, "finetune-" + label.split()[0], {**spec, **ft_cfg.to_dict()}),
-            start,
-            tgt_train,
-            ft_cfg,
-            spec,
-            progress=progress,
-        )
 
-    # -- 3. adaptation vs. forgetting ---------------------------------------------------------
-    log("[3/5] measuring accuracy on source and target, and distances moved")
-    tests = {"source": src_test, "target": tgt_test}
-    rows = []
-    for label, start in starts.items():
-        ft = finetuned[label].model
-        before, after = evaluate_model(start, tests), evaluate_model(ft, tests)
-        moved = float(norm(sub(get_params(ft), get_params(start))))
-        rows.append(
-            {
-                "start": label,
-                "source acc. before": before["source_accuracy"],
-                "source acc. after": after["source_accuracy"],
-                "target acc. before": before["target_accuracy"],
-                "target acc. after": after["target_accuracy"],
-                "‖θ_ft − θ_start‖": moved,
-                "relative distance": moved / float(norm(get_params(start))),
-            }
-        )
 
-    # -- 4. the straight path from pre-trained to fine-tuned, extrapolated ---------------------
-    log("[4/5] the straight path from pre-trained to fine-tuned (alpha in [-1, 2])")
-    line = interpolate(
-        pre.model,
-        finetuned["pre-trained start"].model,
-        tests,
-        alphas=np.linspace(-1, 2, cfg.line_points),
-        run_dir=stage_dir(
-            out,
+def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
+    root, log = ctx.stages_root, ctx.log
+
+    # -- fine-tuning: every strategy from the pre-trained start, FT from a random start ----
+    runs: dict[str, list] = {}
+    plan = [("pre-trained", s, pre.model, pre.run_dir.name) for s in cfg.strategies]
+    plan.append(("random", "ft", random_init, f"random-init-seed{cfg.random_start_seed}"))
+    for start, strategy, model, start_name in plan:
+        key = f"{start}/{strategy}"
+        lr = cfg.finetune_lr if start == "pre-trained" else cfg.random_start_lr
+        runs[key] = [
+            _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data)
+            for seed in range(cfg.copies)
+        ]
+
+    def model_of(key: str, copy: int = 0):
+        return runs[key][copy].model
+
+    # -- the straight path pre-trained -> fine-tuned, extrapolated --------------------------
+    from basinscope.analyses import interpolate
+
+    tests = {"source": data["src_test"], "target": data["tgt_test"]}
+    lines = {}
+    for strategy in cfg.strategies:
+        ft = runs[f"pre-trained/{strategy}"][0]
+        settings = {"a": pre.run_dir.name, "b": ft.run_dir.name, "n": cfg.line_points}
+        land = _landscape_stage(
+            ctx,
             "line",
-            {
-                "a": pre.run_dir.name,
-                "b": finetuned["pre-trained start"].run_dir.name,
-                "n": cfg.line_points,
-            },
-        ),
-        attrs={"label_a": "pre-trained", "label_b": "fine-tuned"},
-        progress=progress,
+            settings,
+            lambda d, ft=ft, strategy=strategy: interpolate(
+                pre.model,
+                ft.model,
+                tests,
+                alphas=np.linspace(-1, 2, cfg.line_points),
+                run_dir=d,
+                attrs={"label_a": "pre-trained", "label_b": f"fine-tuned ({strategy})"},
+                progress=ctx.progress,
+            ),
+        )
+        lines[strategy] = {"stage": land.run_dir.name, "strategy": land.evaluation.get("strategy")}
+
+    # -- 2D landscapes around each start, with the copies' trajectories --------------------
+    surfaces = {}
+    trains = {"source": data["src_train"], "target": data["tgt_train"]}
+    for start, start_model in (("pre-trained", pre.model), ("random", random_init)):
+        copies = runs[f"{start}/ft"]
+        settings = {
+            "start": start,
+            "copies": [c.run_dir.name for c in copies],
+            "grid": cfg.grid,
+            "margin": cfg.surface_margin,
+        }
+        surfaces[start] = _landscape_stage(
+            ctx,
+            "surface",
+            settings,
+            lambda d, m=start_model, c=copies: _surface(cfg, ctx, d, m, c, trains),
+        )
+
+    # -- connectivity: barriers between copies and on the path pre-trained -> fine-tuned ----
+    def connectivity(_d: Path) -> dict[str, Any]:
+        from basinscope.analyses.barrier import barrier
+
+        def b(m1, m2, split, labels):
+            return barrier(
+                m1,
+                m2,
+                data[split],
+                definition=cfg.barrier_definition,
+                metric=cfg.barrier_metric,
+                split=split,
+                num_points=cfg.barrier_points,
+                labels=labels,
+                strategy="loop",
+            )
+
+        out: dict[str, Any] = {}
+        for key in runs:
+            c = b(model_of(key, 0), model_of(key, 1), "tgt_test", ("copy 0", "copy 1"))
+            row = {"copies": _barrier_dict(c)}
+            if key.startswith("pre-trained"):
+                for split in ("tgt_test", "src_test"):
+                    p = b(pre.model, model_of(key), split, ("pre-trained", "fine-tuned"))
+                    row[f"path_{split}"] = _barrier_dict(p)
+            out[key] = row
+        return out
+
+    conn, conn_dir = cached_stage(
+        root,
+        "connectivity",
+        {
+            "runs": {k: [r.run_dir.name for r in v] for k, v in runs.items()},
+            "pre": pre.run_dir.name,
+            "n": cfg.barrier_points,
+            "metric": cfg.barrier_metric,
+            "definition": cfg.barrier_definition,
+        },
+        connectivity,
+        log=log,
     )
 
-    # -- 5. 2D landscapes in the PCA plane of each fine-tuning trajectory ----------------------
-    log(f"[5/5] 2D landscapes ({cfg.grid}x{cfg.grid} points, source and target loss)")
-    trains = {"source": src_train, "target": tgt_train}
-    surfaces, projections = {}, {}
-    for label, stage in finetuned.items():
-        land, proj = pca_surface(
-            stage.model,
-            stage.checkpoints,
-            trains,
-            n=cfg.grid,
-            run_dir=stage_dir(
-                out, "surface-" + label.split()[0], {"run": stage.run_dir.name, "grid": cfg.grid}
-            ),
-            attrs={"title_hint": f"PCA plane of fine-tuning from the {label}"},
-            progress=progress,
-        )
-        (land.run_dir / "trajectories.json").write_text(
-            json.dumps([{**proj.to_dict(), "label": f"fine-tuning ({label})"}])
-        )
-        surfaces[label], projections[label] = land, proj
+    # -- representations and parameters: distance and per-layer CKA to the pre-trained model
+    def similarity(_d: Path) -> dict[str, Any]:
+        from basinscope.analyses.distance import parameter_distance
+        from basinscope.analyses.similarity import cka_matrix
 
-    results = {
-        "config": asdict(cfg),
-        "adaptation_and_forgetting": rows,
-        "line": {
-            "alpha": line.dataset.alpha.values.tolist(),
-            **{v: line.dataset[v].values.tolist() for v in line.dataset.data_vars},
-            "definition": "f(alpha) = L((1 - alpha) theta_pre + alpha theta_ft), mean cross-entropy on the test split",
-            "run_dir": str(line.run_dir),
-        },
-        "surfaces": {
-            label: {
-                "run_dir": str(s.run_dir),
-                "explained_variance_ratio": list(s.dataset.attrs["explained_variance_ratio"]),
-                "max_distance_from_plane": float(projections[label].distance.max()),
-                "strategy": s.dataset.attrs["strategy"],
-            }
-            for label, s in surfaces.items()
-        },
-        "stages": {
-            "pretrain": str(pre.run_dir),
-            **{k: str(v.run_dir) for k, v in finetuned.items()},
-        },
-        "seconds": round(time.perf_counter() - t_start, 1),
+        out = {}
+        for key in runs:
+            if not key.startswith("pre-trained"):
+                continue
+            ft = model_of(key)
+            dist = parameter_distance(pre.model, ft)
+            cka = {}
+            for split in ("tgt_test", "src_test"):
+                res = cka_matrix(pre.model, ft, data[split], method="linear")
+                cka[split] = res.diagonal()
+            out[key] = {"distance": dist.to_dict(), "cka": cka}
+        return out
+
+    sim, _ = cached_stage(
+        root,
+        "similarity",
+        {"pre": pre.run_dir.name, "runs": [runs[k][0].run_dir.name for k in runs]},
+        similarity,
+        log=log,
+    )
+
+    # -- module criticality (Chatterji et al.) of full fine-tuning from each start ---------
+    crit = {}
+    n_crit = min(cfg.criticality_examples, len(data["tgt_train"].y))
+    sub = (data["tgt_train"].x[:n_crit], data["tgt_train"].y[:n_crit])
+    for start, init in (("pre-trained", pre.model), ("random", random_init)):
+        ft = runs[f"{start}/ft"][0]
+
+        def criticality(_d: Path, ft=ft, init=init) -> dict[str, Any]:
+            from basinscope.analyses.criticality import module_criticality
+
+            res = module_criticality(
+                ft.model,
+                init,
+                sub,
+                alphas=np.linspace(0, 1, cfg.criticality_points),
+                sigmas=np.linspace(0.05, 1.0, cfg.criticality_points),
+                samples=cfg.criticality_samples,
+            )
+            return res.to_dict()
+
+        crit[start], _ = cached_stage(
+            root,
+            "criticality",
+            {
+                "final": ft.run_dir.name,
+                "init": pre.run_dir.name if start == "pre-trained" else cfg.random_start_seed,
+                "points": cfg.criticality_points,
+                "samples": cfg.criticality_samples,
+                "examples": n_crit,
+            },
+            criticality,
+            log=log,
+        )
+
+    # -- curvature of each solution on the target training loss ----------------------------
+    n_h = min(cfg.hessian_examples, len(data["tgt_train"].y))
+    hsub = (data["tgt_train"].x[:n_h], data["tgt_train"].y[:n_h])
+    curv = {"pre-trained (start)": _hessian_stage(cfg, ctx, pre.model, pre.run_dir.name, hsub)}
+    for key in runs:
+        curv[key] = _hessian_stage(cfg, ctx, model_of(key), runs[key][0].run_dir.name, hsub)
+
+    return {
+        "angle": angle,
+        "finetune": {k: [r.info for r in v] for k, v in runs.items()},
+        "finetune_stages": {k: [r.run_dir.name for r in v] for k, v in runs.items()},
+        "lines": lines,
+        "surfaces": surfaces,
+        "connectivity": conn,
+        "connectivity_stage": conn_dir.name,
+        "similarity": sim,
+        "criticality": crit,
+        "curvature": curv,
     }
-    from basinscope.experiments.demo_report import write_demo_report
-
-    report = write_demo_report(out, cfg, results, line, surfaces, projections)
-    results["report"] = str(report)
-    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    return results
 
 
-def _seeded_lenet(seed: int, kwargs: dict[str, Any]):
-    from basinscope.models import build_model
+def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data):
+    from basinscope.training.finetune import finetune
 
-    return build_model("lenet", kwargs, init_seed=seed)
+    tcfg = _train_config(cfg.finetune_steps, lr, cfg, cfg.checkpoint_every, data_seed=seed)
+    kwargs = {"strategy": strategy}
+    if strategy == "lp-ft":
+        kwargs["lp_steps"] = cfg.lp_steps
+    if strategy == "surgical":
+        kwargs["blocks"] = list(cfg.surgical_blocks)
+    if strategy == "guided":
+        kwargs.update(guided_signal=cfg.guided_signal, guided_top_k=cfg.guided_top_k)
+    settings = {
+        "start": start_name,
+        "data": data["tgt_train"].name,
+        "config": tcfg.to_dict(),
+        **kwargs,
+    }
+
+    def compute():
+        res = finetune(
+            model,
+            data["tgt_train"],
+            config=tcfg,
+            source_data=data["src_test"],
+            eval_target=data["tgt_test"],
+            **kwargs,
+        )
+        info = res.to_dict()
+        info.pop("history")
+        info["final_train_loss"] = res.history["loss"][-1] if res.history["loss"] else None
+        return res.model, res.runs[-1].checkpoints, info
+
+    return model_stage(ctx.stages_root, "finetune", settings, model, compute, log=ctx.log)
+
+
+def _surface(cfg, ctx, d: Path, start_model, copies, trains):
+    """The PCA plane of both copies' trajectories, centred at their common start."""
+    import json
+
+    from basinscope.analyses import pca_surface
+
+    traj = [c.checkpoints[s] for c in copies for s in sorted(c.checkpoints)]
+    land, proj = pca_surface(
+        start_model,
+        traj,
+        trains,
+        n=cfg.grid,
+        margin=cfg.surface_margin,
+        run_dir=d,
+        attrs={"center": "start of fine-tuning"},
+        progress=ctx.progress,
+    )
+    out, i = [], 0
+    for k, c in enumerate(copies):
+        steps = sorted(c.checkpoints)
+        j = i + len(steps)
+        out.append(
+            {
+                "label": f"copy {k} (SGD seed {k})",
+                "steps": steps,
+                "alpha": proj.alpha[i:j].tolist(),
+                "beta": proj.beta[i:j].tolist(),
+                "distance": proj.distance[i:j].tolist(),
+            }
+        )
+        i = j
+    (d / "trajectories.json").write_text(json.dumps(out))
+    return {
+        "stage": d.name,
+        "explained_variance_ratio": list(land.dataset.attrs["explained_variance_ratio"]),
+        "max_distance_from_plane": float(np.max(proj.distance)),
+        "strategy": land.evaluation.get("strategy", land.dataset.attrs.get("strategy")),
+    }
+
+
+def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any]:
+    def compute(_d: Path) -> dict[str, Any]:
+        from basinscope.curvature.lanczos import lanczos_eigenpairs
+        from basinscope.curvature.operators import HessianOperator
+        from basinscope.curvature.trace import hutchinson_trace
+
+        t0 = time.perf_counter()
+        op = HessianOperator(model, sub)
+        top = lanczos_eigenpairs(op, 1, "largest", tol=cfg.hessian_tol)
+        tr = hutchinson_trace(
+            op, rtol=0.05, min_samples=min(8, cfg.trace_probes), max_samples=cfg.trace_probes
+        ).to_dict()
+        return {
+            "lambda_max": float(top.eigenvalues[0]),
+            "lambda_max_converged": bool(np.all(top.converged)),
+            "trace": tr["estimate"],
+            "trace_ci_halfwidth": tr["ci_halfwidth"],
+            "trace_probes": tr["num_samples"],
+            "semantics": tr["semantics"],
+            "seconds": round(time.perf_counter() - t0, 3),
+        }
+
+    res, _ = cached_stage(
+        ctx.stages_root,
+        "hessian",
+        {
+            "model": model_stage_name,
+            "examples": len(sub[1]),
+            "data": "target train (first examples)",
+            "tol": cfg.hessian_tol,
+            "probes": cfg.trace_probes,
+            "angle_data": float(sub[0].double().sum()),
+        },
+        compute,
+        log=ctx.log,
+    )
+    return res
+
+
+def _barrier_dict(r) -> dict[str, Any]:
+    return {
+        "value": r.value,
+        "definition": r.definition,
+        "metric": r.metric,
+        "split": r.split,
+        "f0": r.f0,
+        "f1": r.f1,
+        "f_worst": r.f_worst,
+        "worst_alpha": r.worst_alpha,
+        "num_points": r.num_points,
+        "points_evaluated": len(r.alphas),
+        "alphas": r.alphas.tolist(),
+        "values": r.values.tolist(),
+        "bn_policy": r.bn_policy,
+    }
+
+
+def DEFINITIONS(cfg: RotatedDigitsConfig) -> dict[str, str]:
+    from basinscope.analyses.barrier import BARRIER_DEFINITIONS as FORMULAS
+
+    return {
+        "accuracy": "fraction of correct predictions on the test split (450 digits) of the source (upright) or target (rotated) distribution",
+        "forgetting": "source test accuracy of the pre-trained model minus that of the fine-tuned model",
+        "adaptation": "target test accuracy after fine-tuning minus before",
+        "relative distance": "||theta_ft - theta_pre||_2 / ||theta_pre||_2 over all parameters",
+        "barrier": f"{cfg.barrier_definition}: {FORMULAS[cfg.barrier_definition]}; f = test {cfg.barrier_metric} at (1 - alpha) theta_A + alpha theta_B, {cfg.barrier_points} points on [0, 1] refined around the maximum",
+        "barrier between copies": "between the fine-tuned copies 0 and 1 (same start, different SGD data order), on the target test split",
+        "path barrier": "between the pre-trained and the fine-tuned model (copy 0), on the target (and the source) test split",
+        "stayed in the pre-trained basin": f"both the copies barrier and the path barrier on the target test split are at most basin_epsilon = {cfg.basin_epsilon:g}, and fine-tuning did not raise the target test {cfg.barrier_metric} (f(1) <= f(0) on the path): no barrier separates the fine-tuned solutions from each other or from the pre-trained start, and the path from it leads downhill (Neyshabur et al. 2020, Sec. 3.3, use the absence of a performance barrier between fine-tuned copies as their test)",
+        "lambda_max": f"largest Hessian eigenvalue of the mean cross-entropy on the first {cfg.hessian_examples} target training examples (Lanczos, relative Ritz residual <= {cfg.hessian_tol:g}), float64, no BatchNorm",
+        "trace": f"Hessian trace on the same examples, Hutchinson with Rademacher probes (at most {cfg.trace_probes}, stopping at a 95% CI half-width of 5%)",
+        "cka": "linear CKA (Kornblith et al. 2019), exact, float64, between the pre-trained and the fine-tuned model's outputs of the same layer on a test split",
+        "module criticality": "Chatterji et al. 2020: mu_i = min over (alpha, sigma) with loss(theta_i(alpha) + N(0, sigma^2)) <= epsilon of alpha^2 ||theta_i^F - theta_i^0||^2 / sigma^2 (see basinscope.analyses.criticality), on target training examples",
+        "trajectories": f"checkpoints every {cfg.checkpoint_every} steps of both fine-tuning copies, projected onto the plane of their top two principal components around the start",
+    }
+
+
+def summary_rows(cfg: RotatedDigitsConfig, angles: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per angle and (start, strategy): the study's answers."""
+    rows = []
+    for a, res in angles.items():
+        for key, infos in res["finetune"].items():
+            start, strategy = key.split("/")
+            conn = res["connectivity"][key]
+            curv = res["curvature"][key]
+
+            def mean(f, infos=infos) -> float:
+                return float(np.mean([f(i) for i in infos]))
+
+            row = {
+                "angle": float(a),
+                "start": start,
+                "strategy": STRATEGY_NAMES[strategy],
+                "target acc. before": mean(lambda i: i["before"]["target"]["accuracy"]),
+                "target acc. after": mean(lambda i: i["after"]["target"]["accuracy"]),
+                "source acc. before": mean(lambda i: i["before"]["source"]["accuracy"]),
+                "source acc. after": mean(lambda i: i["after"]["source"]["accuracy"]),
+                "forgetting": mean(lambda i: i["forgetting"]),
+                "barrier copies": conn["copies"]["value"],
+            }
+            if start == "pre-trained":
+                sim = res["similarity"][key]
+                path = conn["path_tgt_test"]["value"]
+                row.update(
+                    {
+                        "relative distance": sim["distance"]["overall"]["relative"],
+                        "barrier path (target)": path,
+                        "barrier path (source)": conn["path_src_test"]["value"],
+                        "in pre-trained basin": bool(
+                            max(conn["copies"]["value"], path) <= cfg.basin_epsilon
+                            and conn["path_tgt_test"]["f1"] <= conn["path_tgt_test"]["f0"]
+                        ),
+                        "CKA fc1 (target)": sim["cka"]["tgt_test"].get("fc1"),
+                    }
+                )
+            else:
+                row.update(
+                    {
+                        "relative distance": None,
+                        "barrier path (target)": None,
+                        "barrier path (source)": None,
+                        "in pre-trained basin": None,
+                        "CKA fc1 (target)": None,
+                    }
+                )
+            row.update({"lambda_max": curv["lambda_max"], "trace": curv["trace"]})
+            rows.append(row)
+    return rows
+
+
+def report(run_dir: Path, results: dict[str, Any]) -> Path:
+    from basinscope.experiments.rotated_digits_report import write_report
+
+    return write_report(run_dir, results)
+
+
+STUDY = register(
+    Study(
+        name="rotated-digits",
+        summary=(
+            "LeNet pre-trained on upright digits, fine-tuned on rotated digits (0-90 degrees) "
+            "with FT, LP, LP-FT and (guided) surgical fine-tuning from the pre-trained and a "
+            "random start: forgetting, basins, barriers, CKA, criticality, curvature"
+        ),
+        config=RotatedDigitsConfig,
+        run=run,
+        report=report,
+        quick=QUICK,
+    )
+)

@@ -7,6 +7,8 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,7 +17,15 @@ from torch import Tensor, nn
 
 from basinscope.store import RunStore, fingerprint_tensors
 
-__all__ = ["TrainedStage", "stage_dir", "train_stage"]
+__all__ = [
+    "ModelStage",
+    "StageLog",
+    "TrainedStage",
+    "cached_stage",
+    "model_stage",
+    "stage_dir",
+    "train_stage",
+]
 
 
 def stage_dir(root: str | Path, name: str, settings: dict[str, Any]) -> Path:
@@ -24,6 +34,123 @@ def stage_dir(root: str | Path, name: str, settings: dict[str, Any]) -> Path:
         :10
     ]
     return Path(root) / f"{name}-{digest}"
+
+
+class StageLog:
+    """Which stages a run used, whether each was reused, and how long each took."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+
+    def record(self, path: Path, reused: bool, seconds: float) -> None:
+        self._rows.append(
+            {"stage": Path(path).name, "path": Path(path), "reused": reused, "seconds": seconds}
+        )
+
+    def rows(self, root: str | Path | None = None) -> list[dict[str, Any]]:
+        out = []
+        for r in self._rows:
+            p = r["path"]
+            try:
+                p = p.relative_to(root) if root is not None else p
+            except ValueError:
+                pass
+            out.append({**r, "path": str(p), "seconds": round(r["seconds"], 3)})
+        return out
+
+    @property
+    def computed(self) -> list[str]:
+        return [r["stage"] for r in self._rows if not r["reused"]]
+
+    @property
+    def reused(self) -> list[str]:
+        return [r["stage"] for r in self._rows if r["reused"]]
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    from basinscope.jsonable import jsonable
+
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=1))
+    tmp.replace(path)
+
+
+def cached_stage(
+    root: str | Path,
+    name: str,
+    settings: dict[str, Any],
+    compute: Callable[[Path], dict[str, Any]],
+    *,
+    log: StageLog | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Run ``compute(stage folder) -> JSON-ready dict`` once per ``settings``.
+
+    The folder is ``stage_dir(root, name, settings)``; the result is written to
+    ``result.json`` (atomically, last), so a stage interrupted before that is computed
+    again and a finished one is loaded. ``settings`` must name everything the result
+    depends on (including the folders of upstream stages).
+    """
+    d = stage_dir(root, name, settings)
+    f = d / "result.json"
+    if f.is_file():
+        if log is not None:
+            log.record(d, True, 0.0)
+        return json.loads(f.read_text()), d
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(d / "settings.json", {"stage": name, "settings": settings})
+    t0 = time.perf_counter()
+    result = compute(d)
+    _write_json_atomic(f, result)
+    if log is not None:
+        log.record(d, False, time.perf_counter() - t0)
+    return json.loads(f.read_text()), d
+
+
+@dataclass(frozen=True)
+class ModelStage:
+    """A stage that produced a model: its weights, trajectory and JSON info."""
+
+    model: nn.Module
+    checkpoints: dict[int, dict[str, Tensor]]
+    info: dict[str, Any]
+    run_dir: Path
+    reused: bool
+
+
+def model_stage(
+    root: str | Path,
+    name: str,
+    settings: dict[str, Any],
+    template: nn.Module,
+    compute: Callable[[], tuple[nn.Module, dict[int, dict[str, Tensor]], dict[str, Any]]],
+    *,
+    log: StageLog | None = None,
+) -> ModelStage:
+    """Like :func:`cached_stage` for a computation that yields ``(model, checkpoints,
+    info)``: the weights go to ``model.safetensors`` (loaded into a copy of ``template``),
+    the checkpoints to ``trajectory.safetensors``, ``info`` to ``result.json`` (last)."""
+    from basinscope.models import load_weights, save_weights
+    from basinscope.training import load_trajectory, trajectory_to_safetensors
+
+    d = stage_dir(root, name, settings)
+    f, weights, traj = d / "result.json", d / "model.safetensors", d / "trajectory.safetensors"
+    if f.is_file() and weights.is_file():
+        model = load_weights(copy.deepcopy(template), weights)
+        ckpts = load_trajectory(traj) if traj.is_file() else {}
+        if log is not None:
+            log.record(d, True, 0.0)
+        return ModelStage(model, ckpts, json.loads(f.read_text()), d, True)
+    d.mkdir(parents=True, exist_ok=True)
+    _write_json_atomic(d / "settings.json", {"stage": name, "settings": settings})
+    t0 = time.perf_counter()
+    model, ckpts, info = compute()
+    save_weights(model, weights)
+    if ckpts:
+        trajectory_to_safetensors(ckpts, traj)
+    _write_json_atomic(f, info)
+    if log is not None:
+        log.record(d, False, time.perf_counter() - t0)
+    return ModelStage(model, ckpts, json.loads(f.read_text()), d, False)
 
 
 @dataclass(frozen=True)
@@ -43,6 +170,7 @@ def train_stage(
     spec: dict[str, Any] | None = None,
     *,
     progress: bool = False,
+    log: StageLog | None = None,
 ) -> TrainedStage:
     """Train ``model`` (a copy) on ``data`` with ``config`` in ``run_dir``, or reuse a finished run.
 
@@ -61,12 +189,17 @@ def train_stage(
     if store.manifest.get("status") == "complete" and weights.is_file() and traj.is_file():
         trained = load_weights(copy.deepcopy(model), weights)
         history = json.loads(hist.read_text()) if hist.is_file() else {}
+        if log is not None:
+            log.record(store.path, True, 0.0)
         return TrainedStage(trained, load_trajectory(traj), history, store.path, True)
+    t0 = time.perf_counter()
     result = train(model, data, config, progress=progress)
     save_weights(result.model, weights)
     trajectory_to_safetensors(result, traj)
     hist.write_text(json.dumps({k: [float(x) for x in v] for k, v in result.history.items()}))
     store.update_manifest(status="complete")
+    if log is not None:
+        log.record(store.path, False, time.perf_counter() - t0)
     return TrainedStage(result.model, result.checkpoints, result.history, store.path, False)
 
 

@@ -48,13 +48,17 @@ class Report:
 
     def figure(self, fig: Any, caption: str, *, save_as: Path | None = None) -> None:
         """Embed a matplotlib figure as PNG; also write PNG/PDF to ``save_as`` (a path stem)."""
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
-        data = base64.b64encode(buf.getvalue()).decode("ascii")
         if save_as is not None:
+            # the saved PNG is the embedded one: one raster rendering per figure
             from basinscope.plotting.io import save_figure
 
-            save_figure(fig, save_as, ("png", "pdf"))
+            png, _ = save_figure(fig, save_as, ("png", "pdf"))
+            raw = png.read_bytes()
+        else:
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+            raw = buf.getvalue()
+        data = base64.b64encode(raw).decode("ascii")
         self._n += 1
         self.parts.append(
             f'<figure id="fig{self._n}" class="static"><img alt="{html.escape(caption[:80])}" '

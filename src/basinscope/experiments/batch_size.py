@@ -1,0 +1,410 @@
+"""The flatness-vs-batch-size study: are large-batch minima sharper, and does it depend on how
+sharpness is measured?
+
+Keskar et al. 2017 ("On large-batch training for deep learning: generalization gap and
+sharp minima") train one network with a small and with a large batch and find the
+large-batch minimum sharper: the loss rises faster beyond it on the line through both
+solutions, and their relative :math:`\\epsilon`-sharpness is larger. Li et al. 2018
+("Visualizing the loss landscape of neural nets", Fig. 2-3) point out that such raw
+comparisons depend on the scale of the weights, and compare solutions fairly along random
+*filter-normalized* directions. This study does both, on built-in data:
+
+1. train the same model (same initialization) with a small and a large batch, for the
+   same number of SGD steps and the same learning-rate schedule,
+2. the line :math:`f(\\alpha) = L((1 - \\alpha)\\theta_{small} + \\alpha\\theta_{large})`
+   for :math:`\\alpha \\in [-0.5, 1.5]`, train and test, loss and accuracy (raw, no
+   normalization),
+3. a filter-normalized random plane around each solution (same direction seed, biases
+   zeroed), shown side by side with one colour scale,
+4. numbers per solution: top Hessian eigenvalue (Lanczos), Hessian trace (Hutchinson with
+   its confidence interval), four sharpness measures (Keskar's relative worst case, plain
+   worst case in an l2 ball, adaptive worst case, filter-normalized), accuracies, norms.
+
+Every stage is stored under ``<root>/stages`` (folders named by a hash of their settings,
+which include the folders of the stages they use), so a second run reuses everything.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from basinscope.errors import BasinscopeError
+from basinscope.experiments.registry import Study, StudyContext, register
+from basinscope.experiments.stages import cached_stage, stage_dir, train_stage
+
+__all__ = ["QUICK", "STUDY", "BatchSizeConfig", "run"]
+
+NAME = "flatness-vs-batch-size"
+DIGITS_TRAIN = 1347  # examples in basinscope.data.load_digits("train")
+
+
+@dataclass(frozen=True)
+class BatchSizeConfig:
+    """Settings of the flatness-vs-batch-size study.
+
+    Both runs start from the same initialization and take the same number of SGD steps
+    with the same learning-rate schedule; only the batch size differs (so the large-batch
+    run makes many more passes over the data). Data: scikit-learn's 8x8 digits, the
+    built-in train split (1347 images) for training, curvature and sharpness, the test
+    split (450) for test numbers.
+    """
+
+    model: str = "mlp"  # "mlp" (ReLU MLP on flattened pixels) or "lenet"; neither has BatchNorm
+    hidden: tuple[int, ...] = (64, 64)  # hidden widths of the MLP (ignored by lenet)
+    init_seed: int = 0  # the one initialization both runs start from
+    data_seed: int = 0  # minibatch order of both runs
+    small_batch: int = 16  # examples per step of the small-batch run
+    large_batch: int = 1347  # examples per step of the large-batch run (1347: full batch)
+    steps: int = 2000  # SGD steps of each run (the same for both)
+    lr: float = 0.05  # peak learning rate of both runs
+    momentum: float = 0.9  # SGD momentum of both runs
+    schedule: str = "cosine"  # learning-rate schedule of both runs (cosine: decay to 0)
+    line_points: int = 41  # points of the interpolation line
+    line_range: tuple[float, ...] = (-0.5, 1.5)  # alpha range of the interpolation line
+    grid: int = 41  # points per axis of each 2D surface
+    surface_range: float = 1.0  # each surface spans alpha, beta in [-r, r]
+    direction_seed: int = 0  # seed of the two random directions (the same for both solutions)
+    hessian_subset: int | None = None  # examples of the train split for the Hessian (None: all)
+    lanczos_tol: float = 1e-4  # relative Ritz residual at which Lanczos stops
+    trace_rtol: float = 0.05  # Hutchinson stops when the 95% CI half-width is this fraction
+    trace_max_probes: int = 200  # ... or after this many Rademacher probes
+    keskar_eps: float = 1e-3  # Keskar's box |delta_i| <= eps (|theta_i| + 1), l-infinity
+    l2_rho: float = 0.1  # radius of the plain l2 ball, ||delta||_2 <= rho
+    adaptive_rho: float = 1.0  # radius of the adaptive l2 ball, ||delta / |theta| ||_2 <= rho
+    ascent_steps: int = 10  # projected gradient-ascent steps per restart (worst-case measures)
+    ascent_restarts: int = 3  # restarts of the ascent (the first from delta = 0)
+    fn_alpha: float = 0.25  # step along each filter-normalized direction
+    fn_directions: int = 10  # random filter-normalized directions averaged
+    threads: int = 1  # torch CPU threads during the run (restored after; tiny models: 1)
+
+    def check(self) -> None:
+        def bad(msg: str) -> None:
+            raise BasinscopeError(msg)
+
+        if self.model not in ("mlp", "lenet"):
+            bad(f"model must be 'mlp' or 'lenet', got {self.model!r}")
+        if not 1 <= self.small_batch < min(self.large_batch, DIGITS_TRAIN):
+            bad(
+                f"need 1 <= small_batch < large_batch and small_batch < {DIGITS_TRAIN} (the "
+                f"training digits), got {self.small_batch} and {self.large_batch}"
+            )
+        if len(self.line_range) != 2 or not self.line_range[0] < self.line_range[1]:
+            bad(
+                f"line_range must be two increasing numbers, e.g. [-0.5, 1.5], got {self.line_range}"
+            )
+        for key in ("steps", "line_points", "grid", "trace_max_probes", "fn_directions", "threads"):
+            if getattr(self, key) < (1 if key == "threads" else 2):
+                bad(f"{key} is too small: {getattr(self, key)}")
+        for key in ("lr", "surface_range", "keskar_eps", "l2_rho", "adaptive_rho", "fn_alpha"):
+            if not getattr(self, key) > 0:
+                bad(f"{key} must be positive, got {getattr(self, key)}")
+        if self.hessian_subset is not None and not 1 <= self.hessian_subset <= DIGITS_TRAIN:
+            bad(
+                f"hessian_subset must lie in [1, {DIGITS_TRAIN}] or be none, got {self.hessian_subset}"
+            )
+
+
+# The reduced version (--quick): a few seconds of training, tiny grids, capped probes.
+QUICK: dict[str, Any] = dict(steps=300, line_points=17, grid=9, hessian_subset=512)
+QUICK.update(trace_max_probes=40, ascent_steps=5, ascent_restarts=1, fn_directions=4)
+
+
+# -- stages ---------------------------------------------------------------------------------
+
+
+def _landscape_done(folder: Path) -> bool:
+    m = folder / "manifest.json"
+    return (
+        m.is_file()
+        and json.loads(m.read_text()).get("status") == "complete"
+        and (folder / "results.zarr").exists()
+    )
+
+
+def _landscape_stage(ctx: StudyContext, name: str, settings: dict, compute: Callable) -> Any:
+    """A landscape analysis in its stage folder (it resumes chunk by chunk), logged."""
+    folder = stage_dir(ctx.stages_root, name, settings)
+    reused = _landscape_done(folder)
+    t0 = time.perf_counter()
+    land = compute(folder)
+    ctx.log.record(folder, reused, 0.0 if reused else time.perf_counter() - t0)
+    return land
+
+
+def _evaluate(model, init, splits) -> dict[str, Any]:
+    from basinscope.engine import evaluate_model
+    from basinscope.geometry import get_params, norm, sub
+
+    ev = evaluate_model(model, splits)
+    theta, theta0 = get_params(model), get_params(init)
+    return {
+        **{k: float(v) for k, v in ev.items()},
+        "accuracy_gap": float(ev["train_accuracy"] - ev["test_accuracy"]),
+        "param_norm": float(norm(theta)),
+        "distance_from_init": float(norm(sub(theta, theta0))),
+    }
+
+
+def _hessian(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
+    from basinscope.curvature import HessianOperator, hutchinson_trace, lanczos_eigenpairs
+
+    op = HessianOperator(model, data, subset=cfg.hessian_subset)
+    top = lanczos_eigenpairs(op, 1, "largest", tol=cfg.lanczos_tol, seed=0)
+    trace = hutchinson_trace(op, rtol=cfg.trace_rtol, max_samples=cfg.trace_max_probes, seed=0)
+    return {
+        "lambda_max": float(top.eigenvalues[0]),
+        "lanczos": top.to_dict(),
+        "trace": trace.to_dict(),
+        "semantics": {**op.semantics, "num_matvecs": op.num_matvecs},
+    }
+
+
+def _sharpness(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
+    from basinscope.analyses import (
+        adaptive_sharpness,
+        filter_normalized_sharpness,
+        worst_case_sharpness,
+    )
+
+    ascent = dict(steps=cfg.ascent_steps, restarts=cfg.ascent_restarts, seed=0)
+    return {
+        "keskar": worst_case_sharpness(
+            model, data, rho=cfg.keskar_eps, norm="linf", relative=True, **ascent
+        ).to_dict(),
+        "worst_l2": worst_case_sharpness(
+            model, data, rho=cfg.l2_rho, norm="l2", **ascent
+        ).to_dict(),
+        "adaptive": adaptive_sharpness(
+            model, data, rho=cfg.adaptive_rho, norm="l2", eta=0.0, kind="worst", **ascent
+        ).to_dict(),
+        "filter_normalized": filter_normalized_sharpness(
+            model, data, alpha=cfg.fn_alpha, num_directions=cfg.fn_directions, seed=0
+        ).to_dict(),
+    }
+
+
+# -- the study ------------------------------------------------------------------------------
+
+
+def run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        return _run(cfg, ctx)
+    finally:
+        torch.set_num_threads(before)
+
+
+HESSIAN_SETTINGS = ("hessian_subset", "lanczos_tol", "trace_rtol", "trace_max_probes")
+SHARPNESS_SETTINGS = (
+    *("keskar_eps", "l2_rho", "adaptive_rho", "ascent_steps", "ascent_restarts"),
+    *("fn_alpha", "fn_directions"),
+)
+RATIOS = ("lambda_max", "trace", "sharpness_keskar", "sharpness_worst_l2")
+RATIOS += ("sharpness_adaptive", "sharpness_filter_normalized")
+
+
+def _solution(cfg: BatchSizeConfig, ctx: StudyContext, batch: int, init, splits) -> tuple:
+    """Train one run and measure its solution: (model, numbers, details, stage folders)."""
+    from basinscope.training import TrainConfig
+
+    train_data = splits["train"]
+    tc = TrainConfig(
+        steps=cfg.steps,
+        batch_size=batch,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        schedule=cfg.schedule,
+        data_seed=cfg.data_seed,
+        checkpoint_steps=(0, cfg.steps),
+    )
+    spec = {"model": cfg.model, "model_kwargs": _kwargs(cfg), "init_seed": cfg.init_seed}
+    spec["data"] = train_data.name
+    folder = stage_dir(ctx.stages_root, "train", {**spec, **tc.to_dict()})
+    st = train_stage(folder, init, train_data, tc, spec, progress=ctx.progress, log=ctx.log)
+    up = {"train": st.run_dir.name}
+
+    def stage(name: str, settings: dict, compute: Callable) -> tuple[dict, Path]:
+        return cached_stage(ctx.stages_root, name, {**up, **settings}, compute, log=ctx.log)
+
+    ev, ev_dir = stage("evaluate", {}, lambda d: _evaluate(st.model, init, splits))
+    hs, hs_dir = stage(
+        "hessian",
+        {k: getattr(cfg, k) for k in HESSIAN_SETTINGS},
+        lambda d: _hessian(st.model, train_data, cfg),
+    )
+    sh, sh_dir = stage(
+        "sharpness",
+        {k: getattr(cfg, k) for k in SHARPNESS_SETTINGS},
+        lambda d: _sharpness(st.model, train_data, cfg),
+    )
+    n = len(train_data.y)
+    numbers = {
+        "batch_size": batch,
+        "epochs": cfg.steps * min(batch, n) / n,
+        **ev,
+        "lambda_max": hs["lambda_max"],
+        "trace": hs["trace"]["estimate"],
+        "trace_ci_halfwidth": hs["trace"]["ci_halfwidth"],
+        **{f"sharpness_{k}": v["value"] for k, v in sh.items()},
+        "sharpness_filter_normalized_se": sh["filter_normalized"]["std_error"],
+    }
+    folders = {"train": st.run_dir.name, "evaluate": ev_dir.name}
+    folders.update(hessian=hs_dir.name, sharpness=sh_dir.name)
+    return st.model, numbers, {"hessian": hs, "sharpness": sh}, folders
+
+
+def _kwargs(cfg: BatchSizeConfig) -> dict[str, Any]:
+    return {"hidden": list(cfg.hidden)} if cfg.model == "mlp" else {}
+
+
+def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
+    import torch
+
+    from basinscope.analyses import interpolate, random_surface
+    from basinscope.data import load_digits
+    from basinscope.geometry import get_params, norm, sub
+    from basinscope.models import build_model
+
+    splits = {"train": load_digits("train"), "test": load_digits("test")}
+    init = build_model(cfg.model, _kwargs(cfg), init_seed=cfg.init_seed)
+    has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in init.modules())
+    bn = (
+        "BatchNorm: stored running statistics of each solution (interpolated along the line)"
+        if has_bn
+        else "the model has no BatchNorm layers, so no statistics policy applies"
+    )
+
+    # -- 1. train both runs from the same initialization; measure each solution -------------
+    models, numbers, details, stages = {}, {}, {}, {}
+    for i, (key, batch) in enumerate((("small", cfg.small_batch), ("large", cfg.large_batch))):
+        ctx.say(f"[{i + 1}/4] batch size {batch}: training ({cfg.steps} steps) and measuring")
+        models[key], numbers[key], details[key], stages[key] = _solution(
+            cfg, ctx, batch, init, splits
+        )
+
+    # -- 2. the raw line through both solutions ---------------------------------------------
+    ctx.say(f"[3/4] the line through both solutions ({cfg.line_points} points)")
+    alphas = np.linspace(*cfg.line_range, cfg.line_points)
+    line = _landscape_stage(
+        ctx,
+        "interpolation",
+        {"a": stages["small"]["train"], "b": stages["large"]["train"], "alphas": alphas.tolist()},
+        lambda d: interpolate(
+            models["small"],
+            models["large"],
+            splits,
+            alphas=alphas,
+            run_dir=d,
+            attrs={"label_a": f"B={cfg.small_batch}", "label_b": f"B={cfg.large_batch}"},
+            progress=ctx.progress,
+        ),
+    )
+    ds = line.dataset
+
+    # -- 3. filter-normalized planes around each solution (the same direction seed) ---------
+    ctx.say(f"[4/4] filter-normalized surfaces ({cfg.grid}x{cfg.grid} points each)")
+    axis = np.linspace(-cfg.surface_range, cfg.surface_range, cfg.grid)
+    surfaces, c = {}, cfg.grid // 2
+    for key in ("small", "large"):
+        surf = _landscape_stage(
+            ctx,
+            "surface",
+            {"train": stages[key]["train"], "seed": cfg.direction_seed, "axis": axis.tolist()},
+            lambda d, m=models[key]: random_surface(
+                m,
+                splits,
+                seed=cfg.direction_seed,
+                normalization="filter",
+                bias_policy="zero",
+                alphas=axis,
+                betas=axis,
+                run_dir=d,
+                progress=ctx.progress,
+            ),
+        )
+        sd = surf.dataset
+        surfaces[key] = {
+            "stage": surf.run_dir.name,
+            "definition": f"f(alpha, beta) = L(theta* + alpha d1 + beta d2) on a {cfg.grid}x{cfg.grid} "
+            f"grid, alpha, beta in [-{cfg.surface_range:g}, {cfg.surface_range:g}]; d1, d2 Gaussian "
+            f"(seeds {cfg.direction_seed}, {cfg.direction_seed + 1}), filter-normalized to theta* "
+            "(biases zeroed); loss and accuracy on all train and test digits; " + bn,
+            "train_loss_min": float(sd.train_loss.min()),
+            "train_loss_max": float(sd.train_loss.max()),
+            "slice_alpha": axis.tolist(),  # beta = 0: the line theta* + alpha d1
+            **{f"slice_{v}": sd[v].values[:, c].tolist() for v in sd.data_vars},
+        }
+
+    from basinscope.experiments.batch_size_report import definitions
+
+    n_hess = cfg.hessian_subset or len(splits["train"].y)
+    return {
+        "setup": {
+            "model": cfg.model,
+            "model_kwargs": _kwargs(cfg),
+            "description": _describe(cfg),
+            "parameters": sum(p.numel() for p in init.parameters()),
+            "batchnorm": has_bn,
+            "bn_policy": bn,
+            "train_examples": len(splits["train"].y),
+            "test_examples": len(splits["test"].y),
+            "hessian_examples": n_hess,
+            "same": f"same initialization (init_seed={cfg.init_seed}), same number of SGD steps "
+            f"({cfg.steps}), same schedule ({cfg.schedule}, peak lr {cfg.lr}, momentum {cfg.momentum})",
+        },
+        "solutions": numbers,
+        "ratios_large_over_small": {
+            k: numbers["large"][k] / numbers["small"][k] for k in RATIOS if numbers["small"][k]
+        },
+        "distance_between_solutions": float(
+            norm(sub(get_params(models["large"]), get_params(models["small"])))
+        ),
+        "definitions": definitions(cfg, n_hess, bn),
+        "details": details,
+        "interpolation": {
+            "stage": line.run_dir.name,
+            "definition": "f(alpha) = L((1 - alpha) theta_small + alpha theta_large), raw (no "
+            f"normalization), {cfg.line_points} points; loss and accuracy on all train and test "
+            "digits; " + bn,
+            "alpha": ds.alpha.values.tolist(),
+            **{v: ds[v].values.tolist() for v in ds.data_vars},
+        },
+        "surfaces": surfaces,
+        "stage_folders": stages,
+    }
+
+
+def _describe(cfg: BatchSizeConfig) -> str:
+    if cfg.model == "mlp":
+        widths = "→".join(str(w) for w in (64, *cfg.hidden, 10))
+        return f"ReLU MLP {widths}"
+    return "LeNet (two 3x3 conv + max-pool stages, two fully connected layers)"
+
+
+def _report(run_dir: Path, results: dict[str, Any]) -> Path:
+    from basinscope.experiments.batch_size_report import write_report
+
+    return write_report(run_dir, results)
+
+
+STUDY = register(
+    Study(
+        name=NAME,
+        summary="Small vs. large batch from one initialization: the line through both minima, "
+        "filter-normalized surfaces, Hessian top eigenvalue and trace, four sharpness measures.",
+        config=BatchSizeConfig,
+        run=run,
+        report=_report,
+        quick=QUICK,
+    )
+)

@@ -1,0 +1,348 @@
+"""Studies as registered, frozen configurations.
+
+A study is a frozen dataclass of settings (each study's file lists them at the top), a
+``run`` function that computes everything into a run folder, and a ``report`` function
+that rebuilds the report from what ``run`` stored. Settings are changed by ``--set
+key=value`` and by a TOML file, never by editing code::
+
+    cfg = make_config("rotated-digits", quick=True, sets=["angles=[0, 60]"])
+    result = run_study("rotated-digits", "basinscope-runs", cfg)
+
+Layout under the output root (open_lth style)::
+
+    <root>/stages/<stage>-<hash of its settings>/    shared by every run of every study
+    <root>/<study>-<hash of the configuration>/       study.json, results.json, report.html,
+                                                       figures/ (PNG and PDF)
+
+A stage's settings include the folder names of the stages it depends on, so running a
+study again reuses every finished stage, an interrupted study resumes, and a changed
+setting recomputes only the stages that depend on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+import basinscope
+from basinscope.errors import BasinscopeError
+from basinscope.experiments.stages import StageLog
+
+__all__ = [
+    "STUDIES",
+    "Study",
+    "StudyContext",
+    "config_hash",
+    "get_study",
+    "list_studies",
+    "load_run",
+    "make_config",
+    "rebuild_report",
+    "register",
+    "run_study",
+]
+
+
+@dataclass(frozen=True)
+class StudyContext:
+    """What a study's ``run`` gets besides its configuration."""
+
+    run_dir: Path  # the run folder: results.json, report.html, figures/
+    stages_root: Path  # shared stage folders
+    log: StageLog
+    progress: bool = False
+    say: Callable[[str], None] = print
+
+
+@dataclass(frozen=True)
+class Study:
+    """A registered study.
+
+    ``run(cfg, ctx) -> results`` computes (reusing finished stages) and returns a
+    JSON-ready dict; ``report(run_dir, results) -> Path`` writes ``report.html`` and the
+    figures from that dict and the stage folders it names, without recomputing anything.
+    """
+
+    name: str
+    summary: str
+    config: type
+    run: Callable[[Any, StudyContext], dict[str, Any]]
+    report: Callable[[Path, dict[str, Any]], Path]
+    quick: dict[str, Any]  # overrides of the reduced version (--quick)
+
+
+STUDIES: dict[str, Study] = {}
+
+
+def register(study: Study) -> Study:
+    if not (dataclasses.is_dataclass(study.config) and study.config.__dataclass_params__.frozen):
+        raise TypeError(f"study {study.name!r}: config must be a frozen dataclass")
+    STUDIES[study.name] = study
+    return study
+
+
+BUILTIN = ("rotated_digits", "batch_size", "skip_connections")
+
+
+def _load_builtin() -> None:
+    # importing a study module registers it
+    import importlib
+
+    for module in BUILTIN:
+        importlib.import_module(f"basinscope.experiments.{module}")
+
+
+def list_studies() -> list[Study]:
+    _load_builtin()
+    return [STUDIES[k] for k in sorted(STUDIES)]
+
+
+def get_study(name: str) -> Study:
+    _load_builtin()
+    if name not in STUDIES:
+        near = difflib.get_close_matches(name, list(STUDIES), n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise BasinscopeError(
+            f"unknown study {name!r}; registered studies: {', '.join(sorted(STUDIES))}.{hint} "
+            "(`basinscope study --list` describes them)"
+        )
+    return STUDIES[name]
+
+
+# -- configurations ------------------------------------------------------------------------
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        return f"a list of {_type_name(args[0])}s"
+    if _optional(tp) is not None:
+        return f"{_type_name(_optional(tp))} or none"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _optional(tp: Any) -> Any:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
+def _coerce(key: str, value: Any, tp: Any, where: str) -> Any:
+    """``value`` (parsed from TOML) as the field's type, or a clear error."""
+
+    original = value
+
+    def bad() -> BasinscopeError:
+        return BasinscopeError(
+            f"{where}: setting {key!r} expects {_type_name(tp)}, got {original!r}"
+            + (
+                f" (e.g. {key}=[0, 15, 35])"
+                if typing.get_origin(tp) is tuple
+                else f" (e.g. {key}={_example(tp)})"
+            )
+        )
+
+    inner = _optional(tp)
+    if inner is not None:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, inner, where)
+    if typing.get_origin(tp) is tuple:
+        if isinstance(value, str):
+            value = [_parse_value(v.strip()) for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        elem = typing.get_args(tp)[0]
+        try:
+            return tuple(_coerce(key, v, elem, where) for v in value)
+        except BasinscopeError:
+            raise bad() from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise bad()
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad()
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)):
+            raise bad()
+        return str(value)
+    raise bad()
+
+
+def _example(tp: Any) -> str:
+    return {int: "3", float: "0.05", bool: "true", str: "name"}.get(tp, "...")
+
+
+def _parse_value(text: str) -> Any:
+    """A ``--set`` value: TOML syntax (``3``, ``0.1``, ``true``, ``[0, 15]``, ``"ft"``), or
+    else the plain text."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _check_keys(cls: type, keys: Sequence[str], where: str) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for k in keys:
+        if k not in names:
+            near = difflib.get_close_matches(k, names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise BasinscopeError(
+                f"{where}: unknown setting {k!r}{hint} Settings of this study: {', '.join(names)}"
+            )
+
+
+def make_config(
+    name: str,
+    *,
+    quick: bool = False,
+    toml: str | Path | None = None,
+    sets: Sequence[str] = (),
+) -> Any:
+    """The study's configuration: defaults, then ``quick`` overrides, then the TOML file,
+    then each ``key=value`` of ``sets`` (later wins)."""
+    study = get_study(name)
+    types_ = _field_types(study.config)
+    values: dict[str, Any] = dict(study.quick) if quick else {}
+    if toml is not None:
+        path = Path(toml)
+        if not path.is_file():
+            raise BasinscopeError(f"--config: no such file {str(path)!r} (expected a TOML file)")
+        try:
+            table = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise BasinscopeError(f"--config {path}: not valid TOML ({e})") from None
+        table = table.get(name, table) if isinstance(table.get(name), dict) else table
+        where = f"--config {path}"
+        _check_keys(study.config, list(table), where)
+        values.update({k: _coerce(k, v, types_[k], where) for k, v in table.items()})
+    for item in sets:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise BasinscopeError(
+                f"--set expects key=value (e.g. --set finetune_steps=50), got {item!r}"
+            )
+        _check_keys(study.config, [key], "--set")
+        values[key] = _coerce(key, _parse_value(text.strip()), types_[key], "--set")
+    cfg = study.config(**values)
+    check = getattr(cfg, "check", None)
+    if check is not None:
+        check()
+    return cfg
+
+
+def config_dict(cfg: Any) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+
+
+def config_hash(name: str, cfg: Any) -> str:
+    text = json.dumps({"study": name, "config": config_dict(cfg)}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+# -- running and reporting -----------------------------------------------------------------
+
+
+def run_study(
+    name: str,
+    root: str | Path,
+    cfg: Any = None,
+    *,
+    progress: bool = False,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run study ``name`` with ``cfg`` (default: its defaults) under ``root``.
+
+    Returns the results (also in ``<run folder>/results.json``) with ``run_dir``,
+    ``report`` and ``stages`` (each stage's folder, whether it was reused, and seconds).
+    """
+    study = get_study(name)
+    cfg = cfg if cfg is not None else study.config()
+    root = Path(root)
+    run_dir = root / f"{name}-{config_hash(name, cfg)}"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "study.json").write_text(
+        json.dumps(
+            {"study": name, "config": config_dict(cfg), "basinscope": basinscope.__version__},
+            indent=1,
+        )
+    )
+    log = StageLog()
+    ctx = StudyContext(run_dir, root / "stages", log, progress, say)
+    t0 = time.perf_counter()
+    results = study.run(cfg, ctx)
+    results = {
+        "study": name,
+        "config": config_dict(cfg),
+        "basinscope": basinscope.__version__,
+        **results,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "stages": log.rows(root),
+        "run_dir": str(run_dir),
+    }
+    _write_json(run_dir / "results.json", results)
+    say("writing the report")
+    results["report"] = str(study.report(run_dir, results))
+    _write_json(run_dir / "results.json", results)
+    return results
+
+
+def load_run(run_dir: str | Path) -> tuple[Study, dict[str, Any]]:
+    """The study and the stored results of a finished run folder."""
+    run_dir = Path(run_dir)
+    meta, res = run_dir / "study.json", run_dir / "results.json"
+    if not meta.is_file():
+        raise BasinscopeError(
+            f"{str(run_dir)!r} is not a study run folder (no study.json); pass a folder "
+            "that `basinscope study` or `basinscope demo` wrote, e.g. basinscope-runs/rotated-digits-<hash>"
+        )
+    if not res.is_file():
+        raise BasinscopeError(
+            f"{str(run_dir)!r} has no results.json: the study did not finish. Run it again "
+            "(finished stages are reused) to complete it."
+        )
+    name = json.loads(meta.read_text())["study"]
+    return get_study(name), json.loads(res.read_text())
+
+
+def rebuild_report(run_dir: str | Path) -> Path:
+    """Rewrite ``report.html`` and the figures of a finished run from its stored results."""
+    study, results = load_run(run_dir)
+    return study.report(Path(run_dir), results)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from basinscope.jsonable import jsonable
+
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(jsonable(obj), indent=1))
+    tmp.replace(path)

@@ -1,0 +1,455 @@
+"""The rotated-digits study's report: figures (PNG and PDF) and one self-contained HTML file,
+built from ``results.json`` and the stored stage folders only (nothing is recomputed)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import basinscope
+from basinscope.experiments.rotated_digits import STRATEGY_NAMES
+from basinscope.plotting import line_figure, plot_contour, surface_figure
+from basinscope.plotting._common import new_figure, style_axes
+from basinscope.plotting.run import load_trajectories
+from basinscope.report import Report
+
+__all__ = ["write_report"]
+
+NO_BN = "LeNet has no BatchNorm, so no statistics policy applies"
+COLORS = {
+    "ft": "#1f77b4",
+    "lp": "#ff7f0e",
+    "lp-ft": "#2ca02c",
+    "surgical": "#d62728",
+    "guided": "#9467bd",
+}
+
+
+def _open(stages: Path, name: str):
+    from basinscope.store import RunStore
+
+    return RunStore.load(stages / name).read_results()
+
+
+def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
+    cfg = results["config"]
+    stages = Path(run_dir).parent / "stages"
+    figs = Path(run_dir) / "figures"
+    figs.mkdir(exist_ok=True)
+    angles = list(results["angles"])
+    strategies = list(cfg["strategies"])
+    defs = results["definitions"]
+    rep = Report(
+        "Fine-tuning on rotated digits: does it stay in the pre-trained basin?",
+        f"basinscope {basinscope.__version__} · study rotated-digits · {time.strftime('%Y-%m-%d %H:%M')} · "
+        f"{results['seconds']} s · run folder {Path(run_dir).name}",
+    )
+    pre = results["pretrained"]
+    rep.text(
+        f"A LeNet is pre-trained on upright 8x8 digits (scikit-learn's digits, the source distribution; "
+        f"{cfg['pretrain_steps']} SGD steps, source test accuracy {pre['source_test_accuracy']:.3f}). "
+        f"It is then fine-tuned for {cfg['finetune_steps']} gradient steps on the same digits rotated by "
+        f"{', '.join(angles)} degrees (the targets) with each strategy "
+        f"({', '.join(STRATEGY_NAMES[s] for s in strategies)}), and, for comparison, trained for the same "
+        f"number of steps from a random initialization; {cfg['copies']} copies of each with different SGD "
+        "noise (data order). The question: does fine-tuning from the pre-trained start stay in the "
+        "pre-trained basin, how far does it move, what does it forget, and how sharp is where it lands?"
+    )
+
+    # -- the summary ------------------------------------------------------------------------
+    rep.heading("Summary")
+    rows = results["summary"]
+    rep.table(
+        [
+            {
+                **r,
+                "angle": f"{r['angle']:g}°",
+                "in pre-trained basin": {True: "yes", False: "no", None: "–"}[
+                    r["in pre-trained basin"]
+                ],
+            }
+            for r in rows
+        ],
+        "Per target angle and (start, strategy); accuracies are means over the copies on the test "
+        f"splits. Stayed in the pre-trained basin: {defs['stayed in the pre-trained basin']}. "
+        f"Barriers: {defs['barrier']}. λ_max and trace: {defs['lambda_max']}; {defs['trace']}. "
+        f"CKA fc1: {defs['cka']}, at the penultimate layer on the target test split.",
+    )
+
+    # -- adaptation vs. forgetting -------------------------------------------------------------
+    rep.heading("Adaptation and forgetting")
+    rep.figure(
+        _accuracy_figure(results, angles, strategies),
+        "Test accuracy after fine-tuning on the target (left) and on the source (right) against the "
+        "rotation angle, per strategy from the pre-trained start (solid) and from a random start "
+        f"(black dashed); grey dotted: the pre-trained model before fine-tuning. Means over {cfg['copies']} "
+        f"copies; {defs['accuracy']}. {NO_BN}.",
+        save_as=figs / "accuracy_vs_angle",
+    )
+
+    # -- landscapes ------------------------------------------------------------------------------
+    rep.heading("2D landscapes: random start vs. pre-trained start")
+    for a in angles:
+        res = results["angles"][a]
+        fig = _surface_panels(stages, res, a)
+        ev = {
+            k: ", ".join(f"{100 * v:.0f}%" for v in s["explained_variance_ratio"])
+            for k, s in res["surfaces"].items()
+        }
+        rep.figure(
+            fig,
+            f"Target {a}°. Mean cross-entropy (log colour scale) on the source training images (top) and "
+            f"on the target training images rotated by {a}° (bottom), on a {cfg['grid']}x{cfg['grid']} grid "
+            "in the plane of the top two principal components of the fine-tuning trajectories of both "
+            "copies (full fine-tuning), centred at their start: the random initialization (left) and "
+            "the pre-trained model (right); + marks the start. "
+            f"Trajectories: {defs['trajectories']}; the legend gives each copy's largest distance from the "
+            f"plane. Explained variance of the two components: random start {ev['random']}, pre-trained "
+            f"start {ev['pre-trained']}. Axes are distances in parameter space (unit directions). {NO_BN}.",
+            save_as=figs / f"surfaces_angle{a}",
+        )
+    a_big = angles[-1]
+    ds = _open(stages, results["angles"][a_big]["surfaces"]["pre-trained"]["stage"])
+    trajs = load_trajectories(stages / results["angles"][a_big]["surfaces"]["pre-trained"]["stage"])
+    rep.plotly(
+        surface_figure(
+            ds,
+            "target_loss",
+            log=True,
+            trajectories=trajs,
+            title=f"target loss ({a_big}°) around the pre-trained model",
+        ),
+        f"Interactive 3D view of the bottom-right panel for the target rotated by {a_big}°: log10 of the "
+        f"mean cross-entropy on the {a_big}°-rotated training images, {cfg['grid']}x{cfg['grid']} grid, with "
+        f"the trajectories of both fine-tuning copies. {NO_BN}.",
+    )
+
+    # -- the path pre-trained -> fine-tuned ----------------------------------------------------------
+    rep.heading("The straight path from pre-trained to fine-tuned, extrapolated")
+    rep.figure(
+        _paths_figure(stages, results, angles, strategies),
+        "Mean cross-entropy (log scale) along f(α) = L((1−α)θ_pre + αθ_ft) for α in [−1, 2] "
+        f"({cfg['line_points']} points) on the source test split (top) and the target test split "
+        "(bottom), one column per angle and one curve per strategy (copy 0); α = 0 is the pre-trained "
+        "model, α = 1 the fine-tuned one. A target curve that falls monotonically from 0 to 1 and a "
+        "source curve without a bump say the fine-tuned model sits in the pre-trained basin; the "
+        f"extrapolation past 1 shows where that basin's walls are. {NO_BN}.",
+        save_as=figs / "paths",
+    )
+    line = _open(stages, results["angles"][a_big]["lines"]["ft"]["stage"])
+    rep.plotly(
+        line_figure(line, metrics=("loss", "accuracy"), splits=("source", "target")),
+        f"The FT path for the target rotated by {a_big}°, interactive: loss and accuracy on the source "
+        f"and target test splits, {cfg['line_points']} points on α in [−1, 2]. {NO_BN}.",
+    )
+
+    # -- barriers -------------------------------------------------------------------------------
+    rep.heading("Barriers: pre-trained start vs. random start")
+    rep.figure(
+        _barrier_figure(results, angles, strategies, cfg),
+        f"Left: the {cfg['barrier_metric']} barrier between the two fine-tuned copies on the target test "
+        "split, full fine-tuning from the pre-trained start (blue) and from a random start (black), and for "
+        "the other strategies from the pre-trained start. Right: the barrier on the path pre-trained → "
+        f"fine-tuned on the target test split. Dashed: basin_epsilon = {cfg['basin_epsilon']:g}. "
+        f"{defs['barrier']}. {NO_BN}.",
+        save_as=figs / "barriers",
+    )
+
+    # -- representations and parameters ----------------------------------------------------------
+    rep.heading("How far did fine-tuning move? Distance and per-layer CKA")
+    rep.figure(
+        _similarity_figure(results, angles, strategies),
+        f"Left: per-module relative distance ||θ_ft − θ_pre|| / ||θ_pre|| of full fine-tuning (copy 0) per "
+        f"angle. Right: per-layer linear CKA between the pre-trained and the fully fine-tuned model on the "
+        f"target test split (450 images); {defs['cka']}. {NO_BN}.",
+        save_as=figs / "distance_and_cka",
+    )
+
+    # -- criticality --------------------------------------------------------------------------------
+    rep.heading("Which layers are critical? Module criticality")
+    rep.figure(
+        _criticality_figure(results, angles),
+        "Module criticality μ_i per layer of full fine-tuning (copy 0), from the pre-trained start "
+        f"(θ⁰ = pre-trained; left) and from a random start (θ⁰ = the random initialization; right); "
+        f"{defs['module criticality']}; {cfg['criticality_points']}x{cfg['criticality_points']} "
+        f"(α, σ) grid, {cfg['criticality_samples']} noise draws each, the first {cfg['criticality_examples']} "
+        f"target training images; ε = final loss + 0.1. 0: the module can be rewound all the way to θ⁰ within ε; ∞: no feasible point on the grid. Symmetric-log scale. {NO_BN}.",
+        save_as=figs / "criticality",
+    )
+
+    # -- curvature ------------------------------------------------------------------------------
+    rep.heading("How sharp is where fine-tuning lands? Hessian")
+    rep.figure(
+        _curvature_figure(results, angles, strategies),
+        f"λ_max (left) and trace (right, with 95% CI) of the Hessian of each solution (copy 0); "
+        f"{defs['lambda_max']}; {defs['trace']}. Grey dotted: the pre-trained model on the same target "
+        f"data. {NO_BN}.",
+        save_as=figs / "curvature",
+    )
+
+    # -- how it was made ------------------------------------------------------------------------
+    rep.heading("How these numbers were made")
+    rep.text(
+        "Every landscape point is a full pass over its dataset with basinscope's engine; losses are means "
+        "over all examples. Every stage (pre-training, each fine-tuning, each analysis) is stored in its own "
+        "folder under stages/, named by a hash of its settings, which include the folders it depends on: "
+        "running the study again reuses them, and a changed setting recomputes only what depends on it. "
+        "results.json next to this report holds every number shown; `basinscope report RUN_DIR` rebuilds "
+        "this page from it."
+    )
+    rep.table(
+        [{"setting": k, "value": v} for k, v in cfg.items()],
+        "The study's configuration (change with --set key=value or --config FILE.toml).",
+    )
+    rep.table(
+        [{"term": k, "definition": v} for k, v in defs.items()],
+        "Definitions.",
+    )
+    rep.table(
+        [
+            {
+                "stage": r["stage"],
+                "reused": "yes" if r["reused"] else "no",
+                "seconds": r["seconds"],
+            }
+            for r in results["stages"]
+        ],
+        "Stages of the last run.",
+    )
+    return rep.write(Path(run_dir) / "report.html")
+
+
+# -- figures ---------------------------------------------------------------------------------
+
+
+def _mean(infos, f) -> float:
+    return float(np.mean([f(i) for i in infos]))
+
+
+def _accuracy_figure(results, angles, strategies):
+    fig = new_figure((11, 4))
+    axes = fig.subplots(1, 2)
+    x = [float(a) for a in angles]
+    for ax, side in zip(axes, ("target", "source"), strict=True):
+        for s in strategies:
+            y = [
+                _mean(
+                    results["angles"][a]["finetune"][f"pre-trained/{s}"],
+                    lambda i, side=side: i["after"][side]["accuracy"],
+                )
+                for a in angles
+            ]
+            ax.plot(x, y, "o-", color=COLORS[s], label=STRATEGY_NAMES[s])
+        y = [
+            _mean(
+                results["angles"][a]["finetune"]["random/ft"],
+                lambda i, side=side: i["after"][side]["accuracy"],
+            )
+            for a in angles
+        ]
+        ax.plot(x, y, "s--", color="black", label="random start (FT)")
+        before = [
+            _mean(
+                results["angles"][a]["finetune"]["pre-trained/ft"],
+                lambda i, side=side: i["before"][side]["accuracy"],
+            )
+            for a in angles
+        ]
+        ax.plot(x, before, ":", color="grey", label="pre-trained, before")
+        ax.set_xlabel("rotation of the target (degrees)")
+        ax.set_ylabel(f"{side} test accuracy after fine-tuning")
+        ax.set_ylim(0, 1.02)
+        ax.set_title(f"{side} ({'adaptation' if side == 'target' else 'forgetting'})")
+        style_axes(ax)
+    axes[0].legend(fontsize=8)
+    return fig
+
+
+def _surface_panels(stages: Path, res, a):
+    fig = new_figure((11, 9))
+    axes = fig.subplots(2, 2)
+    for col, start in enumerate(("random", "pre-trained")):
+        name = res["surfaces"][start]["stage"]
+        ds = _open(stages, name)
+        trajs = load_trajectories(stages / name)
+        for row, (var, what) in enumerate(
+            (("source_loss", "source loss (upright)"), ("target_loss", f"target loss ({a}°)"))
+        ):
+            ax = axes[row, col]
+            plot_contour(
+                ds,
+                var,
+                kind="filled",
+                log=True,
+                trajectories=trajs,
+                ax=ax,
+                title=f"{what}, {start} start",
+            )
+    fig.suptitle(f"target: digits rotated by {a}°")
+    return fig
+
+
+def _paths_figure(stages: Path, results, angles, strategies):
+    fig = new_figure((3.2 * len(angles) + 1, 6.5))
+    axes = np.atleast_2d(fig.subplots(2, len(angles), sharey="row", squeeze=False))
+    for j, a in enumerate(angles):
+        for s in strategies:
+            ds = _open(stages, results["angles"][a]["lines"][s]["stage"])
+            for i, side in enumerate(("source", "target")):
+                axes[i, j].semilogy(
+                    ds.alpha.values,
+                    ds[f"{side}_loss"].values,
+                    color=COLORS[s],
+                    label=STRATEGY_NAMES[s],
+                )
+        for i, side in enumerate(("source", "target")):
+            ax = axes[i, j]
+            for x in (0, 1):
+                ax.axvline(x, color="grey", lw=0.6, ls=":")
+            ax.set_title(f"{a}°: {side} test loss", fontsize=10)
+            ax.set_xlabel("α (0: pre-trained, 1: fine-tuned)")
+            style_axes(ax)
+    axes[0, 0].legend(fontsize=7)
+    return fig
+
+
+def _barrier_figure(results, angles, strategies, cfg):
+    fig = new_figure((11, 4))
+    axes = fig.subplots(1, 2)
+    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft"]
+    width = 0.8 / len(keys)
+    x = np.arange(len(angles))
+    for k, key in enumerate(keys):
+        start, s = key.split("/")
+        color = "black" if start == "random" else COLORS[s]
+        label = "random start (FT)" if start == "random" else STRATEGY_NAMES[s]
+        vals = [results["angles"][a]["connectivity"][key]["copies"]["value"] for a in angles]
+        axes[0].bar(x + k * width, vals, width, color=color, label=label)
+        if start == "pre-trained":
+            vals = [
+                results["angles"][a]["connectivity"][key]["path_tgt_test"]["value"] for a in angles
+            ]
+            axes[1].bar(x + k * width, vals, width, color=color, label=label)
+    for ax, title in zip(
+        axes,
+        ("between the two fine-tuned copies", "on the path pre-trained → fine-tuned"),
+        strict=True,
+    ):
+        ax.axhline(cfg["basin_epsilon"], color="grey", ls="--", lw=1)
+        ax.set_xticks(x + 0.4 - width / 2)
+        ax.set_xticklabels([f"{a}°" for a in angles])
+        ax.set_ylabel(f"{cfg['barrier_metric']} barrier ({cfg['barrier_definition']})")
+        ax.set_title(title)
+        style_axes(ax)
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def _similarity_figure(results, angles, strategies):
+    fig = new_figure((11, 4))
+    axes = fig.subplots(1, 2)
+    sims = [results["angles"][a]["similarity"]["pre-trained/ft"] for a in angles]
+    modules = list(sims[0]["distance"]["per_module"])
+    layers = list(sims[0]["cka"]["tgt_test"])
+    width = 0.8 / len(angles)
+    cmap = _angle_colors(len(angles))
+    for j, (a, sim) in enumerate(zip(angles, sims, strict=True)):
+        vals = [sim["distance"]["per_module"][m]["relative"] for m in modules]
+        axes[0].bar(np.arange(len(modules)) + j * width, vals, width, color=cmap[j], label=f"{a}°")
+        axes[1].plot(
+            range(len(layers)),
+            [sim["cka"]["tgt_test"][n] for n in layers],
+            "o-",
+            color=cmap[j],
+            label=f"{a}°",
+        )
+    axes[0].set_xticks(np.arange(len(modules)) + 0.4 - width / 2)
+    axes[0].set_xticklabels(modules)
+    axes[0].set_ylabel("relative distance to pre-trained")
+    axes[0].set_title("parameters (full fine-tuning)")
+    axes[1].set_xticks(range(len(layers)))
+    axes[1].set_xticklabels(layers)
+    axes[1].set_ylabel("linear CKA to pre-trained")
+    axes[1].set_ylim(0, 1.02)
+    axes[1].set_title("representations (target test split)")
+    for ax in axes:
+        style_axes(ax)
+        ax.legend(fontsize=7, title="target")
+    return fig
+
+
+def _angle_colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cm = colormaps["viridis"]
+    return [cm(t) for t in np.linspace(0.05, 0.9, n)]
+
+
+def _mu(v) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _criticality_figure(results, angles):
+    fig = new_figure((11, 4))
+    axes = fig.subplots(1, 2, sharey=True)
+    cmap = _angle_colors(len(angles))
+    for ax, start in zip(axes, ("pre-trained", "random"), strict=True):
+        crits = [results["angles"][a]["criticality"][start] for a in angles]
+        modules = list(crits[0]["modules"])
+        width = 0.8 / len(angles)
+        for j, (a, c) in enumerate(zip(angles, crits, strict=True)):
+            vals = np.array([_mu(c["modules"][m]["mu"]) for m in modules])
+            xs = np.arange(len(modules)) + j * width
+            finite = np.isfinite(vals)
+            ax.bar(xs[finite], vals[finite], width, color=cmap[j], label=f"{a}°")
+            for x, v in zip(xs, vals, strict=True):
+                if not np.isfinite(v) or v == 0:
+                    ax.text(x, 0, "∞" if not np.isfinite(v) else "0", ha="center", va="bottom")
+        ax.set_xticks(np.arange(len(modules)) + 0.4 - width / 2)
+        ax.set_xticklabels(modules)
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_title(f"{start} start")
+        ax.set_ylabel("module criticality μ")
+        style_axes(ax)
+    axes[0].legend(fontsize=7, title="target")
+    return fig
+
+
+def _curvature_figure(results, angles, strategies):
+    fig = new_figure((11, 4))
+    axes = fig.subplots(1, 2)
+    x = [float(a) for a in angles]
+    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft", "pre-trained (start)"]
+    for key in keys:
+        curv = [results["angles"][a]["curvature"][key] for a in angles]
+        if key == "pre-trained (start)":
+            style, color, label = ":", "grey", "pre-trained, before"
+        elif key == "random/ft":
+            style, color, label = "s--", "black", "random start (FT)"
+        else:
+            s = key.split("/")[1]
+            style, color, label = "o-", COLORS[s], STRATEGY_NAMES[s]
+        axes[0].plot(x, [c["lambda_max"] for c in curv], style, color=color, label=label)
+        axes[1].errorbar(
+            x,
+            [c["trace"] for c in curv],
+            yerr=[c["trace_ci_halfwidth"] for c in curv],
+            fmt=style,
+            color=color,
+            label=label,
+            capsize=2,
+        )
+    axes[0].set_ylabel("λ_max of the Hessian")
+    axes[1].set_ylabel("trace of the Hessian")
+    for ax in axes:
+        ax.set_xlabel("rotation of the target (degrees)")
+        ax.set_yscale("log")
+        style_axes(ax)
+    axes[0].legend(fontsize=7)
+    return fig

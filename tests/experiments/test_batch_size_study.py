@@ -1,0 +1,170 @@
+"""The flatness-vs-batch-size study, run once in its quick version (and once more to reuse)."""
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from basinscope.errors import BasinscopeError
+from basinscope.experiments.registry import make_config, rebuild_report, run_study
+
+NAME = "flatness-vs-batch-size"
+NUMBERS = (
+    *("batch_size", "epochs", "train_loss", "train_accuracy", "test_loss", "test_accuracy"),
+    *("accuracy_gap", "param_norm", "distance_from_init", "lambda_max", "trace"),
+    *("trace_ci_halfwidth", "sharpness_keskar", "sharpness_worst_l2", "sharpness_adaptive"),
+    *("sharpness_filter_normalized", "sharpness_filter_normalized_se"),
+)
+FIGURES = ("training", "interpolation", "surfaces_filter_normalized", "lines_filter_normalized")
+
+
+def _quiet(m: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch-size")
+    cfg = make_config(NAME, quick=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        first = run_study(NAME, root, cfg, say=_quiet)
+        second = run_study(NAME, root, cfg, say=_quiet)
+    finally:
+        torch.set_num_threads(threads)
+    return root, cfg, first, second
+
+
+def test_results_hold_every_number_with_its_definition(runs):
+    _, cfg, first, _ = runs
+    saved = json.loads((Path(first["run_dir"]) / "results.json").read_text())
+    assert saved["study"] == NAME and saved["config"]["steps"] == cfg.steps
+    defs = saved["definitions"]
+    for key in ("small", "large"):
+        sol = saved["solutions"][key]
+        assert set(NUMBERS) <= set(sol)
+        for k in NUMBERS:
+            assert isinstance(sol[k], (int, float)) and math.isfinite(sol[k]), (key, k)
+            assert k in defs and len(defs[k]) > 20, k
+        assert 0 <= sol["test_accuracy"] <= 1 and sol["test_accuracy"] > 0.8
+        assert sol["trace_ci_halfwidth"] > 0
+        hs = saved["details"][key]["hessian"]
+        assert hs["trace"]["num_samples"] <= cfg.trace_max_probes
+        assert hs["semantics"]["num_examples"] == cfg.hessian_subset
+    assert saved["solutions"]["small"]["batch_size"] == cfg.small_batch
+    assert saved["solutions"]["large"]["epochs"] == pytest.approx(cfg.steps)  # full batch
+    # the definitions say what was measured and how
+    assert "Lanczos" in defs["lambda_max"] and f"first {cfg.hessian_subset}" in defs["lambda_max"]
+    assert "Hutchinson" in defs["trace"] and "95%" in defs["trace"]
+    assert (
+        "Keskar" in defs["sharpness_keskar"]
+        and "filter-normalized" in defs["sharpness_filter_normalized"]
+    )
+    assert "no BatchNorm" in saved["setup"]["bn_policy"]
+    line = saved["interpolation"]
+    assert len(line["alpha"]) == cfg.line_points
+    assert line["alpha"][0] == pytest.approx(-0.5) and line["alpha"][-1] == pytest.approx(1.5)
+    assert {"train_loss", "test_loss", "train_accuracy", "test_accuracy"} <= set(line)
+    assert "raw" in line["definition"]
+    for s in saved["surfaces"].values():
+        assert len(s["slice_train_loss"]) == cfg.grid
+        assert "filter-normalized" in s["definition"]
+
+
+def test_the_large_batch_minimum_is_sharper_in_curvature(runs):
+    # robust for the quick configuration (ratios about 2.5 over several seeds); the
+    # sharpness measures are only checked to be positive
+    sol = runs[2]["solutions"]
+    assert sol["large"]["lambda_max"] > sol["small"]["lambda_max"] > 0
+    assert sol["large"]["trace"] > sol["small"]["trace"] > 0
+    for k in ("keskar", "worst_l2", "adaptive", "filter_normalized"):
+        assert sol["small"][f"sharpness_{k}"] >= 0 and sol["large"][f"sharpness_{k}"] > 0
+    ratios = runs[2]["ratios_large_over_small"]
+    assert ratios["lambda_max"] == pytest.approx(
+        sol["large"]["lambda_max"] / sol["small"]["lambda_max"]
+    )
+
+
+def test_figures_and_a_self_contained_report(runs):
+    run_dir = Path(runs[2]["run_dir"])
+    for stem in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
+    html = (run_dir / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert html.count('class="static"><img alt=') == len(FIGURES)
+    assert len(re.findall(r'<img alt="[^"]*" src="data:image/png;base64,', html)) == len(FIGURES)
+    assert html.count('class="interactive"') == 3
+    assert not re.search(r'<script[^>]+src="https?://', html)
+    assert not re.search(r'<img[^>]+src="https?://', html)
+    assert "Hutchinson" in html and "filter-normalized" in html and "no BatchNorm" in html
+
+
+def test_running_again_reuses_every_stage_and_gives_identical_numbers(runs):
+    root, _, first, second = runs
+    assert first["run_dir"] == second["run_dir"]
+    assert len(first["stages"]) == len(second["stages"]) == 11
+    assert not any(r["reused"] for r in first["stages"])
+    assert all(r["reused"] for r in second["stages"])
+    assert [r["stage"] for r in first["stages"]] == [r["stage"] for r in second["stages"]]
+    for key in ("solutions", "interpolation", "surfaces", "details", "ratios_large_over_small"):
+        assert second[key] == first[key], key
+    for r in second["stages"]:
+        assert (root / r["path"]).is_dir()
+
+
+def test_the_report_is_rebuilt_without_recomputing(runs, monkeypatch):
+    import basinscope.analyses as analyses
+    import basinscope.curvature as curvature
+    import basinscope.engine as engine
+    import basinscope.experiments.batch_size as study
+    import basinscope.training as training
+
+    def boom(*a, **k):
+        raise AssertionError("the report recomputed something")
+
+    for mod, names in (
+        (analyses, ("interpolate", "random_surface", "worst_case_sharpness")),
+        (analyses, ("adaptive_sharpness", "filter_normalized_sharpness", "compute_landscape")),
+        (curvature, ("HessianOperator", "lanczos_eigenpairs", "hutchinson_trace")),
+        (engine, ("evaluate_model", "evaluate_points")),
+        (training, ("train",)),
+        (study, ("_run", "_solution", "_landscape_stage")),
+    ):
+        for name in names:
+            monkeypatch.setattr(mod, name, boom)
+    run_dir = Path(runs[2]["run_dir"])
+    report = run_dir / "report.html"
+    before = report.stat().st_mtime_ns
+    assert rebuild_report(run_dir) == report
+    assert report.stat().st_mtime_ns > before
+    assert (run_dir / "figures" / "surfaces_filter_normalized.png").stat().st_size > 1000
+
+
+def test_a_changed_surface_setting_recomputes_only_the_surfaces(runs):
+    root, _, first, _ = runs
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        changed = run_study(NAME, root, make_config(NAME, quick=True, sets=["grid=5"]), say=_quiet)
+    finally:
+        torch.set_num_threads(threads)
+    computed = {r["stage"].rsplit("-", 1)[0] for r in changed["stages"] if not r["reused"]}
+    assert computed == {"surface"}
+    assert changed["solutions"] == first["solutions"]
+    assert changed["run_dir"] != first["run_dir"]
+
+
+def test_bad_settings_are_refused_with_a_clear_message():
+    with pytest.raises(BasinscopeError, match="small_batch"):
+        make_config(NAME, sets=["small_batch=2048"])
+    with pytest.raises(BasinscopeError, match="line_range"):
+        make_config(NAME, sets=["line_range=[1.5, -0.5]"])
+    with pytest.raises(BasinscopeError, match="model"):
+        make_config(NAME, sets=["model=resnet"])
+    cfg = make_config(NAME, quick=True, sets=["hessian_subset=none"])
+    assert cfg.hessian_subset is None and cfg.steps == 300

@@ -1,0 +1,230 @@
+"""The rotated-digits study end to end (quick), its stages, resume and its report."""
+
+import json
+import os
+import re
+import shutil
+
+import pytest
+import torch
+
+from basinscope.experiments import rotated_digits
+from basinscope.experiments.registry import make_config, rebuild_report, run_study
+
+NAME = "rotated-digits"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # two-thread BLAS on a shared 2-core machine is slower than one thread
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    root = tmp_path_factory.mktemp("studies")
+    cfg = make_config(NAME, quick=True)
+    return root, cfg, run_study(NAME, root, cfg, say=lambda m: None)
+
+
+def test_every_stage_ran_and_the_results_answer_the_questions(quick):
+    _, cfg, res = quick
+    assert not any(r["reused"] for r in res["stages"])
+    kinds = {r["stage"].split("-")[0] for r in res["stages"]}
+    assert kinds == {
+        "pretrain",
+        "finetune",
+        "line",
+        "surface",
+        "connectivity",
+        "similarity",
+        "criticality",
+        "hessian",
+    }
+    n_runs = len(cfg.strategies) + 1  # every strategy from the pre-trained start, FT from random
+    assert sum(r["stage"].startswith("finetune") for r in res["stages"]) == (
+        len(cfg.angles) * n_runs * cfg.copies
+    )
+    assert len(res["summary"]) == len(cfg.angles) * n_runs
+    assert res["pretrained"]["source_test_accuracy"] > 0.8
+    rows = {(r["angle"], r["start"], r["strategy"]): r for r in res["summary"]}
+    big = max(cfg.angles)
+    ft = rows[(big, "pre-trained", "FT")]
+    # the rotated target is hard for the pre-trained model; fine-tuning adapts and forgets
+    assert ft["target acc. before"] < 0.5 < ft["target acc. after"]
+    assert ft["forgetting"] > 0.1
+    # at 0 degrees the target is the source: nothing to forget, and no barrier anywhere
+    same = rows[(0.0, "pre-trained", "FT")]
+    assert same["target acc. before"] == same["source acc. before"]
+    assert same["barrier copies"] < 0.02 and same["in pre-trained basin"] is True
+    # linear probing leaves the feature layers alone: their CKA to the pre-trained model is 1
+    lp = res["angles"][f"{big:g}"]["similarity"]["pre-trained/lp"]
+    assert lp["cka"]["tgt_test"]["conv1"] == pytest.approx(1.0, abs=1e-9)
+    assert lp["distance"]["per_module"]["conv1"]["l2"] == 0.0
+    # random-start rows carry no basin verdict; curvature is positive and finite
+    assert rows[(big, "random", "FT")]["in pre-trained basin"] is None
+    for r in res["summary"]:
+        assert r["lambda_max"] > 0 and r["trace"] == pytest.approx(r["trace"])
+    for term in ("barrier", "stayed in the pre-trained basin", "lambda_max", "cka"):
+        assert res["definitions"][term]
+
+
+def test_results_json_holds_every_number_and_each_barrier_names_its_definition(quick):
+    root, cfg, res = quick
+    saved = json.loads((root / f"{NAME}-{_hash(cfg)}" / "results.json").read_text())
+    assert saved["summary"] == json.loads(json.dumps(res["summary"]))
+    conn = saved["angles"]["60"]["connectivity"]["pre-trained/ft"]
+    for b in (conn["copies"], conn["path_tgt_test"], conn["path_src_test"]):
+        assert b["definition"] == cfg.barrier_definition and b["metric"] == cfg.barrier_metric
+        assert b["alphas"][0] == 0.0 and b["alphas"][-1] == 1.0
+    assert saved["config"]["angles"] == list(cfg.angles)
+
+
+def test_the_report_is_self_contained_and_has_every_figure(quick):
+    root, cfg, _ = quick
+    run_dir = root / f"{NAME}-{_hash(cfg)}"
+    html = (run_dir / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    assert not re.search(r'<(script|img)[^>]+src="https?://', html)
+    stems = ["accuracy_vs_angle", "paths", "barriers", "distance_and_cka", "criticality"]
+    stems += ["curvature"] + [f"surfaces_angle{a:g}" for a in cfg.angles]
+    for stem in stems:
+        for ext in ("png", "pdf"):
+            assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
+    assert html.count('class="static"') == len(stems)
+    assert html.count('class="interactive"') == 2
+    # each figure says how it was measured
+    for caption in re.findall(r"<figcaption>(.*?)</figcaption>", html, re.S):
+        assert "BatchNorm" in caption, caption[:80]
+
+
+def test_the_report_opens_in_headless_chromium_without_errors(quick):
+    from browser import check_report, chromium_path
+
+    if chromium_path() is None and os.environ.get("CI") != "true":
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    root, cfg, _ = quick
+    out = check_report(root / f"{NAME}-{_hash(cfg)}" / "report.html", timeout=120)
+    assert out["console_errors"] == []
+    assert out["n_figures"] == 6 + len(cfg.angles) + 2
+    bad = [f for f in out["figures"] if not f["ok"]]
+    assert not bad, bad
+
+
+def test_running_again_reuses_every_stage_and_gives_the_same_numbers(quick):
+    root, cfg, first = quick
+    again = run_study(NAME, root, cfg, say=lambda m: None)
+    assert all(r["reused"] for r in again["stages"])
+    assert [r["stage"] for r in again["stages"]] == [r["stage"] for r in first["stages"]]
+    assert again["summary"] == first["summary"]
+    assert again["angles"] == first["angles"]
+
+
+def test_a_changed_setting_recomputes_only_what_depends_on_it(quick):
+    root, cfg, first = quick
+    changed = make_config(NAME, quick=True, sets=[f"grid={cfg.grid + 2}"])
+    res = run_study(NAME, root, changed, say=lambda m: None)
+    computed = {r["stage"].split("-")[0] for r in res["stages"] if not r["reused"]}
+    assert computed == {"surface"}
+    assert res["summary"] == first["summary"]
+    assert res["run_dir"] != first["run_dir"]  # a new run folder for the new configuration
+    # a fine-tuning setting recomputes fine-tuning and everything after it, not pre-training
+    changed = make_config(NAME, quick=True, sets=["angles=[60]", "finetune_lr=0.03"])
+    res = run_study(NAME, root, changed, say=lambda m: None)
+    reused = {r["stage"].split("-")[0] for r in res["stages"] if r["reused"]}
+    assert "pretrain" in reused
+    assert not any(
+        r["reused"]
+        for r in res["stages"]
+        if r["stage"].startswith(("line", "connectivity", "similarity"))
+    )
+    # FT from a random start uses its own learning rate: its stages are reused
+    assert any(r["reused"] for r in res["stages"] if r["stage"].startswith("finetune"))
+
+
+def test_an_interrupted_study_resumes_with_the_finished_stages(quick, tmp_path, monkeypatch):
+    root, cfg, first = quick
+    # copy the pre-training and the first angle's stages only, as if interrupted there
+    fresh = tmp_path / "runs"
+    (fresh / "stages").mkdir(parents=True)
+    n_keep = 1 + (len(cfg.strategies) + 1) * cfg.copies + 4
+    kept = [r["path"] for r in first["stages"][:n_keep]]
+    for p in kept:
+        shutil.copytree(root / p, fresh / p)
+    # and interrupt the resumed run once more, inside the second angle's analyses
+    calls = {"n": 0}
+    real = rotated_digits.cached_stage
+
+    def interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if args[1] == "similarity" and calls["n"] > 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rotated_digits, "cached_stage", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(NAME, fresh, cfg, say=lambda m: None)
+    monkeypatch.setattr(rotated_digits, "cached_stage", real)
+    res = run_study(NAME, fresh, cfg, say=lambda m: None)
+    reused = [r["path"] for r in res["stages"] if r["reused"]]
+    assert set(kept) <= set(reused)
+    # what the interrupted run finished is reused too (its second angle's connectivity)
+    assert len(reused) > len(kept)
+    assert res["summary"] == first["summary"]
+
+
+def test_the_report_is_rebuilt_from_stored_results_without_computing(quick, monkeypatch):
+    root, cfg, _ = quick
+    run_dir = root / f"{NAME}-{_hash(cfg)}"
+
+    def forbidden(*a, **k):
+        raise AssertionError("the report must not recompute")
+
+    monkeypatch.setattr(rotated_digits, "run", forbidden)
+    monkeypatch.setattr("basinscope.analyses.interpolate", forbidden)
+    (run_dir / "report.html").unlink()
+    path = rebuild_report(run_dir)
+    assert path == run_dir / "report.html" and path.stat().st_size > 100_000
+
+
+def test_cli_study_list_show_config_and_report(cli_run, quick):
+    root, cfg, _ = quick
+    out = cli_run("study", "--list")
+    assert out.code == 0 and "rotated-digits" in out.out and "skip-connections" in out.out
+    out = cli_run("study", NAME, "--quick", "--show-config", "--set", "grid=9")
+    assert "grid = 9" in out.out and "angles = [0.0, 60.0]" in out.out
+    out = cli_run("report", root / f"{NAME}-{_hash(cfg)}")
+    assert out.code == 0 and "report.html" in out.err
+    # `demo --quick` is the rotated-digits study: with every stage stored it reuses them all
+    out = cli_run("demo", "--quick", "--out", root, "--json", "--no-progress")
+    assert out.code == 0, out.err
+    res = json.loads(out.out)
+    assert res["study"] == NAME and all(r["reused"] for r in res["stages"])
+
+
+@pytest.fixture
+def cli_run(capsys):
+    from types import SimpleNamespace
+
+    from basinscope.cli.main import main
+
+    def run(*args):
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        c = capsys.readouterr()
+        return SimpleNamespace(code=code, out=c.out, err=c.err)
+
+    return run
+
+
+def _hash(cfg):
+    from basinscope.experiments.registry import config_hash
+
+    return config_hash(NAME, cfg)

@@ -1,0 +1,178 @@
+"""The skip-connections study (Li et al. 2018, Fig. 5-7): quick run, reuse, report rebuild."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from basinscope.errors import BasinscopeError
+from basinscope.experiments.registry import make_config, rebuild_report, run_study
+
+STUDY = "skip-connections"
+FIGURES = ("surfaces", "surfaces_3d_resnet14", "curvature_maps", "summary_vs_depth")
+RATIOS = (
+    "ratio_center",
+    "surface_nonconvex_fraction",
+    "map_ratio_mean",
+    "map_ratio_median",
+    "map_convex_fraction",
+    "map_converged_fraction",
+    "train_accuracy",
+    "test_accuracy",
+)
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory, one_thread):
+    root = tmp_path_factory.mktemp("skip-connections")
+    cfg = make_config(STUDY, quick=True)
+    results = run_study(STUDY, root, cfg, say=_quiet)
+    return root, cfg, results, Path(results["run_dir"])
+
+
+def _numbers(row):
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def test_results_hold_every_number_with_its_definition(quick_run):
+    _, cfg, _, run_dir = quick_run
+    saved = json.loads((run_dir / "results.json").read_text())
+    rows, defs = saved["models"], saved["definitions"]
+    assert {(r["depth"], r["skip"]) for r in rows} == {
+        (d, s) for d in cfg.depths for s in (True, False)
+    }
+    for row in rows:
+        for key, value in _numbers(row).items():
+            assert defs.get(key), f"{key} has no definition"
+            assert math.isfinite(value), (row["label"], key, value)
+        for key in RATIOS:
+            if row[key] is not None:
+                assert 0.0 <= row[key] <= 1.0, (row["label"], key, row[key])
+        assert row["lambda_max"] > 0 and row["hessian_converged"] == 1
+        assert row["lambda_min"] <= row["lambda_max"]
+        has_map = row["depth"] == max(cfg.depths)
+        assert (row["map_ratio_mean"] is not None) == has_map
+        assert ("map" in row["stages"]) == has_map
+    assert "BatchNorm" in saved["policies"]["batchnorm"]
+    # the models learned something even in the quick version
+    assert max(r["test_accuracy"] for r in rows) > 0.5
+
+
+def test_figures_and_a_self_contained_report(quick_run):
+    _, _, results, run_dir = quick_run
+    for stem in FIGURES:
+        for ext in ("png", "pdf"):
+            assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
+    html = (run_dir / "report.html").read_text()
+    assert Path(results["report"]) == run_dir / "report.html"
+    assert len(re.findall(r'<img [^>]*src="data:image/png;base64,', html)) == len(FIGURES)
+    assert not re.search(r'<script[^>]+src="https?://', html)
+    assert not re.search(r'<img[^>]+src="https?://', html)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", html, flags=re.S)
+    assert captions and all("BatchNorm" in c for c in captions)
+    assert all("filter-normalized" in c for c in captions)
+
+
+def test_surface_and_map_share_the_plane(quick_run):
+    from safetensors.torch import load_file
+
+    root, cfg, results, _ = quick_run
+    deep = next(r for r in results["models"] if r["depth"] == max(cfg.depths) and not r["skip"])
+    a, b = (
+        load_file(str(root / "stages" / deep["stages"][k] / "tensors" / "directions.safetensors"))
+        for k in ("surface", "map")
+    )
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_running_again_reuses_every_stage_and_gives_the_same_numbers(quick_run):
+    root, cfg, first, _ = quick_run
+    again = run_study(STUDY, root, cfg, say=_quiet)
+    assert again["run_dir"] == first["run_dir"]
+    assert again["stages"] and all(s["reused"] for s in again["stages"])
+    assert [s["stage"] for s in again["stages"]] == [s["stage"] for s in first["stages"]]
+    assert again["models"] == first["models"]
+
+
+def test_rebuilding_the_report_computes_nothing(quick_run, monkeypatch):
+    _, _, _, run_dir = quick_run
+    import basinscope.analyses as analyses
+    import basinscope.analyses.hessian as hessian
+    import basinscope.analyses.hessian_map as hessian_map
+    import basinscope.analyses.landscape as landscape
+    import basinscope.engine as engine
+    import basinscope.training as training
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the report recomputed something")
+
+    for module, name in [
+        (analyses, "random_surface"),
+        (analyses, "compute_landscape"),
+        (landscape, "compute_landscape"),
+        (hessian_map, "curvature_map"),
+        (hessian, "hessian_analysis"),
+        (engine, "evaluate_model"),
+        (training, "train"),
+    ]:
+        monkeypatch.setattr(module, name, boom)
+    shutil.rmtree(run_dir / "figures")
+    (run_dir / "report.html").unlink()
+    assert rebuild_report(run_dir) == run_dir / "report.html"
+    assert (run_dir / "report.html").stat().st_size > 10_000
+    for stem in FIGURES:
+        assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
+
+
+def test_a_new_surface_grid_recomputes_only_the_surfaces(quick_run):
+    root, _, first, _ = quick_run
+    cfg = make_config(STUDY, quick=True, sets=["grid=5"])
+    out = run_study(STUDY, root, cfg, say=_quiet)
+    assert out["run_dir"] != first["run_dir"]
+    for s in out["stages"]:
+        assert s["reused"] == (not s["stage"].startswith("surface-")), s
+    assert sum(not s["reused"] for s in out["stages"]) == len(out["models"])
+    for old, new in zip(first["models"], out["models"]):
+        assert new["test_accuracy"] == old["test_accuracy"]
+        assert new["map_ratio_mean"] == old["map_ratio_mean"]
+    saved = json.loads((Path(out["run_dir"]) / "results.json").read_text())
+    assert saved["config"]["grid"] == 5
+
+
+def test_invalid_settings_are_refused_clearly():
+    with pytest.raises(BasinscopeError, match="6n\\+2"):
+        make_config(STUDY, sets=["depths=[8, 10]"])
+    with pytest.raises(BasinscopeError, match="map_depths"):
+        make_config(STUDY, sets=["map_depths=[26]"])
+    with pytest.raises(BasinscopeError, match="init"):
+        make_config(STUDY, sets=["init=xavier"])
+
+
+def test_nonconvex_fraction_of_simple_surfaces():
+    from basinscope.experiments.skip_connections import nonconvex_fraction
+
+    x = np.linspace(-1, 1, 9)
+    a, b = np.meshgrid(x, x, indexing="ij")
+    assert nonconvex_fraction(a**2 + 3 * b**2, x, x) == 0.0
+    assert nonconvex_fraction(a**2 - b**2, x, x) == 1.0
+    assert nonconvex_fraction(a * b, x, x) == 1.0
