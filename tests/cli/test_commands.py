@@ -504,12 +504,14 @@ def test_python_m_basinscope_help():
         env=env,
     )
     assert proc.returncode == 0, proc.stderr
-    for command in ("train", "interpolate", "surface", "plot", "demo"):
+    for command in ("train", "interpolate", "surface", "plot", "demo", "study", "report"):
         assert command in proc.stdout
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("command", ["train", "interpolate", "surface", "plot", "demo"])
+@pytest.mark.parametrize(
+    "command", ["train", "interpolate", "surface", "plot", "demo", "study", "report"]
+)
 def test_every_subcommand_help_has_examples(run_cli, command):
     res = ok(run_cli(command, "--help"))
     text = res.out

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -168,3 +169,14 @@ def test_bad_settings_are_refused_with_a_clear_message():
         make_config(NAME, sets=["model=resnet"])
     cfg = make_config(NAME, quick=True, sets=["hessian_subset=none"])
     assert cfg.hessian_subset is None and cfg.steps == 300
+
+
+def test_the_report_opens_in_headless_chromium_without_errors(runs):
+    from browser import check_report, chromium_path
+
+    if chromium_path() is None and os.environ.get("CI") != "true":
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    out = check_report(Path(runs[2]["run_dir"]) / "report.html", timeout=120)
+    assert out["console_errors"] == []
+    assert out["n_figures"] == len(FIGURES) + 3
+    assert all(f["ok"] for f in out["figures"]), out["figures"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
 from pathlib import Path
@@ -176,3 +177,14 @@ def test_nonconvex_fraction_of_simple_surfaces():
     assert nonconvex_fraction(a**2 + 3 * b**2, x, x) == 0.0
     assert nonconvex_fraction(a**2 - b**2, x, x) == 1.0
     assert nonconvex_fraction(a * b, x, x) == 1.0
+
+
+def test_the_report_opens_in_headless_chromium_without_errors(quick_run):
+    from browser import check_report, chromium_path
+
+    if chromium_path() is None and os.environ.get("CI") != "true":
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    out = check_report(quick_run[3] / "report.html", timeout=120)
+    assert out["console_errors"] == []
+    assert out["n_figures"] >= len(FIGURES)
+    assert all(f["ok"] for f in out["figures"]), out["figures"]
