@@ -228,3 +228,16 @@ def _hash(cfg):
     from basinscope.experiments.registry import config_hash
 
     return config_hash(NAME, cfg)
+
+
+def test_stages_of_different_data_never_share_a_folder(quick):
+    # 0 and 90 degrees have the same pixel sums; each angle's Hessian of the pre-trained
+    # model must still be its own stage
+    root, _, _ = quick
+    res = run_study(
+        NAME, root, make_config(NAME, quick=True, sets=["angles=[0, 90]"]), say=lambda m: None
+    )
+    names = [r["stage"] for r in res["stages"]]
+    assert len(names) == len(set(names))
+    curv = [res["angles"][a]["curvature"]["pre-trained (start)"] for a in ("0", "90")]
+    assert curv[0]["lambda_max"] != curv[1]["lambda_max"]

@@ -480,6 +480,11 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
 
 
 def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any]:
+    """lambda_max and trace on ``sub``; the stage is keyed by the model's stage and a
+    fingerprint of the examples (a 90-degree rotation keeps pixel sums: names or sums would
+    not do)."""
+    from basinscope.store import fingerprint_tensors
+
     def compute(_d: Path) -> dict[str, Any]:
         from basinscope.curvature.lanczos import lanczos_eigenpairs
         from basinscope.curvature.operators import HessianOperator
@@ -507,10 +512,9 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
         {
             "model": model_stage_name,
             "examples": len(sub[1]),
-            "data": "target train (first examples)",
+            "data": fingerprint_tensors({"x": sub[0], "y": sub[1]}),
             "tol": cfg.hessian_tol,
             "probes": cfg.trace_probes,
-            "angle_data": float(sub[0].double().sum()),
         },
         compute,
         log=ctx.log,
