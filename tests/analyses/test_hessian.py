@@ -85,3 +85,22 @@ def test_curvature_map_center_matches_the_spectrum_and_resumes(xy, tmp_path):
     resumed = curvature_map(model, xy, run_dir=tmp_path / "cut", **kw)
     for v in ds.data_vars:
         assert np.array_equal(ds[v].values, resumed.dataset[v].values), v
+
+
+@pytest.mark.parametrize(
+    "trace, kwargs, budget",
+    [("hutchinson", {"max_samples": 16}, 16), ("hutch++", {"max_matvecs": 30}, 30)],
+)
+def test_trace_kwargs_cap_the_estimator(xy, trace, kwargs, budget):
+    # an unreachable tolerance: the estimator stops at the budget passed through
+    rep = hessian_analysis(
+        tiny_models()["mlp"],
+        xy,
+        k_top=1,
+        k_bottom=0,
+        trace=trace,
+        trace_rtol=1e-12,
+        trace_kwargs=kwargs,
+    )
+    assert not rep.trace.converged
+    assert rep.trace.num_matvecs <= budget

@@ -59,6 +59,7 @@ def hessian_analysis(
     max_iter: int | None = None,
     trace: str = "hutch++",
     trace_rtol: float = 1e-2,
+    trace_kwargs: dict[str, Any] | None = None,
     density: bool = False,
     density_runs: int = 4,
     density_steps: int = 80,
@@ -76,6 +77,9 @@ def hessian_analysis(
         tol: Ritz-residual tolerance, :math:`\\lVert Hv - \\theta v\\rVert \\le tol\\,|\\theta|`.
         trace: ``"hutch++"``, ``"hutchinson"`` (stopping when the 95% CI half-width is at
             most ``trace_rtol`` of the estimate), ``"exact"`` (dense, tiny models) or ``"none"``.
+        trace_kwargs: more options of the trace estimator, e.g. ``{"max_samples": 64}`` for
+            Hutchinson (:func:`~basinscope.curvature.trace.hutchinson_trace`) or
+            ``{"max_matvecs": 300}`` for Hutch++ (a budget when the tolerance is not met).
         density: also estimate the spectral density by stochastic Lanczos quadrature.
         per_module: also the top eigenvalue and trace of each module's diagonal block.
         progress: show the Lanczos iterations on stderr.
@@ -115,9 +119,9 @@ def hessian_analysis(
             op, k_bottom, "smallest", tol=tol, max_iter=max_iter, seed=seed, progress=progress
         )
     if trace == "hutch++":
-        tr = hutch_plus_plus_trace(op, rtol=trace_rtol, seed=seed)
+        tr = hutch_plus_plus_trace(op, rtol=trace_rtol, seed=seed, **(trace_kwargs or {}))
     elif trace == "hutchinson":
-        tr = hutchinson_trace(op, rtol=trace_rtol, seed=seed)
+        tr = hutchinson_trace(op, rtol=trace_rtol, seed=seed, **(trace_kwargs or {}))
     elif trace == "exact":
         if op.n > 5000:
             raise BasinscopeError(

@@ -26,8 +26,6 @@ which include the folders of the stages they use), so a second run reuses everyt
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +35,7 @@ import numpy as np
 
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
-from basinscope.experiments.stages import cached_stage, stage_dir, train_stage
+from basinscope.experiments.stages import cached_stage, landscape_stage, stage_dir, train_stage
 
 __all__ = ["QUICK", "STUDY", "BatchSizeConfig", "run"]
 
@@ -119,25 +117,6 @@ QUICK.update(trace_max_probes=40, ascent_steps=5, ascent_restarts=1, fn_directio
 # -- stages ---------------------------------------------------------------------------------
 
 
-def _landscape_done(folder: Path) -> bool:
-    m = folder / "manifest.json"
-    return (
-        m.is_file()
-        and json.loads(m.read_text()).get("status") == "complete"
-        and (folder / "results.zarr").exists()
-    )
-
-
-def _landscape_stage(ctx: StudyContext, name: str, settings: dict, compute: Callable) -> Any:
-    """A landscape analysis in its stage folder (it resumes chunk by chunk), logged."""
-    folder = stage_dir(ctx.stages_root, name, settings)
-    reused = _landscape_done(folder)
-    t0 = time.perf_counter()
-    land = compute(folder)
-    ctx.log.record(folder, reused, 0.0 if reused else time.perf_counter() - t0)
-    return land
-
-
 def _evaluate(model, init, splits) -> dict[str, Any]:
     from basinscope.engine import evaluate_model
     from basinscope.geometry import get_params, norm, sub
@@ -153,16 +132,24 @@ def _evaluate(model, init, splits) -> dict[str, Any]:
 
 
 def _hessian(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
-    from basinscope.curvature import HessianOperator, hutchinson_trace, lanczos_eigenpairs
+    from basinscope.analyses.hessian import hessian_analysis
 
-    op = HessianOperator(model, data, subset=cfg.hessian_subset)
-    top = lanczos_eigenpairs(op, 1, "largest", tol=cfg.lanczos_tol, seed=0)
-    trace = hutchinson_trace(op, rtol=cfg.trace_rtol, max_samples=cfg.trace_max_probes, seed=0)
+    rep = hessian_analysis(
+        model,
+        data,
+        k_top=1,
+        k_bottom=0,
+        tol=cfg.lanczos_tol,
+        trace="hutchinson",
+        trace_rtol=cfg.trace_rtol,
+        trace_kwargs={"max_samples": cfg.trace_max_probes},
+        subset=cfg.hessian_subset,
+    )
     return {
-        "lambda_max": float(top.eigenvalues[0]),
-        "lanczos": top.to_dict(),
-        "trace": trace.to_dict(),
-        "semantics": {**op.semantics, "num_matvecs": op.num_matvecs},
+        "lambda_max": float(rep.top.eigenvalues[0]),
+        "lanczos": rep.top.to_dict(),
+        "trace": rep.trace.to_dict(),
+        "semantics": rep.semantics,
     }
 
 
@@ -295,8 +282,8 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
     # -- 2. the raw line through both solutions ---------------------------------------------
     ctx.say(f"[3/4] the line through both solutions ({cfg.line_points} points)")
     alphas = np.linspace(*cfg.line_range, cfg.line_points)
-    line = _landscape_stage(
-        ctx,
+    line = landscape_stage(
+        ctx.stages_root,
         "interpolation",
         {"a": stages["small"]["train"], "b": stages["large"]["train"], "alphas": alphas.tolist()},
         lambda d: interpolate(
@@ -308,6 +295,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
             attrs={"label_a": f"B={cfg.small_batch}", "label_b": f"B={cfg.large_batch}"},
             progress=ctx.progress,
         ),
+        log=ctx.log,
     )
     ds = line.dataset
 
@@ -316,8 +304,8 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
     axis = np.linspace(-cfg.surface_range, cfg.surface_range, cfg.grid)
     surfaces, c = {}, cfg.grid // 2
     for key in ("small", "large"):
-        surf = _landscape_stage(
-            ctx,
+        surf = landscape_stage(
+            ctx.stages_root,
             "surface",
             {"train": stages[key]["train"], "seed": cfg.direction_seed, "axis": axis.tolist()},
             lambda d, m=models[key]: random_surface(
@@ -331,6 +319,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
                 run_dir=d,
                 progress=ctx.progress,
             ),
+            log=ctx.log,
         )
         sd = surf.dataset
         surfaces[key] = {

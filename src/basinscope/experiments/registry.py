@@ -37,7 +37,7 @@ import tomllib
 
 import basinscope
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.stages import StageLog
+from basinscope.experiments.stages import StageLog, write_json
 
 __all__ = [
     "STUDIES",
@@ -309,10 +309,10 @@ def run_study(
         "stages": log.rows(root),
         "run_dir": str(run_dir),
     }
-    _write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results)
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
-    _write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results)
     return results
 
 
@@ -338,11 +338,3 @@ def rebuild_report(run_dir: str | Path) -> Path:
     """Rewrite ``report.html`` and the figures of a finished run from its stored results."""
     study, results = load_run(run_dir)
     return study.report(Path(run_dir), results)
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    from basinscope.jsonable import jsonable
-
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=1))
-    tmp.replace(path)

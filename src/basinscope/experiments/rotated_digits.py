@@ -21,7 +21,6 @@ the folders of the stages it depends on): see :mod:`basinscope.experiments.regis
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,13 @@ import numpy as np
 
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
-from basinscope.experiments.stages import cached_stage, model_stage, stage_dir, train_stage
+from basinscope.experiments.stages import (
+    cached_stage,
+    landscape_stage,
+    model_stage,
+    stage_dir,
+    train_stage,
+)
 
 __all__ = ["STUDY", "RotatedDigitsConfig", "run"]
 
@@ -154,23 +159,6 @@ def _lenet(seed: int, cfg: RotatedDigitsConfig):
     return build_model("lenet", {"width": cfg.width}, init_seed=seed)
 
 
-def _landscape_stage(ctx: StudyContext, name: str, settings: dict[str, Any], fn):
-    """Run a landscape analysis (which resumes itself) in its stage folder and log it."""
-    import json
-
-    d = stage_dir(ctx.stages_root, name, settings)
-    m = d / "manifest.json"
-    done = (
-        m.is_file()
-        and json.loads(m.read_text()).get("status") == "complete"
-        and (d / "results.zarr").exists()
-    )
-    t0 = time.perf_counter()
-    out = fn(d)
-    ctx.log.record(d, done, 0.0 if done else time.perf_counter() - t0)
-    return out
-
-
 def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
     from basinscope.data import load_digits, rotate
     from basinscope.data.tensordata import TensorData
@@ -209,7 +197,7 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
         angles[f"{angle:g}"] = _run_angle(cfg, ctx, angle, pre, random_init, data)
 
     return {
-        "definitions": DEFINITIONS(cfg),
+        "definitions": definitions(cfg),
         "pretrained": {
             "stage": pre.run_dir.name,
             "source_train_accuracy": pre_eval["source_train_accuracy"],
@@ -247,8 +235,8 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
     for strategy in cfg.strategies:
         ft = runs[f"pre-trained/{strategy}"][0]
         settings = {"a": pre.run_dir.name, "b": ft.run_dir.name, "n": cfg.line_points}
-        land = _landscape_stage(
-            ctx,
+        land = landscape_stage(
+            root,
             "line",
             settings,
             lambda d, ft=ft, strategy=strategy: interpolate(
@@ -260,6 +248,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 attrs={"label_a": "pre-trained", "label_b": f"fine-tuned ({strategy})"},
                 progress=ctx.progress,
             ),
+            log=log,
         )
         lines[strategy] = {"stage": land.run_dir.name, "strategy": land.evaluation.get("strategy")}
 
@@ -274,11 +263,12 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             "grid": cfg.grid,
             "margin": cfg.surface_margin,
         }
-        surfaces[start] = _landscape_stage(
-            ctx,
+        surfaces[start] = landscape_stage(
+            root,
             "surface",
             settings,
             lambda d, m=start_model, c=copies: _surface(cfg, ctx, d, m, c, trains),
+            log=log,
         )
 
     # -- connectivity: barriers between copies and on the path pre-trained -> fine-tuned ----
@@ -301,11 +291,11 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key in runs:
             c = b(model_of(key, 0), model_of(key, 1), "tgt_test", ("copy 0", "copy 1"))
-            row = {"copies": _barrier_dict(c)}
+            row = {"copies": c.to_dict()}
             if key.startswith("pre-trained"):
                 for split in ("tgt_test", "src_test"):
                     p = b(pre.model, model_of(key), split, ("pre-trained", "fine-tuned"))
-                    row[f"path_{split}"] = _barrier_dict(p)
+                    row[f"path_{split}"] = p.to_dict()
             out[key] = row
         return out
 
@@ -486,24 +476,27 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
     from basinscope.store import fingerprint_tensors
 
     def compute(_d: Path) -> dict[str, Any]:
-        from basinscope.curvature.lanczos import lanczos_eigenpairs
-        from basinscope.curvature.operators import HessianOperator
-        from basinscope.curvature.trace import hutchinson_trace
+        from basinscope.analyses.hessian import hessian_analysis
 
-        t0 = time.perf_counter()
-        op = HessianOperator(model, sub)
-        top = lanczos_eigenpairs(op, 1, "largest", tol=cfg.hessian_tol)
-        tr = hutchinson_trace(
-            op, rtol=0.05, min_samples=min(8, cfg.trace_probes), max_samples=cfg.trace_probes
-        ).to_dict()
+        rep = hessian_analysis(
+            model,
+            sub,
+            k_top=1,
+            k_bottom=0,
+            tol=cfg.hessian_tol,
+            trace="hutchinson",
+            trace_rtol=0.05,
+            trace_kwargs={"min_samples": min(8, cfg.trace_probes), "max_samples": cfg.trace_probes},
+        )
+        tr = rep.trace.to_dict()
         return {
-            "lambda_max": float(top.eigenvalues[0]),
-            "lambda_max_converged": bool(np.all(top.converged)),
+            "lambda_max": float(rep.top.eigenvalues[0]),
+            "lambda_max_converged": bool(np.all(rep.top.converged)),
             "trace": tr["estimate"],
             "trace_ci_halfwidth": tr["ci_halfwidth"],
             "trace_probes": tr["num_samples"],
             "semantics": tr["semantics"],
-            "seconds": round(time.perf_counter() - t0, 3),
+            "seconds": rep.seconds,
         }
 
     res, _ = cached_stage(
@@ -522,25 +515,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
     return res
 
 
-def _barrier_dict(r) -> dict[str, Any]:
-    return {
-        "value": r.value,
-        "definition": r.definition,
-        "metric": r.metric,
-        "split": r.split,
-        "f0": r.f0,
-        "f1": r.f1,
-        "f_worst": r.f_worst,
-        "worst_alpha": r.worst_alpha,
-        "num_points": r.num_points,
-        "points_evaluated": len(r.alphas),
-        "alphas": r.alphas.tolist(),
-        "values": r.values.tolist(),
-        "bn_policy": r.bn_policy,
-    }
-
-
-def DEFINITIONS(cfg: RotatedDigitsConfig) -> dict[str, str]:
+def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:
     from basinscope.analyses.barrier import BARRIER_DEFINITIONS as FORMULAS
 
     return {

@@ -225,39 +225,22 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
 # -- figures ---------------------------------------------------------------------------------
 
 
-def _mean(infos, f) -> float:
-    return float(np.mean([f(i) for i in infos]))
-
-
 def _accuracy_figure(results, angles, strategies):
+    """From the summary rows (means over the copies)."""
     fig = new_figure((11, 4))
     axes = fig.subplots(1, 2)
     x = [float(a) for a in angles]
+    rows = {(r["angle"], r["start"], r["strategy"]): r for r in results["summary"]}
+
+    def col(start, strategy, column):
+        return [rows[(a, start, STRATEGY_NAMES[strategy])][column] for a in x]
+
     for ax, side in zip(axes, ("target", "source"), strict=True):
+        after = f"{side} acc. after"
         for s in strategies:
-            y = [
-                _mean(
-                    results["angles"][a]["finetune"][f"pre-trained/{s}"],
-                    lambda i, side=side: i["after"][side]["accuracy"],
-                )
-                for a in angles
-            ]
-            ax.plot(x, y, "o-", color=COLORS[s], label=STRATEGY_NAMES[s])
-        y = [
-            _mean(
-                results["angles"][a]["finetune"]["random/ft"],
-                lambda i, side=side: i["after"][side]["accuracy"],
-            )
-            for a in angles
-        ]
-        ax.plot(x, y, "s--", color="black", label="random start (FT)")
-        before = [
-            _mean(
-                results["angles"][a]["finetune"]["pre-trained/ft"],
-                lambda i, side=side: i["before"][side]["accuracy"],
-            )
-            for a in angles
-        ]
+            ax.plot(x, col("pre-trained", s, after), "o-", color=COLORS[s], label=STRATEGY_NAMES[s])
+        ax.plot(x, col("random", "ft", after), "s--", color="black", label="random start (FT)")
+        before = col("pre-trained", "ft", f"{side} acc. before")
         ax.plot(x, before, ":", color="grey", label="pre-trained, before")
         ax.set_xlabel("rotation of the target (degrees)")
         ax.set_ylabel(f"{side} test accuracy after fine-tuning")

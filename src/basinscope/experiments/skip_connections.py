@@ -25,7 +25,6 @@ report from the stored results.
 
 from __future__ import annotations
 
-import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ import numpy as np
 
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
-from basinscope.experiments.stages import cached_stage, stage_dir, train_stage
+from basinscope.experiments.stages import cached_stage, landscape_stage, stage_dir, train_stage
 
 __all__ = ["DEFINITIONS", "STUDY", "SkipConfig", "run"]
 
@@ -144,23 +143,6 @@ def _first(data, n: int, tag: str):
     return data if n <= 0 or n >= len(data) else data.subset(range(n), f"{data.name}-{tag}{n}")
 
 
-def _landscape_stage(ctx: StudyContext, name: str, settings: dict[str, Any], compute):
-    """A resumable landscape analysis in its stage folder, recorded in the stage log."""
-    import json
-
-    d = stage_dir(ctx.stages_root, name, settings)
-    m = d / "manifest.json"
-    reused = (
-        m.is_file()
-        and json.loads(m.read_text()).get("status") == "complete"
-        and (d / "results.zarr").exists()
-    )
-    t0 = time.perf_counter()
-    land = compute(d)
-    ctx.log.record(d, reused, 0.0 if reused else time.perf_counter() - t0)
-    return land
-
-
 def _center(model, train, test, hess_data, cfg: SkipConfig) -> dict[str, Any]:
     import torch
 
@@ -262,8 +244,8 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                 lambda d, m=trained.model: _center(m, train, test, hess_data, cfg),
                 log=ctx.log,
             )
-            surface = _landscape_stage(
-                ctx,
+            surface = landscape_stage(
+                ctx.stages_root,
                 f"surface-{tag}",
                 {"train": up, "grid": cfg.grid, "span": cfg.span, "examples": len(surf_data)}
                 | plane,
@@ -276,6 +258,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                     run_dir=d,
                     attrs={"label_center": "trained solution"},
                 ),
+                log=ctx.log,
             )
             ds = surface.dataset
             loss = ds["train_loss"].values
@@ -297,8 +280,8 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
             row.update(dict.fromkeys(("map_convex_fraction", "map_converged_fraction"), None))
             if depth in map_depths:
                 ctx.say(f"    curvature map of {tag} ({cfg.map_grid}x{cfg.map_grid} points)")
-                cmap = _landscape_stage(
-                    ctx,
+                cmap = landscape_stage(
+                    ctx.stages_root,
                     f"curvature-map-{tag}",
                     {"train": up, "grid": cfg.map_grid, "span": cfg.span, **plane, **hess},
                     lambda d, m=trained.model: curvature_map(
@@ -311,6 +294,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                         max_iter=cfg.hessian_max_iter,
                         run_dir=d,
                     ),
+                    log=ctx.log,
                 )
                 ratio = cmap.dataset["train_ratio"].values
                 row.update(

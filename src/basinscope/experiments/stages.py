@@ -22,9 +22,11 @@ __all__ = [
     "StageLog",
     "TrainedStage",
     "cached_stage",
+    "landscape_stage",
     "model_stage",
     "stage_dir",
     "train_stage",
+    "write_json",
 ]
 
 
@@ -67,7 +69,8 @@ class StageLog:
         return [r["stage"] for r in self._rows if r["reused"]]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
+def write_json(path: Path, obj: Any) -> None:
+    """Write ``obj`` as JSON atomically (a temporary file, then a rename)."""
     from basinscope.jsonable import jsonable
 
     tmp = path.with_name(path.name + ".tmp")
@@ -97,13 +100,38 @@ def cached_stage(
             log.record(d, True, 0.0)
         return json.loads(f.read_text()), d
     d.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(d / "settings.json", {"stage": name, "settings": settings})
+    write_json(d / "settings.json", {"stage": name, "settings": settings})
     t0 = time.perf_counter()
     result = compute(d)
-    _write_json_atomic(f, result)
+    write_json(f, result)
     if log is not None:
         log.record(d, False, time.perf_counter() - t0)
     return json.loads(f.read_text()), d
+
+
+def landscape_stage(
+    root: str | Path,
+    name: str,
+    settings: dict[str, Any],
+    compute: Callable[[Path], Any],
+    *,
+    log: StageLog | None = None,
+) -> Any:
+    """Run a landscape analysis, ``compute(stage folder)``, which stores and resumes itself
+    chunk by chunk in that folder (a :class:`~basinscope.store.RunStore`), and log whether it
+    was already complete (``manifest.json`` status and ``results.zarr``) before the call."""
+    d = stage_dir(root, name, settings)
+    m = d / "manifest.json"
+    done = (
+        m.is_file()
+        and json.loads(m.read_text()).get("status") == "complete"
+        and (d / "results.zarr").exists()
+    )
+    t0 = time.perf_counter()
+    out = compute(d)
+    if log is not None:
+        log.record(d, done, 0.0 if done else time.perf_counter() - t0)
+    return out
 
 
 @dataclass(frozen=True)
@@ -141,13 +169,13 @@ def model_stage(
             log.record(d, True, 0.0)
         return ModelStage(model, ckpts, json.loads(f.read_text()), d, True)
     d.mkdir(parents=True, exist_ok=True)
-    _write_json_atomic(d / "settings.json", {"stage": name, "settings": settings})
+    write_json(d / "settings.json", {"stage": name, "settings": settings})
     t0 = time.perf_counter()
     model, ckpts, info = compute()
     save_weights(model, weights)
     if ckpts:
         trajectory_to_safetensors(ckpts, traj)
-    _write_json_atomic(f, info)
+    write_json(f, info)
     if log is not None:
         log.record(d, False, time.perf_counter() - t0)
     return ModelStage(model, ckpts, json.loads(f.read_text()), d, False)
