@@ -15,19 +15,24 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 
-from basinscope.analyses.landscape import Landscape, compute_landscape
+from basinscope.analyses.landscape import DTYPES, Landscape, compute_landscape
 from basinscope.engine import warn_stored_bn
 from basinscope.geometry import direction_between, get_buffers, get_params, random_direction
+from basinscope.geometry.params import to as cast
 
 __all__ = ["interpolate", "random_line"]
 
 
-def _params_and_buffers(m: nn.Module | Mapping[str, Tensor]) -> tuple[dict, dict | None]:
+def _params_and_buffers(
+    m: nn.Module | Mapping[str, Tensor], dtype: torch.dtype | None
+) -> tuple[dict, dict | None]:
+    """Parameters and buffers, floating-point ones cast to ``dtype`` (``None``: as they are)."""
     if isinstance(m, nn.Module):
-        return get_params(m), get_buffers(m)
-    return {k: v.detach() for k, v in m.items()}, None
+        return cast(get_params(m), dtype=dtype), cast(get_buffers(m), dtype=dtype)
+    return cast({k: v.detach() for k, v in m.items()}, dtype=dtype), None
 
 
 def interpolate(
@@ -48,8 +53,11 @@ def interpolate(
     Other keyword arguments go to :func:`~basinscope.analyses.landscape.compute_landscape`.
     """
     alphas = np.linspace(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas, dtype=np.float64)
-    pa, ba = _params_and_buffers(model_a)
-    pb, bb = _params_and_buffers(model_b)
+    # both ends in the evaluation dtype *before* subtracting: a float64 run must evaluate
+    # theta_A + alpha (theta_B - theta_A) exactly, not theta_A + alpha fl32(theta_B - theta_A)
+    dtype = DTYPES.get(kwargs.get("dtype", "float32"))
+    pa, ba = _params_and_buffers(model_a, dtype)
+    pb, bb = _params_and_buffers(model_b, dtype)
     direction = direction_between(pa, pb)
     buffer_dirs = None
     if bb is not None and ba:
