@@ -10,12 +10,35 @@ from torch import Tensor
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["Batches", "as_batches", "unpack_batch"]
+__all__ = ["Batches", "as_batches", "plain_layout", "unpack_batch"]
 
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
 TARGET_KEYS = ("y", "target", "targets", "label", "labels")
 
 Batches = list[tuple[Tensor, Tensor]]
+
+
+def plain_layout(x: Tensor) -> Tensor:
+    """``x`` with the plain row-major (NCHW) strides of its shape, copied only when needed.
+
+    PyTorch runs a convolutional network in channels-last layout whenever its input is
+    channels-last, *or ambiguous*: single-channel images ``(N, 1, H, W)`` often come with
+    strides that fit both layouts. oneDNN's 1x1 strided convolution backward-weights kernels
+    (ResNet shortcuts) write past their scratch buffer for channels-last inputs with fewer
+    input channels than the kernel's block (8 on AVX2, 16 on AVX-512; oneDNN issue 6035):
+    heap corruption that aborts with one thread on AVX2 CPUs. Every input basinscope feeds
+    a model therefore gets plain strides, which also makes results independent of the
+    layout the user's data happened to have.
+    """
+    if x.ndim < 3 or not x.is_floating_point():
+        return x
+    plain, step = [], 1
+    for size in reversed(x.shape):
+        plain.append(step)
+        step *= size
+    if tuple(reversed(plain)) == x.stride():
+        return x
+    return x.clone(memory_format=torch.contiguous_format)
 
 
 def unpack_batch(batch: Any) -> tuple[Tensor, Tensor]:
@@ -81,7 +104,7 @@ def as_batches(
         y = torch.as_tensor(y)
         if dtype is not None and x.is_floating_point():
             x = x.to(dtype)
-        out.append((x.to(device), y.to(device)))
+        out.append((plain_layout(x.to(device)), y.to(device)))
     if not out or sum(len(y) for _, y in out) == 0:
         raise BasinscopeError(
             "the dataset is empty: there is nothing to evaluate on; check the data source and split"

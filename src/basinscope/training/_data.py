@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import default_collate
 
+from basinscope.engine.batches import plain_layout
 from basinscope.errors import BasinscopeError
 
 __all__ = ["BatchStream", "as_tensors", "epoch_permutation"]
@@ -76,7 +77,7 @@ def as_tensors(data: Any, what: str = "data") -> tuple[Tensor, Tensor]:
         )
     if x.shape[0] == 0:
         raise BasinscopeError(f"{what} is empty (0 samples).")
-    return x, y
+    return plain_layout(x), y
 
 
 def epoch_permutation(n: int, data_seed: int, epoch: int) -> Tensor:
