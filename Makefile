@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- the main job: `basinscope demo` on built-in data
-#   make test   -- ruff + pytest
+#   make test   -- ruff + pytest (minutes; leaves out the science tier)
+#   make science -- what the studies show, on their quick configurations (CI runs it too)
 # Each creates (or reuses) the virtual environment in $(VENV), installs torch==2.13.0
 # first (the CPU wheel on these machines; a plain `torch` requirement would pull
 # gigabytes of CUDA packages), then basinscope with the extras it needs.
@@ -11,7 +12,7 @@ BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check -q
 
-.PHONY: demo test lint format bench clean-venv
+.PHONY: demo test science lint format bench clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +29,9 @@ test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/pytest $(ARGS)
+
+science: $(VENV)/.installed-dev
+	$(BIN)/pytest -m science $(ARGS)
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks

@@ -2,16 +2,19 @@
 then the same command again, gives results bit for bit equal to an uninterrupted run.
 
 The commands run in subprocesses (``python -m basinscope``), as a user would run them.
+The model (tests/cli/gated_model.py) stops at a gate in its 60th forward pass and says so
+through a FIFO: the test interrupts it there, with several chunks finished and one in
+flight, without watching a clock.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -21,13 +24,13 @@ import xarray as xr
 # ~15-20 s in all (five subprocess runs) on a busy 2-core machine
 pytestmark = pytest.mark.slow
 
-# 25 x 25 = 625 points in chunks of 3: 209 chunks, a few seconds of work, so there is time
-# to kill the run after its first finished chunk and well before its last
-N_AXIS = 25
+# 15 x 15 = 225 points in chunks of 3: 75 chunks; the gate stops the run in its 11th
+N_AXIS = 15
 CHUNK = 3
 N_CHUNKS = -(-(N_AXIS * N_AXIS) // CHUNK)
-START_TIMEOUT = 180.0  # seconds to wait for the first finished chunk (imports included)
+GATE_TIMEOUT = 240.0  # a safety net only: the test waits for the gate's message
 RUN_TIMEOUT = 300.0
+TESTS_CLI = Path(__file__).parent
 
 
 def command(out: Path) -> list[str]:
@@ -37,7 +40,7 @@ def command(out: Path) -> list[str]:
         "basinscope",
         "surface",
         "--model",
-        "basinscope.models:mlp",
+        "gated_model:gated_mlp",
         "--xrange",
         f"-1:1:{N_AXIS}",
         "--yrange",
@@ -56,11 +59,16 @@ def command(out: Path) -> list[str]:
     ]
 
 
-def _env() -> dict[str, str]:
+def _env(gate: Path | None = None) -> dict[str, str]:
     # The same environment, so the same thread count, for every run that is compared. One
     # thread: on a busy 2-core machine, two OpenMP threads per tiny forward pass spin against
     # the other load and make the runs ~30x slower (and a single thread is deterministic).
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS_CLI), env.get("PYTHONPATH")]))
+    env.pop("BASINSCOPE_TEST_GATE", None)
+    if gate is not None:
+        env["BASINSCOPE_TEST_GATE"] = str(gate)
+    return env
 
 
 def run_to_completion(out: Path) -> dict:
@@ -93,26 +101,33 @@ def status(run: Path) -> str | None:
 
 
 def start_and_interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
-    """Start the command, wait for its first finished chunk, send ``sig``, collect it."""
+    """Start the command, wait until its model stops at the gate, send ``sig``, collect it."""
+    gate = out.parent / f"{out.name}-gate"
+    gate.mkdir()
+    os.mkfifo(gate / "ready")
+    os.mkfifo(gate / "go")
     proc = subprocess.Popen(
-        command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
+        command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(gate)
     )
+    # non-blocking open: the child opens the FIFO for writing when it reaches the gate
+    ready = os.open(gate / "ready", os.O_RDONLY | os.O_NONBLOCK)
     try:
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            n = done_chunks(out)
-            if n is not None and n >= 1:
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"the run ended (status {proc.returncode}) before any chunk was done")
-            if time.monotonic() > deadline:
-                pytest.fail(f"no chunk finished within {START_TIMEOUT} s")
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run finished before it could be interrupted"
+        message = b""
+        while not message.endswith(b"\n"):
+            readable, _, _ = select.select([ready], [], [], GATE_TIMEOUT)
+            if not readable:
+                pytest.fail(f"the run did not reach the gate within {GATE_TIMEOUT} s")
+            chunk = os.read(ready, 64)
+            if not chunk and proc.poll() is not None:
+                pytest.fail(f"the run ended (status {proc.returncode}): {proc.stderr.read()}")
+            message += chunk
+        assert message == b"ready\n"
+        assert proc.poll() is None
         assert status(out) == "running"
         proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=120)
+        stdout, stderr = proc.communicate(timeout=RUN_TIMEOUT)
     finally:
+        os.close(ready)
         if proc.poll() is None:
             proc.kill()
             proc.communicate()

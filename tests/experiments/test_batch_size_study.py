@@ -1,4 +1,7 @@
-"""The flatness-vs-batch-size study, run once in its quick version (and once more to reuse)."""
+"""The flatness-vs-batch-size study, run once in its smoke version (and once more to reuse).
+
+What the study shows (the large-batch minimum is sharper) is checked on the quick
+configuration in the ``science`` tier (tests/experiments/test_studies_science.py)."""
 
 import json
 import math
@@ -29,7 +32,7 @@ def _quiet(m: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch-size")
-    cfg = make_config(NAME, quick=True)
+    cfg = make_config(NAME, smoke=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -51,7 +54,7 @@ def test_results_hold_every_number_with_its_definition(runs):
         for k in NUMBERS:
             assert isinstance(sol[k], (int, float)) and math.isfinite(sol[k]), (key, k)
             assert k in defs and len(defs[k]) > 20, k
-        assert 0 <= sol["test_accuracy"] <= 1 and sol["test_accuracy"] > 0.8
+        assert 0 <= sol["test_accuracy"] <= 1
         assert sol["trace_ci_halfwidth"] > 0
         hs = saved["details"][key]["hessian"]
         assert hs["trace"]["num_samples"] <= cfg.trace_max_probes
@@ -76,14 +79,8 @@ def test_results_hold_every_number_with_its_definition(runs):
         assert "filter-normalized" in s["definition"]
 
 
-def test_the_large_batch_minimum_is_sharper_in_curvature(runs):
-    # robust for the quick configuration (ratios about 2.5 over several seeds); the
-    # sharpness measures are only checked to be positive
+def test_the_ratios_are_of_the_two_solutions(runs):
     sol = runs[2]["solutions"]
-    assert sol["large"]["lambda_max"] > sol["small"]["lambda_max"] > 0
-    assert sol["large"]["trace"] > sol["small"]["trace"] > 0
-    for k in ("keskar", "worst_l2", "adaptive", "filter_normalized"):
-        assert sol["small"][f"sharpness_{k}"] >= 0 and sol["large"][f"sharpness_{k}"] > 0
     ratios = runs[2]["ratios_large_over_small"]
     assert ratios["lambda_max"] == pytest.approx(
         sol["large"]["lambda_max"] / sol["small"]["lambda_max"]
@@ -151,7 +148,9 @@ def test_a_changed_surface_setting_recomputes_only_the_surfaces(runs):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        changed = run_study(NAME, root, make_config(NAME, quick=True, sets=["grid=5"]), say=_quiet)
+        changed = run_study(
+            NAME, root, make_config(NAME, smoke=True, sets=["grid=5"]), say=_quiet, report=False
+        )
     finally:
         torch.set_num_threads(threads)
     computed = {r["stage"].rsplit("-", 1)[0] for r in changed["stages"] if not r["reused"]}
@@ -169,6 +168,7 @@ def test_bad_settings_are_refused_with_a_clear_message():
         make_config(NAME, sets=["model=resnet"])
     cfg = make_config(NAME, quick=True, sets=["hessian_subset=none"])
     assert cfg.hessian_subset is None and cfg.steps == 300
+    assert make_config(NAME, smoke=True).steps < cfg.steps
 
 
 def test_the_report_opens_in_headless_chromium_without_errors(runs):

@@ -1,10 +1,17 @@
-"""The rotated-digits study end to end (quick), its stages, resume and its report."""
+"""The rotated-digits study end to end in its smoke version: stages, reuse, resume, report.
+
+The smoke configuration (one angle, FT and LP, a few steps, 3x3 grids) exercises every
+stage and figure in seconds; its numbers mean nothing. What the study shows is checked on
+the quick configuration in the ``science`` tier (tests/experiments/test_studies_science.py).
+"""
 
 import json
 import os
 import re
 import shutil
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,11 +33,16 @@ def one_thread():
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     root = tmp_path_factory.mktemp("studies")
-    cfg = make_config(NAME, quick=True)
+    cfg = make_config(NAME, smoke=True)
     return root, cfg, run_study(NAME, root, cfg, say=lambda m: None)
 
 
-def test_every_stage_ran_and_the_results_answer_the_questions(quick):
+def _run(root, cfg):
+    """Run the study again without drawing the report (the tests of the report draw it)."""
+    return run_study(NAME, root, cfg, say=lambda m: None, report=False)
+
+
+def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
     _, cfg, res = quick
     assert not any(r["reused"] for r in res["stages"])
     kinds = {r["stage"].split("-")[0] for r in res["stages"]}
@@ -49,17 +61,8 @@ def test_every_stage_ran_and_the_results_answer_the_questions(quick):
         len(cfg.angles) * n_runs * cfg.copies
     )
     assert len(res["summary"]) == len(cfg.angles) * n_runs
-    assert res["pretrained"]["source_test_accuracy"] > 0.8
     rows = {(r["angle"], r["start"], r["strategy"]): r for r in res["summary"]}
     big = max(cfg.angles)
-    ft = rows[(big, "pre-trained", "FT")]
-    # the rotated target is hard for the pre-trained model; fine-tuning adapts and forgets
-    assert ft["target acc. before"] < 0.5 < ft["target acc. after"]
-    assert ft["forgetting"] > 0.1
-    # at 0 degrees the target is the source: nothing to forget, and no barrier anywhere
-    same = rows[(0.0, "pre-trained", "FT")]
-    assert same["target acc. before"] == same["source acc. before"]
-    assert same["barrier copies"] < 0.02 and same["in pre-trained basin"] is True
     # linear probing leaves the feature layers alone: their CKA to the pre-trained model is 1
     lp = res["angles"][f"{big:g}"]["similarity"]["pre-trained/lp"]
     assert lp["cka"]["tgt_test"]["conv1"] == pytest.approx(1.0, abs=1e-9)
@@ -67,7 +70,7 @@ def test_every_stage_ran_and_the_results_answer_the_questions(quick):
     # random-start rows carry no basin verdict; curvature is positive and finite
     assert rows[(big, "random", "FT")]["in pre-trained basin"] is None
     for r in res["summary"]:
-        assert r["lambda_max"] > 0 and r["trace"] == pytest.approx(r["trace"])
+        assert np.isfinite(r["lambda_max"]) and np.isfinite(r["trace"])
     for term in ("barrier", "stayed in the pre-trained basin", "lambda_max", "cka"):
         assert res["definitions"][term]
 
@@ -76,7 +79,7 @@ def test_results_json_holds_every_number_and_each_barrier_names_its_definition(q
     root, cfg, res = quick
     saved = json.loads((root / f"{NAME}-{_hash(cfg)}" / "results.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(res["summary"]))
-    conn = saved["angles"]["60"]["connectivity"]["pre-trained/ft"]
+    conn = saved["angles"][f"{max(cfg.angles):g}"]["connectivity"]["pre-trained/ft"]
     for b in (conn["copies"], conn["path_tgt_test"], conn["path_src_test"]):
         assert b["definition"] == cfg.barrier_definition and b["metric"] == cfg.barrier_metric
         assert b["alphas"][0] == 0.0 and b["alphas"][-1] == 1.0
@@ -116,7 +119,7 @@ def test_the_report_opens_in_headless_chromium_without_errors(quick):
 
 def test_running_again_reuses_every_stage_and_gives_the_same_numbers(quick):
     root, cfg, first = quick
-    again = run_study(NAME, root, cfg, say=lambda m: None)
+    again = _run(root, cfg)
     assert all(r["reused"] for r in again["stages"])
     assert [r["stage"] for r in again["stages"]] == [r["stage"] for r in first["stages"]]
     assert again["summary"] == first["summary"]
@@ -125,15 +128,15 @@ def test_running_again_reuses_every_stage_and_gives_the_same_numbers(quick):
 
 def test_a_changed_setting_recomputes_only_what_depends_on_it(quick):
     root, cfg, first = quick
-    changed = make_config(NAME, quick=True, sets=[f"grid={cfg.grid + 2}"])
-    res = run_study(NAME, root, changed, say=lambda m: None)
+    changed = make_config(NAME, smoke=True, sets=[f"grid={cfg.grid + 2}"])
+    res = _run(root, changed)
     computed = {r["stage"].split("-")[0] for r in res["stages"] if not r["reused"]}
     assert computed == {"surface"}
     assert res["summary"] == first["summary"]
     assert res["run_dir"] != first["run_dir"]  # a new run folder for the new configuration
     # a fine-tuning setting recomputes fine-tuning and everything after it, not pre-training
-    changed = make_config(NAME, quick=True, sets=["angles=[60]", "finetune_lr=0.03"])
-    res = run_study(NAME, root, changed, say=lambda m: None)
+    changed = make_config(NAME, smoke=True, sets=["finetune_lr=0.03"])
+    res = _run(root, changed)
     reused = {r["stage"].split("-")[0] for r in res["stages"] if r["reused"]}
     assert "pretrain" in reused
     assert not any(
@@ -147,31 +150,30 @@ def test_a_changed_setting_recomputes_only_what_depends_on_it(quick):
 
 def test_an_interrupted_study_resumes_with_the_finished_stages(quick, tmp_path, monkeypatch):
     root, cfg, first = quick
-    # copy the pre-training and the first angle's stages only, as if interrupted there
+    # copy the pre-training, the fine-tuning and the landscapes only, as if interrupted there
     fresh = tmp_path / "runs"
     (fresh / "stages").mkdir(parents=True)
     n_keep = 1 + (len(cfg.strategies) + 1) * cfg.copies + 4
     kept = [r["path"] for r in first["stages"][:n_keep]]
+    assert {Path(p).name.split("-")[0] for p in kept[-4:]} == {"line", "surface"}
     for p in kept:
         shutil.copytree(root / p, fresh / p)
-    # and interrupt the resumed run once more, inside the second angle's analyses
-    calls = {"n": 0}
+    # and interrupt the resumed run once more, after its connectivity stage
     real = rotated_digits.cached_stage
 
     def interrupt(*args, **kwargs):
-        calls["n"] += 1
-        if args[1] == "similarity" and calls["n"] > 3:
+        if args[1] == "similarity":
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rotated_digits, "cached_stage", interrupt)
     with pytest.raises(KeyboardInterrupt):
-        run_study(NAME, fresh, cfg, say=lambda m: None)
+        _run(fresh, cfg)
     monkeypatch.setattr(rotated_digits, "cached_stage", real)
-    res = run_study(NAME, fresh, cfg, say=lambda m: None)
+    res = _run(fresh, cfg)
     reused = [r["path"] for r in res["stages"] if r["reused"]]
     assert set(kept) <= set(reused)
-    # what the interrupted run finished is reused too (its second angle's connectivity)
+    # what the interrupted run finished is reused too (its connectivity stage)
     assert len(reused) > len(kept)
     assert res["summary"] == first["summary"]
 
@@ -196,13 +198,15 @@ def test_cli_study_list_show_config_and_report(cli_run, quick):
     assert out.code == 0 and "rotated-digits" in out.out and "skip-connections" in out.out
     out = cli_run("study", NAME, "--quick", "--show-config", "--set", "grid=9")
     assert "grid = 9" in out.out and "angles = [0.0, 60.0]" in out.out
-    out = cli_run("report", root / f"{NAME}-{_hash(cfg)}")
-    assert out.code == 0 and "report.html" in out.err
-    # `demo --quick` is the rotated-digits study: with every stage stored it reuses them all
-    out = cli_run("demo", "--quick", "--out", root, "--json", "--no-progress")
+    out = cli_run("study", NAME, "--smoke", "--show-config")
+    assert f"grid = {cfg.grid}" in out.out and "angles = [60.0]" in out.out
+    # `demo --smoke` is the rotated-digits study: with every stage stored it reuses them all
+    out = cli_run("demo", "--smoke", "--out", root, "--json", "--no-progress")
     assert out.code == 0, out.err
     res = json.loads(out.out)
     assert res["study"] == NAME and all(r["reused"] for r in res["stages"])
+    out = cli_run("report", res["run_dir"])
+    assert out.code == 0 and "report.html" in out.err
 
 
 @pytest.fixture
@@ -234,10 +238,11 @@ def test_stages_of_different_data_never_share_a_folder(quick):
     # 0 and 90 degrees have the same pixel sums; each angle's Hessian of the pre-trained
     # model must still be its own stage
     root, _, _ = quick
-    res = run_study(
-        NAME, root, make_config(NAME, quick=True, sets=["angles=[0, 90]"]), say=lambda m: None
-    )
+    res = _run(root, make_config(NAME, smoke=True, sets=["angles=[0, 90]"]))
     names = [r["stage"] for r in res["stages"]]
     assert len(names) == len(set(names))
     curv = [res["angles"][a]["curvature"]["pre-trained (start)"] for a in ("0", "90")]
     assert curv[0]["lambda_max"] != curv[1]["lambda_max"]
+    # at 0 degrees the target is the source
+    same = next(r for r in res["summary"] if r["angle"] == 0 and r["strategy"] == "FT")
+    assert same["target acc. before"] == same["source acc. before"]

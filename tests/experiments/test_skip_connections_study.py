@@ -1,4 +1,7 @@
-"""The skip-connections study (Li et al. 2018, Fig. 5-7): quick run, reuse, report rebuild."""
+"""The skip-connections study (Li et al. 2018, Fig. 5-7): smoke run, reuse, report rebuild.
+
+What the study shows is checked on the quick configuration in the ``science`` tier
+(tests/experiments/test_studies_science.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import make_config, rebuild_report, run_study
 
 STUDY = "skip-connections"
-FIGURES = ("surfaces", "surfaces_3d_resnet14", "curvature_maps", "summary_vs_depth")
+FIGURES = ("surfaces", "surfaces_3d_resnet8", "curvature_maps", "summary_vs_depth")
 RATIOS = (
     "ratio_center",
     "surface_nonconvex_fraction",
@@ -45,7 +48,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory, one_thread):
     root = tmp_path_factory.mktemp("skip-connections")
-    cfg = make_config(STUDY, quick=True)
+    cfg = make_config(STUDY, smoke=True)
     results = run_study(STUDY, root, cfg, say=_quiet)
     return root, cfg, results, Path(results["run_dir"])
 
@@ -68,14 +71,11 @@ def test_results_hold_every_number_with_its_definition(quick_run):
         for key in RATIOS:
             if row[key] is not None:
                 assert 0.0 <= row[key] <= 1.0, (row["label"], key, row[key])
-        assert row["lambda_max"] > 0 and row["hessian_converged"] == 1
         assert row["lambda_min"] <= row["lambda_max"]
         has_map = row["depth"] == max(cfg.depths)
         assert (row["map_ratio_mean"] is not None) == has_map
         assert ("map" in row["stages"]) == has_map
     assert "BatchNorm" in saved["policies"]["batchnorm"]
-    # the models learned something even in the quick version
-    assert max(r["test_accuracy"] for r in rows) > 0.5
 
 
 def test_figures_and_a_self_contained_report(quick_run):
@@ -108,7 +108,7 @@ def test_surface_and_map_share_the_plane(quick_run):
 
 def test_running_again_reuses_every_stage_and_gives_the_same_numbers(quick_run):
     root, cfg, first, _ = quick_run
-    again = run_study(STUDY, root, cfg, say=_quiet)
+    again = run_study(STUDY, root, cfg, say=_quiet, report=False)
     assert again["run_dir"] == first["run_dir"]
     assert again["stages"] and all(s["reused"] for s in again["stages"])
     assert [s["stage"] for s in again["stages"]] == [s["stage"] for s in first["stages"]]
@@ -147,8 +147,8 @@ def test_rebuilding_the_report_computes_nothing(quick_run, monkeypatch):
 
 def test_a_new_surface_grid_recomputes_only_the_surfaces(quick_run):
     root, _, first, _ = quick_run
-    cfg = make_config(STUDY, quick=True, sets=["grid=5"])
-    out = run_study(STUDY, root, cfg, say=_quiet)
+    cfg = make_config(STUDY, smoke=True, sets=["grid=5"])
+    out = run_study(STUDY, root, cfg, say=_quiet, report=False)
     assert out["run_dir"] != first["run_dir"]
     for s in out["stages"]:
         assert s["reused"] == (not s["stage"].startswith("surface-")), s

@@ -16,7 +16,8 @@ it. The run folder --out/<study>-<hash of the configuration> gets report.html
 (self-contained, works offline), figures/ (PNG and PDF) and results.json (every
 number in the report).
 
-Settings: the study's defaults, then --quick's reductions, then --config
+Settings: the study's defaults, then --quick's reductions (then --smoke's: every
+stage and figure in seconds, numbers too small to mean anything), then --config
 FILE.toml (keys at the top level or in a [<study>] table), then each --set
 key=value (TOML values: 3, 0.1, true, "ft", [0, 15, 35]). `basinscope study
 --list` shows the studies; `basinscope study NAME --show-config` their settings.
@@ -73,15 +74,21 @@ SETS = typer.Option(
     help="Override a setting, key=value (TOML value syntax); repeatable.",
 )
 CONFIG = typer.Option(None, "--config", help="A TOML file of settings.")
-QUICK = typer.Option(False, "--quick", help="The reduced version (seconds, for checks and tests).")
+QUICK = typer.Option(False, "--quick", help="The reduced version (about a minute).")
+SMOKE = typer.Option(
+    False,
+    "--smoke",
+    help="The smoke version: every stage and figure in seconds, with numbers too small to "
+    "mean anything (pipeline checks and tests).",
+)
 JSON = typer.Option(False, "--json", help="Print the results as one JSON object on stdout.")
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
-def _run(name, out, sets, config, quick, json_out, progress, show_config=False):
+def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=False):
     from basinscope.experiments.registry import config_dict, make_config, run_study
 
-    cfg = make_config(name, quick=quick, toml=config, sets=list(sets or []))
+    cfg = make_config(name, quick=quick, smoke=smoke, toml=config, sets=list(sets or []))
     if show_config:
         emit_json(config_dict(cfg)) if json_out else _print_config(cfg)
         return
@@ -115,6 +122,7 @@ def study_cmd(
     sets: list[str] = SETS,
     config: Path = CONFIG,
     quick: bool = QUICK,
+    smoke: bool = SMOKE,
     json_out: bool = JSON,
     progress: bool = PROGRESS,
 ) -> None:
@@ -134,7 +142,7 @@ def study_cmd(
         raise BasinscopeError(
             f"which study? Give its name (registered: {names}), e.g. `basinscope study rotated-digits`"
         )
-    _run(name, out, sets, config, quick, json_out, progress, show_config)
+    _run(name, out, sets, config, quick, smoke, json_out, progress, show_config)
 
 
 def demo_cmd(
@@ -142,10 +150,11 @@ def demo_cmd(
     sets: list[str] = SETS,
     config: Path = CONFIG,
     quick: bool = QUICK,
+    smoke: bool = SMOKE,
     json_out: bool = JSON,
     progress: bool = PROGRESS,
 ) -> None:
-    _run("rotated-digits", out, sets, config, quick, json_out, progress)
+    _run("rotated-digits", out, sets, config, quick, smoke, json_out, progress)
 
 
 def report_cmd(

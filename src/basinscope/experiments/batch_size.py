@@ -112,6 +112,9 @@ class BatchSizeConfig:
 # The reduced version (--quick): a few seconds of training, tiny grids, capped probes.
 QUICK: dict[str, Any] = dict(steps=300, line_points=17, grid=9, hessian_subset=512)
 QUICK.update(trace_max_probes=40, ascent_steps=5, ascent_restarts=1, fn_directions=4)
+# The smoke version (tests, pipeline checks): every stage and figure, in seconds.
+SMOKE: dict[str, Any] = dict(steps=30, line_points=5, grid=3, hessian_subset=64)
+SMOKE.update(trace_max_probes=10, ascent_steps=2, fn_directions=2, hidden=(16,))
 
 
 # -- stages ---------------------------------------------------------------------------------
@@ -395,5 +398,6 @@ STUDY = register(
         run=run,
         report=_report,
         quick=QUICK,
+        smoke=SMOKE,
     )
 )

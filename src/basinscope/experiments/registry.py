@@ -80,6 +80,9 @@ class Study:
     run: Callable[[Any, StudyContext], dict[str, Any]]
     report: Callable[[Path, dict[str, Any]], Path]
     quick: dict[str, Any]  # overrides of the reduced version (--quick)
+    # overrides of the smoke version (--smoke), applied after ``quick``: seconds, every stage
+    # and figure of the study, numbers too small to mean anything (tests and pipeline checks)
+    smoke: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 STUDIES: dict[str, Study] = {}
@@ -224,14 +227,18 @@ def make_config(
     name: str,
     *,
     quick: bool = False,
+    smoke: bool = False,
     toml: str | Path | None = None,
     sets: Sequence[str] = (),
 ) -> Any:
-    """The study's configuration: defaults, then ``quick`` overrides, then the TOML file,
-    then each ``key=value`` of ``sets`` (later wins)."""
+    """The study's configuration: defaults, then ``quick`` overrides, then ``smoke``
+    overrides (which imply ``quick``), then the TOML file, then each ``key=value`` of
+    ``sets`` (later wins)."""
     study = get_study(name)
     types_ = _field_types(study.config)
-    values: dict[str, Any] = dict(study.quick) if quick else {}
+    values: dict[str, Any] = dict(study.quick) if quick or smoke else {}
+    if smoke:
+        values.update(study.smoke)
     if toml is not None:
         path = Path(toml)
         if not path.is_file():
@@ -279,11 +286,14 @@ def run_study(
     *,
     progress: bool = False,
     say: Callable[[str], None] = print,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run study ``name`` with ``cfg`` (default: its defaults) under ``root``.
 
     Returns the results (also in ``<run folder>/results.json``) with ``run_dir``,
     ``report`` and ``stages`` (each stage's folder, whether it was reused, and seconds).
+    With ``report=False`` no report or figures are drawn (``report`` is then ``None``);
+    :func:`rebuild_report` draws them later from the stored results.
     """
     study = get_study(name)
     cfg = cfg if cfg is not None else study.config()
@@ -310,6 +320,8 @@ def run_study(
         "run_dir": str(run_dir),
     }
     write_json(run_dir / "results.json", results)
+    if not report:
+        return {**results, "report": None}
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
     write_json(run_dir / "results.json", results)

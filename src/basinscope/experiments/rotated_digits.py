@@ -125,6 +125,23 @@ class RotatedDigitsConfig:
                 raise BasinscopeError(f"{name} must be at least 1, got {getattr(self, name)}")
 
 
+# the smoke version (tests, pipeline checks): one angle, FT and LP, a few steps, tiny grids
+SMOKE = {
+    "angles": (60.0,),
+    "strategies": ("ft", "lp"),
+    "pretrain_steps": 40,
+    "finetune_steps": 6,
+    "lp_steps": 3,
+    "checkpoint_every": 2,
+    "grid": 3,
+    "line_points": 4,
+    "barrier_points": 3,
+    "hessian_examples": 32,
+    "trace_probes": 4,
+    "criticality_points": 3,
+    "criticality_examples": 32,
+}
+
 QUICK = {
     "angles": (0.0, 60.0),
     "pretrain_steps": 150,
@@ -606,5 +623,6 @@ STUDY = register(
         run=run,
         report=report,
         quick=QUICK,
+        smoke=SMOKE,
     )
 )

@@ -346,5 +346,14 @@ STUDY = register(
             "hessian_examples": 32,
             "hessian_max_iter": 30,
         },
+        smoke={
+            "depths": (8,),
+            "steps": 10,
+            "grid": 3,
+            "surface_examples": 32,
+            "map_grid": 3,
+            "hessian_examples": 16,
+            "hessian_max_iter": 10,
+        },
     )
 )

@@ -1,0 +1,65 @@
+"""What the studies show, checked on their quick configurations: the ``science`` tier.
+
+These tests train and analyse for about a minute each and are excluded from ``make test``;
+``make science`` runs them, and so does CI (``.ci/run``). The smoke tests next to them
+check every stage, figure and file of the same studies in seconds.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from basinscope.experiments.registry import make_config, run_study
+
+pytestmark = pytest.mark.science
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _quick(name: str, root) -> tuple:
+    cfg = make_config(name, quick=True)
+    return cfg, run_study(name, root, cfg, say=lambda m: None, report=False)
+
+
+def test_rotated_digits_fine_tuning_adapts_forgets_and_stays_in_the_basin_at_zero(tmp_path):
+    cfg, res = _quick("rotated-digits", tmp_path)
+    assert res["pretrained"]["source_test_accuracy"] > 0.8
+    rows = {(r["angle"], r["start"], r["strategy"]): r for r in res["summary"]}
+    ft = rows[(max(cfg.angles), "pre-trained", "FT")]
+    # the rotated target is hard for the pre-trained model; fine-tuning adapts and forgets
+    assert ft["target acc. before"] < 0.5 < ft["target acc. after"]
+    assert ft["forgetting"] > 0.1
+    # at 0 degrees the target is the source: nothing to forget, and no barrier anywhere
+    same = rows[(0.0, "pre-trained", "FT")]
+    assert same["barrier copies"] < 0.02 and same["in pre-trained basin"] is True
+    for r in res["summary"]:
+        assert r["lambda_max"] > 0 and r["trace"] == pytest.approx(r["trace"])
+
+
+def test_the_large_batch_minimum_is_sharper_in_curvature(tmp_path):
+    # robust for the quick configuration (ratios about 2.5 over several seeds); the
+    # sharpness measures are only checked to be positive
+    _, res = _quick("flatness-vs-batch-size", tmp_path)
+    sol = res["solutions"]
+    for key in ("small", "large"):
+        assert sol[key]["test_accuracy"] > 0.8
+    assert sol["large"]["lambda_max"] > sol["small"]["lambda_max"] > 0
+    assert sol["large"]["trace"] > sol["small"]["trace"] > 0
+    for k in ("keskar", "worst_l2", "adaptive", "filter_normalized"):
+        assert sol["small"][f"sharpness_{k}"] >= 0 and sol["large"][f"sharpness_{k}"] > 0
+
+
+def test_resnets_learn_and_every_hessian_converges(tmp_path):
+    _, res = _quick("skip-connections", tmp_path)
+    rows = res["models"]
+    for row in rows:
+        assert row["lambda_max"] > 0 and row["hessian_converged"] == 1
+    # the models learned something even in the quick version
+    assert max(r["test_accuracy"] for r in rows) > 0.5
