@@ -27,12 +27,30 @@ def test_hvp_matches_dense_float64_hessian(name, method, xy):
     assert op.semantics["bn_mode"] == "eval" and op.semantics["method"] == method
 
 
-def test_batched_hvps_equal_single_ones(xy):
-    model = tiny_models()["mlp"]
-    op = HessianOperator(model, xy, method="forward-over-reverse")
+@pytest.mark.parametrize("name", ["mlp", "bn_eval"])
+@pytest.mark.parametrize("method", ["forward-over-reverse", "double-backward"])
+def test_batched_hvps_equal_single_ones(xy, name, method):
+    op = HessianOperator(tiny_models()[name], xy, method=method, weight_decay=0.01)
     vs = torch.randn(op.n, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     single = torch.stack([op.matvec(vs[:, i]) for i in range(4)], 1)
+    before = op.num_matvecs
     torch.testing.assert_close(op.matmat(vs), single, rtol=1e-12, atol=1e-14)
+    assert op.num_matvecs == before + 4
+
+
+def test_double_backward_falls_back_to_single_products_without_a_batching_rule(xy, monkeypatch):
+    op = HessianOperator(tiny_models()["mlp"], xy, method="double-backward")
+    vs = torch.randn(op.n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    expected = op.matmat(vs)
+    real = torch.autograd.grad
+
+    def no_batching_rule(*args, is_grads_batched=False, **kwargs):
+        if is_grads_batched:
+            raise RuntimeError("Batching rule not implemented for aten::some_op")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.autograd, "grad", no_batching_rule)
+    torch.testing.assert_close(op.matmat(vs), expected, rtol=1e-12, atol=1e-14)
 
 
 def test_hvp_is_symmetric(xy):

@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -186,10 +187,10 @@ class CurvatureOperator:
     def _matvec(self, v: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def dense(self) -> Tensor:
-        """The full matrix, column by column (for tests and tiny models)."""
+    def dense(self, block: int = 64) -> Tensor:
+        """The full matrix, ``block`` columns per :meth:`matmat` (for tests and tiny models)."""
         eye = torch.eye(self.n, dtype=self.dtype, device=self.device)
-        return torch.stack([self.matvec(eye[:, i]) for i in range(self.n)], dim=1)
+        return torch.cat([self.matmat(eye[:, i : i + block]) for i in range(0, self.n, block)], 1)
 
 
 class HessianOperator(CurvatureOperator):
@@ -264,10 +265,19 @@ class HessianOperator(CurvatureOperator):
         )
 
     def matmat(self, vs: Tensor) -> Tensor:
-        """Batched HVPs: ``vmap`` over the columns with forward-over-reverse, else a loop."""
-        if self.method != "forward-over-reverse" or vs.shape[1] == 1:
+        """Batched HVPs: ``vmap`` over the columns (forward-over-reverse ``jvp``, or the second
+        backward pass of double backward with ``is_grads_batched``), else a loop."""
+        if vs.shape[1] == 1:
             return super().matmat(vs)
         vs = vs.to(dtype=self.dtype, device=self.device)
+        if self.method == "double-backward":
+            out = self._double_backward_batched(vs)
+            if out is None:  # a module without a batching rule: one product at a time
+                return super().matmat(vs)
+            self.num_matvecs += vs.shape[1]
+            return out + self.weight_decay * vs if self.weight_decay else out
+        if self.method != "forward-over-reverse":
+            return super().matmat(vs)
         self.num_matvecs += vs.shape[1]
         out = torch.zeros_like(vs.T)
         for x, y in self.batches:
@@ -279,6 +289,37 @@ class HessianOperator(CurvatureOperator):
             out += vmap(hvp)(vs.T) * (y.shape[0] / self.num_examples)
         out = out.T
         return out + self.weight_decay * vs if self.weight_decay else out
+
+    def _double_backward_batched(self, vs: Tensor) -> Tensor | None:
+        """``H @ vs`` by double backward, the first backward pass shared by the columns."""
+        k = vs.shape[1]
+        out = torch.zeros(self.n, k, dtype=self.dtype, device=self.device)
+        rows = [vs[i : i + s].T.reshape(k, *shape) for i, s, shape in self._slices()]
+        for x, y in self.batches:
+            p = {k_: t.detach().requires_grad_(True) for k_, t in self.params.items()}
+            try:
+                with torch.enable_grad(), warnings.catch_warnings():
+                    warnings.simplefilter("error")  # vmap's slow fallback counts as missing
+                    loss = self._batch_loss(p, x, y)
+                    gs = torch.autograd.grad(loss, list(p.values()), create_graph=True)
+                    hv = torch.autograd.grad(
+                        gs, list(p.values()), rows, is_grads_batched=True, allow_unused=True
+                    )
+            except (RuntimeError, UserWarning):
+                return None
+            hv = [
+                torch.zeros(k, *t.shape, dtype=t.dtype) if h is None else h
+                for h, t in zip(hv, p.values())
+            ]
+            out += torch.cat([h.reshape(k, -1) for h in hv], 1).T * (y.shape[0] / self.num_examples)
+        return out
+
+    def _slices(self) -> list[tuple[int, int, torch.Size]]:
+        out, i = [], 0
+        for shape, size in zip(self.shapes, self.sizes):
+            out.append((i, size, shape))
+            i += size
+        return out
 
 
 class GGNOperator(CurvatureOperator):
