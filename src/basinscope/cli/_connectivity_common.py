@@ -10,7 +10,6 @@ prints progress on stderr and, with ``--json``, one JSON object on stdout: the c
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -151,9 +150,11 @@ def _finish(
     summary: Callable[[], None],
 ) -> None:
     """Write results.json, mark the run complete, then print JSON or the summary."""
+    from basinscope.store import atomic_write_json
+
     result = sanitize(result)
     result["warnings"] = list(notes)
-    (store.path / "results.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(store.path / "results.json", result, "results")
     store.update_manifest(status="complete")
     out = {**result, "run_dir": str(store.path), "figures": [str(f) for f in figures]}
     if json_out:

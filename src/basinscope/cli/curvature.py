@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -196,7 +195,9 @@ def hessian_cmd(
         progress=progress and not json_out,
     )
     result = sanitize(report.to_dict())
-    (store.path / "results.json").write_text(json.dumps(result, indent=1))
+    from basinscope.store import atomic_write_json
+
+    atomic_write_json(store.path / "results.json", result, "results")
     figures = _hessian_figures(store, report)
     store.update_manifest(status="complete")
     result.update({"run_dir": str(store.path), "figures": [str(f) for f in figures]})
@@ -334,7 +335,9 @@ def sharpness_cmd(
         info(f"{n} ...", json_out or not progress)
         results.append(sharpness(net, ds, n, **options[n]))
     payload = sanitize({"measures": [r.to_dict() for r in results]})
-    (store.path / "results.json").write_text(json.dumps(payload, indent=1))
+    from basinscope.store import atomic_write_json
+
+    atomic_write_json(store.path / "results.json", payload, "results")
     figures = _sharpness_figure(store, results)
     store.update_manifest(status="complete")
     payload.update({"run_dir": str(store.path), "figures": [str(f) for f in figures]})

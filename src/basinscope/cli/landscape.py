@@ -339,8 +339,6 @@ def surface_cmd(
     plot: bool = PLOT_OPT,
     log: bool = LOG_OPT,
 ) -> None:
-    import json
-
     from basinscope.analyses import pca_surface, plane_surface, project_trajectory, random_surface
     from basinscope.geometry import check_directions_fit, get_params, load_directions
     from basinscope.training import load_trajectory
@@ -416,7 +414,9 @@ def surface_cmd(
             project_trajectory(land, ckpts, Path(path).parent.name or Path(path).stem).to_dict()
         )
     if projections and land.run_dir is not None:
-        (land.run_dir / "trajectories.json").write_text(json.dumps(sanitize(projections), indent=1))
+        from basinscope.store import atomic_write_json
+
+        atomic_write_json(land.run_dir / "trajectories.json", sanitize(projections), "trajectories")
     _finish(land, json_out, plot, log, {"trajectories": projections})
 
 

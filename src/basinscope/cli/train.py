@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
@@ -116,6 +115,7 @@ def train_cmd(
 ) -> None:
     from basinscope.engine import evaluate_model
     from basinscope.experiments.stages import train_stage
+    from basinscope.store import atomic_write_json
     from basinscope.training import TrainConfig
 
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
@@ -162,7 +162,7 @@ def train_cmd(
         "initial": evaluate_model(net, evals),
         "final": evaluate_model(stage.model, evals),
     }
-    (stage.run_dir / "summary.json").write_text(json.dumps(sanitize(summary), indent=2))
+    atomic_write_json(stage.run_dir / "summary.json", sanitize(summary), "summary", indent=2)
     if json_out:
         emit_json(sanitize(summary))
     else:
@@ -177,6 +177,8 @@ def train_cmd(
 def _plot_history(path: Path, history: dict) -> None:
     from matplotlib.figure import Figure
 
+    from basinscope.store import atomic_path
+
     fig = Figure(figsize=(5, 3.2))
     ax = fig.add_subplot()
     ax.plot(history["step"], history["loss"], lw=1)
@@ -185,8 +187,8 @@ def _plot_history(path: Path, history: dict) -> None:
     ax.set_yscale("log")
     ax.set_title("training loss")
     fig.tight_layout()
-    (path / "figures").mkdir(exist_ok=True)
-    fig.savefig(path / "figures" / "training_loss.png", dpi=150)
+    with atomic_path(path / "figures" / "training_loss.png", "figure") as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
 
 
 train_cmd.__doc__ = HELP

@@ -289,13 +289,8 @@ def run_study(
     cfg = cfg if cfg is not None else study.config()
     root = Path(root)
     run_dir = root / f"{name}-{config_hash(name, cfg)}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "study.json").write_text(
-        json.dumps(
-            {"study": name, "config": config_dict(cfg), "basinscope": basinscope.__version__},
-            indent=1,
-        )
-    )
+    meta = {"study": name, "config": config_dict(cfg), "basinscope": basinscope.__version__}
+    write_json(run_dir / "study.json", meta, "study description")
     log = StageLog()
     ctx = StudyContext(run_dir, root / "stages", log, progress, say)
     t0 = time.perf_counter()
@@ -309,10 +304,10 @@ def run_study(
         "stages": log.rows(root),
         "run_dir": str(run_dir),
     }
-    write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results, "study results")
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
-    write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results, "study results")
     return results
 
 

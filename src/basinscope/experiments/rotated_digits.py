@@ -35,6 +35,7 @@ from basinscope.experiments.stages import (
     model_stage,
     stage_dir,
     train_stage,
+    write_json,
 )
 
 __all__ = ["STUDY", "RotatedDigitsConfig", "run"]
@@ -431,8 +432,6 @@ def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data
 
 def _surface(cfg, ctx, d: Path, start_model, copies, trains):
     """The PCA plane of both copies' trajectories, centred at their common start."""
-    import json
-
     from basinscope.analyses import pca_surface
 
     traj = [c.checkpoints[s] for c in copies for s in sorted(c.checkpoints)]
@@ -460,7 +459,7 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
             }
         )
         i = j
-    (d / "trajectories.json").write_text(json.dumps(out))
+    write_json(d / "trajectories.json", out, "trajectories")
     return {
         "stage": d.name,
         "explained_variance_ratio": list(land.dataset.attrs["explained_variance_ratio"]),

@@ -15,7 +15,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from basinscope.store import RunStore, fingerprint_tensors
+from basinscope.store import RunStore, atomic_write_json, fingerprint_tensors
 
 __all__ = [
     "ModelStage",
@@ -69,13 +69,11 @@ class StageLog:
         return [r["stage"] for r in self._rows if r["reused"]]
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a temporary file, then a rename)."""
+def write_json(path: Path, obj: Any, what: str = "file") -> None:
+    """Write ``obj`` as JSON atomically (see :mod:`basinscope.store.atomic`)."""
     from basinscope.jsonable import jsonable
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=1))
-    tmp.replace(path)
+    atomic_write_json(path, jsonable(obj), what)
 
 
 def cached_stage(
@@ -99,11 +97,10 @@ def cached_stage(
         if log is not None:
             log.record(d, True, 0.0)
         return json.loads(f.read_text()), d
-    d.mkdir(parents=True, exist_ok=True)
-    write_json(d / "settings.json", {"stage": name, "settings": settings})
+    write_json(d / "settings.json", {"stage": name, "settings": settings}, "settings")
     t0 = time.perf_counter()
     result = compute(d)
-    write_json(f, result)
+    write_json(f, result, "stage result")
     if log is not None:
         log.record(d, False, time.perf_counter() - t0)
     return json.loads(f.read_text()), d
@@ -168,14 +165,13 @@ def model_stage(
         if log is not None:
             log.record(d, True, 0.0)
         return ModelStage(model, ckpts, json.loads(f.read_text()), d, True)
-    d.mkdir(parents=True, exist_ok=True)
-    write_json(d / "settings.json", {"stage": name, "settings": settings})
+    write_json(d / "settings.json", {"stage": name, "settings": settings}, "settings")
     t0 = time.perf_counter()
     model, ckpts, info = compute()
     save_weights(model, weights)
     if ckpts:
         trajectory_to_safetensors(ckpts, traj)
-    write_json(f, info)
+    write_json(f, info, "stage result")  # last: the stage counts as finished
     if log is not None:
         log.record(d, False, time.perf_counter() - t0)
     return ModelStage(model, ckpts, json.loads(f.read_text()), d, False)
@@ -224,7 +220,8 @@ def train_stage(
     result = train(model, data, config, progress=progress)
     save_weights(result.model, weights)
     trajectory_to_safetensors(result, traj)
-    hist.write_text(json.dumps({k: [float(x) for x in v] for k, v in result.history.items()}))
+    history = {k: [float(x) for x in v] for k, v in result.history.items()}
+    write_json(hist, history, "training history")
     store.update_manifest(status="complete")
     if log is not None:
         log.record(store.path, False, time.perf_counter() - t0)

@@ -1,5 +1,23 @@
-"""Run folders: manifest, resumable journal, results (xarray/Zarr), tensors, figures."""
+"""Run folders: manifest, resumable journal, results (xarray/Zarr), tensors, figures;
+atomic writes."""
 
+from basinscope.store.atomic import (
+    OutputWriteError,
+    atomic_path,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from basinscope.store.run import Journal, RunStore, fingerprint_tensors, versions
 
-__all__ = ["Journal", "RunStore", "fingerprint_tensors", "versions"]
+__all__ = [
+    "Journal",
+    "OutputWriteError",
+    "RunStore",
+    "atomic_path",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "fingerprint_tensors",
+    "versions",
+]

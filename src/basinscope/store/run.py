@@ -13,13 +13,14 @@ Layout of a run folder::
 A run's *identity* is its spec plus the fingerprints of its model, data and directions.
 Opening an existing folder with a different identity is refused with a message that
 names the differing settings, so results of two different runs are never mixed.
+
+Every file is written atomically (:mod:`basinscope.store.atomic`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
@@ -32,8 +33,15 @@ import torch
 from torch import Tensor
 
 from basinscope.errors import BasinscopeError, SpecMismatchError
+from basinscope.store.atomic import (
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_text,
+    is_temp_name,
+    output_errors,
+)
 
-__all__ = ["RunStore", "fingerprint_tensors", "versions"]
+__all__ = ["Journal", "RunStore", "fingerprint_tensors", "versions"]
 
 MANIFEST = "manifest.json"
 
@@ -75,6 +83,16 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _read_manifest(mpath: Path, fix: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise BasinscopeError(f"{mpath} exists but is not readable JSON ({e}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise BasinscopeError(f"{mpath} is not a JSON object; {fix}")
+    return manifest
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -90,6 +108,15 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
+def _foreign(path: Path) -> bool:
+    """``path`` holds files, none of them a manifest: not a run folder (temporary files
+    left by killed writers do not count)."""
+    if not path.is_dir():
+        return False
+    names = [p.name for p in path.iterdir() if not is_temp_name(p.name)]
+    return bool(names) and MANIFEST not in names
+
+
 class RunStore:
     """A run folder. ``RunStore.open(path, identity)`` creates it or reopens it to resume."""
 
@@ -101,18 +128,23 @@ class RunStore:
     # -- opening -------------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str | Path, kind: str, spec: Mapping[str, Any], fingerprints: Mapping[str, Any]
+        cls,
+        path: str | Path,
+        kind: str,
+        spec: Mapping[str, Any],
+        fingerprints: Mapping[str, Any],
     ) -> RunStore:
+        """Create the run folder ``path`` or reopen it to resume."""
         path = Path(path)
         identity = _canonical({"kind": kind, "spec": spec, "fingerprints": fingerprints})
+        if _foreign(path):
+            raise BasinscopeError(
+                f"{path} exists, is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
+                "Pass an empty or new --out folder."
+            )
         mpath = path / MANIFEST
         if mpath.is_file():
-            try:
-                manifest = json.loads(mpath.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise BasinscopeError(
-                    f"{mpath} exists but is not readable JSON ({e}); choose another --out folder or remove it"
-                ) from None
+            manifest = _read_manifest(mpath, "choose another --out folder or remove it")
             old = {k: manifest.get(k) for k in ("kind", "spec", "fingerprints")}
             if old != identity:
                 diffs = _diff(old, identity)
@@ -126,12 +158,8 @@ class RunStore:
             store = cls(path, manifest, resumed=True)
             store._write_manifest()
             return store
-        if path.exists() and any(path.iterdir()):
-            raise BasinscopeError(
-                f"{path} exists, is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
-                "Pass an empty or new --out folder."
-            )
-        path.mkdir(parents=True, exist_ok=True)
+        with output_errors(path, "run folder"):
+            path.mkdir(parents=True, exist_ok=True)
         manifest = {
             **identity,
             "versions": versions(),
@@ -149,12 +177,11 @@ class RunStore:
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise BasinscopeError(f"{path} is not a basinscope run folder: it has no {MANIFEST}")
-        return cls(path, json.loads(mpath.read_text()), resumed=True)
+        return cls(path, _read_manifest(mpath, "run the command that wrote it again"), resumed=True)
 
     def _write_manifest(self) -> None:
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, self.path / MANIFEST)
+        text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
+        atomic_write_text(self.path / MANIFEST, text, "run manifest")
 
     def update_manifest(self, **fields: Any) -> None:
         self.manifest.update(_canonical(fields))
@@ -176,16 +203,14 @@ class RunStore:
     def save_tensors(
         self, name: str, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
     ) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         p = self.path / "tensors" / f"{name}.safetensors"
-        p.parent.mkdir(exist_ok=True)
-        save_file(
+        data = save(
             {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()},
-            str(p),
             metadata=dict(metadata or {}),
         )
-        return p
+        return atomic_write_bytes(p, data, "tensors")
 
     def load_tensors(self, name: str) -> dict[str, Tensor]:
         from safetensors.torch import load_file
@@ -197,7 +222,8 @@ class RunStore:
 
     def write_results(self, ds) -> Path:
         p = self.path / "results.zarr"
-        ds.to_zarr(p, mode="w", consolidated=False)
+        with atomic_folder(p, "results") as tmp:
+            ds.to_zarr(tmp, mode="w", consolidated=False)
         return p
 
     def read_results(self):
@@ -214,7 +240,8 @@ class RunStore:
     @property
     def figures(self) -> Path:
         p = self.path / "figures"
-        p.mkdir(exist_ok=True)
+        with output_errors(p, "figures folder"):
+            p.mkdir(exist_ok=True)
         return p
 
 
@@ -247,20 +274,21 @@ class Journal:
         return {int(i) for i in np.flatnonzero(done[:])}
 
     def write_chunk(self, index: int, rows: slice, values: Mapping[str, np.ndarray]) -> None:
-        for name, v in values.items():
-            arr = self._array(
-                f"values/{name}",
-                dtype="float64",
-                fill=np.nan,
-                chunks=self.chunk_size,
-                shape=self.n_points,
-                create=True,
+        with output_errors(self.root, "journal"):
+            for name, v in values.items():
+                arr = self._array(
+                    f"values/{name}",
+                    dtype="float64",
+                    fill=np.nan,
+                    chunks=self.chunk_size,
+                    shape=self.n_points,
+                    create=True,
+                )
+                arr[rows] = np.asarray(v, dtype=np.float64)
+            done = self._array(
+                "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=True
             )
-            arr[rows] = np.asarray(v, dtype=np.float64)
-        done = self._array(
-            "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=True
-        )
-        done[index] = True
+            done[index] = True
 
     def read_values(self) -> dict[str, np.ndarray]:
         base = self.root / "values"
