@@ -8,7 +8,8 @@ from basinscope.store.atomic import (
     atomic_write_json,
     atomic_write_text,
 )
-from basinscope.store.run import Journal, RunStore, fingerprint_tensors, versions
+from basinscope.store.journal import Journal
+from basinscope.store.run import RunStore, fingerprint_tensors, versions
 
 __all__ = [
     "Journal",

@@ -14,7 +14,8 @@ A run's *identity* is its spec plus the fingerprints of its model, data and dire
 Opening an existing folder with a different identity is refused with a message that
 names the differing settings, so results of two different runs are never mixed.
 
-Every file is written atomically (:mod:`basinscope.store.atomic`).
+Every file is written atomically (:mod:`basinscope.store.atomic`), and a journal chunk
+that cannot be read back counts as not done.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -41,7 +42,10 @@ from basinscope.store.atomic import (
     output_errors,
 )
 
-__all__ = ["Journal", "RunStore", "fingerprint_tensors", "versions"]
+if TYPE_CHECKING:
+    from basinscope.store.journal import Journal
+
+__all__ = ["RunStore", "fingerprint_tensors", "versions"]
 
 MANIFEST = "manifest.json"
 
@@ -197,6 +201,8 @@ class RunStore:
 
     # -- journal (the engine's ChunkJournal protocol) -------------------------------
     def journal(self, n_points: int, chunk_size: int, names: list[str] | None = None) -> Journal:
+        from basinscope.store.journal import Journal
+
         return Journal(self, n_points, chunk_size)
 
     # -- tensors, results, figures --------------------------------------------------
@@ -243,73 +249,3 @@ class RunStore:
         with output_errors(p, "figures folder"):
             p.mkdir(exist_ok=True)
         return p
-
-
-class Journal:
-    """Per-point arrays written one chunk at a time; a chunk counts once its ``done`` flag is set."""
-
-    def __init__(self, store: RunStore, n_points: int, chunk_size: int):
-        self.store = store
-        self.root = store.path / "journal"
-        self.n_points = n_points
-        self.chunk_size = chunk_size
-        self.n_chunks = -(-n_points // chunk_size)
-
-    def _array(self, name: str, *, dtype, fill, chunks: int, shape: int, create: bool):
-        import zarr
-
-        p = self.root / name
-        if not create and not p.exists():
-            return None
-        return zarr.open_array(
-            str(p), mode="a", shape=(shape,), chunks=(chunks,), dtype=dtype, fill_value=fill
-        )
-
-    def done_chunks(self) -> set[int]:
-        done = self._array(
-            "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=False
-        )
-        if done is None:
-            return set()
-        return {int(i) for i in np.flatnonzero(done[:])}
-
-    def write_chunk(self, index: int, rows: slice, values: Mapping[str, np.ndarray]) -> None:
-        with output_errors(self.root, "journal"):
-            for name, v in values.items():
-                arr = self._array(
-                    f"values/{name}",
-                    dtype="float64",
-                    fill=np.nan,
-                    chunks=self.chunk_size,
-                    shape=self.n_points,
-                    create=True,
-                )
-                arr[rows] = np.asarray(v, dtype=np.float64)
-            done = self._array(
-                "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=True
-            )
-            done[index] = True
-
-    def read_values(self) -> dict[str, np.ndarray]:
-        base = self.root / "values"
-        if not base.exists():
-            return {}
-        out = {}
-        for p in sorted(base.iterdir()):
-            if p.is_dir():
-                arr = self._array(
-                    f"values/{p.name}",
-                    dtype="float64",
-                    fill=np.nan,
-                    chunks=self.chunk_size,
-                    shape=self.n_points,
-                    create=False,
-                )
-                out[p.name] = arr[:]
-        return out
-
-    def recorded_strategy(self) -> dict[str, Any] | None:
-        return self.store.manifest.get("evaluation")
-
-    def record_strategy(self, info: Mapping[str, Any]) -> None:
-        self.store.update_manifest(evaluation={**info, "chunk_size": self.chunk_size})
