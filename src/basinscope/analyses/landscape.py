@@ -24,7 +24,7 @@ from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import ParamDict, get_buffers, save_directions
 from basinscope.jsonable import jsonable
-from basinscope.store import RunStore, fingerprint_tensors
+from basinscope.store import RunStore, fingerprint_tensors, safe_component
 
 __all__ = ["Landscape", "as_splits", "compute_landscape", "grid_coeffs"]
 
@@ -131,6 +131,8 @@ def compute_landscape(
         name: as_batches(d, batch_size=batch_size, device="cpu")
         for name, d in as_splits(data).items()
     }
+    for name in splits:
+        safe_component(name, "split name")
     bn_list = as_batches(bn_data, batch_size=128, device="cpu") if bn_data is not None else None
     buffers = dict(center_buffers) if center_buffers is not None else get_buffers(model)
     basis = PointBasis(
@@ -140,6 +142,8 @@ def compute_landscape(
         buffer_basis=tuple(buffer_directions) if buffer_directions is not None else None,
     )
     metric_objs = resolve_metrics(metrics) if make_job is None else []
+    for m in metric_objs:
+        safe_component(m.name, "metric name")
     job = (
         make_job(basis)
         if make_job is not None

@@ -1,5 +1,5 @@
 """Run folders: manifest, resumable journal, results (xarray/Zarr), tensors, figures;
-atomic writes."""
+atomic writes and safe path names."""
 
 from basinscope.store.atomic import (
     OutputWriteError,
@@ -9,6 +9,7 @@ from basinscope.store.atomic import (
     atomic_write_text,
 )
 from basinscope.store.journal import Journal
+from basinscope.store.paths import safe_component
 from basinscope.store.run import RunStore, fingerprint_tensors, versions
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "fingerprint_tensors",
+    "safe_component",
     "versions",
 ]

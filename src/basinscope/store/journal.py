@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from basinscope.store.atomic import output_errors
+from basinscope.store.paths import safe_component
 
 if TYPE_CHECKING:
     from basinscope.store.run import RunStore
@@ -105,7 +106,7 @@ class Journal:
     def write_chunk(self, index: int, rows: slice, values: Mapping[str, np.ndarray]) -> None:
         with output_errors(self.root, "journal"):
             for name, v in values.items():
-                arr = self._values_array(name, create=True)
+                arr = self._values_array(safe_component(name, "metric name"), create=True)
                 arr[rows] = np.asarray(v, dtype=np.float64)
             self._done_array(create=True)[index] = True
 

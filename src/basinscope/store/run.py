@@ -41,6 +41,7 @@ from basinscope.store.atomic import (
     is_temp_name,
     output_errors,
 )
+from basinscope.store.paths import safe_component
 
 if TYPE_CHECKING:
     from basinscope.store.journal import Journal
@@ -211,7 +212,7 @@ class RunStore:
     ) -> Path:
         from safetensors.torch import save
 
-        p = self.path / "tensors" / f"{name}.safetensors"
+        p = self.path / "tensors" / f"{safe_component(name, 'tensor file name')}.safetensors"
         data = save(
             {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()},
             metadata=dict(metadata or {}),
