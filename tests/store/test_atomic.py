@@ -117,7 +117,7 @@ def test_stale_temporaries_are_recognised_and_removed(tmp_path):
 
 def test_leftover_temporaries_never_block_a_run(tmp_path, small_data):
     """A killed writer's temporary files (and the fixed name older versions used) in a
-    new run folder: the run starts."""
+    new run folder: the run starts, and the leftovers are cleaned up."""
     import torch
     from torch import nn
 
@@ -131,6 +131,7 @@ def test_leftover_temporaries_never_block_a_run(tmp_path, small_data):
     (run / ".manifest.json.a1b2c3d4.tmp").write_bytes(b"")
     land = random_surface(model, small_data, alphas=np.linspace(-1, 1, 3), betas=[0.0], run_dir=run)
     assert land.run_dir == run
+    assert not [p for p in run.rglob("*") if is_temp_name(p.name)]
     assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
 
 

@@ -23,6 +23,7 @@ from basinscope.cli.common import (
     DataOptions,
     default_out,
     emit_json,
+    hold_out_folder,
     info,
     load_model,
     parse_json_kwargs,
@@ -104,14 +105,22 @@ def _spec(model: str, model_kwargs: str | None, weights, data: DataOptions, **ex
     }
 
 
-def _open(out: Path | None, kind: str, spec: dict[str, Any], models: Sequence, datasets: dict):
+def _open(
+    out: Path | None,
+    kind: str,
+    spec: dict[str, Any],
+    models: Sequence,
+    datasets: dict,
+    wait: bool = False,
+):
+    """The command's run store, its folder locked until the command ends (``--wait``)."""
     from basinscope.store import RunStore, fingerprint_tensors
 
     fps = {
         "models": [fingerprint_tensors(m.state_dict()) for m in models],
         "data": {name: d.fingerprint() for name, d in datasets.items()},
     }
-    return RunStore.open(out or default_out(kind), kind, spec, fps)
+    return RunStore.open(hold_out_folder(out or default_out(kind), wait), kind, spec, fps)
 
 
 @contextmanager

@@ -8,9 +8,11 @@ from typing import Any
 import typer
 
 from basinscope.cli.common import (
+    WAIT_OPT,
     DataOptions,
     default_out,
     emit_json,
+    hold_out_folder,
     info,
     load_model,
     model_spec,
@@ -33,11 +35,11 @@ from basinscope.errors import BasinscopeError
 DTYPES = {"float32", "float64"}
 
 
-def _open_run(out: Path | None, kind: str, spec: dict[str, Any], model, data):
+def _open_run(out: Path | None, kind: str, spec: dict[str, Any], model, data, wait: bool):
     from basinscope.store import RunStore, fingerprint_tensors
 
     fps = {"model": fingerprint_tensors(model.state_dict()), "data": data.fingerprint()}
-    return RunStore.open(out or default_out(kind), kind, spec, fps)
+    return RunStore.open(hold_out_folder(out or default_out(kind), wait), kind, spec, fps)
 
 
 HESSIAN_HELP = """Hessian spectrum of the mean training loss: both ends, trace, density, per layer.
@@ -111,6 +113,7 @@ def hessian_cmd(
     xrange: str = typer.Option("-1:1:11", "--xrange", help="--map: alpha grid START:STOP:NUM."),
     yrange: str = typer.Option("-1:1:11", "--yrange", help="--map: beta grid START:STOP:NUM."),
     out: Path = typer.Option(None, "--out", help="Run folder."),
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -144,7 +147,7 @@ def hessian_cmd(
             max_iter=max_iter or 100,
             alphas=parse_range(xrange, "--xrange"),
             betas=parse_range(yrange, "--yrange"),
-            run_dir=out or default_out("curvature-map"),
+            run_dir=hold_out_folder(out or default_out("curvature-map"), wait),
             spec=spec,
             progress=progress and not json_out,
         )
@@ -174,6 +177,7 @@ def hessian_cmd(
         },
         net,
         ds,
+        wait,
     )
     report = hessian_analysis(
         net,
@@ -297,6 +301,7 @@ def sharpness_cmd(
     ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(None, "--out", help="Run folder."),
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -329,7 +334,7 @@ def sharpness_cmd(
         "subset": subset,
         "measures": {n: options[n] for n in names},
     }
-    store = _open_run(out, "sharpness", spec, net, ds)
+    store = _open_run(out, "sharpness", spec, net, ds, wait)
     results = []
     for n in names:
         info(f"{n} ...", json_out or not progress)

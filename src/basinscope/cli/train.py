@@ -7,9 +7,11 @@ from pathlib import Path
 import typer
 
 from basinscope.cli.common import (
+    WAIT_OPT,
     DataOptions,
     default_out,
     emit_json,
+    hold_out_folder,
     info,
     load_model,
     model_spec,
@@ -108,6 +110,7 @@ def train_cmd(
     out: Path = typer.Option(
         None, "--out", help="Run folder (default: basinscope-runs/train-<time>)."
     ),
+    wait: bool = WAIT_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar on stderr."
@@ -141,7 +144,7 @@ def train_cmd(
     )
     spec = {**model_spec(model, model_kwargs, weights), **opts.to_dict(), "init_seed": init_seed}
     stage = train_stage(
-        out or default_out("train"),
+        hold_out_folder(out or default_out("train"), wait),
         net,
         train_data,
         config,

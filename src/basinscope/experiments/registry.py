@@ -16,7 +16,9 @@ Layout under the output root (open_lth style)::
 
 A stage's settings include the folder names of the stages it depends on, so running a
 study again reuses every finished stage, an interrupted study resumes, and a changed
-setting recomputes only the stages that depend on it.
+setting recomputes only the stages that depend on it. A run folder and every stage being
+computed are locked (:mod:`basinscope.store.lock`): a second process aimed at them stops
+with a message naming the holder, or waits with ``wait=True`` (``--wait``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import tomllib
 import basinscope
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.stages import StageLog, write_json
+from basinscope.store import lock_folder, waiting
 
 __all__ = [
     "STUDIES",
@@ -279,16 +282,25 @@ def run_study(
     *,
     progress: bool = False,
     say: Callable[[str], None] = print,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Run study ``name`` with ``cfg`` (default: its defaults) under ``root``.
 
     Returns the results (also in ``<run folder>/results.json``) with ``run_dir``,
     ``report`` and ``stages`` (each stage's folder, whether it was reused, and seconds).
+    The run folder and each stage being computed are locked; if another process holds
+    one, this raises :class:`~basinscope.store.FolderBusyError`, or waits with ``wait``.
     """
     study = get_study(name)
     cfg = cfg if cfg is not None else study.config()
     root = Path(root)
     run_dir = root / f"{name}-{config_hash(name, cfg)}"
+    with waiting(wait), lock_folder(run_dir, what="study run folder", say=say):
+        return _run_locked(study, cfg, root, run_dir, progress, say)
+
+
+def _run_locked(study: Study, cfg: Any, root: Path, run_dir: Path, progress, say) -> dict:
+    name = study.name
     meta = {"study": name, "config": config_dict(cfg), "basinscope": basinscope.__version__}
     write_json(run_dir / "study.json", meta, "study description")
     log = StageLog()
@@ -329,7 +341,9 @@ def load_run(run_dir: str | Path) -> tuple[Study, dict[str, Any]]:
     return get_study(name), json.loads(res.read_text())
 
 
-def rebuild_report(run_dir: str | Path) -> Path:
-    """Rewrite ``report.html`` and the figures of a finished run from its stored results."""
+def rebuild_report(run_dir: str | Path, *, wait: bool = False) -> Path:
+    """Rewrite ``report.html`` and the figures of a finished run from its stored results
+    (under the run folder's lock: see :func:`run_study`)."""
     study, results = load_run(run_dir)
-    return study.report(Path(run_dir), results)
+    with lock_folder(run_dir, wait=wait, what="study run folder"):
+        return study.report(Path(run_dir), results)

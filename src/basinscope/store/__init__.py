@@ -1,5 +1,5 @@
 """Run folders: manifest, resumable journal, results (xarray/Zarr), tensors, figures;
-atomic writes and safe path names."""
+atomic writes, folder locks and safe path names."""
 
 from basinscope.store.atomic import (
     OutputWriteError,
@@ -9,10 +9,13 @@ from basinscope.store.atomic import (
     atomic_write_text,
 )
 from basinscope.store.journal import Journal
+from basinscope.store.lock import FolderBusyError, FolderLock, lock_folder, waiting
 from basinscope.store.paths import safe_component
 from basinscope.store.run import RunStore, fingerprint_tensors, versions
 
 __all__ = [
+    "FolderBusyError",
+    "FolderLock",
     "Journal",
     "OutputWriteError",
     "RunStore",
@@ -21,6 +24,8 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "fingerprint_tensors",
+    "lock_folder",
     "safe_component",
     "versions",
+    "waiting",
 ]

@@ -14,8 +14,9 @@ A run's *identity* is its spec plus the fingerprints of its model, data and dire
 Opening an existing folder with a different identity is refused with a message that
 names the differing settings, so results of two different runs are never mixed.
 
-Every file is written atomically (:mod:`basinscope.store.atomic`), and a journal chunk
-that cannot be read back counts as not done.
+A store opened for writing holds the folder's lock (:mod:`basinscope.store.lock`) until
+:meth:`RunStore.close`; every file is written atomically (:mod:`basinscope.store.atomic`),
+and a journal chunk that cannot be read back counts as not done.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from basinscope.store.atomic import (
     is_temp_name,
     output_errors,
 )
+from basinscope.store.lock import LOCK_NAME, FolderLock, lock_folder
 from basinscope.store.paths import safe_component
 
 if TYPE_CHECKING:
@@ -114,21 +116,28 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def _foreign(path: Path) -> bool:
-    """``path`` holds files, none of them a manifest: not a run folder (temporary files
-    left by killed writers do not count)."""
+    """``path`` holds files, none of them a manifest: not a run folder (our lock file and
+    temporary files left by killed writers do not count)."""
     if not path.is_dir():
         return False
-    names = [p.name for p in path.iterdir() if not is_temp_name(p.name)]
+    names = [p.name for p in path.iterdir() if p.name != LOCK_NAME and not is_temp_name(p.name)]
     return bool(names) and MANIFEST not in names
 
 
 class RunStore:
-    """A run folder. ``RunStore.open(path, identity)`` creates it or reopens it to resume."""
+    """A run folder. ``RunStore.open(path, identity)`` creates it or reopens it to resume.
 
-    def __init__(self, path: Path, manifest: dict[str, Any], resumed: bool):
+    A store from :meth:`open` holds the folder's lock until :meth:`close` (or the end of a
+    ``with`` block, or until it is garbage-collected); one from :meth:`load` is read-only.
+    """
+
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], resumed: bool, lock: FolderLock | None = None
+    ):
         self.path = path
         self.manifest = manifest
         self.resumed = resumed
+        self._lock = lock
 
     # -- opening -------------------------------------------------------------------
     @classmethod
@@ -138,8 +147,15 @@ class RunStore:
         kind: str,
         spec: Mapping[str, Any],
         fingerprints: Mapping[str, Any],
+        *,
+        wait: bool | None = None,
     ) -> RunStore:
-        """Create the run folder ``path`` or reopen it to resume."""
+        """Create the run folder ``path`` or reopen it to resume, and lock it.
+
+        Another process writing the folder makes this raise
+        :class:`~basinscope.store.lock.FolderBusyError`, or wait for it with ``wait=True``
+        (default: :func:`~basinscope.store.lock.default_wait`).
+        """
         path = Path(path)
         identity = _canonical({"kind": kind, "spec": spec, "fingerprints": fingerprints})
         if _foreign(path):
@@ -147,6 +163,19 @@ class RunStore:
                 f"{path} exists, is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
                 "Pass an empty or new --out folder."
             )
+        lock = lock_folder(path, wait=wait)
+        try:
+            store = cls._open_locked(path, identity)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        if lock.took_over:
+            store.update_manifest(lock_taken_over=lock.took_over)
+        return store
+
+    @classmethod
+    def _open_locked(cls, path: Path, identity: dict[str, Any]) -> RunStore:
         mpath = path / MANIFEST
         if mpath.is_file():
             manifest = _read_manifest(mpath, "choose another --out folder or remove it")
@@ -163,8 +192,11 @@ class RunStore:
             store = cls(path, manifest, resumed=True)
             store._write_manifest()
             return store
-        with output_errors(path, "run folder"):
-            path.mkdir(parents=True, exist_ok=True)
+        if _foreign(path):  # written by another process before we had the lock
+            raise BasinscopeError(
+                f"{path} is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
+                "Pass an empty or new --out folder."
+            )
         manifest = {
             **identity,
             "versions": versions(),
@@ -176,6 +208,34 @@ class RunStore:
         return store
 
     @classmethod
+    def find_complete(
+        cls,
+        path: str | Path,
+        kind: str,
+        spec: Mapping[str, Any],
+        fingerprints: Mapping[str, Any],
+        files: Sequence[str | Path] = (),
+    ) -> RunStore | None:
+        """A read-only store of the *finished* run with this identity in ``path`` (its
+        manifest says complete and ``files`` exist), or ``None``. Takes no lock and writes
+        nothing, so finished runs can be read while another process writes elsewhere, or
+        from a read-only disk. ``None`` also for a folder of another run: :meth:`open`
+        then says what differs."""
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        identity = _canonical({"kind": kind, "spec": spec, "fingerprints": fingerprints})
+        if not isinstance(manifest, dict) or manifest.get("status") != "complete":
+            return None
+        if {k: manifest.get(k) for k in identity} != identity:
+            return None
+        if not all((path / f).exists() for f in files):
+            return None
+        return cls(path, manifest, resumed=True)
+
+    @classmethod
     def load(cls, path: str | Path) -> RunStore:
         """Open an existing run folder read-only (for plotting and reports)."""
         path = Path(path)
@@ -183,6 +243,18 @@ class RunStore:
         if not mpath.is_file():
             raise BasinscopeError(f"{path} is not a basinscope run folder: it has no {MANIFEST}")
         return cls(path, _read_manifest(mpath, "run the command that wrote it again"), resumed=True)
+
+    def close(self) -> None:
+        """Release the folder's lock (once; a store from :meth:`load` holds none)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _write_manifest(self) -> None:
         text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
