@@ -147,6 +147,7 @@ def hessian_cmd(
             max_iter=max_iter or 100,
             alphas=parse_range(xrange, "--xrange"),
             betas=parse_range(yrange, "--yrange"),
+            hvp_method=hvp,
             run_dir=hold_out_folder(out or default_out("curvature-map"), wait),
             spec=spec,
             progress=progress and not json_out,

@@ -19,6 +19,11 @@ study again reuses every finished stage, an interrupted study resumes, and a cha
 setting recomputes only the stages that depend on it. A run folder and every stage being
 computed are locked (:mod:`basinscope.store.lock`): a second process aimed at them stops
 with a message naming the holder, or waits with ``wait=True`` (``--wait``).
+
+Studies pin every choice that would otherwise be made by timing (the engine's vmap/loop
+strategy, the Hessian-vector-product method) in their configuration and record it in the
+stage results, so two runs of a study give the same numbers: everything in results.json
+except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ __all__ = [
     "make_config",
     "rebuild_report",
     "register",
+    "reproducible_part",
     "run_study",
 ]
 
@@ -260,7 +266,27 @@ def make_config(
     check = getattr(cfg, "check", None)
     if check is not None:
         check()
+    check_pinned(cfg)
     return cfg
+
+
+# The choices a study pins instead of timing them (the settings eval_strategy and hvp_method).
+PINNED = {
+    "eval_strategy": ("loop", "vmap"),  # the engine's; "auto" would time both
+    "hvp_method": ("double-backward", "forward-over-reverse"),  # "auto" would time both
+}
+
+
+def check_pinned(cfg: Any) -> None:
+    """Refuse an ``eval_strategy`` or ``hvp_method`` setting that is not pinned: a choice
+    made by timing would make two runs of the study differ."""
+    for key, allowed in PINNED.items():
+        value = getattr(cfg, key, None)
+        if value is not None and value not in allowed:
+            raise BasinscopeError(
+                f"{key} {value!r}: expected one of {', '.join(allowed)} (a study pins it, so "
+                "that two runs give the same numbers; 'auto' would choose by timing)"
+            )
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
@@ -293,6 +319,7 @@ def run_study(
     """
     study = get_study(name)
     cfg = cfg if cfg is not None else study.config()
+    check_pinned(cfg)
     root = Path(root)
     run_dir = root / f"{name}-{config_hash(name, cfg)}"
     with waiting(wait), lock_folder(run_dir, what="study run folder", say=say):
@@ -320,6 +347,23 @@ def _run_locked(study: Study, cfg: Any, root: Path, run_dir: Path, progress, say
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
     write_json(run_dir / "results.json", results, "study results")
+    return results
+
+
+# Fields of results.json that depend on the machine, the moment or the folder rather than on
+# the computation: timings (and the timed trials of strategies), whether a stage was reused
+# from an earlier run, and absolute paths. Everything else is reproducible.
+VOLATILE_FIELDS = ("seconds", "chunk_seconds", "points_per_second", "trial", "reused")
+VOLATILE_FIELDS += ("run_dir", "report")
+
+
+def reproducible_part(results: Any) -> Any:
+    """``results`` without the :data:`VOLATILE_FIELDS` (at any depth): what two runs of the
+    same study configuration must agree on exactly."""
+    if isinstance(results, dict):
+        return {k: reproducible_part(v) for k, v in results.items() if k not in VOLATILE_FIELDS}
+    if isinstance(results, list):
+        return [reproducible_part(v) for v in results]
     return results
 
 

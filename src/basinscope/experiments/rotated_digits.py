@@ -84,6 +84,8 @@ class RotatedDigitsConfig:
     criticality_points: int = 6  # alphas and sigmas per axis of module criticality
     criticality_samples: int = 2  # noise draws per (alpha, sigma)
     criticality_examples: int = 512  # target training examples for module criticality
+    eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slower for this CNN), never timed
+    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
 
     def check(self) -> None:
         from basinscope.analyses.barrier import BARRIER_DEFINITIONS as DEFS
@@ -236,6 +238,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
     for strategy in cfg.strategies:
         ft = runs[f"pre-trained/{strategy}"][0]
         settings = {"a": pre.run_dir.name, "b": ft.run_dir.name, "n": cfg.line_points}
+        settings["strategy"] = cfg.eval_strategy
         land = landscape_stage(
             root,
             "line",
@@ -247,6 +250,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 alphas=np.linspace(-1, 2, cfg.line_points),
                 run_dir=d,
                 attrs={"label_a": "pre-trained", "label_b": f"fine-tuned ({strategy})"},
+                strategy=cfg.eval_strategy,
                 progress=ctx.progress,
             ),
             log=log,
@@ -263,6 +267,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             "copies": [c.run_dir.name for c in copies],
             "grid": cfg.grid,
             "margin": cfg.surface_margin,
+            "strategy": cfg.eval_strategy,
         }
         surfaces[start] = landscape_stage(
             root,
@@ -286,7 +291,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 split=split,
                 num_points=cfg.barrier_points,
                 labels=labels,
-                strategy="loop",
+                strategy=cfg.eval_strategy,
             )
 
         out: dict[str, Any] = {}
@@ -309,6 +314,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             "n": cfg.barrier_points,
             "metric": cfg.barrier_metric,
             "definition": cfg.barrier_definition,
+            "strategy": cfg.eval_strategy,
         },
         connectivity,
         log=log,
@@ -357,6 +363,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 alphas=np.linspace(0, 1, cfg.criticality_points),
                 sigmas=np.linspace(0.05, 1.0, cfg.criticality_points),
                 samples=cfg.criticality_samples,
+                strategy=cfg.eval_strategy,
             )
             return res.to_dict()
 
@@ -369,6 +376,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 "points": cfg.criticality_points,
                 "samples": cfg.criticality_samples,
                 "examples": n_crit,
+                "strategy": cfg.eval_strategy,
             },
             criticality,
             log=log,
@@ -443,6 +451,7 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
         margin=cfg.surface_margin,
         run_dir=d,
         attrs={"center": "start of fine-tuning"},
+        strategy=cfg.eval_strategy,
         progress=ctx.progress,
     )
     out, i = [], 0
@@ -486,6 +495,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             trace="hutchinson",
             trace_rtol=0.05,
             trace_kwargs={"min_samples": min(8, cfg.trace_probes), "max_samples": cfg.trace_probes},
+            method=cfg.hvp_method,
         )
         tr = rep.trace.to_dict()
         return {
@@ -495,6 +505,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             "trace_ci_halfwidth": tr["ci_halfwidth"],
             "trace_probes": tr["num_samples"],
             "semantics": tr["semantics"],
+            "hvp_method": rep.semantics.get("method"),
             "seconds": rep.seconds,
         }
 
@@ -507,6 +518,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             "data": fingerprint_tensors({"x": sub[0], "y": sub[1]}),
             "tol": cfg.hessian_tol,
             "probes": cfg.trace_probes,
+            "hvp_method": cfg.hvp_method,
         },
         compute,
         log=ctx.log,
