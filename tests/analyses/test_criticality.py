@@ -189,6 +189,30 @@ def test_criticality_smoke_on_trained_mlp(trained):
         plot_valley(r, "9")
 
 
+@pytest.mark.parametrize(("strategy", "timed"), [("auto", 1), ("loop", 0), ("vmap", 0)])
+def test_the_strategy_is_timed_at_most_once_and_recorded(trained, monkeypatch, strategy, timed):
+    """``auto`` is timed once (not once per module), a pinned strategy never; the strategy
+    used is in the settings. Pinned strategies give the same result on every run."""
+    from basinscope.engine.evaluate import Evaluator
+
+    trials = []
+    real = Evaluator._time_strategies
+
+    def counted(self, *args):
+        trials.append(1)
+        return real(self, *args)
+
+    monkeypatch.setattr(Evaluator, "_time_strategies", counted)
+    init, final, data = trained
+    kw = dict(alphas=[0.0, 1.0], sigmas=[0.1, 0.5], samples=2, strategy=strategy)
+    r = module_criticality(final, init, data, **kw)
+    assert len(trials) == timed
+    assert r.settings["strategy"] in (("vmap", "loop") if strategy == "auto" else (strategy,))
+    if strategy != "auto":
+        again = module_criticality(final, init, data, **kw)
+        assert again.to_dict() == r.to_dict()
+
+
 def test_a_single_dataset_can_be_labelled_with_any_split_name(digits_xy):
     from basinscope.analyses.criticality import _one_split
 

@@ -276,6 +276,9 @@ def module_criticality(
     ``epsilon`` defaults to the final model's loss plus ``0.1`` (the papers threshold the
     loss; an additive margin keeps the definition meaningful at near-zero training loss).
     ``metric`` is the loss ``L`` (a built-in name or a :class:`~basinscope.engine.Metric`).
+    ``strategy`` is the engine's (``"vmap"``, ``"loop"``, or ``"auto"``: timed once, at the
+    baseline, and kept for every module); the one used is recorded in ``settings``. The two
+    agree to rounding only: pin it to compare separate runs bit for bit.
     """
     if noise not in NOISE_VARIANTS:
         raise BasinscopeError(
@@ -302,6 +305,7 @@ def module_criticality(
     batches = as_batches(d, batch_size=batch_size, device="cpu")
     buffers = get_buffers(model_final)
     gen = torch.Generator().manual_seed(seed)
+    used = [strategy]  # "auto" is timed once, at the first engine call, and then kept
 
     def run(basis: PointBasis, coeffs: np.ndarray) -> np.ndarray:
         job = EvalJob(
@@ -312,11 +316,11 @@ def module_criticality(
             batch_size=batch_size,
             dtype=dtype,
             device=device,
-            strategy=strategy,
+            strategy=used[0],
         )
-        return evaluate_points(job, coeffs, chunk_size=chunk_size).values[
-            f"{split}_{metric_obj.name}"
-        ]
+        res = evaluate_points(job, coeffs, chunk_size=chunk_size)
+        used[0] = res.strategy
+        return res.values[f"{split}_{metric_obj.name}"]
 
     zero = {k: torch.zeros_like(v) for k, v in final.items()}
     baseline = float(run(PointBasis(final, (zero,), buffers), np.zeros((1, 1)))[0])
@@ -393,6 +397,7 @@ def module_criticality(
             "metric": metric_obj.name,
             "metric_definition": metric_obj.definition,
             "split": split,
+            "strategy": used[0],
         },
     )
 

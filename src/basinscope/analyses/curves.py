@@ -226,14 +226,13 @@ class Curve:
 
 def save_curve(path: str | Path, curve: Curve, metadata: Mapping[str, Any] | None = None) -> Path:
     """Write ``curve.to_tensors()`` to a safetensors file, with the kind in the metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from basinscope.store.atomic import atomic_write_bytes
+
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
     meta.update({"format": "basinscope.curve", "kind": curve.kind})
-    save_file(curve.to_tensors(), str(path), metadata=meta)
-    return path
+    return atomic_write_bytes(path, save(curve.to_tensors(), metadata=meta), "curve")
 
 
 def load_curve(path: str | Path) -> Curve:

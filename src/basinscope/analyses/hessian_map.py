@@ -177,6 +177,6 @@ def curvature_map(
         dtype="float64",
         strategy="loop",
         make_job=lambda basis: CurvatureMapJob(
-            model, basis, data, operator, tol, max_iter, seed=seed
+            model, basis, data, operator, tol, max_iter, seed=seed, hvp_method=hvp_method
         ),
     )

@@ -24,7 +24,7 @@ from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import ParamDict, get_buffers, save_directions
 from basinscope.jsonable import jsonable
-from basinscope.store import RunStore, fingerprint_tensors
+from basinscope.store import RunStore, fingerprint_tensors, safe_component
 
 __all__ = ["Landscape", "as_splits", "compute_landscape", "grid_coeffs"]
 
@@ -131,6 +131,8 @@ def compute_landscape(
         name: as_batches(d, batch_size=batch_size, device="cpu")
         for name, d in as_splits(data).items()
     }
+    for name in splits:
+        safe_component(name, "split name")
     bn_list = as_batches(bn_data, batch_size=128, device="cpu") if bn_data is not None else None
     buffers = dict(center_buffers) if center_buffers is not None else get_buffers(model)
     basis = PointBasis(
@@ -140,6 +142,8 @@ def compute_landscape(
         buffer_basis=tuple(buffer_directions) if buffer_directions is not None else None,
     )
     metric_objs = resolve_metrics(metrics) if make_job is None else []
+    for m in metric_objs:
+        safe_component(m.name, "metric name")
     job = (
         make_job(basis)
         if make_job is not None
@@ -168,79 +172,92 @@ def compute_landscape(
         **(attrs or {}),
     }
     store = None
-    if run_dir is not None:
-        full_spec = {
-            "kind": kind,
-            "coords": {k: np.asarray(v, dtype=np.float64).tolist() for k, v in coords.items()},
-            "metrics": [m.name for m in metric_objs],
-            "bn_policy": bn_policy,
-            "bn_batches": bn_batches,
-            "batch_size": batch_size,
-            "dtype": dtype,
-            "chunk_size": chunk_size,
-            "strategy": strategy,
-            "attrs": dict(attrs or {}),
-            **(spec or {}),
-        }
-        fps = {
-            "center": fingerprint_tensors(
-                {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
-            ),
-            "directions": fingerprint_tensors([fingerprint_tensors(d) for d in basis.basis]),
-            "data": {s: fingerprint_tensors(b) for s, b in splits.items()},
-        }
-        if bn_list is not None and bn_policy == "recompute":
-            fps["bn_data"] = fingerprint_tensors(bn_list)
-        store = RunStore.open(run_dir, "landscape", full_spec, fps)
-        if store.manifest.get("status") == "complete" and (store.path / "results.zarr").exists():
-            return Landscape(
-                store.read_results(),
-                list(basis.basis),
-                basis.origin,
-                dict(store.manifest.get("evaluation", {})),
-                store.path,
+    try:
+        if run_dir is not None:
+            full_spec = {
+                "kind": kind,
+                "coords": {k: np.asarray(v, dtype=np.float64).tolist() for k, v in coords.items()},
+                "metrics": [m.name for m in metric_objs],
+                "bn_policy": bn_policy,
+                "bn_batches": bn_batches,
+                "batch_size": batch_size,
+                "dtype": dtype,
+                "chunk_size": chunk_size,
+                "strategy": strategy,
+                "attrs": dict(attrs or {}),
+                **(spec or {}),
+            }
+            fps = {
+                "center": fingerprint_tensors(
+                    {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
+                ),
+                "directions": fingerprint_tensors([fingerprint_tensors(d) for d in basis.basis]),
+                "data": {s: fingerprint_tensors(b) for s, b in splits.items()},
+            }
+            if bn_list is not None and bn_policy == "recompute":
+                fps["bn_data"] = fingerprint_tensors(bn_list)
+
+            def loaded(st: RunStore) -> Landscape:
+                evaluation = dict(st.manifest.get("evaluation", {}))
+                return Landscape(
+                    st.read_results(), list(basis.basis), basis.origin, evaluation, st.path
+                )
+
+            done = RunStore.find_complete(run_dir, "landscape", full_spec, fps, ["results.zarr"])
+            if done is not None:  # finished: loaded without a lock, nothing is written
+                return loaded(done)
+            store = RunStore.open(run_dir, "landscape", full_spec, fps)
+            if (
+                store.manifest.get("status") == "complete"
+                and (store.path / "results.zarr").exists()
+            ):
+                return loaded(store)  # finished by another process while we waited for it
+            save_directions(
+                store.path / "tensors" / "directions.safetensors",
+                basis.basis,
+                {"kind": kind, **_str_attrs(attrs)},
             )
-        save_directions(
-            store.path / "tensors" / "directions.safetensors",
-            basis.basis,
-            {"kind": kind, **_str_attrs(attrs)},
+            store.save_tensors(
+                "center", {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
+            )
+            for name, t in (extra_tensors or {}).items():
+                store.save_tensors(name, t)
+        journal = store.journal(len(coeffs), chunk_size) if store is not None else None
+        t0 = time.perf_counter()
+        result = evaluate_points(
+            job,
+            coeffs,
+            chunk_size=chunk_size,
+            executor=executor,
+            journal=journal,
+            progress=progress,
+            on_chunk=on_chunk,
         )
-        store.save_tensors(
-            "center", {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
+        shape = tuple(len(np.asarray(v)) for v in coords.values())
+        ds = xr.Dataset(
+            {name: (tuple(coords), v.reshape(shape)) for name, v in result.values.items()},
+            coords={k: np.asarray(v, dtype=np.float64) for k, v in coords.items()},
+            attrs={**all_attrs, "strategy": result.strategy, "chunk_size": chunk_size},
         )
-        for name, t in (extra_tensors or {}).items():
-            store.save_tensors(name, t)
-    journal = store.journal(len(coeffs), chunk_size) if store is not None else None
-    t0 = time.perf_counter()
-    result = evaluate_points(
-        job,
-        coeffs,
-        chunk_size=chunk_size,
-        executor=executor,
-        journal=journal,
-        progress=progress,
-        on_chunk=on_chunk,
-    )
-    shape = tuple(len(np.asarray(v)) for v in coords.values())
-    ds = xr.Dataset(
-        {name: (tuple(coords), v.reshape(shape)) for name, v in result.values.items()},
-        coords={k: np.asarray(v, dtype=np.float64) for k, v in coords.items()},
-        attrs={**all_attrs, "strategy": result.strategy, "chunk_size": chunk_size},
-    )
-    evaluation = {
-        "strategy": result.strategy,
-        "trial": result.trial,
-        "chunk_size": chunk_size,
-        "points": len(coeffs),
-        "points_evaluated": result.points_evaluated,
-        "seconds": round(time.perf_counter() - t0, 4),
-        "points_per_second": result.points_per_second,
-        "nonfinite": result.nonfinite,
-        "executor": (executor or LocalExecutor()).name,
-    }
-    if store is not None:
-        store.write_results(ds)
-        store.update_manifest(
-            status="complete", evaluation={**store.manifest.get("evaluation", {}), **evaluation}
+        evaluation = {
+            "strategy": result.strategy,
+            "trial": result.trial,
+            "chunk_size": chunk_size,
+            "points": len(coeffs),
+            "points_evaluated": result.points_evaluated,
+            "seconds": round(time.perf_counter() - t0, 4),
+            "points_per_second": result.points_per_second,
+            "nonfinite": result.nonfinite,
+            "executor": (executor or LocalExecutor()).name,
+        }
+        if store is not None:
+            store.write_results(ds)
+            store.update_manifest(
+                status="complete", evaluation={**store.manifest.get("evaluation", {}), **evaluation}
+            )
+        return Landscape(
+            ds, list(basis.basis), basis.origin, evaluation, store.path if store else None
         )
-    return Landscape(ds, list(basis.basis), basis.origin, evaluation, store.path if store else None)
+    finally:
+        if store is not None:
+            store.close()  # the folder's lock (a caller that holds it keeps it)

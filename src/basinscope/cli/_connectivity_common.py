@@ -10,7 +10,6 @@ prints progress on stderr and, with ``--json``, one JSON object on stdout: the c
 
 from __future__ import annotations
 
-import json
 import shutil
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,7 @@ from basinscope.cli.common import (
     DataOptions,
     default_out,
     emit_json,
+    hold_out_folder,
     info,
     load_model,
     parse_json_kwargs,
@@ -105,14 +105,22 @@ def _spec(model: str, model_kwargs: str | None, weights, data: DataOptions, **ex
     }
 
 
-def _open(out: Path | None, kind: str, spec: dict[str, Any], models: Sequence, datasets: dict):
+def _open(
+    out: Path | None,
+    kind: str,
+    spec: dict[str, Any],
+    models: Sequence,
+    datasets: dict,
+    wait: bool = False,
+):
+    """The command's run store, its folder locked until the command ends (``--wait``)."""
     from basinscope.store import RunStore, fingerprint_tensors
 
     fps = {
         "models": [fingerprint_tensors(m.state_dict()) for m in models],
         "data": {name: d.fingerprint() for name, d in datasets.items()},
     }
-    return RunStore.open(out or default_out(kind), kind, spec, fps)
+    return RunStore.open(hold_out_folder(out or default_out(kind), wait), kind, spec, fps)
 
 
 @contextmanager
@@ -151,9 +159,11 @@ def _finish(
     summary: Callable[[], None],
 ) -> None:
     """Write results.json, mark the run complete, then print JSON or the summary."""
+    from basinscope.store import atomic_write_json
+
     result = sanitize(result)
     result["warnings"] = list(notes)
-    (store.path / "results.json").write_text(json.dumps(result, indent=1))
+    atomic_write_json(store.path / "results.json", result, "results")
     store.update_manifest(status="complete")
     out = {**result, "run_dir": str(store.path), "figures": [str(f) for f in figures]}
     if json_out:

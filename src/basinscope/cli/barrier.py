@@ -35,7 +35,7 @@ from basinscope.cli._connectivity_common import (
     _say,
     _spec,
 )
-from basinscope.cli.common import DataOptions, info
+from basinscope.cli.common import WAIT_OPT, DataOptions, info
 from basinscope.cli.landscape import (
     BLOCK_OPT,
     BN_BATCHES_OPT,
@@ -117,6 +117,7 @@ def barrier_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     strategy: str = typer.Option("auto", "--strategy", help="auto (time both), vmap or loop."),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -168,7 +169,7 @@ def barrier_cmd(
         strategy=strategy,
     )
     spec = _spec(model, model_kwargs, weights, opts, labels=labels, **settings)
-    store = _open(out, "barrier", spec, nets, datasets)
+    store = _open(out, "barrier", spec, nets, datasets, wait=wait)
     kwargs = {k: v for k, v in settings.items() if k != "split"}
     notes: list[str] = []
     npairs = len(nets) * (len(nets) - 1) // 2
@@ -341,6 +342,7 @@ def basin_cmd(
     batch_size: int = typer.Option(1024, "--batch-size", help="Examples per forward pass."),
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -393,7 +395,7 @@ def basin_cmd(
         dtype=dtype,
     )
     spec = _spec(model, model_kwargs, weights, opts, split=split, labels=labels, **settings)
-    store = _open(out, "basin", spec, nets, datasets)
+    store = _open(out, "basin", spec, nets, datasets, wait=wait)
     say(
         f"basin test of the hull of {len(nets)} solutions on {split} ({len(ds)} examples): "
         f"{samples} inside points, {pairs} pairs, delta {delta:g} ..."

@@ -146,3 +146,48 @@ def default_out(kind: str) -> Path:
     import time
 
     return Path("basinscope-runs") / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+# -- locking the output folder ------------------------------------------------------------
+# Each command that writes a folder locks it for as long as the command runs (see
+# basinscope.store.lock): --wait's callback opens the command's scope of held locks and
+# closes it when the command ends, however it ends.
+_HELD: list[list[Any]] = []
+
+
+def _lock_scope(ctx: typer.Context, value: bool) -> bool:
+    held: list[Any] = []
+    _HELD.append(held)
+
+    def release() -> None:
+        _HELD.remove(held)
+        for lock in reversed(held):
+            lock.release()
+
+    ctx.call_on_close(release)
+    return value
+
+
+WAIT_OPT = typer.Option(
+    False,
+    "--wait",
+    help="If another process is writing the output folder, wait for it to finish instead "
+    "of stopping with an error.",
+    callback=_lock_scope,
+)
+
+
+def hold_out_folder(path: Path, wait: bool, what: str = "run folder") -> Path:
+    """Lock the command's output folder ``path`` until the command ends (the lock is
+    re-entrant: the analyses' own run stores reuse it). Returns ``path``."""
+    from basinscope.store import lock_folder
+
+    lock = lock_folder(path, wait=wait, what=what, say=info)
+    if _HELD:
+        _HELD[-1].append(lock)
+    else:  # outside a command's scope: held until this process exits
+        _UNSCOPED.append(lock)
+    return path
+
+
+_UNSCOPED: list[Any] = []

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from basinscope.cli.common import (
+    WAIT_OPT,
     DataOptions,
     default_out,
     emit_json,
+    hold_out_folder,
     info,
     load_model,
     model_spec,
@@ -34,11 +35,11 @@ from basinscope.errors import BasinscopeError
 DTYPES = {"float32", "float64"}
 
 
-def _open_run(out: Path | None, kind: str, spec: dict[str, Any], model, data):
+def _open_run(out: Path | None, kind: str, spec: dict[str, Any], model, data, wait: bool):
     from basinscope.store import RunStore, fingerprint_tensors
 
     fps = {"model": fingerprint_tensors(model.state_dict()), "data": data.fingerprint()}
-    return RunStore.open(out or default_out(kind), kind, spec, fps)
+    return RunStore.open(hold_out_folder(out or default_out(kind), wait), kind, spec, fps)
 
 
 HESSIAN_HELP = """Hessian spectrum of the mean training loss: both ends, trace, density, per layer.
@@ -112,6 +113,7 @@ def hessian_cmd(
     xrange: str = typer.Option("-1:1:11", "--xrange", help="--map: alpha grid START:STOP:NUM."),
     yrange: str = typer.Option("-1:1:11", "--yrange", help="--map: beta grid START:STOP:NUM."),
     out: Path = typer.Option(None, "--out", help="Run folder."),
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -145,7 +147,8 @@ def hessian_cmd(
             max_iter=max_iter or 100,
             alphas=parse_range(xrange, "--xrange"),
             betas=parse_range(yrange, "--yrange"),
-            run_dir=out or default_out("curvature-map"),
+            hvp_method=hvp,
+            run_dir=hold_out_folder(out or default_out("curvature-map"), wait),
             spec=spec,
             progress=progress and not json_out,
         )
@@ -175,6 +178,7 @@ def hessian_cmd(
         },
         net,
         ds,
+        wait,
     )
     report = hessian_analysis(
         net,
@@ -196,7 +200,9 @@ def hessian_cmd(
         progress=progress and not json_out,
     )
     result = sanitize(report.to_dict())
-    (store.path / "results.json").write_text(json.dumps(result, indent=1))
+    from basinscope.store import atomic_write_json
+
+    atomic_write_json(store.path / "results.json", result, "results")
     figures = _hessian_figures(store, report)
     store.update_manifest(status="complete")
     result.update({"run_dir": str(store.path), "figures": [str(f) for f in figures]})
@@ -296,6 +302,7 @@ def sharpness_cmd(
     ),
     seed: int = typer.Option(0, "--seed"),
     out: Path = typer.Option(None, "--out", help="Run folder."),
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -328,13 +335,15 @@ def sharpness_cmd(
         "subset": subset,
         "measures": {n: options[n] for n in names},
     }
-    store = _open_run(out, "sharpness", spec, net, ds)
+    store = _open_run(out, "sharpness", spec, net, ds, wait)
     results = []
     for n in names:
         info(f"{n} ...", json_out or not progress)
         results.append(sharpness(net, ds, n, **options[n]))
     payload = sanitize({"measures": [r.to_dict() for r in results]})
-    (store.path / "results.json").write_text(json.dumps(payload, indent=1))
+    from basinscope.store import atomic_write_json
+
+    atomic_write_json(store.path / "results.json", payload, "results")
     figures = _sharpness_figure(store, results)
     store.update_manifest(status="complete")
     payload.update({"run_dir": str(store.path), "figures": [str(f) for f in figures]})

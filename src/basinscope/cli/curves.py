@@ -31,7 +31,7 @@ from basinscope.cli._connectivity_common import (
     _say,
     _spec,
 )
-from basinscope.cli.common import DataOptions, info, parse_json_kwargs
+from basinscope.cli.common import WAIT_OPT, DataOptions, info, parse_json_kwargs
 from basinscope.cli.landscape import (
     BLOCK_OPT,
     BN_BATCHES_OPT,
@@ -124,6 +124,7 @@ def curve_cmd(
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64 (evaluation)."),
     strategy: str = typer.Option("auto", "--strategy", help="auto (time both), vmap or loop."),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -198,7 +199,7 @@ def curve_cmd(
         training=training,
         evaluation=evaluation,
     )
-    store = _open(out, "curve", spec, [net_a, net_b], {"train": train_data, **datasets})
+    store = _open(out, "curve", spec, [net_a, net_b], {"train": train_data, **datasets}, wait=wait)
     degree = f"order {order}" if kind == "bezier" else f"{bends} bend{'s' if bends > 1 else ''}"
     say(f"training a {kind} curve ({degree}) between {labels[0]} and {labels[1]}: {steps} updates")
     notes: list[str] = []
@@ -339,6 +340,7 @@ def align_cmd(
         None, "--save", help="Also write the aligned weights here (.safetensors or .pt)."
     ),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -395,7 +397,7 @@ def align_cmd(
         batch_size=batch_size,
         strategy=strategy,
     )
-    store = _open(out, "align", spec, [net_a, net_b], datasets)
+    store = _open(out, "align", spec, [net_a, net_b], datasets, wait=wait)
     notes: list[str] = []
     say(f"{method} matching of {labels[1]} to {labels[0]} ...")
     with _analysis(store, notes):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from basinscope.cli.common import emit_json, info, sanitize
+from basinscope.cli.common import WAIT_OPT, emit_json, info, sanitize
 
 STUDY_HELP = """Run a registered study: every stage is stored under --out/stages (folders
 named by a hash of their settings) and reused when a study runs again, so an
@@ -85,7 +85,7 @@ JSON = typer.Option(False, "--json", help="Print the results as one JSON object 
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
-def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=False):
+def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=False, wait=False):
     from basinscope.experiments.registry import config_dict, make_config, run_study
 
     cfg = make_config(name, quick=quick, smoke=smoke, toml=config, sets=list(sets or []))
@@ -93,7 +93,12 @@ def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=
         emit_json(config_dict(cfg)) if json_out else _print_config(cfg)
         return
     results = run_study(
-        name, out, cfg, progress=progress and not json_out, say=lambda m: info(m, json_out)
+        name,
+        out,
+        cfg,
+        progress=progress and not json_out,
+        say=lambda m: info(m, json_out),
+        wait=wait,
     )
     if json_out:
         emit_json(sanitize(results))
@@ -125,6 +130,7 @@ def study_cmd(
     smoke: bool = SMOKE,
     json_out: bool = JSON,
     progress: bool = PROGRESS,
+    wait: bool = WAIT_OPT,
 ) -> None:
     from basinscope.errors import BasinscopeError
     from basinscope.experiments.registry import list_studies
@@ -142,7 +148,7 @@ def study_cmd(
         raise BasinscopeError(
             f"which study? Give its name (registered: {names}), e.g. `basinscope study rotated-digits`"
         )
-    _run(name, out, sets, config, quick, smoke, json_out, progress, show_config)
+    _run(name, out, sets, config, quick, smoke, json_out, progress, show_config, wait)
 
 
 def demo_cmd(
@@ -153,17 +159,19 @@ def demo_cmd(
     smoke: bool = SMOKE,
     json_out: bool = JSON,
     progress: bool = PROGRESS,
+    wait: bool = WAIT_OPT,
 ) -> None:
-    _run("rotated-digits", out, sets, config, quick, smoke, json_out, progress)
+    _run("rotated-digits", out, sets, config, quick, smoke, json_out, progress, wait=wait)
 
 
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="A run folder written by `basinscope study`/`demo`."),
     json_out: bool = JSON,
+    wait: bool = WAIT_OPT,
 ) -> None:
     from basinscope.experiments.registry import rebuild_report
 
-    path = rebuild_report(run_dir)
+    path = rebuild_report(run_dir, wait=wait)
     if json_out:
         emit_json({"report": str(path)})
     else:

@@ -30,7 +30,7 @@ from basinscope.cli._connectivity_common import (
     _spec,
     _train_config,
 )
-from basinscope.cli.common import DataOptions, info, load_model, parse_json_kwargs
+from basinscope.cli.common import WAIT_OPT, DataOptions, info, load_model, parse_json_kwargs
 from basinscope.cli.landscape import (
     BLOCK_OPT,
     BN_OPT,
@@ -145,6 +145,7 @@ def instability_cmd(
         None, "--pretrained", help="With --transfer: the pre-trained weights."
     ),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -243,7 +244,9 @@ def instability_cmd(
         num_points=num_points,
         bn_policy=bn,
     )
-    store = _open(out, "instability", spec, nets, {"train": train_data, split: eval_data})
+    store = _open(
+        out, "instability", spec, nets, {"train": train_data, split: eval_data}, wait=wait
+    )
     common = dict(
         config=config,
         child_seeds=tuple(seeds),
@@ -458,6 +461,7 @@ def ensemble_cmd(
     num_points: int = typer.Option(11, "--num-points", help="alpha grid of each barrier."),
     bn: str = BN_OPT,
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -558,6 +562,7 @@ def ensemble_cmd(
         spec,
         [net] if net is not None else [],
         {"train": train_data, split: eval_data},
+        wait=wait,
     )
     notes: list[str] = []
     with _analysis(store, notes):

@@ -8,9 +8,11 @@ from typing import Any
 import typer
 
 from basinscope.cli.common import (
+    WAIT_OPT,
     DataOptions,
     default_out,
     emit_json,
+    hold_out_folder,
     info,
     load_model,
     model_spec,
@@ -94,6 +96,7 @@ def _common(
     kind: str,
     progress: bool,
     json_out: bool,
+    wait: bool = False,
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     # checked before anything is written: a bad value must not leave a run folder behind
     # that the corrected command would then refuse as a different run
@@ -125,7 +128,7 @@ def _common(
         strategy=strategy,
         dtype=dtype,
         device=device,
-        run_dir=out or default_out(kind),
+        run_dir=hold_out_folder(out or default_out(kind), wait),
         progress=progress and not json_out,
         spec={
             **model_spec(model, model_kwargs, weights),
@@ -213,6 +216,7 @@ def interpolate_cmd(
     dtype: str = DTYPE_OPT,
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
     plot: bool = PLOT_OPT,
@@ -241,6 +245,7 @@ def interpolate_cmd(
         "interpolate",
         progress,
         json_out,
+        wait,
     )
     if to is not None:
         other = load_model(model, model_kwargs, to)
@@ -334,13 +339,12 @@ def surface_cmd(
     dtype: str = DTYPE_OPT,
     device: str = DEVICE_OPT,
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
     plot: bool = PLOT_OPT,
     log: bool = LOG_OPT,
 ) -> None:
-    import json
-
     from basinscope.analyses import pca_surface, plane_surface, project_trajectory, random_surface
     from basinscope.geometry import check_directions_fit, get_params, load_directions
     from basinscope.training import load_trajectory
@@ -378,6 +382,7 @@ def surface_cmd(
         "surface",
         progress,
         json_out,
+        wait,
     )
     trajs = {str(p): load_trajectory(p) for p in trajectory}
     kw["spec"]["trajectories"] = list(trajs)
@@ -416,7 +421,9 @@ def surface_cmd(
             project_trajectory(land, ckpts, Path(path).parent.name or Path(path).stem).to_dict()
         )
     if projections and land.run_dir is not None:
-        (land.run_dir / "trajectories.json").write_text(json.dumps(sanitize(projections), indent=1))
+        from basinscope.store import atomic_write_json
+
+        atomic_write_json(land.run_dir / "trajectories.json", sanitize(projections), "trajectories")
     _finish(land, json_out, plot, log, {"trajectories": projections})
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from basinscope.cli.common import emit_json, info
+from basinscope.cli.common import WAIT_OPT, emit_json, hold_out_folder, info
 
 HELP = """Draw the figures of a finished run from its stored results.
 
@@ -38,6 +38,7 @@ def plot_cmd(
         ["png", "pdf"], "--format", help="Static figure formats (png, pdf, svg)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
+    wait: bool = WAIT_OPT,
 ) -> None:
     from basinscope.errors import BasinscopeError
     from basinscope.plotting.run import SURFACE_KINDS, render_run
@@ -52,6 +53,7 @@ def plot_cmd(
             "`basinscope plot` draws runs written by `basinscope interpolate` or "
             "`basinscope surface` (a train run's loss curve is in its figures/ folder)"
         )
+    hold_out_folder(run_dir, wait)
     files = render_run(
         run_dir, variables=var or None, kinds=kind or SURFACE_KINDS, log=log, formats=fmt
     )

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import typer
 
 from basinscope.cli.common import (
+    WAIT_OPT,
     DataOptions,
     default_out,
     emit_json,
+    hold_out_folder,
     info,
     load_model,
     model_spec,
@@ -109,6 +110,7 @@ def train_cmd(
     out: Path = typer.Option(
         None, "--out", help="Run folder (default: basinscope-runs/train-<time>)."
     ),
+    wait: bool = WAIT_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar on stderr."
@@ -116,6 +118,7 @@ def train_cmd(
 ) -> None:
     from basinscope.engine import evaluate_model
     from basinscope.experiments.stages import train_stage
+    from basinscope.store import atomic_write_json
     from basinscope.training import TrainConfig
 
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
@@ -141,7 +144,7 @@ def train_cmd(
     )
     spec = {**model_spec(model, model_kwargs, weights), **opts.to_dict(), "init_seed": init_seed}
     stage = train_stage(
-        out or default_out("train"),
+        hold_out_folder(out or default_out("train"), wait),
         net,
         train_data,
         config,
@@ -162,7 +165,7 @@ def train_cmd(
         "initial": evaluate_model(net, evals),
         "final": evaluate_model(stage.model, evals),
     }
-    (stage.run_dir / "summary.json").write_text(json.dumps(sanitize(summary), indent=2))
+    atomic_write_json(stage.run_dir / "summary.json", sanitize(summary), "summary", indent=2)
     if json_out:
         emit_json(sanitize(summary))
     else:
@@ -177,6 +180,8 @@ def train_cmd(
 def _plot_history(path: Path, history: dict) -> None:
     from matplotlib.figure import Figure
 
+    from basinscope.store import atomic_path
+
     fig = Figure(figsize=(5, 3.2))
     ax = fig.add_subplot()
     ax.plot(history["step"], history["loss"], lw=1)
@@ -185,8 +190,8 @@ def _plot_history(path: Path, history: dict) -> None:
     ax.set_yscale("log")
     ax.set_title("training loss")
     fig.tight_layout()
-    (path / "figures").mkdir(exist_ok=True)
-    fig.savefig(path / "figures" / "training_loss.png", dpi=150)
+    with atomic_path(path / "figures" / "training_loss.png", "figure") as tmp:
+        fig.savefig(tmp, format="png", dpi=150)
 
 
 train_cmd.__doc__ = HELP

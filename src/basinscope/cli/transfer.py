@@ -33,6 +33,7 @@ from basinscope.cli._connectivity_common import (
 )
 from basinscope.cli._connectivity_common import _fmt as _fmt_any
 from basinscope.cli.common import (
+    WAIT_OPT,
     DataOptions,
     info,
     load_model,
@@ -163,6 +164,7 @@ def similarity_cmd(
         None, "--max-examples", help="Use at most this many examples (default: all)."
     ),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -199,7 +201,7 @@ def similarity_cmd(
         labels=labels,
         **settings,
     )
-    store = _open(out, "similarity", spec, [net_a, net_b], {split: ds})
+    store = _open(out, "similarity", spec, [net_a, net_b], {split: ds}, wait=wait)
     say(f"{method} CKA between {labels[0]} and {labels[1]} on {split} ({len(ds)} examples) ...")
     notes: list[str] = []
     with _analysis(store, notes):
@@ -277,6 +279,7 @@ def distance_cmd(
     split: str = typer.Option("test", "--split", help="Split of the mistake analysis."),
     batch_size: int = typer.Option(1024, "--batch-size", help="Examples per forward pass."),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -302,7 +305,7 @@ def distance_cmd(
         split=split if mistakes else None,
         batch_size=batch_size,
     )
-    store = _open(out, "distance", spec, nets, datasets)
+    store = _open(out, "distance", spec, nets, datasets, wait=wait)
     notes: list[str] = []
     mres = None
     with _analysis(store, notes):
@@ -391,6 +394,7 @@ def rewind_cmd(
     batch_size: int = typer.Option(1024, "--batch-size", help="Examples per forward pass."),
     strategy: str = ENGINE_STRATEGY_OPT,
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -419,7 +423,7 @@ def rewind_cmd(
         batch_size=batch_size,
         strategy=strategy,
     )
-    store = _open(out, "rewind", spec, [final, start], {split: ds})
+    store = _open(out, "rewind", spec, [final, start], {split: ds}, wait=wait)
     say(f"rewinding each module on {split} ({len(ds)} examples) ...")
     notes: list[str] = []
     with _analysis(store, notes):
@@ -523,6 +527,7 @@ def criticality_cmd(
     batch_size: int = typer.Option(1024, "--batch-size", help="Examples per forward pass."),
     strategy: str = ENGINE_STRATEGY_OPT,
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -577,7 +582,7 @@ def criticality_cmd(
         sigmas=sigmas,
         noise_variant=noise_variant,
     )
-    store = _open(out, "criticality", spec, [final, start], {split: ds})
+    store = _open(out, "criticality", spec, [final, start], {split: ds}, wait=wait)
     say(
         f"criticality of {len(groups)} modules on {split} ({len(ds)} examples): "
         f"{len(alpha_grid)} x {len(sigma_grid)} grid, {samples} draws per point ..."
@@ -680,6 +685,7 @@ def finetune_cmd(
     weight_decay: float = typer.Option(0.0, "--weight-decay", help="Weight decay."),
     seed: int = typer.Option(0, "--seed", help="Seed of the batch order (and dfr's head init)."),
     out: Path = OUT_OPT,
+    wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
 ) -> None:
@@ -751,7 +757,7 @@ def finetune_cmd(
         "eval_split": eval_split,
         **settings,
     }
-    store = _open(out, "finetune", spec, [net], datasets)
+    store = _open(out, "finetune", spec, [net], datasets, wait=wait)
     notes: list[str] = []
     results = []
     files: dict[str, str] = {}

@@ -81,6 +81,8 @@ class BatchSizeConfig:
     fn_alpha: float = 0.25  # step along each filter-normalized direction
     fn_directions: int = 10  # random filter-normalized directions averaged
     threads: int = 1  # torch CPU threads during the run (restored after; tiny models: 1)
+    eval_strategy: str = "vmap"  # engine: "vmap" (fast for MLPs) or "loop" (CNNs); never timed
+    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
 
     def check(self) -> None:
         def bad(msg: str) -> None:
@@ -147,6 +149,7 @@ def _hessian(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
         trace_rtol=cfg.trace_rtol,
         trace_kwargs={"max_samples": cfg.trace_max_probes},
         subset=cfg.hessian_subset,
+        method=cfg.hvp_method,
     )
     return {
         "lambda_max": float(rep.top.eigenvalues[0]),
@@ -172,10 +175,22 @@ def _sharpness(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
             model, data, rho=cfg.l2_rho, norm="l2", **ascent
         ).to_dict(),
         "adaptive": adaptive_sharpness(
-            model, data, rho=cfg.adaptive_rho, norm="l2", eta=0.0, kind="worst", **ascent
+            model,
+            data,
+            rho=cfg.adaptive_rho,
+            norm="l2",
+            eta=0.0,
+            kind="worst",
+            strategy=cfg.eval_strategy,
+            **ascent,
         ).to_dict(),
         "filter_normalized": filter_normalized_sharpness(
-            model, data, alpha=cfg.fn_alpha, num_directions=cfg.fn_directions, seed=0
+            model,
+            data,
+            alpha=cfg.fn_alpha,
+            num_directions=cfg.fn_directions,
+            seed=0,
+            strategy=cfg.eval_strategy,
         ).to_dict(),
     }
 
@@ -195,9 +210,10 @@ def run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
 
 
 HESSIAN_SETTINGS = ("hessian_subset", "lanczos_tol", "trace_rtol", "trace_max_probes")
+HESSIAN_SETTINGS += ("hvp_method",)
 SHARPNESS_SETTINGS = (
     *("keskar_eps", "l2_rho", "adaptive_rho", "ascent_steps", "ascent_restarts"),
-    *("fn_alpha", "fn_directions"),
+    *("fn_alpha", "fn_directions", "eval_strategy"),
 )
 RATIOS = ("lambda_max", "trace", "sharpness_keskar", "sharpness_worst_l2")
 RATIOS += ("sharpness_adaptive", "sharpness_filter_normalized")
@@ -288,7 +304,12 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
     line = landscape_stage(
         ctx.stages_root,
         "interpolation",
-        {"a": stages["small"]["train"], "b": stages["large"]["train"], "alphas": alphas.tolist()},
+        {
+            "a": stages["small"]["train"],
+            "b": stages["large"]["train"],
+            "alphas": alphas.tolist(),
+            "strategy": cfg.eval_strategy,
+        },
         lambda d: interpolate(
             models["small"],
             models["large"],
@@ -296,6 +317,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
             alphas=alphas,
             run_dir=d,
             attrs={"label_a": f"B={cfg.small_batch}", "label_b": f"B={cfg.large_batch}"},
+            strategy=cfg.eval_strategy,
             progress=ctx.progress,
         ),
         log=ctx.log,
@@ -310,7 +332,12 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
         surf = landscape_stage(
             ctx.stages_root,
             "surface",
-            {"train": stages[key]["train"], "seed": cfg.direction_seed, "axis": axis.tolist()},
+            {
+                "train": stages[key]["train"],
+                "seed": cfg.direction_seed,
+                "axis": axis.tolist(),
+                "strategy": cfg.eval_strategy,
+            },
             lambda d, m=models[key]: random_surface(
                 m,
                 splits,
@@ -320,6 +347,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
                 alphas=axis,
                 betas=axis,
                 run_dir=d,
+                strategy=cfg.eval_strategy,
                 progress=ctx.progress,
             ),
             log=ctx.log,
@@ -331,6 +359,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
             f"grid, alpha, beta in [-{cfg.surface_range:g}, {cfg.surface_range:g}]; d1, d2 Gaussian "
             f"(seeds {cfg.direction_seed}, {cfg.direction_seed + 1}), filter-normalized to theta* "
             "(biases zeroed); loss and accuracy on all train and test digits; " + bn,
+            "strategy": surf.evaluation.get("strategy"),
             "train_loss_min": float(sd.train_loss.min()),
             "train_loss_max": float(sd.train_loss.max()),
             "slice_alpha": axis.tolist(),  # beta = 0: the line theta* + alpha d1
@@ -365,6 +394,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
         "details": details,
         "interpolation": {
             "stage": line.run_dir.name,
+            "strategy": line.evaluation.get("strategy"),
             "definition": "f(alpha) = L((1 - alpha) theta_small + alpha theta_large), raw (no "
             f"normalization), {cfg.line_points} points; loss and accuracy on all train and test "
             "digits; " + bn,

@@ -17,6 +17,7 @@ import numpy as np
 
 import basinscope
 from basinscope.report import Report
+from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["definitions", "write_report"]
 
@@ -346,4 +347,4 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         ],
         "Stages of this run.",
     )
-    return rep.write(run_dir / "report.html")
+    return atomic_write_text(run_dir / "report.html", rep.render(), "report")

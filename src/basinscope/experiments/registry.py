@@ -16,7 +16,14 @@ Layout under the output root (open_lth style)::
 
 A stage's settings include the folder names of the stages it depends on, so running a
 study again reuses every finished stage, an interrupted study resumes, and a changed
-setting recomputes only the stages that depend on it.
+setting recomputes only the stages that depend on it. A run folder and every stage being
+computed are locked (:mod:`basinscope.store.lock`): a second process aimed at them stops
+with a message naming the holder, or waits with ``wait=True`` (``--wait``).
+
+Studies pin every choice that would otherwise be made by timing (the engine's vmap/loop
+strategy, the Hessian-vector-product method) in their configuration and record it in the
+stage results, so two runs of a study give the same numbers: everything in results.json
+except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import tomllib
 import basinscope
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.stages import StageLog, write_json
+from basinscope.store import lock_folder, waiting
 
 __all__ = [
     "STUDIES",
@@ -50,6 +58,7 @@ __all__ = [
     "make_config",
     "rebuild_report",
     "register",
+    "reproducible_part",
     "run_study",
 ]
 
@@ -264,7 +273,27 @@ def make_config(
     check = getattr(cfg, "check", None)
     if check is not None:
         check()
+    check_pinned(cfg)
     return cfg
+
+
+# The choices a study pins instead of timing them (the settings eval_strategy and hvp_method).
+PINNED = {
+    "eval_strategy": ("loop", "vmap"),  # the engine's; "auto" would time both
+    "hvp_method": ("double-backward", "forward-over-reverse"),  # "auto" would time both
+}
+
+
+def check_pinned(cfg: Any) -> None:
+    """Refuse an ``eval_strategy`` or ``hvp_method`` setting that is not pinned: a choice
+    made by timing would make two runs of the study differ."""
+    for key, allowed in PINNED.items():
+        value = getattr(cfg, key, None)
+        if value is not None and value not in allowed:
+            raise BasinscopeError(
+                f"{key} {value!r}: expected one of {', '.join(allowed)} (a study pins it, so "
+                "that two runs give the same numbers; 'auto' would choose by timing)"
+            )
 
 
 def config_dict(cfg: Any) -> dict[str, Any]:
@@ -287,25 +316,32 @@ def run_study(
     progress: bool = False,
     say: Callable[[str], None] = print,
     report: bool = True,
+    wait: bool = False,
 ) -> dict[str, Any]:
     """Run study ``name`` with ``cfg`` (default: its defaults) under ``root``.
 
     Returns the results (also in ``<run folder>/results.json``) with ``run_dir``,
     ``report`` and ``stages`` (each stage's folder, whether it was reused, and seconds).
     With ``report=False`` no report or figures are drawn (``report`` is then ``None``);
-    :func:`rebuild_report` draws them later from the stored results.
+    :func:`rebuild_report` draws them later from the stored results. The run folder and
+    each stage being computed are locked; if another process holds one, this raises
+    :class:`~basinscope.store.FolderBusyError`, or waits with ``wait``.
     """
     study = get_study(name)
     cfg = cfg if cfg is not None else study.config()
+    check_pinned(cfg)
     root = Path(root)
     run_dir = root / f"{name}-{config_hash(name, cfg)}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "study.json").write_text(
-        json.dumps(
-            {"study": name, "config": config_dict(cfg), "basinscope": basinscope.__version__},
-            indent=1,
-        )
-    )
+    with waiting(wait), lock_folder(run_dir, what="study run folder", say=say):
+        return _run_locked(study, cfg, root, run_dir, progress, say, report)
+
+
+def _run_locked(
+    study: Study, cfg: Any, root: Path, run_dir: Path, progress, say, report: bool
+) -> dict:
+    name = study.name
+    meta = {"study": name, "config": config_dict(cfg), "basinscope": basinscope.__version__}
+    write_json(run_dir / "study.json", meta, "study description")
     log = StageLog()
     ctx = StudyContext(run_dir, root / "stages", log, progress, say)
     t0 = time.perf_counter()
@@ -319,12 +355,29 @@ def run_study(
         "stages": log.rows(root),
         "run_dir": str(run_dir),
     }
-    write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results, "study results")
     if not report:
         return {**results, "report": None}
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
-    write_json(run_dir / "results.json", results)
+    write_json(run_dir / "results.json", results, "study results")
+    return results
+
+
+# Fields of results.json that depend on the machine, the moment or the folder rather than on
+# the computation: timings (and the timed trials of strategies), whether a stage was reused
+# from an earlier run, and absolute paths. Everything else is reproducible.
+VOLATILE_FIELDS = ("seconds", "chunk_seconds", "points_per_second", "trial", "reused")
+VOLATILE_FIELDS += ("run_dir", "report")
+
+
+def reproducible_part(results: Any) -> Any:
+    """``results`` without the :data:`VOLATILE_FIELDS` (at any depth): what two runs of the
+    same study configuration must agree on exactly."""
+    if isinstance(results, dict):
+        return {k: reproducible_part(v) for k, v in results.items() if k not in VOLATILE_FIELDS}
+    if isinstance(results, list):
+        return [reproducible_part(v) for v in results]
     return results
 
 
@@ -346,7 +399,9 @@ def load_run(run_dir: str | Path) -> tuple[Study, dict[str, Any]]:
     return get_study(name), json.loads(res.read_text())
 
 
-def rebuild_report(run_dir: str | Path) -> Path:
-    """Rewrite ``report.html`` and the figures of a finished run from its stored results."""
+def rebuild_report(run_dir: str | Path, *, wait: bool = False) -> Path:
+    """Rewrite ``report.html`` and the figures of a finished run from its stored results
+    (under the run folder's lock: see :func:`run_study`)."""
     study, results = load_run(run_dir)
-    return study.report(Path(run_dir), results)
+    with lock_folder(run_dir, wait=wait, what="study run folder"):
+        return study.report(Path(run_dir), results)

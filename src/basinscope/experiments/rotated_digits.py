@@ -35,6 +35,7 @@ from basinscope.experiments.stages import (
     model_stage,
     stage_dir,
     train_stage,
+    write_json,
 )
 
 __all__ = ["STUDY", "RotatedDigitsConfig", "run"]
@@ -83,6 +84,8 @@ class RotatedDigitsConfig:
     criticality_points: int = 6  # alphas and sigmas per axis of module criticality
     criticality_samples: int = 2  # noise draws per (alpha, sigma)
     criticality_examples: int = 512  # target training examples for module criticality
+    eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slower for this CNN), never timed
+    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
 
     def check(self) -> None:
         from basinscope.analyses.barrier import BARRIER_DEFINITIONS as DEFS
@@ -252,6 +255,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
     for strategy in cfg.strategies:
         ft = runs[f"pre-trained/{strategy}"][0]
         settings = {"a": pre.run_dir.name, "b": ft.run_dir.name, "n": cfg.line_points}
+        settings["strategy"] = cfg.eval_strategy
         land = landscape_stage(
             root,
             "line",
@@ -263,6 +267,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 alphas=np.linspace(-1, 2, cfg.line_points),
                 run_dir=d,
                 attrs={"label_a": "pre-trained", "label_b": f"fine-tuned ({strategy})"},
+                strategy=cfg.eval_strategy,
                 progress=ctx.progress,
             ),
             log=log,
@@ -279,6 +284,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             "copies": [c.run_dir.name for c in copies],
             "grid": cfg.grid,
             "margin": cfg.surface_margin,
+            "strategy": cfg.eval_strategy,
         }
         surfaces[start] = landscape_stage(
             root,
@@ -302,7 +308,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 split=split,
                 num_points=cfg.barrier_points,
                 labels=labels,
-                strategy="loop",
+                strategy=cfg.eval_strategy,
             )
 
         out: dict[str, Any] = {}
@@ -325,6 +331,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             "n": cfg.barrier_points,
             "metric": cfg.barrier_metric,
             "definition": cfg.barrier_definition,
+            "strategy": cfg.eval_strategy,
         },
         connectivity,
         log=log,
@@ -373,6 +380,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 alphas=np.linspace(0, 1, cfg.criticality_points),
                 sigmas=np.linspace(0.05, 1.0, cfg.criticality_points),
                 samples=cfg.criticality_samples,
+                strategy=cfg.eval_strategy,
             )
             return res.to_dict()
 
@@ -385,6 +393,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 "points": cfg.criticality_points,
                 "samples": cfg.criticality_samples,
                 "examples": n_crit,
+                "strategy": cfg.eval_strategy,
             },
             criticality,
             log=log,
@@ -448,8 +457,6 @@ def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data
 
 def _surface(cfg, ctx, d: Path, start_model, copies, trains):
     """The PCA plane of both copies' trajectories, centred at their common start."""
-    import json
-
     from basinscope.analyses import pca_surface
 
     traj = [c.checkpoints[s] for c in copies for s in sorted(c.checkpoints)]
@@ -461,6 +468,7 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
         margin=cfg.surface_margin,
         run_dir=d,
         attrs={"center": "start of fine-tuning"},
+        strategy=cfg.eval_strategy,
         progress=ctx.progress,
     )
     out, i = [], 0
@@ -477,7 +485,7 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
             }
         )
         i = j
-    (d / "trajectories.json").write_text(json.dumps(out))
+    write_json(d / "trajectories.json", out, "trajectories")
     return {
         "stage": d.name,
         "explained_variance_ratio": list(land.dataset.attrs["explained_variance_ratio"]),
@@ -504,6 +512,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             trace="hutchinson",
             trace_rtol=0.05,
             trace_kwargs={"min_samples": min(8, cfg.trace_probes), "max_samples": cfg.trace_probes},
+            method=cfg.hvp_method,
         )
         tr = rep.trace.to_dict()
         return {
@@ -513,6 +522,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             "trace_ci_halfwidth": tr["ci_halfwidth"],
             "trace_probes": tr["num_samples"],
             "semantics": tr["semantics"],
+            "hvp_method": rep.semantics.get("method"),
             "seconds": rep.seconds,
         }
 
@@ -525,6 +535,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             "data": fingerprint_tensors({"x": sub[0], "y": sub[1]}),
             "tol": cfg.hessian_tol,
             "probes": cfg.trace_probes,
+            "hvp_method": cfg.hvp_method,
         },
         compute,
         log=ctx.log,

@@ -15,6 +15,7 @@ from basinscope.plotting import line_figure, plot_contour, surface_figure
 from basinscope.plotting._common import new_figure, style_axes
 from basinscope.plotting.run import load_trajectories
 from basinscope.report import Report
+from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["write_report"]
 
@@ -219,7 +220,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         ],
         "Stages of the last run.",
     )
-    return rep.write(Path(run_dir) / "report.html")
+    return atomic_write_text(Path(run_dir) / "report.html", rep.render(), "report")
 
 
 # -- figures ---------------------------------------------------------------------------------

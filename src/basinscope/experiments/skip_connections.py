@@ -64,6 +64,8 @@ class SkipConfig:
     hessian_examples: int = 64  # first N training images for all Hessian eigenvalues
     hessian_tol: float = 1e-2  # Lanczos: relative residual tolerance of each eigenpair
     hessian_max_iter: int = 60  # Lanczos: at most this many steps per point
+    eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slow for convolutions); never timed
+    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
 
     def check(self) -> None:
         bad = [d for d in self.depths if d < 8 or (d - 2) % 6]
@@ -160,6 +162,7 @@ def _center(model, train, test, hess_data, cfg: SkipConfig) -> dict[str, Any]:
         trace="none",
         seed=cfg.direction_seed,
         dtype=torch.float64,
+        method=cfg.hvp_method,
     )
     lmax, lmin = float(rep.top.eigenvalues[0]), float(rep.bottom.eigenvalues[0])
     return {
@@ -169,6 +172,7 @@ def _center(model, train, test, hess_data, cfg: SkipConfig) -> dict[str, Any]:
         "ratio_center": abs(lmin / lmax) if lmax else float("inf"),
         "hessian_converged": int(bool(rep.top.converged[0]) and bool(rep.bottom.converged[0])),
         "hessian_matvecs": int(rep.top.num_matvecs),
+        "hvp_method": rep.semantics.get("method"),
         "hessian_semantics": rep.semantics,
     }
 
@@ -217,6 +221,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
     map_axis = np.linspace(-cfg.span, cfg.span, cfg.map_grid)
     plane = {"seed": cfg.direction_seed, "normalization": "filter", "bias_policy": "zero"}
     hess = {"examples": len(hess_data), "tol": cfg.hessian_tol, "max_iter": cfg.hessian_max_iter}
+    hess["hvp_method"] = cfg.hvp_method
     rows = []
     n_models, k = 2 * len(cfg.depths), 0
     for skip in (True, False):
@@ -248,7 +253,8 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                 ctx.stages_root,
                 f"surface-{tag}",
                 {"train": up, "grid": cfg.grid, "span": cfg.span, "examples": len(surf_data)}
-                | plane,
+                | plane
+                | {"strategy": cfg.eval_strategy},
                 lambda d, m=trained.model: random_surface(
                     m,
                     surf_data,
@@ -257,6 +263,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                     betas=axis,
                     run_dir=d,
                     attrs={"label_center": "trained solution"},
+                    strategy=cfg.eval_strategy,
                 ),
                 log=ctx.log,
             )
@@ -274,6 +281,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                 else None,
                 "surface_max_loss": float(np.nanmax(loss)),
                 "surface_nonconvex_fraction": nonconvex_fraction(loss, axis, axis),
+                "surface_strategy": surface.evaluation.get("strategy"),
                 "stages": {"train": up, "center": center_dir.name, "surface": surface.run_dir.name},
             }
             row.update(dict.fromkeys(("map_ratio_mean", "map_ratio_median"), None))
@@ -292,6 +300,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                         betas=map_axis,
                         tol=cfg.hessian_tol,
                         max_iter=cfg.hessian_max_iter,
+                        hvp_method=cfg.hvp_method,
                         run_dir=d,
                     ),
                     log=ctx.log,

@@ -15,6 +15,7 @@ import numpy as np
 
 import basinscope
 from basinscope.report import Report
+from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["write_report"]
 
@@ -178,7 +179,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         ],
         "Stages of this run.",
     )
-    return rep.write(run_dir / "report.html")
+    return atomic_write_text(run_dir / "report.html", rep.render(), "report")
 
 
 def _surface_grid(surfaces, depths):

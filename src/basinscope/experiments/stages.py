@@ -1,6 +1,11 @@
 """Stages of a study: each stores its results in a folder named by a hash of its settings
 (open_lth style), so running a study again reuses finished stages and a changed setting
-recomputes only the stages that depend on it."""
+recomputes only the stages that depend on it.
+
+A stage is computed under its folder's lock (:func:`basinscope.store.lock_folder`): a
+second process that needs the same unfinished stage (another study sharing ``stages/``)
+stops with a message naming the holder, or with ``--wait`` waits and then reuses what the
+holder finished. A finished stage is read without a lock. Every file is written atomically."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from basinscope.store import RunStore, fingerprint_tensors
+from basinscope.store import RunStore, atomic_write_json, fingerprint_tensors, lock_folder
 
 __all__ = [
     "ModelStage",
@@ -69,13 +74,14 @@ class StageLog:
         return [r["stage"] for r in self._rows if r["reused"]]
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write ``obj`` as JSON atomically (a temporary file, then a rename)."""
+def write_json(path: Path, obj: Any, what: str = "file") -> None:
+    """Write ``obj`` as JSON atomically (see :mod:`basinscope.store.atomic`)."""
     from basinscope.jsonable import jsonable
 
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(jsonable(obj), indent=1))
-    tmp.replace(path)
+    atomic_write_json(path, jsonable(obj), what)
+
+
+STAGE = "stage folder"
 
 
 def cached_stage(
@@ -95,17 +101,16 @@ def cached_stage(
     """
     d = stage_dir(root, name, settings)
     f = d / "result.json"
-    if f.is_file():
-        if log is not None:
-            log.record(d, True, 0.0)
-        return json.loads(f.read_text()), d
-    d.mkdir(parents=True, exist_ok=True)
-    write_json(d / "settings.json", {"stage": name, "settings": settings})
-    t0 = time.perf_counter()
-    result = compute(d)
-    write_json(f, result)
+    seconds = None
+    if not f.is_file():
+        with lock_folder(d, what=STAGE):
+            if not f.is_file():  # else another process finished it while we waited
+                write_json(d / "settings.json", {"stage": name, "settings": settings}, "settings")
+                t0 = time.perf_counter()
+                write_json(f, compute(d), "stage result")
+                seconds = time.perf_counter() - t0
     if log is not None:
-        log.record(d, False, time.perf_counter() - t0)
+        log.record(d, seconds is None, seconds or 0.0)
     return json.loads(f.read_text()), d
 
 
@@ -121,17 +126,24 @@ def landscape_stage(
     chunk by chunk in that folder (a :class:`~basinscope.store.RunStore`), and log whether it
     was already complete (``manifest.json`` status and ``results.zarr``) before the call."""
     d = stage_dir(root, name, settings)
-    m = d / "manifest.json"
-    done = (
-        m.is_file()
-        and json.loads(m.read_text()).get("status") == "complete"
-        and (d / "results.zarr").exists()
-    )
+    done = _complete(d)
     t0 = time.perf_counter()
-    out = compute(d)
+    if done:
+        out = compute(d)  # loads the finished run without a lock
+    else:
+        with lock_folder(d, what=STAGE):
+            out = compute(d)
     if log is not None:
         log.record(d, done, 0.0 if done else time.perf_counter() - t0)
     return out
+
+
+def _complete(d: Path) -> bool:
+    try:
+        status = json.loads((d / "manifest.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return False
+    return status == "complete" and (d / "results.zarr").exists()
 
 
 @dataclass(frozen=True)
@@ -162,23 +174,24 @@ def model_stage(
 
     d = stage_dir(root, name, settings)
     f, weights, traj = d / "result.json", d / "model.safetensors", d / "trajectory.safetensors"
-    if f.is_file() and weights.is_file():
-        model = load_weights(copy.deepcopy(template), weights)
-        ckpts = load_trajectory(traj) if traj.is_file() else {}
-        if log is not None:
-            log.record(d, True, 0.0)
-        return ModelStage(model, ckpts, json.loads(f.read_text()), d, True)
-    d.mkdir(parents=True, exist_ok=True)
-    write_json(d / "settings.json", {"stage": name, "settings": settings})
-    t0 = time.perf_counter()
-    model, ckpts, info = compute()
-    save_weights(model, weights)
-    if ckpts:
-        trajectory_to_safetensors(ckpts, traj)
-    write_json(f, info)
+    if not (f.is_file() and weights.is_file()):
+        with lock_folder(d, what=STAGE):
+            if not (f.is_file() and weights.is_file()):  # else finished while we waited
+                write_json(d / "settings.json", {"stage": name, "settings": settings}, "settings")
+                t0 = time.perf_counter()
+                model, ckpts, info = compute()
+                save_weights(model, weights)
+                if ckpts:
+                    trajectory_to_safetensors(ckpts, traj)
+                write_json(f, info, "stage result")  # last: the stage counts as finished
+                if log is not None:
+                    log.record(d, False, time.perf_counter() - t0)
+                return ModelStage(model, ckpts, json.loads(f.read_text()), d, False)
+    model = load_weights(copy.deepcopy(template), weights)
+    ckpts = load_trajectory(traj) if traj.is_file() else {}
     if log is not None:
-        log.record(d, False, time.perf_counter() - t0)
-    return ModelStage(model, ckpts, json.loads(f.read_text()), d, False)
+        log.record(d, True, 0.0)
+    return ModelStage(model, ckpts, json.loads(f.read_text()), d, True)
 
 
 @dataclass(frozen=True)
@@ -199,36 +212,47 @@ def train_stage(
     *,
     progress: bool = False,
     log: StageLog | None = None,
+    wait: bool | None = None,
 ) -> TrainedStage:
     """Train ``model`` (a copy) on ``data`` with ``config`` in ``run_dir``, or reuse a finished run.
 
     The run's identity is ``spec`` + the config + fingerprints of the initial weights and the
     data. A finished run is loaded (weights, trajectory, history) instead of retrained; an
     unfinished one is trained again from the start (training is fast next to the analyses).
+    While it trains, the folder is locked; ``wait`` says whether another process writing it
+    is waited for (default: :func:`basinscope.store.lock.default_wait`).
     """
     from basinscope.models import load_weights, save_weights
     from basinscope.training import load_trajectory, train, trajectory_to_safetensors
 
     fps = {"init": fingerprint_tensors(model.state_dict()), "data": _data_fingerprint(data)}
-    store = RunStore.open(run_dir, "train", {**(spec or {}), "config": config.to_dict()}, fps)
-    weights = store.path / "model.safetensors"
-    traj = store.path / "trajectory.safetensors"
-    hist = store.path / "history.json"
-    if store.manifest.get("status") == "complete" and weights.is_file() and traj.is_file():
-        trained = load_weights(copy.deepcopy(model), weights)
-        history = json.loads(hist.read_text()) if hist.is_file() else {}
-        if log is not None:
-            log.record(store.path, True, 0.0)
-        return TrainedStage(trained, load_trajectory(traj), history, store.path, True)
-    t0 = time.perf_counter()
-    result = train(model, data, config, progress=progress)
-    save_weights(result.model, weights)
-    trajectory_to_safetensors(result, traj)
-    hist.write_text(json.dumps({k: [float(x) for x in v] for k, v in result.history.items()}))
-    store.update_manifest(status="complete")
+    spec = {**(spec or {}), "config": config.to_dict()}
+    run_dir = Path(run_dir)
+    weights, traj = run_dir / "model.safetensors", run_dir / "trajectory.safetensors"
+    hist = run_dir / "history.json"
+    files = (weights, traj)
+    # a finished run is read without a lock; RunStore.open refuses a folder of another run
+    finished = RunStore.find_complete(run_dir, "train", spec, fps, files)
+    if finished is None:
+        with RunStore.open(run_dir, "train", spec, fps, wait=wait) as store:
+            if not (store.manifest.get("status") == "complete" and all(map(Path.is_file, files))):
+                t0 = time.perf_counter()
+                result = train(model, data, config, progress=progress)
+                save_weights(result.model, weights)
+                trajectory_to_safetensors(result, traj)
+                history = {k: [float(x) for x in v] for k, v in result.history.items()}
+                write_json(hist, history, "training history")
+                store.update_manifest(status="complete")
+                if log is not None:
+                    log.record(run_dir, False, time.perf_counter() - t0)
+                return TrainedStage(
+                    result.model, result.checkpoints, result.history, run_dir, False
+                )
+    trained = load_weights(copy.deepcopy(model), weights)
+    history = json.loads(hist.read_text()) if hist.is_file() else {}
     if log is not None:
-        log.record(store.path, False, time.perf_counter() - t0)
-    return TrainedStage(result.model, result.checkpoints, result.history, store.path, False)
+        log.record(run_dir, True, 0.0)
+    return TrainedStage(trained, load_trajectory(traj), history, run_dir, True)
 
 
 def _data_fingerprint(data: Any) -> str:

@@ -21,18 +21,18 @@ def save_directions(
     metadata: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write directions as ``d0/<param name>``, ``d1/<param name>``, ... with JSON metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from basinscope.store.atomic import atomic_write_bytes
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
         f"d{i}/{k}": v.detach().contiguous().cpu().clone()
         for i, d in enumerate(directions)
         for k, v in d.items()
     }
     meta = {"basinscope": json.dumps({"n_directions": len(directions), **(metadata or {})})}
-    save_file(tensors, str(path), metadata=meta)
-    return path
+    return atomic_write_bytes(path, save(tensors, metadata=meta), "directions")
 
 
 def load_directions(path: str | Path) -> tuple[list[ParamDict], dict[str, Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import io
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -248,11 +249,14 @@ def save_weights(model_or_state: nn.Module | Mapping[str, Tensor], path: str | P
             f"({_short(bad)}). Pass model.state_dict() or a dict of tensors."
         )
     tensors = {str(k): v.detach().cpu().contiguous().clone() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from basinscope.store.atomic import atomic_write_bytes
 
-        save_file(tensors, str(path))
+    if suffix == ".safetensors":
+        from safetensors.torch import save
+
+        data = save(tensors)
     else:
-        torch.save(tensors, path)
-    return path
+        buf = io.BytesIO()
+        torch.save(tensors, buf)
+        data = buf.getvalue()
+    return atomic_write_bytes(path, data, "weights")

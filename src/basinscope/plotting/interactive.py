@@ -165,14 +165,16 @@ def surface_html(
     Missing parent folders are created.
     """
     fig = surface_figure(ds, var, log=log, title=title, zmax=zmax, trajectories=trajectories)
+    from basinscope.store.atomic import atomic_path
+
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.write_html(
-        out,
-        include_plotlyjs=include_plotlyjs,
-        full_html=True,
-        config={"displaylogo": False, "responsive": True},
-    )
+    with atomic_path(out, "figure") as tmp:
+        fig.write_html(
+            tmp,
+            include_plotlyjs=include_plotlyjs,
+            full_html=True,
+            config={"displaylogo": False, "responsive": True},
+        )
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from basinscope.errors import BasinscopeError
+from basinscope.store.atomic import atomic_path
 
 __all__ = ["RASTER_DPI", "save_figure"]
 
@@ -67,6 +68,7 @@ def save_figure(
             kwargs["metadata"] = {"Creator": "basinscope", "CreationDate": None}
         if fmt not in _VECTOR_FORMATS:
             kwargs["dpi"] = dpi
-        fig.savefig(path, **kwargs)
+        with atomic_path(path, "figure") as tmp:
+            fig.savefig(tmp, **kwargs)
         written.append(path)
     return written

@@ -13,6 +13,7 @@ from basinscope.plotting.lines import plot_line
 from basinscope.plotting.surfaces import plot_contour, plot_surface3d
 from basinscope.plotting.trajectory import Trajectory
 from basinscope.plotting.vtp import write_vtp
+from basinscope.store.atomic import atomic_path
 
 __all__ = ["SURFACE_KINDS", "load_trajectories", "render_run"]
 
@@ -85,9 +86,10 @@ def render_run(
         fig, _ = plot_line(ds, metrics=metrics, splits=splits, log=log)
         written += save_figure(fig, out / "line", formats)
         html = out / "line.html"
-        line_figure(ds, metrics=metrics, splits=splits, log=log).write_html(
-            html, include_plotlyjs=True, full_html=True
-        )
+        with atomic_path(html, "figure") as tmp:
+            line_figure(ds, metrics=metrics, splits=splits, log=log).write_html(
+                tmp, include_plotlyjs=True, full_html=True
+            )
         written.append(html)
         return written
     trajectories = load_trajectories(store.path)

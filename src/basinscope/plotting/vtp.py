@@ -147,7 +147,6 @@ def write_vtp(
         "  </PolyData>",
         "</VTKFile>",
     ]
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+    from basinscope.store.atomic import atomic_write_text
+
+    return atomic_write_text(Path(path), "\n".join(lines) + "\n", "figure")

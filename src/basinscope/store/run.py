@@ -13,25 +13,40 @@ Layout of a run folder::
 A run's *identity* is its spec plus the fingerprints of its model, data and directions.
 Opening an existing folder with a different identity is refused with a message that
 names the differing settings, so results of two different runs are never mixed.
+
+A store opened for writing holds the folder's lock (:mod:`basinscope.store.lock`) until
+:meth:`RunStore.close`; every file is written atomically (:mod:`basinscope.store.atomic`),
+and a journal chunk that cannot be read back counts as not done.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import platform
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from basinscope.errors import BasinscopeError, SpecMismatchError
+from basinscope.store.atomic import (
+    atomic_folder,
+    atomic_write_bytes,
+    atomic_write_text,
+    is_temp_name,
+    output_errors,
+)
+from basinscope.store.lock import LOCK_NAME, FolderLock, lock_folder
+from basinscope.store.paths import safe_component
+
+if TYPE_CHECKING:
+    from basinscope.store.journal import Journal
 
 __all__ = ["RunStore", "fingerprint_tensors", "versions"]
 
@@ -75,6 +90,16 @@ def _canonical(obj: Any) -> Any:
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
+def _read_manifest(mpath: Path, fix: str) -> dict[str, Any]:
+    try:
+        manifest = json.loads(mpath.read_text())
+    except (OSError, ValueError) as e:
+        raise BasinscopeError(f"{mpath} exists but is not readable JSON ({e}); {fix}") from None
+    if not isinstance(manifest, dict):
+        raise BasinscopeError(f"{mpath} is not a JSON object; {fix}")
+    return manifest
+
+
 def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -90,29 +115,70 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [f"{prefix}: {a!r} -> {b!r}"]
 
 
-class RunStore:
-    """A run folder. ``RunStore.open(path, identity)`` creates it or reopens it to resume."""
+def _foreign(path: Path) -> bool:
+    """``path`` holds files, none of them a manifest: not a run folder (our lock file and
+    temporary files left by killed writers do not count)."""
+    if not path.is_dir():
+        return False
+    names = [p.name for p in path.iterdir() if p.name != LOCK_NAME and not is_temp_name(p.name)]
+    return bool(names) and MANIFEST not in names
 
-    def __init__(self, path: Path, manifest: dict[str, Any], resumed: bool):
+
+class RunStore:
+    """A run folder. ``RunStore.open(path, identity)`` creates it or reopens it to resume.
+
+    A store from :meth:`open` holds the folder's lock until :meth:`close` (or the end of a
+    ``with`` block, or until it is garbage-collected); one from :meth:`load` is read-only.
+    """
+
+    def __init__(
+        self, path: Path, manifest: dict[str, Any], resumed: bool, lock: FolderLock | None = None
+    ):
         self.path = path
         self.manifest = manifest
         self.resumed = resumed
+        self._lock = lock
 
     # -- opening -------------------------------------------------------------------
     @classmethod
     def open(
-        cls, path: str | Path, kind: str, spec: Mapping[str, Any], fingerprints: Mapping[str, Any]
+        cls,
+        path: str | Path,
+        kind: str,
+        spec: Mapping[str, Any],
+        fingerprints: Mapping[str, Any],
+        *,
+        wait: bool | None = None,
     ) -> RunStore:
+        """Create the run folder ``path`` or reopen it to resume, and lock it.
+
+        Another process writing the folder makes this raise
+        :class:`~basinscope.store.lock.FolderBusyError`, or wait for it with ``wait=True``
+        (default: :func:`~basinscope.store.lock.default_wait`).
+        """
         path = Path(path)
         identity = _canonical({"kind": kind, "spec": spec, "fingerprints": fingerprints})
+        if _foreign(path):
+            raise BasinscopeError(
+                f"{path} exists, is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
+                "Pass an empty or new --out folder."
+            )
+        lock = lock_folder(path, wait=wait)
+        try:
+            store = cls._open_locked(path, identity)
+        except BaseException:
+            lock.release()
+            raise
+        store._lock = lock
+        if lock.took_over:
+            store.update_manifest(lock_taken_over=lock.took_over)
+        return store
+
+    @classmethod
+    def _open_locked(cls, path: Path, identity: dict[str, Any]) -> RunStore:
         mpath = path / MANIFEST
         if mpath.is_file():
-            try:
-                manifest = json.loads(mpath.read_text())
-            except (OSError, json.JSONDecodeError) as e:
-                raise BasinscopeError(
-                    f"{mpath} exists but is not readable JSON ({e}); choose another --out folder or remove it"
-                ) from None
+            manifest = _read_manifest(mpath, "choose another --out folder or remove it")
             old = {k: manifest.get(k) for k in ("kind", "spec", "fingerprints")}
             if old != identity:
                 diffs = _diff(old, identity)
@@ -126,12 +192,11 @@ class RunStore:
             store = cls(path, manifest, resumed=True)
             store._write_manifest()
             return store
-        if path.exists() and any(path.iterdir()):
+        if _foreign(path):  # written by another process before we had the lock
             raise BasinscopeError(
-                f"{path} exists, is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
+                f"{path} is not empty and has no {MANIFEST}: it is not a basinscope run folder. "
                 "Pass an empty or new --out folder."
             )
-        path.mkdir(parents=True, exist_ok=True)
         manifest = {
             **identity,
             "versions": versions(),
@@ -143,18 +208,57 @@ class RunStore:
         return store
 
     @classmethod
+    def find_complete(
+        cls,
+        path: str | Path,
+        kind: str,
+        spec: Mapping[str, Any],
+        fingerprints: Mapping[str, Any],
+        files: Sequence[str | Path] = (),
+    ) -> RunStore | None:
+        """A read-only store of the *finished* run with this identity in ``path`` (its
+        manifest says complete and ``files`` exist), or ``None``. Takes no lock and writes
+        nothing, so finished runs can be read while another process writes elsewhere, or
+        from a read-only disk. ``None`` also for a folder of another run: :meth:`open`
+        then says what differs."""
+        path = Path(path)
+        try:
+            manifest = json.loads((path / MANIFEST).read_text())
+        except (OSError, ValueError):
+            return None
+        identity = _canonical({"kind": kind, "spec": spec, "fingerprints": fingerprints})
+        if not isinstance(manifest, dict) or manifest.get("status") != "complete":
+            return None
+        if {k: manifest.get(k) for k in identity} != identity:
+            return None
+        if not all((path / f).exists() for f in files):
+            return None
+        return cls(path, manifest, resumed=True)
+
+    @classmethod
     def load(cls, path: str | Path) -> RunStore:
         """Open an existing run folder read-only (for plotting and reports)."""
         path = Path(path)
         mpath = path / MANIFEST
         if not mpath.is_file():
             raise BasinscopeError(f"{path} is not a basinscope run folder: it has no {MANIFEST}")
-        return cls(path, json.loads(mpath.read_text()), resumed=True)
+        return cls(path, _read_manifest(mpath, "run the command that wrote it again"), resumed=True)
+
+    def close(self) -> None:
+        """Release the folder's lock (once; a store from :meth:`load` holds none)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _write_manifest(self) -> None:
-        tmp = self.path / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(self.manifest, indent=2, sort_keys=True, default=str))
-        os.replace(tmp, self.path / MANIFEST)
+        text = json.dumps(self.manifest, indent=2, sort_keys=True, default=str)
+        atomic_write_text(self.path / MANIFEST, text, "run manifest")
 
     def update_manifest(self, **fields: Any) -> None:
         self.manifest.update(_canonical(fields))
@@ -170,22 +274,22 @@ class RunStore:
 
     # -- journal (the engine's ChunkJournal protocol) -------------------------------
     def journal(self, n_points: int, chunk_size: int, names: list[str] | None = None) -> Journal:
+        from basinscope.store.journal import Journal
+
         return Journal(self, n_points, chunk_size)
 
     # -- tensors, results, figures --------------------------------------------------
     def save_tensors(
         self, name: str, tensors: Mapping[str, Tensor], metadata: Mapping[str, str] | None = None
     ) -> Path:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        p = self.path / "tensors" / f"{name}.safetensors"
-        p.parent.mkdir(exist_ok=True)
-        save_file(
+        p = self.path / "tensors" / f"{safe_component(name, 'tensor file name')}.safetensors"
+        data = save(
             {k: v.detach().contiguous().cpu().clone() for k, v in tensors.items()},
-            str(p),
             metadata=dict(metadata or {}),
         )
-        return p
+        return atomic_write_bytes(p, data, "tensors")
 
     def load_tensors(self, name: str) -> dict[str, Tensor]:
         from safetensors.torch import load_file
@@ -197,7 +301,8 @@ class RunStore:
 
     def write_results(self, ds) -> Path:
         p = self.path / "results.zarr"
-        ds.to_zarr(p, mode="w", consolidated=False)
+        with atomic_folder(p, "results") as tmp:
+            ds.to_zarr(tmp, mode="w", consolidated=False)
         return p
 
     def read_results(self):
@@ -214,74 +319,6 @@ class RunStore:
     @property
     def figures(self) -> Path:
         p = self.path / "figures"
-        p.mkdir(exist_ok=True)
+        with output_errors(p, "figures folder"):
+            p.mkdir(exist_ok=True)
         return p
-
-
-class Journal:
-    """Per-point arrays written one chunk at a time; a chunk counts once its ``done`` flag is set."""
-
-    def __init__(self, store: RunStore, n_points: int, chunk_size: int):
-        self.store = store
-        self.root = store.path / "journal"
-        self.n_points = n_points
-        self.chunk_size = chunk_size
-        self.n_chunks = -(-n_points // chunk_size)
-
-    def _array(self, name: str, *, dtype, fill, chunks: int, shape: int, create: bool):
-        import zarr
-
-        p = self.root / name
-        if not create and not p.exists():
-            return None
-        return zarr.open_array(
-            str(p), mode="a", shape=(shape,), chunks=(chunks,), dtype=dtype, fill_value=fill
-        )
-
-    def done_chunks(self) -> set[int]:
-        done = self._array(
-            "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=False
-        )
-        if done is None:
-            return set()
-        return {int(i) for i in np.flatnonzero(done[:])}
-
-    def write_chunk(self, index: int, rows: slice, values: Mapping[str, np.ndarray]) -> None:
-        for name, v in values.items():
-            arr = self._array(
-                f"values/{name}",
-                dtype="float64",
-                fill=np.nan,
-                chunks=self.chunk_size,
-                shape=self.n_points,
-                create=True,
-            )
-            arr[rows] = np.asarray(v, dtype=np.float64)
-        done = self._array(
-            "done", dtype="bool", fill=False, chunks=1, shape=self.n_chunks, create=True
-        )
-        done[index] = True
-
-    def read_values(self) -> dict[str, np.ndarray]:
-        base = self.root / "values"
-        if not base.exists():
-            return {}
-        out = {}
-        for p in sorted(base.iterdir()):
-            if p.is_dir():
-                arr = self._array(
-                    f"values/{p.name}",
-                    dtype="float64",
-                    fill=np.nan,
-                    chunks=self.chunk_size,
-                    shape=self.n_points,
-                    create=False,
-                )
-                out[p.name] = arr[:]
-        return out
-
-    def recorded_strategy(self) -> dict[str, Any] | None:
-        return self.store.manifest.get("evaluation")
-
-    def record_strategy(self, info: Mapping[str, Any]) -> None:
-        self.store.update_manifest(evaluation={**info, "chunk_size": self.chunk_size})

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from safetensors import SafetensorError
-from safetensors.torch import safe_open, save_file
+from safetensors.torch import safe_open, save
 from torch import Tensor
 
 from basinscope.errors import BasinscopeError
@@ -70,7 +70,9 @@ def trajectory_to_safetensors(
         meta["config"] = json.dumps(config.to_dict())
     if metadata:
         meta.update({str(k): str(v) for k, v in metadata.items()})
-    save_file(tensors, os.fspath(path), metadata=meta)
+    from basinscope.store.atomic import atomic_write_bytes
+
+    atomic_write_bytes(os.fspath(path), save(tensors, metadata=meta), "trajectory")
 
 
 def load_trajectory(path: str | os.PathLike[str]) -> dict[int, dict[str, Tensor]]:

@@ -1,0 +1,44 @@
+"""Names that become parts of paths.
+
+A split name, a metric name or a label given by the user may end up as a file or folder
+name inside a run folder (journal arrays, figures, tensors). :func:`safe_component` is the
+one gate every such name passes: it returns the name unchanged when it can be used as a
+single path component and refuses it otherwise, before anything is written.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MAX_COMPONENT_BYTES", "safe_component"]
+
+MAX_COMPONENT_BYTES = 200  # well under the 255 bytes of common file systems, room for suffixes
+
+
+def safe_component(name: str, what: str = "name") -> str:
+    """``name`` if it is usable as one file or folder name inside a run folder.
+
+    Refused, with a :class:`~basinscope.errors.BasinscopeError` naming ``what``: anything
+    that is not a non-empty string, a path separator (``/`` or ``\\``), a NUL or other
+    control character, a leading dot (``.``, ``..``, hidden files), surrounding spaces,
+    and names longer than 200 bytes in UTF-8.
+    """
+    from basinscope.errors import BasinscopeError
+
+    def refuse(why: str) -> BasinscopeError:
+        return BasinscopeError(
+            f"{what} {name!r} cannot be used: it becomes a file name in the run folder, and "
+            f"{why}. Use letters, digits, '-', '_' (e.g. 'test_rot90')"
+        )
+
+    if not isinstance(name, str) or not name:
+        raise refuse("it is empty or not a string")
+    if "/" in name or "\\" in name:
+        raise refuse("it contains a path separator ('/' or '\\')")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise refuse("it contains a NUL or another control character")
+    if name.startswith("."):
+        raise refuse("it starts with a dot ('.', '..' and hidden names are not allowed)")
+    if name != name.strip():
+        raise refuse("it starts or ends with a space")
+    if len(name.encode("utf-8")) > MAX_COMPONENT_BYTES:
+        raise refuse(f"it is longer than {MAX_COMPONENT_BYTES} bytes")
+    return name
