@@ -26,23 +26,8 @@ import pytest
 from basinscope.experiments.registry import VOLATILE_FIELDS, reproducible_part
 from processes import basinscope_cmd, run
 
-# A rotated-digits study made for tests: one angle, one strategy, a few steps, 3-point grids.
-TINY = [
-    "angles=[0]",
-    'strategies=["ft"]',
-    "pretrain_steps=20",
-    "finetune_steps=4",
-    "lp_steps=1",
-    "checkpoint_every=2",
-    "grid=3",
-    "line_points=3",
-    "barrier_points=3",
-    "hessian_examples=16",
-    "trace_probes=2",
-    "criticality_points=3",
-    "criticality_samples=2",
-    "criticality_examples=16",
-]
+# The smoke version of the rotated-digits study, cut to one angle and one strategy.
+TINY = ["angles=[0]", 'strategies=["ft"]']
 KILLS = 10
 SEED = 20261204
 WRITE = re.compile(r"^basinscope-test-write (\d+) (.*)$", re.M)
@@ -51,7 +36,7 @@ WRITE = re.compile(r"^basinscope-test-write (\d+) (.*)$", re.M)
 def study_cmd(out) -> list[str]:
     sets = [a for s in TINY for a in ("--set", s)]
     return basinscope_cmd(
-        "study", "rotated-digits", "--quick", *sets, "--out", out, "--no-progress"
+        "study", "rotated-digits", "--smoke", *sets, "--out", out, "--no-progress"
     )
 
 
