@@ -129,7 +129,7 @@ def test_unknown_model(surface, spec, patterns):
                 "fix --model-kwargs to match",
             ],
         ),
-        ('{"hidden": [0]}', [r"hidden_width must be a positive integer, found 0"]),
+        ('{"hidden": [0]}', [r"hidden_width must be a positive integer, got 0"]),
     ],
 )
 def test_bad_model_kwargs(surface, kwargs, patterns):
