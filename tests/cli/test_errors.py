@@ -443,7 +443,7 @@ def test_unknown_normalization_and_bias_policy(surface):
 @pytest.mark.parametrize("flag", ["--chunk-size", "--batch-size", "--bn-batches"])
 def test_sizes_below_one(surface, tmp_path, flag):
     """Refused up front (not a ZeroDivisionError), before a run folder is written."""
-    assert_user_error(surface(flag, "0"), rf"{flag} must be at least 1, got 0")
+    assert_user_error(surface(flag, "0"), rf"{flag} must be an integer >= 1, got 0")
     assert not (tmp_path / "out").exists()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from basinscope.cli.common import emit_json, info, sanitize
+from basinscope.cli.common import check_out_dir, emit_json, info, sanitize
 
 STUDY_HELP = """Run a registered study: every stage is stored under --out/stages (folders
 named by a hash of their settings) and reused when a study runs again, so an
@@ -85,6 +85,7 @@ def _run(name, out, sets, config, quick, json_out, progress, show_config=False):
     if show_config:
         emit_json(config_dict(cfg)) if json_out else _print_config(cfg)
         return
+    check_out_dir(out)
     results = run_study(
         name, out, cfg, progress=progress and not json_out, say=lambda m: info(m, json_out)
     )
