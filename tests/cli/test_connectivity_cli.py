@@ -144,7 +144,7 @@ def test_barrier_matrix_and_human_output(capsys, weights, tmp_path):
     [
         (("--definition", "peak"), "unknown barrier definition 'peak' for --definition"),
         (("--metric", "accuracy"), "unknown barrier metric 'accuracy'"),
-        (("--num-points", "2"), "--num-points must be at least 3"),
+        (("--num-points", "2"), "--num-points must be an integer >= 3"),
     ],
 )
 def test_barrier_errors(capsys, weights, tmp_path, extra, message):
@@ -241,7 +241,7 @@ def test_basin(capsys, weights, tmp_path):
     [
         ((), "--delta is required"),
         (("--delta", "0"), "--delta must be a finite number > 0, got 0.0"),
-        (("--delta", "1", "--samples", "1"), "--samples must be at least 2"),
+        (("--delta", "1", "--samples", "1"), "--samples must be an integer >= 2"),
         (("--delta", "1", "--metric", "nll"), "unknown metric 'nll' for --metric"),
     ],
 )
@@ -298,7 +298,7 @@ def test_curve(capsys, weights, tmp_path):
     [
         (("--kind", "spline"), "unknown curve kind 'spline' for --kind"),
         (("--order", "1"), "--order must be at least 2 for a Bezier curve"),
-        (("--points", "1"), "--points must be at least 2"),
+        (("--points", "1"), "--points must be an integer >= 2"),
     ],
 )
 def test_curve_errors(capsys, weights, tmp_path, extra, message):
@@ -358,7 +358,7 @@ def test_align(capsys, weights, tmp_path, method):
     [
         (("--method", "optimal"), "unknown alignment method 'optimal' for --method"),
         (("--save", "out.npz"), "written as .safetensors or .pt"),
-        (("--num-points", "2"), "--num-points must be at least 3"),
+        (("--num-points", "2"), "--num-points must be an integer >= 3"),
     ],
 )
 def test_align_errors(capsys, weights, tmp_path, extra, message):
@@ -421,7 +421,7 @@ def test_ensemble_errors(capsys, tmp_path, extra, message):
 
 def test_ensemble_cycle_steps(capsys, weights, tmp_path):
     args = ("ensemble", *BASE, "--weights", weights[0], "--cycle-steps", "1")
-    assert_error(capsys, args, "--cycle-steps must be at least 2, got 1")
+    assert_error(capsys, args, "--cycle-steps must be an integer >= 2, got 1")
 
 
 # -- help -----------------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def test_unknown_model(surface, spec, patterns):
                 "fix --model-kwargs to match",
             ],
         ),
-        ('{"hidden": [0]}', [r"hidden_width must be a positive integer, found 0"]),
+        ('{"hidden": [0]}', [r"hidden_width must be a positive integer, got 0"]),
     ],
 )
 def test_bad_model_kwargs(surface, kwargs, patterns):
@@ -443,7 +443,7 @@ def test_unknown_normalization_and_bias_policy(surface):
 @pytest.mark.parametrize("flag", ["--chunk-size", "--batch-size", "--bn-batches"])
 def test_sizes_below_one(surface, tmp_path, flag):
     """Refused up front (not a ZeroDivisionError), before a run folder is written."""
-    assert_user_error(surface(flag, "0"), rf"{flag} must be at least 1, got 0")
+    assert_user_error(surface(flag, "0"), rf"{flag} must be an integer >= 1, got 0")
     assert not (tmp_path / "out").exists()
 
 
@@ -580,14 +580,17 @@ def test_train_errors(cli, tmp_path, flags, patterns):
 @pytest.mark.parametrize(
     "args, patterns",
     [
-        (["demo", "--set", "grid=1", "--quick"], [r"grid must be at least 3, got 1"]),
+        (["demo", "--set", "grid=1", "--quick"], [r"grid must be an integer >= 3, got 1"]),
         (["demo", "--set", "gird=5"], [r"unknown setting 'gird'", r"did you mean 'grid'\?"]),
         (["demo", "--set", "grid"], [r"--set expects key=value", r"got 'grid'"]),
         (
             ["demo", "--set", "angles=ninety"],
             [r"setting 'angles' expects a list of floats, got 'ninety'", r"angles=\[0, 15, 35\]"],
         ),
-        (["demo", "--set", "copies=1"], [r"copies must be at least 2"]),
+        (
+            ["demo", "--set", "copies=1"],
+            [r"copies must be an integer >= 2, got 1 \(the barrier is between two"],
+        ),
         (["demo", "--set", 'strategies=["ft", "dfr"]'], [r"dfr needs a held-out set"]),
         (["demo", "--set", "finetune_lr=fast"], [r"'finetune_lr' expects float, got 'fast'"]),
         (["demo", "--config", "nosuch.toml"], [r"--config: no such file 'nosuch.toml'"]),

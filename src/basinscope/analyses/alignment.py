@@ -46,6 +46,7 @@ from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import as_splits
 from basinscope.engine import as_batches
 from basinscope.engine.bn import has_batchnorm
+from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_params
 
@@ -152,6 +153,8 @@ def _rows(t: Tensor, axis: int, n: int) -> Tensor:
 
 
 def _spec_for(model: nn.Module, spec: PermutationSpec | None, x: Tensor) -> PermutationSpec:
+    # the inputs must fit the model before torch.fx traces it with them
+    check_model_data(model, (x, torch.zeros(len(x), dtype=torch.long)), classification=False)
     return spec if spec is not None else permutation_spec(model, x)
 
 

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from basinscope._checks import at_least
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import DTYPES, as_splits
 from basinscope.engine import BatchNormWarning, EvalJob, Evaluator, as_batches, warn_stored_bn
@@ -299,12 +300,6 @@ def _select_split(data: Any, split: str) -> Any:
     return splits[split]
 
 
-def _check_int(name: str, v: Any, lo: int) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise BasinscopeError(f"{name} must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
 def barrier(
     model_a: nn.Module,
     model_b: nn.Module | Mapping[str, Tensor],
@@ -368,7 +363,7 @@ def barrier(
             f"unknown barrier metric {metric!r}: expected one of {', '.join(BARRIER_METRICS)}"
         )
     if alphas is None:
-        num_points = _check_int("num_points", num_points, 3)
+        num_points = at_least("num_points", num_points, 3)
         grid = np.linspace(0.0, 1.0, num_points)
     else:
         grid = np.unique(np.asarray(alphas, dtype=np.float64).reshape(-1))
@@ -383,9 +378,9 @@ def barrier(
         num_points = len(grid)
     if definition == "midpoint" and 0.5 not in grid:
         grid = np.sort(np.append(grid, 0.5))
-    _check_int("refine_points", refine_points, 1)
-    _check_int("refine_rounds", refine_rounds, 1)
-    bootstrap = _check_int("bootstrap", bootstrap, 0)
+    at_least("refine_points", refine_points, 1)
+    at_least("refine_rounds", refine_rounds, 1)
+    bootstrap = at_least("bootstrap", bootstrap, 0)
     if not 0.0 < ci_level < 1.0:
         raise BasinscopeError(f"ci_level must be in (0, 1), got {ci_level!r}; e.g. 0.95")
     dataset = _select_split(data, split)

@@ -409,6 +409,11 @@ def plot_valley(result: CriticalityResult, module: str, ax=None, *, levels: int 
         raise BasinscopeError(
             f"no module {module!r} in this result: modules are {list(result.modules)}"
         )
+    if len(result.alphas) < 2 or len(result.sigmas) < 2:
+        raise BasinscopeError(
+            f"a valley plot needs at least 2 alphas and 2 sigmas, got {len(result.alphas)} and "
+            f"{len(result.sigmas)}: evaluate a grid, e.g. alphas=np.linspace(0, 1, 11)"
+        )
     m = result.modules[module]
     if ax is None:
         from matplotlib.figure import Figure

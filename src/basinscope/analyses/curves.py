@@ -56,12 +56,14 @@ from basinscope.engine import (
     has_batchnorm,
     warn_stored_bn,
 )
+from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import ParamDict, check_same_keys, get_buffers, get_params, norm
 from basinscope.jsonable import jsonable
 from basinscope.training._data import BatchStream, as_tensors
 from basinscope.training.schedules import check_schedule, lr_at
+from basinscope.training.trainer import optimizer_step
 
 __all__ = [
     "CURVE_INITS",
@@ -423,6 +425,7 @@ def train_curve(
         raise BasinscopeError(
             f"model_a must be an nn.Module (it gives the architecture), got {type(model_a).__name__}"
         )
+    classification = loss_fn is None
     loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
     start = init_curve(model_a, model_b, kind, order=order, bends=bends, init=init, seed=seed)
     a, b = start.endpoints
@@ -455,6 +458,7 @@ def train_curve(
     x, y = as_tensors(data, "data")
     if dtype is not None and x.is_floating_point():
         x = x.to(dtype)
+    check_model_data(net, (x, y), what="the training data", classification=classification)
     stream = BatchStream(x.to(dev), y.to(dev), batch_size, data_seed)
     t_gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 4_242) % (2**63 - 1))
     history: dict[str, list[float]] = {"step": [], "t": [], "loss": [], "lr": []}
@@ -487,7 +491,7 @@ def train_curve(
                     f"the curve's training loss became {value} at step {step} (t={t:.3f}, "
                     f"lr={step_lr:g}); lower the learning rate"
                 )
-            opt.step()
+            optimizer_step(opt, step, step_lr, weight_decay)
             history["step"].append(float(step))
             history["t"].append(t)
             history["loss"].append(value)

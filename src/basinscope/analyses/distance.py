@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from basinscope.engine import as_batches
+from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, dot
 
@@ -234,6 +235,8 @@ def mistake_analysis(
     evaluated). ``agreement`` is the fraction of examples on which the predictions agree.
     """
     batches = as_batches(data, batch_size=batch_size, device="cpu")
+    check_model_data(model_a, batches, what="the data (model A)")
+    check_model_data(model_b, batches, what="the data (model B)")
     y = torch.cat([t.cpu() for _, t in batches])
     pa, pb = _predictions(model_a, batches), _predictions(model_b, batches)
     ra, rb = pa == y, pb == y

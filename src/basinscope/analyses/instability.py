@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from basinscope._checks import at_least
 from basinscope.errors import BasinscopeError
 from basinscope.jsonable import jsonable
 from basinscope.training import TrainConfig, TrainResult, train
@@ -261,14 +262,6 @@ def _child_config(config: TrainConfig, k: int, total_steps: int, policy: str) ->
     )
 
 
-def _check_int(name: str, v: Any, lo: int, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise BasinscopeError(f"{name} must be an integer >= {lo}, got {v!r}.")
-    if hi is not None and v > hi:
-        raise BasinscopeError(f"{name} must be <= {hi}, got {v!r}.")
-    return int(v)
-
-
 # -- the analysis -------------------------------------------------------------------------
 def instability(
     model: nn.Module,
@@ -314,9 +307,9 @@ def instability(
     """
     if not isinstance(config, TrainConfig):
         raise BasinscopeError(f"config must be a TrainConfig, got {type(config).__name__}.")
-    total_steps = _check_int("total_steps", total_steps, 1)
-    k = _check_int("k", k, 0, total_steps)
-    children = _check_int("children", children, 2)
+    total_steps = at_least("total_steps", total_steps, 1)
+    k = at_least("k", k, 0, high=total_steps)
+    children = at_least("children", children, 2)
     seeds = tuple(int(s) for s in child_seeds)
     if len(seeds) != children:
         raise BasinscopeError(
@@ -417,7 +410,7 @@ def instability_sweep(
     Each ``k`` trains its own parent from ``model`` (a prefix of the same deterministic
     run for the ``"continue"`` schedules, so the parents are the run's checkpoints).
     """
-    ks = tuple(_check_int("every k in ks", k, 0) for k in ks)
+    ks = tuple(at_least("every k in ks", k, 0) for k in ks)
     if not ks:
         raise BasinscopeError("ks is empty: pass the spawning steps, e.g. ks=(0, 10, 100).")
     if len(set(ks)) != len(ks):

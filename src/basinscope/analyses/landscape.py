@@ -19,6 +19,8 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
+from basinscope._checks import safe_name
+from basinscope._memory import check_memory
 from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, evaluate_points
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
@@ -26,7 +28,7 @@ from basinscope.geometry import ParamDict, get_buffers, save_directions
 from basinscope.jsonable import jsonable
 from basinscope.store import RunStore, fingerprint_tensors, safe_component
 
-__all__ = ["Landscape", "as_splits", "compute_landscape", "grid_coeffs"]
+__all__ = ["Landscape", "as_splits", "check_grid_memory", "compute_landscape", "grid_coeffs"]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -83,8 +85,35 @@ def grid_coeffs(coords: Mapping[str, np.ndarray]) -> np.ndarray:
             raise BasinscopeError(
                 f"coordinate {name!r} must be a non-empty 1-D array, got shape {a.shape}"
             )
+    check_grid_memory({name: len(a) for name, a in zip(coords, axes)})
     mesh = np.meshgrid(*axes, indexing="ij")
     return np.stack([m.reshape(-1) for m in mesh], axis=1)
+
+
+#: Bytes per grid point planned for: the coefficient matrix and its meshgrid temporaries
+#: (16 bytes per axis), the journal and result arrays (8 bytes for each of up to 8 values)
+#: and the labelled dataset built from them (as much again).
+_BYTES_PER_VALUE = 8
+_VALUES_PER_POINT = 8
+
+
+def check_grid_memory(sizes: Mapping[str, int]) -> None:
+    """Refuse a grid whose coefficients and results would not fit in memory (up front).
+
+    ``sizes`` maps each axis name to its number of points. The estimate is
+    :data:`_BYTES_PER_VALUE` x (2 per axis + 2 x :data:`_VALUES_PER_POINT`) per point; see
+    :func:`basinscope._memory.check_memory` for the rule.
+    """
+    points = int(np.prod([int(n) for n in sizes.values()], dtype=object))
+    per_point = _BYTES_PER_VALUE * (2 * len(sizes) + 2 * _VALUES_PER_POINT)
+    shape = " x ".join(f"{n:,}" for n in sizes.values())
+    side = max(2, int((1e6) ** (1 / max(1, len(sizes)))))
+    check_memory(
+        points * per_point,
+        f"a grid of {shape} = {points:,} points",
+        f"use fewer points per axis (e.g. {side} per axis: NUM in START:STOP:NUM), or split the "
+        "range into several runs",
+    )
 
 
 def compute_landscape(
@@ -126,9 +155,10 @@ def compute_landscape(
         raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     if len(directions) != len(coords):
         raise ValueError(f"{len(directions)} directions but {len(coords)} coordinates")
+    coeffs = grid_coeffs(coords)  # first: a grid too large for memory is refused up front
     torch_dtype = DTYPES[dtype]
     splits = {
-        name: as_batches(d, batch_size=batch_size, device="cpu")
+        safe_name("split name", name): as_batches(d, batch_size=batch_size, device="cpu")
         for name, d in as_splits(data).items()
     }
     for name in splits:
@@ -161,7 +191,6 @@ def compute_landscape(
             strategy=strategy,
         )
     )
-    coeffs = grid_coeffs(coords)
     all_attrs = {
         "kind": kind,
         "bn_policy": bn_policy,

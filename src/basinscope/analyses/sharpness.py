@@ -49,7 +49,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from basinscope.engine import EvalJob, PointBasis, as_batches, evaluate_points
+from basinscope._checks import at_least, positive_float
+from basinscope.engine import EvalJob, PointBasis, as_batches, check_model_data, evaluate_points
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params, random_directions
@@ -108,15 +109,11 @@ class SharpnessResult:
 
 # -- argument checks ---------------------------------------------------------------------
 def _positive(name: str, v: Any, example: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise BasinscopeError(f"{name} must be a positive number, got {v!r}; e.g. {example}")
-    return float(v)
+    return positive_float(name, v, fix=f"e.g. {example}")
 
 
 def _at_least(name: str, v: Any, lo: int, hint: str = "") -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise BasinscopeError(f"{name} must be an integer >= {lo}, got {v!r}{hint}")
-    return int(v)
+    return at_least(name, v, lo, why=hint)
 
 
 def _check_norm(norm: str) -> str:
@@ -155,9 +152,13 @@ class _Eval:
             _at_least("subset", subset, 1)
         return cls(loss_fn, _dtype(dtype), device, int(batch_size), subset)
 
-    def batches(self, data: Any) -> tuple[list[tuple[Tensor, Tensor]], int]:
-        """The data as batches in ``dtype`` on ``device`` (its first ``subset`` examples)."""
+    def batches(self, data: Any, model: nn.Module) -> tuple[list[tuple[Tensor, Tensor]], int]:
+        """The data as batches in ``dtype`` on ``device`` (its first ``subset`` examples),
+        checked against ``model`` (:func:`~basinscope.engine.check_model_data`)."""
         bs = as_batches(data, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+        # the model as it is evaluated: a copy in this dtype on this device
+        net = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
+        check_model_data(net, bs, classification=self.loss_fn is None)
         n = sum(len(y) for _, y in bs)
         if self.subset is None:
             return bs, n
@@ -317,7 +318,7 @@ def _pga_result(
     measure, model, data, ev: _Eval, opts, *, scale_of, seed, relative, definition, extra
 ):
     """Worst-case sharpness of the full-data (or subset) loss by :func:`_ascent`."""
-    batches, n = ev.batches(data)
+    batches, n = ev.batches(data, model)
     obj = _Loss(model, ev)
     gen = torch.Generator().manual_seed(int(seed))
     base, best = _ascent(obj, batches, scale=scale_of(obj.theta), gen=gen, **opts)
@@ -429,7 +430,7 @@ def _gaussian_result(
     """Mean loss increase under noise :math:`\\sigma\\, T(w) z`, :math:`z \\sim \\mathcal{N}(0, I)`."""
     sigma = _positive("sigma", sigma, "sigma=0.01")
     samples = _at_least("samples", samples, 2, " (a standard error needs at least two samples)")
-    batches, n = ev.batches(data)
+    batches, n = ev.batches(data, model)
     params = {k: v.to("cpu", torch.float64) for k, v in get_params(model).items()}
     gen = torch.Generator().manual_seed(int(seed))
     noise = []
@@ -609,7 +610,7 @@ def filter_normalized_sharpness(
             f"alpha must be a number or a non-empty 1D grid of numbers, got {alpha!r}"
         )
     ev = _Eval.make(loss_fn, dtype, device, batch_size, subset)
-    batches, n = ev.batches(data)
+    batches, n = ev.batches(data, model)
     params = {k: v.to(ev.dtype) for k, v in get_params(model).items()}
     dirs = random_directions(params, seed, num_directions, normalization, bias_policy)
     coeffs = np.zeros((1 + num_directions * grid.size, num_directions))  # row 0: the center
@@ -688,7 +689,7 @@ def m_sharpness(
     opts = _ascent_options(rho, norm, steps, restarts, step_size)
     eta = _check_eta(eta)
     ev = _Eval.make(loss_fn, dtype, device, batch_size)
-    batches, n = ev.batches(data)
+    batches, n = ev.batches(data, model)
     m = _at_least("m", m, 1, " (the number of examples per batch)")
     if m > n:
         raise BasinscopeError(

@@ -41,6 +41,7 @@ import torch
 from torch import Tensor, nn
 
 from basinscope.engine.batches import as_batches
+from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 
 __all__ = [
@@ -476,6 +477,8 @@ def cka_matrix(
     names_a = _resolve_layers(model_a, layers_a, "a")
     names_b = _resolve_layers(model_b, layers_b, "b")
     batches = as_batches(data, batch_size=batch_size)
+    check_model_data(model_a, batches, what="the data (model A)", classification=False)
+    check_model_data(model_b, batches, what="the data (model B)", classification=False)
     modes = [(m, m.training) for model in (model_a, model_b) for m in model.modules()]
     cap_a, cap_b = _Capture(model_a, names_a), _Capture(model_b, names_b)
     dev_a, dev_b = _device_of(model_a), _device_of(model_b)

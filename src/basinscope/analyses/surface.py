@@ -25,6 +25,7 @@ from basinscope.analyses.landscape import Landscape, compute_landscape
 from basinscope.engine import warn_stored_bn
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import (
+    check_checkpoints_fit,
     check_directions_fit,
     get_params,
     pca_directions,
@@ -118,6 +119,7 @@ def project_trajectory(
     else:
         pts = list(checkpoints)
         steps = np.arange(len(pts))
+    check_checkpoints_fit(pts, landscape.center, f"trajectory {label!r}")
     keys = landscape.center.keys()
     pts = [{k: p[k] for k in keys} for p in pts]
     proj = project_onto_plane(
@@ -149,6 +151,7 @@ def pca_surface(
         if isinstance(trajectory, Mapping)
         else list(trajectory)
     )
+    check_checkpoints_fit(pts, params, "the PCA trajectory")
     pts = [{k: p[k] for k in params} for p in pts]
     pca = pca_directions(pts, 2, center=params)
     proj = project_onto_plane(pts, params, pca.directions[0], pca.directions[1])

@@ -26,6 +26,7 @@ from basinscope.cli.common import (
     hold_out_folder,
     info,
     load_model,
+    out_callback,
     parse_json_kwargs,
     sanitize,
 )
@@ -39,7 +40,10 @@ DTYPES = ("float32", "float64")
 STRATEGIES = ("auto", "vmap", "loop")
 
 OUT_OPT = typer.Option(
-    None, "--out", help="Run folder (default: basinscope-runs/<command>-<time>)."
+    None,
+    "--out",
+    help="Run folder (default: basinscope-runs/<command>-<time>).",
+    callback=out_callback,
 )
 DEFINITION_HELP = (
     "Barrier definition: linear (Entezari et al. 2022: max over alpha of the curve above the "
@@ -55,11 +59,6 @@ def _choice(flag: str, value: str, choices: Sequence[str], what: str) -> str:
             f"unknown {what} {value!r} for {flag}: expected one of {', '.join(choices)}"
         )
     return value
-
-
-def _at_least(flag: str, value: int | float | None, least: int | float) -> None:
-    if value is not None and value < least:
-        raise BasinscopeError(f"{flag} must be at least {least}, got {value}")
 
 
 def _ints(text: str, flag: str, example: str) -> list[int]:

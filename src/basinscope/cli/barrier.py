@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from basinscope._checks import MAX_POINTS, at_least, check_seed
 from basinscope.cli._connectivity_common import (
     BARRIER_DEFINITIONS,
     BARRIER_METRICS,
@@ -23,7 +24,6 @@ from basinscope.cli._connectivity_common import (
     OUT_OPT,
     STRATEGIES,
     _analysis,
-    _at_least,
     _choice,
     _ci,
     _finish,
@@ -133,12 +133,13 @@ def barrier_cmd(
             f"a barrier needs at least 2 models, got {len(weights)}: pass --weights A.safetensors "
             "--weights B.safetensors (three or more give the pairwise matrix)"
         )
-    _at_least("--num-points", num_points, 3)
-    _at_least("--refine-points", refine_points, 1)
-    _at_least("--refine-rounds", refine_rounds, 1)
-    _at_least("--bootstrap", bootstrap, 0)
-    _at_least("--batch-size", batch_size, 1)
-    _at_least("--bn-batches", bn_batches, 1)
+    at_least("--num-points", num_points, 3, high=MAX_POINTS)
+    at_least("--refine-points", refine_points, 1, high=MAX_POINTS)
+    at_least("--refine-rounds", refine_rounds, 1, high=100)
+    at_least("--bootstrap", bootstrap, 0)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--bn-batches", bn_batches, 1)
+    check_seed("--seed", seed)
     if not 0 < ci_level < 1:
         raise BasinscopeError(f"--ci-level must lie strictly between 0 and 1, got {ci_level}")
     say = _say(json_out, progress)
@@ -362,10 +363,11 @@ def basin_cmd(
         raise BasinscopeError(f"--delta must be a finite number > 0, got {delta}")
     if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
         raise BasinscopeError(f"--epsilon must be a finite number >= 0, got {epsilon}")
-    _at_least("--samples", samples, 2)
-    _at_least("--pairs", pairs, 2)
-    _at_least("--seed", seed, 0)
-    _at_least("--batch-size", batch_size, 1)
+    at_least("--samples", samples, 2)
+    at_least("--pairs", pairs, 2)
+    check_seed("--seed", seed)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--bn-batches", bn_batches, 1)
     if not 0 < confidence < 1:
         raise BasinscopeError(f"--confidence must lie strictly between 0 and 1, got {confidence}")
     _choice("--metric", metric, EVAL_METRICS, "metric")

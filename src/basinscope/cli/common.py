@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Any
 import numpy as np
 import typer
 
+from basinscope._checks import check_seed, safe_name
 from basinscope.errors import BasinscopeError
 from basinscope.jsonable import jsonable
 
@@ -57,8 +59,11 @@ def parse_json_kwargs(text: str | None, flag: str = "--model-kwargs") -> dict[st
             f"{flag} is not valid JSON ({e.msg} at position {e.pos}): {text!r}; e.g. {flag} '{{\"width\": 2}}'"
         ) from None
     if not isinstance(value, dict):
+        found = {list: "list (a JSON array)", str: "str (a JSON string)", type(None): "null"}.get(
+            type(value), f"{type(value).__name__} (a JSON number or boolean)"
+        )
         raise BasinscopeError(
-            f"{flag} must be a JSON object, got {type(value).__name__}: e.g. {flag} '{{\"width\": 2}}'"
+            f"{flag} must be a JSON object, got {found}: e.g. {flag} '{{\"width\": 2}}'"
         )
     return value
 
@@ -70,6 +75,9 @@ class DataOptions:
     block_shuffle: int | None = None
     noise: float = 0.0
     shift_seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_seed("--shift-seed", self.shift_seed)
 
     def load(self, split: str):
         from basinscope.data import resolve_data
@@ -99,13 +107,19 @@ def parse_splits(text: str) -> list[str]:
         raise BasinscopeError(
             f"--splits needs at least one split name, e.g. --splits train,test; got {text!r}"
         )
-    return splits
+    return [safe_name("split name", s) for s in splits]
 
 
-def load_model(spec: str, kwargs_json: str | None, weights: Path | None, init_seed: int | None = 0):
+def load_model(
+    spec: str,
+    kwargs_json: str | None,
+    weights: Path | None,
+    init_seed: int | None = 0,
+    kwargs_flag: str = "--model-kwargs",
+):
     from basinscope.models import build_model, load_weights
 
-    model = build_model(spec, parse_json_kwargs(kwargs_json), init_seed=init_seed)
+    model = build_model(spec, parse_json_kwargs(kwargs_json, kwargs_flag), init_seed=init_seed)
     if weights is not None:
         load_weights(model, weights)
     return model
@@ -191,3 +205,56 @@ def hold_out_folder(path: Path, wait: bool, what: str = "run folder") -> Path:
 
 
 _UNSCOPED: list[Any] = []
+
+
+def check_out_dir(path: str | Path | None, flag: str = "--out") -> Path | None:
+    """Refuse an output folder that cannot be one, before any work starts.
+
+    ``None`` stands for the default ``basinscope-runs/...`` in the working folder. Refused:
+    a path that is a file (or lies under one), and a folder whose nearest existing
+    ancestor is on a read-only file system or not writable by this user.
+    """
+    target = Path("basinscope-runs") if path is None else Path(path)
+    shown = str(target)
+    if target.exists() and not target.is_dir():
+        raise BasinscopeError(
+            f"{flag} {shown!r} is a file, not a folder: a run is written into a folder. Pass "
+            f"a new or existing folder, e.g. {flag} {shown}-run"
+        )
+    ancestor = target
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise BasinscopeError(
+            f"{flag} {shown!r} lies under {str(ancestor)!r}, which is a file, not a folder; "
+            f"choose another {flag} folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        where = "" if ancestor == target else f" (in {str(ancestor.resolve())!r})"
+        reason = (
+            "is on a read-only file system"
+            if _read_only(ancestor)
+            else "is not writable by this user (permission denied)"
+        )
+        raise BasinscopeError(
+            f"cannot write the run folder {shown!r}{where}: it {reason}. Choose an {flag} "
+            "folder on a writable file system"
+            + (
+                ""
+                if path is not None
+                else f" (the default is under the working folder; pass {flag})"
+            )
+        )
+    return None if path is None else Path(path)
+
+
+def out_callback(value: Path | None) -> Path | None:
+    """``--out``'s typer callback: :func:`check_out_dir` while the command line is parsed."""
+    return check_out_dir(value)
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from basinscope._checks import MAX_STEPS, at_least, check_seed, finite_float, positive_float
 from basinscope.cli.common import (
     WAIT_OPT,
     DataOptions,
@@ -16,6 +17,7 @@ from basinscope.cli.common import (
     info,
     load_model,
     model_spec,
+    out_callback,
     parse_range,
     sanitize,
 )
@@ -33,6 +35,9 @@ from basinscope.cli.landscape import (
 from basinscope.errors import BasinscopeError
 
 DTYPES = {"float32", "float64"}
+
+_MAX_EIGENPAIRS = 1000
+_EIGENPAIRS_WHY = " (Lanczos keeps a full basis; use --density for the whole spectrum)"
 
 
 def _open_run(out: Path | None, kind: str, spec: dict[str, Any], model, data, wait: bool):
@@ -112,7 +117,7 @@ def hessian_cmd(
     ),
     xrange: str = typer.Option("-1:1:11", "--xrange", help="--map: alpha grid START:STOP:NUM."),
     yrange: str = typer.Option("-1:1:11", "--yrange", help="--map: beta grid START:STOP:NUM."),
-    out: Path = typer.Option(None, "--out", help="Run folder."),
+    out: Path = typer.Option(None, "--out", help="Run folder.", callback=out_callback),
     wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
@@ -121,12 +126,21 @@ def hessian_cmd(
 
     if dtype not in DTYPES:
         raise BasinscopeError(f"unknown dtype {dtype!r}: expected float32 or float64")
+    if subset is not None:
+        at_least("--subset", subset, 1)
+    at_least("--top", top, 0, high=_MAX_EIGENPAIRS, high_why=_EIGENPAIRS_WHY)
+    at_least("--bottom", bottom, 0, high=_MAX_EIGENPAIRS, high_why=_EIGENPAIRS_WHY)
+    if max_iter is not None:
+        at_least("--max-iter", max_iter, 1)
+    positive_float("--tol", tol, fix="e.g. --tol 1e-6 (relative Ritz residual)")
+    positive_float("--trace-rtol", trace_rtol, fix="e.g. --trace-rtol 0.01")
+    finite_float("--weight-decay", weight_decay, low=0)
+    check_seed("--seed", seed)
+    grid = (parse_range(xrange, "--xrange"), parse_range(yrange, "--yrange"))
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     net = load_model(model, model_kwargs, weights)
     ds = opts.load(split)
     if subset is not None:
-        if subset < 1:
-            raise BasinscopeError(f"--subset must be at least 1, got {subset}")
         ds = ds.subset(list(range(min(subset, len(ds)))))
     spec = {
         **model_spec(model, model_kwargs, weights),
@@ -145,8 +159,8 @@ def hessian_cmd(
             operator=operator,
             tol=max(tol, 1e-8),
             max_iter=max_iter or 100,
-            alphas=parse_range(xrange, "--xrange"),
-            betas=parse_range(yrange, "--yrange"),
+            alphas=grid[0],
+            betas=grid[1],
             hvp_method=hvp,
             run_dir=hold_out_folder(out or default_out("curvature-map"), wait),
             spec=spec,
@@ -301,7 +315,7 @@ def sharpness_cmd(
         False, "--relative", help="worst_case: Keskar et al. 2017's relative box and percentage."
     ),
     seed: int = typer.Option(0, "--seed"),
-    out: Path = typer.Option(None, "--out", help="Run folder."),
+    out: Path = typer.Option(None, "--out", help="Run folder.", callback=out_callback),
     wait: bool = WAIT_OPT,
     json_out: bool = JSON_OPT,
     progress: bool = PROGRESS_OPT,
@@ -314,11 +328,23 @@ def sharpness_cmd(
         raise BasinscopeError(
             f"unknown sharpness measure(s) {unknown}: expected {', '.join(SHARPNESS_MEASURES)} or all"
         )
+    # every measure's options are checked before the first one runs
+    if subset is not None:
+        at_least("--subset", subset, 1)
+    positive_float("--rho", rho, fix="e.g. --rho 0.05")
+    positive_float("--sigma", sigma, fix="e.g. --sigma 0.01")
+    finite_float("--alpha", alpha, fix="e.g. --alpha 0.1")
+    at_least("--samples", samples, 2, why=" (a standard error needs at least two samples)")
+    at_least("--directions", directions, 1)
+    at_least("--m", m, 1)
+    at_least("--steps", steps, 1, high=MAX_STEPS)
+    at_least("--restarts", restarts, 1)
+    check_seed("--seed", seed)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     net = load_model(model, model_kwargs, weights)
     ds = opts.load(split)
     if subset is not None:
-        ds = ds.subset(list(range(min(max(subset, 1), len(ds)))))
+        ds = ds.subset(list(range(min(subset, len(ds)))))
     options = {
         "worst_case": dict(
             rho=rho, norm=norm, steps=steps, restarts=restarts, relative=relative, seed=seed

@@ -13,6 +13,14 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from basinscope._checks import (
+    MAX_POINTS,
+    MAX_STEPS,
+    at_least,
+    check_seed,
+    finite_float,
+    safe_name,
+)
 from basinscope.cli._connectivity_common import (
     BN_POLICIES,
     DTYPES,
@@ -20,7 +28,6 @@ from basinscope.cli._connectivity_common import (
     OUT_OPT,
     STRATEGIES,
     _analysis,
-    _at_least,
     _choice,
     _finish,
     _fmt,
@@ -48,6 +55,9 @@ from basinscope.cli.landscape import (
 from basinscope.errors import BasinscopeError
 
 ALIGN_METHODS = ("weight", "activation")
+
+MAX_BENDS = 64  # Bezier order / polychain bends
+_COPIES = " (each control point is a full copy of the model's parameters)"
 
 
 # -- curve -----------------------------------------------------------------------------------
@@ -147,18 +157,26 @@ def curve_cmd(
             f"--order must be at least 2 for a Bezier curve, got {order} (order 1 is the "
             "straight line, with no control point to train)"
         )
-    _at_least("--bends", bends, 1)
-    _at_least("--steps", steps, 1)
-    _at_least("--batch-size", batch_size, 1)
-    _at_least("--eval-batch-size", eval_batch_size, 1)
-    _at_least("--bn-batches", bn_batches, 1)
-    _at_least("--points", points, 2)
+    # each control point or bend is a full copy of the model's parameters
+    at_least("--order", order, 1, high=MAX_BENDS, high_why=_COPIES)
+    at_least("--bends", bends, 1, high=MAX_BENDS, high_why=_COPIES)
+    at_least("--steps", steps, 1, high=MAX_STEPS)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--eval-batch-size", eval_batch_size, 1)
+    at_least("--bn-batches", bn_batches, 1)
+    at_least("--points", points, 2, high=MAX_POINTS)
+    check_seed("--seed", seed)
+    check_seed("--data-seed", data_seed)
+    finite_float("--momentum", momentum, low=0, high=1, high_open=True)
+    finite_float("--weight-decay", weight_decay, low=0)
     from basinscope.training import check_schedule
 
     check_schedule(schedule, total_steps=steps, base_lr=lr)
     names = [s.strip() for s in splits.split(",") if s.strip()]
     if not names:
         raise BasinscopeError(f"--splits needs at least one split, e.g. train,test; got {splits!r}")
+    for s in names:
+        safe_name("split name", s)
     say = _say(json_out, progress)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     net_a, net_b = _models(model, model_kwargs, weights)
@@ -360,10 +378,12 @@ def align_cmd(
     _choice("--metric", metric, EVAL_METRICS, "metric")
     _choice("--bn", bn, BN_POLICIES, "BatchNorm policy")
     _choice("--strategy", strategy, STRATEGIES, "strategy")
-    _at_least("--num-points", num_points, 3)
-    _at_least("--max-iter", max_iter, 1)
-    _at_least("--num-examples", num_examples, 1)
-    _at_least("--batch-size", batch_size, 1)
+    at_least("--num-points", num_points, 3, high=MAX_POINTS)
+    at_least("--max-iter", max_iter, 1)
+    at_least("--num-examples", num_examples, 1)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--bn-batches", bn_batches, 1)
+    check_seed("--seed", seed)
     if save is not None and save.suffix.lower() not in (".safetensors", ".pt", ".pth"):
         raise BasinscopeError(
             f"--save {str(save)!r}: the aligned weights are written as .safetensors or .pt, "

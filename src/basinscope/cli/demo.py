@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from basinscope.cli.common import WAIT_OPT, emit_json, info, sanitize
+from basinscope.cli.common import WAIT_OPT, check_out_dir, emit_json, info, sanitize
 
 STUDY_HELP = """Run a registered study: every stage is stored under --out/stages (folders
 named by a hash of their settings) and reused when a study runs again, so an
@@ -92,6 +92,7 @@ def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=
     if show_config:
         emit_json(config_dict(cfg)) if json_out else _print_config(cfg)
         return
+    check_out_dir(out)
     results = run_study(
         name,
         out,

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from basinscope._checks import MAX_POINTS, MAX_STEPS, at_least, check_seed
 from basinscope.cli._connectivity_common import (
     BARRIER_DEFINITIONS,
     BARRIER_METRICS,
@@ -19,7 +20,6 @@ from basinscope.cli._connectivity_common import (
     DEFINITION_HELP,
     OUT_OPT,
     _analysis,
-    _at_least,
     _choice,
     _finish,
     _fmt,
@@ -159,12 +159,10 @@ def instability_cmd(
     _choice("--metric", metric, BARRIER_METRICS, "barrier metric")
     _choice("--bn", bn, BN_POLICIES, "BatchNorm policy")
     _choice("--child-schedule", child_schedule, ("continue", "restart"), "child schedule")
-    _at_least("--total-steps", total_steps, 1)
-    _at_least("--num-points", num_points, 3)
-    if children < 2:
-        raise BasinscopeError(
-            f"--children must be at least 2 (a barrier needs two children), got {children}"
-        )
+    at_least("--total-steps", total_steps, 1, high=MAX_STEPS)
+    at_least("--num-points", num_points, 3, high=MAX_POINTS)
+    at_least("--children", children, 2, high=1000, why=" (a barrier needs two children)")
+    check_seed("--init-seed", init_seed)
     if transfer and pretrained is None:
         raise BasinscopeError(
             "--transfer needs --pretrained W: the pre-trained weights whose fine-tuned copies "
@@ -191,7 +189,7 @@ def instability_cmd(
             f"every --k must lie in [0, --total-steps] = [0, {total_steps}], got {bad}"
         )
     seeds = (
-        _ints(child_seeds, "--child-seeds", "1,2")
+        [check_seed("--child-seeds", s) for s in _ints(child_seeds, "--child-seeds", "1,2")]
         if child_seeds is not None
         else list(range(1, children + 1))
     )
@@ -473,8 +471,8 @@ def ensemble_cmd(
     _choice("--metric", metric, BARRIER_METRICS, "barrier metric")
     _choice("--bn", bn, BN_POLICIES, "BatchNorm policy")
     _choice("--optimizer", optimizer, OPTIMIZERS, "optimizer")
-    _at_least("--num-points", num_points, 3)
-    _at_least("--pretrain-steps", pretrain_steps, 0)
+    at_least("--num-points", num_points, 3, high=MAX_POINTS)
+    at_least("--pretrain-steps", pretrain_steps, 0, high=MAX_STEPS)
     if method in ("fge", "swa") and weights is None:
         raise BasinscopeError(
             f"--method {method} starts from a trained model: pass its weights with --weights "
@@ -492,7 +490,7 @@ def ensemble_cmd(
             f"--cycles/--cycle-steps or --steps), got --method {method}"
         )
     if method == "independent":
-        _at_least("--members", members, 1)
+        at_least("--members", members, 1, high=1000)
         if budget is not None:
             if steps is not None:
                 raise BasinscopeError("give --steps (per member) or --budget (in all), not both")
@@ -502,18 +500,23 @@ def ensemble_cmd(
                 )
             steps = budget // members
     if method == "fge":
-        _at_least("--cycles", cycles, 1)
-        if cycle_steps < 2:
-            raise BasinscopeError(f"--cycle-steps must be at least 2, got {cycle_steps}")
+        at_least("--cycles", cycles, 1, high=1000)
+        at_least(
+            "--cycle-steps",
+            cycle_steps,
+            2,
+            high=MAX_STEPS // cycles,
+            high_why=" (--cycles x --cycle-steps is at most 10**8 updates)",
+        )
     steps = 100 if steps is None else steps
-    _at_least("--steps", steps, 1)
+    at_least("--steps", steps, 1, high=MAX_STEPS)
     if method == "swa":
         swa_start = steps // 2 if swa_start is None else swa_start
         if not 0 <= swa_start <= steps:
             raise BasinscopeError(
                 f"--swa-start must be an update in [0, --steps] = [0, {steps}], got {swa_start}"
             )
-        _at_least("--swa-every", swa_every, 1)
+        at_least("--swa-every", swa_every, 1)
     base = dict(
         batch_size=batch_size,
         optimizer=optimizer,

@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 
+from basinscope._checks import at_least, check_seed
 from basinscope.cli.common import (
     WAIT_OPT,
     DataOptions,
@@ -16,6 +17,7 @@ from basinscope.cli.common import (
     info,
     load_model,
     model_spec,
+    out_callback,
     parse_range,
     parse_splits,
     sanitize,
@@ -25,12 +27,18 @@ from basinscope.errors import BasinscopeError
 MODEL_OPT = typer.Option(
     "basinscope.models:lenet",
     "--model",
-    help="module:factory or a built-in name (mlp, lenet, resnet).",
+    help="A built-in name (mlp, lenet, resnet) or module:factory. module:factory imports that "
+    "Python module, which runs its code: name only code you trust.",
 )
 KWARGS_OPT = typer.Option(
     None, "--model-kwargs", help="JSON keyword arguments for the factory, e.g. '{\"width\": 2}'."
 )
-DATA_OPT = typer.Option("digits", "--data", help="digits, mnist, a .npz file or module:attr.")
+DATA_OPT = typer.Option(
+    "digits",
+    "--data",
+    help="digits, mnist, a .npz file or module:attr (imports that Python module, which runs its "
+    "code: name only code you trust).",
+)
 ROT_OPT = typer.Option(0.0, "--rotation", help="Rotate the images by this many degrees.")
 BLOCK_OPT = typer.Option(None, "--block-shuffle", help="Shuffle k x k blocks of each image.")
 NOISE_OPT = typer.Option(0.0, "--noise", help="Std of additive Gaussian input noise.")
@@ -62,6 +70,7 @@ OUT_OPT = typer.Option(
     None,
     "--out",
     help="Run folder; the same command with the same --out resumes an interrupted run.",
+    callback=out_callback,
 )
 JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout.")
 PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr.")
@@ -100,13 +109,9 @@ def _common(
 ) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     # checked before anything is written: a bad value must not leave a run folder behind
     # that the corrected command would then refuse as a different run
-    for flag, value, least in (
-        ("--chunk-size", chunk_size, 1),
-        ("--batch-size", batch_size, 1),
-        ("--bn-batches", bn_batches, 1),
-    ):
-        if value < least:
-            raise BasinscopeError(f"{flag} must be at least {least}, got {value}")
+    at_least("--chunk-size", chunk_size, 1)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--bn-batches", bn_batches, 1)
     if device != "cpu":
         import torch
 
@@ -226,6 +231,7 @@ def interpolate_cmd(
     from basinscope.geometry import check_directions_fit, get_params, load_directions
 
     alphas = parse_range(xrange, "--xrange")
+    check_seed("--seed", seed)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     net, datasets, kw = _common(
         model,
@@ -346,7 +352,12 @@ def surface_cmd(
     log: bool = LOG_OPT,
 ) -> None:
     from basinscope.analyses import pca_surface, plane_surface, project_trajectory, random_surface
-    from basinscope.geometry import check_directions_fit, get_params, load_directions
+    from basinscope.geometry import (
+        check_checkpoints_fit,
+        check_directions_fit,
+        get_params,
+        load_directions,
+    )
     from basinscope.training import load_trajectory
 
     alphas = parse_range(xrange, "--xrange") if xrange else None
@@ -363,6 +374,7 @@ def surface_cmd(
     ]
     if len(chosen) > 1:
         raise BasinscopeError(f"choose one way to make the plane, got {' and '.join(chosen)}")
+    check_seed("--seed", seed)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     net, datasets, kw = _common(
         model,
@@ -385,6 +397,8 @@ def surface_cmd(
         wait,
     )
     trajs = {str(p): load_trajectory(p) for p in trajectory}
+    for path, ckpts in trajs.items():  # before the surface is computed, not after
+        check_checkpoints_fit(ckpts, get_params(net), f"trajectory {path!r}")
     kw["spec"]["trajectories"] = list(trajs)
     projections = []
     if pca is not None:

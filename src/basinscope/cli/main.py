@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
+import traceback
 
 import typer
 
 from basinscope.cli import barrier, curvature, curves, dynamics, landscape, plot, train, transfer
 from basinscope.cli import demo as demo_cmd
-from basinscope.errors import BasinscopeError
+from basinscope.cli._boundary import internal_error_note, user_message
 
 app = typer.Typer(
     name="basinscope",
@@ -51,12 +52,16 @@ INTERRUPTED = (
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: user errors are printed without a traceback and exit with status 2."""
+    """Entry point: the error boundary of every command.
+
+    A user-caused failure (see :mod:`basinscope.cli._boundary`) prints one line
+    ``error: <what was expected, what was found, how to fix it>`` on stderr and exits with
+    status 2, with no traceback; a command-line parse error prints click's usage message
+    (status 2); Ctrl-C says how to resume (status 130). Anything else is a bug: the
+    traceback is printed with a line asking to report it, and the status is 1.
+    """
     try:
         rc = app(args=argv, standalone_mode=False)
-    except BasinscopeError as e:
-        typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)
@@ -68,7 +73,13 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(e, "show") and hasattr(e, "exit_code"):
             e.show()
             sys.exit(e.exit_code)
-        raise
+        message = user_message(e)
+        if message is not None:
+            typer.echo(f"error: {message}", err=True)
+            sys.exit(2)
+        traceback.print_exc()
+        typer.echo(internal_error_note(), err=True)
+        sys.exit(1)
     if rc == 130:
         # typer catches Ctrl-C itself (KeyboardInterrupt -> exit status 130) and, with
         # standalone_mode=False, returns 130 instead of raising: say how to resume here too

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import typer
 
+from basinscope._checks import check_seed
 from basinscope.cli.common import (
     WAIT_OPT,
     DataOptions,
@@ -15,6 +16,7 @@ from basinscope.cli.common import (
     info,
     load_model,
     model_spec,
+    out_callback,
     sanitize,
 )
 from basinscope.errors import BasinscopeError
@@ -34,6 +36,9 @@ Examples:
 """
 
 
+MAX_CHECKPOINTS = 10_000
+
+
 def _steps(text: str, every: int, total: int) -> tuple[int, ...]:
     steps: set[int] = {0, total}
     if text:
@@ -45,6 +50,12 @@ def _steps(text: str, every: int, total: int) -> tuple[int, ...]:
             ) from None
     if every < 0:
         raise BasinscopeError(f"--checkpoint-every must be >= 0, got {every}")
+    if every and total // every + 1 > MAX_CHECKPOINTS:
+        raise BasinscopeError(
+            f"--checkpoint-every {every} over {total} steps gives {total // every + 1:,} "
+            f"checkpoints, more than the {MAX_CHECKPOINTS:,} allowed (each is a full copy of the "
+            f"parameters); pass --checkpoint-every {-(-total // (MAX_CHECKPOINTS - 1))} or more"
+        )
     if every:
         steps |= set(range(0, total + 1, every))
     return tuple(sorted(steps))
@@ -54,7 +65,8 @@ def train_cmd(
     model: str = typer.Option(
         "basinscope.models:lenet",
         "--model",
-        help="module:factory, or a built-in name (mlp, lenet, resnet).",
+        help="A built-in name (mlp, lenet, resnet) or module:factory. module:factory imports "
+        "that Python module, which runs its code: name only code you trust.",
     ),
     model_kwargs: str = typer.Option(
         None,
@@ -67,7 +79,10 @@ def train_cmd(
         help="Start from these weights (.pt or .safetensors) instead of a fresh initialization.",
     ),
     data: str = typer.Option(
-        "digits", "--data", help="digits, mnist, a .npz file (x, y or x_train, ...) or module:attr."
+        "digits",
+        "--data",
+        help="digits, mnist, a .npz file (x, y or x_train, ...) or module:attr (imports that "
+        "Python module, which runs its code: name only code you trust).",
     ),
     rotation: float = typer.Option(
         0.0, "--rotation", help="Rotate the images by this many degrees (counter-clockwise)."
@@ -108,7 +123,10 @@ def train_cmd(
         [], "--trainable", help="Train only parameters matching this pattern (repeatable)."
     ),
     out: Path = typer.Option(
-        None, "--out", help="Run folder (default: basinscope-runs/train-<time>)."
+        None,
+        "--out",
+        help="Run folder (default: basinscope-runs/train-<time>).",
+        callback=out_callback,
     ),
     wait: bool = WAIT_OPT,
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object on stdout."),
@@ -121,6 +139,7 @@ def train_cmd(
     from basinscope.store import atomic_write_json
     from basinscope.training import TrainConfig
 
+    check_seed("--init-seed", init_seed)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     train_data = opts.load("train")
     try:

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import typer
 
+from basinscope._checks import MAX_STEPS, at_least, check_seed
 from basinscope.cli._connectivity_common import (
     OUT_OPT,
     STRATEGIES,
     _analysis,
-    _at_least,
     _choice,
     _finish,
     _labels,
@@ -143,7 +143,11 @@ Examples:
 def similarity_cmd(
     model: str = MODEL_OPT,
     model_kwargs: str = KWARGS_OPT,
-    model_b: str = typer.Option(None, "--model-b", help="Model B's factory (default: --model)."),
+    model_b: str = typer.Option(
+        None,
+        "--model-b",
+        help="Model B's factory (default: --model); module:factory runs that module's code.",
+    ),
     model_kwargs_b: str = typer.Option(
         None, "--model-kwargs-b", help="Model B's JSON kwargs (default: --model-kwargs)."
     ),
@@ -172,8 +176,9 @@ def similarity_cmd(
 
     _choice("--method", method, CKA_METHODS, "CKA method")
     _two_weights(weights, "model A", "model B")
-    _at_least("--batch-size", batch_size, 4 if method == "minibatch" else 1)
-    _at_least("--max-examples", max_examples, 1)
+    at_least("--batch-size", batch_size, 4 if method == "minibatch" else 1)
+    if max_examples is not None:
+        at_least("--max-examples", max_examples, 1)
     if model_b is None:
         model_b = model
         if model_kwargs_b is None:
@@ -181,7 +186,7 @@ def similarity_cmd(
     say = _say(json_out, progress)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     net_a = load_model(model, model_kwargs, weights[0])
-    net_b = load_model(model_b, model_kwargs_b, weights[1])
+    net_b = load_model(model_b, model_kwargs_b, weights[1], kwargs_flag="--model-kwargs-b")
     ds = opts.load(split)
     labels = _labels(weights)
     settings = dict(
@@ -286,7 +291,7 @@ def distance_cmd(
     from basinscope.analyses.distance import mistake_analysis, parameter_distance
 
     _two_weights(weights, "model A", "model B")
-    _at_least("--batch-size", batch_size, 1)
+    at_least("--batch-size", batch_size, 1)
     say = _say(json_out, progress)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     nets = [load_model(model, model_kwargs, w) for w in weights]
@@ -404,7 +409,7 @@ def rewind_cmd(
 
     weights = _need("--weights", weights, "the trained model, e.g. --weights final.safetensors")
     init = _need("--init", init, "the same model at initialisation, e.g. --init init.safetensors")
-    _at_least("--batch-size", batch_size, 1)
+    at_least("--batch-size", batch_size, 1)
     _choice("--strategy", strategy, STRATEGIES, "strategy")
     say = _say(json_out, progress)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
@@ -539,6 +544,12 @@ def criticality_cmd(
     init = _need("--init", init, "the same model at initialisation, e.g. --init init.safetensors")
     alpha_grid = parse_range(alphas, "--alphas")
     sigma_grid = parse_range(sigmas, "--sigmas")
+    for flag, grid, text in (("--alphas", alpha_grid, alphas), ("--sigmas", sigma_grid, sigmas)):
+        if len(grid) < 2:
+            raise BasinscopeError(
+                f"{flag} {text} gives {len(grid)} value; the valley plot needs a grid of at "
+                f"least 2, e.g. {flag} {'0:1:11' if flag == '--alphas' else '0.05:1:10'}"
+            )
     if (sigma_grid <= 0).any():
         raise BasinscopeError(
             f"every sigma must be > 0 (mu divides by sigma^2): --sigmas {sigmas} starts at "
@@ -548,11 +559,13 @@ def criticality_cmd(
         raise BasinscopeError(
             f"--samples must be an even number >= 2 (antithetic pairs), got {samples}"
         )
+    at_least("--samples", samples, 2)
+    check_seed("--seed", seed)
     if epsilon is not None and not math.isfinite(epsilon):
         raise BasinscopeError(f"--epsilon must be a finite number, got {epsilon}")
     _choice("--noise-variant", noise_variant, NOISE_VARIANTS, "noise variant")
     _choice("--strategy", strategy, STRATEGIES, "strategy")
-    _at_least("--batch-size", batch_size, 1)
+    at_least("--batch-size", batch_size, 1)
     say = _say(json_out, progress)
     opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
     final = load_model(model, model_kwargs, weights)
@@ -700,11 +713,11 @@ def finetune_cmd(
     if len(set(strategies)) != len(strategies):
         raise BasinscopeError(f"each --strategy may be given once, got {strategies}")
     _choice("--guided-signal", guided_signal, GUIDED_SIGNALS, "guided signal")
-    _at_least("--steps", steps, 1)
-    _at_least("--batch-size", batch_size, 1)
-    _at_least("--lp-steps", lp_steps, 1)
-    _at_least("--guided-top-k", guided_top_k, 1)
-    _at_least("--dfr-examples", dfr_examples, 1)
+    at_least("--steps", steps, 1, high=MAX_STEPS)
+    at_least("--batch-size", batch_size, 1)
+    at_least("--lp-steps", lp_steps, 1, high=MAX_STEPS)
+    at_least("--guided-top-k", guided_top_k, 1)
+    at_least("--dfr-examples", dfr_examples, 1)
     if not (math.isfinite(lr) and lr > 0):
         raise BasinscopeError(f"--lr must be a finite number > 0, got {lr}")
     if blocks and "surgical" not in strategies:

@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from basinscope.engine.batches import as_batches
+from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 
 __all__ = [
@@ -108,6 +109,7 @@ class CurvatureOperator:
             batches = _take(batches, subset)
         self.batches = batches
         self.num_examples = sum(int(y.shape[0]) for _, y in batches)
+        check_model_data(self.model, batches, classification=loss_fn is None)
         self.loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y))
         self.weight_decay = float(weight_decay)
         self.bn_mode = bn_mode

@@ -10,11 +10,10 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import inspect
 import zipfile
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from basinscope._imports import import_user_module
 from basinscope.data.digits import load_digits
 from basinscope.data.mnist import load_mnist5k
 from basinscope.data.shifts import apply_shift
@@ -67,6 +67,13 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData:
             f"data file {str(path)!r} does not exist. Pass the path of an .npz file written "
             f"with {_NPZ_HOW}."
         )
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x93NUMPY"):
+        raise BasinscopeError(
+            f"could not read {str(path)!r} as an .npz file: it is not a zip archive of .npy "
+            f"arrays (it starts with {head!r}). Expected a numpy archive written with {_NPZ_HOW}."
+        )
     try:
         # open the file ourselves: np.load leaks the handle when a zip is truncated
         with open(path, "rb") as fh:
@@ -75,12 +82,17 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData:
                 raise ValueError(f"it holds a single {type(loaded).__name__}, not named arrays")
             with loaded as f:
                 arrays = {k: f[k] for k in f.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as e:
+    except ValueError as e:
+        if "pickle" not in str(e):
+            raise _npz_error(path, e) from e
         raise BasinscopeError(
-            f"could not read {str(path)!r} as an .npz file ({type(e).__name__}: {e}). "
-            f"Expected a numpy archive written with {_NPZ_HOW} (object arrays are not "
-            "allowed)."
+            f"could not read {str(path)!r} as an .npz file: it holds object arrays (pickled "
+            "Python objects), which are not loaded because unpickling can run code. Save numeric "
+            f"arrays only: {_NPZ_HOW} with x.astype(np.float32) and y.astype(np.int64)."
         ) from e
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, zlib.error) as e:
+        raise _npz_error(path, e) from e
+
     have = sorted(arrays)
     if split is not None and {f"x_{split}", f"y_{split}"} <= arrays.keys():
         keys = [(f"x_{split}", f"y_{split}")]
@@ -128,6 +140,13 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData:
     return _finish(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), name)
 
 
+def _npz_error(path: Path, e: Exception) -> BasinscopeError:
+    return BasinscopeError(
+        f"could not read {str(path)!r} as an .npz file ({type(e).__name__}: {e}). "
+        f"Expected a numpy archive written with {_NPZ_HOW} (object arrays are not allowed)."
+    )
+
+
 def load_object(spec: str) -> Any:
     """Import ``"module:attr"`` (``attr`` may be dotted) and return the attribute."""
     module_name, sep, attr = spec.partition(":")
@@ -136,16 +155,7 @@ def load_object(spec: str) -> Any:
             f"{spec!r} is not an import spec: expected module:attr, e.g. "
             "'mypkg.data:train_set' (module path, a colon, then the attribute name)."
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is None or not (module_name + ".").startswith(e.name + "."):
-            raise  # the module exists but one of its own imports is missing
-        raise BasinscopeError(
-            f"module {module_name!r} (from {spec!r}) was not found. Check the spelling, "
-            "install the package, or run from the folder that contains it (it must be on "
-            "sys.path / PYTHONPATH)."
-        ) from e
+    module = import_user_module(module_name, spec, "module")
     obj: Any = module
     for i, part in enumerate(attr.split(".")):
         if not hasattr(obj, part):
@@ -287,7 +297,7 @@ def resolve_data(
                 ) from e
             except ValueError:
                 pass  # no signature available (a builtin); just call it
-            obj = obj(split=split)
+            obj = _user_call(spec, f"calling {attr}(split={split!r})", lambda: obj(split=split))
             name = f"{attr}-{split}"
         else:
             if split != "train":
@@ -297,7 +307,7 @@ def resolve_data(
                     f"def {attr}(split): ...), or evaluate only the training split (--splits train)."
                 )
             name = attr
-        data = as_tensor_data(obj, name)
+        data = _user_call(spec, "reading its items", lambda: as_tensor_data(obj, name))
     else:
         raise BasinscopeError(
             f"unknown data spec {spec!r}. Accepted: 'digits', 'mnist' (5,000 MNIST images), "
@@ -305,6 +315,21 @@ def resolve_data(
             "'module:attr' naming a TensorData, Dataset, DataLoader or a function of split."
         )
     return apply_shift(data, rotation=rotation, block_shuffle=block_shuffle, noise=noise, seed=seed)
+
+
+def _user_call(spec: str, doing: str, fn: Callable[[], Any]) -> Any:
+    """``fn()``, which runs the user's code: its exceptions become a BasinscopeError."""
+    try:
+        return fn()
+    except BasinscopeError:
+        raise
+    except Exception as e:
+        text = " ".join(str(e).split())[:300]
+        raise BasinscopeError(
+            f"the data {spec!r} raised {type(e).__name__} while {doing}: {text}. It is your "
+            "code: fix it (running it in Python shows the full traceback) and run the command "
+            "again."
+        ) from e
 
 
 def _is_data(obj: Any) -> bool:

@@ -80,6 +80,15 @@ class TensorData:
                 f"{label} is empty: x has shape {tuple(self.x.shape)}. A dataset needs at "
                 "least one sample; check the file, split or label filter that produced it."
             )
+        finite = torch.isfinite(self.x)
+        if not bool(finite.all()):
+            bad = (~finite).reshape(len(self.x), -1).any(dim=1)
+            first = int(bad.nonzero()[0, 0])
+            raise BasinscopeError(
+                f"{label}: x holds non-finite values (NaN or inf) in {int(bad.sum())} of "
+                f"{len(self.x)} samples, the first at index {first}. Every loss and metric "
+                "would be NaN: clean the inputs (e.g. np.nan_to_num) or drop those samples."
+            )
         if int(self.y.min()) < 0:
             raise BasinscopeError(
                 f"{label}: labels must be class indices >= 0, found minimum "

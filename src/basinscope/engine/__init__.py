@@ -12,6 +12,7 @@ from basinscope.engine.evaluate import (
     evaluate_model,
     evaluate_points,
 )
+from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric, resolve_metrics
 from basinscope.engine.points import PointBasis, chunk_slices
 
@@ -28,6 +29,7 @@ __all__ = [
     "Metric",
     "PointBasis",
     "as_batches",
+    "check_model_data",
     "chunk_slices",
     "evaluate_model",
     "evaluate_points",

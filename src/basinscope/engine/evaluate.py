@@ -31,7 +31,8 @@ from torch.func import functional_call, vmap
 
 from basinscope.engine.batches import Batches, as_batches
 from basinscope.engine.bn import BN_POLICIES, has_batchnorm
-from basinscope.engine.metrics import Metric, batch_values, resolve_metrics
+from basinscope.engine.fit import check_model_data
+from basinscope.engine.metrics import BUILTIN_METRICS, Metric, batch_values, resolve_metrics
 from basinscope.engine.points import PointBasis, as_coeff_matrix, chunk_slices, points_dict
 from basinscope.errors import BasinscopeError
 
@@ -107,6 +108,10 @@ class Evaluator:
             name: as_batches(data, batch_size=job.batch_size, device=self.device, dtype=self.dtype)
             for name, data in job.datasets.items()
         }
+        # one forward pass per split before any work: inputs, logits and labels fit the model
+        classification = any(m is BUILTIN_METRICS.get(m.name) for m in self.metrics)
+        for name, batches in self.splits.items():
+            check_model_data(model, batches, what=f"split {name!r}", classification=classification)
         self.recompute_bn = job.bn_policy == "recompute" and has_batchnorm(model)
         self.bn_modules = [
             m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)

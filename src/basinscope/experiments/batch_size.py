@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from basinscope._checks import MAX_POINTS, at_least, check_seed, finite_float, positive_float
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
 from basinscope.experiments.stages import cached_stage, landscape_stage, stage_dir, train_stage
@@ -41,6 +42,7 @@ __all__ = ["QUICK", "STUDY", "BatchSizeConfig", "run"]
 
 NAME = "flatness-vs-batch-size"
 DIGITS_TRAIN = 1347  # examples in basinscope.data.load_digits("train")
+STUDY_MAX_STEPS = 1_000_000  # far more than any study needs: a larger value is a typo
 
 
 @dataclass(frozen=True)
@@ -85,30 +87,54 @@ class BatchSizeConfig:
     hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
 
     def check(self) -> None:
-        def bad(msg: str) -> None:
-            raise BasinscopeError(msg)
-
         if self.model not in ("mlp", "lenet"):
-            bad(f"model must be 'mlp' or 'lenet', got {self.model!r}")
+            raise BasinscopeError(f"model must be 'mlp' or 'lenet', got {self.model!r}")
+        if not self.hidden:
+            raise BasinscopeError("hidden is empty: give the MLP's hidden widths, e.g. [64, 64]")
+        for h in self.hidden:
+            at_least("hidden", h, 1, high=4096, high_why=" units per layer")
         if not 1 <= self.small_batch < min(self.large_batch, DIGITS_TRAIN):
-            bad(
+            raise BasinscopeError(
                 f"need 1 <= small_batch < large_batch and small_batch < {DIGITS_TRAIN} (the "
                 f"training digits), got {self.small_batch} and {self.large_batch}"
             )
+        at_least("large_batch", self.large_batch, 2)
         if len(self.line_range) != 2 or not self.line_range[0] < self.line_range[1]:
-            bad(
+            raise BasinscopeError(
                 f"line_range must be two increasing numbers, e.g. [-0.5, 1.5], got {self.line_range}"
             )
-        for key in ("steps", "line_points", "grid", "trace_max_probes", "fn_directions", "threads"):
-            if getattr(self, key) < (1 if key == "threads" else 2):
-                bad(f"{key} is too small: {getattr(self, key)}")
+        for x in self.line_range:
+            finite_float("line_range", x, fix="e.g. line_range=[-0.5, 1.5]")
+        at_least("steps", self.steps, 2, high=STUDY_MAX_STEPS)
+        at_least("line_points", self.line_points, 2, high=MAX_POINTS)
+        at_least("grid", self.grid, 2, high=201, high_why=" points per axis (41,000 points)")
+        at_least(
+            "trace_max_probes",
+            self.trace_max_probes,
+            10,
+            high=10_000,
+            why=" (Hutchinson draws at least 10 probes before it stops)",
+        )
+        at_least("fn_directions", self.fn_directions, 2, high=10_000)
+        at_least("threads", self.threads, 1, high=1024)
+        at_least("ascent_steps", self.ascent_steps, 1, high=10_000)
+        at_least("ascent_restarts", self.ascent_restarts, 1, high=1000)
         for key in ("lr", "surface_range", "keskar_eps", "l2_rho", "adaptive_rho", "fn_alpha"):
-            if not getattr(self, key) > 0:
-                bad(f"{key} must be positive, got {getattr(self, key)}")
+            positive_float(key, getattr(self, key))
+        finite_float("momentum", self.momentum, low=0, high=1, high_open=True)
+        finite_float("lanczos_tol", self.lanczos_tol, low=0, high=1, low_open=True, high_open=True)
+        finite_float("trace_rtol", self.trace_rtol, low=0, high=1, low_open=True, high_open=True)
+        if self.schedule not in ("constant", "cosine", "linear"):
+            raise BasinscopeError(
+                f"schedule {self.schedule!r}: expected constant, cosine or linear (the schedules "
+                "that need no other setting)"
+            )
         if self.hessian_subset is not None and not 1 <= self.hessian_subset <= DIGITS_TRAIN:
-            bad(
+            raise BasinscopeError(
                 f"hessian_subset must lie in [1, {DIGITS_TRAIN}] or be none, got {self.hessian_subset}"
             )
+        for name in ("init_seed", "data_seed", "direction_seed"):
+            check_seed(name, getattr(self, name))
 
 
 # The reduced version (--quick): a few seconds of training, tiny grids, capped probes.

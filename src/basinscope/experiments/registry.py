@@ -43,6 +43,7 @@ from typing import Any
 import tomllib
 
 import basinscope
+from basinscope._checks import finite_float
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.stages import StageLog, write_json
 from basinscope.store import lock_folder, waiting
@@ -51,6 +52,7 @@ __all__ = [
     "STUDIES",
     "Study",
     "StudyContext",
+    "check_config",
     "config_hash",
     "get_study",
     "list_studies",
@@ -250,12 +252,19 @@ def make_config(
         values.update(study.smoke)
     if toml is not None:
         path = Path(toml)
+        if path.is_dir():
+            raise BasinscopeError(
+                f"--config {str(path)!r} is a folder; pass a TOML file of settings, e.g. my.toml"
+            )
         if not path.is_file():
             raise BasinscopeError(f"--config: no such file {str(path)!r} (expected a TOML file)")
         try:
-            table = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise BasinscopeError(f"--config {path}: not valid TOML ({e})") from None
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise BasinscopeError(
+                f"--config {path}: not valid TOML ({type(e).__name__}: {e}); write settings "
+                "as key = value lines, e.g. grid = 31"
+            ) from None
         table = table.get(name, table) if isinstance(table.get(name), dict) else table
         where = f"--config {path}"
         _check_keys(study.config, list(table), where)
@@ -270,11 +279,28 @@ def make_config(
         _check_keys(study.config, [key], "--set")
         values[key] = _coerce(key, _parse_value(text.strip()), types_[key], "--set")
     cfg = study.config(**values)
+    check_config(cfg)
+    return cfg
+
+
+def check_config(cfg: Any) -> None:
+    """Refuse a configuration before anything runs: every number setting must be finite
+    (``nan`` and ``inf`` parse as TOML floats), then the study's own ``check()``."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        for v in value if isinstance(value, tuple) else (value,):
+            if isinstance(v, float):
+                default = f.default if f.default is not dataclasses.MISSING else None
+                example = list(default) if isinstance(default, tuple) else default
+                finite_float(
+                    f"setting {f.name!r}",
+                    v,
+                    fix=f"nan and inf are not settings (the default is {f.name}={example})",
+                )
     check = getattr(cfg, "check", None)
     if check is not None:
         check()
     check_pinned(cfg)
-    return cfg
 
 
 # The choices a study pins instead of timing them (the settings eval_strategy and hvp_method).
@@ -329,8 +355,12 @@ def run_study(
     """
     study = get_study(name)
     cfg = cfg if cfg is not None else study.config()
-    check_pinned(cfg)
+    check_config(cfg)
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise BasinscopeError(
+            f"the output root {str(root)!r} is a file, not a folder: pass a folder (--out)"
+        )
     run_dir = root / f"{name}-{config_hash(name, cfg)}"
     with waiting(wait), lock_folder(run_dir, what="study run folder", say=say):
         return _run_locked(study, cfg, root, run_dir, progress, say, report)
@@ -381,6 +411,17 @@ def reproducible_part(results: Any) -> Any:
     return results
 
 
+def _read_json(path: Path, run_dir: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BasinscopeError(
+            f"{str(path)!r} is not valid JSON ({type(e).__name__}: {e}): it was edited or "
+            f"truncated. Run the study again to rewrite it (finished stages are reused): "
+            f"`basinscope study <name> --out {run_dir.parent}` with the same settings."
+        ) from None
+
+
 def load_run(run_dir: str | Path) -> tuple[Study, dict[str, Any]]:
     """The study and the stored results of a finished run folder."""
     run_dir = Path(run_dir)
@@ -395,13 +436,52 @@ def load_run(run_dir: str | Path) -> tuple[Study, dict[str, Any]]:
             f"{str(run_dir)!r} has no results.json: the study did not finish. Run it again "
             "(finished stages are reused) to complete it."
         )
-    name = json.loads(meta.read_text())["study"]
-    return get_study(name), json.loads(res.read_text())
+    info = _read_json(meta, run_dir)
+    if not isinstance(info, dict) or not isinstance(info.get("study"), str):
+        raise BasinscopeError(
+            f"{str(meta)!r} does not name its study (expected a JSON object with a 'study' "
+            f"name, found {_short_json(info)}): it was edited. Run the study again to rewrite "
+            "its run folder (finished stages are reused)."
+        )
+    results = _read_json(res, run_dir)
+    if not isinstance(results, dict):
+        raise BasinscopeError(
+            f"{str(res)!r} holds {_short_json(results)}, not the JSON object a study writes: it "
+            "was edited. Run the study again to rewrite it (finished stages are reused)."
+        )
+    return get_study(info["study"]), results
+
+
+def _short_json(value: Any) -> str:
+    text = json.dumps(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
 
 
 def rebuild_report(run_dir: str | Path, *, wait: bool = False) -> Path:
     """Rewrite ``report.html`` and the figures of a finished run from its stored results
-    (under the run folder's lock: see :func:`run_study`)."""
+    (under the run folder's lock: see :func:`run_study`).
+
+    A ``results.json`` that was edited or truncated (a missing key, a value of the wrong
+    type) is reported as a :class:`BasinscopeError` naming the file and the key.
+    """
     study, results = load_run(run_dir)
-    with lock_folder(run_dir, wait=wait, what="study run folder"):
-        return study.report(Path(run_dir), results)
+    res = Path(run_dir) / "results.json"
+    try:
+        with lock_folder(run_dir, wait=wait, what="study run folder"):
+            return study.report(Path(run_dir), results)
+    except BasinscopeError:
+        raise
+    except KeyError as e:
+        raise BasinscopeError(
+            f"{str(res)!r} (or a stage folder it names) lacks the key {e.args[0]!r} that the "
+            f"{study.name} report needs: the file was edited or comes from another version of "
+            "basinscope. Run the study again to rewrite it (finished stages are reused), then "
+            "`basinscope report` works."
+        ) from e
+    except (IndexError, TypeError, ValueError, AttributeError) as e:
+        text = " ".join(str(e).split())[:200]
+        raise BasinscopeError(
+            f"{str(res)!r} does not have the structure the {study.name} report needs "
+            f"({type(e).__name__}: {text}): the file was edited or comes from another version "
+            "of basinscope. Run the study again to rewrite it (finished stages are reused)."
+        ) from e

@@ -27,6 +27,14 @@ from typing import Any
 
 import numpy as np
 
+from basinscope._checks import (
+    MAX_POINTS,
+    at_least,
+    check_seed,
+    finite_float,
+    in_range,
+    positive_float,
+)
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
 from basinscope.experiments.stages import (
@@ -47,6 +55,11 @@ STRATEGY_NAMES = {
     "surgical": "surgical",
     "guided": "guided surgical",
 }
+
+
+DIGITS_TRAIN = 1347  # examples in basinscope.data.load_digits("train")
+_DIGITS_WHY = " (the digits' training split has 1,347 images)"
+STUDY_MAX_STEPS = 1_000_000  # far more than any study needs: a larger value is a typo
 
 
 @dataclass(frozen=True)
@@ -104,10 +117,14 @@ class RotatedDigitsConfig:
                 "strategies must include 'ft': the landscapes, criticality and the random-start "
                 "comparison are of full fine-tuning"
             )
-        if self.copies < 2:
-            raise BasinscopeError(
-                f"copies must be at least 2 (the barrier is between two fine-tuned copies), got {self.copies}"
-            )
+        at_least(
+            "copies",
+            self.copies,
+            2,
+            high=16,
+            why=" (the barrier is between two fine-tuned copies)",
+            high_why=" (each copy repeats every fine-tuning run of every angle)",
+        )
         if self.guided_signal not in GUIDED_SIGNALS:
             raise BasinscopeError(
                 f"guided_signal {self.guided_signal!r}: expected one of {', '.join(GUIDED_SIGNALS)}"
@@ -120,12 +137,56 @@ class RotatedDigitsConfig:
             raise BasinscopeError(
                 f"barrier_metric {self.barrier_metric!r}: expected 'error' or 'loss'"
             )
-        for name in ("grid", "line_points", "barrier_points", "criticality_points"):
-            if getattr(self, name) < 3:
-                raise BasinscopeError(f"{name} must be at least 3, got {getattr(self, name)}")
-        for name in ("pretrain_steps", "finetune_steps", "lp_steps", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise BasinscopeError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self._check_numbers()
+        self._check_blocks()
+
+    def _check_numbers(self) -> None:
+        for angle in self.angles:
+            in_range("angles", angle, -360, 360, fix="rotations in degrees, e.g. [0, 15, 35]")
+        # points: each landscape point is evaluated on all source and target data
+        at_least("grid", self.grid, 3, high=201, high_why=" points per axis (41,000 points)")
+        for name in ("line_points", "barrier_points"):
+            at_least(name, getattr(self, name), 3, high=MAX_POINTS)
+        at_least("criticality_points", self.criticality_points, 3, high=51)
+        for name in ("pretrain_steps", "finetune_steps", "lp_steps"):
+            at_least(name, getattr(self, name), 1, high=STUDY_MAX_STEPS)
+        at_least("checkpoint_every", self.checkpoint_every, 1)
+        at_least("batch_size", self.batch_size, 1)
+        for name in ("pretrain_lr", "finetune_lr", "random_start_lr"):
+            positive_float(name, getattr(self, name), fix=f"e.g. {name}=0.02")
+        finite_float("momentum", self.momentum, low=0, high=1, high_open=True)
+        at_least("width", self.width, 1, high=16, high_why=" (the LeNet width multiplier)")
+        finite_float("surface_margin", self.surface_margin, low=0)
+        finite_float("basin_epsilon", self.basin_epsilon, low=0)
+        for name in ("hessian_examples", "criticality_examples"):
+            at_least(name, getattr(self, name), 1, high=DIGITS_TRAIN, high_why=_DIGITS_WHY)
+        finite_float("hessian_tol", self.hessian_tol, low=0, high=1, low_open=True, high_open=True)
+        at_least("trace_probes", self.trace_probes, 2, high=10_000)
+        if self.criticality_samples % 2:
+            raise BasinscopeError(
+                f"criticality_samples must be even (antithetic pairs of noise draws), got "
+                f"{self.criticality_samples}"
+            )
+        at_least("criticality_samples", self.criticality_samples, 2, high=1000)
+        check_seed("init_seed", self.init_seed)
+        check_seed("random_start_seed", self.random_start_seed)
+
+    def _check_blocks(self) -> None:
+        from basinscope.models import build_model
+        from basinscope.training.finetune import _param_modules, _surgical_params
+
+        lenet = build_model("lenet", {"width": self.width})
+        try:
+            _surgical_params(lenet, list(self.surgical_blocks))
+        except BasinscopeError as e:
+            raise BasinscopeError(f"surgical_blocks {list(self.surgical_blocks)}: {e}") from None
+        at_least(
+            "guided_top_k",
+            self.guided_top_k,
+            1,
+            high=len(_param_modules(lenet)),
+            high_why=" (the LeNet's modules with parameters)",
+        )
 
 
 # the smoke version (tests, pipeline checks): one angle, FT and LP, a few steps, tiny grids

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from basinscope._checks import at_least, check_seed, finite_float, positive_float
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
 from basinscope.experiments.stages import cached_stage, landscape_stage, stage_dir, train_stage
@@ -39,6 +40,7 @@ from basinscope.experiments.stages import cached_stage, landscape_stage, stage_d
 __all__ = ["DEFINITIONS", "STUDY", "SkipConfig", "run"]
 
 INITS = ("he", "pytorch")
+STUDY_MAX_STEPS = 1_000_000  # far more than any study needs: a larger value is a typo
 
 
 @dataclass(frozen=True)
@@ -80,14 +82,23 @@ class SkipConfig:
             )
         if self.init not in INITS:
             raise BasinscopeError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        for key in ("width", "steps", "batch_size", "hessian_examples", "hessian_max_iter"):
-            if getattr(self, key) < 1:
-                raise BasinscopeError(f"{key} must be at least 1, got {getattr(self, key)}")
+        if max(self.depths) > 110:
+            raise BasinscopeError(
+                f"depths {list(self.depths)}: at most 110 (the deepest ResNet of Li et al.; "
+                "deeper plain networks take hours on a CPU)"
+            )
+        at_least("width", self.width, 1, high=64, high_why=" channels in the first stage")
+        at_least("steps", self.steps, 1, high=STUDY_MAX_STEPS)
+        for key in ("batch_size", "hessian_examples", "hessian_max_iter"):
+            at_least(key, getattr(self, key), 1)
         for key in ("grid", "map_grid"):
-            if getattr(self, key) < 3:
-                raise BasinscopeError(f"{key} must be at least 3 points per axis")
-        if self.surface_examples < 0 or self.span <= 0 or not 0 < self.hessian_tol < 1:
-            raise BasinscopeError("need surface_examples >= 0, span > 0 and 0 < hessian_tol < 1")
+            at_least(key, getattr(self, key), 3, high=201, high_why=" points per axis")
+        at_least("surface_examples", self.surface_examples, 0)
+        positive_float("lr", self.lr, fix="e.g. lr=0.003")
+        positive_float("span", self.span, fix="e.g. span=0.5")
+        finite_float("hessian_tol", self.hessian_tol, low=0, high=1, low_open=True, high_open=True)
+        for key in ("init_seed", "data_seed", "direction_seed"):
+            check_seed(key, getattr(self, key))
 
 
 # Every number a model row of the results holds, with its definition.

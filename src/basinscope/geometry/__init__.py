@@ -11,7 +11,12 @@ from basinscope.geometry.directions import (
     random_direction,
     random_directions,
 )
-from basinscope.geometry.io import check_directions_fit, load_directions, save_directions
+from basinscope.geometry.io import (
+    check_checkpoints_fit,
+    check_directions_fit,
+    load_directions,
+    save_directions,
+)
 from basinscope.geometry.normalization import (
     BIAS_POLICIES,
     NORMALIZATIONS,
@@ -42,6 +47,7 @@ __all__ = [
     "ParamDict",
     "Projection",
     "add",
+    "check_checkpoints_fit",
     "check_directions_fit",
     "check_same_keys",
     "clone",

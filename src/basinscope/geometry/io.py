@@ -12,7 +12,7 @@ from torch import Tensor
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import ParamDict, check_same_keys
 
-__all__ = ["check_directions_fit", "load_directions", "save_directions"]
+__all__ = ["check_checkpoints_fit", "check_directions_fit", "load_directions", "save_directions"]
 
 
 def save_directions(
@@ -58,12 +58,19 @@ def load_directions(path: str | Path) -> tuple[list[ParamDict], dict[str, Any]]:
             f"{str(path)!r} is a safetensors file but not a basinscope directions file "
             "(no 'basinscope' metadata); write it with basinscope.geometry.save_directions()"
         )
-    meta = json.loads(meta_raw)
-    n = int(meta["n_directions"])
-    dirs: list[ParamDict] = [{} for _ in range(n)]
-    for key, t in tensors.items():
-        head, name = key.split("/", 1)
-        dirs[int(head[1:])][name] = t
+    try:
+        meta = json.loads(meta_raw)
+        n = int(meta["n_directions"])
+        dirs: list[ParamDict] = [{} for _ in range(n)]
+        for key, t in tensors.items():
+            head, name = key.split("/", 1)
+            dirs[int(head[1:])][name] = t
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+        raise BasinscopeError(
+            f"{str(path)!r} is a damaged directions file ({type(e).__name__}: {e}): its metadata "
+            "or tensor names are not those save_directions() writes (d0/<param>, d1/<param>, "
+            "...). Recreate it, e.g. with `basinscope surface` (RUN/tensors/directions.safetensors)."
+        ) from None
     return dirs, meta
 
 
@@ -80,4 +87,33 @@ def check_directions_fit(
             f"{source}: direction {i} does not fit the model; its keys and the model's parameters",
             "Directions must be made for the same architecture; recreate them for this model "
             "(drop --directions) or pass the matching --model/--model-kwargs.",
+        )
+
+
+def check_checkpoints_fit(
+    checkpoints: Mapping[int, Mapping[str, Tensor]] | Sequence[Mapping[str, Tensor]],
+    params: Mapping[str, Tensor],
+    source: str = "the trajectory",
+) -> None:
+    """Raise a clear error if a trajectory's checkpoints do not have the model's parameters.
+
+    Every checkpoint must hold exactly the model's parameter names with the same shapes
+    (as ``basinscope train`` writes them); the first that differs is reported with its
+    missing keys, unexpected keys and shape mismatches.
+    """
+    items = (
+        [(int(k), checkpoints[k]) for k in sorted(checkpoints)]
+        if isinstance(checkpoints, Mapping)
+        else list(enumerate(checkpoints))
+    )
+    if not items:
+        raise BasinscopeError(f"{source} holds no checkpoints; it needs at least one")
+    for step, ckpt in items:
+        check_same_keys(
+            params,
+            ckpt,
+            f"{source}: the checkpoint at step {step} and the model's parameters",
+            "Was the trajectory saved from another model? Pass the --model/--model-kwargs it "
+            "was trained with, or a trajectory of this model (`basinscope train` writes "
+            "RUN/trajectory.safetensors).",
         )

@@ -7,9 +7,9 @@ state dicts stored as ``.safetensors`` (preferred: no pickle) or ``.pt``/``.pth`
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import io
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from basinscope._checks import check_seed
+from basinscope._imports import import_user_module
 from basinscope.errors import BasinscopeError
 from basinscope.models.zoo import MODELS
 
@@ -42,16 +44,7 @@ def _resolve_factory(spec: str) -> Any:
             f"{spec!r} is not a model spec: expected module:factory, e.g. "
             "'basinscope.models:lenet' (module path, a colon, then the factory name)."
         )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as e:
-        if e.name is None or not (module_name + ".").startswith(e.name + "."):
-            raise  # the module exists but one of its own imports is missing
-        raise BasinscopeError(
-            f"model module {module_name!r} (from {spec!r}) was not found. Check the spelling, "
-            "install the package, or run from the folder that contains it (it must be on "
-            "sys.path / PYTHONPATH)."
-        ) from e
+    module = import_user_module(module_name, spec, "model module")
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         names = sorted(n for n, v in vars(module).items() if not n.startswith("_") and callable(v))
@@ -92,26 +85,41 @@ def build_model(
         )
     factory = _resolve_factory(spec)
 
+    def factory_error(e: Exception) -> BasinscopeError:
+        text = " ".join(str(e).split())[:300]
+        return BasinscopeError(
+            f"model factory {spec!r} called with kwargs {dict(kwargs)!r} raised "
+            f"{type(e).__name__}: {text}. Fix the factory or its --model-kwargs; calling it in "
+            f"Python, {spec.rpartition(':')[2] or spec}(**kwargs), shows the full traceback."
+        )
+
     def kwargs_error(e: Exception) -> BasinscopeError:
         return BasinscopeError(
             f"model factory {spec!r} does not accept the kwargs {dict(kwargs)!r} ({e}). "
             f"Its signature is {_signature(factory)}; fix --model-kwargs to match."
         )
 
+    if init_seed is not None:
+        check_seed("init_seed", init_seed)
     try:
         inspect.signature(factory).bind(**kwargs)
+        bound = True
     except TypeError as e:
         raise kwargs_error(e) from e
     except ValueError:
-        pass  # no signature to check against (a builtin); the call below decides
+        bound = False  # no signature to check against (a builtin); the call below decides
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices, enabled=init_seed is not None):
         if init_seed is not None:
             torch.manual_seed(init_seed)
         try:
             model = factory(**kwargs)
+        except BasinscopeError:
+            raise
         except TypeError as e:
-            raise kwargs_error(e) from e
+            raise (factory_error(e) if bound else kwargs_error(e)) from e
+        except Exception as e:  # the factory is the user's code: anything can go wrong
+            raise factory_error(e) from e
     if not isinstance(model, nn.Module):
         raise BasinscopeError(
             f"model factory {spec!r} returned a {type(model).__name__}, not an nn.Module. "
@@ -155,9 +163,10 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
     except Exception as e:  # unpickling raises many error types
         raise BasinscopeError(
             f"could not read {str(path)!r} as a PyTorch checkpoint ({type(e).__name__}: "
-            f"{e}). The file should be written by torch.save(model.state_dict(), path); it "
-            "may be truncated, or hold pickled objects other than tensors (only weights are "
-            "loaded, with weights_only=True)."
+            f"{_torch_load_reason(e)}). The file should be written by "
+            "torch.save(model.state_dict(), path); it may be truncated, or hold pickled objects "
+            "other than tensors (only weights are loaded, with weights_only=True, so no code in "
+            "the file runs)."
         ) from e
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
@@ -177,6 +186,16 @@ def load_state_dict_file(path: str | Path) -> dict[str, Tensor]:
             "'state_dict' or 'model'."
         )
     return {str(k): v for k, v in state.items()}
+
+
+def _torch_load_reason(e: Exception) -> str:
+    """The gist of a ``torch.load`` error on one line: for a refused pickle the offending
+    global, without torch's advice to load untrusted files with ``weights_only=False``."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
+    for line in text.splitlines():
+        if "WeightsUnpickler error:" in line:
+            return line.split("WeightsUnpickler error:", 1)[1].split(". Please use")[0].strip()
+    return " ".join(text.split())[:300]
 
 
 def _short(items: list[str], n: int = 5) -> str:

@@ -14,15 +14,20 @@ from collections.abc import Callable, Sequence
 
 from torch import Tensor, nn
 
+from basinscope._checks import positive_int
 from basinscope.errors import BasinscopeError
 
 __all__ = ["MODELS", "BasicBlock", "LeNet", "ResNet", "lenet", "mlp", "resnet"]
 
 
+#: Largest layer width, channel count or class count: a 100,000-wide layer already holds
+#: 10**10 weights (40 GB) next to another as wide.
+MAX_WIDTH = 100_000
+
+
 def _check_positive(**values: int) -> None:
     for key, v in values.items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise BasinscopeError(f"{key} must be a positive integer, found {v!r}.")
+        positive_int(key, v, high=MAX_WIDTH, high_why=" (wider layers do not fit in memory)")
 
 
 def mlp(
@@ -45,7 +50,7 @@ def mlp(
         _check_positive(hidden_width=h)
     if in_features is None:
         in_features = in_channels * image_size**2
-    _check_positive(in_features=in_features)
+    positive_int("in_features", in_features, high=None)
     layers: OrderedDict[str, nn.Module] = OrderedDict(flatten=nn.Flatten())
     width = in_features
     for i, h in enumerate(hidden, start=1):

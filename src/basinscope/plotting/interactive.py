@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -43,7 +44,8 @@ def to_plotly_text(text: str) -> str:
     """Turn matplotlib mathtext such as ``$\\theta_A$`` into plotly HTML (``θ<sub>A</sub>``).
 
     Only the small subset used by basinscope labels is handled: Greek letters, sub- and
-    superscripts and thin spaces; text outside ``$...$`` is returned unchanged.
+    superscripts and thin spaces. The text is HTML-escaped first (labels, file names and
+    settings come from the user), so only the ``<sub>``/``<sup>`` made here are markup.
     """
 
     def convert(match: re.Match[str]) -> str:
@@ -55,7 +57,12 @@ def to_plotly_text(text: str) -> str:
         s = re.sub(r"\^\{([^}]*)\}|\^(\S)", lambda m: f"<sup>{m.group(1) or m.group(2)}</sup>", s)
         return s
 
-    return re.sub(r"\$([^$]*)\$", convert, text)
+    return re.sub(r"\$([^$]*)\$", convert, _esc(text))
+
+
+def _esc(text: object) -> str:
+    """``text`` with ``&``, ``<`` and ``>`` escaped: plotly renders labels as HTML."""
+    return html.escape(str(text), quote=False)
 
 
 def _with_gaps(values: np.ma.MaskedArray) -> list:
@@ -99,7 +106,7 @@ def surface_figure(
         z = np.ma.minimum(z, zmax)
     if log:
         z = np.ma.log10(z)
-    label = var_label(ds, var)
+    label = _esc(var_label(ds, var))
     zlabel = f"log<sub>10</sub> {label}" if log else label
     surface = go.Surface(
         x=alpha.tolist(),
@@ -109,7 +116,7 @@ def surface_figure(
         colorbar={"title": {"text": zlabel}},
         contours={"z": {"show": True, "usecolormap": True, "project": {"z": True}}},
         hovertemplate=f"α=%{{x:.4g}}<br>β=%{{y:.4g}}<br>{zlabel}=%{{z:.4g}}<extra></extra>",
-        name=var,
+        name=_esc(var),
     )
     fig = go.Figure(data=[surface])
     if trajectories and alpha.size > 1 and beta.size > 1:
@@ -132,7 +139,7 @@ def surface_figure(
                     name=to_plotly_text(traj.legend_label()),
                 )
             )
-    base = title if title is not None else attr_str(ds.attrs, "title", label)
+    base = title if title is not None else attr_str(ds.attrs, "title", var_label(ds, var))
     fig.update_layout(
         title=_title(compose_title(base, hidden_note(n_bad, n_nonpos, what="grid values"))),
         font=_FONT,
@@ -212,7 +219,7 @@ def line_figure(
                     x=alpha,
                     y=_with_gaps(masked),
                     mode="lines",
-                    name=var_label(ds, var),
+                    name=_esc(var_label(ds, var)),
                     line={"color": color, "dash": _DASH.get(style, "longdashdot"), "width": 2},
                 ),
                 secondary_y=False if is_left else True,
@@ -227,14 +234,15 @@ def line_figure(
             )
     fig.update_xaxes(title_text=to_plotly_text(alpha_label(ds.attrs)))
     fig.update_yaxes(
-        title_text=left_metric.replace("_", " "),
+        title_text=_esc(left_metric.replace("_", " ")),
         type="log" if log else "linear",
         color=to_hex(LEFT_COLOR),
         secondary_y=False,
     )
     if right_metrics:
         fig.update_yaxes(
-            title_text=" / ".join(m.replace("_", " ") for m in right_metrics), secondary_y=True
+            title_text=_esc(" / ".join(m.replace("_", " ") for m in right_metrics)),
+            secondary_y=True,
         )
     base = default_line_title(ds.attrs) if title is None else title
     fig.update_layout(

@@ -28,16 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from basinscope._checks import at_least
 from basinscope.errors import BasinscopeError
 from basinscope.training.config import TrainConfig
 
 __all__ = ["FGE", "SWA", "update_bn"]
-
-
-def _check_int(name: str, value: Any, lo: int, hint: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < lo:
-        raise BasinscopeError(f"{name} must be an integer >= {lo}, got {value!r}{hint}.")
-    return value
 
 
 def _cpu_clone(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -116,8 +111,8 @@ class SWA:
     """
 
     def __init__(self, start_step: int, every: int = 1) -> None:
-        self.start_step = _check_int("SWA start_step", start_step, 0)
-        self.every = _check_int("SWA every", every, 1, " (collect every this many updates)")
+        self.start_step = at_least("SWA start_step", start_step, 0)
+        self.every = at_least("SWA every", every, 1, why=" (collect every this many updates)")
         self.steps: list[int] = []
         self.buffers: dict[str, Tensor] = {}
         self._sum: dict[str, Tensor] = {}
@@ -190,10 +185,10 @@ class FGE:
     """
 
     def __init__(self, cycle_steps: int, start_step: int = 0) -> None:
-        self.cycle_steps = _check_int(
-            "FGE cycle_steps", cycle_steps, 2, " (updates per cycle of the cyclic schedule)"
+        self.cycle_steps = at_least(
+            "FGE cycle_steps", cycle_steps, 2, why=" (updates per cycle of the cyclic schedule)"
         )
-        self.start_step = _check_int("FGE start_step", start_step, 0)
+        self.start_step = at_least("FGE start_step", start_step, 0)
         self.snapshots: list[dict[str, Any]] = []
 
     @classmethod
@@ -205,7 +200,7 @@ class FGE:
                 f"is {config.schedule!r}; use TrainConfig(schedule='cyclic', cycle_steps=..., "
                 "min_lr=...)."
             )
-        skip = _check_int("skip_cycles", skip_cycles, 0)
+        skip = at_least("skip_cycles", skip_cycles, 0)
         return cls(config.cycle_steps, config.warmup_steps + skip * config.cycle_steps)
 
     def expected_steps(self, total_steps: int) -> list[int]:

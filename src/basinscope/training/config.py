@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from basinscope._checks import MAX_STEPS, at_least, check_seed, finite_float, positive_float
 from basinscope.errors import BasinscopeError
 from basinscope.training.schedules import check_schedule
 
@@ -86,10 +87,17 @@ class TrainConfig:
     def _validate(self) -> None:
         if self.steps < 1:
             raise BasinscopeError(f"TrainConfig.steps must be >= 1, got {self.steps}.")
+        at_least("TrainConfig.steps", self.steps, 1, high=MAX_STEPS)
         if self.batch_size < 1:
             raise BasinscopeError(f"TrainConfig.batch_size must be >= 1, got {self.batch_size}.")
+        at_least("TrainConfig.batch_size", self.batch_size, 1)
         if not self.lr > 0:
             raise BasinscopeError(f"TrainConfig.lr must be > 0, got {self.lr}.")
+        finite_float(
+            "TrainConfig.lr", self.lr, fix="a learning rate is a finite number > 0, e.g. 0.05"
+        )
+        check_seed("TrainConfig.data_seed", self.data_seed)
+        at_least("TrainConfig.warmup_steps", self.warmup_steps, 0, high=MAX_STEPS)
         if self.optimizer not in OPTIMIZERS:
             raise BasinscopeError(
                 f"unknown optimizer {self.optimizer!r}; valid optimizers are "
@@ -106,6 +114,7 @@ class TrainConfig:
             raise BasinscopeError(
                 f"TrainConfig.weight_decay must be >= 0, got {self.weight_decay}."
             )
+        finite_float("TrainConfig.weight_decay", self.weight_decay, low=0)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise BasinscopeError(
                 f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas}."
@@ -137,6 +146,8 @@ class TrainConfig:
             raise BasinscopeError(
                 f"TrainConfig.grad_clip must be > 0 or None, got {self.grad_clip}."
             )
+        if self.grad_clip is not None:
+            positive_float("TrainConfig.grad_clip", self.grad_clip)
         if self.bn_mode not in BN_MODES:
             raise BasinscopeError(
                 f"unknown bn_mode {self.bn_mode!r}; valid modes are "

@@ -40,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.training._data import as_tensors, iter_chunks
 from basinscope.training.config import TrainConfig
@@ -194,6 +195,7 @@ def module_ranking(
         dtype = next(iter(params.values())).dtype
         x, y = as_tensors(data, "target_data")
         x = x.to(dtype) if x.is_floating_point() else x
+        check_model_data(net, (x, y), what="the target data")
         n = x.shape[0]
         for xb, yb in iter_chunks(x, y, 1024):
             loss = nn.functional.cross_entropy(net(xb), yb) * (xb.shape[0] / n)

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from basinscope._checks import finite_float
 from basinscope.errors import BasinscopeError
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "cosine", "linear", "cyclic")
@@ -79,6 +80,7 @@ def check_schedule(
     if schedule == "step":
         if not gamma > 0:
             raise BasinscopeError(f"gamma must be > 0 for the 'step' schedule, got {gamma}.")
+        finite_float("gamma", gamma, why=" (the factor of the 'step' schedule at each milestone)")
         bad = [m for m in milestones if m < 0]
         if bad:
             raise BasinscopeError(f"milestones must be update indices >= 0, got {bad}.")

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.training._data import BatchStream, as_tensors, iter_chunks
 from basinscope.training.config import TrainConfig
@@ -169,6 +170,19 @@ def _evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[
     return total / n, (correct / n if classify else math.nan)
 
 
+def optimizer_step(opt: torch.optim.Optimizer, step: int, lr: float, weight_decay: float) -> None:
+    """``opt.step()``; an update too large for the parameters' dtype is the user's setting."""
+    try:
+        opt.step()
+    except RuntimeError as e:
+        if "overflow" not in str(e):
+            raise
+        raise BasinscopeError(
+            f"the optimizer update overflowed the parameters at step {step} (lr={lr:g}, "
+            f"weight_decay={weight_decay:g}; {e}); lower the learning rate or the weight decay."
+        ) from e
+
+
 def train(
     model: nn.Module,
     data: Any,
@@ -216,6 +230,7 @@ def train(
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
         raise BasinscopeError(f"config must be a TrainConfig, got {type(config).__name__}.")
+    classification = loss_fn is None
     loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
     if device is None:
         first = next(iter(model.parameters()), None)
@@ -243,6 +258,10 @@ def train(
     x, y = prepare(data, "data")
     do_eval = config.eval_every > 0 and eval_data is not None
     ex, ey = prepare(eval_data, "eval_data") if do_eval else (x[:0], y[:0])
+    # one forward pass before the first step: inputs, logits and labels fit the model
+    check_model_data(net, (x, y), what="the training data", classification=classification)
+    if do_eval:
+        check_model_data(net, (ex, ey), what="eval_data", classification=classification)
 
     opt = _make_optimizer(params, config)
     if optimizer_state is not None:
@@ -301,7 +320,7 @@ def train(
                 )
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
-            opt.step()
+            optimizer_step(opt, step, lr, config.weight_decay)
             history["step"].append(float(step))
             history["loss"].append(loss_value)
             history["lr"].append(lr)

@@ -105,4 +105,10 @@ def load_trajectory(path: str | os.PathLike[str]) -> dict[int, dict[str, Tensor]
                     out[s][name] = f.get_tensor(key)
     except (SafetensorError, OSError) as e:
         raise BasinscopeError(f"cannot read trajectory {os.fspath(path)}: {e}") from e
+    except (KeyError, ValueError, TypeError) as e:  # metadata edited or written by other code
+        raise BasinscopeError(
+            f"{os.fspath(path)} has broken trajectory metadata ({type(e).__name__}: {e}): it "
+            "needs 'steps' and 'names' as JSON lists. Write it with trajectory_to_safetensors "
+            "(`basinscope train` does)."
+        ) from e
     return out
