@@ -12,27 +12,9 @@ request to report it). User-caused are
 
 from __future__ import annotations
 
-import errno
 import os
 
 __all__ = ["internal_error_note", "one_line", "user_message"]
-
-#: What to do about each file-system error, by errno.
-_OS_FIXES = {
-    errno.EROFS: "the file system is read-only: choose an output folder on a writable one (--out)",
-    errno.EACCES: "choose a folder you may write to (--out) or change its permissions",
-    errno.EPERM: "choose a folder you may write to (--out) or change its permissions",
-    errno.ENOSPC: "free some space (or choose another --out) and run the same command again: "
-    "finished parts are kept and the run resumes",
-    errno.EDQUOT: "free some space in your quota (or choose another --out) and run the same "
-    "command again: finished parts are kept and the run resumes",
-    errno.ENOTDIR: "a part of this path is a file, not a folder: choose another path",
-    errno.EISDIR: "this is a folder, but a file was expected: pass the path of a file",
-    errno.EEXIST: "a file of that name is in the way: remove it or choose another path",
-    errno.ENAMETOOLONG: "choose a shorter path",
-    errno.ENOENT: "check the path (a folder on it may have been removed)",
-    errno.EMFILE: "too many open files: raise the limit (ulimit -n) or close other programs",
-}
 
 _MEMORY_HINT = (
     "reduce the size of the job: fewer grid points (--xrange/--yrange), a smaller "
@@ -55,15 +37,15 @@ def one_line(message: str) -> str:
 
 
 def _os_message(e: OSError) -> str | None:
-    fix = _OS_FIXES.get(e.errno) if e.errno is not None else None
-    if fix is None:
+    from basinscope.errors import os_error_reason
+
+    reason = os_error_reason(e)
+    if reason is None:
         return None
-    path = e.filename if e.filename is not None else "a file"
-    where = f"{os.fspath(path)!r}" if e.filename is not None else path
+    where = f"{os.fspath(e.filename)!r}" if e.filename is not None else "a file"
     if e.filename2 is not None:
         where += f" -> {os.fspath(e.filename2)!r}"
-    name = errno.errorcode.get(e.errno, str(e.errno))
-    return f"cannot use {where}: {e.strerror or name} ({name}); {fix}"
+    return f"cannot use {where}: {reason[0]}. To fix: {reason[1]}"
 
 
 def user_message(e: BaseException) -> str | None:

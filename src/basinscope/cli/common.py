@@ -230,20 +230,16 @@ def check_out_dir(path: str | Path | None, flag: str = "--out") -> Path | None:
             f"choose another {flag} folder"
         )
     if not os.access(ancestor, os.W_OK | os.X_OK):
+        import errno
+
+        from basinscope.errors import os_error_reason
+
         where = "" if ancestor == target else f" (in {str(ancestor.resolve())!r})"
-        reason = (
-            "is on a read-only file system"
-            if _read_only(ancestor)
-            else "is not writable by this user (permission denied)"
-        )
+        code = errno.EROFS if _read_only(ancestor) else errno.EACCES
+        reason, fix = os_error_reason(OSError(code, os.strerror(code)))
+        default = "" if path is not None else " (the default is under the working folder)"
         raise BasinscopeError(
-            f"cannot write the run folder {shown!r}{where}: it {reason}. Choose an {flag} "
-            "folder on a writable file system"
-            + (
-                ""
-                if path is not None
-                else f" (the default is under the working folder; pass {flag})"
-            )
+            f"could not write the run folder {shown!r}{where}: {reason}{default}. To fix: {fix}"
         )
     return None if path is None else Path(path)
 

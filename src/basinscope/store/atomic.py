@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from basinscope.errors import BasinscopeError
+from basinscope.errors import BasinscopeError, os_error_reason
 
 __all__ = [
     "KILL_AT_WRITE_ENV",
@@ -54,42 +54,12 @@ __all__ = [
 KILL_AT_WRITE_ENV = "BASINSCOPE_TEST_KILL_AT_WRITE"
 _writes = 0
 
-_FULL = {errno.ENOSPC, errno.EDQUOT}
-_READ_ONLY = {errno.EROFS}
-_DENIED = {errno.EACCES, errno.EPERM}
 _TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 _LEGACY_TEMPS = ("manifest.json.tmp", "result.json.tmp", "results.json.tmp", "settings.json.tmp")
 
 
 class OutputWriteError(BasinscopeError):
     """An output file could not be written: the disk is full, read-only or not ours."""
-
-
-def _reason(e: OSError) -> tuple[str, str] | None:
-    if e.errno in _FULL:
-        return (
-            "no space left on the device (ENOSPC)",
-            "free some space (or pass an output folder on another disk) and run the same "
-            "command again: it resumes where it stopped",
-        )
-    if e.errno in _READ_ONLY:
-        return (
-            "the file system is read-only (EROFS)",
-            "pass an output folder (--out) on a writable disk",
-        )
-    if e.errno in _DENIED:
-        return (
-            f"permission denied ({errno.errorcode.get(e.errno, e.errno)})",
-            "pass an output folder (--out) you can write to, or fix its permissions",
-        )
-    if e.errno == errno.ENOTDIR:
-        return ("a part of the path is a file, not a folder (ENOTDIR)", _OTHER_OUT)
-    if e.errno == errno.ENAMETOOLONG:
-        return ("the path is too long for the file system (ENAMETOOLONG)", _OTHER_OUT)
-    return None
-
-
-_OTHER_OUT = "pass another output folder (--out)"
 
 
 @contextmanager
@@ -99,8 +69,8 @@ def output_errors(path: str | Path, what: str = "file") -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        reason = _reason(e)
-        if reason is None:
+        reason = os_error_reason(e)
+        if reason is None or e.errno in (errno.ENOENT, errno.EEXIST, errno.EISDIR, errno.EMFILE):
             raise
         raise OutputWriteError(
             f"could not write the {what} {str(path)!r}: {reason[0]}; files already written "
