@@ -224,6 +224,6 @@ def test_a_command_that_fails_in_this_process_releases_its_lock(tmp_path):
     out = tmp_path / "run"
     code, _, err = invoke(*surface_cmd(out, 3, "--no-plot", "--metrics", "loss,nonsense"))
     assert code == 2 and "nonsense" in err, err
-    assert out.is_dir()  # it was locked: the folder was made for the lock
+    assert not out.exists()  # made for the lock, removed with it: nothing was written there
     assert not (out / LOCK_NAME).exists()
     assert not lock_module._HELD

@@ -55,6 +55,16 @@ class _Held:
         self.path = path
         self.count = 0
         self.took_over = took_over
+        self.created: list[Path] = []  # folders the lock made, innermost first
+
+    def remove_empty_created(self) -> None:
+        """Remove the folders the lock made if nothing was written into them (a command
+        refused after taking the lock leaves no empty run folder behind)."""
+        for folder in self.created:
+            try:
+                folder.rmdir()  # only an empty folder
+            except OSError:
+                return
 
 
 _HELD: dict[str, _Held] = {}
@@ -122,6 +132,7 @@ class FolderLock:
                     except OSError:
                         pass
                 os.close(held.fd)  # closing the descriptor releases the flock
+            held.remove_empty_created()
 
     def __enter__(self) -> FolderLock:
         return self
@@ -175,6 +186,7 @@ def lock_folder(
             f"{str(folder)!r} exists and is not a folder: the {what} must be a folder. "
             "Choose another output folder (--out)"
         )
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
     with output_errors(folder, what):
         folder.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(folder)
@@ -182,6 +194,7 @@ def lock_folder(
         held = _HELD.get(key)
         if held is None:
             held = _acquire(folder, default_wait() if wait is None else wait, what, say or _stderr)
+            held.created = missing
             _HELD[key] = held
         held.count += 1
         return FolderLock(key, held)
@@ -201,6 +214,8 @@ def _acquire(folder: Path, wait: bool, what: str, say: Callable[[str], None]) ->
     path = folder / LOCK_NAME
     while True:
         with output_errors(path, f"lock file of the {what}"):
+            # (again: a holder we waited for removes the folder if it made it and left it empty)
+            folder.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             try:
