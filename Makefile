@@ -28,7 +28,7 @@ demo: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest -n auto --dist loadfile $(ARGS)
 
 science: $(VENV)/.installed-dev
 	$(BIN)/pytest -m science $(ARGS)

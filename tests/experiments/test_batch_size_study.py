@@ -89,9 +89,10 @@ def test_the_ratios_are_of_the_two_solutions(runs):
 
 def test_figures_and_a_self_contained_report(runs):
     run_dir = Path(runs[2]["run_dir"])
+    assert runs[1].figure_formats == ("png",)  # the smoke version writes no PDFs
     for stem in FIGURES:
-        for ext in ("png", "pdf"):
-            assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
+        assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000, stem
+        assert not (run_dir / "figures" / f"{stem}.pdf").exists()
     html = (run_dir / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>")
     assert html.count('class="static"><img alt=') == len(FIGURES)

@@ -79,3 +79,16 @@ def test_float_settings_refuse_booleans_and_int_settings_refuse_fractions():
 def test_unknown_study_suggests_the_nearest():
     with pytest.raises(BasinscopeError, match="Did you mean 'skip-connections'"):
         get_study("skip-connection")
+
+
+def test_figure_formats_are_checked_and_the_default_writes_pdfs():
+    from basinscope.errors import BasinscopeError
+    from basinscope.experiments.registry import make_config
+
+    for name in ("rotated-digits", "flatness-vs-batch-size", "skip-connections"):
+        assert make_config(name).figure_formats == ("png", "pdf")
+        assert make_config(name, smoke=True).figure_formats == ("png",)
+        with pytest.raises(
+            BasinscopeError, match=r"figure_formats \['png', 'docx'\].*unknown \['docx'\]"
+        ):
+            make_config(name, sets=['figure_formats=["png", "docx"]'])

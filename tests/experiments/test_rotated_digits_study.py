@@ -95,8 +95,9 @@ def test_the_report_is_self_contained_and_has_every_figure(quick):
     stems = ["accuracy_vs_angle", "paths", "barriers", "distance_and_cka", "criticality"]
     stems += ["curvature"] + [f"surfaces_angle{a:g}" for a in cfg.angles]
     for stem in stems:
-        for ext in ("png", "pdf"):
+        for ext in cfg.figure_formats:
             assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
+    assert sorted(p.suffix for p in (run_dir / "figures").iterdir()) == [".png"] * len(stems)
     assert html.count('class="static"') == len(stems)
     assert html.count('class="interactive"') == 2
     # each figure says how it was measured

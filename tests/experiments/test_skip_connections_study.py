@@ -79,9 +79,9 @@ def test_results_hold_every_number_with_its_definition(quick_run):
 
 
 def test_figures_and_a_self_contained_report(quick_run):
-    _, _, results, run_dir = quick_run
+    _, cfg, results, run_dir = quick_run
     for stem in FIGURES:
-        for ext in ("png", "pdf"):
+        for ext in cfg.figure_formats:
             assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000, (stem, ext)
     html = (run_dir / "report.html").read_text()
     assert Path(results["report"]) == run_dir / "report.html"

@@ -85,6 +85,7 @@ class BatchSizeConfig:
     threads: int = 1  # torch CPU threads during the run (restored after; tiny models: 1)
     eval_strategy: str = "vmap"  # engine: "vmap" (fast for MLPs) or "loop" (CNNs); never timed
     hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
     def check(self) -> None:
         if self.model not in ("mlp", "lenet"):
@@ -142,6 +143,7 @@ QUICK: dict[str, Any] = dict(steps=300, line_points=17, grid=9, hessian_subset=5
 QUICK.update(trace_max_probes=40, ascent_steps=5, ascent_restarts=1, fn_directions=4)
 # The smoke version (tests, pipeline checks): every stage and figure, in seconds.
 SMOKE: dict[str, Any] = dict(steps=30, line_points=5, grid=3, hessian_subset=64)
+SMOKE.update(figure_formats=("png",))
 SMOKE.update(trace_max_probes=10, ascent_steps=2, fn_directions=2, hidden=(16,))
 
 

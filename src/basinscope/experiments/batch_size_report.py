@@ -225,6 +225,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         f"basinscope {basinscope.__version__} · {time.strftime('%Y-%m-%d %H:%M')} · {model}, "
         f"{setup['parameters']} parameters · B = {bs['small']} vs. {bs['large']} · "
         f"this run took {results.get('seconds', '?')} s",
+        formats=tuple(results["config"].get("figure_formats", ("png", "pdf"))),
     )
     rep.text(
         f"One {model} ({setup['parameters']} parameters) on scikit-learn's 8x8 digits is trained twice "

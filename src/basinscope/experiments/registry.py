@@ -297,10 +297,24 @@ def check_config(cfg: Any) -> None:
                     v,
                     fix=f"nan and inf are not settings (the default is {f.name}={example})",
                 )
+    _check_figure_formats(getattr(cfg, "figure_formats", ("png",)))
     check = getattr(cfg, "check", None)
     if check is not None:
         check()
     check_pinned(cfg)
+
+
+def _check_figure_formats(formats: Sequence[str]) -> None:
+    from matplotlib.figure import Figure
+
+    supported = Figure().canvas.get_supported_filetypes()
+    bad = [f for f in formats if f not in supported]
+    if bad or not formats:
+        raise BasinscopeError(
+            f"figure_formats {list(formats)}: expected formats matplotlib writes (e.g. "
+            f'["png", "pdf"]; supported: {", ".join(sorted(supported))}), got '
+            + (f"unknown {bad}" if bad else "none")
+        )
 
 
 # The choices a study pins instead of timing them (the settings eval_strategy and hvp_method).

@@ -99,6 +99,7 @@ class RotatedDigitsConfig:
     criticality_examples: int = 512  # target training examples for module criticality
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slower for this CNN), never timed
     hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
     def check(self) -> None:
         from basinscope.analyses.barrier import BARRIER_DEFINITIONS as DEFS
@@ -191,6 +192,7 @@ class RotatedDigitsConfig:
 
 # the smoke version (tests, pipeline checks): one angle, FT and LP, a few steps, tiny grids
 SMOKE = {
+    "figure_formats": ("png",),
     "angles": (60.0,),
     "strategies": ("ft", "lp"),
     "pretrain_steps": 40,

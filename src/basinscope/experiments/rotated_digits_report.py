@@ -47,6 +47,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "Fine-tuning on rotated digits: does it stay in the pre-trained basin?",
         f"basinscope {basinscope.__version__} · study rotated-digits · {time.strftime('%Y-%m-%d %H:%M')} · "
         f"{results['seconds']} s · run folder {Path(run_dir).name}",
+        formats=tuple(results["config"].get("figure_formats", ("png", "pdf"))),
     )
     pre = results["pretrained"]
     rep.text(

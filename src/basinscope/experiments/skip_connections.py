@@ -68,6 +68,7 @@ class SkipConfig:
     hessian_max_iter: int = 60  # Lanczos: at most this many steps per point
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slow for convolutions); never timed
     hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
     def check(self) -> None:
         bad = [d for d in self.depths if d < 8 or (d - 2) % 6]
@@ -367,6 +368,7 @@ STUDY = register(
             "hessian_max_iter": 30,
         },
         smoke={
+            "figure_formats": ("png",),
             "depths": (8,),
             "steps": 10,
             "grid": 3,

@@ -61,6 +61,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "Skip connections and the loss landscape (Li et al. 2018, Fig. 5-7, on digits)",
         f"basinscope {basinscope.__version__} · {time.strftime('%Y-%m-%d %H:%M')} · "
         f"{len(rows)} models · {results.get('seconds', '?')} s",
+        formats=tuple(results["config"].get("figure_formats", ("png", "pdf"))),
     )
     rep.text(
         "Li et al. (2018) found that without skip connections the loss surface around a "

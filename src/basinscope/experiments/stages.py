@@ -128,11 +128,10 @@ def landscape_stage(
     d = stage_dir(root, name, settings)
     done = _complete(d)
     t0 = time.perf_counter()
-    if done:
-        out = compute(d)  # loads the finished run without a lock
-    else:
-        with lock_folder(d, what=STAGE):
-            out = compute(d)
+    # a finished run is loaded, but the stage may still write beside it (a surface's projected
+    # trajectories): lock it too, waiting for a holder, which can only be finishing such a write
+    with lock_folder(d, what=STAGE, wait=True if done else None):
+        out = compute(d)
     if log is not None:
         log.record(d, done, 0.0 if done else time.perf_counter() - t0)
     return out

@@ -34,6 +34,7 @@ class Report:
 
     title: str
     subtitle: str = ""
+    formats: Sequence[str] = ("png", "pdf")  # the files each saved figure is written as
     parts: list[str] = field(default_factory=list)
     _plotly_included: bool = False
     _n: int = 0
@@ -47,12 +48,14 @@ class Report:
             self.parts.append(f"<p>{html.escape(para)}</p>")
 
     def figure(self, fig: Any, caption: str, *, save_as: Path | None = None) -> None:
-        """Embed a matplotlib figure as PNG; also write PNG/PDF to ``save_as`` (a path stem)."""
+        """Embed a matplotlib figure as PNG; also write it to ``save_as`` (a path stem) in each
+        of :attr:`formats` (PNG always among them)."""
         if save_as is not None:
             # the saved PNG is the embedded one: one raster rendering per figure
             from basinscope.plotting.io import save_figure
 
-            png, _ = save_figure(fig, save_as, ("png", "pdf"))
+            formats = ["png", *(f for f in self.formats if f != "png")]
+            png = save_figure(fig, save_as, formats)[0]
             raw = png.read_bytes()
         else:
             buf = io.BytesIO()
