@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-import os
+import io
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 
 import pytest
 import torch
 
-# Two torch threads on a 2-core machine; one per xdist worker when the workers share them
-# (make test runs -n auto), so that workers never oversubscribe the cores.
-_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+# One torch thread for the whole suite: its models and matrices are tiny, where OpenMP
+# threads only spin against each other, against the other xdist worker (make test runs one
+# per core) and against anything else on a shared 2-core machine; and one thread gives the
+# same float reductions on every machine.
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
@@ -27,3 +30,56 @@ def digits_xy():
 def small_data(digits_xy):
     x, y = digits_xy
     return {"train": (x[:300], y[:300]), "test": (x[300:420], y[300:420])}
+
+
+# -- the command line, in this process ------------------------------------------------
+@dataclass(frozen=True)
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def _code(e: SystemExit) -> int:
+    if e.code is None:
+        return 0
+    return e.code if isinstance(e.code, int) else 1
+
+
+def invoke(*args) -> Result:
+    """Run ``basinscope ARGS`` through the real entry point, in this process."""
+    from basinscope.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = _code(e)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def run_cli():
+    """``run_cli(*args) -> Result``: for module-scoped fixtures (no capsys there)."""
+    return invoke
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*args) -> Result`` with stdout/stderr captured by capsys."""
+
+    def run(*args) -> Result:
+        from basinscope.cli.main import main
+
+        capsys.readouterr()
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = _code(e)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return run

@@ -23,14 +23,6 @@ from helpers import reference_metrics
 DEFINITIONS = tuple(BARRIER_DEFINITIONS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def bump(a: float, b: float, h: float):
     """f(alpha) = 4 h alpha (1 - alpha) + (1 - alpha) a + alpha b: a bump of height h on a chord."""
     return lambda al: 4 * h * al * (1 - al) + (1 - al) * a + al * b

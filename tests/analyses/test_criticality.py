@@ -21,14 +21,6 @@ from basinscope.engine import Metric
 from basinscope.errors import BasinscopeError
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Quadratic(nn.Module):
     """Every example's output is :math:`\\lVert w - c \\rVert^2`."""
 

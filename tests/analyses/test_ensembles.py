@@ -22,15 +22,6 @@ from basinscope.models import mlp
 from basinscope.training import TrainConfig, train
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def splits(digits_xy):
     x, y = digits_xy

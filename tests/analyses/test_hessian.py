@@ -10,14 +10,6 @@ from basinscope.errors import BasinscopeError
 from curvature_cases import dense_hessian, tiny_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def xy(digits_xy):
     x, y = digits_xy

@@ -28,16 +28,6 @@ from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params, random_directions
 from helpers import reference_metrics
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """These models are tiny: one thread is faster, and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- quadratics with known sharpness -----------------------------------------------------
 
 

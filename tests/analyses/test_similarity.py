@@ -22,14 +22,6 @@ from basinscope.errors import BasinscopeError
 from basinscope.models.zoo import mlp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def _data(n=60, p=12, q=7, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, p, generator=g, dtype=torch.float64)

@@ -20,16 +20,8 @@ KWARGS = '{"hidden": [16]}'
 BASE = ("--model", "mlp", "--model-kwargs", KWARGS, "--data", "digits", "--no-progress")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, one_thread) -> list[Path]:
+def weights(tmp_path_factory) -> list[Path]:
     from basinscope.data import load_digits
     from basinscope.models import build_model, save_weights
     from basinscope.training import TrainConfig, train

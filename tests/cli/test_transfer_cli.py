@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from basinscope.cli.main import main
 
@@ -20,16 +19,8 @@ KWARGS = '{"hidden": [16]}'
 BASE = ("--model", "mlp", "--model-kwargs", KWARGS, "--data", "digits", "--no-progress")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory, one_thread) -> dict[str, Path]:
+def weights(tmp_path_factory) -> dict[str, Path]:
     from basinscope.data import load_digits
     from basinscope.models import build_model, save_weights
     from basinscope.training import TrainConfig, train

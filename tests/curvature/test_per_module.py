@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from matplotlib.figure import Figure
 from torch import nn
 
@@ -17,15 +16,6 @@ from curvature_cases import dense_hessian, tiny_models
 
 HAVE_LANCZOS = importlib.util.find_spec("basinscope.curvature.lanczos") is not None
 needs_lanczos = pytest.mark.skipif(not HAVE_LANCZOS, reason="curvature.lanczos not available")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny dense algebra: one thread avoids OpenMP oversubscription on a busy 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,6 @@ from basinscope.plotting.spectrum import plot_spectral_density
 from curvature_cases import MatrixOperator, dense_hessian, spectrum_matrix, tiny_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny dense algebra: one thread avoids OpenMP oversubscription on a busy 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def bulk():
     """n=300, eigenvalues spread over [0.5, 3]."""

@@ -12,15 +12,6 @@ from basinscope.errors import BasinscopeError
 from curvature_cases import MatrixOperator, dense_hessian, spectrum_matrix, tiny_models
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny dense algebra: one thread avoids OpenMP oversubscription on a busy 2-core CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def hessian_case(digits_xy):
     x, y = digits_xy[0][:90], digits_xy[1][:90]

@@ -13,21 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from basinscope.experiments import rotated_digits
 from basinscope.experiments.registry import make_config, rebuild_report, run_study
 
 NAME = "rotated-digits"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # two-thread BLAS on a shared 2-core machine is slower than one thread
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -193,40 +183,21 @@ def test_the_report_is_rebuilt_from_stored_results_without_computing(quick, monk
     assert path == run_dir / "report.html" and path.stat().st_size > 100_000
 
 
-def test_cli_study_list_show_config_and_report(cli_run, quick):
+def test_cli_study_list_show_config_and_report(cli, quick):
     root, cfg, _ = quick
-    out = cli_run("study", "--list")
+    out = cli("study", "--list")
     assert out.code == 0 and "rotated-digits" in out.out and "skip-connections" in out.out
-    out = cli_run("study", NAME, "--quick", "--show-config", "--set", "grid=9")
+    out = cli("study", NAME, "--quick", "--show-config", "--set", "grid=9")
     assert "grid = 9" in out.out and "angles = [0.0, 60.0]" in out.out
-    out = cli_run("study", NAME, "--smoke", "--show-config")
+    out = cli("study", NAME, "--smoke", "--show-config")
     assert f"grid = {cfg.grid}" in out.out and "angles = [60.0]" in out.out
     # `demo --smoke` is the rotated-digits study: with every stage stored it reuses them all
-    out = cli_run("demo", "--smoke", "--out", root, "--json", "--no-progress")
+    out = cli("demo", "--smoke", "--out", root, "--json", "--no-progress")
     assert out.code == 0, out.err
     res = json.loads(out.out)
     assert res["study"] == NAME and all(r["reused"] for r in res["stages"])
-    out = cli_run("report", res["run_dir"])
+    out = cli("report", res["run_dir"])
     assert out.code == 0 and "report.html" in out.err
-
-
-@pytest.fixture
-def cli_run(capsys):
-    from types import SimpleNamespace
-
-    from basinscope.cli.main import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code
-        c = capsys.readouterr()
-        return SimpleNamespace(code=code, out=c.out, err=c.err)
-
-    return run
 
 
 def _hash(cfg):

@@ -38,15 +38,7 @@ def _quiet(_msg: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory, one_thread):
+def quick_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("skip-connections")
     cfg = make_config(STUDY, smoke=True)
     results = run_study(STUDY, root, cfg, say=_quiet)

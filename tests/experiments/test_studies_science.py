@@ -8,19 +8,10 @@ check every stage, figure and file of the same studies in seconds.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from basinscope.experiments.registry import make_config, run_study
 
 pytestmark = pytest.mark.science
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _quick(name: str, root) -> tuple:

@@ -16,26 +16,6 @@ from basinscope.experiments.registry import get_study, list_studies, make_config
 from user_errors import assert_one_line
 
 
-@pytest.fixture
-def cli(capsys):
-    """``cli(*args)``: ``basinscope ARGS`` in this process; (code, out, err)."""
-    from types import SimpleNamespace
-
-    from basinscope.cli.main import main
-
-    def run(*args):
-        capsys.readouterr()
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 0
-        got = capsys.readouterr()
-        return SimpleNamespace(code=code, out=got.out, err=got.err)
-
-    return run
-
-
 @pytest.mark.parametrize(
     "study, setting, message",
     [

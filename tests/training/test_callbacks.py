@@ -14,15 +14,6 @@ from basinscope.training import TrainConfig, lr_at, train
 from basinscope.training.callbacks import FGE, SWA, update_bn
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster and immune to a busy shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data(digits):
     x, y = digits

@@ -24,14 +24,6 @@ from basinscope.training.finetune import (
 FT = TrainConfig(steps=15, batch_size=64, lr=0.05)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _subset(d: TensorData, n: int, start: int = 0) -> TensorData:
     return TensorData(d.x[start : start + n], d.y[start : start + n], name=d.name)
 
