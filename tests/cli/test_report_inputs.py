@@ -130,3 +130,33 @@ def test_injected_markup_appears_only_escaped(cli, run_copy):
         assert raw not in page, raw
     assert page.count(html.escape(SCRIPT)) >= 3
     assert page.count(html.escape(IMG)) >= 3
+
+
+def _broken_report(monkeypatch):
+    """Replace the study's report builder by one with a bug (it raises ValueError)."""
+    import dataclasses
+
+    from basinscope.experiments.registry import STUDIES, get_study
+
+    def report(run_dir, results):
+        raise ValueError("a bug in the report builder")
+
+    study = get_study("flatness-vs-batch-size")
+    monkeypatch.setitem(STUDIES, study.name, dataclasses.replace(study, report=report))
+
+
+def test_a_report_that_fails_on_results_as_written_shows_the_bug(cli, run_copy, monkeypatch):
+    _broken_report(monkeypatch)
+    res = cli("report", run_copy)
+    assert res.code == 1 and "Traceback" in res.err, res.err
+    assert "a bug in the report builder" in res.err and "internal error in basinscope" in res.err
+
+
+def test_the_same_failure_on_an_edited_results_json_is_the_users(cli, run_copy, monkeypatch):
+    _broken_report(monkeypatch)
+    _edit(run_copy, lambda r: r.update(note="edited by hand"))
+    assert_one_line(
+        cli("report", run_copy),
+        r"results\.json' does not have the structure the flatness-vs-batch-size report needs "
+        r"\(ValueError: a bug in the report builder\): the file was edited",
+    )

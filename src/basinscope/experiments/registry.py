@@ -399,13 +399,30 @@ def _run_locked(
         "stages": log.rows(root),
         "run_dir": str(run_dir),
     }
-    write_json(run_dir / "results.json", results, "study results")
+    _write_results(run_dir, meta, results)
     if not report:
         return {**results, "report": None}
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
-    write_json(run_dir / "results.json", results, "study results")
+    _write_results(run_dir, meta, results)
     return results
+
+
+def _write_results(run_dir: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
+    """results.json, and its digest in study.json: :func:`rebuild_report` tells an edited
+    results.json (the user's to fix) from one as written (a report that fails is a bug)."""
+    write_json(run_dir / "results.json", results, "study results")
+    digest = hashlib.sha256((run_dir / "results.json").read_bytes()).hexdigest()
+    write_json(run_dir / "study.json", {**meta, "results_sha256": digest}, "study description")
+
+
+def _results_as_written(run_dir: Path) -> bool:
+    try:
+        meta = json.loads((run_dir / "study.json").read_text())
+        digest = hashlib.sha256((run_dir / "results.json").read_bytes()).hexdigest()
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("results_sha256") == digest
 
 
 # Fields of results.json that depend on the machine, the moment or the folder rather than on
@@ -476,7 +493,8 @@ def rebuild_report(run_dir: str | Path, *, wait: bool = False) -> Path:
     (under the run folder's lock: see :func:`run_study`).
 
     A ``results.json`` that was edited or truncated (a missing key, a value of the wrong
-    type) is reported as a :class:`BasinscopeError` naming the file and the key.
+    type) is reported as a :class:`BasinscopeError` naming the file and the key. One that is
+    as the study wrote it (its digest is in study.json) lets a failure show as the bug it is.
     """
     study, results = load_run(run_dir)
     res = Path(run_dir) / "results.json"
@@ -485,17 +503,23 @@ def rebuild_report(run_dir: str | Path, *, wait: bool = False) -> Path:
             return study.report(Path(run_dir), results)
     except BasinscopeError:
         raise
-    except KeyError as e:
-        raise BasinscopeError(
+    except Exception as e:
+        if _results_as_written(Path(run_dir)):
+            raise  # the report cannot read what the study wrote: a bug, with its traceback
+        raise _edited(e, study.name, res) from e
+
+
+def _edited(e: Exception, study: str, res: Path) -> BasinscopeError:
+    if isinstance(e, KeyError):
+        return BasinscopeError(
             f"{str(res)!r} (or a stage folder it names) lacks the key {e.args[0]!r} that the "
-            f"{study.name} report needs: the file was edited or comes from another version of "
+            f"{study} report needs: the file was edited or comes from another version of "
             "basinscope. Run the study again to rewrite it (finished stages are reused), then "
             "`basinscope report` works."
-        ) from e
-    except (IndexError, TypeError, ValueError, AttributeError) as e:
-        text = " ".join(str(e).split())[:200]
-        raise BasinscopeError(
-            f"{str(res)!r} does not have the structure the {study.name} report needs "
-            f"({type(e).__name__}: {text}): the file was edited or comes from another version "
-            "of basinscope. Run the study again to rewrite it (finished stages are reused)."
-        ) from e
+        )
+    text = " ".join(str(e).split())[:200]
+    return BasinscopeError(
+        f"{str(res)!r} does not have the structure the {study} report needs "
+        f"({type(e).__name__}: {text}): the file was edited or comes from another version "
+        "of basinscope. Run the study again to rewrite it (finished stages are reused)."
+    )
