@@ -1,3 +1,3 @@
 """basinscope: see, measure and compare the loss landscapes of neural networks."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

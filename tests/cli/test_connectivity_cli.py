@@ -80,6 +80,25 @@ def check_run(d: dict, *figures: str) -> dict:
     return manifest
 
 
+def check_result_run(d: dict, run_dir: Path, *figures: str) -> dict:
+    """A run folder of the result protocol: the manifest (complete, the command's spec, the
+    inputs' fingerprints), result.json == stdout == the loaded result's dict, figures."""
+    from basinscope.store import load
+
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["format"] == 2
+    assert manifest["result"] == {"kind": d["kind"], "schema": d["schema"]}
+    assert manifest["command"]["models"]["model"] == "mlp"
+    assert json.loads(manifest["command"]["models"]["model_kwargs"]) == {"hidden": [16]}
+    assert set(manifest["fingerprints"]) == {"models", "data"}
+    assert json.loads((run_dir / "result.json").read_text()) == d
+    assert json.loads(json.dumps(load(run_dir).to_dict())) == d
+    for name in figures:
+        for ext in ("png", "pdf"):
+            assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 0
+    return manifest
+
+
 # -- barrier -----------------------------------------------------------------------------------
 def test_barrier_two_models(capsys, weights, tmp_path):
     d = ok_json(
@@ -101,30 +120,32 @@ def test_barrier_two_models(capsys, weights, tmp_path):
         "--out",
         tmp_path / "b",
     )
+    assert d["kind"] == "barrier"
     assert d["definition"] == "linear" and "Entezari" in d["definition_formula"]
     assert d["metric"] == "error" and d["split"] == "train"
     assert d["num_points"] == 5 and d["refined"] and 5 < len(d["alphas"]) <= 8
     assert d["alphas"][0] == 0.0 and d["alphas"][-1] == 1.0
     assert d["value"] >= 0 and 0 <= d["worst_alpha"] <= 1
     assert len(d["ci"]) == 2 and d["bootstrap_samples"] == 20
-    assert d["labels"] == ["m0", "m1"] and d["models"] == ["m0", "m1"]
-    assert d["matrix"] == [[0.0, d["value"]], [d["value"], 0.0]]
-    manifest = check_run(d, "barrier")
+    assert d["models"] == ["m0", "m1"]
+    assert d["spec"]["definition"] == "linear" and d["spec"]["bootstrap"] == 20
+    manifest = check_result_run(d, tmp_path / "b", "barrier")
     assert len(manifest["fingerprints"]["models"]) == 2
-    assert manifest["spec"]["definition"] == "linear"
+    assert manifest["command"]["barrier"]["definition"] == "linear"
 
 
 def test_barrier_matrix_and_human_output(capsys, weights, tmp_path):
     args = ["barrier", *BASE, *[a for w in weights for a in ("--weights", w)]]
     args += ["--num-points", "5", "--no-refine", "--definition", "mean", "--metric", "loss"]
     d = ok_json(capsys, *args, "--out", tmp_path / "m")
+    assert d["kind"] == "barrier_matrix" and d["labels"] == ["m0", "m1", "m2"]
     assert d["definition"] == "mean" and len(d["pairs"]) == 3
     m = d["matrix"]
     assert [m[i][i] for i in range(3)] == [0.0, 0.0, 0.0]
     assert m[0][1] == m[1][0] == d["pairs"][0]["value"] and m[1][2] == d["pairs"][2]["value"]
     assert d["max_value"] == max(p["value"] for p in d["pairs"])
     assert [p["models"] for p in d["pairs"]] == [["m0", "m1"], ["m0", "m2"], ["m1", "m2"]]
-    check_run(d, "barrier_matrix")
+    check_result_run(d, tmp_path / "m", "barrier_matrix")
     two = ("barrier", *BASE, "--weights", weights[0], "--weights", weights[1])
     code, io = run(capsys, *two, "--num-points", "3", "--no-refine", "--out", tmp_path / "h")
     assert code == 0, io.err
@@ -134,8 +155,8 @@ def test_barrier_matrix_and_human_output(capsys, weights, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--definition", "peak"), "unknown barrier definition 'peak' for --definition"),
-        (("--metric", "accuracy"), "unknown barrier metric 'accuracy'"),
+        (("--definition", "peak"), "unknown --definition 'peak': expected one of linear, mean"),
+        (("--metric", "accuracy"), "unknown --metric 'accuracy': expected one of loss, error"),
         (("--num-points", "2"), "--num-points must be an integer >= 3"),
     ],
 )
@@ -456,4 +477,4 @@ def test_same_out_with_other_settings_is_refused(capsys, weights, tmp_path):
     code, io = run(capsys, *args)
     assert code == 0, io.err
     assert_error(capsys, (*args, "--definition", "mean"), "already holds a different run")
-    assert (tmp_path / "r" / "results.json").is_file()
+    assert (tmp_path / "r" / "result.json").is_file()

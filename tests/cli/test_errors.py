@@ -599,7 +599,7 @@ def test_train_errors(cli, tmp_path, flags, patterns):
             [r"unknown study 'rotated-digit'", r"Did you mean 'rotated-digits'\?"],
         ),
         (["study"], [r"which study\?", r"rotated-digits"]),
-        (["report", "nowhere"], [r"'nowhere' is not a study run folder \(no study.json\)"]),
+        (["report", "nowhere"], [r"'nowhere' is not a folder: pass the run folder \(--out\)"]),
     ],
 )
 def test_study_errors(cli, tmp_path, monkeypatch, args, patterns):

@@ -37,25 +37,28 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from basinscope._checks import at_least
+from basinscope._checks import MAX_POINTS, MAX_SEED, at_least
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import DTYPES, as_splits
 from basinscope.engine import BatchNormWarning, EvalJob, Evaluator, as_batches, warn_stored_bn
 from basinscope.engine.bn import has_batchnorm
 from basinscope.errors import BasinscopeError
-from basinscope.jsonable import jsonable
+from basinscope.result import Result
+from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
 
 __all__ = [
     "BARRIER_DEFINITIONS",
     "BARRIER_METRICS",
+    "BarrierMatrix",
     "BarrierResult",
+    "BarrierSpec",
     "barrier",
     "barrier_from_curve",
     "barrier_matrix",
@@ -72,7 +75,41 @@ BARRIER_METRICS = ("loss", "error")
 
 
 @dataclass(frozen=True)
-class BarrierResult:
+class BarrierSpec(Spec):
+    """The settings of :func:`barrier` (and of ``basinscope barrier``)."""
+
+    kind: ClassVar[str] = "barrier"
+
+    definition: str = option(
+        "linear",
+        "Barrier definition: linear (Entezari et al. 2022: max over alpha of the curve above "
+        "the chord), mean (Frankle et al. 2020: max above the endpoints' mean) or midpoint "
+        "(f(1/2) above the endpoints' mean).",
+        choices=("linear", "mean", "midpoint"),
+    )
+    metric: str = option("error", "error (1 - accuracy) or loss.", choices=BARRIER_METRICS)
+    split: str = option("train", "Split the barrier is measured on.")
+    num_points: int = option(
+        25, "Even grid of alpha in [0, 1] (at least 3).", low=3, high=MAX_POINTS
+    )
+    refine: bool = option(True, "Add points around the worst alpha.", flag="--refine/--no-refine")
+    refine_points: int = option(9, "Points per refinement round.", low=1)
+    refine_rounds: int = option(2, "Refinement rounds.", low=1)
+    bootstrap: int = option(0, "Bootstrap resamples of the examples for a CI (0: none).", low=0)
+    ci_level: float = option(0.95, "Level of the bootstrap interval.")
+    seed: int = option(0, "Seed of the bootstrap.", low=0, high=MAX_SEED)
+    eval: EvalOptions = group(EvalOptions)
+
+    def check(self) -> None:
+        if not 0.0 < self.ci_level < 1.0:
+            raise BasinscopeError(
+                f"{self.name_of('ci_level')} must lie strictly between 0 and 1, got "
+                f"{self.ci_level}; e.g. 0.95"
+            )
+
+
+@dataclass(frozen=True)
+class BarrierResult(Result, kind="barrier"):
     """One barrier and everything that defines it.
 
     ``alphas``/``values`` are the whole evaluated curve on :math:`[0, 1]` (grid and refined
@@ -110,10 +147,41 @@ class BarrierResult:
     dtype: str
     models: tuple[str, str]
     evaluation: dict[str, Any]
+    spec: BarrierSpec | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (non-finite floats as strings)."""
-        return jsonable(asdict(self))
+
+@dataclass(frozen=True)
+class BarrierMatrix(Result, kind="barrier_matrix"):
+    """The pairwise barriers of three or more models: ``matrix[i, j]`` is the barrier
+    between ``labels[i]`` and ``labels[j]`` (``pairs`` in the order (0, 1), (0, 2), ...)."""
+
+    labels: tuple[str, ...]
+    matrix: np.ndarray
+    pairs: tuple[BarrierResult, ...]
+    definition: str
+    definition_formula: str
+    metric: str
+    split: str
+    mean_value: float
+    max_value: float
+    spec: BarrierSpec | None = None
+
+    @classmethod
+    def of(cls, labels: Sequence[str], matrix: np.ndarray, pairs: Sequence[BarrierResult]):
+        first = pairs[0]
+        values = [p.value for p in pairs]
+        return cls(
+            labels=tuple(labels),
+            matrix=np.asarray(matrix, dtype=np.float64),
+            pairs=tuple(pairs),
+            definition=first.definition,
+            definition_formula=first.definition_formula,
+            metric=first.metric,
+            split=first.split,
+            mean_value=float(np.mean(values)),
+            max_value=float(np.max(values)),
+            spec=first.spec,
+        )
 
 
 # -- barriers of curves ------------------------------------------------------------------
@@ -300,6 +368,7 @@ def _select_split(data: Any, split: str) -> Any:
     return splits[split]
 
 
+@takes_spec(BarrierSpec)
 def barrier(
     model_a: nn.Module,
     model_b: nn.Module | Mapping[str, Tensor],
@@ -508,6 +577,27 @@ def barrier(
         dtype=dtype,
         models=(str(labels[0]), str(labels[1])),
         evaluation=evaluation,
+        spec=BarrierSpec(
+            definition=definition,
+            metric=metric,
+            split=split,
+            num_points=num_points,
+            refine=refine,
+            refine_points=refine_points,
+            refine_rounds=refine_rounds,
+            bootstrap=bootstrap,
+            ci_level=ci_level,
+            seed=seed,
+            eval=EvalOptions(
+                dtype=dtype,
+                device=device,
+                batch_size=batch_size,
+                bn_policy=bn_policy,
+                bn_batches=bn_batches,
+                strategy=strategy,
+                chunk_size=chunk_size,
+            ),
+        ),
     )
 
 

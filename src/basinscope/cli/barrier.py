@@ -8,21 +8,19 @@ Each writes a run folder: see :mod:`basinscope.cli._connectivity_common`.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import typer
 
-from basinscope._checks import MAX_POINTS, at_least, check_seed
+from basinscope._checks import at_least, check_seed
+from basinscope.analyses.barrier import BarrierSpec
 from basinscope.cli._connectivity_common import (
-    BARRIER_DEFINITIONS,
-    BARRIER_METRICS,
     BN_POLICIES,
-    DEFINITION_HELP,
     DTYPES,
     EVAL_METRICS,
     OUT_OPT,
-    STRATEGIES,
     _analysis,
     _choice,
     _ci,
@@ -35,7 +33,8 @@ from basinscope.cli._connectivity_common import (
     _say,
     _spec,
 )
-from basinscope.cli.common import WAIT_OPT, DataOptions, info
+from basinscope.cli.common import WAIT_OPT, info
+from basinscope.cli.generate import Command, Context, typer_command
 from basinscope.cli.landscape import (
     BLOCK_OPT,
     BN_BATCHES_OPT,
@@ -49,7 +48,9 @@ from basinscope.cli.landscape import (
     ROT_OPT,
     SHIFT_SEED_OPT,
 )
+from basinscope.cli.options import DataOptions, ModelsOptions, fingerprints
 from basinscope.errors import BasinscopeError
+from basinscope.spec import Spec, group
 
 # -- barrier ---------------------------------------------------------------------------------
 BARRIER_HELP = """The loss or error barrier on the straight line between trained models.
@@ -84,203 +85,49 @@ Examples:
 """
 
 
-def barrier_cmd(
-    model: str = MODEL_OPT,
-    model_kwargs: str = KWARGS_OPT,
-    weights: list[Path] = typer.Option(
-        [], "--weights", help="Weights of a model; repeat (two or more models)."
-    ),
-    data: str = DATA_OPT,
-    rotation: float = ROT_OPT,
-    block_shuffle: int = BLOCK_OPT,
-    noise: float = NOISE_OPT,
-    shift_seed: int = SHIFT_SEED_OPT,
-    split: str = typer.Option("train", "--split", help="Split the barrier is measured on."),
-    definition: str = typer.Option("linear", "--definition", help=DEFINITION_HELP),
-    metric: str = typer.Option("error", "--metric", help="error (1 - accuracy) or loss."),
-    num_points: int = typer.Option(
-        25, "--num-points", help="Even grid of alpha in [0, 1] (at least 3)."
-    ),
-    refine: bool = typer.Option(
-        True, "--refine/--no-refine", help="Add points around the worst alpha."
-    ),
-    refine_points: int = typer.Option(9, "--refine-points", help="Points per refinement round."),
-    refine_rounds: int = typer.Option(2, "--refine-rounds", help="Refinement rounds."),
-    bn: str = BN_OPT,
-    bn_batches: int = BN_BATCHES_OPT,
-    bootstrap: int = typer.Option(
-        0, "--bootstrap", help="Bootstrap resamples of the examples for a CI (0: none)."
-    ),
-    ci_level: float = typer.Option(0.95, "--ci-level", help="Level of the bootstrap interval."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap."),
-    batch_size: int = typer.Option(1024, "--batch-size", help="Examples per forward pass."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
-    strategy: str = typer.Option("auto", "--strategy", help="auto (time both), vmap or loop."),
-    out: Path = OUT_OPT,
-    wait: bool = WAIT_OPT,
-    json_out: bool = JSON_OPT,
-    progress: bool = PROGRESS_OPT,
-) -> None:
-    from basinscope.analyses.barrier import barrier, barrier_matrix
+@dataclass(frozen=True)
+class BarrierCommand(Spec):
+    models: ModelsOptions = group(ModelsOptions)
+    data: DataOptions = group(DataOptions)
+    barrier: BarrierSpec = group(BarrierSpec)
 
-    _choice("--definition", definition, BARRIER_DEFINITIONS, "barrier definition")
-    _choice("--metric", metric, BARRIER_METRICS, "barrier metric")
-    _choice("--bn", bn, BN_POLICIES, "BatchNorm policy")
-    _choice("--dtype", dtype, DTYPES, "dtype")
-    _choice("--strategy", strategy, STRATEGIES, "strategy")
-    if len(weights) < 2:
-        raise BasinscopeError(
-            f"a barrier needs at least 2 models, got {len(weights)}: pass --weights A.safetensors "
-            "--weights B.safetensors (three or more give the pairwise matrix)"
-        )
-    at_least("--num-points", num_points, 3, high=MAX_POINTS)
-    at_least("--refine-points", refine_points, 1, high=MAX_POINTS)
-    at_least("--refine-rounds", refine_rounds, 1, high=100)
-    at_least("--bootstrap", bootstrap, 0)
-    at_least("--batch-size", batch_size, 1)
-    at_least("--bn-batches", bn_batches, 1)
-    check_seed("--seed", seed)
-    if not 0 < ci_level < 1:
-        raise BasinscopeError(f"--ci-level must lie strictly between 0 and 1, got {ci_level}")
-    say = _say(json_out, progress)
-    opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
-    nets = _models(model, model_kwargs, weights)
-    ds = opts.load(split)
-    datasets = {split: ds}
+
+def run_barrier(cmd: BarrierCommand, ctx: Context):
+    from basinscope.analyses.barrier import BarrierMatrix, barrier, barrier_matrix
+
+    spec = cmd.barrier
+    nets = cmd.models.load(2, "a barrier")
+    ds = cmd.data.load(spec.split)
+    datasets = {spec.split: ds}
     bn_data = None
-    if bn == "recompute":
-        bn_data = ds if split == "train" else opts.load("train")
+    if spec.eval.bn_policy == "recompute":
+        bn_data = ds if spec.split == "train" else cmd.data.load("train")
         datasets.setdefault("train", bn_data)
-    labels = _labels(weights)
-    settings = dict(
-        definition=definition,
-        metric=metric,
-        split=split,
-        num_points=num_points,
-        refine=refine,
-        refine_points=refine_points,
-        refine_rounds=refine_rounds,
-        bn_policy=bn,
-        bn_batches=bn_batches,
-        bootstrap=bootstrap,
-        ci_level=ci_level,
-        seed=seed,
-        batch_size=batch_size,
-        dtype=dtype,
-        strategy=strategy,
-    )
-    spec = _spec(model, model_kwargs, weights, opts, labels=labels, **settings)
-    store = _open(out, "barrier", spec, nets, datasets, wait=wait)
-    kwargs = {k: v for k, v in settings.items() if k != "split"}
-    notes: list[str] = []
+    ctx.open(fingerprints(nets, datasets))
+    labels = cmd.models.labels()
     npairs = len(nets) * (len(nets) - 1) // 2
-    say(
-        f"{definition} barrier of the {metric} on {split} ({len(ds)} examples) between "
-        f"{len(nets)} models: {npairs} pair{'s' if npairs > 1 else ''}"
+    ctx.say(
+        f"{spec.definition} barrier of the {spec.metric} on {spec.split} ({len(ds)} examples) "
+        f"between {len(nets)} models: {npairs} pair{'s' if npairs > 1 else ''}"
     )
-    with _analysis(store, notes):
-        if len(nets) == 2:
-            results = [
-                barrier(
-                    nets[0],
-                    nets[1],
-                    ds,
-                    split=split,
-                    bn_data=bn_data,
-                    labels=(labels[0], labels[1]),
-                    **kwargs,
-                )
-            ]
-            matrix = np.array([[0.0, results[0].value], [results[0].value, 0.0]])
-        else:
-            matrix, results = barrier_matrix(
-                nets, ds, labels=labels, split=split, bn_data=bn_data, **kwargs
-            )
-    from basinscope.analyses.barrier import BARRIER_DEFINITIONS as FORMULAS
-
     if len(nets) == 2:
-        result = {**results[0].to_dict(), "labels": labels}
-        figures = _save(_barrier_curve_figure(results[0]), store, "barrier")
-    else:
-        values = [r.value for r in results]
-        result = {
-            "definition": definition,
-            "definition_formula": FORMULAS[definition],
-            "metric": metric,
-            "split": split,
-            "labels": labels,
-            "pairs": [r.to_dict() for r in results],
-            "mean_value": float(np.mean(values)),
-            "max_value": float(np.max(values)),
-        }
-        fig = _barrier_matrix_figure(matrix, labels, definition, metric)
-        figures = _save(fig, store, "barrier_matrix")
-    result["weights"] = [str(w) for w in weights]
-    result["matrix"] = matrix
-
-    def summary() -> None:
-        for r in results:
-            info(
-                f"{r.models[0]} -- {r.models[1]}: {definition} {metric} barrier {_fmt(r.value)}"
-                f"{_ci(r.ci)} at alpha {_fmt(r.worst_alpha)} "
-                f"(f(0) {_fmt(r.f0)}, f(1) {_fmt(r.f1)}, f(worst) {_fmt(r.f_worst)})"
-            )
-        info(f"definition: {FORMULAS[definition]}")
-
-    _finish(store, result, figures, json_out, notes, summary)
+        return barrier(nets[0], nets[1], ds, spec=spec, bn_data=bn_data, labels=tuple(labels))
+    matrix, pairs = barrier_matrix(nets, ds, labels=labels, spec=spec, bn_data=bn_data)
+    return BarrierMatrix.of(labels, matrix, pairs)
 
 
-def _barrier_curve_figure(r):
-    from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
-
-    fig = new_figure((5.2, 3.5))
-    ax = fig.add_subplot()
-    a = np.asarray(r.alphas, dtype=np.float64)
-    v = np.asarray(r.values, dtype=np.float64)
-    ax.plot(a, v, "o-", ms=3, lw=1.4, color="#4c72b0", label=f"{r.metric} on the line")
-    f0, f1, w = r.f0, r.f1, r.worst_alpha
-    if r.definition == "linear":
-        ax.plot([0.0, 1.0], [f0, f1], "--", color="0.45", lw=1, label="chord")
-        base = f0 + w * (f1 - f0)
-    else:
-        base = 0.5 * (f0 + f1)
-        ax.axhline(base, ls="--", color="0.45", lw=1, label="mean of the endpoints")
-    ax.vlines(w, base, r.f_worst, color="tab:red", lw=1.6)
-    ax.plot([w], [r.f_worst], "v", color="tab:red", ms=7, label=f"worst alpha {w:.3f}")
-    ax.set_xlabel(f"alpha  ({r.models[0]} -> {r.models[1]})", fontsize=LABEL_SIZE)
-    ax.set_ylabel(f"{r.split} {r.metric}", fontsize=LABEL_SIZE)
-    ci = f", {int(100 * r.ci_level)}% CI [{r.ci[0]:.3g}, {r.ci[1]:.3g}]" if r.ci else ""
-    ax.set_title(f"{r.definition} barrier {r.value:.4g}{ci}", fontsize=LABEL_SIZE)
-    ax.legend(fontsize=LEGEND_SIZE)
-    style_axes(ax)
-    return fig
+def _barrier_lines(result) -> list[str]:
+    pairs = getattr(result, "pairs", (result,))
+    return [
+        f"{r.models[0]} -- {r.models[1]}: {r.definition} {r.metric} barrier {_fmt(r.value)}"
+        f"{_ci(r.ci)} at alpha {_fmt(r.worst_alpha)} "
+        f"(f(0) {_fmt(r.f0)}, f(1) {_fmt(r.f1)}, f(worst) {_fmt(r.f_worst)})"
+        for r in pairs
+    ] + [f"definition: {result.definition_formula}"]
 
 
-def _barrier_matrix_figure(matrix: np.ndarray, labels: list[str], definition: str, metric: str):
-    from basinscope.plotting._common import LABEL_SIZE, TICK_SIZE, new_figure
-
-    m = len(labels)
-    size = max(3.6, 0.6 * m + 2.4)
-    fig = new_figure((size + 0.8, size))
-    ax = fig.add_subplot()
-    im = ax.imshow(matrix, cmap="viridis")
-    ax.set_xticks(range(m), labels, rotation=45, ha="right", fontsize=TICK_SIZE)
-    ax.set_yticks(range(m), labels, fontsize=TICK_SIZE)
-    top = float(np.nanmax(matrix)) if matrix.size else 0.0
-    for i in range(m):
-        for j in range(m):
-            ax.text(
-                j,
-                i,
-                f"{matrix[i, j]:.3g}",
-                ha="center",
-                va="center",
-                fontsize=TICK_SIZE,
-                color="white" if matrix[i, j] < 0.5 * top else "black",
-            )
-    fig.colorbar(im, ax=ax, label=f"{definition} barrier ({metric})")
-    ax.set_title(f"pairwise {definition} barriers of the {metric}", fontsize=LABEL_SIZE)
-    return fig
+BARRIER = Command("barrier", BarrierCommand, run_barrier, BARRIER_HELP, _barrier_lines)
+barrier_cmd = typer_command(BARRIER)
 
 
 # -- basin -----------------------------------------------------------------------------------

@@ -6,14 +6,14 @@ import json
 import os
 import re
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import typer
 
-from basinscope._checks import check_seed, safe_name
+from basinscope._checks import safe_name
+from basinscope.cli.options import DataOptions  # noqa: F401 - the commands' data options
 from basinscope.errors import BasinscopeError
 from basinscope.jsonable import jsonable
 
@@ -66,39 +66,6 @@ def parse_json_kwargs(text: str | None, flag: str = "--model-kwargs") -> dict[st
             f"{flag} must be a JSON object, got {found}: e.g. {flag} '{{\"width\": 2}}'"
         )
     return value
-
-
-@dataclass(frozen=True)
-class DataOptions:
-    spec: str
-    rotation: float = 0.0
-    block_shuffle: int | None = None
-    noise: float = 0.0
-    shift_seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_seed("--shift-seed", self.shift_seed)
-
-    def load(self, split: str):
-        from basinscope.data import resolve_data
-
-        return resolve_data(
-            self.spec,
-            split,
-            rotation=self.rotation,
-            block_shuffle=self.block_shuffle,
-            noise=self.noise,
-            seed=self.shift_seed,
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "data": self.spec,
-            "rotation": self.rotation,
-            "block_shuffle": self.block_shuffle,
-            "noise": self.noise,
-            "shift_seed": self.shift_seed,
-        }
 
 
 def parse_splits(text: str) -> list[str]:

@@ -55,12 +55,16 @@ Examples:
   basinscope demo --set angles=[0,45,90] --out runs/demo
 """
 
-REPORT_HELP = """Rebuild report.html and the figures of a finished study run from its stored
-results (results.json and the stage folders); nothing is recomputed.
+REPORT_HELP = """Write report.html for a finished run folder from its stored results; nothing is
+recomputed. A study's run folder gets the study's report (from results.json and the stage
+folders); the folder of any other command gets a page with the result's definition, every
+number, its figure, the settings and the inputs' fingerprints.
 
 Examples:
 
   basinscope report basinscope-runs/rotated-digits-1a2b3c4d5e
+
+  basinscope report runs/barrier
 """
 
 OUT = typer.Option(
@@ -166,13 +170,19 @@ def demo_cmd(
 
 
 def report_cmd(
-    run_dir: Path = typer.Argument(..., help="A run folder written by `basinscope study`/`demo`."),
+    run_dir: Path = typer.Argument(
+        ..., help="A run folder written by any basinscope command, study or demo."
+    ),
     json_out: bool = JSON,
     wait: bool = WAIT_OPT,
 ) -> None:
     from basinscope.experiments.registry import rebuild_report
+    from basinscope.report.run import run_report
 
-    path = rebuild_report(run_dir, wait=wait)
+    if (Path(run_dir) / "study.json").is_file():
+        path = rebuild_report(run_dir, wait=wait)
+    else:
+        path = run_report(run_dir)
     if json_out:
         emit_json({"report": str(path)})
     else:

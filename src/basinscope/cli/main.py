@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> None:
     (status 2); Ctrl-C says how to resume (status 130). Anything else is a bug: the
     traceback is printed with a line asking to report it, and the status is 1.
     """
+    from basinscope.spec import named_by_flags
+
     try:
-        rc = app(args=argv, standalone_mode=False)
+        with named_by_flags():  # checks of settings name them as the user typed them
+            rc = app(args=argv, standalone_mode=False)
     except KeyboardInterrupt:
         typer.echo(INTERRUPTED, err=True)
         sys.exit(130)

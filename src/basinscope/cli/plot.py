@@ -13,20 +13,21 @@ HELP = """Draw the figures of a finished run from its stored results.
 1D runs: loss and accuracy on twin axes (train solid, test dashed) and an
 interactive HTML version. 2D runs: contour, filled contour, heatmap, 3D surface,
 an interactive plotly surface (.html) and a ParaView .vtp file, with projected
-trajectories drawn. Files go to RUN_DIR/figures.
+trajectories drawn. Any other command's run: its result's figure
+(basinscope.plotting.plot). Files go to RUN_DIR/figures.
 
 Examples:
 
   basinscope plot runs/surface
+
+  basinscope plot runs/barrier --format svg
 
   basinscope plot runs/surface --var test_loss --kind filled --kind html --log
 """
 
 
 def plot_cmd(
-    run_dir: Path = typer.Argument(
-        ..., help="A run folder written by basinscope interpolate/surface."
-    ),
+    run_dir: Path = typer.Argument(..., help="A run folder written by a basinscope command."),
     var: list[str] = typer.Option(
         [], "--var", help="Variable to draw, e.g. train_loss (repeatable; default: every loss)."
     ),
@@ -45,7 +46,18 @@ def plot_cmd(
     from basinscope.store import RunStore
 
     kind_of_run = RunStore.load(run_dir).kind
-    if kind_of_run != "landscape":
+    manifest = RunStore.load(run_dir).manifest
+    if kind_of_run != "landscape" and (manifest.get("result") or {}).get("kind"):
+        # any command's result: its figure, from basinscope.plotting.plot
+        from basinscope.plotting import plot
+        from basinscope.plotting.io import save_figure
+        from basinscope.store import load, paths
+
+        hold_out_folder(run_dir, wait)
+        result = load(run_dir)
+        fig, _ = plot(result)
+        files = save_figure(fig, Path(run_dir) / paths.FIGURES / result.kind, fmt)
+    elif kind_of_run != "landscape":
         # e.g. a `basinscope train` folder: it has a manifest but never any results.zarr,
         # and "run the original command again to finish it" would send the user in circles
         raise BasinscopeError(
@@ -53,10 +65,11 @@ def plot_cmd(
             "`basinscope plot` draws runs written by `basinscope interpolate` or "
             "`basinscope surface` (a train run's loss curve is in its figures/ folder)"
         )
-    hold_out_folder(run_dir, wait)
-    files = render_run(
-        run_dir, variables=var or None, kinds=kind or SURFACE_KINDS, log=log, formats=fmt
-    )
+    else:
+        hold_out_folder(run_dir, wait)
+        files = render_run(
+            run_dir, variables=var or None, kinds=kind or SURFACE_KINDS, log=log, formats=fmt
+        )
     if json_out:
         emit_json({"run_dir": str(run_dir), "figures": [str(f) for f in files]})
     else:

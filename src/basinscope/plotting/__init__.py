@@ -16,6 +16,7 @@ figures from :class:`matplotlib.figure.Figure` directly, so they never touch pyp
 the user's backend. Save them with :func:`save_figure`.
 """
 
+from basinscope.plotting.dispatch import plot, plots
 from basinscope.plotting.interactive import line_figure, surface_figure, surface_html
 from basinscope.plotting.io import save_figure
 from basinscope.plotting.lines import plot_line
@@ -28,12 +29,14 @@ __all__ = [
     "Trajectory",
     "draw_trajectory",
     "line_figure",
+    "plot",
     "plot_contour",
     "plot_line",
     "plot_per_module",
     "plot_side_by_side",
     "plot_spectral_density",
     "plot_surface3d",
+    "plots",
     "save_figure",
     "surface_figure",
     "surface_html",

@@ -110,10 +110,12 @@ class Report:
         )
 
     def write(self, path: str | Path) -> Path:
+        """Write the page atomically (a reader never sees half a report)."""
+        from basinscope.store import atomic_write_text
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.render(), encoding="utf-8")
-        return path
+        return atomic_write_text(path, self.render(), "report")
 
 
 def _fmt(v: Any) -> str:

@@ -11,6 +11,7 @@ from basinscope.store.atomic import (
 from basinscope.store.journal import Journal
 from basinscope.store.lock import FolderBusyError, FolderLock, lock_folder, waiting
 from basinscope.store.paths import safe_component
+from basinscope.store.results import load, load_manifest, save
 from basinscope.store.run import RunStore, fingerprint_tensors, versions
 
 __all__ = [
@@ -24,8 +25,11 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "fingerprint_tensors",
+    "load",
+    "load_manifest",
     "lock_folder",
     "safe_component",
+    "save",
     "versions",
     "waiting",
 ]

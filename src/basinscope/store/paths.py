@@ -8,7 +8,34 @@ single path component and refuses it otherwise, before anything is written.
 
 from __future__ import annotations
 
-__all__ = ["MAX_COMPONENT_BYTES", "safe_component"]
+__all__ = [
+    "DEFAULT_ROOT",
+    "FIGURES",
+    "JOURNAL",
+    "MANIFEST",
+    "MAX_COMPONENT_BYTES",
+    "REPORT",
+    "RESULT",
+    "TENSORS",
+    "default_run_dir",
+    "safe_component",
+]
+
+# -- the names inside a run folder (every module takes them from here) ----------------------
+MANIFEST = "manifest.json"  # format, kind, schema, spec, fingerprints, versions, status
+RESULT = "result.json"  # Result.to_dict(), what --json prints
+TENSORS = "tensors"  # parameter dicts as <name>.safetensors
+FIGURES = "figures"  # PNG/PDF/HTML figures
+JOURNAL = "journal"  # per-point values of a resumable computation
+REPORT = "report.html"  # the self-contained report of a run
+DEFAULT_ROOT = "basinscope-runs"  # where commands write when --out is not given
+
+
+def default_run_dir(command: str, spec_digest: str) -> str:
+    """``basinscope-runs/<command>-<digest of the spec>``: every command and study stage
+    names its folder this one way (a rerun of the same command finds its folder)."""
+    return f"{DEFAULT_ROOT}/{safe_component(command, 'command')}-{spec_digest}"
+
 
 MAX_COMPONENT_BYTES = 200  # well under the 255 bytes of common file systems, room for suffixes
 

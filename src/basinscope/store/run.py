@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = ["RunStore", "fingerprint_tensors", "versions"]
 
 MANIFEST = "manifest.json"
+FORMAT = 2  # the run-folder format (basinscope.store.results); 0.1.x wrote format 1
 
 
 def versions() -> dict[str, str]:
@@ -179,6 +180,10 @@ class RunStore:
         mpath = path / MANIFEST
         if mpath.is_file():
             manifest = _read_manifest(mpath, "choose another --out folder or remove it")
+            if manifest.get("format") != FORMAT:
+                from basinscope.store.results import _old_format
+
+                raise _old_format(path, manifest)
             old = {k: manifest.get(k) for k in ("kind", "spec", "fingerprints")}
             if old != identity:
                 diffs = _diff(old, identity)
@@ -198,6 +203,7 @@ class RunStore:
                 "Pass an empty or new --out folder."
             )
         manifest = {
+            "format": FORMAT,
             **identity,
             "versions": versions(),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

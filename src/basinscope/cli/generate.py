@@ -1,0 +1,291 @@
+"""Commands generated from specs: one :class:`Command` per analysis, and one
+:func:`run_command` that does everything commands share.
+
+A command is its name, its spec class (option groups and the analysis's spec, nested
+dataclasses of :mod:`basinscope.spec`), a ``run(spec, ctx) -> Result`` function and its
+help text with examples. :func:`typer_command` turns it into a typer callback whose options
+are the spec's fields (flag, type, default and help text from the field), plus the output
+options every command has (``--out``, ``--json``, ``--progress``, ``--plot``, ``--wait``).
+:func:`run_command` then
+
+1. names the run folder (``--out``, default ``basinscope-runs/<command>-<spec digest>``) and
+   locks it for the command's duration;
+2. calls ``run`` with a :class:`Context` (``ctx.open(fingerprints)`` checks the folder's
+   identity before long work; ``ctx.say`` prints progress), collecting warnings;
+3. saves the result (:func:`basinscope.store.save`) and its figure
+   (:func:`basinscope.plotting.plot`);
+4. prints ``Result.to_dict()`` with ``--json``, else the result's summary lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import shutil
+import typing
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from basinscope.errors import BasinscopeError
+from basinscope.spec import Spec, _optional, named_by_flags, spec_hash
+
+__all__ = ["Command", "Context", "run_command", "typer_command"]
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command of the ``basinscope`` CLI, generated from its spec (see the module doc)."""
+
+    name: str
+    spec: type[Spec]
+    run: Callable[[Any, Context], Any]
+    help: str
+    summary: Callable[[Any], list[str]] | None = None
+
+
+@dataclass
+class Context:
+    """What a command's ``run`` gets besides its spec."""
+
+    command: str
+    spec: Spec
+    out: Path
+    progress: bool = True
+    quiet: bool = False
+    fingerprints: dict[str, Any] = field(default_factory=dict)
+    store: Any = None
+
+    def say(self, msg: str) -> None:
+        """Progress on stderr (silent with --json or --no-progress)."""
+        if not self.quiet:
+            typer.echo(msg, err=True)
+
+    def open(self, fingerprints: dict[str, Any]) -> Any:
+        """Open the run folder for this spec and these input fingerprints (a folder that
+        holds a different run is refused, before any long work); returns the RunStore."""
+        from basinscope.store import RunStore
+
+        self.fingerprints = dict(fingerprints)
+        self.store = RunStore.open(self.out, self.command, self.spec.to_dict(), fingerprints)
+        return self.store
+
+
+# -- the shared part of every command -------------------------------------------------------
+def run_command(
+    cmd: Command,
+    spec: Spec,
+    *,
+    out: Path | None = None,
+    json_out: bool = False,
+    progress: bool = True,
+    plot: bool = True,
+    wait: bool = False,
+) -> Any:
+    """Run ``cmd`` with ``spec`` end to end (see the module docstring); returns the result."""
+    from basinscope.cli.common import emit_json, hold_out_folder, info
+    from basinscope.store import paths, save
+
+    out = (
+        Path(out)
+        if out is not None
+        else Path(paths.default_run_dir(cmd.name, spec_hash(cmd.name, spec)))
+    )
+    existed = out.exists() and any(out.iterdir())
+    hold_out_folder(out, wait)
+    ctx = Context(
+        cmd.name, spec, out, progress=progress and not json_out, quiet=json_out or not progress
+    )
+    notes: list[str] = []
+    with _warnings_as_notes(notes, info):
+        try:
+            result = cmd.run(spec, ctx)
+        except BasinscopeError:
+            if not existed:  # a corrected command must not meet a half-made folder
+                _clear(out)
+            raise
+    save(result, out, extra={"command": {"name": cmd.name, **spec.to_dict()}, "warnings": notes})
+    figures = _figures(result, out) if plot else []
+    if json_out:
+        emit_json(result.to_dict())
+        return result
+    for line in (cmd.summary or _default_summary)(result):
+        info(line)
+    for f in figures:
+        info(f"figure: {f}")
+    info(f"run folder: {out}")
+    return result
+
+
+def _clear(out: Path) -> None:
+    for p in out.iterdir():
+        if p.name.startswith("."):
+            continue  # the lock file: released (and removed) when the command ends
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+@contextmanager
+def _warnings_as_notes(notes: list[str], say: Callable[[str], None]) -> Iterator[None]:
+    """The analyses' warnings as ``warning:`` lines, collected into the manifest."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                if not issubclass(w.category, (UserWarning, RuntimeWarning)):
+                    continue
+                msg = " ".join(str(w.message).split())
+                if msg not in notes:
+                    notes.append(msg)
+                    say(f"warning: {msg}")
+
+
+def _figures(result: Any, out: Path) -> list[Path]:
+    from basinscope.plotting import plot
+    from basinscope.plotting.io import save_figure
+    from basinscope.store import paths
+
+    fig, _ = plot(result)
+    return save_figure(fig, out / paths.FIGURES / result.kind)
+
+
+def _default_summary(result: Any) -> list[str]:
+    d = result.to_dict()
+    scalars = {k: v for k, v in d.items() if isinstance(v, (int, float, str)) and k != "schema"}
+    return [f"{k}: {v}" for k, v in scalars.items()]
+
+
+# -- typer callbacks from specs ------------------------------------------------------------
+@dataclass(frozen=True)
+class _Flat:
+    """One command-line option: the path of its field through the nested specs."""
+
+    path: tuple[str, ...]
+    field: dataclasses.Field
+    tp: Any
+
+
+def flat_fields(cls: type[Spec], prefix: tuple[str, ...] = ()) -> list[_Flat]:
+    """Every command-line field of ``cls``, nested option groups flattened, in order."""
+    hints = typing.get_type_hints(cls)
+    out: list[_Flat] = []
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and issubclass(tp, Spec):
+            out += flat_fields(tp, (*prefix, f.name))
+        elif f.metadata.get("cli", True):
+            out.append(_Flat((*prefix, f.name), f, tp))
+    names = [x.path[-1] for x in out]
+    dup = {n for n in names if names.count(n) > 1}
+    if dup:
+        raise TypeError(f"{cls.__name__}: options {sorted(dup)} appear in two option groups")
+    return out
+
+
+def _flag(x: _Flat) -> str:
+    return x.field.metadata.get("flag") or "--" + x.path[-1].replace("_", "-")
+
+
+def _typer_param(x: _Flat) -> inspect.Parameter:
+    meta = x.field.metadata
+    inner, _ = _optional(x.tp)
+    default = x.field.default
+    help_ = meta.get("help", "")
+    if meta.get("choices"):
+        help_ += f" One of: {', '.join(map(str, meta['choices']))}."
+    flag = _flag(x)
+    if meta.get("parse") is not None:
+        annotation: Any = typing.Optional[str]
+        default = None
+    elif typing.get_origin(inner) is tuple:
+        annotation = list[typing.get_args(inner)[0]]
+        default = list(default or ())
+    elif inner is bool:
+        annotation = bool
+        flag = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
+    else:
+        annotation = typing.Optional[inner] if default is None else inner
+    opt = typer.Option(default, flag, help=help_, metavar=meta.get("metavar"))
+    return inspect.Parameter(
+        "_".join(x.path), inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation
+    )
+
+
+def _build(cls: type[Spec], values: dict[str, Any], prefix: tuple[str, ...] = ()) -> Spec:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        path = (*prefix, f.name)
+        if isinstance(tp, type) and issubclass(tp, Spec):
+            kwargs[f.name] = _build(tp, values, path)
+            continue
+        key = "_".join(path)
+        if key not in values:
+            continue
+        v = values[key]
+        parse = f.metadata.get("parse")
+        if parse is not None:
+            v = f.default if v is None else parse(v)
+        elif isinstance(v, list):
+            v = tuple(v)
+        kwargs[f.name] = v
+    return cls(**kwargs)
+
+
+def typer_command(cmd: Command) -> Callable[..., None]:
+    """A typer callback for ``cmd``: the spec's options and the output options."""
+    from basinscope.cli.common import WAIT_OPT, out_callback
+
+    flats = flat_fields(cmd.spec)
+    params = [_typer_param(x) for x in flats]
+    output = [
+        (
+            "out",
+            Path | None,
+            typer.Option(
+                None,
+                "--out",
+                help="Run folder (default: basinscope-runs/<command>-<digest of the settings>); the same command and --out resume or reuse it.",
+                callback=out_callback,
+            ),
+        ),
+        (
+            "json_out",
+            bool,
+            typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
+        ),
+        (
+            "progress",
+            bool,
+            typer.Option(True, "--progress/--no-progress", help="Show progress on stderr."),
+        ),
+        (
+            "plot",
+            bool,
+            typer.Option(True, "--plot/--no-plot", help="Draw the result into RUN/figures."),
+        ),
+        ("wait", bool, WAIT_OPT),
+    ]
+    params += [
+        inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
+        for n, t, o in output
+    ]
+
+    def callback(**kwargs: Any) -> None:
+        out_opts = {n: kwargs.pop(n) for n, _, _ in output}
+        with named_by_flags():
+            spec = _build(cmd.spec, kwargs)
+        run_command(cmd, spec, **out_opts)
+
+    callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    callback.__annotations__ = {p.name: p.annotation for p in params}
+    callback.__doc__ = cmd.help
+    callback.__name__ = f"{cmd.name}_cmd"
+    return callback

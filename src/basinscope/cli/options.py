@@ -1,0 +1,120 @@
+"""Option groups of the command line, defined once: which model(s) and which data.
+
+Library functions take ``nn.Module`` objects and datasets; commands take files and names,
+and these groups turn them into models and data (and into the fingerprints that identify a
+run folder). Each is a :class:`~basinscope.spec.Spec`, so its fields become the commands'
+options (``--model``, ``--model-kwargs``, ``--weights``, ``--data``, ``--rotation``, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from basinscope.errors import BasinscopeError
+from basinscope.spec import Spec, option
+
+__all__ = ["DataOptions", "ModelOptions", "ModelsOptions", "fingerprints", "labels_of"]
+
+MODEL_HELP = (
+    "A built-in name (mlp, lenet, resnet) or module:factory. module:factory imports that "
+    "Python module, which runs its code: name only code you trust."
+)
+KWARGS_HELP = "JSON keyword arguments for the factory, e.g. '{\"width\": 2}'."
+
+
+def _kwargs(text: str) -> str:
+    """``--model-kwargs``: checked as a JSON object, kept as its canonical text."""
+    from basinscope.cli.common import parse_json_kwargs
+
+    return json.dumps(parse_json_kwargs(text), sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ModelOptions(Spec):
+    """One model: factory, its keyword arguments and weights."""
+
+    model: str = option("basinscope.models:lenet", MODEL_HELP)
+    model_kwargs: str = option("{}", KWARGS_HELP, parse=_kwargs, metavar="JSON")
+    weights: Path | None = option(None, "Weights of the model (.safetensors or a .pt state dict).")
+
+    def load(self) -> Any:
+        from basinscope.cli.common import load_model
+
+        return load_model(self.model, self.model_kwargs, self.weights)
+
+
+@dataclass(frozen=True)
+class ModelsOptions(Spec):
+    """Several models of one architecture: ``--weights`` once per model."""
+
+    model: str = option("basinscope.models:lenet", MODEL_HELP)
+    model_kwargs: str = option("{}", KWARGS_HELP, parse=_kwargs, metavar="JSON")
+    weights: tuple[Path, ...] = option((), "Weights of a model; repeat, once per model.")
+
+    def load(self, at_least: int = 1, what: str = "this analysis") -> list[Any]:
+        from basinscope.cli.common import load_model
+
+        if len(self.weights) < at_least:
+            raise BasinscopeError(
+                f"{what} needs at least {at_least} models, got {len(self.weights)}: pass "
+                + " ".join(f"--weights {chr(65 + i)}.safetensors" for i in range(at_least))
+            )
+        return [load_model(self.model, self.model_kwargs, w) for w in self.weights]
+
+    def labels(self) -> list[str]:
+        return labels_of(self.weights)
+
+
+@dataclass(frozen=True)
+class DataOptions(Spec):
+    """The data and its distribution shift."""
+
+    data: str = option(
+        "digits",
+        "digits, mnist, a .npz file or module:attr (imports that Python module, which runs "
+        "its code: name only code you trust).",
+    )
+    rotation: float = option(0.0, "Rotate the images by this many degrees.")
+    block_shuffle: int | None = option(None, "Shuffle k x k blocks of each image.", low=1)
+    noise: float = option(0.0, "Std of additive Gaussian input noise.", low=0.0)
+    shift_seed: int = option(0, "Seed of the block permutation and the noise.", low=0)
+
+    def load(self, split: str) -> Any:
+        from basinscope.data import resolve_data
+        from basinscope.store import safe_component
+
+        return resolve_data(
+            self.data,
+            safe_component(split, "split name"),
+            rotation=self.rotation,
+            block_shuffle=self.block_shuffle,
+            noise=self.noise,
+            seed=self.shift_seed,
+        )
+
+
+def labels_of(paths: Sequence[Path]) -> list[str]:
+    """Short names of weight files: the stem, or parent/stem, or the path when those repeat."""
+    for make in (
+        lambda p: p.stem,
+        lambda p: f"{p.parent.name}/{p.stem}" if p.parent.name else p.stem,
+        str,
+    ):
+        names = [make(Path(p)) for p in paths]
+        if len(set(names)) == len(names):
+            return names
+    return [f"{i}:{p}" for i, p in enumerate(paths)]
+
+
+def fingerprints(models: Sequence[Any], datasets: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a run's inputs: the weights' and the data's contents."""
+    from basinscope.store import fingerprint_tensors
+
+    return {
+        "models": [fingerprint_tensors(m.state_dict()) for m in models],
+        "data": {name: d.fingerprint() for name, d in datasets.items()},
+    }
