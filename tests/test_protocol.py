@@ -3,7 +3,8 @@ result's ``to_dict()``; ``basinscope.store.load(run_dir)`` returns the typed res
 same dict; ``basinscope.plotting.plot`` draws it; ``basinscope report RUN_DIR`` builds a page
 that opens in headless Chromium without errors.
 
-Each command appears once in ``COMMANDS`` with tiny settings (an MLP on digits).
+Each command appears once in ``COMMANDS`` with tiny settings (an MLP on digits): the
+entries of this file, and those of each ``tests/protocol_cases/*.py`` module's ``COMMANDS``.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import os
 from pathlib import Path
 
 import pytest
-
-MLP = ["--model", "mlp", "--model-kwargs", '{"hidden": [16]}', "--no-progress"]
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +27,7 @@ def weights(tmp_path_factory) -> list[Path]:
     ]
 
 
-def _w(paths) -> list[str]:
-    return [a for p in paths for a in ("--weights", str(p))]
-
+from protocol_cases import MLP, _w, all_commands  # noqa: E402
 
 # name -> (the command line without --out, given the weight files; the result's kind)
 COMMANDS = {
@@ -40,6 +37,9 @@ COMMANDS = {
         "barrier_matrix",
     ),
 }
+
+
+COMMANDS = all_commands(COMMANDS)
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

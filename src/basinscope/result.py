@@ -44,6 +44,7 @@ RESULTS: dict[str, type[Result]] = {}
 # the modules whose import registers the built-in result kinds (see result_class)
 _BUILTIN = (
     "basinscope.analyses",
+    "basinscope.curvature",
     "basinscope.training",
 )
 

@@ -22,8 +22,16 @@ __all__ = ["PLOTTERS", "plot", "plots"]
 #: kind -> function(result, ax=None) -> (fig, ax)
 PLOTTERS: dict[str, Callable[..., tuple[Any, Any]]] = {}
 
-# modules whose import registers the built-in plotters
-_BUILTIN = ("basinscope.plotting.results",)
+
+def _import_builtin() -> None:
+    """Import every module of :mod:`basinscope.plotting.figures` (each registers its kinds)."""
+    import importlib
+    import pkgutil
+
+    import basinscope.plotting.figures as figures
+
+    for info in pkgutil.iter_modules(figures.__path__):
+        importlib.import_module(f"{figures.__name__}.{info.name}")
 
 
 def plots(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -38,10 +46,7 @@ def plots(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
 def plot(result: Any, ax: Any = None) -> tuple[Any, Any]:
     """Draw ``result`` (any :class:`~basinscope.result.Result`) on ``ax`` or a new figure."""
-    import importlib
-
-    for module in _BUILTIN:
-        importlib.import_module(module)
+    _import_builtin()
     kind = getattr(result, "kind", None)
     if kind not in PLOTTERS:
         raise BasinscopeError(

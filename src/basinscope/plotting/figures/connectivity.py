@@ -1,8 +1,6 @@
-"""The figures of result kinds, registered with :func:`basinscope.plotting.plots`.
-
-Each function draws one kind of result on ``ax`` (or a new figure) and returns
-``(fig, ax)``; :func:`basinscope.plotting.plot` dispatches to it.
-"""
+"""Figures of the connectivity results (barriers, ...), registered by kind with
+:func:`basinscope.plotting.plots`. Each draws its result on ``ax`` (or a new figure) and
+returns ``(fig, ax)``; :func:`basinscope.plotting.plot` dispatches to it."""
 
 from __future__ import annotations
 
