@@ -301,3 +301,37 @@ def test_executor_seam_accepts_out_of_order_workers(digits_xy, tmp_path):
     )
     assert remote.evaluation["executor"] == "reversed"
     assert np.array_equal(local.dataset["train_loss"].values, remote.dataset["train_loss"].values)
+
+
+@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+def test_per_example_values_reach_the_hook_and_average_to_the_chunk(digits_xy, strategy):
+    from basinscope.geometry import get_params
+
+    x, y = digits_xy
+    model = MODELS["mlp"]()
+    params = get_params(model)
+    d = {k: torch.randn_like(v) for k, v in params.items()}
+    seen = []
+    common = dict(metrics=("loss", "error"), batch_size=64, strategy=strategy)
+    data = {"train": (x[:150], y[:150])}
+    job = EvalJob(model, PointBasis(params, (d,)), data, **common)
+    hooked = EvalJob(
+        model,
+        PointBasis(params, (d,)),
+        data,
+        per_example=lambda c, v: seen.append((c, v)),
+        **common,
+    )
+    coeffs = np.linspace(-1, 1, 5)[:, None]
+    plain = evaluate_points(job, coeffs, chunk_size=2)
+    kept = evaluate_points(hooked, coeffs, chunk_size=2)
+    assert [len(c) for c, _ in seen] == [2, 2, 1]
+    assert np.array_equal(np.concatenate([c for c, _ in seen]), coeffs)
+    for name in ("train_loss", "train_error"):
+        per = np.concatenate([v[name] for _, v in seen])
+        assert per.shape == (5, 150)
+        # the chunk means are the per-example means; the plain path sums the same float32
+        # per-example values batch by batch in float64: only the float64 summation order differs
+        np.testing.assert_array_equal(kept.values[name], per.mean(axis=1))
+        np.testing.assert_allclose(kept.values[name], plain.values[name], rtol=1e-12)
+    assert set(np.unique(np.concatenate([v["train_error"] for _, v in seen]))) <= {0.0, 1.0}

@@ -41,13 +41,12 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from basinscope._checks import MAX_POINTS, MAX_SEED, at_least
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import DTYPES, as_splits
-from basinscope.engine import BatchNormWarning, EvalJob, Evaluator, as_batches, warn_stored_bn
+from basinscope.engine import BatchNormWarning, EvalJob, as_batches, warn_stored_bn
 from basinscope.engine.bn import has_batchnorm
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result
@@ -298,63 +297,6 @@ def refine_worst(
     return a, v
 
 
-# -- per-example values through the engine -------------------------------------------------
-@dataclass(frozen=True)
-class _PerExampleJob(EvalJob):
-    """An :class:`EvalJob` whose evaluator also hands per-example values to ``sink``."""
-
-    sink: list | None = None
-
-    def build(self) -> Evaluator:
-        return _PerExampleEvaluator(self)
-
-
-class _PerExampleEvaluator(Evaluator):
-    """The engine's evaluator (strategies, BatchNorm policies), keeping per-example values.
-
-    The chunk's mean values are the per-example values' means, so the engine's curve and
-    the bootstrap's per-example matrix are the same numbers.
-    """
-
-    def evaluate_chunk(self, coeffs: np.ndarray) -> dict[str, np.ndarray]:
-        if self.strategy is None:
-            self.choose_strategy(coeffs)
-        c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
-        per = self._per_example(c)
-        if self.job.sink is not None:
-            self.job.sink.append((np.asarray(coeffs, dtype=np.float64)[:, 0].copy(), per))
-        return {name: v.sum(axis=1) / v.shape[1] for name, v in per.items()}
-
-    @torch.no_grad()
-    def _per_example(self, c: Tensor) -> dict[str, np.ndarray]:
-        params, moving = self.job.basis.stacked(c, self.dtype, self.device)
-        k = c.shape[0]
-        bufs = (
-            self._recompute_stats(params, moving, k, self.strategy) if self.recompute_bn else moving
-        )
-        out: dict[str, np.ndarray] = {}
-        for split, batches in self.splits.items():
-            cols: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
-            for x, y in batches:
-                if self.strategy == "vmap":
-                    outs = self._forward_vmap(params, bufs, x)
-                    flat = outs.reshape(k * outs.shape[1], *outs.shape[2:])
-                    yy = y.unsqueeze(0).expand(k, *y.shape).reshape(k * y.shape[0], *y.shape[1:])
-                    for m in self.metrics:
-                        cols[m.name].append(m.fn(flat, yy).reshape(k, -1).double().cpu())
-                else:
-                    vals: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
-                    for i in range(k):
-                        o = self._forward_one(params, bufs, i, x)
-                        for m in self.metrics:
-                            vals[m.name].append(m.fn(o, y).double().cpu())
-                    for m in self.metrics:
-                        cols[m.name].append(torch.stack(vals[m.name]))
-            for m in self.metrics:
-                out[f"{split}_{m.name}"] = torch.cat(cols[m.name], dim=1).numpy()
-        return out
-
-
 # -- barriers of models ----------------------------------------------------------------------
 def _select_split(data: Any, split: str) -> Any:
     splits = as_splits(data)
@@ -467,8 +409,11 @@ def barrier(
         "chunk_seconds": 0.0,  # evaluating the points only
     }
 
+    def keep(coeffs: np.ndarray, per: dict[str, np.ndarray]) -> None:
+        sink.append((coeffs[:, 0].copy(), per))
+
     def make_job(basis):
-        return _PerExampleJob(
+        return EvalJob(
             model=model_a,
             basis=basis,
             datasets={split: batches},
@@ -480,7 +425,7 @@ def barrier(
             bn_data=bn_list,
             bn_batches=bn_batches,
             strategy=evaluation["strategy"],
-            sink=sink,
+            per_example=keep if sink is not None else None,
         )
 
     def f(new_alphas: np.ndarray) -> np.ndarray:

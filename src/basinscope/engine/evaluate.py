@@ -68,6 +68,10 @@ class EvalJob:
     bn_batches: int = 10
     bn_batch_size: int = 128
     strategy: str = "auto"
+    #: ``per_example(coeffs, values)`` receives each chunk's per-example values (``{name:
+    #: (K, N) float64}``) before they are averaged: the seam for statistics over examples
+    #: (a barrier's bootstrap). The chunk's means are then those values' means.
+    per_example: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None
 
     def __post_init__(self) -> None:
         if self.bn_policy not in BN_POLICIES:
@@ -195,7 +199,42 @@ class Evaluator:
         if self.strategy is None:
             self.choose_strategy(coeffs)
         c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
-        return self._run(c, self.splits, self.strategy)
+        if self.job.per_example is None:
+            return self._run(c, self.splits, self.strategy)
+        per = self.per_example_values(c)
+        self.job.per_example(np.asarray(coeffs, dtype=np.float64), per)
+        return {name: v.sum(axis=1) / v.shape[1] for name, v in per.items()}
+
+    @torch.no_grad()
+    def per_example_values(self, c: Tensor) -> dict[str, np.ndarray]:
+        """``{split_metric: (K, N) float64}``: each metric of each example at each point (the
+        metrics must be per-example ones, like loss and error)."""
+        params, moving = self.job.basis.stacked(c, self.dtype, self.device)
+        k = c.shape[0]
+        bufs = (
+            self._recompute_stats(params, moving, k, self.strategy) if self.recompute_bn else moving
+        )
+        out: dict[str, np.ndarray] = {}
+        for split, batches in self.splits.items():
+            cols: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
+            for x, y in batches:
+                if self.strategy == "vmap":
+                    outs = self._forward_vmap(params, bufs, x)
+                    flat = outs.reshape(k * outs.shape[1], *outs.shape[2:])
+                    yy = y.unsqueeze(0).expand(k, *y.shape).reshape(k * y.shape[0], *y.shape[1:])
+                    for m in self.metrics:
+                        cols[m.name].append(m.fn(flat, yy).reshape(k, -1).double().cpu())
+                else:
+                    vals: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
+                    for i in range(k):
+                        o = self._forward_one(params, bufs, i, x)
+                        for m in self.metrics:
+                            vals[m.name].append(m.fn(o, y).double().cpu())
+                    for m in self.metrics:
+                        cols[m.name].append(torch.stack(vals[m.name]))
+            for m in self.metrics:
+                out[f"{split}_{m.name}"] = torch.cat(cols[m.name], dim=1).numpy()
+        return out
 
     @torch.no_grad()
     def _run(
