@@ -13,7 +13,7 @@ from types import ModuleType
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["import_user_module"]
+__all__ = ["import_attr", "import_user_module", "split_spec"]
 
 
 def import_user_module(module_name: str, spec: str, what: str = "module") -> ModuleType:
@@ -46,3 +46,31 @@ def import_user_module(module_name: str, spec: str, what: str = "module") -> Mod
         f"{text}{where}. Importing the module runs its code; {fix} so that "
         f"`python -c 'import {module_name}'` works, then run the command again."
     ) from error
+
+
+def split_spec(spec: str, example: str, what: str = "attribute") -> tuple[str, str]:
+    """``("module", "attr")`` of ``"module:attr"``, or a clear error showing ``example``."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr or ":" in attr:
+        raise BasinscopeError(
+            f"{spec!r} is not an import spec: expected module:{what}, e.g. {example!r} "
+            f"(module path, a colon, then the {what} name)."
+        )
+    return module_name, attr
+
+
+def import_attr(spec: str, example: str, what: str = "module") -> object:
+    """Import ``"module:attr"`` (``attr`` may be dotted) and return the attribute."""
+    module_name, attr = split_spec(spec, example)
+    obj: object = import_user_module(module_name, spec, what)
+    for i, part in enumerate(attr.split(".")):
+        if not hasattr(obj, part):
+            where = ".".join([module_name, *attr.split(".")[:i]])
+            names = sorted(n for n in dir(obj) if not n.startswith("_"))
+            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
+            raise BasinscopeError(
+                f"{where!r} has no attribute {part!r} (from {spec!r}). Available names: "
+                f"{shown or '(none)'}."
+            )
+        obj = getattr(obj, part)
+    return obj

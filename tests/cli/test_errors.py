@@ -101,7 +101,7 @@ def test_weights_that_fit_another_model_kwargs_do_load(surface, tmp_path):
         ("nosuchmodel", [r"unknown model 'nosuchmodel'", r"lenet, mlp, resnet", "module:factory"]),
         (
             "basinscope.models:",
-            [r"is not a model spec: expected module:factory", "basinscope.models:lenet"],
+            [r"is not an import spec: expected module:factory", "basinscope.models:lenet"],
         ),
     ],
 )

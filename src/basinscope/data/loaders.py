@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from basinscope._imports import import_user_module
+from basinscope._imports import import_attr
 from basinscope.data.digits import load_digits
 from basinscope.data.mnist import load_mnist5k
 from basinscope.data.shifts import apply_shift
@@ -149,25 +149,7 @@ def _npz_error(path: Path, e: Exception) -> BasinscopeError:
 
 def load_object(spec: str) -> Any:
     """Import ``"module:attr"`` (``attr`` may be dotted) and return the attribute."""
-    module_name, sep, attr = spec.partition(":")
-    if not sep or not module_name or not attr or ":" in attr:
-        raise BasinscopeError(
-            f"{spec!r} is not an import spec: expected module:attr, e.g. "
-            "'mypkg.data:train_set' (module path, a colon, then the attribute name)."
-        )
-    module = import_user_module(module_name, spec, "module")
-    obj: Any = module
-    for i, part in enumerate(attr.split(".")):
-        if not hasattr(obj, part):
-            where = ".".join([module_name, *attr.split(".")[:i]])
-            names = sorted(n for n in dir(obj) if not n.startswith("_"))
-            shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
-            raise BasinscopeError(
-                f"{where!r} has no attribute {part!r} (from {spec!r}). Available names: "
-                f"{shown or '(none)'}."
-            )
-        obj = getattr(obj, part)
-    return obj
+    return import_attr(spec, "mypkg.data:train_set")
 
 
 def _pair(item: Any, where: str) -> tuple[Any, Any]:

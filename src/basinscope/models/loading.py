@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from basinscope._checks import check_seed
-from basinscope._imports import import_user_module
+from basinscope._imports import import_user_module, split_spec
 from basinscope.errors import BasinscopeError
 from basinscope.models.zoo import MODELS
 
@@ -33,17 +33,12 @@ _MISMATCH_HINT = (
 def _resolve_factory(spec: str) -> Any:
     if spec in MODELS:
         return MODELS[spec]
-    module_name, sep, attr = spec.partition(":")
-    if not sep:
+    if ":" not in spec:
         raise BasinscopeError(
             f"unknown model {spec!r}: expected a built-in name ({', '.join(sorted(MODELS))}) "
             "or module:factory, e.g. 'mypkg.nets:make_model'."
         )
-    if not module_name or not attr or ":" in attr:
-        raise BasinscopeError(
-            f"{spec!r} is not a model spec: expected module:factory, e.g. "
-            "'basinscope.models:lenet' (module path, a colon, then the factory name)."
-        )
+    module_name, attr = split_spec(spec, "basinscope.models:lenet", "factory")
     module = import_user_module(module_name, spec, "model module")
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
