@@ -36,7 +36,7 @@ import numpy as np
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["RESULTS", "Result", "result_class", "tensors"]
+__all__ = ["RESULTS", "Result", "result_class", "tensors", "transient"]
 
 #: kind -> Result subclass, filled as the analyses are imported.
 RESULTS: dict[str, type[Result]] = {}
@@ -53,6 +53,16 @@ def tensors(**kwargs: Any) -> Any:
     """A field holding parameter dicts (``dict[str, Tensor]`` or a list of them): kept out
     of :meth:`Result.to_dict`, stored as safetensors by the store."""
     return dataclasses.field(metadata={"tensors": True}, **kwargs)
+
+
+def transient(**kwargs: Any) -> Any:
+    """A field that lives only in memory (a model, optimizer states): kept out of
+    :meth:`Result.to_dict` and the store; a loaded result has the field's default."""
+    return dataclasses.field(metadata={"transient": True}, **kwargs)
+
+
+def _stored(f: dataclasses.Field) -> bool:
+    return not (f.metadata.get("tensors") or f.metadata.get("transient"))
 
 
 class Result:
@@ -77,7 +87,7 @@ class Result:
         """Every field but the tensors, JSON-ready, with ``kind`` and ``schema`` first."""
         out: dict[str, Any] = {"kind": self.kind, "schema": self.schema}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if not f.metadata.get("tensors"):
+            if _stored(f):
                 out[f.name] = encode(getattr(self, f.name))
         return out
 
@@ -109,6 +119,8 @@ class Result:
             if f.metadata.get("tensors"):
                 if f.name in tensor_fields:
                     kwargs[f.name] = tensor_fields[f.name]
+                continue
+            if f.metadata.get("transient"):
                 continue
             if f.name in data:
                 kwargs[f.name] = decode(data[f.name], hints[f.name])

@@ -14,11 +14,11 @@ from torch import nn
 from basinscope.analyses.criticality import (
     criticality_along_path,
     module_criticality,
-    plot_valley,
     rewind,
 )
 from basinscope.engine import Metric
 from basinscope.errors import BasinscopeError
+from basinscope.plotting.figures.transfer import plot_valley
 
 
 class Quadratic(nn.Module):

@@ -9,6 +9,7 @@ from torch import nn
 
 from basinscope.analyses.distance import mistake_analysis, parameter_distance
 from basinscope.errors import BasinscopeError
+from basinscope.plotting.figures.transfer import plot_distance
 
 
 def mlp(seed=0):
@@ -53,9 +54,9 @@ def test_per_module_squares_add_up_to_overall():
     assert r.overall["l2"] == pytest.approx(ref.double().norm().item(), rel=1e-6)
     assert len(r.table()) == 3 and r.table()[-1]["module"] == "(all)"
     assert r.to_dict()["overall"]["numel"] == sum(p.numel() for p in a.parameters())
-    fig, ax = r.plot()
+    fig, ax = plot_distance(r)
     assert len(ax.patches) == 2
-    fig2, _ = r.plot(metric="angle_deg")
+    fig2, _ = plot_distance(r, metric="angle_deg")
     assert fig2 is not fig
 
 
@@ -68,7 +69,7 @@ def test_module_selection_and_errors():
     with pytest.raises(BasinscopeError, match="missing keys"):
         parameter_distance(a, {"1.weight": torch.zeros(16, 64)})
     with pytest.raises(BasinscopeError, match="unknown statistic"):
-        r.plot(metric="bogus")
+        plot_distance(r, metric="bogus")
 
 
 def test_mistake_counts_add_up_and_self_agreement(digits_xy):

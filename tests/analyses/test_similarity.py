@@ -203,6 +203,8 @@ def test_cka_matrix_options_and_errors(two_models, digits_xy):
 def test_plot_returns_figure():
     from matplotlib.figure import Figure
 
+    from basinscope.plotting import plot
+
     result = CKAResult(
         matrix=np.eye(2),
         layers_a=("fc1", "fc2"),
@@ -211,7 +213,7 @@ def test_plot_returns_figure():
         num_examples=10,
         batch_size=10,
     )
-    fig, ax = result.plot()
+    fig, ax = plot(result)
     assert isinstance(fig, Figure)
     assert [t.get_text() for t in ax.get_xticklabels()] == ["fc1", "fc2"]
     assert len(fig.axes) == 2  # heatmap + colorbar

@@ -64,17 +64,23 @@ def assert_error(capsys, args, *patterns):
         assert re.search(p, io.err), f"{p!r} not in {io.err!r}"
 
 
-def check_run(d: dict, *figures: str) -> dict:
-    run_dir = Path(d["run_dir"])
+def check_result_run(d: dict, run_dir: Path, group: str, *figures: str) -> dict:
+    """A run folder of the result protocol: the manifest (complete, the command's spec under
+    ``command``, the inputs' fingerprints), result.json == stdout == the loaded result's
+    dict, and the figures."""
+    from basinscope.store import load
+
     manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "complete"
-    assert manifest["spec"]["model"] == "mlp"
-    results = json.loads((run_dir / "results.json").read_text())
-    assert {**results, "run_dir": d["run_dir"], "figures": d["figures"]} == d
+    assert manifest["status"] == "complete" and manifest["format"] == 2
+    assert manifest["result"] == {"kind": d["kind"], "schema": d["schema"]}
+    assert manifest["command"][group]["model"] == "mlp"
+    assert json.loads(manifest["command"][group]["model_kwargs"]) == {"hidden": [16]}
+    assert set(manifest["fingerprints"]) == {"models", "data"}
+    assert json.loads((run_dir / "result.json").read_text()) == d
+    assert json.loads(json.dumps(load(run_dir).to_dict())) == d
     for name in figures:
         for ext in ("png", "pdf"):
-            f = run_dir / "figures" / f"{name}.{ext}"
-            assert f.is_file() and str(f) in d["figures"], f
+            assert (run_dir / "figures" / f"{name}.{ext}").stat().st_size > 0
     return manifest
 
 
@@ -95,12 +101,14 @@ def test_similarity_json(capsys, weights, tmp_path):
         "--out",
         tmp_path / "sim",
     )
-    check_run(d, "cka")
+    manifest = check_result_run(d, tmp_path / "sim", "models", "cka")
+    assert d["kind"] == "cka" and d["models"] == ["m0", "m1"] and d["split"] == "test"
     assert d["layers_a"] == d["layers_b"] == ["fc1", "fc2"]
     assert d["method"] == "minibatch" and d["num_examples"] == 200
-    assert set(d["diagonal"]) == {"fc1", "fc2"}
-    assert all(0.0 <= v <= 1.0 + 1e-9 for v in d["diagonal"].values())
+    assert "Nguyen" in d["definition"] and d["spec"]["method"] == "minibatch"
+    assert manifest["command"]["cka"]["max_examples"] == 200
     assert len(d["matrix"]) == 2 and len(d["matrix"][0]) == 2
+    assert all(0.0 <= d["matrix"][i][i] <= 1.0 + 1e-9 for i in range(2))
 
 
 def test_similarity_linear_off_diagonal_layers(capsys, weights, tmp_path):
@@ -123,13 +131,28 @@ def test_similarity_linear_off_diagonal_layers(capsys, weights, tmp_path):
         "--out",
         tmp_path / "sim2",
     )
-    assert d["diagonal"] is None and len(d["matrix"]) == 1
+    assert d["layers_a"] == ["fc1"] and d["layers_b"] == ["fc2"] and len(d["matrix"]) == 1
+    assert d["method"] == "linear" and "Kornblith" in d["definition"]
+    code, io = run(capsys, *args_of_linear(weights), "--out", tmp_path / "sim3")
+    assert code == 0, io.err
+    assert "the models share no layer names" in io.err and io.out == ""
+
+
+def args_of_linear(weights) -> list:
+    two = ["--weights", weights["m0"], "--weights", weights["m0"]]
+    args = ["--method", "linear", "--layers-a", "fc1", "--layers-b", "fc2", "--max-examples", "100"]
+    return ["similarity", *BASE, *two, *args]
 
 
 def test_similarity_errors(capsys, weights, tmp_path):
     assert_error(capsys, ["similarity", *BASE, "--weights", weights["m0"]], "exactly two --weights")
     args = ["similarity", *BASE, "--weights", weights["m0"], "--weights", weights["m1"]]
-    assert_error(capsys, [*args, "--method", "cosine"], "unknown CKA method 'cosine'")
+    assert_error(
+        capsys,
+        [*args, "--method", "cosine"],
+        "unknown --method 'cosine': expected one of minibatch, linear, debiased, rbf",
+    )
+    assert_error(capsys, [*args, "--batch-size", "3"], "--batch-size must be an integer >= 4")
     out = tmp_path / "bad"
     assert_error(capsys, [*args, "--layers-a", "nope", "--out", out], "no modules named")
     assert not out.exists()
@@ -149,13 +172,17 @@ def test_distance_json_with_mistakes(capsys, weights, tmp_path):
         "--out",
         tmp_path / "dist",
     )
-    check_run(d, "distance", "mistakes")
-    assert set(d["per_module"]) == {"fc1", "fc2"}
-    assert [r["module"] for r in d["table"]] == ["fc1", "fc2", "(all)"]
-    assert d["overall"]["l2"] > 0
-    m = d["mistakes"]
-    parts = m["both_right"] + m["both_wrong"] + m["only_a_wrong"] + m["only_b_wrong"]
+    check_result_run(d, tmp_path / "dist", "models", "distance_and_mistakes")
+    assert d["kind"] == "distance_and_mistakes"
+    dist, m = d["distance"], d["mistakes"]
+    assert dist["kind"] == "distance" and dist["models"] == ["init", "m0"]
+    assert set(dist["per_module"]) == {"fc1", "fc2"}
+    assert dist["overall"]["l2"] > 0
+    assert m["kind"] == "mistakes" and m["split"] == "test"
+    both_wrong = m["both_wrong_same"] + m["both_wrong_different"]
+    parts = m["both_right"] + both_wrong + m["only_a_wrong"] + m["only_b_wrong"]
     assert parts == m["n"] and 0 <= m["agreement"] <= 1
+    assert "argmax" in d["definition"]["agreement"]
 
 
 def test_distance_modules_no_mistakes(capsys, weights, tmp_path):
@@ -172,7 +199,9 @@ def test_distance_modules_no_mistakes(capsys, weights, tmp_path):
         "--out",
         tmp_path / "dist2",
     )
-    assert list(d["per_module"]) == ["fc1"] and d["mistakes"] is None
+    check_result_run(d, tmp_path / "dist2", "models", "distance")
+    assert d["kind"] == "distance" and list(d["per_module"]) == ["fc1"]
+    assert d["spec"]["modules"] == ["fc1"] and "arccos" in d["definition"]
 
 
 def test_distance_errors(capsys, weights, tmp_path):
@@ -198,11 +227,13 @@ def test_rewind_json(capsys, weights, tmp_path):
         "--out",
         tmp_path / "rw",
     )
-    check_run(d, "rewind")
-    assert [r["module"] for r in d["table"]] == ["fc1", "fc2"]
+    check_result_run(d, tmp_path / "rw", "model", "rewind")
+    assert d["kind"] == "rewind" and list(d["rewound"]) == ["fc1", "fc2"]
     assert d["split"] == "test" and set(d["baseline"]) == {"loss", "accuracy"}
-    for r in d["table"]:
-        assert r["accuracy_drop"] == pytest.approx(d["baseline"]["accuracy"] - r["accuracy"])
+    assert d["spec"]["engine"]["strategy"] == "loop" and d["spec"]["split"] == "test"
+    for m, r in d["rewound"].items():
+        drop = -d["change"][m]["accuracy"]
+        assert drop == pytest.approx(d["baseline"]["accuracy"] - r["accuracy"])
 
 
 def test_rewind_errors(capsys, weights):
@@ -235,9 +266,13 @@ def test_criticality_json(capsys, weights, tmp_path):
         "--out",
         tmp_path / "crit",
     )
-    check_run(d, "valley_fc1", "valley_fc2")
-    assert set(d["modules"]) == set(d["mu"]) == {"fc1", "fc2"}
+    check_result_run(d, tmp_path / "crit", "model", "criticality")
+    assert d["kind"] == "criticality" and set(d["modules"]) == {"fc1", "fc2"}
+    mu = [float(m["mu"]) for m in d["modules"].values()]
+    assert float(d["network_criticality"]) == pytest.approx(sum(mu))
     assert d["settings"]["noise"] == "absolute" and d["settings"]["samples"] == 2
+    assert d["definition"]["noise"].startswith("absolute: sigma_eff = sigma")
+    assert d["spec"]["noise_variant"] == "absolute" and d["settings"]["split"] == "train"
     assert len(d["alphas"]) == 3 and len(d["sigmas"]) == 2
     assert d["epsilon"] == pytest.approx(d["baseline_loss"] + 0.1)
 
@@ -247,7 +282,12 @@ def test_criticality_errors(capsys, weights, tmp_path):
     assert_error(capsys, [*args, "--samples", "3"], "--samples must be an even number")
     assert_error(capsys, [*args, "--sigmas", "0:1:3"], "every sigma must be > 0")
     assert_error(capsys, [*args, "--alphas", "0-1"], "bad grid range '0-1' for --alphas")
-    assert_error(capsys, [*args, "--noise-variant", "huge"], "unknown noise variant 'huge'")
+    assert_error(
+        capsys,
+        [*args, "--noise-variant", "huge"],
+        "unknown --noise-variant 'huge': expected one of absolute, frobenius",
+    )
+    assert_error(capsys, [*args, "--alphas", "0:0:1"], "the valley plot needs a grid of at least 2")
 
 
 # -- finetune --------------------------------------------------------------------------------
@@ -273,24 +313,39 @@ def test_finetune_json_two_strategies(capsys, weights, tmp_path):
         "--out",
         tmp_path / "ft",
     )
-    manifest = check_run(d, "finetune")
-    assert manifest["spec"]["target"]["rotation"] == 35.0
-    assert manifest["spec"]["source"]["rotation"] == 0.0
-    assert [r["strategy"] for r in d["table"]] == ["ft", "surgical"]
+    manifest = check_result_run(d, tmp_path / "ft", "model", "finetune_comparison")
+    assert d["kind"] == "finetune_comparison"
+    assert d["target"]["rotation"] == 35.0 and d["source"]["rotation"] == 0.0
+    assert manifest["command"]["data"]["rotation"] == 35.0
+    assert manifest["command"]["source_rotation"] == 0.0
+    assert [r["strategy"] for r in d["strategies"]] == ["ft", "surgical"]
     for s in d["strategies"]:
-        assert Path(s["weights_file"]).is_file()
+        assert s["kind"] == "finetune" and s["config"]["steps"] == 5
+        assert Path(d["weights_files"][s["strategy"]]).is_file()
         assert set(s["before"]) == set(s["after"]) == {"source", "target"}
         src, tgt = s["before"]["source"]["accuracy"], s["after"]["source"]["accuracy"]
         assert s["forgetting"] == pytest.approx(src - tgt)
     surgical = d["strategies"][1]
     assert surgical["trainable"] == ["fc2.weight", "fc2.bias"]
-    assert d["table"][1]["trainable_params"] < d["table"][0]["trainable_params"]
+    assert (
+        surgical["spec"]["blocks"] == ["fc2"] and "Lee et al." in surgical["definition"]["strategy"]
+    )
+    assert surgical["trainable_params"] == 16 * 10 + 10
+    assert surgical["trainable_params"] < d["strategies"][0]["trainable_params"]
 
 
 def test_finetune_errors(capsys, weights, tmp_path):
     args = ["finetune", *BASE, "--weights", weights["m0"], "--steps", "1"]
     assert_error(capsys, ["finetune", *BASE], "--weights is required")
-    assert_error(capsys, [*args, "--strategy", "magic"], "unknown fine-tuning strategy 'magic'")
+    assert_error(
+        capsys,
+        [*args, "--strategy", "magic"],
+        "unknown --strategy 'magic': expected one of ft, lp, lp-ft, surgical, dfr, guided",
+    )
+    assert_error(capsys, [*args, "--blocks", "fc2"], "--blocks is only used by --strategy surgical")
+    assert_error(
+        capsys, [*args, "--strategy", "ft", "--strategy", "ft"], "each --strategy may be given once"
+    )
     out = tmp_path / "bad"
     assert_error(
         capsys,

@@ -24,10 +24,12 @@ from basinscope.analyses.barrier import (
 from basinscope.analyses.basin import BasinResult, ConditionEstimate, basin_test
 from basinscope.analyses.criticality import (
     CriticalityResult,
+    CriticalitySpec,
+    ModuleCriticality,
     RewindResult,
+    RewindSpec,
     criticality_along_path,
     module_criticality,
-    plot_valley,
     rewind,
 )
 from basinscope.analyses.curves import (
@@ -42,8 +44,11 @@ from basinscope.analyses.curves import (
     train_curve,
 )
 from basinscope.analyses.distance import (
+    DistanceAndMistakes,
     DistanceResult,
+    DistanceSpec,
     MistakeResult,
+    MistakeSpec,
     mistake_analysis,
     parameter_distance,
 )
@@ -76,7 +81,9 @@ from basinscope.analyses.sharpness import (
     worst_case_sharpness,
 )
 from basinscope.analyses.similarity import (
+    CKA_ESTIMATORS,
     CKAResult,
+    CKASpec,
     MinibatchCKA,
     cka_matrix,
     debiased_cka,
@@ -94,6 +101,7 @@ from basinscope.analyses.surface import (
 __all__ = [
     "BARRIER_DEFINITIONS",
     "BARRIER_METRICS",
+    "CKA_ESTIMATORS",
     "CURVE_KINDS",
     "SHARPNESS_MEASURES",
     "AlignmentResult",
@@ -101,20 +109,27 @@ __all__ = [
     "BarrierResult",
     "BasinResult",
     "CKAResult",
+    "CKASpec",
     "ConditionEstimate",
     "CriticalityResult",
+    "CriticalitySpec",
     "Curve",
     "CurveEvaluation",
     "CurveResult",
+    "DistanceAndMistakes",
     "DistanceResult",
+    "DistanceSpec",
     "EnsembleResult",
     "InstabilityResult",
     "InstabilitySweep",
     "Landscape",
     "MinibatchCKA",
     "MistakeResult",
+    "MistakeSpec",
+    "ModuleCriticality",
     "PermutationSpec",
     "RewindResult",
+    "RewindSpec",
     "SharpnessResult",
     "TrajectoryProjection",
     "TransferInstabilityResult",
@@ -151,7 +166,6 @@ __all__ = [
     "permutation_spec",
     "plane_surface",
     "plot_instability",
-    "plot_valley",
     "project_trajectory",
     "random_line",
     "random_permutation",

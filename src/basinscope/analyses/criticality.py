@@ -1,10 +1,5 @@
-"""Module rewinding and module criticality.
-
-**Rewinding** (Zhang, Bengio & Singer 2019, *Are all layers created equal?*): reset the
-parameters of one module to their initial (or pre-trained) values, keep every other
-module at its final values, and measure how the metrics change. The result records
-``change = rewound - baseline`` for every metric (a loss that rises has a positive change,
-an accuracy that drops a negative one).
+"""Module criticality (and, re-exported from :mod:`basinscope.analyses.rewind`, module
+rewinding).
 
 **Module criticality** (Chatterji, Neyshabur & Sedghi 2020, *The intriguing role of module
 criticality in the generalization of deep networks*; used by Neyshabur, Sedghi & Zhang 2020
@@ -44,145 +39,140 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from basinscope.analyses.distance import group_by_module
-from basinscope.analyses.landscape import as_splits
+from basinscope._checks import MAX_SEED, grid_range
+from basinscope.analyses.distance import MODULES_HELP, group_by_module
+from basinscope.analyses.rewind import (
+    REWIND_DEFINITION,
+    EngineOptions,
+    RewindResult,
+    RewindSpec,
+    _init_params,
+    _one_split,
+    _restricted,
+    _torch_dtype,
+    rewind,
+)
 from basinscope.engine import EvalJob, PointBasis, as_batches, evaluate_points
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
-from basinscope.geometry.params import check_same_keys, get_buffers, get_params
+from basinscope.geometry.params import get_buffers, get_params
+from basinscope.result import Result
+from basinscope.spec import Spec, group, option, takes_spec
 
 __all__ = [
+    "CRITICALITY_DEFINITION",
+    "NOISE_DEFINITIONS",
     "NOISE_VARIANTS",
+    "REWIND_DEFINITION",
     "CriticalityResult",
+    "CriticalitySpec",
+    "EngineOptions",
     "ModuleCriticality",
     "RewindResult",
+    "RewindSpec",
     "criticality_along_path",
     "module_criticality",
-    "plot_valley",
     "rewind",
 ]
 
-NOISE_VARIANTS = ("absolute", "frobenius")
+#: The noise variants of module criticality: name -> sigma_eff (see the module docstring).
+NOISE_DEFINITIONS: dict[str, str] = {
+    "absolute": "sigma_eff = sigma (per-entry standard deviation)",
+    "frobenius": "sigma_eff = sigma ||theta_i^F||_F / sqrt(n_i) (noise relative to the "
+    "module's size)",
+}
+NOISE_VARIANTS = tuple(NOISE_DEFINITIONS)
 DEFAULT_EPSILON_MARGIN = 0.1
+CRITICALITY_DEFINITION = (
+    "mu_i(eps) = min over (alpha, sigma) grid of alpha^2 ||theta_i^F - theta_i^0||^2"
+    " / sigma_eff^2 s.t. E_u L(theta_i^alpha + u, rest final) <= eps; "
+    "network criticality = sum_i mu_i"
+)
 
 
-def _init_params(model_init, final: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    if isinstance(model_init, nn.Module):
-        p = get_params(model_init)
-    elif isinstance(model_init, Mapping):
-        p = {k: v.detach().clone() for k, v in model_init.items()}
-    else:
-        raise BasinscopeError(
-            f"model_init must be an nn.Module or a parameter dict, got {type(model_init).__name__}"
-        )
-    check_same_keys(
-        final, p, "final and initial parameters", "Pass the same architecture's weights."
-    )
-    return {k: v.to(dtype=final[k].dtype, device=final[k].device) for k, v in p.items()}
+def _valley_grid(flag: str, example: str) -> Callable[[str], tuple[float, ...]]:
+    """The command line's START:STOP:NUM grid of a valley axis (at least 2 values)."""
 
+    def parse(text: str) -> tuple[float, ...]:
+        grid = grid_range(text, flag)
+        if len(grid) < 2:
+            raise BasinscopeError(
+                f"{flag} {text} gives {len(grid)} value; the valley plot needs a grid of at "
+                f"least 2, e.g. {flag} {example}"
+            )
+        return tuple(float(v) for v in grid)
 
-def _one_split(data: Any, split: str | None) -> tuple[str, Any]:
-    """A ``{split: data}`` mapping picks that split; a single dataset is labelled ``split``."""
-    splits = as_splits(data)
-    if split is not None and splits.get("train") is data:
-        return split, splits["train"]  # one dataset given: ``split`` only names it
-    if split is None:
-        split = next(iter(splits))
-    if split not in splits:
-        raise BasinscopeError(f"unknown split {split!r}: data has splits {list(splits)}")
-    return split, splits[split]
-
-
-def _restricted(delta: Mapping[str, Tensor], keys: Sequence[str]) -> dict[str, Tensor]:
-    ks = set(keys)
-    return {k: (v if k in ks else torch.zeros_like(v)) for k, v in delta.items()}
-
-
-# -- rewinding ---------------------------------------------------------------------------
+    return parse
 
 
 @dataclass(frozen=True)
-class RewindResult:
-    """Metrics with one module rewound at a time, against the final model's."""
+class CriticalitySpec(Spec):
+    """The settings of :func:`module_criticality` (and of ``basinscope criticality``).
 
-    baseline: dict[str, float]
-    rewound: dict[str, dict[str, float]]
-    change: dict[str, dict[str, float]]
-    split: str
-    definition: str = "change = metric(module rewound to init, rest final) - metric(final)"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "baseline": dict(self.baseline),
-            "rewound": {k: dict(v) for k, v in self.rewound.items()},
-            "change": {k: dict(v) for k, v in self.change.items()},
-            "split": self.split,
-            "definition": self.definition,
-        }
-
-
-def rewind(
-    model_final: nn.Module,
-    model_init: nn.Module | Mapping[str, Tensor],
-    data: Any,
-    *,
-    modules: Sequence[str] | None = None,
-    metrics: Sequence[str | Metric | Callable] = ("loss", "accuracy"),
-    split: str | None = None,
-    batch_size: int = 1024,
-    dtype: torch.dtype = torch.float32,
-    device: str = "cpu",
-    strategy: str = "auto",
-    chunk_size: int = 64,
-) -> RewindResult:
-    """Rewind each module to ``model_init``'s values (rest final) and evaluate; see module doc.
-
-    One engine call evaluates the final model and every rewound model; inputs are never
-    mutated. Buffers stay at the final model's values.
+    The noise variant is ``noise_variant`` here and ``noise`` in :func:`module_criticality`
+    (on the command line ``--noise`` is the data's input noise); :meth:`kwargs` maps it.
+    ``split=None`` takes the data's first split (a single dataset is called ``train``).
     """
-    final = get_params(model_final)
-    init = _init_params(model_init, final)
-    groups = group_by_module(list(final), modules)
-    delta = {k: init[k] - final[k] for k in final}
-    basis = PointBasis(
-        final,
-        tuple(_restricted(delta, ks) for ks in groups.values()),
-        get_buffers(model_final),
-    )
-    split, d = _one_split(data, split)
-    job = EvalJob(
-        model_final,
-        basis,
-        {split: as_batches(d, batch_size=batch_size, device="cpu")},
-        metrics=tuple(resolve_metrics(metrics)),
-        batch_size=batch_size,
-        dtype=dtype,
-        device=device,
-        strategy=strategy,
-    )
-    coeffs = np.vstack([np.zeros((1, len(groups))), np.eye(len(groups))])
-    res = evaluate_points(job, coeffs, chunk_size=chunk_size)
-    names = [m.name for m in resolve_metrics(metrics)]
-    baseline = {n: float(res.values[f"{split}_{n}"][0]) for n in names}
-    rewound = {
-        m: {n: float(res.values[f"{split}_{n}"][1 + j]) for n in names}
-        for j, m in enumerate(groups)
-    }
-    change = {m: {n: v[n] - baseline[n] for n in names} for m, v in rewound.items()}
-    return RewindResult(baseline=baseline, rewound=rewound, change=change, split=split)
 
+    kind: ClassVar[str] = "criticality"
 
-# -- criticality -------------------------------------------------------------------------
+    modules: tuple[str, ...] = option((), MODULES_HELP)
+    epsilon: float | None = option(None, "Loss threshold (default: the final model's loss + 0.1).")
+    alphas: tuple[float, ...] = option(
+        tuple(float(a) for a in np.linspace(0.0, 1.0, 11)),
+        "START:STOP:NUM grid of alpha (default: 0:1:11).",
+        parse=_valley_grid("--alphas", "0:1:11"),
+        metavar="START:STOP:NUM",
+    )
+    sigmas: tuple[float, ...] = option(
+        tuple(float(s) for s in np.linspace(0.05, 1.0, 10)),
+        "START:STOP:NUM grid of sigma > 0 (default: 0.05:1:10).",
+        parse=_valley_grid("--sigmas", "0.05:1:10"),
+        metavar="START:STOP:NUM",
+    )
+    samples: int = option(4, "Noise draws per grid point (even).", low=1)
+    noise_variant: str = option(
+        "absolute",
+        "Noise scale: absolute or frobenius (per module).",
+        choices=NOISE_VARIANTS,
+    )
+    antithetic: bool = option(True, "Draw the noise in pairs u, -u.", cli=False)
+    seed: int = option(0, "Seed of the noise draws.", low=0, high=MAX_SEED)
+    metric: str = option("loss", "The loss L that is thresholded.", cli=False)
+    split: str | None = option(None, "Split whose loss L is thresholded.")
+    engine: EngineOptions = group(EngineOptions)
+
+    def check(self) -> None:
+        if not self.alphas or not self.sigmas:
+            raise BasinscopeError(
+                f"{self.name_of('alphas')} and {self.name_of('sigmas')} need at least one "
+                "value each"
+            )
+        if min(self.sigmas) <= 0:
+            raise BasinscopeError(
+                f"every sigma must be > 0 (mu divides by sigma^2): {self.name_of('sigmas')} "
+                f"starts at {min(self.sigmas):g}"
+            )
+        if self.antithetic and self.samples % 2:
+            raise BasinscopeError(
+                f"{self.name_of('samples')} must be an even number >= 2 (antithetic pairs), "
+                f"got {self.samples}"
+            )
+
+    def kwargs(self) -> dict[str, Any]:
+        out = super().kwargs()
+        out["noise"] = out.pop("noise_variant")
+        return out
 
 
 @dataclass(frozen=True)
-class ModuleCriticality:
+class ModuleCriticality(Result, kind="module_criticality"):
     """One module's valley: mean loss over the ``alphas x sigmas`` grid and its criticality."""
 
     module: str
@@ -197,25 +187,11 @@ class ModuleCriticality:
     noise_scale: float  # sigma_eff / sigma
     noise_sq_norm: float  # mean over draws of ||u||^2 / numel (standard-normal draws)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "module": self.module,
-            "mu": self.mu if math.isfinite(self.mu) else str(self.mu),
-            "alpha_star": self.alpha_star,
-            "sigma_star": self.sigma_star,
-            "delta_sq_norm": self.delta_sq_norm,
-            "weight_norm": self.weight_norm,
-            "numel": self.numel,
-            "noise_scale": self.noise_scale,
-            "noise_sq_norm": self.noise_sq_norm,
-            "loss": self.loss.tolist(),
-            "feasible": self.feasible.tolist(),
-        }
-
 
 @dataclass(frozen=True)
-class CriticalityResult:
-    """Module criticality of every module, the network criticality, and the settings."""
+class CriticalityResult(Result, kind="criticality"):
+    """Module criticality of every module, the network criticality (the sum of the modules'
+    ``mu``), and the settings. ``definition`` names the criticality and the noise variant."""
 
     modules: dict[str, ModuleCriticality]
     alphas: np.ndarray
@@ -223,33 +199,28 @@ class CriticalityResult:
     epsilon: float
     baseline_loss: float
     settings: dict[str, Any] = field(default_factory=dict)
+    network_criticality: float | None = None
+    definition: dict[str, str] | None = None
+    spec: CriticalitySpec | None = None
 
-    @property
-    def network_criticality(self) -> float:
-        return float(sum(m.mu for m in self.modules.values()))
+    def __post_init__(self) -> None:
+        if self.network_criticality is None:
+            nc = float(sum(m.mu for m in self.modules.values()))
+            object.__setattr__(self, "network_criticality", nc)
+        if self.definition is None:
+            noise = self.settings.get("noise", "absolute")
+            definition = {
+                "module_criticality": CRITICALITY_DEFINITION,
+                "noise": f"{noise}: {NOISE_DEFINITIONS.get(noise, '?')}",
+            }
+            object.__setattr__(self, "definition", definition)
 
     @property
     def mu(self) -> dict[str, float]:
         return {k: m.mu for k, m in self.modules.items()}
 
-    def to_dict(self) -> dict[str, Any]:
-        nc = self.network_criticality
-        return {
-            "definition": (
-                "mu_i(eps) = min over (alpha, sigma) grid of alpha^2 ||theta_i^F - theta_i^0||^2"
-                " / sigma_eff^2 s.t. E_u L(theta_i^alpha + u, rest final) <= eps; "
-                "network criticality = sum_i mu_i"
-            ),
-            "epsilon": self.epsilon,
-            "baseline_loss": self.baseline_loss,
-            "network_criticality": nc if math.isfinite(nc) else str(nc),
-            "alphas": self.alphas.tolist(),
-            "sigmas": self.sigmas.tolist(),
-            "settings": dict(self.settings),
-            "modules": {k: m.to_dict() for k, m in self.modules.items()},
-        }
 
-
+@takes_spec(CriticalitySpec)
 def module_criticality(
     model_final: nn.Module,
     model_init: nn.Module | Mapping[str, Tensor],
@@ -266,7 +237,7 @@ def module_criticality(
     metric: str | Metric = "loss",
     split: str | None = None,
     batch_size: int = 1024,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     device: str = "cpu",
     strategy: str = "auto",
     chunk_size: int = 64,
@@ -278,8 +249,10 @@ def module_criticality(
     ``metric`` is the loss ``L`` (a built-in name or a :class:`~basinscope.engine.Metric`).
     ``strategy`` is the engine's (``"vmap"``, ``"loop"``, or ``"auto"``: timed once, at the
     baseline, and kept for every module); the one used is recorded in ``settings``. The two
-    agree to rounding only: pin it to compare separate runs bit for bit.
+    agree to rounding only: pin it to compare separate runs bit for bit. ``dtype`` is a
+    torch dtype or its name (``"float64"``).
     """
+    dtype = _torch_dtype(dtype)
     if noise not in NOISE_VARIANTS:
         raise BasinscopeError(
             f"unknown noise variant {noise!r}: expected one of {', '.join(NOISE_VARIANTS)}"
@@ -399,44 +372,20 @@ def module_criticality(
             "split": split,
             "strategy": used[0],
         },
+        spec=CriticalitySpec(
+            modules=tuple(modules or ()),
+            epsilon=epsilon,
+            alphas=tuple(float(a) for a in alphas),
+            sigmas=tuple(float(s) for s in sigmas),
+            samples=samples,
+            noise_variant=noise,
+            antithetic=antithetic,
+            seed=seed,
+            metric=metric_obj.name,
+            split=split,
+            engine=EngineOptions.of(batch_size, dtype, device, strategy, chunk_size),
+        ),
     )
-
-
-def plot_valley(result: CriticalityResult, module: str, ax=None, *, levels: int = 20):
-    """Filled contour of the mean loss over ``alpha x sigma`` with the ``loss = epsilon``
-    boundary of the feasible region; returns ``(fig, ax)``."""
-    if module not in result.modules:
-        raise BasinscopeError(
-            f"no module {module!r} in this result: modules are {list(result.modules)}"
-        )
-    if len(result.alphas) < 2 or len(result.sigmas) < 2:
-        raise BasinscopeError(
-            f"a valley plot needs at least 2 alphas and 2 sigmas, got {len(result.alphas)} and "
-            f"{len(result.sigmas)}: evaluate a grid, e.g. alphas=np.linspace(0, 1, 11)"
-        )
-    m = result.modules[module]
-    if ax is None:
-        from matplotlib.figure import Figure
-
-        fig = Figure(figsize=(4.5, 3.6))
-        ax = fig.add_subplot(1, 1, 1)
-    else:
-        fig = ax.figure
-    A, S = np.meshgrid(result.alphas, result.sigmas, indexing="ij")
-    finite = np.isfinite(m.loss)
-    z = np.where(finite, m.loss, np.max(m.loss[finite]) if finite.any() else 0.0)
-    cs = ax.contourf(A, S, z, levels=levels)
-    fig.colorbar(cs, ax=ax, label=result.settings.get("metric", "loss"))
-    if z.min() < result.epsilon < z.max() and len(result.alphas) > 1 and len(result.sigmas) > 1:
-        ax.contour(A, S, z, levels=[result.epsilon], colors="white", linewidths=1.5)
-    if math.isfinite(m.mu):
-        ax.plot([m.alpha_star], [m.sigma_star], "r*", markersize=10)
-    ax.set_xlabel("alpha")
-    relative = result.settings.get("noise") == "frobenius"
-    ax.set_ylabel("sigma" + (" (x ||theta_F|| / sqrt(n))" if relative else ""))
-    mu = f"{m.mu:.3g}" if math.isfinite(m.mu) else "inf"
-    ax.set_title(f"{module}: mu={mu}, eps={result.epsilon:.3g}")
-    return fig, ax
 
 
 def criticality_along_path(

@@ -23,7 +23,7 @@ import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -33,17 +33,32 @@ from basinscope.engine import as_batches
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, dot
+from basinscope.result import Result
+from basinscope.spec import Spec, option, takes_spec
 
 __all__ = [
+    "AGREEMENT_DEFINITION",
+    "DISTANCE_DEFINITION",
     "ROOT",
+    "DistanceAndMistakes",
     "DistanceResult",
+    "DistanceSpec",
     "MistakeResult",
+    "MistakeSpec",
     "group_by_module",
     "mistake_analysis",
     "parameter_distance",
 ]
 
 ROOT = "(root)"
+DISTANCE_DEFINITION = (
+    "l2 = ||a-b||, relative = ||a-b||/||a||, angle = arccos(<a,b>/(||a|| ||b||)) in degrees"
+)
+AGREEMENT_DEFINITION = "agreement = fraction of examples with argmax(a) == argmax(b)"
+MODULES_HELP = (
+    "Module (named_modules() name, '(root)' for the root); repeat. Default: every module that "
+    "owns parameters."
+)
 
 
 def _as_params(x: nn.Module | Mapping[str, Tensor], what: str) -> dict[str, Tensor]:
@@ -67,12 +82,12 @@ def group_by_module(
 ) -> dict[str, list[str]]:
     """Parameter names grouped by module.
 
-    By default each parameter goes to its owner (the name before the last dot). With
-    ``modules`` (names as in ``named_modules()``, ``"(root)"`` for the root), a parameter
-    belongs to every listed module that is a prefix of its name, so a parent module
-    (``"features"``) collects all of its children's parameters.
+    By default (``modules`` None or empty) each parameter goes to its owner (the name before
+    the last dot). With ``modules`` (names as in ``named_modules()``, ``"(root)"`` for the
+    root), a parameter belongs to every listed module that is a prefix of its name, so a
+    parent module (``"features"``) collects all of its children's parameters.
     """
-    if modules is None:
+    if not modules:
         groups: dict[str, list[str]] = {}
         for k in keys:
             groups.setdefault(_owner(k), []).append(k)
@@ -117,21 +132,24 @@ def _stats(a: Mapping[str, Tensor], b: Mapping[str, Tensor], keys: Sequence[str]
 
 
 @dataclass(frozen=True)
-class DistanceResult:
-    """Overall and per-module distances between two parameter points."""
+class DistanceSpec(Spec):
+    """The settings of :func:`parameter_distance` (and of ``basinscope distance``)."""
 
-    overall: dict[str, float]
-    per_module: dict[str, dict[str, float]]
-    definition: str = (
-        "l2 = ||a-b||, relative = ||a-b||/||a||, angle = arccos(<a,b>/(||a|| ||b||)) in degrees"
-    )
+    kind: ClassVar[str] = "distance"
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "overall": dict(self.overall),
-            "per_module": {k: dict(v) for k, v in self.per_module.items()},
-            "definition": self.definition,
-        }
+    modules: tuple[str, ...] = option((), MODULES_HELP)
+
+
+@dataclass(frozen=True)
+class DistanceResult(Result, kind="distance"):
+    """Overall and per-module distances between two parameter points (``models[0]`` is
+    ``a``, the reference of the relative distance)."""
+
+    overall: dict[str, float | int]
+    per_module: dict[str, dict[str, float | int]]
+    definition: str = DISTANCE_DEFINITION
+    models: tuple[str, str] = ("model_a", "model_b")
+    spec: DistanceSpec | None = None
 
     def table(self) -> list[dict[str, Any]]:
         """One row per module, then an ``"(all)"`` row."""
@@ -139,53 +157,51 @@ class DistanceResult:
         rows.append({"module": "(all)", **self.overall})
         return rows
 
-    def plot(self, ax=None, *, metric: str = "relative"):
-        """Bar chart of one statistic per module; returns ``(fig, ax)``."""
-        if metric not in self.overall:
-            raise BasinscopeError(
-                f"unknown statistic {metric!r}: expected one of {', '.join(self.overall)}"
-            )
-        if ax is None:
-            from matplotlib.figure import Figure
 
-            fig = Figure(figsize=(max(4.0, 0.6 * len(self.per_module) + 2), 3.2))
-            ax = fig.add_subplot(1, 1, 1)
-        else:
-            fig = ax.figure
-        names = list(self.per_module)
-        ax.bar(range(len(names)), [self.per_module[m][metric] for m in names])
-        ax.set_xticks(range(len(names)))
-        ax.set_xticklabels(names, rotation=45, ha="right")
-        ax.set_ylabel(metric)
-        ax.set_title(f"{metric} per module (all: {self.overall[metric]:.3g})")
-        return fig, ax
-
-
+@takes_spec(DistanceSpec)
 def parameter_distance(
     a: nn.Module | Mapping[str, Tensor],
     b: nn.Module | Mapping[str, Tensor],
     *,
     modules: Sequence[str] | None = None,
+    labels: tuple[str, str] = ("model_a", "model_b"),
 ) -> DistanceResult:
     """L2 distance, relative distance and angle between ``a`` and ``b``, overall and per module.
 
     ``a`` and ``b`` are models or parameter dicts with the same keys and shapes; the
-    relative distance is measured relative to ``a``. See the module docstring.
+    relative distance is measured relative to ``a``. See the module docstring. ``modules``
+    as in :func:`group_by_module`; ``labels`` name ``a`` and ``b`` in the result.
     """
     pa = _as_params(a, "a")
     pb = _as_params(b, "b")
     check_same_keys(pa, pb)
     keys = list(pa)
     per_module = {m: _stats(pa, pb, ks) for m, ks in group_by_module(keys, modules).items()}
-    return DistanceResult(overall=_stats(pa, pb, keys), per_module=per_module)
+    return DistanceResult(
+        overall=_stats(pa, pb, keys),
+        per_module=per_module,
+        models=(str(labels[0]), str(labels[1])),
+        spec=DistanceSpec(modules=tuple(modules or ())),
+    )
 
 
 # -- mistakes ----------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class MistakeResult:
-    """Where two classifiers err together or apart on the same examples."""
+class MistakeSpec(Spec):
+    """The settings of :func:`mistake_analysis` (and of ``basinscope distance --mistakes``)."""
+
+    kind: ClassVar[str] = "mistakes"
+
+    batch_size: int = option(1024, "Examples per forward pass.", low=1)
+    split: str | None = option(None, "The name of the data's split, recorded in the result.")
+
+
+@dataclass(frozen=True)
+class MistakeResult(Result, kind="mistakes"):
+    """Where two classifiers err together or apart on the same examples (``extra`` holds
+    each model's accuracy)."""
 
     n: int
     both_right: int
@@ -195,24 +211,26 @@ class MistakeResult:
     only_b_wrong: int
     agreement: float
     extra: dict[str, Any] = field(default_factory=dict)
+    definition: str = AGREEMENT_DEFINITION
+    models: tuple[str, str] = ("model_a", "model_b")
+    split: str | None = None
+    spec: MistakeSpec | None = None
 
     @property
     def both_wrong(self) -> int:
         return self.both_wrong_same + self.both_wrong_different
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "n": self.n,
-            "both_right": self.both_right,
-            "both_wrong": self.both_wrong,
-            "both_wrong_same": self.both_wrong_same,
-            "both_wrong_different": self.both_wrong_different,
-            "only_a_wrong": self.only_a_wrong,
-            "only_b_wrong": self.only_b_wrong,
-            "agreement": self.agreement,
-            "definition": "agreement = fraction of examples with argmax(a) == argmax(b)",
-            **self.extra,
-        }
+
+@dataclass(frozen=True)
+class DistanceAndMistakes(Result, kind="distance_and_mistakes"):
+    """Two models compared in parameter space (``distance``) and by their mistakes
+    (``mistakes``): what ``basinscope distance --mistakes`` computes."""
+
+    distance: DistanceResult
+    mistakes: MistakeResult
+    definition: dict[str, str] = field(
+        default_factory=lambda: {"distance": DISTANCE_DEFINITION, "agreement": AGREEMENT_DEFINITION}
+    )
 
 
 @torch.no_grad()
@@ -226,13 +244,21 @@ def _predictions(model: nn.Module, batches) -> Tensor:
     return torch.cat(preds)
 
 
+@takes_spec(MistakeSpec)
 def mistake_analysis(
-    model_a: nn.Module, model_b: nn.Module, data: Any, *, batch_size: int = 1024
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    *,
+    batch_size: int = 1024,
+    split: str | None = None,
+    labels: tuple[str, str] = ("model_a", "model_b"),
 ) -> MistakeResult:
     """Count examples both models get right, both wrong (same or different label), or one wrong.
 
     Predictions are the arg-max outputs in eval mode (the models are not touched: copies are
     evaluated). ``agreement`` is the fraction of examples on which the predictions agree.
+    ``split`` names the data and ``labels`` the two models in the result.
     """
     batches = as_batches(data, batch_size=batch_size, device="cpu")
     check_model_data(model_a, batches, what="the data (model A)")
@@ -253,4 +279,7 @@ def mistake_analysis(
         only_b_wrong=int((ra & ~rb).sum()),
         agreement=float(np.mean(same.numpy())),
         extra={"accuracy_a": float(ra.double().mean()), "accuracy_b": float(rb.double().mean())},
+        models=(str(labels[0]), str(labels[1])),
+        split=split,
+        spec=MistakeSpec(batch_size=batch_size, split=split),
     )

@@ -174,18 +174,18 @@ class RotatedDigitsConfig:
 
     def _check_blocks(self) -> None:
         from basinscope.models import build_model
-        from basinscope.training.finetune import _param_modules, _surgical_params
+        from basinscope.training.finetune import parameter_modules, surgical_parameters
 
         lenet = build_model("lenet", {"width": self.width})
         try:
-            _surgical_params(lenet, list(self.surgical_blocks))
+            surgical_parameters(lenet, list(self.surgical_blocks))
         except BasinscopeError as e:
             raise BasinscopeError(f"surgical_blocks {list(self.surgical_blocks)}: {e}") from None
         at_least(
             "guided_top_k",
             self.guided_top_k,
             1,
-            high=len(_param_modules(lenet)),
+            high=len(parameter_modules(lenet)),
             high_why=" (the LeNet's modules with parameters)",
         )
 
@@ -413,7 +413,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             dist = parameter_distance(pre.model, ft)
             cka = {}
             for split in ("tgt_test", "src_test"):
-                res = cka_matrix(pre.model, ft, data[split], method="linear")
+                res = cka_matrix(pre.model, ft, data[split], method="linear", split=split)
                 cka[split] = res.diagonal()
             out[key] = {"distance": dist.to_dict(), "cka": cka}
         return out
@@ -608,6 +608,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
 
 def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:
     from basinscope.analyses.barrier import BARRIER_DEFINITIONS as FORMULAS
+    from basinscope.analyses.similarity import CKA_ESTIMATORS
 
     return {
         "accuracy": "fraction of correct predictions on the test split (450 digits) of the source (upright) or target (rotated) distribution",
@@ -620,7 +621,7 @@ def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:
         "stayed in the pre-trained basin": f"both the copies barrier and the path barrier on the target test split are at most basin_epsilon = {cfg.basin_epsilon:g}, and fine-tuning did not raise the target test {cfg.barrier_metric} (f(1) <= f(0) on the path): no barrier separates the fine-tuned solutions from each other or from the pre-trained start, and the path from it leads downhill (Neyshabur et al. 2020, Sec. 3.3, use the absence of a performance barrier between fine-tuned copies as their test)",
         "lambda_max": f"largest Hessian eigenvalue of the mean cross-entropy on the first {cfg.hessian_examples} target training examples (Lanczos, relative Ritz residual <= {cfg.hessian_tol:g}), float64, no BatchNorm",
         "trace": f"Hessian trace on the same examples, Hutchinson with Rademacher probes (at most {cfg.trace_probes}, stopping at a 95% CI half-width of 5%)",
-        "cka": "linear CKA (Kornblith et al. 2019), exact, float64, between the pre-trained and the fine-tuned model's outputs of the same layer on a test split",
+        "cka": f"CKA estimator 'linear': {CKA_ESTIMATORS['linear']}; float64, between the pre-trained and the fine-tuned model's outputs of the same layer on a test split",
         "module criticality": "Chatterji et al. 2020: mu_i = min over (alpha, sigma) with loss(theta_i(alpha) + N(0, sigma^2)) <= epsilon of alpha^2 ||theta_i^F - theta_i^0||^2 / sigma^2 (see basinscope.analyses.criticality), on target training examples",
         "trajectories": f"checkpoints every {cfg.checkpoint_every} steps of both fine-tuning copies, projected onto the plane of their top two principal components around the start",
     }

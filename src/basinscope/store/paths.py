@@ -17,6 +17,7 @@ __all__ = [
     "REPORT",
     "RESULT",
     "TENSORS",
+    "WEIGHTS",
     "default_run_dir",
     "safe_component",
 ]
@@ -28,6 +29,7 @@ TENSORS = "tensors"  # parameter dicts as <name>.safetensors
 FIGURES = "figures"  # PNG/PDF/HTML figures
 JOURNAL = "journal"  # per-point values of a resumable computation
 REPORT = "report.html"  # the self-contained report of a run
+WEIGHTS = "weights"  # model weights a command writes (e.g. fine-tuned), loadable with --weights
 DEFAULT_ROOT = "basinscope-runs"  # where commands write when --out is not given
 
 

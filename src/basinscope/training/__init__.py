@@ -7,7 +7,10 @@ The entry point is :func:`train`, a plain function of a model, data and a frozen
 from basinscope.training.callbacks import FGE, SWA, update_bn
 from basinscope.training.config import BN_MODES, OPTIMIZERS, TrainConfig
 from basinscope.training.finetune import (
+    FinetuneComparison,
     FinetuneResult,
+    FinetuneSpec,
+    FinetuneTraining,
     compare_strategies,
     finetune,
     head_parameters,
@@ -24,7 +27,10 @@ __all__ = [
     "SCHEDULES",
     "SWA",
     "Callback",
+    "FinetuneComparison",
     "FinetuneResult",
+    "FinetuneSpec",
+    "FinetuneTraining",
     "TrainConfig",
     "TrainResult",
     "check_schedule",

@@ -35,39 +35,113 @@ import glob
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from basinscope._checks import MAX_SEED, MAX_STEPS
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
+from basinscope.result import Result, transient
+from basinscope.spec import Spec, option, takes_spec
 from basinscope.training._data import as_tensors, iter_chunks
-from basinscope.training.config import TrainConfig
+from basinscope.training.config import OPTIMIZERS, TrainConfig
 from basinscope.training.trainer import TrainResult, train
 
-STRATEGIES: tuple[str, ...] = ("ft", "lp", "lp-ft", "surgical", "dfr", "guided")
+#: The fine-tuning strategies: name -> which parameters are trained, and the paper.
+STRATEGY_DEFINITIONS: dict[str, str] = {
+    "ft": "full fine-tuning: every parameter",
+    "lp": "linear probing: the head only, BatchNorm statistics frozen",
+    "lp-ft": "linear probing for lp_steps, then full fine-tuning (Kumar et al. 2022)",
+    "surgical": "the modules matching the block patterns only (Lee et al. 2022)",
+    "dfr": "deep feature reweighting: the re-initialised head on a small held-out set "
+    "(Kirichenko et al. 2022)",
+    "guided": "the top-k modules ranked by a landscape signal on the target data, surgically",
+}
+STRATEGIES: tuple[str, ...] = tuple(STRATEGY_DEFINITIONS)
 GUIDED_SIGNALS: tuple[str, ...] = ("gradient_norm", "relative_gradient_norm", "curvature")
+FORGETTING = "forgetting = source accuracy before - source accuracy after"
+ADAPTATION = "adaptation = target accuracy after - target accuracy before"
 
 __all__ = [
     "GUIDED_SIGNALS",
     "STRATEGIES",
+    "STRATEGY_DEFINITIONS",
+    "FinetuneComparison",
     "FinetuneResult",
+    "FinetuneSpec",
+    "FinetuneTraining",
     "compare_strategies",
     "finetune",
     "head_parameters",
     "module_ranking",
+    "parameter_modules",
+    "surgical_parameters",
     "table",
 ]
 
 
 @dataclass(frozen=True)
-class FinetuneResult:
+class FinetuneSpec(Spec):
+    """The settings of :func:`finetune` besides its training configuration (and of one
+    strategy of ``basinscope finetune``, which takes several: ``--strategy``, repeatable)."""
+
+    kind: ClassVar[str] = "finetune"
+
+    strategy: str = option(
+        "ft", "ft, lp, lp-ft, surgical, dfr or guided.", choices=STRATEGIES, cli=False
+    )
+    blocks: tuple[str, ...] = option((), "fnmatch pattern of modules for surgical; repeat.")
+    head: str | None = option(None, "Head module (default: the last Linear).")
+    lp_steps: int = option(100, "Linear-probing steps of lp-ft.", low=1, high=MAX_STEPS)
+    dfr_reinit: bool = option(True, "dfr: re-initialise the head first.", cli=False)
+    guided_signal: str = option(
+        "gradient_norm",
+        "guided: gradient_norm, relative_gradient_norm or curvature.",
+        choices=GUIDED_SIGNALS,
+    )
+    guided_top_k: int = option(1, "guided: modules tuned.", low=1)
+
+
+@dataclass(frozen=True)
+class FinetuneTraining(Spec):
+    """The training settings of ``basinscope finetune``: :meth:`config` is the
+    :class:`TrainConfig` that :func:`finetune` takes."""
+
+    steps: int = option(200, "Training steps (the FT phase for lp-ft).", low=1, high=MAX_STEPS)
+    lr: float = option(0.01, "Learning rate.")
+    batch_size: int = option(64, "Examples per training step.", low=1)
+    optimizer: str = option("sgd", "sgd, adam or adamw.", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.0, "Weight decay.")
+    seed: int = option(0, "Seed of the batch order (and dfr's head init).", low=0, high=MAX_SEED)
+
+    def check(self) -> None:
+        if not self.lr > 0:
+            raise BasinscopeError(
+                f"{self.name_of('lr')} must be a finite number > 0, got {self.lr}"
+            )
+        self.config()  # TrainConfig's own checks (momentum in [0, 1), weight decay >= 0)
+
+    def config(self) -> TrainConfig:
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            data_seed=self.seed,
+        )
+
+
+@dataclass(frozen=True)
+class FinetuneResult(Result, kind="finetune"):
     """What :func:`finetune` returns.
 
     Attributes:
-        strategy: the strategy name.
-        model: the fine-tuned copy.
+        strategy: the strategy name (``definition`` says what it trains and the paper).
         trainable: names of the parameters that were trained (for ``"lp-ft"`` the FT phase).
         ranking: for ``"guided"``, ``(module, signal value)`` pairs, highest first.
         signal: for ``"guided"``, the signal name.
@@ -78,11 +152,14 @@ class FinetuneResult:
         config: the configuration passed in.
         history: the trainer's ``step``/``loss``/``lr`` (phases concatenated, steps
             continuing) and ``phase`` (0 for LP, 1 for FT in ``"lp-ft"``; 0 otherwise).
-        runs: the underlying :class:`TrainResult` of each phase.
+        trainable_params: the number of trained parameter entries.
+        definition: the strategy, forgetting and adaptation in words.
+        spec: the settings (the training configuration is ``config``).
+        model: the fine-tuned copy (in memory only: a loaded result has ``None``).
+        runs: the underlying :class:`TrainResult` of each phase (in memory only).
     """
 
     strategy: str
-    model: nn.Module
     trainable: tuple[str, ...]
     ranking: tuple[tuple[str, float], ...] | None
     signal: str | None
@@ -92,22 +169,47 @@ class FinetuneResult:
     adaptation: float | None
     config: TrainConfig
     history: dict[str, list[float]]
-    runs: tuple[TrainResult, ...]
+    trainable_params: int = 0
+    definition: dict[str, str] | None = None
+    spec: FinetuneSpec | None = None
+    model: nn.Module | None = transient(default=None)  # noqa: RUF009 (a field, like option)
+    runs: tuple[TrainResult, ...] = transient(default=())
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (without the model and the runs)."""
-        return {
-            "strategy": self.strategy,
-            "trainable": list(self.trainable),
-            "ranking": None if self.ranking is None else [list(r) for r in self.ranking],
-            "signal": self.signal,
-            "before": self.before,
-            "after": self.after,
-            "forgetting": self.forgetting,
-            "adaptation": self.adaptation,
-            "config": self.config.to_dict(),
-            "history": self.history,
-        }
+    def __post_init__(self) -> None:
+        if self.definition is None:
+            definition = {
+                "strategy": f"{self.strategy}: {STRATEGY_DEFINITIONS.get(self.strategy, '?')}",
+                "forgetting": FORGETTING,
+                "adaptation": ADAPTATION,
+            }
+            object.__setattr__(self, "definition", definition)
+
+
+@dataclass(frozen=True)
+class FinetuneComparison(Result, kind="finetune_comparison"):
+    """Several strategies fine-tuned from the same model on the same target: what
+    ``basinscope finetune`` computes. ``source``/``target`` describe the two distributions,
+    ``weights_files`` where each strategy's fine-tuned weights were saved."""
+
+    strategies: tuple[FinetuneResult, ...]
+    eval_split: str | None = None
+    source: dict[str, Any] | None = None
+    target: dict[str, Any] | None = None
+    weights_files: dict[str, str] | None = None
+    definition: dict[str, str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.definition is None:
+            definition = {
+                "strategies": "; ".join(r.definition["strategy"] for r in self.strategies),
+                "forgetting": FORGETTING,
+                "adaptation": ADAPTATION,
+            }
+            object.__setattr__(self, "definition", definition)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One row per strategy (see :func:`table`)."""
+        return table(self.strategies)
 
 
 def _module_params(model: nn.Module, module: str) -> list[str]:
@@ -137,7 +239,7 @@ def head_parameters(model: nn.Module, head: str | None = None) -> list[str]:
     return names
 
 
-def _param_modules(model: nn.Module) -> dict[str, list[str]]:
+def parameter_modules(model: nn.Module) -> dict[str, list[str]]:
     """``{module: parameters it owns directly}`` for each module that owns parameters."""
     blocks: dict[str, list[str]] = {}
     for n, _ in model.named_parameters():
@@ -145,7 +247,9 @@ def _param_modules(model: nn.Module) -> dict[str, list[str]]:
     return blocks
 
 
-def _surgical_params(model: nn.Module, blocks: Sequence[str]) -> list[str]:
+def surgical_parameters(model: nn.Module, blocks: Sequence[str]) -> list[str]:
+    """Parameter names of the modules matching the ``fnmatch`` patterns ``blocks`` (in
+    ``named_parameters()`` order); a pattern that matches no module is refused."""
     if isinstance(blocks, str):
         blocks = (blocks,)
     if not blocks:
@@ -183,7 +287,7 @@ def module_ranking(
             f"unknown guided_signal {signal!r}; valid signals are "
             f"{', '.join(repr(s) for s in GUIDED_SIGNALS)}."
         )
-    blocks = _param_modules(model)
+    blocks = parameter_modules(model)
     if signal == "curvature":
         from basinscope.curvature.per_module import per_module_curvature
 
@@ -226,6 +330,7 @@ def _escape(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(glob.escape(n) for n in names)
 
 
+@takes_spec(FinetuneSpec)
 def finetune(
     model: nn.Module,
     target_data: Any,
@@ -249,7 +354,8 @@ def finetune(
     replaced); ``"lp"`` and ``"dfr"`` also set ``bn_mode="eval"``. Metrics are measured on
     ``eval_source`` (default ``source_data``) and ``eval_target`` (default
     ``target_data``) with :func:`~basinscope.engine.evaluate.evaluate_model`.
-    ``target_data`` may be None for ``"dfr"``, which trains on ``dfr_data`` only.
+    ``target_data`` may be None for ``"dfr"``, which trains on ``dfr_data`` only. The
+    settings other than ``config`` may come as ``spec=FinetuneSpec(...)``.
     """
     if strategy not in STRATEGIES:
         raise BasinscopeError(
@@ -296,7 +402,7 @@ def finetune(
         trainable = all_params
         runs.append(train(runs[0].model, target_data, cfg(trainable)))
     elif strategy == "surgical":
-        trainable = _surgical_params(model, blocks)
+        trainable = surgical_parameters(model, blocks)
         runs.append(train(model, target_data, cfg(trainable)))
     elif strategy == "dfr":
         trainable = head_parameters(model, head)
@@ -313,7 +419,7 @@ def finetune(
             raise BasinscopeError(f"guided_top_k must be >= 1, got {guided_top_k}.")
         signal = guided_signal
         ranking = tuple(module_ranking(model, target_data, guided_signal))
-        owned = _param_modules(model)
+        owned = parameter_modules(model)
         trainable = [n for m, _ in ranking[:guided_top_k] for n in owned[m]]
         trainable = [n for n in all_params if n in trainable]
         runs.append(train(model, target_data, cfg(trainable)))
@@ -334,6 +440,7 @@ def finetune(
             return None
         return sign * (before[split]["accuracy"] - after[split]["accuracy"])
 
+    params = dict(tuned.named_parameters())
     return FinetuneResult(
         strategy=strategy,
         model=tuned,
@@ -346,6 +453,16 @@ def finetune(
         adaptation=delta("target", -1.0),
         config=config,
         history=history,
+        trainable_params=int(sum(params[n].numel() for n in trainable)),
+        spec=FinetuneSpec(
+            strategy=strategy,
+            blocks=(blocks,) if isinstance(blocks, str) else tuple(blocks),
+            head=head,
+            lp_steps=lp_steps,
+            dfr_reinit=dfr_reinit,
+            guided_signal=guided_signal,
+            guided_top_k=guided_top_k,
+        ),
         runs=tuple(runs),
     )
 
@@ -364,10 +481,9 @@ def table(results: Sequence[FinetuneResult]) -> list[dict[str, Any]]:
     """One row per result: strategy, trained parameter count, accuracies, forgetting, adaptation."""
     rows = []
     for r in results:
-        params = dict(r.model.named_parameters())
         row: dict[str, Any] = {
             "strategy": r.strategy,
-            "trainable_params": sum(params[n].numel() for n in r.trainable),
+            "trainable_params": r.trainable_params,
             "modules": sorted({n.rpartition(".")[0] for n in r.trainable}),
         }
         for split in ("source", "target"):
