@@ -54,6 +54,7 @@ from basinscope.analyses.ensembles import (
     independent_ensemble,
     swa,
 )
+from basinscope.analyses.hessian import HessianReport, HessianSpec, hessian_analysis
 from basinscope.analyses.instability import (
     InstabilityResult,
     InstabilitySweep,
@@ -75,6 +76,8 @@ from basinscope.analyses.sharpness import (
     sharpness,
     worst_case_sharpness,
 )
+from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_measures
+from basinscope.analyses.sharpness_spec import SharpnessSpec
 from basinscope.analyses.similarity import (
     CKAResult,
     MinibatchCKA,
@@ -108,6 +111,8 @@ __all__ = [
     "CurveResult",
     "DistanceResult",
     "EnsembleResult",
+    "HessianReport",
+    "HessianSpec",
     "InstabilityResult",
     "InstabilitySweep",
     "Landscape",
@@ -115,7 +120,9 @@ __all__ = [
     "MistakeResult",
     "PermutationSpec",
     "RewindResult",
+    "SharpnessMeasures",
     "SharpnessResult",
+    "SharpnessSpec",
     "TrajectoryProjection",
     "TransferInstabilityResult",
     "activation_matching",
@@ -136,6 +143,7 @@ __all__ = [
     "fge",
     "filter_normalized_sharpness",
     "grid_coeffs",
+    "hessian_analysis",
     "independent_ensemble",
     "init_curve",
     "instability",
@@ -162,6 +170,7 @@ __all__ = [
     "rewind",
     "save_curve",
     "sharpness",
+    "sharpness_measures",
     "swa",
     "train_curve",
     "transfer_instability",

@@ -42,7 +42,7 @@ import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,13 +50,14 @@ import torch
 from torch import Tensor, nn
 
 from basinscope._checks import at_least, positive_float
+from basinscope.analyses.sharpness_spec import NORMS, SharpnessSpec
 from basinscope.curvature.loss import EmpiricalLoss
 from basinscope.engine import EvalJob, PointBasis, as_batches, check_model_data, evaluate_points
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params, random_directions
 from basinscope.geometry.normalization import check_normalization
-from basinscope.jsonable import jsonable
+from basinscope.result import Result
 
 __all__ = [
     "SHARPNESS_MEASURES",
@@ -70,7 +71,6 @@ __all__ = [
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-NORMS = ("l2", "linf")
 KINDS = ("worst", "average")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ASCENT = (
@@ -82,14 +82,17 @@ ASCENT = (
 
 
 @dataclass(frozen=True)
-class SharpnessResult:
+class SharpnessResult(Result, kind="sharpness"):
     """One sharpness number and everything that defines it.
 
     ``value`` aggregates ``values``: the best increase of each restart (worst case, the
     maximum is reported), of each noise sample or direction (Monte Carlo, the mean is
     reported, with ``std_error``) or of each batch (m-sharpness, the mean).
     ``num_evaluations`` counts loss evaluations on the measure's data (a loss with its
-    gradient counts once).
+    gradient counts once). ``definition`` is the measure's formula with its settings,
+    ``params`` the settings the measure ran with, ``spec`` the settings of the run that
+    asked for it (:class:`~basinscope.analyses.sharpness_spec.SharpnessSpec`; ``None``
+    when the measure's function was called directly).
     """
 
     measure: str
@@ -102,10 +105,7 @@ class SharpnessResult:
     num_evaluations: int
     semantics: dict[str, Any]
     values: tuple[float, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        return jsonable(asdict(self))
+    spec: SharpnessSpec | None = None
 
 
 # -- argument checks ---------------------------------------------------------------------
