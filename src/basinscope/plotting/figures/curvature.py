@@ -47,7 +47,8 @@ def _draw_ends(ax: Any, ends: list[tuple[str, Any]], trace: Any = None) -> None:
         conv = np.asarray(pairs.converged, dtype=bool)
         xs = np.arange(x0, x0 + len(vals))
         ax.vlines(xs, 0.0, vals, color=color, lw=1.2)
-        ax.scatter(xs[conv], vals[conv], color=color, zorder=3, label=f"{name} (converged)")
+        if conv.any():
+            ax.scatter(xs[conv], vals[conv], color=color, zorder=3, label=f"{name} (converged)")
         if (~conv).any():
             ax.scatter(
                 xs[~conv],
@@ -129,7 +130,8 @@ def plot_sharpness(r: Any, ax: Any = None) -> tuple[Any, Any]:
                    label="± standard error")  # fmt: skip
     ax.axhline(0.0, color="0.5", lw=0.7)
     ax.set_xlabel(unit, fontsize=LABEL_SIZE)
-    ax.set_ylabel("loss increase", fontsize=LABEL_SIZE)
+    relative = r.params.get("relative") is True  # Keskar et al.: percent of 1 + L(theta)
+    ax.set_ylabel("increase, % of 1 + L" if relative else "loss increase", fontsize=LABEL_SIZE)
     ax.set_title(f"{r.measure} sharpness at base loss {r.base_loss:.4f}", fontsize=TITLE_SIZE)
     ax.legend(fontsize=LEGEND_SIZE)
     style_axes(ax)
