@@ -33,6 +33,37 @@ def test_report_matches_dense_spectrum_at_both_ends(xy):
     assert d["semantics"]["operator"] == "hessian" and d["semantics"]["bn_mode"] == "eval"
 
 
+def test_report_saved_and_loaded_with_its_definitions_spec_and_eigenvectors(xy, tmp_path):
+    from basinscope.analyses.hessian import HessianReport, HessianSpec
+    from basinscope.store import load, save
+
+    model = tiny_models()["mlp"]
+    spec = HessianSpec(k_top=2, k_bottom=1, trace="hutchinson", density=True, density_steps=20)
+    rep = hessian_analysis(model, xy, spec=spec, per_module=True)
+    assert rep.spec == spec.replace(per_module=True)
+    assert rep.definition["operator"].startswith("hessian: H = nabla^2 L")
+    assert "algebraically largest" in rep.definition["top"]
+    assert set(rep.definition) == {"operator", "top", "bottom", "trace", "density", "per_module"}
+    back = load(save(rep, tmp_path / "run"))
+    assert isinstance(back, HessianReport) and back.to_dict() == rep.to_dict()
+    for end in ("top", "bottom"):
+        assert torch.equal(getattr(back, end).eigenvectors, getattr(rep, end).eigenvectors)
+    assert back.per_module[0].trace == rep.per_module[0].trace
+
+
+def test_spec_checks_the_settings_once():
+    from basinscope.analyses.hessian import HessianSpec
+
+    with pytest.raises(BasinscopeError, match=r"k_top must be <= 1,000 \(Lanczos keeps a full"):
+        HessianSpec(k_top=5000)
+    with pytest.raises(BasinscopeError, match="unknown operator 'fisher': expected one of"):
+        HessianSpec(operator="fisher")
+    with pytest.raises(BasinscopeError, match="tol must be a positive number, got 0"):
+        HessianSpec(tol=0.0)
+    with pytest.raises(BasinscopeError, match="unknown method 'fast'"):
+        HessianSpec(method="fast")
+
+
 def test_report_per_module_and_other_operators(xy):
     model = tiny_models()["cnn"]
     rep = hessian_analysis(

@@ -429,3 +429,69 @@ def test_adaptive_sharpness_is_invariant_to_any_per_neuron_rescaling(mlp, data, 
         a = adaptive_sharpness(mlp, data, dtype="float64", strategy="loop", **kw)
         b = adaptive_sharpness(twin, data, dtype="float64", strategy="loop", **kw)
         assert b.value == pytest.approx(a.value, rel=1e-9, abs=1e-15)
+
+
+# -- several measures in one run, with the spec that names them -----------------------------
+
+
+def test_sharpness_measures_run_each_named_measure_with_its_options(mlp, data, tmp_path):
+    from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_measures
+    from basinscope.analyses.sharpness_spec import SharpnessSpec
+    from basinscope.store import load, save
+
+    spec = SharpnessSpec(
+        measure=("worst_case", "filter_normalized", "m_sharpness"),
+        subset=120,
+        steps=2,
+        restarts=2,
+        num_directions=2,
+        m=60,
+        dtype="float64",
+        strategy="loop",
+        seed=4,
+    )
+    said = []
+    res = sharpness_measures(mlp, data, spec, say=said.append)
+    assert said == ["worst_case ...", "filter_normalized ...", "m_sharpness ..."]
+    assert [r.measure for r in res.measures] == list(spec.measure)
+    assert all(r.spec == spec for r in res.measures) and res.spec == spec
+    x, y = data
+    first = (x[:120], y[:120])
+    alone = {
+        "worst_case": worst_case_sharpness(
+            mlp, first, steps=2, restarts=2, seed=4, dtype="float64"
+        ),
+        "filter_normalized": filter_normalized_sharpness(
+            mlp, first, num_directions=2, seed=4, dtype="float64", strategy="loop"
+        ),
+        # m-sharpness keeps its own one-step ascent: --steps/--restarts are the others'
+        "m_sharpness": m_sharpness(mlp, first, m=60, seed=4, dtype="float64"),
+    }
+    for name, r in alone.items():
+        assert res[name].value == r.value and res[name].values == r.values, name
+        assert res.definition[name] == r.definition
+    back = load(save(res, tmp_path / "run"))
+    assert isinstance(back, SharpnessMeasures) and back.to_dict() == res.to_dict()
+    assert back["m_sharpness"].spec == spec
+    one = sharpness_measures(mlp, data, measure=("average",), samples=3, strategy="loop")
+    assert one.spec.samples == 3 and one["average"].params["samples"] == 3
+    with pytest.raises(KeyError, match="'adaptive' was not measured"):
+        one["adaptive"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"measure": ("flatness",)}, "unknown measure 'flatness': expected one of worst_case"),
+        ({"measure": ()}, "measure names no measure"),
+        ({"rho": 0.0}, "rho must be a positive number, got 0.0; e.g. rho 0.05"),
+        ({"samples": 1}, r"samples must be an integer >= 2, got 1 \(a standard error"),
+        ({"norm": "l3"}, "unknown norm 'l3': expected one of l2, linf"),
+        ({"steps": 10**9}, "steps must be <= 100,000,000"),
+    ],
+)
+def test_sharpness_spec_checks_every_option_before_any_measure_runs(settings, match):
+    from basinscope.analyses.sharpness_spec import SharpnessSpec
+
+    with pytest.raises(BasinscopeError, match=match):
+        SharpnessSpec(**settings)

@@ -44,11 +44,14 @@ def test_hessian_json(capsys, weights, tmp_path):
     )
     assert code == 0, io.err
     d = json.loads(io.out)
+    assert d["kind"] == "hessian" and d["spec"]["k_top"] == 2 and d["spec"]["subset"] == 120
     assert len(d["top"]["eigenvalues"]) == 2 and all(d["top"]["converged"])
     assert d["semantics"]["num_examples"] == 120
     assert {m["module"] for m in d["per_module"]} == {"fc1", "fc2"}
-    assert any(f.endswith("spectral_density.png") for f in d["figures"])
-    assert json.loads((tmp_path / "h" / "results.json").read_text())["top"] == d["top"]
+    assert d["density"]["num_runs"] == 4 and d["definition"]["operator"].startswith("hessian")
+    assert (tmp_path / "h" / "figures" / "hessian.png").stat().st_size > 1000
+    assert (tmp_path / "h" / "tensors" / "eigenvectors.safetensors").is_file()
+    assert json.loads((tmp_path / "h" / "result.json").read_text())["top"] == d["top"]
 
 
 def test_hessian_map_writes_a_landscape_run(capsys, weights, tmp_path):
@@ -94,21 +97,70 @@ def test_sharpness_json(capsys, weights, tmp_path):
     )
     assert code == 0, io.err
     d = json.loads(io.out)
+    assert d["kind"] == "sharpness_measures" and d["spec"]["measure"] == [
+        "average",
+        "filter_normalized",
+    ]
     assert [m["measure"] for m in d["measures"]] == ["average", "filter_normalized"]
     assert all(m["definition"] for m in d["measures"])
+    assert d["definition"]["average"] == d["measures"][0]["definition"]
+    assert d["measures"][0]["params"]["samples"] == 4
+    assert d["measures"][1]["params"]["num_directions"] == 3
+    assert (tmp_path / "s" / "figures" / "sharpness_measures.png").is_file()
+
+
+def test_one_sharpness_measure_is_one_result(capsys, weights, tmp_path):
+    code, io = run(
+        capsys,
+        "sharpness",
+        *BASE,
+        "--weights",
+        str(weights),
+        "--measure",
+        "worst_case",
+        "--relative",
+        "--norm",
+        "linf",
+        "--rho",
+        "0.001",
+        "--steps",
+        "2",
+        "--restarts",
+        "1",
+        "--out",
+        str(tmp_path / "s"),
+        "--json",
+    )
+    assert code == 0, io.err
+    d = json.loads(io.out)
+    assert d["kind"] == "sharpness" and d["measure"] == "worst_case" and "Keskar" in d["definition"]
+    assert d["params"]["relative"] is True and d["params"]["rho"] == 0.001
+    assert d["semantics"]["num_examples"] == 120 and len(d["values"]) == 1
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("hessian", "--operator", "fisher"), "unknown curvature operator 'fisher'"),
-        (("hessian", "--trace", "fast"), "unknown trace method 'fast'"),
-        (("hessian", "--dtype", "float16"), "unknown dtype 'float16'"),
-        (("hessian", "--bn-mode", "batch"), "unknown bn_mode 'batch'"),
-        (("hessian", "--hvp", "fast"), "unknown HVP method 'fast'"),
+        (
+            ("hessian", "--operator", "fisher"),
+            "unknown --operator 'fisher': expected one of hessian",
+        ),
+        (("hessian", "--trace", "fast"), "unknown --trace 'fast': expected one of hutch"),
+        (("hessian", "--dtype", "float16"), "unknown --dtype 'float16'"),
+        (
+            ("hessian", "--bn-mode", "batch"),
+            "unknown --bn-mode 'batch': expected one of eval, train",
+        ),
+        (("hessian", "--hvp", "fast"), "unknown --hvp 'fast'"),
         (("hessian", "--map", "--xrange", "1:0:3"), "bad grid range '1:0:3'"),
-        (("sharpness", "--measure", "flatness"), r"unknown sharpness measure\(s\) \['flatness'\]"),
-        (("sharpness", "--measure", "worst_case", "--norm", "l3"), "l3"),
+        (("hessian", "--yrange", "1:0:3"), "bad grid range '1:0:3' for --yrange"),
+        (("hessian", "--device", "nosuch"), "--device 'nosuch' is not available here"),
+        (("sharpness", "--measure", "flatness"), r"unknown --measure 'flatness': expected one of"),
+        (("sharpness", "--measure", "worst_case", "--norm", "l3"), "unknown --norm 'l3'"),
+        (
+            ("sharpness", "--sigma", "0"),
+            r"--sigma must be a positive number, got 0\.0; e\.g\. --sigma",
+        ),
     ],
 )
 def test_curvature_errors_are_explained(capsys, weights, tmp_path, args, message):

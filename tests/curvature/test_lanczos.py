@@ -246,6 +246,10 @@ def test_to_dict_is_json_ready(cases):
     assert d["method"] == "lanczos" and d["which"] == "smallest" and len(d["eigenvalues"]) == 2
     assert d["semantics"]["bn_mode"] == "eval" and "eigenvectors" not in d
     assert d["info"]["residuals"].startswith("true products")
+    back = Eigenpairs.from_dict(d)
+    assert back.to_dict() == res.to_dict() and back.eigenvectors is None
+    np.testing.assert_array_equal(back.eigenvalues, res.eigenvalues)
+    assert back.converged.dtype == bool and "algebraically smallest" in back.definition
 
 
 def test_bad_arguments_say_how_to_fix_them(cases):

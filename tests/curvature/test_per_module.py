@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from basinscope.curvature.operators import GGNOperator
-from basinscope.curvature.per_module import module_blocks, per_module_curvature
+from basinscope.curvature.per_module import ModuleCurvature, module_blocks, per_module_curvature
 from basinscope.errors import BasinscopeError
 from basinscope.plotting.spectrum import plot_per_module
 from curvature_cases import dense_hessian, tiny_models
@@ -111,6 +111,8 @@ def test_to_dict_and_plot(cnn_case, xy, tmp_path):
     results = per_module_curvature(model, xy, exact_trace_max_params=100, trace_rtol=0.2)
     d = json.loads(json.dumps([r.to_dict() for r in results]))
     assert d[0]["module"] == "0" and d[1]["trace"]["method"] == "hutchinson"
+    back = [ModuleCurvature.from_dict(x) for x in d]
+    assert back == results and [b.to_dict() for b in back] == d
     fig, ax = plot_per_module(results)
     assert isinstance(fig, Figure)
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["top eigenvalue", "trace"]

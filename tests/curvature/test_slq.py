@@ -120,10 +120,9 @@ def test_reproducible_and_json(bulk):
     np.testing.assert_array_equal(one.weights, two.weights)
     assert not np.array_equal(one.nodes, other.nodes) and other.distribution == "gaussian"
     d = json.loads(json.dumps(one.to_dict()))
-    back = SpectralDensity(
-        **{**d, "nodes": np.array(d["nodes"]), "weights": np.array(d["weights"])}
-    )
-    assert back.moment(2) == one.moment(2)
+    back = SpectralDensity.from_dict(d)
+    assert back.moment(2) == one.moment(2) and back.to_dict() == one.to_dict()
+    assert d["kind"] == "spectral_density" and "Lanczos quadrature" in back.definition
 
 
 def test_lanczos_tridiagonal_of_a_diagonal():

@@ -59,6 +59,7 @@ from basinscope.analyses.ensembles import (
     independent_ensemble,
     swa,
 )
+from basinscope.analyses.hessian import HessianReport, HessianSpec, hessian_analysis
 from basinscope.analyses.instability import (
     InstabilityResult,
     InstabilitySweep,
@@ -80,6 +81,8 @@ from basinscope.analyses.sharpness import (
     sharpness,
     worst_case_sharpness,
 )
+from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_measures
+from basinscope.analyses.sharpness_spec import SharpnessSpec
 from basinscope.analyses.similarity import (
     CKA_ESTIMATORS,
     CKAResult,
@@ -120,6 +123,8 @@ __all__ = [
     "DistanceResult",
     "DistanceSpec",
     "EnsembleResult",
+    "HessianReport",
+    "HessianSpec",
     "InstabilityResult",
     "InstabilitySweep",
     "Landscape",
@@ -130,7 +135,9 @@ __all__ = [
     "PermutationSpec",
     "RewindResult",
     "RewindSpec",
+    "SharpnessMeasures",
     "SharpnessResult",
+    "SharpnessSpec",
     "TrajectoryProjection",
     "TransferInstabilityResult",
     "activation_matching",
@@ -151,6 +158,7 @@ __all__ = [
     "fge",
     "filter_normalized_sharpness",
     "grid_coeffs",
+    "hessian_analysis",
     "independent_ensemble",
     "init_curve",
     "instability",
@@ -176,6 +184,7 @@ __all__ = [
     "rewind",
     "save_curve",
     "sharpness",
+    "sharpness_measures",
     "swa",
     "train_curve",
     "transfer_instability",

@@ -6,48 +6,178 @@ converged flag), the trace by Hutch++ or Hutchinson with a confidence interval, 
 spectral density by stochastic Lanczos quadrature, and per-module top eigenvalues and
 traces. The loss semantics (operator, BatchNorm mode, weight decay, data size, HVP method)
 are recorded in the result, so a number can be trusted without reading the code.
+
+The curvature matrix is a named definition (``operator``), recorded with every result:
+
+``hessian``  :math:`H = \\nabla^2 L(\\theta)`,
+``ggn``      the generalized Gauss-Newton :math:`G = \\frac1N \\sum_n J_n^\\top H^\\ell_n J_n`
+             (Schraudolph 2002; positive semi-definite for convex losses),
+``ef``       the empirical Fisher :math:`F = \\frac1N \\sum_n g_n g_n^\\top`, :math:`g_n` the
+             gradient of example :math:`n`'s loss (Kunstner et al. 2019 on its pitfalls).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from basinscope._checks import at_least, check_seed, positive_float
+from basinscope.curvature.lanczos import Eigenpairs
+from basinscope.curvature.loss import BN_MODES, HVP_METHODS
+from basinscope.curvature.per_module import ModuleCurvature
+from basinscope.curvature.slq import SpectralDensity
+from basinscope.curvature.trace import TraceEstimate
 from basinscope.errors import BasinscopeError
+from basinscope.result import Result
+from basinscope.spec import DTYPES, EvalOptions, Spec, option, takes_spec
 
-__all__ = ["HessianReport", "hessian_analysis"]
+__all__ = [
+    "OPERATOR_DEFINITIONS",
+    "TRACE_METHODS",
+    "HessianReport",
+    "HessianSpec",
+    "hessian_analysis",
+]
 
 TRACE_METHODS = ("hutch++", "hutchinson", "exact", "none")
+#: The curvature matrices, by the name of ``operator`` (see the module docstring).
+OPERATOR_DEFINITIONS: dict[str, str] = {
+    "hessian": "H = nabla^2 L(theta), L the mean loss over the examples",
+    "ggn": "G = 1/N sum_n J_n^T H^l_n J_n, J_n the Jacobian of the outputs and H^l_n the "
+    "loss Hessian in the outputs (generalized Gauss-Newton)",
+    "ef": "F = 1/N sum_n g_n g_n^T, g_n the gradient of example n's loss (empirical Fisher)",
+}
+#: Most eigenpairs at one end: Lanczos keeps a full basis of n-vectors.
+MAX_EIGENPAIRS = 1000
 
 
 @dataclass(frozen=True)
-class HessianReport:
-    """The results of :func:`hessian_analysis` (fields are ``None`` when not asked for)."""
+class HessianSpec(Spec):
+    """The settings of :func:`hessian_analysis` (and of ``basinscope hessian``)."""
 
-    top: Any = None
-    bottom: Any = None
-    trace: Any = None
-    density: Any = None
-    per_module: list = field(default_factory=list)
-    semantics: dict = field(default_factory=dict)
+    kind: ClassVar[str] = "hessian"
+
+    split: str = option("train", "Which split's loss (train or test).")
+    subset: int | None = option(None, "Use only the first N examples.", low=1)
+    operator: str = option(
+        "hessian",
+        "hessian, ggn (Gauss-Newton) or ef (empirical Fisher).",
+        choices=tuple(OPERATOR_DEFINITIONS),
+    )
+    k_top: int = option(3, "Number of largest eigenvalues.", flag="--top", low=0)
+    k_bottom: int = option(
+        1, "Number of smallest (most negative) eigenvalues.", flag="--bottom", low=0
+    )
+    tol: float = option(1e-6, "Ritz residual tolerance relative to |eigenvalue|.")
+    max_iter: int | None = option(None, "Maximum Lanczos steps (default min(n, 300)).", low=1)
+    trace: str = option("hutch++", "hutch++, hutchinson, exact or none.", choices=TRACE_METHODS)
+    trace_rtol: float = option(1e-2, "Stop when the 95% CI half-width is below this fraction.")
+    density: bool = option(
+        False, "Also the spectral density (stochastic Lanczos quadrature).", flag="--density"
+    )
+    density_runs: int = option(4, "--density: independent Lanczos runs (start vectors).", low=1)
+    density_steps: int = option(80, "--density: Lanczos steps per run (at most n).", low=1)
+    per_module: bool = option(
+        False, "Also the top eigenvalue and trace of each module's block.", flag="--per-layer"
+    )
+    weight_decay: float = option(0.0, "Include weight_decay/2 ||theta||^2 in the loss.", low=0.0)
+    bn_mode: str = option(
+        "eval",
+        "BatchNorm: eval (stored statistics) or train (batch statistics).",
+        choices=BN_MODES,
+    )
+    method: str = option(
+        "auto", "auto, forward-over-reverse or double-backward.", flag="--hvp", choices=HVP_METHODS
+    )
+    dtype: str = option("float64", "float64 (default) or float32.", choices=DTYPES)
+    device: str = option("cpu", "torch device, e.g. cpu or cuda.")
+    batch_size: int = option(1024, "Examples per forward pass.", low=1)
+    seed: int = option(0, "Seed of the Lanczos start vector and of the trace probes.")
+
+    def check(self) -> None:
+        why = " (Lanczos keeps a full basis; use --density for the whole spectrum)"
+        for name in ("k_top", "k_bottom"):
+            at_least(self.name_of(name), getattr(self, name), 0, high=MAX_EIGENPAIRS, high_why=why)
+        tol = self.name_of("tol")
+        positive_float(tol, self.tol, fix=f"e.g. {tol} 1e-6 (relative Ritz residual)")
+        rtol = self.name_of("trace_rtol")
+        positive_float(rtol, self.trace_rtol, fix=f"e.g. {rtol} 0.01")
+        check_seed(self.name_of("seed"), self.seed)
+        EvalOptions(device=self.device)  # the device exists here (named --device)
+
+
+@dataclass(frozen=True)
+class HessianReport(Result, kind="hessian"):
+    """The results of :func:`hessian_analysis` (fields are ``None`` when not asked for).
+
+    ``definition`` names what each number is (the curvature matrix, which eigenvalues, the
+    trace estimator, ...); ``semantics`` which loss it is of (operator, BatchNorm mode,
+    weight decay, data size, HVP method, products made). The eigenvectors of ``top`` and
+    ``bottom`` are kept with the run folder as tensors.
+    """
+
+    top: Eigenpairs | None = None
+    bottom: Eigenpairs | None = None
+    trace: TraceEstimate | None = None
+    density: SpectralDensity | None = None
+    per_module: list[ModuleCurvature] = field(default_factory=list)
+    semantics: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    definition: dict[str, str] = field(default_factory=dict)
+    spec: HessianSpec | None = None
+
+    @property
+    def ratio_min_max(self) -> float | None:
+        """:math:`|\\lambda_{\\min} / \\lambda_{\\max}|` when both ends were computed."""
+        if self.top is None or self.bottom is None:
+            return None
+        lmax, lmin = float(self.top.eigenvalues[0]), float(self.bottom.eigenvalues[0])
+        return abs(lmin / lmax) if lmax else None
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"semantics": self.semantics, "seconds": self.seconds}
-        for name in ("top", "bottom", "trace", "density"):
-            v = getattr(self, name)
-            out[name] = v.to_dict() if v is not None else None
-        out["per_module"] = [m.to_dict() for m in self.per_module]
+        """The fields (eigenvectors left out), and ``ratio_min_max`` with both ends."""
+        out = super().to_dict()
         if self.top is not None and self.bottom is not None:
-            lmax, lmin = float(self.top.eigenvalues[0]), float(self.bottom.eigenvalues[0])
-            out["ratio_min_max"] = abs(lmin / lmax) if lmax else None
+            out["ratio_min_max"] = self.ratio_min_max
         return out
 
+    def tensor_fields(self) -> dict[str, Any]:
+        """The eigenvectors of ``top`` and ``bottom`` (``{"top": (n, k), ...}``)."""
+        vecs = {
+            end: pairs.eigenvectors
+            for end in ("top", "bottom")
+            if (pairs := getattr(self, end)) is not None and pairs.eigenvectors is not None
+        }
+        return {"eigenvectors": vecs} if vecs else {}
 
+    @classmethod
+    def from_dict(cls, data: Any, **tensor_fields: Any) -> HessianReport:
+        """The report of :meth:`to_dict`, with the eigenvectors when they are given."""
+        import dataclasses
+
+        report = super().from_dict(data)
+        vecs: dict[str, Tensor] = tensor_fields.get("eigenvectors") or {}
+        ends = {
+            end: dataclasses.replace(pairs, eigenvectors=vecs[end])
+            for end in ("top", "bottom")
+            if end in vecs and (pairs := getattr(report, end)) is not None
+        }
+        return dataclasses.replace(report, **ends) if ends else report  # type: ignore[return-value]
+
+
+def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise BasinscopeError(f"unknown dtype {dtype!r}: expected float32 or float64")
+    return getattr(torch, dtype)
+
+
+@takes_spec(HessianSpec)
 def hessian_analysis(
     model: nn.Module,
     data: Any,
@@ -66,12 +196,20 @@ def hessian_analysis(
     per_module: bool = False,
     seed: int = 0,
     progress: bool = False,
+    subset: int | None = None,
+    batch_size: int = 1024,
+    weight_decay: float = 0.0,
+    bn_mode: str = "eval",
+    method: str = "auto",
+    dtype: torch.dtype | str = torch.float64,
+    device: str = "cpu",
     **operator_kwargs: Any,
 ) -> HessianReport:
     """Spectrum of the curvature of the mean loss of ``model`` on ``data``.
 
     Args:
-        operator: ``"hessian"``, ``"ggn"`` (generalized Gauss-Newton) or ``"ef"`` (empirical Fisher).
+        operator: ``"hessian"``, ``"ggn"`` (generalized Gauss-Newton) or ``"ef"`` (empirical
+            Fisher); see :data:`OPERATOR_DEFINITIONS`.
         k_top, k_bottom: how many eigenpairs at each end (algebraic order: ``k_bottom``
             gives the most negative eigenvalues of an indefinite Hessian); 0 to skip an end.
         tol: Ritz-residual tolerance, :math:`\\lVert Hv - \\theta v\\rVert \\le tol\\,|\\theta|`.
@@ -80,16 +218,22 @@ def hessian_analysis(
         trace_kwargs: more options of the trace estimator, e.g. ``{"max_samples": 64}`` for
             Hutchinson (:func:`~basinscope.curvature.trace.hutchinson_trace`) or
             ``{"max_matvecs": 300}`` for Hutch++ (a budget when the tolerance is not met).
-        density: also estimate the spectral density by stochastic Lanczos quadrature.
+        density: also estimate the spectral density by stochastic Lanczos quadrature
+            (``density_runs`` runs of ``density_steps`` steps).
         per_module: also the top eigenvalue and trace of each module's diagonal block.
         progress: show the Lanczos iterations on stderr.
-        operator_kwargs: passed to the operator (``params``, ``subset``, ``batch_size``,
-            ``weight_decay``, ``bn_mode``, ``method``, ``dtype``, ``device``, ``loss_fn``).
+        subset, batch_size, weight_decay, bn_mode, dtype, device: the loss
+            (:class:`~basinscope.curvature.loss.EmpiricalLoss`); ``dtype`` a torch dtype or
+            ``"float32"``/``"float64"``.
+        method: how Hessian-vector products are formed (``operator="hessian"`` only).
+        operator_kwargs: more options of the operator (``params``, ``loss_fn``).
+
+    Also takes ``spec=HessianSpec(...)`` for the settings (:func:`~basinscope.spec.takes_spec`).
     """
     from basinscope.curvature.lanczos import lanczos_both_ends, lanczos_eigenpairs
     from basinscope.curvature.per_module import OPERATORS, per_module_curvature
     from basinscope.curvature.slq import spectral_density
-    from basinscope.curvature.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
+    from basinscope.curvature.trace import hutch_plus_plus_trace, hutchinson_trace
 
     if operator not in OPERATORS:
         raise BasinscopeError(
@@ -101,10 +245,41 @@ def hessian_analysis(
         )
     if k_top < 0 or k_bottom < 0:
         raise BasinscopeError(f"k_top and k_bottom must be >= 0, got {k_top} and {k_bottom}")
+    torch_dtype = _torch_dtype(dtype)
+    spec = HessianSpec(  # the settings as recorded (and checked, once, by the spec)
+        subset=subset,
+        operator=operator,
+        k_top=k_top,
+        k_bottom=k_bottom,
+        tol=tol,
+        max_iter=max_iter,
+        trace=trace,
+        trace_rtol=trace_rtol,
+        density=density,
+        density_runs=density_runs,
+        density_steps=density_steps,
+        per_module=per_module,
+        weight_decay=weight_decay,
+        bn_mode=bn_mode,
+        method=method,
+        dtype=str(torch_dtype).replace("torch.", ""),
+        device=str(device),
+        batch_size=batch_size,
+        seed=seed,
+    )
     t0 = time.perf_counter()
-    if operator != "hessian":
-        operator_kwargs.pop("method", None)
-    op = OPERATORS[operator](model, data, **operator_kwargs)
+    loss_kwargs = dict(
+        subset=subset,
+        batch_size=batch_size,
+        weight_decay=weight_decay,
+        bn_mode=bn_mode,
+        dtype=torch_dtype,
+        device=device,
+        **operator_kwargs,
+    )
+    if operator == "hessian":
+        loss_kwargs["method"] = method
+    op = OPERATORS[operator](model, data, **loss_kwargs)
     top = bottom = tr = sd = None
     if k_top and k_bottom:
         top, bottom = lanczos_both_ends(
@@ -147,7 +322,7 @@ def hessian_analysis(
         )
     modules = []
     if per_module:
-        kwargs = {k: v for k, v in operator_kwargs.items() if k != "params"}
+        kwargs = {k: v for k, v in loss_kwargs.items() if k != "params"}
         modules = per_module_curvature(
             model,
             data,
@@ -158,6 +333,19 @@ def hessian_analysis(
             **kwargs,
         )
     semantics = {**op.semantics, "num_matvecs": op.num_matvecs, "tol": tol, "seed": seed}
+    parts: dict[str, Any] = {"top": top, "bottom": bottom, "trace": tr, "density": sd}
+    definition = {"operator": f"{operator}: {OPERATOR_DEFINITIONS[operator]}"}
+    definition.update({k: v.definition for k, v in parts.items() if v is not None})
+    if modules:
+        definition["per_module"] = modules[0].definition
     return HessianReport(
-        top, bottom, tr, sd, modules, semantics, round(time.perf_counter() - t0, 3)
+        top,
+        bottom,
+        tr,
+        sd,
+        modules,
+        semantics,
+        round(time.perf_counter() - t0, 3),
+        definition=definition,
+        spec=spec,
     )

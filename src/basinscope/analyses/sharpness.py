@@ -19,8 +19,10 @@ increase of the loss :math:`L(\\theta + \\delta) - L(\\theta)` under a perturbat
 Loss semantics (recorded in every result): :math:`L` is the mean of ``loss_fn`` (default
 cross-entropy) over all examples of ``data`` (or its first ``subset``), with the model in
 eval mode (BatchNorm uses its stored statistics, dropout is off). All named parameters are
-perturbed. The caller's model is never touched: the measures call a private copy through
-:func:`torch.func.functional_call`. Worst-case measures use the full-data gradient (no
+perturbed. The caller's model is never touched: the worst-case measures take the loss and
+its gradient from :class:`~basinscope.curvature.loss.EmpiricalLoss` (the loss object the
+curvature operators use, on a private copy of the model), the Monte Carlo measures
+evaluate their points with the engine. Worst-case measures use the full-data gradient (no
 stochastic ascent), so a seed fixes the number.
 
 Rescaling symmetries leave the function unchanged: ReLU (a hidden unit's incoming weights
@@ -40,22 +42,22 @@ import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from basinscope._checks import at_least, positive_float
+from basinscope.analyses.sharpness_spec import NORMS, SharpnessSpec
+from basinscope.curvature.loss import EmpiricalLoss
 from basinscope.engine import EvalJob, PointBasis, as_batches, check_model_data, evaluate_points
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params, random_directions
 from basinscope.geometry.normalization import check_normalization
-from basinscope.jsonable import jsonable
+from basinscope.result import Result
 
 __all__ = [
     "SHARPNESS_MEASURES",
@@ -69,7 +71,6 @@ __all__ = [
 ]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
-NORMS = ("l2", "linf")
 KINDS = ("worst", "average")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 ASCENT = (
@@ -81,14 +82,17 @@ ASCENT = (
 
 
 @dataclass(frozen=True)
-class SharpnessResult:
+class SharpnessResult(Result, kind="sharpness"):
     """One sharpness number and everything that defines it.
 
     ``value`` aggregates ``values``: the best increase of each restart (worst case, the
     maximum is reported), of each noise sample or direction (Monte Carlo, the mean is
     reported, with ``std_error``) or of each batch (m-sharpness, the mean).
     ``num_evaluations`` counts loss evaluations on the measure's data (a loss with its
-    gradient counts once).
+    gradient counts once). ``definition`` is the measure's formula with its settings,
+    ``params`` the settings the measure ran with, ``spec`` the settings of the run that
+    asked for it (:class:`~basinscope.analyses.sharpness_spec.SharpnessSpec`; ``None``
+    when the measure's function was called directly).
     """
 
     measure: str
@@ -101,10 +105,7 @@ class SharpnessResult:
     num_evaluations: int
     semantics: dict[str, Any]
     values: tuple[float, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field."""
-        return jsonable(asdict(self))
+    spec: SharpnessSpec | None = None
 
 
 # -- argument checks ---------------------------------------------------------------------
@@ -213,39 +214,10 @@ def _check_eta(eta: Any) -> float:
     return float(eta)
 
 
-# -- the loss as a function of a flat perturbation ----------------------------------------
-class _Loss:
-    """:math:`\\delta \\mapsto L(\\theta + \\delta)` on a private eval-mode copy of the model."""
-
-    def __init__(self, model: nn.Module, ev: _Eval):
-        self.model = copy.deepcopy(model).to(device=ev.device, dtype=ev.dtype).eval()
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        self.params = {k: v.detach() for k, v in self.model.named_parameters()}
-        self.buffers = {k: v.detach() for k, v in self.model.named_buffers()}
-        self.theta = torch.cat([v.reshape(-1) for v in self.params.values()])
-        self.loss_fn = ev.loss_fn or F.cross_entropy
-        self.evaluations = 0
-
-    def _batch_loss(self, flat: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        p, i = {}, 0
-        for k, v in self.params.items():
-            p[k] = flat[i : i + v.numel()].view(v.shape)
-            i += v.numel()
-        return self.loss_fn(functional_call(self.model, (p, self.buffers), (x,)), y)
-
-    def value_and_grad(self, delta: Tensor, batches) -> tuple[float, Tensor]:
-        self.evaluations += 1
-        n = sum(len(y) for _, y in batches)
-        total, g = 0.0, torch.zeros_like(self.theta)
-        for x, y in batches:
-            d = delta.detach().requires_grad_(True)
-            with torch.enable_grad():
-                loss = self._batch_loss(self.theta + d, x, y)
-                (gb,) = torch.autograd.grad(loss, d)
-            total += float(loss.detach()) * len(y) / n
-            g += gb * (len(y) / n)
-        return total, g
+# -- the loss at perturbed parameters: the empirical loss of the curvature layer ----------
+def _loss(model: nn.Module, batches, ev: _Eval) -> EmpiricalLoss:
+    """:math:`L` at any flat point, with its gradient, on a private eval-mode copy of the model."""
+    return EmpiricalLoss(model, batches, loss_fn=ev.loss_fn, dtype=ev.dtype, device=ev.device)
 
 
 def _random_in_ball(n: int, rho: float, norm: str, gen: torch.Generator) -> Tensor:
@@ -271,7 +243,7 @@ def _step_direction(g: Tensor, norm: str) -> Tensor:
 
 
 def _ascent(
-    obj: _Loss,
+    obj: EmpiricalLoss,
     batches,
     *,
     scale: Tensor | None,
@@ -285,7 +257,7 @@ def _ascent(
     """Base loss and the best loss of each restart of PGA over :math:`\\{\\delta = T u : \\lVert u\\rVert \\le \\rho\\}`."""
 
     def at(u: Tensor) -> tuple[float, Tensor]:
-        loss, g = obj.value_and_grad(u if scale is None else scale * u, batches)
+        loss, g = obj.value_and_grad(obj.theta + (u if scale is None else scale * u), batches)
         return loss, (g if scale is None else scale * g)  # chain rule into u-space
 
     base, best = math.nan, []
@@ -319,7 +291,7 @@ def _pga_result(
 ):
     """Worst-case sharpness of the full-data (or subset) loss by :func:`_ascent`."""
     batches, n = ev.batches(data, model)
-    obj = _Loss(model, ev)
+    obj = _loss(model, batches, ev)
     gen = torch.Generator().manual_seed(int(seed))
     base, best = _ascent(obj, batches, scale=scale_of(obj.theta), gen=gen, **opts)
     diffs = [b - base for b in best]
@@ -333,7 +305,7 @@ def _pga_result(
         definition=definition,
         params={**opts, "seed": seed, "relative": relative, **extra, "ascent": ASCENT},
         std_error=None,
-        num_evaluations=obj.evaluations,
+        num_evaluations=obj.num_evaluations,
         semantics=ev.semantics(n, obj.theta.numel()),
         values=tuple(float(d) for d in diffs),
     )
@@ -702,7 +674,7 @@ def m_sharpness(
     y_all = torch.cat([y for _, y in batches])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     num = n // m if max_batches is None else min(n // m, max_batches)
-    obj = _Loss(model, ev)
+    obj = _loss(model, batches, ev)
     scale = obj.theta.abs() + eta if adaptive else None
     bases, worsts = [], []
     for b in range(num):
@@ -739,7 +711,7 @@ def m_sharpness(
             "ascent": ASCENT,
         },
         std_error=float(diffs.std(ddof=1) / math.sqrt(num)) if num > 1 else None,
-        num_evaluations=obj.evaluations,
+        num_evaluations=obj.num_evaluations,
         semantics=semantics,
         values=tuple(float(v) for v in diffs),
     )

@@ -1,6 +1,8 @@
-"""Curvature of the full-dataset loss: operators, eigenpairs, traces, spectral densities."""
+"""Curvature of the full-dataset loss: the loss (value, gradient, Hessian-vector products),
+operators, eigenpairs, traces, spectral densities."""
 
 from basinscope.curvature.lanczos import Eigenpairs, lanczos_both_ends, lanczos_eigenpairs
+from basinscope.curvature.loss import EmpiricalLoss
 from basinscope.curvature.operators import (
     HVP_METHODS,
     CurvatureOperator,
@@ -20,6 +22,7 @@ __all__ = [
     "CurvatureOperator",
     "EFOperator",
     "Eigenpairs",
+    "EmpiricalLoss",
     "GGNOperator",
     "HessianOperator",
     "ModuleCurvature",

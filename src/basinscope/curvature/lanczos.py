@@ -81,22 +81,33 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from basinscope.errors import BasinscopeError
+from basinscope.result import Result, encode, tensors
 
 __all__ = ["Eigenpairs", "lanczos_both_ends", "lanczos_eigenpairs"]
 
 WHICH = ("largest", "smallest")
+#: What each ``which`` of :class:`Eigenpairs` means.
+WHICH_DEFINITIONS: dict[str, str] = {
+    "largest": "the k algebraically largest eigenvalues of the operator, descending "
+    "(a negative eigenvalue of larger magnitude is not among them)",
+    "smallest": "the k algebraically smallest eigenvalues of the operator, ascending "
+    "(the most negative first)",
+    "largest_magnitude": "the k eigenvalues of largest |lambda|, by magnitude (what power "
+    "iteration finds, e.g. PyHessian)",
+}
 BREAKDOWN = 1e-12  # beta_m <= BREAKDOWN * ||T_m|| is an invariant subspace
 FLOOR = math.sqrt(np.finfo(np.float64).eps)  # |theta| floor of the stopping rule, x ||T||
 
 
 @dataclass(frozen=True)
-class Eigenpairs:
+class Eigenpairs(Result, kind="eigenpairs"):
     """Eigenpairs of a symmetric operator, each with its residual and converged flag.
 
     Attributes:
         eigenvalues: float64, sorted: descending for ``which="largest"`` and
             ``"largest_magnitude"`` (by magnitude), ascending for ``"smallest"``.
-        eigenvectors: ``(n, k)`` float64 tensor of unit columns, matching ``eigenvalues``.
+        eigenvectors: ``(n, k)`` float64 tensor of unit columns, matching ``eigenvalues``
+            (not part of :meth:`to_dict`; ``None`` in a result read back from its dict).
         residuals: :math:`\\lVert Hv - \\theta v\\rVert` of each pair, from a true product.
         converged: ``residual <= tol * max(|theta|, sqrt(eps) * ||H||)`` per pair.
         num_matvecs: operator products this call made (verification included).
@@ -109,7 +120,7 @@ class Eigenpairs:
     """
 
     eigenvalues: np.ndarray
-    eigenvectors: Tensor
+    eigenvectors: Tensor | None = tensors()  # noqa: RUF009 (a field(), not a call at each init)
     residuals: np.ndarray
     converged: np.ndarray
     num_matvecs: int
@@ -132,21 +143,19 @@ class Eigenpairs:
     def all_converged(self) -> bool:
         return bool(np.all(self.converged))
 
+    @property
+    def definition(self) -> str:
+        """Which eigenvalues these are (:data:`WHICH_DEFINITIONS`)."""
+        return WHICH_DEFINITIONS.get(self.which, self.which)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (eigenvectors left out)."""
-        return {
-            "method": self.method,
-            "which": self.which,
-            "eigenvalues": [float(v) for v in self.eigenvalues],
-            "residuals": [float(r) for r in self.residuals],
-            "relative_residuals": [float(r) for r in self.relative_residuals],
-            "converged": [bool(c) for c in self.converged],
-            "tol": self.tol,
-            "num_matvecs": self.num_matvecs,
-            "iterations": self.iterations,
-            "semantics": dict(self.semantics),
-            "info": dict(self.info),
-        }
+        """The fields (the eigenvectors left out) and the relative residuals."""
+        return {**super().to_dict(), "relative_residuals": encode(self.relative_residuals)}
+
+    @classmethod
+    def from_dict(cls, data: Any, **tensor_fields: Any) -> Eigenpairs:
+        """The eigenpairs of :meth:`to_dict` (``eigenvectors`` ``None`` unless given)."""
+        return super().from_dict(data, **{"eigenvectors": None, **tensor_fields})  # type: ignore[return-value]
 
 
 # -- operator access shared with power.py ---------------------------------------------------

@@ -15,28 +15,26 @@ Three operators (all symmetric, acting on flat vectors over the selected paramet
 ``EFOperator``       the empirical Fisher :math:`\\frac1N\\sum g_n g_n^\\top` from per-example
                      gradients.
 
-Loss semantics are explicit and recorded in :attr:`CurvatureOperator.semantics`: the
-model is evaluated with BatchNorm in eval mode (stored statistics) and dropout off, unless
-``bn_mode="train"`` (batch statistics; double backward only); the weight-decay term is
-included only when ``weight_decay > 0``. The caller's model is never modified.
+Each operator is the curvature of an :class:`~basinscope.curvature.loss.EmpiricalLoss`
+(``op.empirical_loss``: the loss's value, gradient and Hessian-vector products, shared
+with the sharpness measures), built from the operator's arguments. Loss semantics are
+explicit and recorded in :attr:`CurvatureOperator.semantics`: the model is evaluated with
+BatchNorm in eval mode (stored statistics) and dropout off, unless ``bn_mode="train"``
+(batch statistics; double backward only); the weight-decay term is included only when
+``weight_decay > 0``. The caller's model is never modified.
 """
 
 from __future__ import annotations
 
-import copy
-import fnmatch
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
-from basinscope.engine.batches import as_batches
-from basinscope.engine.fit import check_model_data
+from basinscope.curvature.loss import HVP_METHODS, EmpiricalLoss, select_params
 from basinscope.errors import BasinscopeError
 
 __all__ = [
@@ -48,25 +46,11 @@ __all__ = [
     "select_params",
 ]
 
-HVP_METHODS = ("auto", "forward-over-reverse", "double-backward")
-
-
-def select_params(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:
-    """Names of the parameters matching any fnmatch pattern (all trainable ones by default)."""
-    names = [n for n, p in model.named_parameters()]
-    if not patterns:
-        return names
-    chosen = [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns)]
-    if not chosen:
-        raise BasinscopeError(
-            f"no parameter matches {list(patterns)}; the model's parameters are {names[:12]}"
-            + (" ..." if len(names) > 12 else "")
-        )
-    return chosen
-
 
 class CurvatureOperator:
-    """A symmetric matrix-free operator on flat vectors over the selected parameters."""
+    """A symmetric matrix-free operator on flat vectors over the selected parameters, the
+    curvature of an :class:`~basinscope.curvature.loss.EmpiricalLoss` (built from the
+    same arguments; see there)."""
 
     kind = "operator"
 
@@ -84,92 +68,80 @@ class CurvatureOperator:
         dtype: torch.dtype = torch.float64,
         device: str = "cpu",
     ):
-        if bn_mode not in ("eval", "train"):
-            raise BasinscopeError(
-                f"unknown bn_mode {bn_mode!r}: expected 'eval' (stored statistics) or 'train' (batch statistics)"
-            )
-        self.model = copy.deepcopy(model).to(device=device, dtype=dtype)
-        self.model.eval()
-        if bn_mode == "train":
-            for m in self.model.modules():
-                if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                    m.train()
-                    m.track_running_stats = False  # batch statistics, no running-stat updates
-        self.names = select_params(self.model, params)
-        all_params = dict(self.model.named_parameters())
-        self.params = {n: all_params[n].detach() for n in self.names}
-        self.frozen = {n: p.detach() for n, p in all_params.items() if n not in self.params}
-        self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
-        self.shapes = [p.shape for p in self.params.values()]
-        self.sizes = [p.numel() for p in self.params.values()]
-        self.n = sum(self.sizes)
-        self.dtype, self.device = dtype, torch.device(device)
-        batches = as_batches(data, batch_size=batch_size, device=self.device, dtype=dtype)
-        if subset is not None:
-            batches = _take(batches, subset)
-        self.batches = batches
-        self.num_examples = sum(int(y.shape[0]) for _, y in batches)
-        check_model_data(self.model, batches, classification=loss_fn is None)
-        self.loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y))
-        self.weight_decay = float(weight_decay)
-        self.bn_mode = bn_mode
+        #: The loss whose curvature this is (value, gradient, Hessian-vector products).
+        self.empirical_loss = EmpiricalLoss(
+            model,
+            data,
+            params=params,
+            loss_fn=loss_fn,
+            batch_size=batch_size,
+            subset=subset,
+            weight_decay=weight_decay,
+            bn_mode=bn_mode,
+            dtype=dtype,
+            device=device,
+        )
         self.num_matvecs = 0
         self.method = "n/a"
 
-    # -- flat <-> dict ------------------------------------------------------------------
+    # -- the loss's attributes ----------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.empirical_loss.model
+
+    @property
+    def n(self) -> int:
+        return self.empirical_loss.n
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.empirical_loss.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.empirical_loss.device
+
+    @property
+    def names(self) -> list[str]:
+        return self.empirical_loss.names
+
+    @property
+    def params(self) -> dict[str, Tensor]:
+        return self.empirical_loss.params
+
+    @property
+    def batches(self) -> list[tuple[Tensor, Tensor]]:
+        return self.empirical_loss.batches
+
+    @property
+    def num_examples(self) -> int:
+        return self.empirical_loss.num_examples
+
+    @property
+    def weight_decay(self) -> float:
+        return self.empirical_loss.weight_decay
+
+    @property
+    def bn_mode(self) -> str:
+        return self.empirical_loss.bn_mode
+
     def unflatten(self, v: Tensor) -> dict[str, Tensor]:
-        out, i = {}, 0
-        for name, shape, size in zip(self.names, self.shapes, self.sizes):
-            out[name] = v[i : i + size].view(shape)
-            i += size
-        return out
+        return self.empirical_loss.unflatten(v)
 
     def flatten(self, d: Mapping[str, Tensor]) -> Tensor:
-        return torch.cat([d[n].reshape(-1) for n in self.names])
+        return self.empirical_loss.flatten(d)
 
     @property
     def semantics(self) -> dict[str, Any]:
-        return {
-            "operator": self.kind,
-            "loss": "mean over examples"
-            + (
-                f" + weight_decay/2 * ||theta||^2 (weight_decay={self.weight_decay})"
-                if self.weight_decay
-                else ""
-            ),
-            "num_examples": self.num_examples,
-            "bn_mode": self.bn_mode,
-            "dropout": "off",
-            "parameters": len(self.names),
-            "dimension": self.n,
-            "dtype": str(self.dtype).replace("torch.", ""),
-            "method": self.method,
-        }
-
-    def _batch_loss(self, p: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-        out = functional_call(self.model, ({**self.frozen, **p}, self.buffers), (x,))
-        return self.loss_fn(out, y)
+        return {"operator": self.kind, **self.empirical_loss.semantics, "method": self.method}
 
     def loss(self) -> float:
-        with torch.no_grad():
-            total = (
-                sum(self._batch_loss(self.params, x, y) * y.shape[0] for x, y in self.batches)
-                / self.num_examples
-            )
-            if self.weight_decay:
-                total = total + 0.5 * self.weight_decay * sum(
-                    (p**2).sum() for p in self.params.values()
-                )
-        return float(total)
+        """The loss at the model's parameters."""
+        return self.empirical_loss.value()
 
     def gradient(self) -> Tensor:
-        g = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in self.batches:
-            gd = grad(lambda p, x=x, y=y: self._batch_loss(p, x, y))(self.params)
-            g += self.flatten(gd) * (y.shape[0] / self.num_examples)
-        if self.weight_decay:
-            g += self.weight_decay * self.flatten(self.params)
-        return g
+        """The loss's gradient at the model's parameters (a flat vector)."""
+        return self.empirical_loss.gradient()
 
     # -- products -------------------------------------------------------------------------
     def matvec(self, v: Tensor) -> Tensor:
@@ -187,6 +159,7 @@ class CurvatureOperator:
         return torch.stack([self.matvec(vs[:, i]) for i in range(vs.shape[1])], dim=1)
 
     def _matvec(self, v: Tensor) -> Tensor:
+        """The product without the weight-decay term (added by :meth:`matvec`)."""
         raise NotImplementedError
 
     def dense(self, block: int = 64) -> Tensor:
@@ -196,7 +169,8 @@ class CurvatureOperator:
 
 
 class HessianOperator(CurvatureOperator):
-    """Hessian-vector products of the full-dataset loss (see the module docstring)."""
+    """Hessian-vector products of the full-dataset loss (see the module docstring), by
+    :meth:`EmpiricalLoss.hvp <basinscope.curvature.loss.EmpiricalLoss.hvp>`."""
 
     kind = "hessian"
 
@@ -216,111 +190,40 @@ class HessianOperator(CurvatureOperator):
             method = "double-backward" if self.bn_mode == "train" else self._choose()
         self.method = method
 
-    def _fwd_rev(self, v: Tensor) -> Tensor:
-        vd = self.unflatten(v)
-        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in self.batches:
-            g = grad(lambda p, x=x, y=y: self._batch_loss(p, x, y))
-            _, hv = jvp(g, (self.params,), (vd,))
-            out += self.flatten(hv) * (y.shape[0] / self.num_examples)
-        return out
-
-    def _double_backward(self, v: Tensor) -> Tensor:
-        vd = self.unflatten(v)
-        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in self.batches:
-            p = {k: t.detach().requires_grad_(True) for k, t in self.params.items()}
-            with torch.enable_grad():
-                loss = self._batch_loss(p, x, y)
-                gs = torch.autograd.grad(loss, list(p.values()), create_graph=True)
-                dot = sum((g * vd[k]).sum() for g, k in zip(gs, p))
-                hv = torch.autograd.grad(dot, list(p.values()), allow_unused=True)
-            hv = [torch.zeros_like(t) if h is None else h for h, t in zip(hv, p.values())]
-            out += torch.cat([h.reshape(-1) for h in hv]) * (y.shape[0] / self.num_examples)
-        return out
-
     def _choose(self) -> str:
+        """Time both methods on the first batch; the faster one wins."""
+        loss = self.empirical_loss
         v = torch.ones(self.n, dtype=self.dtype, device=self.device)
-        first = self.batches
-        self.batches = first[:1]
-        try:
-            for name, fn in (
-                ("forward-over-reverse", self._fwd_rev),
-                ("double-backward", self._double_backward),
-            ):
-                try:
-                    fn(v)
-                    t0 = time.perf_counter()
-                    fn(v)
-                    self.trial[name] = time.perf_counter() - t0
-                except Exception:  # e.g. a module without a forward-mode rule
-                    continue
-        finally:
-            self.batches = first
+        first = loss.batches[:1]
+        for name in ("forward-over-reverse", "double-backward"):
+            try:
+                loss.hvp(v, name, batches=first)
+                t0 = time.perf_counter()
+                loss.hvp(v, name, batches=first)
+                self.trial[name] = time.perf_counter() - t0
+            except Exception:  # e.g. a module without a forward-mode rule
+                continue
         if not self.trial:
             raise RuntimeError("neither HVP method works for this model")
         return min(self.trial, key=self.trial.get)
 
-    def _matvec(self, v: Tensor) -> Tensor:
-        return (
-            self._fwd_rev(v) if self.method == "forward-over-reverse" else self._double_backward(v)
-        )
+    def matvec(self, v: Tensor) -> Tensor:
+        v = v.to(dtype=self.dtype, device=self.device)
+        if v.shape != (self.n,):
+            raise ValueError(f"expected a vector of length {self.n}, got shape {tuple(v.shape)}")
+        self.num_matvecs += 1
+        return self.empirical_loss.hvp(v, self.method)  # the weight-decay term included
 
     def matmat(self, vs: Tensor) -> Tensor:
-        """Batched HVPs: ``vmap`` over the columns (forward-over-reverse ``jvp``, or the second
-        backward pass of double backward with ``is_grads_batched``), else a loop."""
+        """Batched HVPs (:meth:`EmpiricalLoss.hvp_batched
+        <basinscope.curvature.loss.EmpiricalLoss.hvp_batched>`), else one at a time."""
         if vs.shape[1] == 1:
             return super().matmat(vs)
         vs = vs.to(dtype=self.dtype, device=self.device)
-        if self.method == "double-backward":
-            out = self._double_backward_batched(vs)
-            if out is None:  # a module without a batching rule: one product at a time
-                return super().matmat(vs)
-            self.num_matvecs += vs.shape[1]
-            return out + self.weight_decay * vs if self.weight_decay else out
-        if self.method != "forward-over-reverse":
+        out = self.empirical_loss.hvp_batched(vs, self.method)
+        if out is None:  # a module without a batching rule: one product at a time
             return super().matmat(vs)
         self.num_matvecs += vs.shape[1]
-        out = torch.zeros_like(vs.T)
-        for x, y in self.batches:
-            g = grad(lambda p, x=x, y=y: self._batch_loss(p, x, y))
-
-            def hvp(v, g=g):
-                return self.flatten(jvp(g, (self.params,), (self.unflatten(v),))[1])
-
-            out += vmap(hvp)(vs.T) * (y.shape[0] / self.num_examples)
-        out = out.T
-        return out + self.weight_decay * vs if self.weight_decay else out
-
-    def _double_backward_batched(self, vs: Tensor) -> Tensor | None:
-        """``H @ vs`` by double backward, the first backward pass shared by the columns."""
-        k = vs.shape[1]
-        out = torch.zeros(self.n, k, dtype=self.dtype, device=self.device)
-        rows = [vs[i : i + s].T.reshape(k, *shape) for i, s, shape in self._slices()]
-        for x, y in self.batches:
-            p = {k_: t.detach().requires_grad_(True) for k_, t in self.params.items()}
-            try:
-                with torch.enable_grad(), warnings.catch_warnings():
-                    warnings.simplefilter("error")  # vmap's slow fallback counts as missing
-                    loss = self._batch_loss(p, x, y)
-                    gs = torch.autograd.grad(loss, list(p.values()), create_graph=True)
-                    hv = torch.autograd.grad(
-                        gs, list(p.values()), rows, is_grads_batched=True, allow_unused=True
-                    )
-            except (RuntimeError, UserWarning):
-                return None
-            hv = [
-                torch.zeros(k, *t.shape, dtype=t.dtype) if h is None else h
-                for h, t in zip(hv, p.values())
-            ]
-            out += torch.cat([h.reshape(k, -1) for h in hv], 1).T * (y.shape[0] / self.num_examples)
-        return out
-
-    def _slices(self) -> list[tuple[int, int, torch.Size]]:
-        out, i = [], 0
-        for shape, size in zip(self.shapes, self.sizes):
-            out.append((i, size, shape))
-            i += size
         return out
 
 
@@ -334,18 +237,19 @@ class GGNOperator(CurvatureOperator):
     kind = "ggn"
 
     def _matvec(self, v: Tensor) -> Tensor:
-        vd = self.unflatten(v)
+        L = self.empirical_loss
+        vd = L.unflatten(v)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in self.batches:
+        for x, y in L.batches:
 
             def f(p, x=x):
-                return functional_call(self.model, ({**self.frozen, **p}, self.buffers), (x,))
+                return functional_call(L.model, ({**L.frozen, **p}, L.buffers), (x,))
 
-            logits, jv = jvp(f, (self.params,), (vd,))
-            _, hjv = jvp(grad(lambda o, y=y: self.loss_fn(o, y)), (logits,), (jv,))
-            _, pull = vjp(f, self.params)
+            logits, jv = jvp(f, (L.params,), (vd,))
+            _, hjv = jvp(grad(lambda o, y=y: L.loss_fn(o, y)), (logits,), (jv,))
+            _, pull = vjp(f, L.params)
             (jthjv,) = pull(hjv)
-            out += self.flatten(jthjv) * (y.shape[0] / self.num_examples)
+            out += L.flatten(jthjv) * (y.shape[0] / L.num_examples)
         return out
 
 
@@ -356,26 +260,13 @@ class EFOperator(CurvatureOperator):
     kind = "empirical_fisher"
 
     def _matvec(self, v: Tensor) -> Tensor:
+        L = self.empirical_loss
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in self.batches:
+        for x, y in L.batches:
 
             def one(xi, yi):
-                return self.flatten(
-                    grad(lambda p: self._batch_loss(p, xi[None], yi[None]))(self.params)
-                )
+                return L.flatten(grad(lambda p: L.batch_loss(p, xi[None], yi[None]))(L.params))
 
             g = vmap(one)(x, y)  # (B, n)
-            out += g.T @ (g @ v) / self.num_examples
+            out += g.T @ (g @ v) / L.num_examples
         return out
-
-
-def _take(batches, n: int):
-    if n < 1:
-        raise BasinscopeError(f"subset must be at least 1 example, got {n}")
-    out, left = [], n
-    for x, y in batches:
-        if left <= 0:
-            break
-        out.append((x[:left], y[:left]))
-        left -= len(y[:left])
-    return out

@@ -32,6 +32,7 @@ from torch import nn
 from basinscope.curvature.operators import EFOperator, GGNOperator, HessianOperator
 from basinscope.curvature.trace import TraceEstimate, _semantics, hutchinson_trace
 from basinscope.errors import BasinscopeError
+from basinscope.result import Result
 
 __all__ = ["OPERATORS", "ModuleCurvature", "module_blocks", "per_module_curvature"]
 
@@ -40,7 +41,7 @@ OPERATORS = {"hessian": HessianOperator, "ggn": GGNOperator, "ef": EFOperator}
 
 
 @dataclass(frozen=True)
-class ModuleCurvature:
+class ModuleCurvature(Result, kind="module_curvature"):
     """Curvature of one module's diagonal block (see the module docstring).
 
     ``parameters`` are the block's parameter names (as in ``named_parameters()``),
@@ -56,17 +57,13 @@ class ModuleCurvature:
     trace: TraceEstimate | None
     parameters: tuple[str, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary (the trace as its own dictionary)."""
-        return {
-            "module": self.module,
-            "num_params": self.num_params,
-            "parameters": list(self.parameters),
-            "top_eigenvalue": self.top_eigenvalue,
-            "top_residual": self.top_residual,
-            "top_converged": self.top_converged,
-            "trace": None if self.trace is None else self.trace.to_dict(),
-        }
+    @property
+    def definition(self) -> str:
+        """Which matrix the numbers are of (see the module docstring)."""
+        return (
+            "top eigenvalue and trace of the diagonal block C_MM of the module's parameters "
+            "(the block-diagonal restriction, every other parameter fixed)"
+        )
 
 
 def module_blocks(model: nn.Module, modules: Sequence[str] | None = None) -> dict[str, list[str]]:

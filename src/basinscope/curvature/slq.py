@@ -36,8 +36,16 @@ from torch import Tensor
 
 from basinscope.curvature.trace import _dtype_device, _semantics, apply_columns, draw_probes
 from basinscope.errors import BasinscopeError
+from basinscope.result import Result
 
 __all__ = ["SpectralDensity", "lanczos_tridiagonal", "spectral_density"]
+
+#: The density of :class:`SpectralDensity` (see the module docstring).
+DEFINITION = (
+    "phi(x) = 1/n sum_j delta(x - lambda_j), estimated as 1/R sum_r sum_i w_ri "
+    "N(x; theta_ri, sigma^2) from R stochastic Lanczos quadratures (Ubaru, Chen & Saad 2017; "
+    "Ghorbani, Krishnan & Xiao 2019)"
+)
 
 #: A Lanczos run stops early (an invariant Krylov subspace) when the new residual norm
 #: falls below this fraction of the largest ``||A v_j||`` seen so far.
@@ -45,7 +53,7 @@ BREAKDOWN_RTOL = 1e-10
 
 
 @dataclass(frozen=True)
-class SpectralDensity:
+class SpectralDensity(Result, kind="spectral_density"):
     """Gauss-quadrature nodes and weights of ``num_runs`` SLQ runs (see the module docstring).
 
     ``nodes`` and ``weights`` have shape ``(num_runs, lanczos_steps)``; each row of
@@ -108,18 +116,10 @@ class SpectralDensity:
         kern = np.exp(-0.5 * ((flat - theta) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))
         return (kern * w).sum(1).reshape(x.shape)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary (arrays as nested lists)."""
-        return {
-            "nodes": self.nodes.tolist(),
-            "weights": self.weights.tolist(),
-            "num_runs": self.num_runs,
-            "lanczos_steps": self.lanczos_steps,
-            "num_matvecs": self.num_matvecs,
-            "dimension": self.dimension,
-            "distribution": self.distribution,
-            "semantics": dict(self.semantics),
-        }
+    @property
+    def definition(self) -> str:
+        """What the density is and how it is estimated."""
+        return DEFINITION
 
 
 def lanczos_tridiagonal(

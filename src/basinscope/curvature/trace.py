@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from statistics import NormalDist
 from typing import Any
 
@@ -38,14 +38,23 @@ import torch
 from torch import Tensor
 
 from basinscope.errors import BasinscopeError
+from basinscope.result import Result
 
-__all__ = ["TraceEstimate", "hutch_plus_plus_trace", "hutchinson_trace"]
+__all__ = ["TRACE_ESTIMATORS", "TraceEstimate", "hutch_plus_plus_trace", "hutchinson_trace"]
 
 DISTRIBUTIONS = ("rademacher", "gaussian")
 
+#: How each ``method`` of a :class:`TraceEstimate` computes :math:`\operatorname{tr}(A)`.
+TRACE_ESTIMATORS: dict[str, str] = {
+    "hutchinson": "mean over probes z of z^T A z, E[z z^T] = I  (Hutchinson 1989)",
+    "hutch++": "tr(Q^T A Q) of a sketch Q of A plus Hutchinson on (I - QQ^T) A (I - QQ^T)  "
+    "(Meyer, Musco, Musco & Woodruff 2021)",
+    "exact": "sum of the diagonal of the dense matrix",
+}
+
 
 @dataclass(frozen=True)
-class TraceEstimate:
+class TraceEstimate(Result, kind="trace_estimate"):
     """A trace estimate with its uncertainty and the settings that produced it.
 
     ``std_error`` is the standard error of the stochastic part, ``ci_halfwidth`` the
@@ -66,11 +75,10 @@ class TraceEstimate:
     distribution: str
     semantics: dict[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary of every field."""
-        d = asdict(self)
-        d["semantics"] = dict(self.semantics)
-        return d
+    @property
+    def definition(self) -> str:
+        """How the estimate was computed (:data:`TRACE_ESTIMATORS`)."""
+        return TRACE_ESTIMATORS.get(self.method, self.method)
 
 
 # -- shared helpers -----------------------------------------------------------------------

@@ -1,0 +1,103 @@
+"""The settings of a sharpness run: which named measures, and each one's options.
+
+A run of :func:`~basinscope.analyses.sharpness_measures.sharpness_measures` (and of
+``basinscope sharpness``) computes one or several of the measures of
+:mod:`basinscope.analyses.sharpness`, each a named definition. Their options overlap
+(``rho`` is the radius of every worst-case ball, ``seed`` seeds every measure), so one
+:class:`SharpnessSpec` holds them all and :meth:`SharpnessSpec.measure_kwargs` hands each
+measure the ones it takes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from basinscope._checks import MAX_STEPS, at_least, check_seed, positive_float
+from basinscope.errors import BasinscopeError
+from basinscope.spec import DTYPES, STRATEGIES, EvalOptions, Spec, option
+
+__all__ = ["MEASURE_NAMES", "NORMS", "SharpnessSpec"]
+
+#: The named measures, in the order ``all`` runs them.
+MEASURE_NAMES = ("worst_case", "average", "adaptive", "filter_normalized", "m_sharpness")
+#: The balls of perturbations: ``||delta||_2 <= rho`` or ``max_i |delta_i| <= rho``.
+NORMS = ("l2", "linf")
+
+# the options each measure takes from the spec (beyond dtype, device, batch_size)
+_OPTIONS = {
+    "worst_case": ("rho", "norm", "steps", "restarts", "relative", "seed"),
+    "average": ("sigma", "samples", "seed", "strategy"),
+    "adaptive": ("rho", "norm", "steps", "restarts", "seed", "strategy"),
+    "filter_normalized": ("alpha", "num_directions", "seed", "strategy"),
+    "m_sharpness": ("m", "rho", "norm", "seed"),
+}
+
+
+@dataclass(frozen=True)
+class SharpnessSpec(Spec):
+    """The settings of a sharpness run (see the module docstring)."""
+
+    kind: ClassVar[str] = "sharpness"
+
+    split: str = option("train", "Which split's loss.")
+    subset: int | None = option(None, "Use only the first N examples.", low=1)
+    measure: tuple[str, ...] = option(
+        ("all",),
+        "worst_case, average, adaptive, filter_normalized, m_sharpness or all (repeatable).",
+        choices=(*MEASURE_NAMES, "all"),
+    )
+    rho: float = option(
+        0.05, "Radius of the perturbation ball (worst_case, adaptive, m_sharpness)."
+    )
+    norm: str = option("l2", "l2 or linf.", choices=NORMS)
+    sigma: float = option(0.01, "Noise std (average).")
+    samples: int = option(20, "Noise samples (average).")
+    alpha: float = option(0.1, "Step along filter-normalized directions.")
+    num_directions: int = option(
+        10, "Number of filter-normalized directions.", flag="--directions", low=1
+    )
+    m: int = option(32, "Batch size of m-sharpness.", low=1)
+    steps: int = option(10, "Ascent steps (worst_case, adaptive).", low=1, high=MAX_STEPS)
+    restarts: int = option(3, "Random restarts of the ascent.", low=1)
+    relative: bool = option(
+        False, "worst_case: Keskar et al. 2017's relative box and percentage.", flag="--relative"
+    )
+    seed: int = option(0, "Seed of every random draw (restarts, noise, directions, batches).")
+    dtype: str = option("float32", "float32 or float64.", choices=DTYPES)
+    device: str = option("cpu", "torch device, e.g. cpu or cuda.")
+    batch_size: int = option(1024, "Examples per forward pass.", low=1)
+    strategy: str = option(
+        "auto",
+        "How the engine evaluates the points of average, adaptive and filter_normalized: "
+        "auto (time both), vmap or loop.",
+        choices=STRATEGIES,
+    )
+
+    def check(self) -> None:
+        if not self.measure:
+            raise BasinscopeError(
+                f"{self.name_of('measure')} names no measure: pass one of "
+                f"{', '.join(MEASURE_NAMES)} or all"
+            )
+        for name, example in (("rho", "0.05"), ("sigma", "0.01")):
+            flag = self.name_of(name)
+            positive_float(flag, getattr(self, name), fix=f"e.g. {flag} {example}")
+        at_least(
+            self.name_of("samples"),
+            self.samples,
+            2,
+            why=" (a standard error needs at least two samples)",
+        )
+        check_seed(self.name_of("seed"), self.seed)
+        EvalOptions(device=self.device)  # the device exists here (named --device)
+
+    def measures(self) -> tuple[str, ...]:
+        """The measures to run, in order (``all``: every one, in :data:`MEASURE_NAMES` order)."""
+        return MEASURE_NAMES if "all" in self.measure else self.measure
+
+    def measure_kwargs(self, measure: str) -> dict[str, Any]:
+        """The keyword arguments of ``measure``'s function: its options and the evaluation
+        settings (the other measures' options are left to their defaults)."""
+        names = (*_OPTIONS[measure], "dtype", "device", "batch_size")
+        return {name: getattr(self, name) for name in names}
