@@ -120,7 +120,7 @@ class Eigenpairs(Result, kind="eigenpairs"):
     """
 
     eigenvalues: np.ndarray
-    eigenvectors: Tensor | None = tensors()  # noqa: RUF009 (a field(), not a call at each init)
+    eigenvectors: Tensor | None = tensors()
     residuals: np.ndarray
     converged: np.ndarray
     num_matvecs: int

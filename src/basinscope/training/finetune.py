@@ -172,7 +172,7 @@ class FinetuneResult(Result, kind="finetune"):
     trainable_params: int = 0
     definition: dict[str, str] | None = None
     spec: FinetuneSpec | None = None
-    model: nn.Module | None = transient(default=None)  # noqa: RUF009 (a field, like option)
+    model: nn.Module | None = transient(default=None)
     runs: tuple[TrainResult, ...] = transient(default=())
 
     def __post_init__(self) -> None:
