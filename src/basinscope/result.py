@@ -36,7 +36,7 @@ import numpy as np
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["RESULTS", "Result", "result_class", "tensors"]
+__all__ = ["RESULTS", "Result", "result_class", "tensors", "transient"]
 
 #: kind -> Result subclass, filled as the analyses are imported.
 RESULTS: dict[str, type[Result]] = {}
@@ -53,6 +53,14 @@ def tensors(**kwargs: Any) -> Any:
     """A field holding parameter dicts (``dict[str, Tensor]`` or a list of them): kept out
     of :meth:`Result.to_dict`, stored as safetensors by the store."""
     return dataclasses.field(metadata={"tensors": True}, **kwargs)
+
+
+def transient(**kwargs: Any) -> Any:
+    """A field held in memory only (trained models, modules): neither in
+    :meth:`Result.to_dict` nor in the run folder; a loaded result has its default."""
+    kwargs.setdefault("repr", False)
+    kwargs.setdefault("compare", False)
+    return dataclasses.field(metadata={"transient": True}, **kwargs)
 
 
 class Result:
@@ -77,7 +85,7 @@ class Result:
         """Every field but the tensors, JSON-ready, with ``kind`` and ``schema`` first."""
         out: dict[str, Any] = {"kind": self.kind, "schema": self.schema}
         for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            if not f.metadata.get("tensors"):
+            if not (f.metadata.get("tensors") or f.metadata.get("transient")):
                 out[f.name] = encode(getattr(self, f.name))
         return out
 
@@ -110,7 +118,7 @@ class Result:
                 if f.name in tensor_fields:
                     kwargs[f.name] = tensor_fields[f.name]
                 continue
-            if f.name in data:
+            if f.name in data and not f.metadata.get("transient"):
                 kwargs[f.name] = decode(data[f.name], hints[f.name])
         try:
             return target(**kwargs)
