@@ -291,13 +291,15 @@ def test_curve(capsys, weights, tmp_path):
         "--out",
         tmp_path / "c",
     )
-    assert d["curve"]["t"] == [0.0, 0.25, 0.5, 0.75, 1.0] and d["line"]["alpha"] == d["curve"]["t"]
-    assert {"train_loss", "train_error", "test_loss", "test_error"} <= set(d["curve"])
+    t = d["curve"]["coords"]["t"]["data"]  # the curves are xarray datasets
+    assert t == [0.0, 0.25, 0.5, 0.75, 1.0] and d["line"]["coords"]["alpha"]["data"] == t
+    curve, line = d["curve"]["data_vars"], d["line"]["data_vars"]
+    assert {"train_loss", "train_error", "test_loss", "test_error"} <= set(curve)
     assert d["length_ratio"] >= 1 - 1e-6 and d["length_ratio"] == d["length"] / d["distance"]
     assert d["training"]["kind"] == "bezier" and d["training"]["order"] == 2
     assert len(d["history"]["loss"]) == 8
     # the curve's endpoints are the models: equal values at t = 0 and t = 1
-    assert d["curve"]["train_loss"][0] == pytest.approx(d["line"]["train_loss"][0], rel=1e-5)
+    assert curve["train_loss"]["data"][0] == pytest.approx(line["train_loss"]["data"][0], rel=1e-5)
     check_run(d, "curve")
     from basinscope.analyses import load_curve
 
