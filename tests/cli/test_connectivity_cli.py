@@ -80,16 +80,17 @@ def check_run(d: dict, *figures: str) -> dict:
     return manifest
 
 
-def check_result_run(d: dict, run_dir: Path, *figures: str) -> dict:
+def check_result_run(d: dict, run_dir: Path, *figures: str, models: str = "models") -> dict:
     """A run folder of the result protocol: the manifest (complete, the command's spec, the
-    inputs' fingerprints), result.json == stdout == the loaded result's dict, figures."""
+    inputs' fingerprints), result.json == stdout == the loaded result's dict, figures.
+    ``models`` is the command's option group of the model(s)."""
     from basinscope.store import load
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["format"] == 2
     assert manifest["result"] == {"kind": d["kind"], "schema": d["schema"]}
-    assert manifest["command"]["models"]["model"] == "mlp"
-    assert json.loads(manifest["command"]["models"]["model_kwargs"]) == {"hidden": [16]}
+    assert manifest["command"][models]["model"] == "mlp"
+    assert json.loads(manifest["command"][models]["model_kwargs"]) == {"hidden": [16]}
     assert set(manifest["fingerprints"]) == {"models", "data"}
     assert json.loads((run_dir / "result.json").read_text()) == d
     assert json.loads(json.dumps(load(run_dir).to_dict())) == d
@@ -243,7 +244,9 @@ def test_basin(capsys, weights, tmp_path):
         assert c["condition"] == i and len(c["ci"]) == 2 and isinstance(c["holds"], bool)
     assert d["holds"] == all(d[f"condition{i}"]["holds"] for i in (1, 2, 3))
     assert "Definition 3.1" in d["definition"] and d["settings"]["samples"] == 6
-    check_run(d, "basin")
+    assert d["kind"] == "basin" and d["condition1"]["kind"] == "basin_condition"
+    assert d["labels"] == ["m0", "m1", "m2"] and d["spec"]["delta"] == 5
+    check_result_run(d, tmp_path / "bs", "basin")
     code, io = run(capsys, *args[:-2], "--epsilon", "0.01", "--out", tmp_path / "h")
     assert code == 0, io.err
     assert "(1) flat inside: estimate" in io.err and "(epsilon, delta)-basin:" in io.err
@@ -255,7 +258,7 @@ def test_basin(capsys, weights, tmp_path):
         ((), "--delta is required"),
         (("--delta", "0"), "--delta must be a finite number > 0, got 0.0"),
         (("--delta", "1", "--samples", "1"), "--samples must be an integer >= 2"),
-        (("--delta", "1", "--metric", "nll"), "unknown metric 'nll' for --metric"),
+        (("--delta", "1", "--metric", "nll"), "unknown --metric 'nll': expected one of loss"),
     ],
 )
 def test_basin_errors(capsys, weights, tmp_path, extra, message):

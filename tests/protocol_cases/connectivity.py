@@ -1,0 +1,18 @@
+"""Protocol cases of the connectivity commands (basin, curve, align, instability, ensemble);
+the barrier's are in tests/test_protocol.py."""
+
+from __future__ import annotations
+
+from protocol_cases import MLP, _w
+
+TINY = ["--batch-size", "32", "--num-points", "3"]
+CURVE = ["--steps", "3", "--points", "3", "--splits", "train", "--strategy", "loop"]
+TRANSFER = ["--transfer", "--total-steps", "2", *TINY]
+FGE = ["--method", "fge", "--cycles", "2", "--cycle-steps", "2", *TINY]
+
+COMMANDS = {
+    "basin": (
+        lambda w: ["basin", *MLP, *_w(w), "--delta", "1", "--samples", "3", "--pairs", "3"],
+        "basin",
+    ),
+}
