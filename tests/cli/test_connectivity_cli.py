@@ -294,27 +294,34 @@ def test_curve(capsys, weights, tmp_path):
         "--out",
         tmp_path / "c",
     )
-    t = d["curve"]["coords"]["t"]["data"]  # the curves are xarray datasets
-    assert t == [0.0, 0.25, 0.5, 0.75, 1.0] and d["line"]["coords"]["alpha"]["data"] == t
-    curve, line = d["curve"]["data_vars"], d["line"]["data_vars"]
+    assert d["kind"] == "curve"
+    m = d["metrics"]
+    t = m["curve"]["coords"]["t"]["data"]
+    assert t == [0.0, 0.25, 0.5, 0.75, 1.0] and m["line"]["coords"]["alpha"]["data"] == t
+    curve, line = m["curve"]["data_vars"], m["line"]["data_vars"]
     assert {"train_loss", "train_error", "test_loss", "test_error"} <= set(curve)
-    assert d["length_ratio"] >= 1 - 1e-6 and d["length_ratio"] == d["length"] / d["distance"]
-    assert d["training"]["kind"] == "bezier" and d["training"]["order"] == 2
+    assert m["length_ratio"] >= 1 - 1e-6 and m["length_ratio"] == m["length"] / m["distance"]
+    assert d["config"]["kind"] == "bezier" and d["config"]["order"] == 2
+    assert d["spec"]["kind"] == "bezier" and d["spec"]["steps"] == 8
     assert len(d["history"]["loss"]) == 8
     # the curve's endpoints are the models: equal values at t = 0 and t = 1
     assert curve["train_loss"]["data"][0] == pytest.approx(line["train_loss"]["data"][0], rel=1e-5)
-    check_run(d, "curve")
+    check_result_run(d, tmp_path / "c", "curve")
     from basinscope.analyses import load_curve
+    from basinscope.store import load
 
     curve = load_curve(d["curve_file"])
-    assert Path(d["curve_file"]) == Path(d["run_dir"]) / "curve.safetensors"
+    assert Path(d["curve_file"]) == tmp_path / "c" / "curve.safetensors"
     assert curve.kind == "bezier" and len(curve.control_points) == 1
+    stored = load(tmp_path / "c").curve  # the points are in the run folder too
+    for p, q in zip(curve.points, stored.points):
+        assert all(torch.equal(p[k], q[k]) for k in p)
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--kind", "spline"), "unknown curve kind 'spline' for --kind"),
+        (("--kind", "spline"), "unknown --kind 'spline': expected one of bezier, polychain"),
         (("--order", "1"), "--order must be at least 2 for a Bezier curve"),
         (("--points", "1"), "--points must be an integer >= 2"),
     ],
@@ -356,14 +363,16 @@ def test_align(capsys, weights, tmp_path, method):
         "--out",
         tmp_path / "a",
     )
+    assert d["kind"] == "alignment" and d["barrier"]["kind"] == "barrier_comparison"
     assert d["method"] == f"{method}_matching" and d["max_output_diff"] < 1e-4
     assert all(sorted(p) == list(range(len(p))) for p in d["permutations"].values())
-    assert d["barrier_before"] == d["barrier"]["before"] and d["barrier"]["metric"] == "loss"
+    assert d["barrier"]["definition"] == "linear" and d["barrier"]["metric"] == "loss"
     assert len(d["barrier"]["curve_before"]) == len(d["barrier"]["curve_after"]) == 5
     # both ends of the two lines are A and the same function as B
     assert d["barrier"]["curve_after"][-1] == pytest.approx(d["barrier"]["curve_before"][-1], 1e-4)
-    assert d["aligned_weights"] == [str(Path(d["run_dir"]) / "model.safetensors"), str(saved)]
-    check_run(d, "alignment")
+    assert d["aligned_weights"] == [str(tmp_path / "a" / "model.safetensors"), str(saved)]
+    assert d["spec"]["method"] == method and d["labels"] == ["m0", "m1"]
+    check_result_run(d, tmp_path / "a", "alignment")
     x = load_digits("train").x[:50]
     b = load_weights(build_model("mlp", {"hidden": [16]}), weights[1]).eval()
     aligned = load_weights(build_model("mlp", {"hidden": [16]}), saved).eval()
@@ -374,7 +383,7 @@ def test_align(capsys, weights, tmp_path, method):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--method", "optimal"), "unknown alignment method 'optimal' for --method"),
+        (("--method", "optimal"), "unknown --method 'optimal': expected one of weight"),
         (("--save", "out.npz"), "written as .safetensors or .pt"),
         (("--num-points", "2"), "--num-points must be an integer >= 3"),
     ],

@@ -15,4 +15,9 @@ COMMANDS = {
         lambda w: ["basin", *MLP, *_w(w), "--delta", "1", "--samples", "3", "--pairs", "3"],
         "basin",
     ),
+    "curve": (lambda w: ["curve", *MLP, *_w(w[:2]), *CURVE], "curve"),
+    "align": (
+        lambda w: ["align", *MLP, *_w(w[:2]), "--num-points", "3", "--strategy", "loop"],
+        "alignment",
+    ),
 }
