@@ -63,23 +63,6 @@ def assert_error(capsys, args, *patterns):
         assert re.search(p, io.err), f"{p!r} not in {io.err!r}"
 
 
-def check_run(d: dict, *figures: str) -> dict:
-    """The run folder: manifest (complete, with fingerprints), results.json == stdout, figures."""
-    run_dir = Path(d["run_dir"])
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "complete"
-    assert manifest["spec"]["model"] == "mlp"
-    assert manifest["spec"]["model_kwargs"] == {"hidden": [16]}
-    assert set(manifest["fingerprints"]) == {"models", "data"}
-    stored = json.loads((run_dir / "results.json").read_text())
-    assert stored == {k: v for k, v in d.items() if k not in ("run_dir", "figures")}
-    written = {Path(f).name for f in d["figures"]}
-    for name in figures:
-        assert {f"{name}.png", f"{name}.pdf"} <= written, written
-        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 0
-    return manifest
-
-
 def check_result_run(d: dict, run_dir: Path, *figures: str, models: str = "models") -> dict:
     """A run folder of the result protocol: the manifest (complete, the command's spec, the
     inputs' fingerprints), result.json == stdout == the loaded result's dict, figures.
@@ -181,15 +164,18 @@ TRAIN = ("--total-steps", "10", "--batch-size", "32", "--lr", "0.1", "--num-poin
 
 def test_instability_sweep(capsys, weights, tmp_path):
     d = ok_json(capsys, "instability", *BASE, *TRAIN, "--k", "5,0", "--out", tmp_path / "i")
-    assert d["mode"] == "sweep" and d["ks"] == [0, 5]
+    assert d["kind"] == "instability_sweep" and d["ks"] == [0, 5]
     assert d["definition"] == "mean" and d["metric"] == "error"
     assert len(d["results"]) == 2 and d["values"] == [r["value"] for r in d["results"]]
     r = d["results"][1]
+    assert r["kind"] == "instability" and r["spec"]["ks"] == [5]
     assert r["k"] == 5 and r["child_seeds"] == [1, 2] and r["pairs"] == [[0, 1]]
     assert r["copy_optimizer_state"] and len(r["details"]) == 1
     assert d["config"]["steps"] == 10 and d["config"]["lr"] == 0.1
-    manifest = check_run(d, "instability", "instability_curves")
-    assert manifest["spec"]["ks"] == [5, 0] and manifest["spec"]["init_seed"] == 0
+    assert d["spec"]["ks"] == [0, 5] and d["spec"]["definition"] == "mean"
+    manifest = check_result_run(d, tmp_path / "i", "instability_sweep", models="model")
+    command = manifest["command"]
+    assert command["instability"]["ks"] == [5, 0] and command["model"]["init_seed"] == 0
 
 
 def test_instability_transfer(capsys, weights, tmp_path):
@@ -205,11 +191,12 @@ def test_instability_transfer(capsys, weights, tmp_path):
         "--out",
         tmp_path / "t",
     )
-    assert d["mode"] == "transfer"
+    assert d["kind"] == "transfer_instability"
     assert d["pretrained_barrier"] == d["pretrained"]["value"]
     assert d["scratch_barrier"] == d["scratch"]["value"]
     assert d["pretrained"]["k"] == 0 and d["scratch"]["total_steps"] == 10
-    manifest = check_run(d, "transfer_instability")
+    assert not d["pretrained"]["copy_optimizer_state"] and d["spec"]["ks"] is None
+    manifest = check_result_run(d, tmp_path / "t", "transfer_instability", models="model")
     assert len(manifest["fingerprints"]["models"]) == 2
 
 
@@ -220,7 +207,7 @@ def test_instability_transfer(capsys, weights, tmp_path):
         (("--k", "0,ten"), "--k must be comma-separated integers"),
         (("--transfer",), "--transfer needs --pretrained W"),
         (("--children", "3", "--child-seeds", "1,2"), "--child-seeds has 2 seeds for --children 3"),
-        (("--definition", "max"), "unknown barrier definition 'max'"),
+        (("--definition", "max"), "unknown --definition 'max': expected one of linear, mean"),
         (("--schedule", "cosine", "--k", "5"), "the 'cosine' schedule depends on the run length"),
     ],
 )
@@ -429,14 +416,16 @@ def test_ensemble(capsys, weights, tmp_path, method, extra, budget, members):
     assert len(d["member_accuracies"]) == len(d["member_files"]) == 2
     assert len(d["barriers"]) == 1 and d["barrier_definition"] == "linear"
     assert all(Path(f).is_file() for f in d["member_files"])
-    check_run(d, "ensemble")
+    assert d["kind"] == "ensemble" and d["spec"]["method"] == method
+    assert [Path(f).stem for f in d["member_files"]] == d["member_names"]
+    check_result_run(d, tmp_path / "e", "ensemble", models="model")
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (("--method", "fge"), "--method fge starts from a trained model: pass its weights"),
-        (("--method", "bagging"), "unknown ensemble method 'bagging' for --method"),
+        (("--method", "bagging"), "unknown --method 'bagging': expected one of fge"),
         (("--method", "independent", "--budget", "1", "--members", "3"), "less than one update"),
         (("--method", "independent", "--steps", "5", "--budget", "10"), "not both"),
     ],

@@ -20,4 +20,13 @@ COMMANDS = {
         lambda w: ["align", *MLP, *_w(w[:2]), "--num-points", "3", "--strategy", "loop"],
         "alignment",
     ),
+    "instability": (
+        lambda w: ["instability", *MLP, "--k", "0,2", "--total-steps", "2", *TINY],
+        "instability_sweep",
+    ),
+    "instability-transfer": (
+        lambda w: ["instability", *MLP, "--pretrained", str(w[0]), *TRANSFER],
+        "transfer_instability",
+    ),
+    "ensemble": (lambda w: ["ensemble", *MLP, *_w(w[:1]), *FGE], "ensemble"),
 }
