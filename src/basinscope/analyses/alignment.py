@@ -667,25 +667,7 @@ def align(
         strategy=strategy,
         chunk_size=chunk_size,
     )
-    spec = AlignSpec(
-        method=method,
-        max_iter=max_iter,
-        seed=seed,
-        num_examples=num_examples,
-        split=split,
-        num_points=num_points,
-        metric=metric,
-        definition=definition,
-        eval=EvalOptions(
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            bn_policy=bn_policy,
-            bn_batches=bn_batches,
-            strategy=strategy,
-            chunk_size=chunk_size,
-        ),
-    )
+    spec = AlignSpec.from_kwargs(locals())
     return dataclasses.replace(
         res, barrier=comparison, labels=(str(labels[0]), str(labels[1])), spec=spec
     )

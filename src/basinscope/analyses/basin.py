@@ -719,6 +719,9 @@ def basin_test(
         "redrawn_pairs": redrawn,
         **{k: v for k, v in opts.items() if k != "bn_data"},
     }
+    # the settings (a custom metric, a callable or a Metric, has no spec)
+    custom = not (isinstance(metric, str) and metric in METRICS)
+    spec = None if custom else BasinSpec.from_kwargs(locals())
     return BasinResult(
         epsilon=eps,
         epsilon_estimated=not eps_given,
@@ -748,26 +751,7 @@ def basin_test(
         definition=DEFINITION,
         settings=settings,
         labels=names,
-        spec=None  # a custom metric (a callable or Metric) has no spec
-        if not (isinstance(metric, str) and metric in METRICS)
-        else BasinSpec(
-            delta=delta,
-            epsilon=epsilon if eps_given else None,
-            samples=samples,
-            pairs=pairs,
-            seed=seed,
-            confidence=confidence,
-            metric=metric,
-            eval=PinnedEvalOptions(
-                dtype=dtype,
-                device=device,
-                batch_size=batch_size,
-                bn_policy=bn_policy,
-                bn_batches=bn_batches,
-                strategy=strategy,
-                chunk_size=chunk_size,
-            ),
-        ),
+        spec=spec,
     )
 
 

@@ -434,23 +434,7 @@ def train_curve(
         else "cross_entropy",
         "seconds": round(time.perf_counter() - t0, 4),
     }
-    spec = CurveSpec(
-        kind=kind,
-        order=order,
-        bends=bends,
-        init=init,
-        steps=steps,
-        batch_size=batch_size,
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        optimizer=optimizer,
-        schedule=schedule,
-        seed=seed,
-        data_seed=data_seed,
-        t_sampling=t_sampling,
-        bn_mode=bn_mode,
-    )
+    spec = CurveSpec.from_kwargs(locals())
     return CurveResult(
         points=points,
         curve_kind=kind,
@@ -613,18 +597,8 @@ def evaluate_curve(
     names = [m if isinstance(m, str) else None for m in metrics]
     spec = None  # a custom metric (a Metric or a callable) or grid of t has no spec
     if even and all(names):
-        spec = CurveEvalSpec(
-            points=len(ts),
-            bn_policy=asked_policy,
-            bn_batches=bn_batches,
-            metrics=tuple(names),
-            include_line=include_line,
-            length_num=length_num,
-            batch_size=batch_size,
-            dtype=dtype,
-            device=device,
-            chunk_size=chunk_size,
-            strategy=strategy,
+        spec = CurveEvalSpec.from_kwargs(
+            {**locals(), "points": len(ts), "bn_policy": asked_policy, "metrics": tuple(names)}
         )
     degree = (
         f"order {curve.order}" if curve.kind == "bezier" else f"{len(curve.control_points)} bends"

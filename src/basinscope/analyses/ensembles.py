@@ -640,30 +640,7 @@ def ensemble(
     barriers' with ``bn_policy="recompute"``); ``split`` names ``eval_data`` in the
     metrics.
     """
-    spec = EnsembleSpec(
-        method=method,
-        cycles=cycles,
-        cycle_steps=cycle_steps,
-        lr_max=lr_max,
-        lr_min=lr_min,
-        steps=steps,
-        lr=lr,
-        start=start,
-        every=every,
-        n=n,
-        budget=budget,
-        pretrain_steps=pretrain_steps,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        data_seed=data_seed,
-        barriers=barriers,
-        barrier_definition=barrier_definition,
-        barrier_metric=barrier_metric,
-        num_points=num_points,
-        bn_policy=bn_policy,
-    )
+    spec = EnsembleSpec.from_kwargs(locals())
     config = spec.config()
     metric_kwargs = dict(
         barriers=barriers,

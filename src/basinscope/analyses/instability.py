@@ -335,23 +335,6 @@ def _child_config(config: TrainConfig, k: int, total_steps: int, policy: str) ->
 
 
 # -- the analysis -------------------------------------------------------------------------
-def _spec(ks, total_steps, children, seeds, copy_state, definition, metric, num_points,
-          child_schedule, bn_policy, strategy) -> InstabilitySpec:  # fmt: skip
-    return InstabilitySpec(
-        ks=None if ks is None else tuple(ks),
-        total_steps=total_steps,
-        children=children,
-        child_seeds=tuple(seeds),
-        child_schedule=child_schedule,
-        copy_optimizer_state=bool(copy_state),
-        definition=definition,
-        metric=metric,
-        num_points=num_points,
-        bn_policy=bn_policy,
-        strategy=strategy,
-    )
-
-
 @takes_spec(InstabilitySpec)
 def instability(
     model: nn.Module,
@@ -485,19 +468,7 @@ def instability(
         child_schedule=child_schedule,
         details=tuple(jsonable(r.to_dict()) for r in results),
         settings=settings,
-        spec=_spec(
-            (k,),
-            total_steps,
-            children,
-            seeds,
-            copy_optimizer_state,
-            definition,
-            metric,
-            num_points,
-            child_schedule,
-            bn_policy,
-            strategy,
-        ),
+        spec=InstabilitySpec.from_kwargs({**locals(), "ks": (k,), "child_seeds": seeds}),
         children=tuple(kids),
     )
 

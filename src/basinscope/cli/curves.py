@@ -93,7 +93,7 @@ class CurveCommand(Spec):
     data: DataOptions = group(DataOptions)
     splits: tuple[str, ...] = option(
         ("train", "test"),
-        "Comma-separated splits to evaluate on (training: train).",
+        "Comma-separated splits to evaluate on (training: train; default: train,test).",
         parse=_splits,
         metavar="SPLIT,SPLIT",
     )
