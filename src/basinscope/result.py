@@ -56,8 +56,10 @@ def tensors(**kwargs: Any) -> Any:
 
 
 def transient(**kwargs: Any) -> Any:
-    """A field that lives only in memory (a model, optimizer states): kept out of
-    :meth:`Result.to_dict` and the store; a loaded result has the field's default."""
+    """A field held in memory only (trained models, modules, optimizer states): neither in
+    :meth:`Result.to_dict` nor in the run folder; a loaded result has the field's default."""
+    kwargs.setdefault("repr", False)
+    kwargs.setdefault("compare", False)
     return dataclasses.field(metadata={"transient": True}, **kwargs)
 
 

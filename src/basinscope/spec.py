@@ -241,6 +241,24 @@ class Spec:
         return out
 
     @classmethod
+    def from_kwargs(cls, values: Mapping[str, Any]) -> Spec:
+        """The spec whose :meth:`kwargs` are ``values`` (nested option groups filled from
+        the same flat mapping; other keys ignored, missing ones at their defaults): how an
+        analysis records the settings it ran with, ``Spec.from_kwargs(locals())``."""
+        hints = _hints(cls)
+        kwargs: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            tp = hints[f.name]
+            if isinstance(tp, type) and issubclass(tp, Spec):
+                kwargs[f.name] = tp.from_kwargs(values)
+            elif f.name in values:
+                v = values[f.name]
+                if typing.get_origin(_optional(tp)[0]) is tuple and isinstance(v, list):
+                    v = tuple(v)
+                kwargs[f.name] = v
+        return cls(**kwargs)
+
+    @classmethod
     def build(cls, spec: Spec | None = None, **changes: Any) -> Spec:
         """``spec`` (or the defaults) with ``changes``: how analyses accept both a spec and
         keyword arguments (``barrier(a, b, data, definition="mean")``)."""

@@ -13,8 +13,10 @@ from torch import nn
 
 from basinscope.analyses.alignment import (
     AlignmentResult,
+    AlignSpec,
     PermutationSpec,
     activation_matching,
+    align,
     apply_permutation,
     barrier_before_after,
     linear_barrier,
@@ -23,8 +25,10 @@ from basinscope.analyses.alignment import (
     repair,
     weight_matching,
 )
+from basinscope.analyses.barrier import BARRIER_DEFINITIONS, barrier_from_curve
 from basinscope.errors import BasinscopeError
 from basinscope.models.zoo import lenet, mlp, resnet
+from basinscope.spec import EvalOptions
 
 X8 = torch.linspace(-1, 1, 16 * 64).reshape(16, 1, 8, 8).sin()  # fixed example input
 
@@ -281,6 +285,52 @@ def test_linear_barrier_is_the_gap_above_the_chord():
     assert linear_barrier([0, 0.5, 1], [1.0, 3.0, 2.0]) == pytest.approx(1.5)
     with pytest.raises(BasinscopeError, match="from 0 to 1"):
         linear_barrier([0.2, 1.0], [1.0, 2.0])
+
+
+def test_barriers_are_the_barrier_modules_definitions(trained_pair, digits_xy):
+    """One place per definition: every barrier here is barrier_from_curve's."""
+    a, b, res = trained_pair
+    values = [1.0, 2.5, 1.5, 3.0, 2.0]
+    alphas = [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert linear_barrier(alphas, values) == barrier_from_curve(alphas, values, "linear")[0]
+    for definition in BARRIER_DEFINITIONS:
+        cmp = barrier_before_after(a, b, res, digits_xy, num_points=5, definition=definition)
+        assert cmp.definition == definition
+        assert cmp.definition_formula == BARRIER_DEFINITIONS[definition]
+        for value, curve in ((cmp.before, cmp.curve_before), (cmp.after, cmp.curve_after)):
+            assert value == barrier_from_curve(cmp.alphas, curve, definition)[0]
+    with pytest.raises(BasinscopeError, match="unknown barrier definition 'peak'"):
+        barrier_before_after(a, b, res, digits_xy, num_points=5, definition="peak")
+
+
+def test_align_is_matching_then_the_barriers(trained_pair, digits_xy, tmp_path):
+    from basinscope.plotting import plot
+    from basinscope.store import load, save
+
+    a, b, _ = trained_pair
+    x, y = digits_xy
+    data = {"train": (x, y), "test": (x[:64], y[:64])}
+    loop = EvalOptions(strategy="loop")  # the same numbers, whichever strategy is faster
+    spec = AlignSpec(method="weight", split="test", num_points=5, seed=3, eval=loop)
+    res = align(a, b, data, spec=spec, labels=("a", "b"))
+    matched = weight_matching(a, b, example_input=x[:64], seed=3)
+    test = {"test": data["test"]}
+    cmp = barrier_before_after(a, b, matched, test, num_points=5, strategy="loop")
+    assert res.spec == spec and res.labels == ("a", "b") and res.kind == "alignment"
+    assert res.permutations == matched.permutations and res.objective == matched.objective
+    assert res.barrier.to_dict() == cmp.to_dict() and res.barrier.split == "test"
+    assert "Git Re-Basin" in res.definition
+    again = load(save(res, tmp_path / "run"))
+    assert again.to_dict() == json.loads(json.dumps(res.to_dict())) and again.model is None
+    assert again.permutation_spec.groups == res.permutation_spec.groups
+    assert again.permutation_spec.axes == res.permutation_spec.axes
+    for r in (res, res.barrier, matched):
+        fig, ax = plot(r)
+        assert ax in fig.axes
+    with pytest.raises(BasinscopeError, match="unknown alignment method 'optimal'"):
+        align(a, b, data, method="optimal")
+    with pytest.raises(BasinscopeError, match="the data has no split 'valid'"):
+        align(a, b, data, split="valid")
 
 
 def test_repair_does_not_increase_the_midpoint_loss(trained_pair, digits_xy):

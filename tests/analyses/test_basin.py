@@ -376,3 +376,30 @@ def test_errors(solutions):
         basin_test([], TOY_DATA, delta=0.1)
     with pytest.raises(BasinscopeError, match="unknown dtype"):
         basin_test(bowls, TOY_DATA, delta=0.1, metric=OUTPUT, dtype="float16")
+
+
+def test_spec_and_run_folder(solutions, tmp_path):
+    """A spec runs the test as its keywords do; the result (its conditions nested) is saved
+    and loaded as the same typed object and drawn."""
+    from basinscope.analyses.basin import BasinSpec
+    from basinscope.plotting import plot
+    from basinscope.store import load, save
+
+    tune, _, data = solutions
+    spec = BasinSpec(delta=1.0, samples=8, pairs=8, seed=3, metric="error")
+    res = basin_test(tune, data, spec=spec, labels=("a", "b"))
+    same = basin_test(tune, data, delta=1.0, samples=8, pairs=8, seed=3, metric="error")
+    assert res.spec == spec and res.labels == ("a", "b") and same.labels == ("0", "1")
+    assert res.to_dict() == {**same.to_dict(), "labels": ["a", "b"]}
+    again = load(save(res, tmp_path / "run"))
+    assert isinstance(again.condition2, ConditionEstimate)
+    assert again.to_dict() == json.loads(json.dumps(res.to_dict()))
+    for r in (res, res.condition3):
+        fig, ax = plot(r)
+        assert ax in fig.axes
+    custom = basin_test(_bowls(SEGMENT), TOY_DATA, delta=0.5, samples=4, pairs=4, **TOY)
+    assert custom.spec is None  # a custom metric has no spec
+    with pytest.raises(BasinscopeError, match="delta is required"):
+        BasinSpec()
+    with pytest.raises(BasinscopeError, match=r"delta must be a finite number > 0, got 0"):
+        BasinSpec(delta=0.0)

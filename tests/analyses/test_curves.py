@@ -2,6 +2,8 @@
 view of a curve, training that keeps the endpoints, and Garipov et al.'s finding that a
 trained curve avoids the straight line's barrier between two independently trained MLPs."""
 
+import copy
+import dataclasses
 import json
 import math
 from itertools import pairwise
@@ -9,6 +11,7 @@ from itertools import pairwise
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from basinscope.analyses.curves import (
@@ -247,3 +250,87 @@ def test_errors_say_what_is_wrong(two_mlps, digits_xy):
         evaluate_curve(a, c, (x, y), ts=[-0.1, 0.5])
     with pytest.raises(BasinscopeError, match="the model's parameters and the curve's points"):
         evaluate_curve(mlp(hidden=(16,)), c, (x, y))
+
+
+# -- the trainer, the spec, the run folder -------------------------------------------------
+def _plain_sgd_curve(a, b, x, y, *, steps, batch_size, lr, momentum, seed, data_seed):
+    """Brute force: the interior point of a quadratic Bezier curve trained by a hand-written
+    SGD loop over the same t draws and minibatches (what train_curve did before it went
+    through the trainer)."""
+    from torch.func import functional_call
+
+    from basinscope.training._data import BatchStream
+    from basinscope.training.trainer import optimizer_step
+
+    pa, pb = get_params(a), get_params(b)
+    mid = {k: (pa[k] + 0.5 * (pb[k] - pa[k])).clone().requires_grad_(True) for k in pa}
+    net = copy.deepcopy(a).train()
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    opt = torch.optim.SGD(list(mid.values()), lr=lr, momentum=momentum)
+    stream = BatchStream(x, y, batch_size, data_seed)
+    t_gen = torch.Generator().manual_seed((seed * 1_000_003 + 4_242) % (2**63 - 1))
+    ts = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed((data_seed * 1_000_003 + 99_991) % (2**63 - 1))
+        for step in range(1, steps + 1):
+            t = float(torch.rand((), generator=t_gen, dtype=torch.float64))
+            w = [(1 - t) ** 2, 2 * t * (1 - t), t**2]
+            used = [(float(c), p) for c, p in zip(w, (pa, mid, pb)) if c != 0]
+            phi = {k: sum(c * p[k] for c, p in used) for k in pa}
+            xb, yb = next(stream)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(functional_call(net, (phi, buffers), (xb,)), yb).backward()
+            optimizer_step(opt, step, lr, 0.0)
+            ts.append(t)
+    return {k: v.detach() for k, v in mid.items()}, ts
+
+
+def test_training_through_the_trainer_equals_a_plain_sgd_loop(digits_xy):
+    """train_curve is the trainer training a module whose parameters are the control
+    points: same optimizer, t draws and minibatches as a plain loop, so the same bits."""
+    x, y = digits_xy
+    x, y = x[:300, :, :3, :2], y[:300]
+    a, b = _tiny(0), _tiny(1)
+    kw = dict(steps=12, batch_size=32, lr=0.1, momentum=0.9, seed=3, data_seed=4)
+    res = train_curve(a, b, (x, y), **kw)
+    mid, ts = _plain_sgd_curve(a, b, x, y, **kw)
+    assert res.history["t"] == ts
+    for k, v in mid.items():
+        assert torch.equal(res.curve.control_points[0][k], v), k
+
+
+def _round_trip(result, tmp_path):
+    from basinscope.store import load, save
+
+    again = load(save(result, tmp_path / "run"))
+    assert type(again) is type(result)
+    assert again.to_dict() == json.loads(json.dumps(result.to_dict()))
+    return again
+
+
+def test_spec_and_run_folder(digits_xy, tmp_path):
+    from basinscope.analyses.curves import CurveEvalSpec, CurveSpec
+    from basinscope.plotting import plot
+
+    x, y = digits_xy
+    x, y = x[:200, :, :3, :2], y[:200]
+    a, b = _tiny(0), _tiny(1)
+    spec = CurveSpec(kind="polychain", bends=2, steps=4, batch_size=32, seed=2)
+    res = train_curve(a, b, (x, y), spec=spec)
+    same = train_curve(a, b, (x, y), kind="polychain", bends=2, steps=4, batch_size=32, seed=2)
+    assert res.spec == spec and res.history == same.history and res.kind == "curve"
+    ev = evaluate_curve(a, res.curve, (x, y), spec=CurveEvalSpec(points=3, strategy="loop"))
+    assert ev.spec.points == 3 and ev.curve["t"].values.tolist() == [0.0, 0.5, 1.0]
+    assert ev.length_ratio == ev.length / ev.distance
+    full = dataclasses.replace(res, metrics=ev)
+    again = _round_trip(full, tmp_path)
+    for p, q in zip(full.curve.points, again.curve.points):
+        assert all(torch.equal(p[k], q[k]) for k in p)
+    assert again.metrics.curve.identical(ev.curve)
+    for r in (full, res, ev):
+        fig, ax = plot(r)
+        assert ax in fig.axes
+    with pytest.raises(BasinscopeError, match="order must be at least 2 for a Bezier curve"):
+        CurveSpec(order=1)
+    with pytest.raises(BasinscopeError, match=r"order must be <= 64 \(each control point"):
+        CurveSpec(order=65)

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 
 from basinscope.analyses.ensembles import (
     EnsembleResult,
+    EnsembleSpec,
+    ensemble,
     ensemble_metrics,
     fge,
     independent_ensemble,
@@ -150,3 +152,32 @@ def test_errors(trained, splits):
         independent_ensemble(lambda: None, splits[0], n=1, steps=3)
     with pytest.raises(BasinscopeError, match="integer class labels"):
         ensemble_metrics([model], (splits[1][0], splits[1][1].float()))
+
+
+def test_ensemble_runs_a_spec_as_the_method_does(trained, splits, tmp_path):
+    """ensemble(spec=...) is swa/fge/independent_ensemble with the spec's settings; the
+    result (models in memory only) is saved, loaded and drawn."""
+    from basinscope.plotting import plot
+    from basinscope.store import load, save
+
+    (model, _), _ = trained
+    spec = EnsembleSpec(method="swa", steps=8, start=4, every=2, batch_size=32, num_points=3)
+    res = ensemble(model, splits[0], spec=spec, eval_data=splits[1], split="test")
+    run = TrainConfig(steps=8, batch_size=32, lr=0.05)
+    ref = swa(model, splits[0], steps=8, start=4, every=2, lr=0.05, config=run,
+              eval_data=splits[1], num_points=3)  # fmt: skip
+    assert res.spec == spec and res.kind == "ensemble" and res.member_names == ("sgd_final", "swa")
+    assert res.member_accuracies == ref.member_accuracies and res.barriers == ref.barriers
+    assert res.metrics["split"] == "test" and "Izmailov" in res.definition
+    again = load(save(res, tmp_path / "run"))
+    assert again.to_dict() == json.loads(json.dumps(res.to_dict())) and again.models == ()
+    fig, ax = plot(res)
+    assert ax in fig.axes
+    indep = EnsembleSpec(method="independent", n=2, budget=10, barriers=False)
+    assert indep.run_steps() == 5 and indep.config().steps == 5
+    with pytest.raises(BasinscopeError, match="budget is for method independent"):
+        EnsembleSpec(method="fge", budget=10)
+    with pytest.raises(BasinscopeError, match="budget 1 is less than one update per member"):
+        EnsembleSpec(method="independent", n=2, budget=1)
+    with pytest.raises(BasinscopeError, match=r"start must be an update in \[0, steps\]"):
+        EnsembleSpec(method="swa", steps=4, start=5)

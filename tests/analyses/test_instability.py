@@ -10,6 +10,7 @@ import torch
 
 from basinscope.analyses.instability import (
     InstabilityResult,
+    InstabilitySpec,
     _child_config,
     instability,
     instability_sweep,
@@ -192,6 +193,8 @@ def test_sweep_and_plot(init, splits):
 
 
 def test_transfer_instability_returns_both_barriers(init, splits):
+    from basinscope.plotting import plot
+
     pretrained = train(init, splits[1], replace(CFG, steps=40)).model
     res = transfer_instability(
         pretrained, splits[0], steps=15, config=CFG, eval_data=splits[1], num_points=5
@@ -200,10 +203,37 @@ def test_transfer_instability_returns_both_barriers(init, splits):
     assert res.scratch_barrier == res.scratch.value >= 0
     assert res.pretrained.k == res.scratch.k == 0
     assert res.definition == "mean" and res.metric == "error"
+    assert res.kind == "transfer_instability" and res.spec.ks is None and res.config == CFG
     json.dumps(res.to_dict())
+    fig, ax = plot(res)
+    assert ax in fig.axes
     given = transfer_instability(
         pretrained, splits[0], steps=15, config=CFG, random_init=init, num_points=5
     )
     assert given.scratch.children[0] is not init
     with pytest.raises(BasinscopeError, match="drop k/total_steps"):
         transfer_instability(pretrained, splits[0], steps=5, config=CFG, k=2)
+
+
+def test_spec_results_and_run_folders(init, splits, tmp_path):
+    """A spec runs the sweep (ks=None: 0, 10, 50 within total_steps); every result is saved
+    and loaded as the same typed object (the children stay in memory) and drawn."""
+    from basinscope.plotting import plot
+    from basinscope.store import load, save
+
+    spec = InstabilitySpec(total_steps=12, children=3, num_points=3, definition="linear")
+    sweep = instability_sweep(init, splits[0], config=CFG, eval_data=splits[1], spec=spec)
+    assert sweep.ks == (0, 10) and sweep.spec == spec.replace(ks=(0, 10), child_seeds=(1, 2, 3))
+    assert sweep.results[1].spec.ks == (10,) and sweep.config == CFG
+    assert all(len(r.children) == 3 and len(r.pairs) == 3 for r in sweep.results)
+    again = load(save(sweep, tmp_path / "sweep"))
+    assert again.to_dict() == json.loads(json.dumps(sweep.to_dict()))
+    assert again.config == CFG and again.results[1].children == ()
+    assert again.results[0].pairs == sweep.results[0].pairs
+    for r in (sweep, sweep.results[0]):
+        fig, ax = plot(r)
+        assert ax in fig.axes
+    with pytest.raises(BasinscopeError, match=r"every ks must lie in \[0, total_steps\]"):
+        InstabilitySpec(ks=(0, 20), total_steps=12)
+    with pytest.raises(BasinscopeError, match="child_seeds has 1 seeds for children 2"):
+        InstabilitySpec(child_seeds=(4,))

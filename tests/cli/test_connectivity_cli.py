@@ -63,33 +63,17 @@ def assert_error(capsys, args, *patterns):
         assert re.search(p, io.err), f"{p!r} not in {io.err!r}"
 
 
-def check_run(d: dict, *figures: str) -> dict:
-    """The run folder: manifest (complete, with fingerprints), results.json == stdout, figures."""
-    run_dir = Path(d["run_dir"])
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    assert manifest["status"] == "complete"
-    assert manifest["spec"]["model"] == "mlp"
-    assert manifest["spec"]["model_kwargs"] == {"hidden": [16]}
-    assert set(manifest["fingerprints"]) == {"models", "data"}
-    stored = json.loads((run_dir / "results.json").read_text())
-    assert stored == {k: v for k, v in d.items() if k not in ("run_dir", "figures")}
-    written = {Path(f).name for f in d["figures"]}
-    for name in figures:
-        assert {f"{name}.png", f"{name}.pdf"} <= written, written
-        assert (run_dir / "figures" / f"{name}.png").stat().st_size > 0
-    return manifest
-
-
-def check_result_run(d: dict, run_dir: Path, *figures: str) -> dict:
+def check_result_run(d: dict, run_dir: Path, *figures: str, models: str = "models") -> dict:
     """A run folder of the result protocol: the manifest (complete, the command's spec, the
-    inputs' fingerprints), result.json == stdout == the loaded result's dict, figures."""
+    inputs' fingerprints), result.json == stdout == the loaded result's dict, figures.
+    ``models`` is the command's option group of the model(s)."""
     from basinscope.store import load
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["status"] == "complete" and manifest["format"] == 2
     assert manifest["result"] == {"kind": d["kind"], "schema": d["schema"]}
-    assert manifest["command"]["models"]["model"] == "mlp"
-    assert json.loads(manifest["command"]["models"]["model_kwargs"]) == {"hidden": [16]}
+    assert manifest["command"][models]["model"] == "mlp"
+    assert json.loads(manifest["command"][models]["model_kwargs"]) == {"hidden": [16]}
     assert set(manifest["fingerprints"]) == {"models", "data"}
     assert json.loads((run_dir / "result.json").read_text()) == d
     assert json.loads(json.dumps(load(run_dir).to_dict())) == d
@@ -180,15 +164,18 @@ TRAIN = ("--total-steps", "10", "--batch-size", "32", "--lr", "0.1", "--num-poin
 
 def test_instability_sweep(capsys, weights, tmp_path):
     d = ok_json(capsys, "instability", *BASE, *TRAIN, "--k", "5,0", "--out", tmp_path / "i")
-    assert d["mode"] == "sweep" and d["ks"] == [0, 5]
+    assert d["kind"] == "instability_sweep" and d["ks"] == [0, 5]
     assert d["definition"] == "mean" and d["metric"] == "error"
     assert len(d["results"]) == 2 and d["values"] == [r["value"] for r in d["results"]]
     r = d["results"][1]
+    assert r["kind"] == "instability" and r["spec"]["ks"] == [5]
     assert r["k"] == 5 and r["child_seeds"] == [1, 2] and r["pairs"] == [[0, 1]]
     assert r["copy_optimizer_state"] and len(r["details"]) == 1
     assert d["config"]["steps"] == 10 and d["config"]["lr"] == 0.1
-    manifest = check_run(d, "instability", "instability_curves")
-    assert manifest["spec"]["ks"] == [5, 0] and manifest["spec"]["init_seed"] == 0
+    assert d["spec"]["ks"] == [0, 5] and d["spec"]["definition"] == "mean"
+    manifest = check_result_run(d, tmp_path / "i", "instability_sweep", models="model")
+    command = manifest["command"]
+    assert command["instability"]["ks"] == [5, 0] and command["model"]["init_seed"] == 0
 
 
 def test_instability_transfer(capsys, weights, tmp_path):
@@ -204,11 +191,12 @@ def test_instability_transfer(capsys, weights, tmp_path):
         "--out",
         tmp_path / "t",
     )
-    assert d["mode"] == "transfer"
+    assert d["kind"] == "transfer_instability"
     assert d["pretrained_barrier"] == d["pretrained"]["value"]
     assert d["scratch_barrier"] == d["scratch"]["value"]
     assert d["pretrained"]["k"] == 0 and d["scratch"]["total_steps"] == 10
-    manifest = check_run(d, "transfer_instability")
+    assert not d["pretrained"]["copy_optimizer_state"] and d["spec"]["ks"] is None
+    manifest = check_result_run(d, tmp_path / "t", "transfer_instability", models="model")
     assert len(manifest["fingerprints"]["models"]) == 2
 
 
@@ -219,7 +207,7 @@ def test_instability_transfer(capsys, weights, tmp_path):
         (("--k", "0,ten"), "--k must be comma-separated integers"),
         (("--transfer",), "--transfer needs --pretrained W"),
         (("--children", "3", "--child-seeds", "1,2"), "--child-seeds has 2 seeds for --children 3"),
-        (("--definition", "max"), "unknown barrier definition 'max'"),
+        (("--definition", "max"), "unknown --definition 'max': expected one of linear, mean"),
         (("--schedule", "cosine", "--k", "5"), "the 'cosine' schedule depends on the run length"),
     ],
 )
@@ -243,7 +231,9 @@ def test_basin(capsys, weights, tmp_path):
         assert c["condition"] == i and len(c["ci"]) == 2 and isinstance(c["holds"], bool)
     assert d["holds"] == all(d[f"condition{i}"]["holds"] for i in (1, 2, 3))
     assert "Definition 3.1" in d["definition"] and d["settings"]["samples"] == 6
-    check_run(d, "basin")
+    assert d["kind"] == "basin" and d["condition1"]["kind"] == "basin_condition"
+    assert d["labels"] == ["m0", "m1", "m2"] and d["spec"]["delta"] == 5
+    check_result_run(d, tmp_path / "bs", "basin")
     code, io = run(capsys, *args[:-2], "--epsilon", "0.01", "--out", tmp_path / "h")
     assert code == 0, io.err
     assert "(1) flat inside: estimate" in io.err and "(epsilon, delta)-basin:" in io.err
@@ -255,7 +245,7 @@ def test_basin(capsys, weights, tmp_path):
         ((), "--delta is required"),
         (("--delta", "0"), "--delta must be a finite number > 0, got 0.0"),
         (("--delta", "1", "--samples", "1"), "--samples must be an integer >= 2"),
-        (("--delta", "1", "--metric", "nll"), "unknown metric 'nll' for --metric"),
+        (("--delta", "1", "--metric", "nll"), "unknown --metric 'nll': expected one of loss"),
     ],
 )
 def test_basin_errors(capsys, weights, tmp_path, extra, message):
@@ -291,25 +281,34 @@ def test_curve(capsys, weights, tmp_path):
         "--out",
         tmp_path / "c",
     )
-    assert d["curve"]["t"] == [0.0, 0.25, 0.5, 0.75, 1.0] and d["line"]["alpha"] == d["curve"]["t"]
-    assert {"train_loss", "train_error", "test_loss", "test_error"} <= set(d["curve"])
-    assert d["length_ratio"] >= 1 - 1e-6 and d["length_ratio"] == d["length"] / d["distance"]
-    assert d["training"]["kind"] == "bezier" and d["training"]["order"] == 2
+    assert d["kind"] == "curve"
+    m = d["metrics"]
+    t = m["curve"]["coords"]["t"]["data"]
+    assert t == [0.0, 0.25, 0.5, 0.75, 1.0] and m["line"]["coords"]["alpha"]["data"] == t
+    curve, line = m["curve"]["data_vars"], m["line"]["data_vars"]
+    assert {"train_loss", "train_error", "test_loss", "test_error"} <= set(curve)
+    assert m["length_ratio"] >= 1 - 1e-6 and m["length_ratio"] == m["length"] / m["distance"]
+    assert d["config"]["kind"] == "bezier" and d["config"]["order"] == 2
+    assert d["spec"]["kind"] == "bezier" and d["spec"]["steps"] == 8
     assert len(d["history"]["loss"]) == 8
     # the curve's endpoints are the models: equal values at t = 0 and t = 1
-    assert d["curve"]["train_loss"][0] == pytest.approx(d["line"]["train_loss"][0], rel=1e-5)
-    check_run(d, "curve")
+    assert curve["train_loss"]["data"][0] == pytest.approx(line["train_loss"]["data"][0], rel=1e-5)
+    check_result_run(d, tmp_path / "c", "curve")
     from basinscope.analyses import load_curve
+    from basinscope.store import load
 
     curve = load_curve(d["curve_file"])
-    assert Path(d["curve_file"]) == Path(d["run_dir"]) / "curve.safetensors"
+    assert Path(d["curve_file"]) == tmp_path / "c" / "curve.safetensors"
     assert curve.kind == "bezier" and len(curve.control_points) == 1
+    stored = load(tmp_path / "c").curve  # the points are in the run folder too
+    for p, q in zip(curve.points, stored.points):
+        assert all(torch.equal(p[k], q[k]) for k in p)
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--kind", "spline"), "unknown curve kind 'spline' for --kind"),
+        (("--kind", "spline"), "unknown --kind 'spline': expected one of bezier, polychain"),
         (("--order", "1"), "--order must be at least 2 for a Bezier curve"),
         (("--points", "1"), "--points must be an integer >= 2"),
     ],
@@ -351,14 +350,16 @@ def test_align(capsys, weights, tmp_path, method):
         "--out",
         tmp_path / "a",
     )
+    assert d["kind"] == "alignment" and d["barrier"]["kind"] == "barrier_comparison"
     assert d["method"] == f"{method}_matching" and d["max_output_diff"] < 1e-4
     assert all(sorted(p) == list(range(len(p))) for p in d["permutations"].values())
-    assert d["barrier_before"] == d["barrier"]["before"] and d["barrier"]["metric"] == "loss"
+    assert d["barrier"]["definition"] == "linear" and d["barrier"]["metric"] == "loss"
     assert len(d["barrier"]["curve_before"]) == len(d["barrier"]["curve_after"]) == 5
     # both ends of the two lines are A and the same function as B
     assert d["barrier"]["curve_after"][-1] == pytest.approx(d["barrier"]["curve_before"][-1], 1e-4)
-    assert d["aligned_weights"] == [str(Path(d["run_dir"]) / "model.safetensors"), str(saved)]
-    check_run(d, "alignment")
+    assert d["aligned_weights"] == [str(tmp_path / "a" / "model.safetensors"), str(saved)]
+    assert d["spec"]["method"] == method and d["labels"] == ["m0", "m1"]
+    check_result_run(d, tmp_path / "a", "alignment")
     x = load_digits("train").x[:50]
     b = load_weights(build_model("mlp", {"hidden": [16]}), weights[1]).eval()
     aligned = load_weights(build_model("mlp", {"hidden": [16]}), saved).eval()
@@ -369,7 +370,7 @@ def test_align(capsys, weights, tmp_path, method):
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (("--method", "optimal"), "unknown alignment method 'optimal' for --method"),
+        (("--method", "optimal"), "unknown --method 'optimal': expected one of weight"),
         (("--save", "out.npz"), "written as .safetensors or .pt"),
         (("--num-points", "2"), "--num-points must be an integer >= 3"),
     ],
@@ -415,14 +416,16 @@ def test_ensemble(capsys, weights, tmp_path, method, extra, budget, members):
     assert len(d["member_accuracies"]) == len(d["member_files"]) == 2
     assert len(d["barriers"]) == 1 and d["barrier_definition"] == "linear"
     assert all(Path(f).is_file() for f in d["member_files"])
-    check_run(d, "ensemble")
+    assert d["kind"] == "ensemble" and d["spec"]["method"] == method
+    assert [Path(f).stem for f in d["member_files"]] == d["member_names"]
+    check_result_run(d, tmp_path / "e", "ensemble", models="model")
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (("--method", "fge"), "--method fge starts from a trained model: pass its weights"),
-        (("--method", "bagging"), "unknown ensemble method 'bagging' for --method"),
+        (("--method", "bagging"), "unknown --method 'bagging': expected one of fge"),
         (("--method", "independent", "--budget", "1", "--members", "3"), "less than one update"),
         (("--method", "independent", "--steps", "5", "--budget", "10"), "not both"),
     ],

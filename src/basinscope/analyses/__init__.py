@@ -2,9 +2,11 @@
 
 from basinscope.analyses.alignment import (
     AlignmentResult,
+    AlignSpec,
     BarrierComparison,
     PermutationSpec,
     activation_matching,
+    align,
     apply_permutation,
     barrier_before_after,
     permutation_spec,
@@ -21,7 +23,7 @@ from basinscope.analyses.barrier import (
     barrier_matrix,
     refine_worst,
 )
-from basinscope.analyses.basin import BasinResult, ConditionEstimate, basin_test
+from basinscope.analyses.basin import BasinResult, BasinSpec, ConditionEstimate, basin_test
 from basinscope.analyses.criticality import (
     CriticalityResult,
     CriticalitySpec,
@@ -35,8 +37,10 @@ from basinscope.analyses.criticality import (
 from basinscope.analyses.curves import (
     CURVE_KINDS,
     Curve,
+    CurveEvalSpec,
     CurveEvaluation,
     CurveResult,
+    CurveSpec,
     evaluate_curve,
     init_curve,
     load_curve,
@@ -54,6 +58,8 @@ from basinscope.analyses.distance import (
 )
 from basinscope.analyses.ensembles import (
     EnsembleResult,
+    EnsembleSpec,
+    ensemble,
     ensemble_metrics,
     fge,
     independent_ensemble,
@@ -62,6 +68,7 @@ from basinscope.analyses.ensembles import (
 from basinscope.analyses.hessian import HessianReport, HessianSpec, hessian_analysis
 from basinscope.analyses.instability import (
     InstabilityResult,
+    InstabilitySpec,
     InstabilitySweep,
     TransferInstabilityResult,
     instability,
@@ -107,25 +114,31 @@ __all__ = [
     "CKA_ESTIMATORS",
     "CURVE_KINDS",
     "SHARPNESS_MEASURES",
+    "AlignSpec",
     "AlignmentResult",
     "BarrierComparison",
     "BarrierResult",
     "BasinResult",
+    "BasinSpec",
     "CKAResult",
     "CKASpec",
     "ConditionEstimate",
     "CriticalityResult",
     "CriticalitySpec",
     "Curve",
+    "CurveEvalSpec",
     "CurveEvaluation",
     "CurveResult",
+    "CurveSpec",
     "DistanceAndMistakes",
     "DistanceResult",
     "DistanceSpec",
     "EnsembleResult",
+    "EnsembleSpec",
     "HessianReport",
     "HessianSpec",
     "InstabilityResult",
+    "InstabilitySpec",
     "InstabilitySweep",
     "Landscape",
     "MinibatchCKA",
@@ -142,6 +155,7 @@ __all__ = [
     "TransferInstabilityResult",
     "activation_matching",
     "adaptive_sharpness",
+    "align",
     "apply_permutation",
     "average_sharpness",
     "barrier",
@@ -153,6 +167,7 @@ __all__ = [
     "compute_landscape",
     "criticality_along_path",
     "debiased_cka",
+    "ensemble",
     "ensemble_metrics",
     "evaluate_curve",
     "fge",

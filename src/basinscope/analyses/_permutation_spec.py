@@ -86,6 +86,20 @@ class PermutationSpec:
         }
 
     @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> PermutationSpec:
+        """Inverse of :meth:`to_dict` (a stored alignment's spec)."""
+        return cls(
+            groups={g: tuple(tuple(e) for e in v) for g, v in d["groups"].items()},
+            sizes=dict(d["sizes"]),
+            producers={g: tuple(v) for g, v in d.get("producers", {}).items()},
+            activation_sites={
+                g: tuple(tuple(e) for e in v) for g, v in d.get("activation_sites", {}).items()
+            },
+            site_kind=d.get("site_kind", "module"),
+            origin=d.get("origin", "hand-written"),
+        )
+
+    @classmethod
     def from_groups(
         cls,
         groups: Mapping[str, Sequence[Sequence[Any]]],

@@ -17,17 +17,20 @@ output scale), and the difference is recorded as ``max_output_diff``.
                          et al. 2023, Sec. 3.1).
 ``repair``               REPAIR (Jordan et al. 2023): rescale the interpolated network's
                          channels to the interpolated statistics of the endpoints.
-``barrier_before_after`` the linear barrier of Entezari et al. (2022) on the line to the
-                         original and to the aligned model.
+``barrier_before_after`` the barrier (by default the linear one of Entezari et al. 2022)
+                         on the line to the original and to the aligned model.
+``align``                matching and the barriers before and after, as one analysis with
+                         an :class:`AlignSpec` (what ``basinscope align`` runs).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -35,12 +38,20 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 from torch.fx import Interpreter, symbolic_trace
 
+from basinscope._checks import MAX_COUNT, MAX_POINTS, MAX_SEED
 from basinscope.analyses._permutation_spec import (
     PermutationSpec,
     apply_permutation,
     permutation_spec,
     permute_tensor,
     random_permutation,
+)
+from basinscope.analyses.barrier import (
+    BARRIER_DEFINITIONS,
+    _check_definition,
+    _select_split,
+    barrier_definition_option,
+    barrier_from_curve,
 )
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import as_splits
@@ -49,12 +60,17 @@ from basinscope.engine.bn import has_batchnorm
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_params
+from basinscope.result import Result, transient
+from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
 
 __all__ = [
+    "ALIGN_METHODS",
+    "AlignSpec",
     "AlignmentResult",
     "BarrierComparison",
     "PermutationSpec",
     "activation_matching",
+    "align",
     "apply_permutation",
     "barrier_before_after",
     "linear_barrier",
@@ -70,34 +86,81 @@ OUTPUT_RTOL = 1e-5
 """Verification: max |f_B'(x) - f_B(x)| must be at most ``OUTPUT_RTOL * max(1, max |f_B(x)|)``."""
 
 
+ALIGN_METHODS = ("weight", "activation")
+METHOD_DEFINITIONS: dict[str, str] = {
+    "weight_matching": "weight matching, Git Re-Basin Algorithm 1 (Ainsworth et al. 2023): "
+    "coordinate ascent on sum_l <W_A_l, P_l W_B_l P_{l-1}^T>, one linear assignment per group",
+    "activation_matching": "activation matching (Li et al. 2016; Ainsworth et al. 2023, Sec. "
+    "3.1): per group, the assignment maximizing the summed correlation of matched units' "
+    "activations",
+}
+EVAL_METRICS = ("loss", "error", "accuracy")
+
+
 @dataclass(frozen=True)
-class AlignmentResult:
+class AlignSpec(Spec):
+    """The settings of :func:`align` (and of ``basinscope align``)."""
+
+    kind: ClassVar[str] = "alignment"
+
+    method: str = option("weight", "weight or activation matching.", choices=ALIGN_METHODS)
+    max_iter: int = option(100, "weight: at most this many sweeps.", low=1, high=MAX_COUNT)
+    seed: int = option(0, "weight: seed of the order of the groups.", low=0, high=MAX_SEED)
+    num_examples: int = option(
+        1024, "activation: inputs whose activations are matched.", low=1, high=MAX_COUNT
+    )
+    split: str = option("train", "Split for the barriers (and the activations).")
+    num_points: int = option(11, "alphas on each line (at least 3).", low=3, high=MAX_POINTS)
+    metric: str = option("loss", "loss, error or accuracy.", choices=EVAL_METRICS)
+    definition: str = barrier_definition_option("linear")
+    eval: EvalOptions = group(EvalOptions)
+
+
+@dataclass(frozen=True)
+class BarrierComparison(Result, kind="barrier_comparison"):
+    """The barrier between A and B before and after aligning B (:func:`barrier_before_after`).
+
+    ``definition`` names the barrier (:data:`~basinscope.analyses.barrier.BARRIER_DEFINITIONS`,
+    the formula in ``definition_formula``); ``curve_before``/``curve_after`` are ``metric`` on
+    ``split`` at ``alphas`` along the lines A -> B and A -> aligned B.
+    """
+
+    before: float
+    after: float
+    metric: str
+    split: str
+    alphas: list[float]
+    curve_before: list[float]
+    curve_after: list[float]
+    definition: str = "linear"
+    definition_formula: str = BARRIER_DEFINITIONS["linear"]
+
+
+@dataclass(frozen=True)
+class AlignmentResult(Result, kind="alignment"):
     """Model B permuted to align with model A, and how it was found.
 
     ``permutations[g][i]`` is the unit of B that becomes unit ``i`` of the aligned model;
     ``objective`` is the matching objective after each sweep (weight matching) or the
-    summed matched correlation per group (activation matching).
+    summed matched correlation per group (activation matching); ``permutation_spec`` the
+    groups of units that share a permutation, ``definition`` the matching's. With
+    :func:`align`, ``barrier`` compares the barriers before and after, ``spec`` holds the
+    settings and ``labels`` name A and B. ``model`` (the aligned copy of B) is kept in
+    memory only; ``aligned_weights`` lists the files it was written to (by the command).
     """
 
     method: str
     permutations: dict[str, list[int]]
-    model: nn.Module
     iterations: int
     objective: list[float]
     max_output_diff: float
-    spec: PermutationSpec
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready summary (everything but the model)."""
-        return {
-            "method": self.method,
-            "permutations": {g: list(p) for g, p in self.permutations.items()},
-            "iterations": self.iterations,
-            "objective": list(self.objective),
-            "max_output_diff": self.max_output_diff,
-            "group_sizes": dict(self.spec.sizes),
-            "spec_origin": self.spec.origin,
-        }
+    permutation_spec: PermutationSpec
+    definition: str = ""
+    barrier: BarrierComparison | None = None
+    labels: tuple[str, str] = ("model_a", "model_b")
+    aligned_weights: tuple[str, ...] = ()
+    spec: AlignSpec | None = None
+    model: nn.Module | None = transient(default=None)
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -168,7 +231,8 @@ def _result(method, spec, perms, model_b, x, iterations, objective) -> Alignment
         iterations=iterations,
         objective=[float(v) for v in objective],
         max_output_diff=diff,
-        spec=spec,
+        permutation_spec=spec,
+        definition=METHOD_DEFINITIONS[method],
     )
 
 
@@ -480,7 +544,8 @@ def repair(
 def linear_barrier(alphas: Sequence[float], values: Sequence[float]) -> float:
     """Entezari et al. (2022)'s barrier: :math:`\\max_\\alpha f(\\alpha) - [(1-\\alpha) f(0) + \\alpha f(1)]`.
 
-    ``alphas`` must run from 0 to 1 (the endpoints are the first and last values).
+    ``alphas`` must run from 0 to 1 (the endpoints are the first and last values). The
+    number is :func:`~basinscope.analyses.barrier.barrier_from_curve`'s ``"linear"`` barrier.
     """
     a, v = np.asarray(alphas, dtype=np.float64), np.asarray(values, dtype=np.float64)
     if a.ndim != 1 or a.shape != v.shape or a[0] != 0 or a[-1] != 1:
@@ -488,24 +553,7 @@ def linear_barrier(alphas: Sequence[float], values: Sequence[float]) -> float:
             f"linear_barrier needs matching 1-D alphas from 0 to 1 and values, got alphas "
             f"{a.tolist()[:3]}... and {v.shape[0] if v.ndim else 0} values."
         )
-    return float(np.max(v - ((1 - a) * v[0] + a * v[-1])))
-
-
-@dataclass(frozen=True)
-class BarrierComparison:
-    """The linear barrier between A and B before and after aligning B (see :func:`linear_barrier`)."""
-
-    before: float
-    after: float
-    metric: str
-    split: str
-    alphas: list[float]
-    curve_before: list[float]
-    curve_after: list[float]
-    definition: str = "linear: max_alpha f(alpha) - ((1 - alpha) f(0) + alpha f(1))"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    return barrier_from_curve(a, v, "linear")[0]
 
 
 def barrier_before_after(
@@ -515,16 +563,20 @@ def barrier_before_after(
     data: Any,
     num_points: int = 11,
     metric: str = "loss",
+    definition: str = "linear",
     **kwargs: Any,
 ) -> BarrierComparison:
-    """The linear barrier of ``metric`` on the line A→B and on the line A→aligned B.
+    """The barrier of ``metric`` on the line A→B and on the line A→aligned B.
 
     Both lines are evaluated with :func:`~basinscope.analyses.interpolation.interpolate` at
     ``num_points`` evenly spaced :math:`\\alpha \\in [0, 1]` on the first split of ``data``;
-    other keyword arguments (``bn_policy``, ``bn_data``, ``batch_size``...) go to it.
+    the barrier is ``definition``'s (default ``"linear"``, Entezari et al. 2022; see
+    :func:`~basinscope.analyses.barrier.barrier_from_curve`). Other keyword arguments
+    (``bn_policy``, ``bn_data``, ``batch_size``...) go to :func:`interpolate`.
     """
     if num_points < 3:
         raise BasinscopeError(f"num_points must be at least 3, got {num_points}.")
+    _check_definition(definition)
     if isinstance(aligned, AlignmentResult):
         aligned = aligned.model
     alphas = np.linspace(0.0, 1.0, num_points)
@@ -534,11 +586,88 @@ def barrier_before_after(
         land = interpolate(model_a, other, data, alphas=alphas, metrics=(metric,), **kwargs)
         curves.append(land.dataset[f"{split}_{metric}"].values.astype(np.float64))
     return BarrierComparison(
-        before=linear_barrier(alphas, curves[0]),
-        after=linear_barrier(alphas, curves[1]),
+        before=barrier_from_curve(alphas, curves[0], definition)[0],
+        after=barrier_from_curve(alphas, curves[1], definition)[0],
         metric=metric,
         split=split,
         alphas=alphas.tolist(),
         curve_before=curves[0].tolist(),
         curve_after=curves[1].tolist(),
+        definition=definition,
+        definition_formula=BARRIER_DEFINITIONS[definition],
+    )
+
+
+@takes_spec(AlignSpec)
+def align(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    *,
+    method: str = "weight",
+    max_iter: int = 100,
+    seed: int = 0,
+    num_examples: int = 1024,
+    split: str = "train",
+    num_points: int = 11,
+    metric: str = "loss",
+    definition: str = "linear",
+    permutation_spec: PermutationSpec | None = None,
+    labels: tuple[str, str] = ("model_a", "model_b"),
+    bn_policy: str = "stored",
+    bn_data: Any = None,
+    bn_batches: int = 10,
+    batch_size: int = 1024,
+    dtype: str = "float32",
+    device: str = "cpu",
+    strategy: str = "auto",
+    chunk_size: int = 64,
+) -> AlignmentResult:
+    """Permute ``model_b`` to match ``model_a`` and measure the barrier it removes.
+
+    ``method="weight"``: :func:`weight_matching` (at most ``max_iter`` sweeps, groups in a
+    ``seed`` order, spec found and verified on the first 64 inputs of ``split``);
+    ``"activation"``: :func:`activation_matching` on ``num_examples`` inputs of ``split``.
+    Then :func:`barrier_before_after` on ``split`` at ``num_points`` alphas (``definition``
+    on ``metric``; BatchNorm per ``bn_policy``, statistics re-estimated from ``bn_data``;
+    the other keywords go to the engine). ``data`` is one dataset or a ``{split: data}``
+    mapping.
+    """
+    if method not in ALIGN_METHODS:
+        raise BasinscopeError(
+            f"unknown alignment method {method!r}: expected one of {', '.join(ALIGN_METHODS)}"
+        )
+    _check_definition(definition)
+    ds = _select_split(data, split)
+    if method == "weight":
+        res = weight_matching(
+            model_a,
+            model_b,
+            permutation_spec,
+            example_input=_inputs(ds, 64),
+            max_iter=max_iter,
+            seed=seed,
+        )
+    else:
+        res = activation_matching(model_a, model_b, ds, permutation_spec, num_examples=num_examples)
+    comparison = barrier_before_after(
+        model_a,
+        model_b,
+        res,
+        {split: ds},
+        num_points=num_points,
+        metric=metric,
+        definition=definition,
+        bn_policy=bn_policy,
+        bn_data=bn_data,
+        bn_batches=bn_batches,
+        batch_size=batch_size,
+        dtype=dtype,
+        device=device,
+        strategy=strategy,
+        chunk_size=chunk_size,
+    )
+    spec = AlignSpec.from_kwargs(locals())
+    return dataclasses.replace(
+        res, barrier=comparison, labels=(str(labels[0]), str(labels[1])), spec=spec
     )

@@ -59,6 +59,7 @@ __all__ = [
     "BarrierResult",
     "BarrierSpec",
     "barrier",
+    "barrier_definition_option",
     "barrier_from_curve",
     "barrier_matrix",
     "refine_worst",
@@ -71,6 +72,18 @@ BARRIER_DEFINITIONS: dict[str, str] = {
     "not evaluated  (some released code)",
 }
 BARRIER_METRICS = ("loss", "error")
+DEFINITION_HELP = (
+    "Barrier definition: linear (Entezari et al. 2022: max over alpha of the curve above the "
+    "chord), mean (Frankle et al. 2020: max above the endpoints' mean) or midpoint "
+    "(f(1/2) above the endpoints' mean)."
+)
+
+
+def barrier_definition_option(default: str = "linear", flag: str | None = None) -> Any:
+    """The spec field of a barrier definition, for every spec that measures a barrier: one
+    of :data:`BARRIER_DEFINITIONS` (listed linear, mean, midpoint)."""
+    choices = sorted(BARRIER_DEFINITIONS, key=("linear", "mean", "midpoint").index)
+    return option(default, DEFINITION_HELP, choices=choices, flag=flag)
 
 
 @dataclass(frozen=True)
@@ -79,13 +92,7 @@ class BarrierSpec(Spec):
 
     kind: ClassVar[str] = "barrier"
 
-    definition: str = option(
-        "linear",
-        "Barrier definition: linear (Entezari et al. 2022: max over alpha of the curve above "
-        "the chord), mean (Frankle et al. 2020: max above the endpoints' mean) or midpoint "
-        "(f(1/2) above the endpoints' mean).",
-        choices=("linear", "mean", "midpoint"),
-    )
+    definition: str = barrier_definition_option("linear")
     metric: str = option("error", "error (1 - accuracy) or loss.", choices=BARRIER_METRICS)
     split: str = option("train", "Split the barrier is measured on.")
     num_points: int = option(

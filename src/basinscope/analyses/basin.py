@@ -119,21 +119,30 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from scipy import stats
 from torch import Tensor, nn
 
+from basinscope._checks import MAX_COUNT, MAX_SEED
 from basinscope.engine import EvalJob, PointBasis, evaluate_points, warn_stored_bn
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_buffers, get_params
-from basinscope.jsonable import jsonable
+from basinscope.result import Result
+from basinscope.spec import STRATEGIES, EvalOptions, Spec, group, option, takes_spec
 
-__all__ = ["DEFINITION", "BasinResult", "ConditionEstimate", "basin_test", "exit_weights"]
+__all__ = [
+    "DEFINITION",
+    "BasinResult",
+    "BasinSpec",
+    "ConditionEstimate",
+    "basin_test",
+    "exit_weights",
+]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _GROUP = 16  # noise vectors per engine call (memory: this many parameter-sized vectors)
@@ -156,10 +165,56 @@ _STATEMENTS = (
     "E_{w1,w2~U_S, nu~N(0, delta^2)}[l(kappa(w1,w2,|nu|)) - mu_S] >= 2 eps",
 )
 _NAMES = ("flat inside", "isotropic noise at the boundary", "outward step along the ray")
+METRICS = ("loss", "error", "accuracy")
 
 
 @dataclass(frozen=True)
-class ConditionEstimate:
+class PinnedEvalOptions(EvalOptions):
+    """:class:`~basinscope.spec.EvalOptions` with the ``loop`` strategy by default: equal
+    points give bit-identical values (the basin test evaluates points more than once)."""
+
+    strategy: str = option(
+        "loop", "loop (the default: bit-identical values), vmap or auto.", choices=STRATEGIES
+    )
+
+
+@dataclass(frozen=True)
+class BasinSpec(Spec):
+    """The settings of :func:`basin_test` (and of ``basinscope basin``)."""
+
+    kind: ClassVar[str] = "basin"
+
+    delta: float | None = option(
+        None, "delta > 0: Euclidean scale of the noise and of the outward step."
+    )
+    epsilon: float | None = option(
+        None, "epsilon to test (default: the smallest for condition 1).", low=0.0
+    )
+    samples: int = option(64, "Uniform points of the hull (>= 2).", low=2, high=MAX_COUNT)
+    pairs: int = option(64, "Uniform pairs for conditions 2 and 3 (>= 2).", low=2, high=MAX_COUNT)
+    seed: int = option(0, "Seed of every random draw.", low=0, high=MAX_SEED)
+    confidence: float = option(0.95, "Level of every interval.")
+    metric: str = option("loss", "The loss l: loss, error or accuracy.", choices=METRICS)
+    eval: PinnedEvalOptions = group(PinnedEvalOptions)
+
+    def check(self) -> None:
+        delta = self.name_of("delta")
+        if self.delta is None:
+            raise BasinscopeError(
+                f"{delta} is required: the Euclidean scale of the noise (condition 2) and of "
+                f"the outward step (condition 3), e.g. {delta} 1"
+            )
+        if not self.delta > 0:
+            raise BasinscopeError(f"{delta} must be a finite number > 0, got {self.delta}")
+        if not 0 < self.confidence < 1:
+            raise BasinscopeError(
+                f"{self.name_of('confidence')} must lie strictly between 0 and 1, got "
+                f"{self.confidence}"
+            )
+
+
+@dataclass(frozen=True)
+class ConditionEstimate(Result, kind="basin_condition"):
     """One condition of Definition 3.1: the expectation's estimate and the verdict.
 
     ``estimate``, ``std_error`` and ``ci``: the Monte Carlo estimate of the condition's
@@ -189,7 +244,7 @@ class ConditionEstimate:
 
 
 @dataclass(frozen=True)
-class BasinResult:
+class BasinResult(Result, kind="basin"):
     """Monte Carlo estimate of Definition 3.1 for the convex hull of the solutions.
 
     ``epsilon``: the :math:`\\varepsilon` tested (given, or :math:`\\hat\\varepsilon = \\hat
@@ -207,7 +262,8 @@ class BasinResult:
     ``noise_losses`` (condition 2), ``step_lengths`` (:math:`|\\nu'_k|`) and
     ``step_losses`` (condition 3). ``num_params``: :math:`n`. ``affine_dimension``: of the
     hull (``m - 1`` for affinely independent solutions). ``vertex_losses``: the loss at
-    each solution, a diagnostic that is not part of Definition 3.1.
+    each solution, a diagnostic that is not part of Definition 3.1. ``labels`` name the
+    solutions; ``spec`` holds the settings.
     """
 
     epsilon: float
@@ -237,14 +293,12 @@ class BasinResult:
     step_losses: tuple[float, ...]
     definition: str
     settings: dict[str, Any]
+    labels: tuple[str, ...] = ()
+    spec: BasinSpec | None = None
 
     @property
     def conditions(self) -> tuple[ConditionEstimate, ConditionEstimate, ConditionEstimate]:
         return (self.condition1, self.condition2, self.condition3)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field (non-finite numbers as strings)."""
-        return jsonable(asdict(self))
 
 
 # -- geometry of the simplex --------------------------------------------------------------
@@ -464,6 +518,7 @@ def _check_count(name: str, v: Any, lo: int, why: str = "") -> int:
     return int(v)
 
 
+@takes_spec(BasinSpec)
 def basin_test(
     models: Sequence[nn.Module],
     data: Any,
@@ -483,6 +538,7 @@ def basin_test(
     device: str = "cpu",
     strategy: str = "loop",
     chunk_size: int = 64,
+    labels: Sequence[str] | None = None,
 ) -> BasinResult:
     """Monte Carlo test of Definition 3.1 for ``S = conv(models)`` (see the module docstring).
 
@@ -505,6 +561,7 @@ def basin_test(
         bn_policy, bn_data, bn_batches, batch_size, dtype, device, strategy, chunk_size:
             engine settings (:class:`~basinscope.engine.EvalJob`); the strategy is pinned
             (``"loop"``) so that equal points give bit-identical values.
+        labels: names of the solutions, recorded in the result (default ``"0"``, ``"1"``...).
     """
     models = list(models)
     if not models or not all(isinstance(mod, nn.Module) for mod in models):
@@ -513,6 +570,9 @@ def basin_test(
             f"is tested), got {[type(mod).__name__ for mod in models] or 'none'}."
         )
     m = len(models)
+    names = tuple(str(i) for i in range(m)) if labels is None else tuple(map(str, labels))
+    if len(names) != m:
+        raise BasinscopeError(f"got {len(names)} labels for {m} models: pass one each.")
     eps_given = epsilon is not None
     if eps_given:
         epsilon = _check_number("epsilon", epsilon)
@@ -659,6 +719,9 @@ def basin_test(
         "redrawn_pairs": redrawn,
         **{k: v for k, v in opts.items() if k != "bn_data"},
     }
+    # the settings (a custom metric, a callable or a Metric, has no spec)
+    custom = not (isinstance(metric, str) and metric in METRICS)
+    spec = None if custom else BasinSpec.from_kwargs(locals())
     return BasinResult(
         epsilon=eps,
         epsilon_estimated=not eps_given,
@@ -687,6 +750,8 @@ def basin_test(
         step_losses=tuple(float(v) for v in step_losses),
         definition=DEFINITION,
         settings=settings,
+        labels=names,
+        spec=spec,
     )
 
 

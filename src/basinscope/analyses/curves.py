@@ -4,27 +4,21 @@ Two independently trained networks :math:`\\theta_A, \\theta_B` are usually sepa
 loss barrier on the straight line between them, yet they are joined by simple curves of
 low loss (Garipov et al. 2018, "Loss surfaces, mode connectivity, and fast ensembling of
 DNNs"; Draxler et al. 2018, "Essentially no barriers in neural network energy
-landscape"). A curve here is a combination of points :math:`P_0 = \\theta_A, P_1, \\dots,
-P_{n-1}, P_n = \\theta_B` whose interior points are trained:
-
-``bezier``     order :math:`n` (``n - 1`` interior control points), Bernstein weights
-
-               .. math::  \\phi(t) = \\sum_{i=0}^{n} \\binom{n}{i} t^i (1 - t)^{n-i} P_i,
-
-``polychain``  :math:`k` bends joined by segments, knots :math:`\\tau_j = j / (k + 1)`;
-               on :math:`t \\in [\\tau_j, \\tau_{j+1}]`
-
-               .. math::  \\phi(t) = (k + 1)\\left[(\\tau_{j+1} - t) P_j + (t - \\tau_j) P_{j+1}\\right].
+landscape"). A curve (:class:`Curve`, see :mod:`basinscope.analyses._curve` for the
+Bezier and polychain formulas) is a combination of points :math:`P_0 = \\theta_A, P_1,
+\\dots, P_{n-1}, P_n = \\theta_B` whose interior points are trained.
 
 :func:`train_curve` minimizes Garipov et al.'s objective (their eq. 2, uniform in
 :math:`t`, not in arc length) over the interior points only, with the endpoints fixed:
 
 .. math::  \\ell(P_1, \\dots, P_{n-1}) = \\mathbb{E}_{t \\sim U(0, 1)}\\, L(\\phi(t)),
 
-drawing one :math:`t` per minibatch and calling any ``nn.Module`` through
-:func:`torch.func.functional_call` at :math:`\\phi(t)` (nothing in the model is rewritten).
-:func:`evaluate_curve` then hands the engine the curve as a :class:`PointBasis` (origin
-:math:`\\theta_A`, basis :math:`P_i - \\theta_A`, coefficients the weights of
+drawing one :math:`t` per minibatch. The curve is trained by the trainer
+(:func:`~basinscope.training.train`) as a module whose parameters are the interior points
+and whose forward pass calls the network through :func:`torch.func.functional_call` at
+:math:`\\phi(t)` (nothing in the model is rewritten); :math:`t` is redrawn after every
+update. :func:`evaluate_curve` then hands the engine the curve as a :class:`PointBasis`
+(origin :math:`\\theta_A`, basis :math:`P_i - \\theta_A`, coefficients the weights of
 :math:`P_1, \\dots, P_n`, which is exact because the weights sum to one) and evaluates it
 next to the straight line, BatchNorm statistics re-estimated at every :math:`t` by default.
 """
@@ -32,25 +26,34 @@ next to the straight line, BatchNorm statistics re-estimated at every :math:`t` 
 from __future__ import annotations
 
 import copy
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import xarray as xr
 from torch import Tensor, nn
 from torch.func import functional_call
-from tqdm import tqdm
 
+from basinscope._checks import MAX_COUNT, MAX_POINTS, MAX_SEED, MAX_STEPS, at_least, finite_float
+from basinscope.analyses._curve import (
+    CURVE_INITS,
+    CURVE_KINDS,
+    Curve,
+    _check_degree,
+    _check_ts,
+    curve_weights,
+    init_curve,
+    load_curve,
+    save_curve,
+)
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import DTYPES, as_splits
 from basinscope.engine import (
     EvalJob,
-    PointBasis,
     as_batches,
     evaluate_points,
     has_batchnorm,
@@ -60,18 +63,21 @@ from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import ParamDict, check_same_keys, get_buffers, get_params, norm
-from basinscope.jsonable import jsonable
-from basinscope.training._data import BatchStream, as_tensors
-from basinscope.training.schedules import check_schedule, lr_at
-from basinscope.training.trainer import optimizer_step
+from basinscope.result import Result, tensors
+from basinscope.spec import BN_POLICIES, STRATEGIES, EvalOptions, Spec, option, takes_spec
+from basinscope.training import TrainConfig, train
+from basinscope.training._data import as_tensors
+from basinscope.training.schedules import check_schedule
 
 __all__ = [
     "CURVE_INITS",
     "CURVE_KINDS",
     "T_SAMPLINGS",
     "Curve",
+    "CurveEvalSpec",
     "CurveEvaluation",
     "CurveResult",
+    "CurveSpec",
     "evaluate_curve",
     "init_curve",
     "load_curve",
@@ -79,274 +85,197 @@ __all__ = [
     "train_curve",
 ]
 
-CURVE_KINDS = ("bezier", "polychain")
-CURVE_INITS = ("linear", "noise")
 T_SAMPLINGS = ("uniform",)
 OPTIMIZERS = ("sgd", "adam")
 BN_MODES = ("train", "eval")
+MAX_BENDS = 64  # Bezier order / polychain bends: each is a full copy of the parameters
+OBJECTIVE = "E_{t~U(0,1)} L(phi(t)), one t per minibatch (Garipov et al. 2018)"
 LossFn = Callable[[Tensor, Tensor], Tensor]
 CurveCallback = Callable[[int, dict[str, Any]], None]
-_ARCH_HINT = (
-    "The two endpoints must come from the same architecture (same keys as "
-    "model.named_parameters(), same shapes): build both models with the same constructor."
-)
+_COPIES = " (each control point is a full copy of the model's parameters)"
 
 
-# -- the curve ---------------------------------------------------------------------------
-@dataclass(frozen=True, eq=False)
-class Curve:
-    """A parametric curve :math:`\\phi(t), t \\in [0, 1]` in parameter space (see the module docstring).
+def _eval_help(name: str) -> str:
+    return EvalOptions.__dataclass_fields__[name].metadata["help"]
 
-    ``endpoints`` are :math:`(\\theta_A, \\theta_B)`, ``control_points`` the interior points
-    in order (the trainable ones): ``order - 1`` of them for a Bezier curve of order
-    ``order``, one per bend for a polychain. All are parameter dicts with the same keys.
-    Curves compare by identity (tensors have no single truth value).
+
+# -- settings ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurveSpec(Spec):
+    """The settings of :func:`train_curve` (and the training of ``basinscope curve``)."""
+
+    # the curve's kind (a field here; the spec's ClassVar `kind` is not used by curves)
+    kind: str = option("bezier", "bezier or polychain.", choices=CURVE_KINDS)  # type: ignore[assignment]
+    order: int = option(2, "Bezier order (2: one control point).", low=1, high=MAX_COUNT)
+    bends: int = option(1, "Polychain bends.", low=1, high=MAX_COUNT)
+    init: str = option(
+        "linear",
+        "Control points start on the line (linear) or near it (noise).",
+        choices=CURVE_INITS,
+    )
+    steps: int = option(1000, "Training updates of the control points.", low=1, high=MAX_STEPS)
+    batch_size: int = option(128, "Minibatch size.", low=1, high=MAX_COUNT)
+    lr: float = option(0.05, "Learning rate.")
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.0, "L2 penalty on the control points.", low=0.0)
+    optimizer: str = option("sgd", "sgd or adam.", choices=OPTIMIZERS)
+    schedule: str = option("constant", "constant, cosine or linear learning rate.")
+    seed: int = option(0, "Seed of the sampled t (and of --init noise).", low=0, high=MAX_SEED)
+    data_seed: int = option(0, "Seed of the minibatch order.", low=0, high=MAX_SEED)
+    t_sampling: str = option("uniform", "How t is drawn.", choices=T_SAMPLINGS, cli=False)
+    bn_mode: str = option(
+        "train",
+        "Training: BatchNorm on batch statistics (train) or stored (eval).",
+        choices=BN_MODES,
+    )
+
+    def check(self) -> None:
+        name = self.name_of
+        if self.kind == "bezier" and self.order < 2:
+            raise BasinscopeError(
+                f"{name('order')} must be at least 2 for a Bezier curve, got {self.order} "
+                "(order 1 is the straight line, with no control point to train)"
+            )
+        at_least(name("order"), self.order, 1, high=MAX_BENDS, high_why=_COPIES)
+        at_least(name("bends"), self.bends, 1, high=MAX_BENDS, high_why=_COPIES)
+        finite_float(name("momentum"), self.momentum, low=0, high=1, high_open=True)
+        check_schedule(self.schedule, total_steps=self.steps, base_lr=self.lr)
+
+
+@dataclass(frozen=True)
+class CurveEvalSpec(Spec):
+    """The settings of :func:`evaluate_curve` (and the evaluation of ``basinscope curve``)."""
+
+    kind: ClassVar[str] = "curve_evaluation"
+
+    points: int = option(21, "Values of t evaluated (at least 2).", low=2, high=MAX_POINTS)
+    bn_policy: str = option(
+        "auto",
+        "Evaluation: auto (recompute for BatchNorm models), stored or recompute.",
+        flag="--bn",
+        choices=("auto", *BN_POLICIES),
+    )
+    bn_batches: int = option(10, _eval_help("bn_batches"), low=1, high=MAX_COUNT)
+    metrics: tuple[str, ...] = option(
+        ("loss", "accuracy", "error"), "Metrics evaluated.", cli=False
+    )
+    include_line: bool = option(True, "Evaluate the straight line too.", cli=False)
+    length_num: int = option(
+        1001, "Points of the arc-length approximation.", low=2, high=MAX_COUNT, cli=False
+    )
+    batch_size: int = option(
+        1024,
+        "Examples per forward pass in the evaluation.",
+        flag="--eval-batch-size",
+        low=1,
+        high=MAX_COUNT,
+    )
+    dtype: str = option("float32", "float32 or float64 (evaluation).", choices=tuple(DTYPES))
+    device: str = option("cpu", _eval_help("device"))
+    chunk_size: int = option(64, _eval_help("chunk_size"), low=1, high=MAX_COUNT)
+    strategy: str = option("auto", "auto (time both), vmap or loop.", choices=STRATEGIES)
+
+    def check(self) -> None:
+        EvalOptions(device=self.device)  # the device is available (EvalOptions' check)
+
+
+# -- results -------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CurveEvaluation(Result, kind="curve_evaluation"):
+    """Metrics along a curve and along the straight line between the same endpoints.
+
+    ``curve`` has coordinate ``t`` and one variable ``<split>_<metric>`` per split and
+    metric; ``line`` (``None`` without ``include_line``) is the
+    :func:`~basinscope.analyses.interpolate` dataset at ``alpha = t``. ``length`` is the
+    curve's arc length and ``distance`` :math:`\\lVert\\theta_B - \\theta_A\\rVert_2` (the
+    line's length), ``length_ratio`` their ratio. ``max_curve``/``max_line`` hold the
+    maximum over ``t`` of every variable (the quantity Garipov et al. report for loss and
+    error).
     """
 
-    kind: str
-    endpoints: tuple[ParamDict, ParamDict]
-    control_points: tuple[ParamDict, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.kind not in CURVE_KINDS:
-            raise BasinscopeError(
-                f"unknown curve kind {self.kind!r}: expected one of {', '.join(CURVE_KINDS)}"
-            )
-        if len(self.endpoints) != 2:
-            raise BasinscopeError(
-                f"a curve needs two endpoints (theta_A, theta_B), got {len(self.endpoints)}"
-            )
-        object.__setattr__(self, "endpoints", tuple(self.endpoints))
-        object.__setattr__(self, "control_points", tuple(self.control_points))
-        a, b = self.endpoints
-        check_same_keys(a, b, "the endpoints' parameters", _ARCH_HINT)
-        for i, p in enumerate(self.control_points):
-            check_same_keys(a, p, f"control point {i + 1} and theta_A")
-        if self.kind == "polychain" and not self.control_points:
-            raise BasinscopeError("a polychain needs at least one bend (control point)")
-
-    @property
-    def points(self) -> list[ParamDict]:
-        """All points :math:`[\\theta_A, P_1, \\dots, P_{n-1}, \\theta_B]`."""
-        return [self.endpoints[0], *self.control_points, self.endpoints[1]]
-
-    @property
-    def order(self) -> int:
-        """Number of points minus one (the Bezier order; ``bends + 1`` for a polychain)."""
-        return len(self.control_points) + 1
-
-    def weights(self, t) -> np.ndarray:
-        """Coefficients over :attr:`points` at ``t``: shape ``(n + 1,)`` for a scalar, ``(T, n + 1)`` for an array."""
-        ts = _check_ts(t)
-        n = self.order
-        if self.kind == "bezier":
-            i = np.arange(n + 1)
-            binom = np.array([math.comb(n, k) for k in i], dtype=np.float64)
-            w = binom * ts[:, None] ** i * (1.0 - ts[:, None]) ** (n - i)
-        else:
-            s = ts * n  # n = bends + 1 segments
-            j = np.minimum(np.floor(s).astype(int), n - 1)
-            frac = s - j
-            w = np.zeros((len(ts), n + 1))
-            rows = np.arange(len(ts))
-            w[rows, j] = 1.0 - frac
-            w[rows, j + 1] += frac
-        return w[0] if np.ndim(t) == 0 else w
-
-    def point(self, t: float) -> ParamDict:
-        """:math:`\\phi(t) = \\sum_i w_i(t) P_i` (points with weight zero are skipped, so :math:`\\phi(0)` is :math:`\\theta_A` bit for bit)."""
-        w = self.weights(float(t))
-        pts = [(c, p) for c, p in zip(w, self.points) if c != 0]
-        return {k: sum(float(c) * p[k] for c, p in pts) for k in self.endpoints[0]}
-
-    def coeffs(self, ts) -> np.ndarray:
-        """Engine coefficients at ``ts``: the weights of all points but :math:`\\theta_A`, shape ``(T, n)``."""
-        return np.atleast_2d(self.weights(np.atleast_1d(np.asarray(ts, dtype=np.float64))))[:, 1:]
-
-    def as_point_basis(self, buffers: Mapping[str, Tensor] | None = None) -> PointBasis:
-        """Origin :math:`\\theta_A`, basis :math:`[P_1 - \\theta_A, \\dots, \\theta_B - \\theta_A]`.
-
-        Since the weights sum to one, :math:`\\theta_A + \\sum_{i \\ge 1} w_i(t)(P_i - \\theta_A)
-        = \\phi(t)`; use with :meth:`coeffs`. ``buffers`` stay fixed along the curve (the
-        interior points have no statistics of their own: re-estimate them with
-        ``bn_policy="recompute"``).
-        """
-        a = {k: v.detach() for k, v in self.endpoints[0].items()}
-        basis = tuple({k: p[k].detach() - a[k] for k in a} for p in self.points[1:])
-        bufs = {k: v.detach() for k, v in (buffers or {}).items()}
-        return PointBasis(origin=a, basis=basis, buffers=bufs)
-
-    def length(self, num: int = 1001) -> float:
-        """Arc length by a fine piecewise-linear approximation (float64).
-
-        .. math::  \\mathrm{len}(\\phi) \\approx \\sum_{m} \\lVert \\phi(t_{m+1}) - \\phi(t_m) \\rVert_2
-
-        over ``num`` equally spaced :math:`t_m` (plus the knots of a polychain, whose length
-        is then exact); the norm is that of all parameters flattened to one vector.
-        """
-        if num < 2:
-            raise BasinscopeError(f"length needs num >= 2 points, got {num}")
-        ts = np.linspace(0.0, 1.0, num)
-        if self.kind == "polychain":
-            ts = np.union1d(ts, np.arange(self.order + 1) / self.order)
-        dw = torch.from_numpy(np.diff(self.weights(ts), axis=0))  # (T - 1, n + 1)
-        sq = torch.zeros(dw.shape[0], dtype=torch.float64)
-        for k in self.endpoints[0]:
-            pk = torch.stack([p[k].detach().reshape(-1).double().cpu() for p in self.points])
-            rows = max(1, (1 << 22) // max(1, pk.shape[1]))
-            for s in range(0, dw.shape[0], rows):
-                sq[s : s + rows] += ((dw[s : s + rows] @ pk) ** 2).sum(dim=1)
-        return float(sq.sqrt().sum())
-
-    def to_tensors(self) -> dict[str, Tensor]:
-        """``{"p<i>/<param name>": tensor}`` for all points (``p0`` is :math:`\\theta_A`, the last :math:`\\theta_B`)."""
-        return {
-            f"p{i}/{k}": v.detach().cpu().contiguous().clone()
-            for i, p in enumerate(self.points)
-            for k, v in p.items()
-        }
-
-    @classmethod
-    def from_tensors(cls, tensors: Mapping[str, Tensor], kind: str) -> Curve:
-        """Inverse of :meth:`to_tensors` (the kind is not stored in the tensors)."""
-        pts: dict[int, ParamDict] = {}
-        for key, v in tensors.items():
-            head, _, name = key.partition("/")
-            if not (head[:1] == "p" and head[1:].isdigit() and name):
-                raise BasinscopeError(
-                    f"tensor key {key!r} is not of the form 'p<index>/<parameter name>': "
-                    "pass the dict written by Curve.to_tensors()"
-                )
-            pts.setdefault(int(head[1:]), {})[name] = v
-        if sorted(pts) != list(range(len(pts))) or len(pts) < 2:
-            raise BasinscopeError(
-                f"a curve needs points p0..pN (N >= 1) without gaps, got indices {sorted(pts)}"
-            )
-        points = [pts[i] for i in range(len(pts))]
-        return cls(kind, (points[0], points[-1]), tuple(points[1:-1]))
+    curve: xr.Dataset
+    line: xr.Dataset | None
+    length: float
+    distance: float
+    length_ratio: float
+    max_curve: dict[str, float]
+    max_line: dict[str, float]
+    settings: dict[str, Any]
+    evaluation: dict[str, Any] = field(default_factory=dict)
+    definition: str = ""
+    spec: CurveEvalSpec | None = None
 
 
-def save_curve(path: str | Path, curve: Curve, metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write ``curve.to_tensors()`` to a safetensors file, with the kind in the metadata."""
-    from safetensors.torch import save
+@dataclass(frozen=True)
+class CurveResult(Result, kind="curve"):
+    """A trained curve: its points, the per-step ``history`` (``"step"``, ``"t"``, ``"loss"``
+    of that minibatch at :math:`\\phi(t)`, ``"lr"``) and the ``config`` that produced it.
 
-    from basinscope.store.atomic import atomic_write_bytes
-
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    meta.update({"format": "basinscope.curve", "kind": curve.kind})
-    return atomic_write_bytes(path, save(curve.to_tensors(), metadata=meta), "curve")
-
-
-def load_curve(path: str | Path) -> Curve:
-    """Read a curve written by :func:`save_curve`."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:
-        raise BasinscopeError(f"cannot read curve file {str(path)!r}: {e}") from None
-    if meta.get("format") != "basinscope.curve":
-        raise BasinscopeError(
-            f"{str(path)!r} is not a basinscope curve file (metadata format "
-            f"{meta.get('format')!r}); write it with basinscope.analyses.save_curve()"
-        )
-    return Curve.from_tensors(tensors, meta["kind"])
-
-
-def _check_ts(t) -> np.ndarray:
-    ts = np.atleast_1d(np.asarray(t, dtype=np.float64))
-    if ts.ndim != 1 or len(ts) == 0:
-        raise BasinscopeError(f"t must be a number or a non-empty 1-D array, got shape {ts.shape}")
-    bad = ts[~((ts >= 0) & (ts <= 1))]
-    if len(bad):
-        raise BasinscopeError(
-            f"t must lie in [0, 1] (0 is theta_A, 1 is theta_B), got {bad[:5].tolist()}: "
-            "a curve is not defined outside its endpoints; use interpolate() to extrapolate the line"
-        )
-    return ts
-
-
-def _check_degree(kind: str, order: int, bends: int) -> int:
-    """The number of interior points of the requested curve."""
-    if kind not in CURVE_KINDS:
-        raise BasinscopeError(
-            f"unknown curve kind {kind!r}: expected one of {', '.join(CURVE_KINDS)}"
-        )
-    if kind == "bezier":
-        if isinstance(order, bool) or not isinstance(order, int) or order < 1:
-            raise BasinscopeError(
-                f"order must be an integer >= 1, got {order!r} (1 is the straight line, 2 the "
-                "quadratic Bezier curve of Garipov et al. 2018)"
-            )
-        return order - 1
-    if isinstance(bends, bool) or not isinstance(bends, int) or bends < 1:
-        raise BasinscopeError(
-            f"bends must be an integer >= 1, got {bends!r} (a polychain with one bend is "
-            "two segments theta_A -> P_1 -> theta_B)"
-        )
-    return bends
-
-
-def _params(m: nn.Module | Mapping[str, Tensor]) -> ParamDict:
-    if isinstance(m, nn.Module):
-        return get_params(m)
-    return {k: v.detach().clone() for k, v in m.items()}
-
-
-def init_curve(
-    model_a: nn.Module | Mapping[str, Tensor],
-    model_b: nn.Module | Mapping[str, Tensor],
-    kind: str = "bezier",
-    *,
-    order: int = 2,
-    bends: int = 1,
-    init: str = "linear",
-    noise_scale: float = 0.1,
-    seed: int = 0,
-) -> Curve:
-    """A curve between two models (or parameter dicts) whose interior points lie on the segment.
-
-    ``init="linear"`` puts the :math:`i`-th of :math:`n - 1` interior points at
-    :math:`\\theta_A + \\frac{i}{n}(\\theta_B - \\theta_A)`, so the initial curve *is* the
-    straight line (Bernstein polynomials reproduce linear functions; a polychain's bends sit
-    at their knots). ``init="noise"`` adds Gaussian noise with, per parameter tensor
-    :math:`k`, standard deviation ``noise_scale`` times the RMS of
-    :math:`\\theta_{B,k} - \\theta_{A,k}` (seeded by ``seed``).
+    ``points`` are :math:`[\\theta_A, P_1, \\dots, \\theta_B]` (stored as tensors in a run
+    folder), :attr:`curve` the :class:`Curve` of kind ``curve_kind``; ``definition`` is
+    the objective. ``metrics`` (with ``basinscope curve``) evaluates the curve next to the
+    line; ``curve_file`` is the safetensors file it was saved to.
     """
-    n_inner = _check_degree(kind, order, bends)
-    if init not in CURVE_INITS:
-        raise BasinscopeError(f"unknown init {init!r}: expected one of {', '.join(CURVE_INITS)}")
-    a, b = _params(model_a), _params(model_b)
-    check_same_keys(a, b, "the endpoints' parameters", _ARCH_HINT)
-    n = n_inner + 1
-    gen = torch.Generator().manual_seed(int(seed))
-    control = []
-    for i in range(1, n):
-        p = {k: a[k] + (i / n) * (b[k] - a[k]) for k in a}
-        if init == "noise":
-            for k, v in p.items():
-                d = (b[k] - a[k]).double()
-                rms = float(d.pow(2).mean().sqrt()) if d.numel() else 0.0
-                eps = torch.randn(v.shape, generator=gen, dtype=torch.float64)
-                p[k] = v + (noise_scale * rms * eps).to(dtype=v.dtype, device=v.device)
-        control.append(p)
-    return Curve(kind, (a, b), tuple(control))
+
+    points: list[ParamDict] = tensors(compare=False)
+    curve_kind: str = "bezier"
+    history: dict[str, list[float]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    definition: str = OBJECTIVE
+    labels: tuple[str, str] = ("model_a", "model_b")
+    metrics: CurveEvaluation | None = None
+    curve_file: str | None = None
+    spec: CurveSpec | None = None
+
+    @cached_property
+    def curve(self) -> Curve:
+        """The trained :class:`Curve`."""
+        pts = list(self.points)
+        return Curve(self.curve_kind, (pts[0], pts[-1]), tuple(pts[1:-1]))
 
 
 # -- training ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CurveResult:
-    """What :func:`train_curve` returns: the trained curve, per-step ``history``
-    (``"step"``, ``"t"``, ``"loss"`` of that minibatch at :math:`\\phi(t)`, ``"lr"``) and
-    the ``config`` that produced it."""
+class _CurvePath(nn.Module):
+    """A curve as a module for the trainer: its parameters (``control.<i>``) are the
+    curve's interior points, its forward pass is ``net`` at :math:`\\phi(t)` for the
+    current ``t`` (set between updates); the endpoints are buffers that never change.
+    ``net`` gives the architecture and the buffers (BatchNorm statistics) only."""
 
-    curve: Curve
-    history: dict[str, list[float]]
-    config: dict[str, Any]
+    def __init__(self, net: nn.Module, start: Curve) -> None:
+        super().__init__()
+        self.net = net
+        self.names = list(start.endpoints[0])
+        self.curve_kind, self.order = start.kind, start.order
+        self.control = nn.ParameterList(
+            [nn.Parameter(p[k].detach().clone()) for p in start.control_points for k in self.names]
+        )
+        for i, end in enumerate(start.endpoints):
+            for j, k in enumerate(self.names):
+                self.register_buffer(f"end{i}_{j}", end[k].detach().clone(), persistent=False)
+        self.t = 0.0
+
+    def points(self) -> list[dict[str, Tensor]]:
+        n = len(self.names)
+        ends = [{k: getattr(self, f"end{i}_{j}") for j, k in enumerate(self.names)} for i in (0, 1)]
+        inner = [
+            {k: self.control[i * n + j] for j, k in enumerate(self.names)}
+            for i in range(len(self.control) // n)
+        ]
+        return [ends[0], *inner, ends[1]]
+
+    def curve(self) -> Curve:
+        """The current curve (detached views of the trained tensors: read, do not modify)."""
+        pts = [{k: v.detach() for k, v in p.items()} for p in self.points()]
+        return Curve(self.curve_kind, (pts[0], pts[-1]), tuple(pts[1:-1]))
+
+    def forward(self, x: Tensor) -> Tensor:
+        w = curve_weights(self.curve_kind, self.order, self.t)
+        used = [(float(c), p) for c, p in zip(w, self.points()) if c != 0]
+        phi = {k: sum(c * p[k] for c, p in used) for k in self.names}
+        return functional_call(self.net, phi, (x,))
 
 
+@takes_spec(CurveSpec)
 def train_curve(
     model_a: nn.Module,
     model_b: nn.Module | Mapping[str, Tensor],
@@ -371,15 +300,16 @@ def train_curve(
     device: str | torch.device | None = None,
     progress: bool = False,
     callbacks: Sequence[CurveCallback] = (),
+    labels: tuple[str, str] = ("model_a", "model_b"),
 ) -> CurveResult:
     """Train the interior points of a curve from ``model_a`` to ``model_b`` (Garipov et al. 2018).
 
-    Minimizes :math:`\\mathbb{E}_{t \\sim U(0,1)} L(\\phi(t))` by stochastic gradient: each
-    step draws one :math:`t` (from a generator seeded by ``seed``) and one minibatch (order
-    fixed by ``data_seed``, as :func:`~basinscope.training.train`), and differentiates the
-    loss of ``functional_call(model, φ(t) + buffers, x)`` with respect to the interior
-    points. The endpoints are never updated: they stay bit-identical to the models'
-    parameters. Weight decay (an L2 penalty) acts on the interior points only.
+    Minimizes :math:`\\mathbb{E}_{t \\sim U(0,1)} L(\\phi(t))` by stochastic gradient with
+    :func:`~basinscope.training.train`: each step draws one :math:`t` (from a generator
+    seeded by ``seed``) and one minibatch (order fixed by ``data_seed``, as any training
+    run), and differentiates the loss of ``functional_call(model, φ(t), x)`` with respect
+    to the interior points. The endpoints are never updated: they stay bit-identical to
+    the models' parameters. Weight decay (an L2 penalty) acts on the interior points only.
 
     BatchNorm (``bn_mode``): ``"train"`` (default, as Garipov et al.) normalizes with the
     minibatch's statistics at :math:`\\phi(t)`; the running statistics are updated on
@@ -394,7 +324,8 @@ def train_curve(
     :mod:`basinscope.training.schedules`. ``callbacks`` are called as ``cb(step, info)``
     after every update with ``info`` holding ``"loss"``, ``"t"``, ``"lr"``, ``"epoch"`` and
     ``"curve"`` (the current :class:`Curve`, sharing memory with the trained tensors: read,
-    do not modify). Given the same inputs and seeds the result is bit-identical.
+    do not modify). ``labels`` name the two models. Given the same inputs and seeds the
+    result is bit-identical.
     """
     n_inner = _check_degree(kind, order, bends)
     if n_inner == 0:
@@ -425,96 +356,69 @@ def train_curve(
         raise BasinscopeError(
             f"model_a must be an nn.Module (it gives the architecture), got {type(model_a).__name__}"
         )
-    classification = loss_fn is None
-    loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
     start = init_curve(model_a, model_b, kind, order=order, bends=bends, init=init, seed=seed)
     a, b = start.endpoints
     home = next(iter(a.values())).device if a else torch.device("cpu")
-    dev = torch.device(device) if device is not None else home
-
-    net = copy.deepcopy(model_a).to(dev)
-    for p in net.parameters():
-        p.requires_grad_(False)
-    net.train()
-    if bn_mode == "eval":
-        for m in net.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                m.eval()
-    buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
-    fixed = [{k: v.to(dev) for k, v in a.items()}, {k: v.to(dev) for k, v in b.items()}]
-    control = [
-        {k: v.detach().to(dev).clone().requires_grad_(True) for k, v in p.items()}
-        for p in start.control_points
-    ]
-    flat = [v for p in control for v in p.values()]
-    if optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(
-            flat, lr=lr, momentum=momentum, weight_decay=weight_decay
-        )
-    else:
-        opt = torch.optim.Adam(flat, lr=lr, weight_decay=weight_decay)
-
-    dtype = next((v.dtype for v in a.values() if v.is_floating_point()), None)
     x, y = as_tensors(data, "data")
-    if dtype is not None and x.is_floating_point():
-        x = x.to(dtype)
-    check_model_data(net, (x, y), what="the training data", classification=classification)
-    stream = BatchStream(x.to(dev), y.to(dev), batch_size, data_seed)
+    check_model_data(model_a, (x, y), what="the training data", classification=loss_fn is None)
+
+    # t_1, t_2, ... from one generator: t_1 before training, t_{s+1} after update s
     t_gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 4_242) % (2**63 - 1))
+
+    def draw() -> float:
+        return float(torch.rand((), generator=t_gen, dtype=torch.float64))
+
+    path = _CurvePath(model_a, start)
+    path.t = draw()
     history: dict[str, list[float]] = {"step": [], "t": [], "loss": [], "lr": []}
 
-    def live_curve() -> Curve:
-        detached = [{k: v.detach() for k, v in p.items()} for p in control]
-        return Curve(kind, (fixed[0], fixed[1]), tuple(detached))
+    def after_update(step: int, trained: nn.Module, info: dict[str, Any]) -> None:
+        history["step"].append(float(step))
+        history["t"].append(trained.t)
+        history["loss"].append(info["loss"])
+        history["lr"].append(info["lr"])
+        if callbacks:
+            now = {
+                "loss": info["loss"],
+                "t": trained.t,
+                "lr": info["lr"],
+                "epoch": info["epoch"],
+                "curve": trained.curve(),
+            }
+            for cb in callbacks:
+                cb(step, now)
+        trained.t = draw()
 
-    fork_devices = [] if dev.type == "cpu" else [dev.index if dev.index is not None else 0]
-    fork_type = "cuda" if dev.type == "cpu" else dev.type
+    config = TrainConfig(
+        steps=steps,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        data_seed=data_seed,
+        bn_mode=bn_mode,
+        trainable=("control.*",),
+    )
     t0 = time.perf_counter()
-    with torch.random.fork_rng(devices=fork_devices, device_type=fork_type):
-        torch.manual_seed((int(data_seed) * 1_000_003 + 99_991) % (2**63 - 1))
-        for step in tqdm(range(1, steps + 1), disable=not progress, desc="curve"):
-            step_lr = lr_at(step - 1, steps, lr, schedule)
-            for group in opt.param_groups:
-                group["lr"] = step_lr
-            t = float(torch.rand((), generator=t_gen, dtype=torch.float64))
-            w = start.weights(t)
-            pts = [fixed[0], *control, fixed[1]]
-            used = [(float(c), p) for c, p in zip(w, pts) if c != 0]
-            phi = {k: sum(c * p[k] for c, p in used) for k in fixed[0]}
-            xb, yb = next(stream)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(functional_call(net, (phi, buffers), (xb,)), yb)
-            loss.backward()
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise BasinscopeError(
-                    f"the curve's training loss became {value} at step {step} (t={t:.3f}, "
-                    f"lr={step_lr:g}); lower the learning rate"
-                )
-            optimizer_step(opt, step, step_lr, weight_decay)
-            history["step"].append(float(step))
-            history["t"].append(t)
-            history["loss"].append(value)
-            history["lr"].append(step_lr)
-            if callbacks:
-                info = {
-                    "loss": value,
-                    "t": t,
-                    "lr": step_lr,
-                    "epoch": stream.epochs_done,
-                    "curve": live_curve(),
-                }
-                for cb in callbacks:
-                    cb(step, info)
-    opt.zero_grad(set_to_none=True)
-    trained = tuple({k: v.detach().to(home).clone() for k, v in p.items()} for p in control)
-    curve = Curve(kind, (a, b), trained)
-    config = {
+    run = train(
+        path,
+        data,
+        config,
+        loss_fn=loss_fn,
+        device=device if device is not None else home,
+        callbacks=[after_update],
+        progress=progress,
+    )
+    trained = run.model.points()[1:-1]
+    points = [a, *({k: v.detach().to(home).clone() for k, v in p.items()} for p in trained), b]
+    settings = {
         "kind": kind,
         **({"order": order} if kind == "bezier" else {"bends": bends}),
         "init": init,
         "steps": steps,
-        "batch_size": stream.batch_size,
+        "batch_size": min(batch_size, int(y.shape[0])),
         "lr": lr,
         "momentum": momentum if optimizer == "sgd" else None,
         "weight_decay": weight_decay,
@@ -524,62 +428,32 @@ def train_curve(
         "data_seed": data_seed,
         "t_sampling": t_sampling,
         "bn_mode": bn_mode,
-        "objective": "E_{t~U(0,1)} L(phi(t)), one t per minibatch (Garipov et al. 2018)",
-        "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__),
+        "objective": OBJECTIVE,
+        "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__)
+        if loss_fn is not None
+        else "cross_entropy",
         "seconds": round(time.perf_counter() - t0, 4),
     }
-    return CurveResult(curve=curve, history=history, config=config)
+    spec = CurveSpec.from_kwargs(locals())
+    return CurveResult(
+        points=points,
+        curve_kind=kind,
+        history=history,
+        config=settings,
+        labels=(str(labels[0]), str(labels[1])),
+        spec=spec,
+    )
 
 
 # -- evaluation -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CurveEvaluation:
-    """Metrics along a curve and along the straight line between the same endpoints.
-
-    ``curve`` has coordinate ``t`` and one variable ``<split>_<metric>`` per split and
-    metric; ``line`` (``None`` without ``include_line``) is the
-    :func:`~basinscope.analyses.interpolate` dataset at ``alpha = t``. ``length`` is the
-    curve's arc length and ``distance`` :math:`\\lVert\\theta_B - \\theta_A\\rVert_2` (the
-    line's length). ``max_curve``/``max_line`` hold the maximum over ``t`` of every
-    variable (the quantity Garipov et al. report for loss and error).
-    """
-
-    curve: xr.Dataset
-    line: xr.Dataset | None
-    length: float
-    distance: float
-    max_curve: dict[str, float]
-    max_line: dict[str, float]
-    settings: dict[str, Any]
-    evaluation: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def length_ratio(self) -> float:
-        return self.length / self.distance if self.distance > 0 else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: numbers, both curves as lists, settings (non-finite as strings)."""
-        out = {k: v for k, v in asdict(self).items() if k not in ("curve", "line")}
-        out["length_ratio"] = self.length_ratio
-        out["curve"] = {"t": self.curve["t"].values, **_vars(self.curve)}
-        out["line"] = (
-            {"alpha": self.line["alpha"].values, **_vars(self.line)}
-            if self.line is not None
-            else None
-        )
-        return jsonable(out)
-
-
-def _vars(ds: xr.Dataset) -> dict[str, np.ndarray]:
-    return {str(v): ds[v].values for v in ds.data_vars}
-
-
+@takes_spec(CurveEvalSpec)
 def evaluate_curve(
     model: nn.Module,
     curve: Curve,
     data: Any,
     *,
     ts=None,
+    points: int = 21,
     bn_policy: str | None = None,
     bn_data: Any = None,
     bn_batches: int = 10,
@@ -594,16 +468,25 @@ def evaluate_curve(
     strategy: str = "auto",
     progress: bool = False,
 ) -> CurveEvaluation:
-    """Metrics at :math:`\\phi(t)` for ``ts`` (default 21 points in [0, 1]) and on the line.
+    """Metrics at :math:`\\phi(t)` for ``ts`` (default ``points`` = 21 values in [0, 1]) and
+    on the line.
 
     ``model`` gives the architecture (its parameters are not used) and, unless ``buffers``
-    is given, the buffers. ``bn_policy`` defaults to ``"recompute"`` for a model with
-    BatchNorm (statistics re-estimated at every :math:`t` from ``bn_batches`` batches of
-    ``bn_data``, by default the ``"train"`` split of ``data``) and ``"stored"`` otherwise;
-    the line uses the same policy and data, at ``alpha = t``. The other keyword arguments
-    are the engine's (see :func:`~basinscope.analyses.compute_landscape`).
+    is given, the buffers. ``bn_policy`` (``None`` or ``"auto"``) defaults to
+    ``"recompute"`` for a model with BatchNorm (statistics re-estimated at every :math:`t`
+    from ``bn_batches`` batches of ``bn_data``, by default the ``"train"`` split of
+    ``data``) and ``"stored"`` otherwise; the line uses the same policy and data, at
+    ``alpha = t``. The other keyword arguments are the engine's (see
+    :func:`~basinscope.analyses.compute_landscape`).
     """
-    ts = _check_ts(np.linspace(0.0, 1.0, 21) if ts is None else ts)
+    even = ts is None  # the spec's grid (given ts: no spec)
+    if even:
+        at_least("points", points, 2, high=MAX_POINTS)
+        ts = np.linspace(0.0, 1.0, points)
+    ts = _check_ts(ts)
+    if bn_policy == "auto":
+        bn_policy = None
+    asked_policy = bn_policy or "auto"
     if dtype not in DTYPES:
         raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     params = get_params(model)
@@ -711,13 +594,26 @@ def evaluate_curve(
             progress=progress,
         ).dataset
         evaluation["line_strategy"] = line.attrs.get("strategy")
+    names = [m if isinstance(m, str) else None for m in metrics]
+    spec = None  # a custom metric (a Metric or a callable) or grid of t has no spec
+    if even and all(names):
+        spec = CurveEvalSpec.from_kwargs(
+            {**locals(), "points": len(ts), "bn_policy": asked_policy, "metrics": tuple(names)}
+        )
+    degree = (
+        f"order {curve.order}" if curve.kind == "bezier" else f"{len(curve.control_points)} bends"
+    )
     return CurveEvaluation(
         curve=ds,
         line=line,
         length=length,
         distance=distance,
+        length_ratio=length / distance if distance > 0 else float("nan"),
         max_curve={str(v): float(ds[v].max()) for v in ds.data_vars},
         max_line={str(v): float(line[v].max()) for v in line.data_vars} if line is not None else {},
         settings=settings,
         evaluation=evaluation,
+        definition=f"{curve.kind} curve ({degree}) at {len(ts)} values of t in [0, 1]"
+        + (", next to the straight line at alpha = t" if include_line else ""),
+        spec=spec,
     )

@@ -16,7 +16,8 @@ Each returns an :class:`EnsembleResult` with the ``budget`` in gradient steps (t
 run's updates plus ``pretrain_steps`` for runs that start from a trained model), the
 members, the ensemble's accuracy, the diversity (mean pairwise disagreement of the
 members' predictions) and the barriers between consecutive collected points
-(:func:`ensemble_metrics`).
+(:func:`ensemble_metrics`). :func:`ensemble` runs any of the three from an
+:class:`EnsembleSpec` (what ``basinscope ensemble`` runs).
 """
 
 from __future__ import annotations
@@ -25,30 +26,162 @@ import inspect
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from basinscope.analyses.instability import pair_barrier
+from basinscope._checks import MAX_COUNT, MAX_POINTS, MAX_SEED, MAX_STEPS
+from basinscope.analyses.barrier import BARRIER_METRICS, barrier_definition_option
+from basinscope.analyses.instability import bn_policy_option, pair_barrier
 from basinscope.engine import as_batches, has_batchnorm
 from basinscope.errors import BasinscopeError
 from basinscope.jsonable import jsonable
+from basinscope.result import Result, transient
+from basinscope.spec import Spec, option, takes_spec
 from basinscope.training import TrainConfig, train
 from basinscope.training.callbacks import FGE, SWA
+from basinscope.training.config import OPTIMIZERS
 
-__all__ = ["EnsembleResult", "ensemble_metrics", "fge", "independent_ensemble", "swa"]
+__all__ = [
+    "ENSEMBLE_METHODS",
+    "EnsembleResult",
+    "EnsembleSpec",
+    "ensemble",
+    "ensemble_metrics",
+    "fge",
+    "independent_ensemble",
+    "swa",
+]
+
+ENSEMBLE_METHODS = ("fge", "swa", "independent")
+METHOD_DEFINITIONS = {
+    "fge": "fast geometric ensembling (Garipov et al. 2018): one snapshot per cycle of a "
+    "cyclic learning rate, at its lowest rate; the snapshots' softmax averaged",
+    "swa": "stochastic weight averaging (Izmailov et al. 2018): the running average of the "
+    "weights at a constant rate, BatchNorm statistics re-estimated",
+    "independent": "independent ensemble: models from different initialization and data-order "
+    "seeds, their softmax averaged",
+}
 
 
 @dataclass(frozen=True)
-class EnsembleResult:
+class EnsembleSpec(Spec):
+    """The settings of :func:`ensemble` (and of ``basinscope ensemble``): the method's own
+    (fge: ``cycles``..., swa: ``steps``, ``start``..., independent: ``n``, ``steps`` or
+    ``budget``), the training's and the barriers'."""
+
+    kind: ClassVar[str] = "ensemble"
+
+    method: str = option("fge", "fge, swa or independent.", choices=ENSEMBLE_METHODS)
+    cycles: int = option(4, "fge: number of cycles (= snapshots).", low=1, high=1000)
+    cycle_steps: int = option(20, "fge: updates per cycle (>= 2).", low=2, high=MAX_STEPS)
+    lr_max: float = option(0.05, "fge: highest learning rate.")
+    lr_min: float = option(0.0005, "fge: lowest learning rate.")
+    steps: int | None = option(
+        None,
+        "swa: updates; independent: updates per member (default 100).",
+        low=1,
+        high=MAX_STEPS,
+    )
+    lr: float = option(0.05, "swa, independent: the learning rate.")
+    start: int | None = option(
+        None,
+        "swa: average after this update (default --steps / 2).",
+        flag="--swa-start",
+        low=0,
+        high=MAX_COUNT,
+    )
+    every: int = option(
+        1, "swa: average every this many updates.", flag="--swa-every", low=1, high=MAX_COUNT
+    )
+    n: int = option(3, "independent: number of models.", flag="--members", low=1, high=1000)
+    budget: int | None = option(
+        None, "independent: total updates, split evenly among the members.", low=1, high=MAX_COUNT
+    )
+    pretrain_steps: int = option(
+        0,
+        "fge/swa: updates that trained --weights (for the budget).",
+        low=0,
+        high=MAX_STEPS,
+    )
+    batch_size: int = option(64, "Training minibatch size.", low=1, high=MAX_COUNT)
+    optimizer: str = option("sgd", "sgd, adam or adamw.", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.0, "L2 penalty (decoupled for adamw).")
+    data_seed: int = option(0, "fge/swa: data-order seed.", low=0, high=MAX_SEED)
+    barriers: bool = option(
+        True, "Barriers between consecutive members.", flag="--barriers/--no-barriers"
+    )
+    barrier_definition: str = barrier_definition_option("linear", flag="--definition")
+    barrier_metric: str = option(
+        "error", "Barrier metric: error or loss.", flag="--metric", choices=BARRIER_METRICS
+    )
+    num_points: int = option(11, "alpha grid of each barrier.", low=3, high=MAX_POINTS)
+    bn_policy: str = bn_policy_option("stored")
+
+    def check(self) -> None:
+        name = self.name_of
+        if self.budget is not None and self.method != "independent":
+            raise BasinscopeError(
+                f"{name('budget')} is for {name('method')} independent (the budget of fge/swa "
+                f"is set by {name('cycles')}/{name('cycle_steps')} or {name('steps')}), got "
+                f"{name('method')} {self.method}"
+            )
+        if self.budget is not None and self.steps is not None:
+            raise BasinscopeError(
+                f"give {name('steps')} (per member) or {name('budget')} (in all), not both"
+            )
+        if self.budget is not None and self.budget < self.n:
+            raise BasinscopeError(
+                f"{name('budget')} {self.budget} is less than one update per member "
+                f"({name('n')} {self.n})"
+            )
+        if self.method == "fge" and self.cycles * self.cycle_steps > MAX_STEPS:
+            raise BasinscopeError(
+                f"{name('cycle_steps')} must be <= {MAX_STEPS // self.cycles:,} "
+                f"({name('cycles')} x {name('cycle_steps')} is at most 10**8 updates), got "
+                f"{self.cycle_steps:,}"
+            )
+        if self.method == "swa" and not 0 <= self.swa_start() <= self.run_steps():
+            raise BasinscopeError(
+                f"{name('start')} must be an update in [0, {name('steps')}] = "
+                f"[0, {self.run_steps()}], got {self.start}"
+            )
+        self.config()  # the training settings, checked by TrainConfig
+
+    def run_steps(self) -> int:
+        """The updates of swa, and of each member of an independent ensemble."""
+        if self.budget is not None:
+            return self.budget // self.n
+        return 100 if self.steps is None else self.steps
+
+    def swa_start(self) -> int:
+        return self.run_steps() // 2 if self.start is None else self.start
+
+    def config(self) -> TrainConfig:
+        """The training configuration of the run (fge/swa replace its schedule)."""
+        fge_run = self.method == "fge"
+        return TrainConfig(
+            steps=self.cycles * self.cycle_steps if fge_run else self.run_steps(),
+            lr=self.lr_max if fge_run else self.lr,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            data_seed=self.data_seed,
+        )
+
+
+@dataclass(frozen=True)
+class EnsembleResult(Result, kind="ensemble"):
     """An ensemble (or SWA solution) and what it cost.
 
     Attributes:
-        method: ``"fge"``, ``"swa"`` or ``"independent"``.
+        method: ``"fge"``, ``"swa"`` or ``"independent"``; ``definition`` says what it is.
         budget: gradient steps spent, including ``settings["pretrain_steps"]``.
         members: number of weight sets combined (snapshots, averaged weights, models).
         ensemble_accuracy: accuracy of the method's prediction: the averaged softmax of
@@ -60,8 +193,12 @@ class EnsembleResult:
         barrier_definition, barrier_metric: which barrier.
         metrics: the full output of :func:`ensemble_metrics` on the evaluation data.
         settings: the configuration of the run.
+        member_names: a name for each of ``models`` (``snapshot_0``..., ``sgd_final`` and
+            ``swa``, ``member_0``...); ``member_files`` the files they were written to (by
+            the command).
+        spec: the settings, when run through :func:`ensemble`.
         models: the models (fge: snapshots; swa: the last SGD iterate, then the SWA
-            model; independent: the members); not part of ``to_dict``.
+            model; independent: the members); in memory only, not part of ``to_dict``.
     """
 
     method: str
@@ -75,11 +212,11 @@ class EnsembleResult:
     barrier_metric: str
     metrics: dict[str, Any]
     settings: dict[str, Any]
-    models: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field but the models."""
-        return jsonable({f: getattr(self, f) for f in self.__dataclass_fields__ if f != "models"})
+    definition: str = ""
+    member_names: tuple[str, ...] = ()
+    member_files: tuple[str, ...] = ()
+    spec: EnsembleSpec | None = None
+    models: tuple[nn.Module, ...] = transient(default=())
 
 
 @torch.no_grad()
@@ -166,6 +303,7 @@ def ensemble_metrics(
         "disagreement": float(np.mean(pair_vals)) if pair_vals else math.nan,
         "pairwise_disagreement": matrix.tolist(),
         "n_examples": len(y),
+        "split": split,
         "barrier_definition": barrier_definition,
         "barrier_metric": barrier_metric,
         "barriers": [],
@@ -202,6 +340,11 @@ def _result(
     ensemble_accuracy: float | None,
     settings: dict[str, Any],
 ) -> EnsembleResult:
+    if method == "swa":
+        names: tuple[str, ...] = ("sgd_final", "swa")
+    else:
+        prefix = "snapshot" if method == "fge" else "member"
+        names = tuple(f"{prefix}_{i}" for i in range(len(models)))
     return EnsembleResult(
         method=method,
         budget=int(budget),
@@ -216,6 +359,8 @@ def _result(
         barrier_metric=metrics["barrier_metric"],
         metrics=metrics,
         settings=jsonable(settings),
+        definition=METHOD_DEFINITIONS[method],
+        member_names=names,
         models=tuple(models),
     )
 
@@ -450,3 +595,88 @@ def independent_ensemble(
         ensemble_accuracy=None,
         settings=settings,
     )
+
+
+@takes_spec(EnsembleSpec)
+def ensemble(
+    model: nn.Module | Callable[..., nn.Module],
+    data: Any,
+    *,
+    method: str = "fge",
+    cycles: int = 4,
+    cycle_steps: int = 20,
+    lr_max: float = 0.05,
+    lr_min: float = 0.0005,
+    steps: int | None = None,
+    lr: float = 0.05,
+    start: int | None = None,
+    every: int = 1,
+    n: int = 3,
+    budget: int | None = None,
+    pretrain_steps: int = 0,
+    batch_size: int = 64,
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    data_seed: int = 0,
+    barriers: bool = True,
+    barrier_definition: str = "linear",
+    barrier_metric: str = "error",
+    num_points: int = 11,
+    bn_policy: str = "stored",
+    eval_data: Any = None,
+    bn_data: Any = None,
+    loss_fn: Callable | None = None,
+    split: str = "eval",
+) -> EnsembleResult:
+    """:func:`fge`, :func:`swa` or :func:`independent_ensemble` (``method``) with the
+    settings of an :class:`EnsembleSpec`.
+
+    ``model`` is the trained model fge and swa start from, or for ``"independent"`` the
+    factory of the members. ``steps`` defaults to 100 (swa; independent: per member, or
+    ``budget // n`` with a ``budget``), ``start`` to ``steps // 2``. The training runs with
+    ``batch_size``, ``optimizer``, ``momentum``, ``weight_decay`` and ``data_seed`` (fge,
+    swa); ``bn_data`` re-estimates BatchNorm statistics (the SWA model's, and the
+    barriers' with ``bn_policy="recompute"``); ``split`` names ``eval_data`` in the
+    metrics.
+    """
+    spec = EnsembleSpec.from_kwargs(locals())
+    config = spec.config()
+    metric_kwargs = dict(
+        barriers=barriers,
+        barrier_definition=barrier_definition,
+        barrier_metric=barrier_metric,
+        num_points=num_points,
+        bn_policy=bn_policy,
+        split=split,
+    )
+    common = dict(config=config, eval_data=eval_data, loss_fn=loss_fn, **metric_kwargs)
+    if method == "fge":
+        res = fge(
+            model,
+            data,
+            cycles=cycles,
+            cycle_steps=cycle_steps,
+            lr_max=lr_max,
+            lr_min=lr_min,
+            pretrain_steps=pretrain_steps,
+            bn_data=bn_data,
+            **common,
+        )
+    elif method == "swa":
+        res = swa(
+            model,
+            data,
+            steps=spec.run_steps(),
+            start=spec.swa_start(),
+            lr=lr,
+            every=every,
+            bn_data=bn_data,
+            pretrain_steps=pretrain_steps,
+            **common,
+        )
+    else:
+        res = independent_ensemble(
+            model, data, n=n, steps=spec.run_steps(), bn_data=bn_data, **common
+        )
+    return replace(res, spec=spec)

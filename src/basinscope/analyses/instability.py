@@ -20,32 +20,42 @@ The transfer variant (Neyshabur, Sedghi & Zhang 2020, "What is being transferred
 transfer learning?", Sec. 3.2) compares two children fine-tuned from pre-trained weights
 with two children trained from one random initialization (:func:`transfer_instability`).
 
-Barriers come from :func:`basinscope.analyses.barrier.barrier` when that module is
-available, otherwise from a grid over :math:`\\alpha \\in [0, 1]` of
-:func:`~basinscope.analyses.interpolation.interpolate`; the result records which.
+Every barrier is :func:`basinscope.analyses.barrier.barrier` (its definitions are
+:data:`~basinscope.analyses.barrier.BARRIER_DEFINITIONS`); each result records its
+``definition`` and the settings in an :class:`InstabilitySpec`.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from basinscope._checks import at_least
+from basinscope._checks import MAX_POINTS, MAX_SEED, MAX_STEPS, at_least
+from basinscope.analyses.barrier import (
+    BARRIER_METRICS,
+    _check_definition,
+    barrier,
+    barrier_definition_option,
+)
 from basinscope.errors import BasinscopeError
 from basinscope.jsonable import jsonable
+from basinscope.result import Result, transient
+from basinscope.spec import BN_POLICIES, STRATEGIES, EvalOptions, Spec, option, takes_spec
 from basinscope.training import TrainConfig, TrainResult, train
 
 __all__ = [
     "CHILD_SCHEDULES",
     "InstabilityResult",
+    "InstabilitySpec",
     "InstabilitySweep",
     "TransferInstabilityResult",
     "instability",
@@ -54,18 +64,110 @@ __all__ = [
     "transfer_instability",
 ]
 
-_DEFINITIONS: tuple[str, ...] = ("linear", "mean", "midpoint")
 CHILD_SCHEDULES: tuple[str, ...] = ("continue", "restart")
+DEFAULT_KS: tuple[int, ...] = (0, 10, 50)
+
+
+def _help_of(spec: type[Spec], name: str) -> str:
+    return next(f for f in dataclasses.fields(spec) if f.name == name).metadata["help"]
+
+
+def bn_policy_option(default: str = "stored") -> Any:
+    """``--bn`` as in :class:`~basinscope.spec.EvalOptions`, for specs without its other
+    settings."""
+    return option(default, _help_of(EvalOptions, "bn_policy"), flag="--bn", choices=BN_POLICIES)
+
+
+def _int_list(flag: str, example: str) -> Callable[[str], tuple[int, ...]]:
+    """The command-line parser of a comma-separated list of integers."""
+
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(s) for s in text.split(",") if s.strip())
+        except ValueError:
+            raise BasinscopeError(
+                f"{flag} must be comma-separated integers, e.g. {flag} {example}; got {text!r}"
+            ) from None
+        if not values:
+            raise BasinscopeError(f"{flag} needs at least one integer, e.g. {flag} {example}")
+        return values
+
+    return parse
+
+
+@dataclass(frozen=True)
+class InstabilitySpec(Spec):
+    """The settings of :func:`instability_sweep`, :func:`instability` (one ``k``) and
+    :func:`transfer_instability` (``k = 0``, ``steps = total_steps``); the training itself
+    is a :class:`~basinscope.training.TrainConfig`."""
+
+    kind: ClassVar[str] = "instability"
+
+    ks: tuple[int, ...] | None = option(
+        None,
+        "Comma-separated spawning steps (default: those of 0,10,50 within --total-steps); "
+        "not with --transfer.",
+        flag="--k",
+        parse=_int_list("--k", "0,10,50"),
+        metavar="K,K,...",
+        low=0,
+    )
+    total_steps: int = option(100, "Updates of parent + child.", low=1, high=MAX_STEPS)
+    children: int = option(2, "Children per parent (at least 2).", low=2, high=1000)
+    child_seeds: tuple[int, ...] | None = option(
+        None,
+        "Data-order seed of each child (default 1,2,...).",
+        parse=_int_list("--child-seeds", "1,2"),
+        metavar="SEED,SEED,...",
+        low=0,
+        high=MAX_SEED,
+    )
+    child_schedule: str = option(
+        "continue", "continue or restart (see above).", choices=CHILD_SCHEDULES
+    )
+    copy_optimizer_state: bool = option(
+        True,
+        "Children start with the parent's optimizer state (momentum), or with a fresh "
+        "optimizer (--reset-optimizer).",
+        flag="--copy-optimizer-state/--reset-optimizer",
+    )
+    definition: str = barrier_definition_option("mean")
+    metric: str = option("error", "error or loss.", choices=BARRIER_METRICS)
+    num_points: int = option(25, "alpha grid of each barrier.", low=3, high=MAX_POINTS)
+    bn_policy: str = bn_policy_option("stored")
+    strategy: str = option(
+        "loop",
+        "Engine strategy of the barriers (pinned: equal runs give bit-identical numbers).",
+        choices=STRATEGIES,
+        cli=False,
+    )
+
+    def check(self) -> None:
+        if self.ks is not None:
+            bad = [k for k in self.ks if not 0 <= k <= self.total_steps]
+            if bad:
+                raise BasinscopeError(
+                    f"every {self.name_of('ks')} must lie in [0, {self.name_of('total_steps')}]"
+                    f" = [0, {self.total_steps}], got {bad}"
+                )
+        if self.child_seeds is not None and len(self.child_seeds) != self.children:
+            seeds, kids = self.name_of("child_seeds"), self.name_of("children")
+            example = ",".join(map(str, range(1, self.children + 1)))
+            raise BasinscopeError(
+                f"{seeds} has {len(self.child_seeds)} seeds for {kids} {self.children}: pass "
+                f"one data-order seed per child, e.g. {seeds} {example}"
+            )
+
+    def default_ks(self) -> tuple[int, ...]:
+        """``ks``, or those of 0, 10, 50 within ``total_steps``."""
+        if self.ks is not None:
+            return self.ks
+        return tuple(k for k in DEFAULT_KS if k <= self.total_steps)
 
 
 # -- barriers -----------------------------------------------------------------------------
-def _check_definition(definition: str, metric: str) -> None:
-    if definition not in _DEFINITIONS:
-        raise BasinscopeError(
-            f"unknown barrier definition {definition!r}; valid definitions are "
-            f"{', '.join(repr(d) for d in _DEFINITIONS)} ('mean' is Frankle et al. 2020's, "
-            "'linear' Entezari et al. 2022's)."
-        )
+def _check_barrier(definition: str, metric: str) -> None:
+    _check_definition(definition)
     if not isinstance(metric, str) or not metric:
         raise BasinscopeError(f"metric must be a metric name such as 'error', got {metric!r}.")
 
@@ -88,9 +190,7 @@ def pair_barrier(
     The engine strategy is pinned (default ``"loop"``) so equal models and seeds give
     bit-identical numbers.
     """
-    from basinscope.analyses.barrier import barrier
-
-    _check_definition(definition, metric)
+    _check_barrier(definition, metric)
     return barrier(
         model_a,
         model_b,
@@ -105,15 +205,9 @@ def pair_barrier(
     )
 
 
-def _barrier_dict(res: Any) -> dict[str, Any]:
-    if hasattr(res, "to_dict"):
-        return jsonable(res.to_dict())
-    return {"value": float(res.value), "definition": str(res.definition)}
-
-
 # -- results ------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class InstabilityResult:
+class InstabilityResult(Result, kind="instability"):
     """The barrier between children spawned at step ``k`` (Frankle et al. 2020).
 
     Attributes:
@@ -131,7 +225,8 @@ class InstabilityResult:
         child_schedule: ``"continue"`` or ``"restart"`` (see :func:`instability`).
         details: every pairwise barrier as a dict.
         settings: everything else that defines the number (configs, data sizes, ...).
-        children: the trained children (not part of ``to_dict``).
+        spec: the settings (``ks == (k,)``).
+        children: the trained children (in memory only: not part of ``to_dict``).
     """
 
     k: int
@@ -149,36 +244,23 @@ class InstabilityResult:
     child_schedule: str
     details: tuple[dict[str, Any], ...]
     settings: dict[str, Any]
-    children: tuple[nn.Module, ...] = field(default=(), repr=False, compare=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict of every field but the models."""
-        d = {f: getattr(self, f) for f in self.__dataclass_fields__ if f != "children"}
-        return jsonable(d)
+    spec: InstabilitySpec | None = None
+    children: tuple[nn.Module, ...] = transient(default=())
 
 
 @dataclass(frozen=True)
-class InstabilitySweep:
-    """Instability as a function of the spawning step (Frankle et al. 2020, Fig. 2)."""
+class InstabilitySweep(Result, kind="instability_sweep"):
+    """Instability as a function of the spawning step (Frankle et al. 2020, Fig. 2);
+    ``config`` is the training configuration of one run of ``total_steps``."""
 
     ks: tuple[int, ...]
     values: tuple[float, ...]
     max_values: tuple[float, ...]
     definition: str
     metric: str
-    results: tuple[InstabilityResult, ...] = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return jsonable(
-            {
-                "ks": self.ks,
-                "values": self.values,
-                "max_values": self.max_values,
-                "definition": self.definition,
-                "metric": self.metric,
-                "results": [r.to_dict() for r in self.results],
-            }
-        )
+    results: tuple[InstabilityResult, ...]
+    spec: InstabilitySpec | None = None
+    config: TrainConfig | None = None
 
     def plot(self, ax=None):
         """Same as :func:`plot_instability`."""
@@ -186,7 +268,7 @@ class InstabilitySweep:
 
 
 @dataclass(frozen=True)
-class TransferInstabilityResult:
+class TransferInstabilityResult(Result, kind="transfer_instability"):
     """Children fine-tuned from pre-trained weights vs children trained from scratch.
 
     Neyshabur et al. 2020: two fine-tuned copies of a pre-trained model stay in one basin
@@ -198,20 +280,10 @@ class TransferInstabilityResult:
     scratch_barrier: float
     definition: str
     metric: str
-    pretrained: InstabilityResult = field(repr=False)
-    scratch: InstabilityResult = field(repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return jsonable(
-            {
-                "pretrained_barrier": self.pretrained_barrier,
-                "scratch_barrier": self.scratch_barrier,
-                "definition": self.definition,
-                "metric": self.metric,
-                "pretrained": self.pretrained.to_dict(),
-                "scratch": self.scratch.to_dict(),
-            }
-        )
+    pretrained: InstabilityResult
+    scratch: InstabilityResult
+    spec: InstabilitySpec | None = None
+    config: TrainConfig | None = None
 
 
 # -- schedules of a spawned run -----------------------------------------------------------
@@ -263,6 +335,7 @@ def _child_config(config: TrainConfig, k: int, total_steps: int, policy: str) ->
 
 
 # -- the analysis -------------------------------------------------------------------------
+@takes_spec(InstabilitySpec)
 def instability(
     model: nn.Module,
     data: Any,
@@ -271,7 +344,7 @@ def instability(
     total_steps: int,
     config: TrainConfig,
     children: int = 2,
-    child_seeds: Sequence[int] = (1, 2),
+    child_seeds: Sequence[int] | None = (1, 2),
     copy_optimizer_state: bool = True,
     definition: str = "mean",
     metric: str = "error",
@@ -288,8 +361,9 @@ def instability(
     1. The parent is ``model`` trained for ``k`` updates with ``config`` (its data order
        from ``config.data_seed``); ``k=0`` uses ``model`` itself.
     2. ``children`` copies of the parent train for ``total_steps - k`` more updates, child
-       ``i`` with data order ``child_seeds[i]``, starting from the parent's optimizer state
-       (momentum, Adam moments) if ``copy_optimizer_state`` else from a fresh optimizer.
+       ``i`` with data order ``child_seeds[i]`` (``None``: ``1, 2, ..., children``),
+       starting from the parent's optimizer state (momentum, Adam moments) if
+       ``copy_optimizer_state`` else from a fresh optimizer.
     3. The barrier (``definition`` on ``metric``, over ``eval_data``, default ``data``)
        between every pair of children; ``value`` is the mean over pairs, ``max_value`` the
        largest.
@@ -310,6 +384,8 @@ def instability(
     total_steps = at_least("total_steps", total_steps, 1)
     k = at_least("k", k, 0, high=total_steps)
     children = at_least("children", children, 2)
+    if child_seeds is None:
+        child_seeds = range(1, children + 1)
     seeds = tuple(int(s) for s in child_seeds)
     if len(seeds) != children:
         raise BasinscopeError(
@@ -321,7 +397,7 @@ def instability(
             f"unknown child_schedule {child_schedule!r}; valid values are "
             f"{', '.join(repr(c) for c in CHILD_SCHEDULES)}."
         )
-    _check_definition(definition, metric)
+    _check_barrier(definition, metric)
     eval_data = data if eval_data is None else eval_data
 
     parent_result: TrainResult | None = None
@@ -390,35 +466,66 @@ def instability(
         child_values=tuple(child_values),
         copy_optimizer_state=copy_optimizer_state,
         child_schedule=child_schedule,
-        details=tuple(_barrier_dict(r) for r in results),
+        details=tuple(jsonable(r.to_dict()) for r in results),
         settings=settings,
+        spec=InstabilitySpec.from_kwargs({**locals(), "ks": (k,), "child_seeds": seeds}),
         children=tuple(kids),
     )
 
 
+@takes_spec(InstabilitySpec)
 def instability_sweep(
     model: nn.Module,
     data: Any,
-    ks: Sequence[int],
+    ks: Sequence[int] | None = None,
     *,
     total_steps: int,
     config: TrainConfig,
-    **kwargs: Any,
+    children: int = 2,
+    child_seeds: Sequence[int] | None = (1, 2),
+    copy_optimizer_state: bool = True,
+    definition: str = "mean",
+    metric: str = "error",
+    eval_data: Any = None,
+    num_points: int = 25,
+    child_schedule: str = "continue",
+    bn_policy: str = "stored",
+    bn_data: Any = None,
+    loss_fn: Callable | None = None,
+    strategy: str = "loop",
 ) -> InstabilitySweep:
     """:func:`instability` at every spawning step in ``ks`` (same other arguments).
 
-    Each ``k`` trains its own parent from ``model`` (a prefix of the same deterministic
-    run for the ``"continue"`` schedules, so the parents are the run's checkpoints).
+    ``ks=None`` takes those of 0, 10 and 50 that are at most ``total_steps``. Each ``k``
+    trains its own parent from ``model`` (a prefix of the same deterministic run for the
+    ``"continue"`` schedules, so the parents are the run's checkpoints).
     """
+    if ks is None:
+        ks = tuple(k for k in DEFAULT_KS if k <= total_steps)
     ks = tuple(at_least("every k in ks", k, 0) for k in ks)
     if not ks:
         raise BasinscopeError("ks is empty: pass the spawning steps, e.g. ks=(0, 10, 100).")
     if len(set(ks)) != len(ks):
         raise BasinscopeError(f"ks has repeated steps: {list(ks)}; pass each step once.")
     ks = tuple(sorted(ks))
-    results = tuple(
-        instability(model, data, k=k, total_steps=total_steps, config=config, **kwargs) for k in ks
+    common = dict(
+        total_steps=total_steps,
+        config=config,
+        children=children,
+        child_seeds=child_seeds,
+        copy_optimizer_state=copy_optimizer_state,
+        definition=definition,
+        metric=metric,
+        eval_data=eval_data,
+        num_points=num_points,
+        child_schedule=child_schedule,
+        bn_policy=bn_policy,
+        bn_data=bn_data,
+        loss_fn=loss_fn,
+        strategy=strategy,
     )
+    results = tuple(instability(model, data, k=k, **common) for k in ks)
+    first = results[0].spec
     return InstabilitySweep(
         ks=ks,
         values=tuple(r.value for r in results),
@@ -426,6 +533,8 @@ def instability_sweep(
         definition=results[0].definition,
         metric=results[0].metric,
         results=results,
+        spec=first.replace(ks=ks) if first is not None else None,
+        config=config,
     )
 
 
@@ -435,41 +544,17 @@ def plot_instability(sweep: InstabilitySweep, ax=None):
     The mean over pairs is the line; with more than two children the largest pairwise
     barrier is drawn as well. The ``k`` axis is logarithmic when the positive ``k`` span
     at least a decade (symmetric-log with a linear part below 1 when ``k=0`` is present).
+    Without ``ax`` the figure also shows the children's curves
+    (:func:`basinscope.plotting.plot` of the sweep).
     """
-    from basinscope.plotting._common import (
-        LABEL_SIZE,
-        LEGEND_SIZE,
-        figure_of,
-        new_figure,
-        style_axes,
-    )
-
     if not isinstance(sweep, InstabilitySweep):
         raise BasinscopeError(
             f"plot_instability needs an InstabilitySweep (from instability_sweep), got "
             f"{type(sweep).__name__}."
         )
-    if ax is None:
-        fig = new_figure((4.5, 3.2))
-        ax = fig.add_subplot(1, 1, 1)
-    else:
-        fig = figure_of(ax)
-    ks = np.asarray(sweep.ks, dtype=np.float64)
-    ax.plot(ks, sweep.values, "o-", color="tab:blue", label="mean over pairs")
-    if any(len(r.pairs) > 1 for r in sweep.results):
-        ax.plot(ks, sweep.max_values, "v--", color="tab:red", label="max over pairs")
-        ax.legend(fontsize=LEGEND_SIZE)
-    positive = ks[ks > 0]
-    if positive.size and positive.max() / positive.min() >= 10:
-        if (ks == 0).any():
-            ax.set_xscale("symlog", linthresh=1.0)
-        else:
-            ax.set_xscale("log")
-    ax.axhline(0.0, color="0.6", lw=0.8)
-    ax.set_xlabel("spawning step k", fontsize=LABEL_SIZE)
-    ax.set_ylabel(f"{sweep.definition} barrier ({sweep.metric})", fontsize=LABEL_SIZE)
-    style_axes(ax)
-    return fig, ax
+    from basinscope.plotting import plot
+
+    return plot(sweep, ax=ax)
 
 
 def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
@@ -489,6 +574,7 @@ def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
     return fresh
 
 
+@takes_spec(InstabilitySpec)
 def transfer_instability(
     pretrained: nn.Module,
     data: Any,
@@ -500,6 +586,14 @@ def transfer_instability(
     child_seeds: Sequence[int] = (1, 2),
     definition: str = "mean",
     metric: str = "error",
+    copy_optimizer_state: bool = True,
+    eval_data: Any = None,
+    num_points: int = 25,
+    child_schedule: str = "continue",
+    bn_policy: str = "stored",
+    bn_data: Any = None,
+    loss_fn: Callable | None = None,
+    strategy: str = "loop",
     **kwargs: Any,
 ) -> TransferInstabilityResult:
     """Barrier between two fine-tuned copies of ``pretrained`` vs two copies trained from scratch.
@@ -507,23 +601,36 @@ def transfer_instability(
     Both pairs are :func:`instability` at ``k=0`` over ``steps`` updates with the same
     ``config`` and ``child_seeds``: once from the pre-trained weights, once from
     ``random_init`` (default: ``pretrained`` with every module's ``reset_parameters()``
-    called under ``torch.manual_seed(init_seed)``). Other keyword arguments go to
-    :func:`instability`.
+    called under ``torch.manual_seed(init_seed)``). The other keyword arguments are
+    :func:`instability`'s.
     """
     if "k" in kwargs or "total_steps" in kwargs:
         raise BasinscopeError(
             "transfer_instability spawns at k=0 and trains for `steps`; drop k/total_steps."
         )
+    if kwargs:
+        raise BasinscopeError(
+            f"transfer_instability got unknown keyword arguments {sorted(kwargs)}; it takes "
+            "those of instability() but k and total_steps."
+        )
     init = _reinitialized(pretrained, init_seed) if random_init is None else random_init
+    seeds = tuple(child_seeds) if child_seeds is not None else (1, 2)
     common = dict(
         k=0,
         total_steps=steps,
         config=config,
-        children=len(tuple(child_seeds)),
-        child_seeds=child_seeds,
+        children=len(seeds),
+        child_seeds=seeds,
         definition=definition,
         metric=metric,
-        **kwargs,
+        copy_optimizer_state=copy_optimizer_state,
+        eval_data=eval_data,
+        num_points=num_points,
+        child_schedule=child_schedule,
+        bn_policy=bn_policy,
+        bn_data=bn_data,
+        loss_fn=loss_fn,
+        strategy=strategy,
     )
     pre = instability(pretrained, data, **common)
     scratch = instability(init, data, **common)
@@ -534,4 +641,6 @@ def transfer_instability(
         metric=metric,
         pretrained=pre,
         scratch=scratch,
+        spec=pre.spec.replace(ks=None) if pre.spec is not None else None,
+        config=config,
     )

@@ -1,5 +1,5 @@
-"""Shared helpers of the mode-connectivity commands (``basinscope barrier``, ``basin``,
-``curve``, ``align``, ``instability`` and ``ensemble``): option values, validation, run
+"""Shared helpers of the commands not yet generated from specs (``basinscope similarity``,
+``distance``, ``rewind``, ``criticality``, ``finetune``): option values, validation, run
 folders, the ``_analysis`` context, figures and the final summary.
 
 Every command writes a run folder (``--out``) with ``manifest.json`` (the full spec and
@@ -25,18 +25,12 @@ from basinscope.cli.common import (
     emit_json,
     hold_out_folder,
     info,
-    load_model,
     out_callback,
     parse_json_kwargs,
     sanitize,
 )
 from basinscope.errors import BasinscopeError
 
-BARRIER_DEFINITIONS = ("linear", "mean", "midpoint")
-BARRIER_METRICS = ("error", "loss")
-EVAL_METRICS = ("loss", "error", "accuracy")
-BN_POLICIES = ("stored", "recompute")
-DTYPES = ("float32", "float64")
 STRATEGIES = ("auto", "vmap", "loop")
 
 OUT_OPT = typer.Option(
@@ -44,11 +38,6 @@ OUT_OPT = typer.Option(
     "--out",
     help="Run folder (default: basinscope-runs/<command>-<time>).",
     callback=out_callback,
-)
-DEFINITION_HELP = (
-    "Barrier definition: linear (Entezari et al. 2022: max over alpha of the curve above the "
-    "chord), mean (Frankle et al. 2020: max above the endpoints' mean) or midpoint "
-    "(f(1/2) above the endpoints' mean)."
 )
 
 
@@ -59,18 +48,6 @@ def _choice(flag: str, value: str, choices: Sequence[str], what: str) -> str:
             f"unknown {what} {value!r} for {flag}: expected one of {', '.join(choices)}"
         )
     return value
-
-
-def _ints(text: str, flag: str, example: str) -> list[int]:
-    try:
-        values = [int(s) for s in text.split(",") if s.strip()]
-    except ValueError:
-        raise BasinscopeError(
-            f"{flag} must be comma-separated integers, e.g. {flag} {example}; got {text!r}"
-        ) from None
-    if not values:
-        raise BasinscopeError(f"{flag} needs at least one integer, e.g. {flag} {example}")
-    return values
 
 
 def _labels(paths: Sequence[Path]) -> list[str]:
@@ -84,10 +61,6 @@ def _labels(paths: Sequence[Path]) -> list[str]:
         if len(set(names)) == len(names):
             return names
     return [f"{i}:{p}" for i, p in enumerate(paths)]
-
-
-def _models(model: str, model_kwargs: str | None, weights: Sequence[Path]) -> list:
-    return [load_model(model, model_kwargs, w) for w in weights]
 
 
 def _spec(model: str, model_kwargs: str | None, weights, data: DataOptions, **extra) -> dict:
@@ -177,12 +150,6 @@ def _fmt(x: Any) -> str:
         return f"{float(x):.4g}"
     except (TypeError, ValueError):
         return str(x)
-
-
-def _ci(ci: Any) -> str:
-    if ci is None:
-        return ""
-    return f" [{_fmt(ci[0])}, {_fmt(ci[1])}]"
 
 
 def _save(fig, store, name: str) -> list[Path]:

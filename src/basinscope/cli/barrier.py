@@ -2,55 +2,48 @@
 barrier on the line between trained models) and ``basinscope basin`` (the
 (epsilon, delta)-basin test of their convex hull).
 
-Each writes a run folder: see :mod:`basinscope.cli._connectivity_common`.
+Each command is its spec (option groups and the analysis's spec), a ``run`` function that
+returns the analysis's result, and its help; :mod:`basinscope.cli.generate` does the rest
+(the run folder, ``--json``, the figure).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import typer
-
-from basinscope._checks import at_least, check_seed
 from basinscope.analyses.barrier import BarrierSpec
-from basinscope.cli._connectivity_common import (
-    BN_POLICIES,
-    DTYPES,
-    EVAL_METRICS,
-    OUT_OPT,
-    _analysis,
-    _choice,
-    _ci,
-    _finish,
-    _fmt,
-    _labels,
-    _models,
-    _open,
-    _save,
-    _say,
-    _spec,
-)
-from basinscope.cli.common import WAIT_OPT, info
+from basinscope.analyses.basin import BasinSpec
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.landscape import (
-    BLOCK_OPT,
-    BN_BATCHES_OPT,
-    BN_OPT,
-    DATA_OPT,
-    JSON_OPT,
-    KWARGS_OPT,
-    MODEL_OPT,
-    NOISE_OPT,
-    PROGRESS_OPT,
-    ROT_OPT,
-    SHIFT_SEED_OPT,
-)
 from basinscope.cli.options import DataOptions, ModelsOptions, fingerprints
 from basinscope.errors import BasinscopeError
-from basinscope.spec import Spec, group
+from basinscope.spec import Spec, group, option
+
+
+def fmt(x: Any) -> str:
+    """A number in summary lines (4 significant digits; anything else as text)."""
+    try:
+        return f"{float(x):.4g}"
+    except (TypeError, ValueError):
+        return str(x)
+
+
+def fmt_ci(ci: Any) -> str:
+    return "" if ci is None else f" [{fmt(ci[0])}, {fmt(ci[1])}]"
+
+
+def eval_data(data: DataOptions, split: str, bn_policy: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The split evaluated, the BatchNorm data (the train split, with ``recompute``) and
+    every dataset read (for the run's fingerprints)."""
+    ds = data.load(split)
+    datasets = {split: ds}
+    bn_data = None
+    if bn_policy == "recompute":
+        bn_data = ds if split == "train" else data.load("train")
+        datasets.setdefault("train", bn_data)
+    return ds, bn_data, datasets
+
 
 # -- barrier ---------------------------------------------------------------------------------
 BARRIER_HELP = """The loss or error barrier on the straight line between trained models.
@@ -97,12 +90,7 @@ def run_barrier(cmd: BarrierCommand, ctx: Context):
 
     spec = cmd.barrier
     nets = cmd.models.load(2, "a barrier")
-    ds = cmd.data.load(spec.split)
-    datasets = {spec.split: ds}
-    bn_data = None
-    if spec.eval.bn_policy == "recompute":
-        bn_data = ds if spec.split == "train" else cmd.data.load("train")
-        datasets.setdefault("train", bn_data)
+    ds, bn_data, datasets = eval_data(cmd.data, spec.split, spec.eval.bn_policy)
     ctx.open(fingerprints(nets, datasets))
     labels = cmd.models.labels()
     npairs = len(nets) * (len(nets) - 1) // 2
@@ -119,9 +107,9 @@ def run_barrier(cmd: BarrierCommand, ctx: Context):
 def _barrier_lines(result) -> list[str]:
     pairs = getattr(result, "pairs", (result,))
     return [
-        f"{r.models[0]} -- {r.models[1]}: {r.definition} {r.metric} barrier {_fmt(r.value)}"
-        f"{_ci(r.ci)} at alpha {_fmt(r.worst_alpha)} "
-        f"(f(0) {_fmt(r.f0)}, f(1) {_fmt(r.f1)}, f(worst) {_fmt(r.f_worst)})"
+        f"{r.models[0]} -- {r.models[1]}: {r.definition} {r.metric} barrier {fmt(r.value)}"
+        f"{fmt_ci(r.ci)} at alpha {fmt(r.worst_alpha)} "
+        f"(f(0) {fmt(r.f0)}, f(1) {fmt(r.f1)}, f(worst) {fmt(r.f_worst)})"
         for r in pairs
     ] + [f"definition: {result.definition_formula}"]
 
@@ -145,12 +133,12 @@ be affinely independent (a warning says when they are not). figures/basin shows 
 inside, at the noisy boundary points and after the outward steps, and each condition's
 margin with its interval.
 
-JSON (--json): epsilon, epsilon_estimated, delta, holds, ci_supports, mean_loss (with
-mean_loss_std_error, mean_loss_ci), condition1..condition3 (each: condition, name,
-statement, estimate, std_error, ci, threshold, margin, margin_std_error, margin_ci,
-holds, ci_supports), epsilon_range, num_params, affine_dimension, vertex_losses, the
-samples (inside_losses, noise_losses, step_losses, ...), definition, settings, labels,
-weights, split, warnings, run_dir, figures.
+JSON (--json): the basin result (kind "basin"): epsilon, epsilon_estimated, delta, holds,
+ci_supports, mean_loss (with mean_loss_std_error, mean_loss_ci), condition1..condition3
+(each: condition, name, statement, estimate, std_error, ci, threshold, margin,
+margin_std_error, margin_ci, holds, ci_supports), epsilon_range, num_params,
+affine_dimension, vertex_losses, the samples (inside_losses, noise_losses, step_losses,
+...), definition, settings, labels and spec (the settings).
 
 Examples:
 
@@ -162,174 +150,62 @@ Examples:
 """
 
 
-def basin_cmd(
-    model: str = MODEL_OPT,
-    model_kwargs: str = KWARGS_OPT,
-    weights: list[Path] = typer.Option(
-        [], "--weights", help="Weights of a solution; repeat (the hull's vertices)."
-    ),
-    data: str = DATA_OPT,
-    rotation: float = ROT_OPT,
-    block_shuffle: int = BLOCK_OPT,
-    noise: float = NOISE_OPT,
-    shift_seed: int = SHIFT_SEED_OPT,
-    split: str = typer.Option("train", "--split", help="Split whose mean loss is l."),
-    delta: float = typer.Option(
-        None, "--delta", help="delta > 0: Euclidean scale of the noise and of the outward step."
-    ),
-    epsilon: float = typer.Option(
-        None, "--epsilon", help="epsilon to test (default: the smallest for condition 1)."
-    ),
-    samples: int = typer.Option(64, "--samples", help="Uniform points of the hull (>= 2)."),
-    pairs: int = typer.Option(64, "--pairs", help="Uniform pairs for conditions 2 and 3 (>= 2)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of every random draw."),
-    confidence: float = typer.Option(0.95, "--confidence", help="Level of every interval."),
-    metric: str = typer.Option("loss", "--metric", help="The loss l: loss, error or accuracy."),
-    bn: str = BN_OPT,
-    bn_batches: int = BN_BATCHES_OPT,
-    batch_size: int = typer.Option(1024, "--batch-size", help="Examples per forward pass."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64."),
-    out: Path = OUT_OPT,
-    wait: bool = WAIT_OPT,
-    json_out: bool = JSON_OPT,
-    progress: bool = PROGRESS_OPT,
-) -> None:
+@dataclass(frozen=True)
+class HullVertices(ModelsOptions):
+    weights: tuple[Path, ...] = option((), "Weights of a solution; repeat (the hull's vertices).")
+
+
+@dataclass(frozen=True)
+class BasinCommand(Spec):
+    models: HullVertices = group(HullVertices)
+    data: DataOptions = group(DataOptions)
+    split: str = option("train", "Split whose mean loss is l.")
+    basin: BasinSpec = group(BasinSpec)
+
+    def check(self) -> None:
+        if not self.models.weights:
+            flag = self.models.name_of("weights")
+            raise BasinscopeError(
+                "the basin test needs the solutions whose convex hull is tested: pass "
+                f"{flag} once per solution, e.g. {flag} a.safetensors {flag} b.safetensors"
+            )
+
+
+def run_basin(cmd: BasinCommand, ctx: Context):
     from basinscope.analyses.basin import basin_test
 
-    if not weights:
-        raise BasinscopeError(
-            "the basin test needs the solutions whose convex hull is tested: pass --weights "
-            "once per solution, e.g. --weights a.safetensors --weights b.safetensors"
-        )
-    if delta is None:
-        raise BasinscopeError(
-            "--delta is required: the Euclidean scale of the noise (condition 2) and of the "
-            "outward step (condition 3), e.g. --delta 1"
-        )
-    if not (math.isfinite(delta) and delta > 0):
-        raise BasinscopeError(f"--delta must be a finite number > 0, got {delta}")
-    if epsilon is not None and not (math.isfinite(epsilon) and epsilon >= 0):
-        raise BasinscopeError(f"--epsilon must be a finite number >= 0, got {epsilon}")
-    at_least("--samples", samples, 2)
-    at_least("--pairs", pairs, 2)
-    check_seed("--seed", seed)
-    at_least("--batch-size", batch_size, 1)
-    at_least("--bn-batches", bn_batches, 1)
-    if not 0 < confidence < 1:
-        raise BasinscopeError(f"--confidence must lie strictly between 0 and 1, got {confidence}")
-    _choice("--metric", metric, EVAL_METRICS, "metric")
-    _choice("--bn", bn, BN_POLICIES, "BatchNorm policy")
-    _choice("--dtype", dtype, DTYPES, "dtype")
-    say = _say(json_out, progress)
-    opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
-    nets = _models(model, model_kwargs, weights)
-    ds = opts.load(split)
-    datasets = {split: ds}
-    bn_data = None
-    if bn == "recompute":
-        bn_data = ds if split == "train" else opts.load("train")
-        datasets.setdefault("train", bn_data)
-    labels = _labels(weights)
-    settings = dict(
-        epsilon=epsilon,
-        delta=delta,
-        samples=samples,
-        pairs=pairs,
-        seed=seed,
-        confidence=confidence,
-        metric=metric,
-        bn_policy=bn,
-        bn_batches=bn_batches,
-        batch_size=batch_size,
-        dtype=dtype,
+    spec = cmd.basin
+    nets = cmd.models.load(1, "the basin test")
+    ds, bn_data, datasets = eval_data(cmd.data, cmd.split, spec.eval.bn_policy)
+    ctx.open(fingerprints(nets, datasets))
+    ctx.say(
+        f"basin test of the hull of {len(nets)} solutions on {cmd.split} ({len(ds)} examples): "
+        f"{spec.samples} inside points, {spec.pairs} pairs, delta {spec.delta:g} ..."
     )
-    spec = _spec(model, model_kwargs, weights, opts, split=split, labels=labels, **settings)
-    store = _open(out, "basin", spec, nets, datasets, wait=wait)
-    say(
-        f"basin test of the hull of {len(nets)} solutions on {split} ({len(ds)} examples): "
-        f"{samples} inside points, {pairs} pairs, delta {delta:g} ..."
+    labels = tuple(cmd.models.labels())
+    return basin_test(nets, ds, spec=spec, bn_data=bn_data, labels=labels)
+
+
+def _basin_lines(res) -> list[str]:
+    eps = f"{res.epsilon:.4g}" + (
+        " (estimated: the smallest for condition 1)" if res.epsilon_estimated else ""
     )
-    notes: list[str] = []
-    with _analysis(store, notes):
-        res = basin_test(nets, ds, bn_data=bn_data, **settings)
-    result = {
-        **res.to_dict(),
-        "labels": labels,
-        "weights": [str(w) for w in weights],
-        "split": split,
-    }
-    figures = _save(_basin_figure(res), store, "basin")
-
-    def summary() -> None:
-        eps = f"{res.epsilon:.4g}" + (
-            " (estimated: the smallest for condition 1)" if res.epsilon_estimated else ""
+    metric = res.settings.get("metric", "loss")
+    lines = [f"epsilon {eps}, delta {res.delta:g}; mean {metric} in the hull {fmt(res.mean_loss)}"]
+    for c in res.conditions:
+        support = {None: "", True: ", supported by the interval"}.get(
+            c.ci_supports, ", not supported by the interval"
         )
-        info(f"epsilon {eps}, delta {res.delta:g}; mean {metric} in the hull {_fmt(res.mean_loss)}")
-        for c in res.conditions:
-            verdict = "holds" if c.holds else "fails"
-            support = (
-                ""
-                if c.ci_supports is None
-                else (
-                    ", supported by the interval"
-                    if c.ci_supports
-                    else ", not supported by the interval"
-                )
-            )
-            info(
-                f"  ({c.condition}) {c.name}: estimate {_fmt(c.estimate)}{_ci(c.ci)} vs "
-                f"threshold {_fmt(c.threshold)}: {verdict}{support}"
-            )
-        info(
-            f"(epsilon, delta)-basin: {'yes' if res.holds else 'no'}"
-            f"{' (supported by the intervals)' if res.ci_supports else ' (not supported by the intervals)'}"
+        lines.append(
+            f"  ({c.condition}) {c.name}: estimate {fmt(c.estimate)}{fmt_ci(c.ci)} vs "
+            f"threshold {fmt(c.threshold)}: {'holds' if c.holds else 'fails'}{support}"
         )
-
-    _finish(store, result, figures, json_out, notes, summary)
-
-
-def _basin_figure(res):
-    from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
-
-    fig = new_figure((8.4, 3.4))
-    ax, bx = fig.subplots(1, 2)
-    groups = (
-        ("inside S", res.inside_losses, "tab:blue"),
-        ("(2) noise at the boundary", res.noise_losses, "tab:orange"),
-        ("(3) outward step", res.step_losses, "tab:red"),
+    supported = "supported" if res.ci_supports else "not supported"
+    lines.append(
+        f"(epsilon, delta)-basin: {'yes' if res.holds else 'no'} ({supported} by the intervals)"
     )
-    finite = [v for _, vals, _ in groups for v in vals if math.isfinite(v)]
-    bins = np.linspace(min(finite), max(finite), 25) if finite and max(finite) > min(finite) else 10
-    for name, vals, c in groups:
-        v = np.asarray(vals, dtype=np.float64)
-        ax.hist(v[np.isfinite(v)], bins=bins, alpha=0.55, color=c, label=name)
-    ax.axvline(res.mean_loss, color="k", lw=1, label="mu")
-    ax.axvline(res.mean_loss + 2 * res.epsilon, color="k", ls="--", lw=1, label="mu + 2 eps")
-    ax.set_xlabel(res.settings.get("metric", "loss"), fontsize=LABEL_SIZE)
-    ax.set_ylabel("count", fontsize=LABEL_SIZE)
-    ax.legend(fontsize=LEGEND_SIZE)
-    style_axes(ax)
-    conds = res.conditions
-    ys = np.arange(len(conds))[::-1]
-    for y, c in zip(ys, conds):
-        lo, hi = c.margin_ci
-        color = "tab:green" if c.holds else "tab:red"
-        bx.errorbar(
-            [c.margin],
-            [y],
-            xerr=[[c.margin - lo], [hi - c.margin]],
-            fmt="o",
-            color=color,
-            capsize=4,
-        )
-    bx.axvline(0.0, color="0.5", lw=1)
-    bx.set_yticks(ys, [f"({c.condition}) {c.name}" for c in conds], fontsize=8)
-    bx.set_xlabel("margin (>= 0: the condition holds)", fontsize=LABEL_SIZE)
-    style_axes(bx)
-    verdict = "a basin" if res.holds else "not a basin"
-    fig.suptitle(f"(eps={res.epsilon:.3g}, delta={res.delta:.3g}): {verdict}", fontsize=LABEL_SIZE)
-    return fig
+    return lines
 
 
-barrier_cmd.__doc__ = BARRIER_HELP
-basin_cmd.__doc__ = BASIN_HELP
+BASIN = Command("basin", BasinCommand, run_basin, BASIN_HELP, _basin_lines)
+basin_cmd = typer_command(BASIN)

@@ -2,51 +2,80 @@
 one parent linearly connected?) and ``basinscope ensemble`` (FGE, SWA and independent
 ensembles).
 
-Each writes a run folder: see :mod:`basinscope.cli._connectivity_common`.
+Each command is its spec (option groups and the analysis's spec), a ``run`` function that
+returns the analysis's result, and its help; :mod:`basinscope.cli.generate` does the rest
+(the run folder, ``--json``, the figure).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import typer
-
-from basinscope._checks import MAX_POINTS, MAX_STEPS, at_least, check_seed
-from basinscope.cli._connectivity_common import (
-    BARRIER_DEFINITIONS,
-    BARRIER_METRICS,
-    BN_POLICIES,
-    DEFINITION_HELP,
-    OUT_OPT,
-    _analysis,
-    _choice,
-    _finish,
-    _fmt,
-    _ints,
-    _open,
-    _save,
-    _say,
-    _spec,
-    _train_config,
-)
-from basinscope.cli.common import WAIT_OPT, DataOptions, info, load_model, parse_json_kwargs
-from basinscope.cli.landscape import (
-    BLOCK_OPT,
-    BN_OPT,
-    DATA_OPT,
-    JSON_OPT,
-    KWARGS_OPT,
-    MODEL_OPT,
-    NOISE_OPT,
-    PROGRESS_OPT,
-    ROT_OPT,
-    SHIFT_SEED_OPT,
-)
+from basinscope._checks import MAX_COUNT, MAX_SEED, MAX_STEPS
+from basinscope.analyses.ensembles import EnsembleSpec
+from basinscope.analyses.instability import InstabilitySpec, _int_list
+from basinscope.cli.barrier import fmt
+from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.options import DataOptions, ModelOptions, fingerprints
 from basinscope.errors import BasinscopeError
+from basinscope.spec import Spec, group, option
+from basinscope.store import paths
+from basinscope.training.config import OPTIMIZERS, TrainConfig
+from basinscope.training.schedules import SCHEDULES
 
-ENSEMBLE_METHODS = ("fge", "swa", "independent")
-OPTIMIZERS = ("sgd", "adam", "adamw")
+
+def _milestones(text: str) -> tuple[int, ...]:
+    return _int_list("--milestones", "50,80")(text) if text.strip() else ()
+
+
+@dataclass(frozen=True)
+class TrainOptions(Spec):
+    """The training of the parent and its children (a :class:`TrainConfig` without its
+    length, which the instability analysis sets)."""
+
+    lr: float = option(0.05, "Learning rate.")
+    batch_size: int = option(64, "Minibatch size.", low=1, high=MAX_COUNT)
+    optimizer: str = option("sgd", "sgd, adam or adamw.", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.0, "L2 penalty (decoupled for adamw).")
+    schedule: str = option(
+        "constant", "constant, step, cosine, linear or cyclic.", choices=SCHEDULES
+    )
+    warmup_steps: int = option(0, "Updates of linear warmup.", low=0, high=MAX_STEPS)
+    milestones: tuple[int, ...] = option(
+        (),
+        "step schedule: e.g. 50,80.",
+        parse=_milestones,
+        metavar="STEP,STEP",
+        low=0,
+        high=MAX_STEPS,
+    )
+    gamma: float = option(0.1, "step schedule: factor per milestone.")
+    min_lr: float = option(0.0, "cosine/linear/cyclic: lowest rate.")
+    cycle_steps: int | None = option(None, "cyclic: updates per cycle.", low=1, high=MAX_STEPS)
+    data_seed: int = option(0, "Data-order seed of the parent.", low=0, high=MAX_SEED)
+
+    def config(self, steps: int) -> TrainConfig:
+        return TrainConfig(steps=steps, **self.kwargs())
+
+
+@dataclass(frozen=True)
+class StartModel(ModelOptions):
+    weights: Path | None = option(
+        None, "Initial weights theta_0 (with --transfer: the random initialization)."
+    )
+    init_seed: int = option(
+        0, "Seed of the initialization when --weights is not given.", low=0, high=MAX_SEED
+    )
+
+    def load(self) -> Any:
+        from basinscope.cli.common import load_model
+
+        return load_model(self.model, self.model_kwargs, self.weights, self.init_seed)
 
 
 # -- instability -----------------------------------------------------------------------------
@@ -58,20 +87,21 @@ updates with different data orders (--child-seeds), starting from the parent's o
 state unless --reset-optimizer. The instability at k is the barrier (--definition, default
 Frankle's mean; --metric, default error) between the children on --split, averaged over
 pairs (the largest pair is reported too). Every k in --k is a separate parent: the sweep is
-plotted as barrier vs k (figures/instability) next to the children's curves
-(figures/instability_curves). --child-schedule continue makes parent + child follow one
-run's learning rate (constant, step, cyclic at a cycle boundary); restart runs the
-schedule anew in each child.
+plotted as barrier vs k next to the children's curves (figures/instability_sweep).
+--child-schedule continue makes parent + child follow one run's learning rate (constant,
+step, cyclic at a cycle boundary); restart runs the schedule anew in each child.
 
 With --transfer --pretrained W (Neyshabur et al. 2020): two children fine-tuned for
 --total-steps from the pre-trained weights against two trained from a random
-initialization (--weights, or W re-initialized with --init-seed).
+initialization (--weights, or W re-initialized with --init-seed)
+(figures/transfer_instability).
 
-JSON (--json): mode ("sweep" or "transfer"); a sweep has ks, values (mean barrier per k),
-max_values, definition, metric and results (per k: value, max_value, barriers, pairs,
-child_values, child_seeds, details with every barrier's curve, settings); transfer has
-pretrained_barrier, scratch_barrier, definition, metric, pretrained and scratch (each such
-a per-k result). Always config (the training settings), warnings, run_dir, figures.
+JSON (--json): a sweep (kind "instability_sweep") has ks, values (mean barrier per k),
+max_values, definition, metric, results (per k, kind "instability": value, max_value,
+barriers, pairs, child_values, child_seeds, details with every barrier's curve,
+settings), spec and config (the training settings); --transfer (kind
+"transfer_instability") has pretrained_barrier, scratch_barrier, definition, metric,
+pretrained and scratch (each such a per-k result), spec and config.
 
 Examples:
 
@@ -85,298 +115,101 @@ Examples:
 """
 
 
-def instability_cmd(
-    model: str = MODEL_OPT,
-    model_kwargs: str = KWARGS_OPT,
-    weights: Path = typer.Option(
-        None,
-        "--weights",
-        help="Initial weights theta_0 (with --transfer: the random initialization).",
-    ),
-    init_seed: int = typer.Option(
-        0, "--init-seed", help="Seed of the initialization when --weights is not given."
-    ),
-    data: str = DATA_OPT,
-    rotation: float = ROT_OPT,
-    block_shuffle: int = BLOCK_OPT,
-    noise: float = NOISE_OPT,
-    shift_seed: int = SHIFT_SEED_OPT,
-    split: str = typer.Option(
-        "test", "--split", help="Split the barriers are measured on (training uses train)."
-    ),
-    k: str = typer.Option(
-        None,
-        "--k",
-        help="Comma-separated spawning steps (default: those of 0,10,50 within --total-steps); not with --transfer.",
-    ),
-    total_steps: int = typer.Option(100, "--total-steps", help="Updates of parent + child."),
-    children: int = typer.Option(2, "--children", help="Children per parent (at least 2)."),
-    child_seeds: str = typer.Option(
-        None, "--child-seeds", help="Data-order seed of each child (default 1,2,...)."
-    ),
-    child_schedule: str = typer.Option(
-        "continue", "--child-schedule", help="continue or restart (see above)."
-    ),
-    reset_optimizer: bool = typer.Option(
-        False, "--reset-optimizer", help="Children start with a fresh optimizer (no momentum)."
-    ),
-    lr: float = typer.Option(0.05, "--lr", help="Learning rate."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Minibatch size."),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd, adam or adamw."),
-    momentum: float = typer.Option(0.9, "--momentum"),
-    weight_decay: float = typer.Option(0.0, "--weight-decay"),
-    schedule: str = typer.Option(
-        "constant", "--schedule", help="constant, step, cosine, linear or cyclic."
-    ),
-    warmup_steps: int = typer.Option(0, "--warmup-steps"),
-    milestones: str = typer.Option("", "--milestones", help="step schedule: e.g. 50,80."),
-    gamma: float = typer.Option(0.1, "--gamma", help="step schedule: factor per milestone."),
-    min_lr: float = typer.Option(0.0, "--min-lr", help="cosine/linear/cyclic: lowest rate."),
-    cycle_steps: int = typer.Option(None, "--cycle-steps", help="cyclic: updates per cycle."),
-    data_seed: int = typer.Option(0, "--data-seed", help="Data-order seed of the parent."),
-    definition: str = typer.Option("mean", "--definition", help=DEFINITION_HELP),
-    metric: str = typer.Option("error", "--metric", help="error or loss."),
-    num_points: int = typer.Option(25, "--num-points", help="alpha grid of each barrier."),
-    bn: str = BN_OPT,
-    transfer: bool = typer.Option(
-        False, "--transfer", help="Pre-trained start vs random init (needs --pretrained)."
-    ),
-    pretrained: Path = typer.Option(
-        None, "--pretrained", help="With --transfer: the pre-trained weights."
-    ),
-    out: Path = OUT_OPT,
-    wait: bool = WAIT_OPT,
-    json_out: bool = JSON_OPT,
-    progress: bool = PROGRESS_OPT,
-) -> None:
-    from basinscope.analyses.instability import (
-        instability_sweep,
-        plot_instability,
-        transfer_instability,
+@dataclass(frozen=True)
+class InstabilityCommand(Spec):
+    model: StartModel = group(StartModel)
+    data: DataOptions = group(DataOptions)
+    split: str = option("test", "Split the barriers are measured on (training uses train).")
+    instability: InstabilitySpec = group(InstabilitySpec)
+    train: TrainOptions = group(TrainOptions)
+    transfer: bool = option(
+        False, "Pre-trained start vs random init (needs --pretrained).", flag="--transfer"
     )
+    pretrained: Path | None = option(None, "With --transfer: the pre-trained weights.")
 
-    _choice("--definition", definition, BARRIER_DEFINITIONS, "barrier definition")
-    _choice("--metric", metric, BARRIER_METRICS, "barrier metric")
-    _choice("--bn", bn, BN_POLICIES, "BatchNorm policy")
-    _choice("--child-schedule", child_schedule, ("continue", "restart"), "child schedule")
-    at_least("--total-steps", total_steps, 1, high=MAX_STEPS)
-    at_least("--num-points", num_points, 3, high=MAX_POINTS)
-    at_least("--children", children, 2, high=1000, why=" (a barrier needs two children)")
-    check_seed("--init-seed", init_seed)
-    if transfer and pretrained is None:
-        raise BasinscopeError(
-            "--transfer needs --pretrained W: the pre-trained weights whose fine-tuned copies "
-            "are compared with copies trained from a random initialization"
-        )
-    if pretrained is not None and not transfer:
-        raise BasinscopeError(
-            "--pretrained is only used with --transfer; add --transfer (or pass the initial "
-            "weights with --weights for a sweep over k)"
-        )
-    if transfer and k is not None:
-        raise BasinscopeError(
-            "--transfer spawns the children at k=0 and trains them for --total-steps: drop --k"
-        )
-    if transfer:
-        ks = [0]
-    elif k is None:
-        ks = [s for s in (0, 10, 50) if s <= total_steps]
-    else:
-        ks = _ints(k, "--k", "0,10,50")
-    bad = [s for s in ks if not 0 <= s <= total_steps]
-    if bad:
-        raise BasinscopeError(
-            f"every --k must lie in [0, --total-steps] = [0, {total_steps}], got {bad}"
-        )
-    seeds = (
-        [check_seed("--child-seeds", s) for s in _ints(child_seeds, "--child-seeds", "1,2")]
-        if child_seeds is not None
-        else list(range(1, children + 1))
-    )
-    if len(seeds) != children:
-        raise BasinscopeError(
-            f"--child-seeds has {len(seeds)} seeds for --children {children}: pass one "
-            f"data-order seed per child, e.g. --child-seeds {','.join(map(str, range(1, children + 1)))}"
-        )
-    config = _train_config(
-        steps=total_steps,
-        batch_size=batch_size,
-        optimizer=_choice("--optimizer", optimizer, OPTIMIZERS, "optimizer"),
-        lr=lr,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        schedule=schedule,
-        warmup_steps=warmup_steps,
-        milestones=tuple(_ints(milestones, "--milestones", "50,80")) if milestones else (),
-        gamma=gamma,
-        min_lr=min_lr,
-        cycle_steps=cycle_steps,
-        data_seed=data_seed,
-    )
-    say = _say(json_out, progress)
-    opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
-    net = load_model(model, model_kwargs, weights, init_seed)
-    train_data = opts.load("train")
-    eval_data = train_data if split == "train" else opts.load(split)
+    def check(self) -> None:
+        name = self.name_of
+        if self.transfer and self.pretrained is None:
+            raise BasinscopeError(
+                f"{name('transfer')} needs {name('pretrained')} W: the pre-trained weights "
+                "whose fine-tuned copies are compared with copies trained from a random "
+                "initialization"
+            )
+        if self.pretrained is not None and not self.transfer:
+            raise BasinscopeError(
+                f"{name('pretrained')} is only used with {name('transfer')}; add "
+                f"{name('transfer')} (or pass the initial weights with "
+                f"{self.model.name_of('weights')} for a sweep over k)"
+            )
+        if self.transfer and self.instability.ks is not None:
+            raise BasinscopeError(
+                f"{name('transfer')} spawns the children at k=0 and trains them for "
+                f"{self.instability.name_of('total_steps')}: drop "
+                f"{self.instability.name_of('ks')}"
+            )
+        self.train.config(self.instability.total_steps)  # checked by TrainConfig
+
+
+def run_instability(cmd: InstabilityCommand, ctx: Context):
+    from basinscope.analyses.instability import instability_sweep, transfer_instability
+    from basinscope.cli.common import load_model
+
+    spec = cmd.instability
+    config = cmd.train.config(spec.total_steps)
+    net = cmd.model.load()
+    train_data = cmd.data.load("train")
+    eval_data = train_data if cmd.split == "train" else cmd.data.load(cmd.split)
     nets = [net]
-    if transfer:
-        nets.insert(0, load_model(model, model_kwargs, pretrained))
-    spec = _spec(
-        model,
-        model_kwargs,
-        weights,
-        opts,
-        init_seed=init_seed if weights is None else None,
-        split=split,
-        mode="transfer" if transfer else "sweep",
-        pretrained=str(pretrained) if pretrained is not None else None,
-        ks=None if transfer else ks,
-        total_steps=total_steps,
-        children=children,
-        child_seeds=seeds,
-        child_schedule=child_schedule,
-        reset_optimizer=reset_optimizer,
-        config=config.to_dict(),
-        definition=definition,
-        metric=metric,
-        num_points=num_points,
-        bn_policy=bn,
-    )
-    store = _open(
-        out, "instability", spec, nets, {"train": train_data, split: eval_data}, wait=wait
-    )
+    if cmd.transfer:
+        m = cmd.model
+        nets.insert(0, load_model(m.model, m.model_kwargs, cmd.pretrained))
+    ctx.open(fingerprints(nets, {"train": train_data, cmd.split: eval_data}))
     common = dict(
         config=config,
-        child_seeds=tuple(seeds),
-        definition=definition,
-        metric=metric,
         eval_data=eval_data,
-        num_points=num_points,
-        child_schedule=child_schedule,
-        bn_policy=bn,
-        bn_data=train_data if bn == "recompute" else None,
+        bn_data=train_data if spec.bn_policy == "recompute" else None,
+        spec=spec,
     )
-    notes: list[str] = []
-    if transfer:
-        say(
-            f"transfer instability: {children} children fine-tuned from {pretrained} and "
-            f"{children} from a random initialization, {total_steps} updates each ..."
+    if cmd.transfer:
+        ctx.say(
+            f"transfer instability: {spec.children} children fine-tuned from {cmd.pretrained} "
+            f"and {spec.children} from a random initialization, {spec.total_steps} updates "
+            "each ..."
         )
-        with _analysis(store, notes):
-            res = transfer_instability(
-                nets[0],
-                train_data,
-                steps=total_steps,
-                random_init=net if weights is not None else None,
-                init_seed=init_seed,
-                copy_optimizer_state=not reset_optimizer,
-                **common,
-            )
-        result = {"mode": "transfer", **res.to_dict(), "config": config.to_dict()}
-        figures = _save(_transfer_figure(res), store, "transfer_instability")
-
-        def summary() -> None:
-            info(
-                f"{definition} barrier of the {metric} on {split}: pre-trained start "
-                f"{_fmt(res.pretrained_barrier)}, random init {_fmt(res.scratch_barrier)}"
-            )
-
-    else:
-        say(
-            f"instability at k = {', '.join(map(str, sorted(ks)))}: a parent per k, "
-            f"{children} children each, {total_steps} updates in all ..."
+        return transfer_instability(
+            nets[0],
+            train_data,
+            steps=spec.total_steps,
+            random_init=net if cmd.model.weights is not None else None,
+            init_seed=cmd.model.init_seed,
+            child_seeds=spec.child_seeds or tuple(range(1, spec.children + 1)),
+            **common,
         )
-        with _analysis(store, notes):
-            sweep = instability_sweep(
-                net,
-                train_data,
-                ks,
-                total_steps=total_steps,
-                children=children,
-                copy_optimizer_state=not reset_optimizer,
-                **common,
-            )
-        result = {"mode": "sweep", **sweep.to_dict(), "config": config.to_dict()}
-        fig, ax = plot_instability(sweep)
-        ax.set_title(f"instability on {split} ({children} children)", fontsize=10)
-        figures = _save(fig, store, "instability")
-        figures += _save(_instability_curves_figure(sweep), store, "instability_curves")
-
-        def summary() -> None:
-            for r in sweep.results:
-                info(
-                    f"k={r.k:<6} {definition} barrier of the {metric} on {split}: "
-                    f"{_fmt(r.value)} (max over pairs {_fmt(r.max_value)}; children "
-                    + ", ".join(_fmt(v) for v in r.child_values)
-                    + ")"
-                )
-
-    _finish(store, result, figures, json_out, notes, summary)
-
-
-def _instability_curves_figure(sweep):
-    from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
-
-    fig = new_figure((5.0, 3.4))
-    ax = fig.add_subplot()
-    colors = _colors(len(sweep.results))
-    for r, c in zip(sweep.results, colors):
-        for n, d in enumerate(r.details):
-            ax.plot(
-                d["alphas"],
-                d["values"],
-                "-",
-                color=c,
-                lw=1.2,
-                alpha=1.0 if n == 0 else 0.5,
-                label=f"k={r.k}" if n == 0 else None,
-            )
-    ax.set_xlabel("alpha (child i -> child j)", fontsize=LABEL_SIZE)
-    ax.set_ylabel(sweep.metric, fontsize=LABEL_SIZE)
-    ax.set_title("the line between the children", fontsize=LABEL_SIZE)
-    ax.legend(fontsize=LEGEND_SIZE)
-    style_axes(ax)
-    return fig
-
-
-def _transfer_figure(res):
-    from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
-
-    fig = new_figure((8.0, 3.3))
-    ax, bx = fig.subplots(1, 2)
-    for name, r, c in (
-        ("pre-trained", res.pretrained, "tab:blue"),
-        ("random init", res.scratch, "tab:orange"),
-    ):
-        for n, d in enumerate(r.details):
-            ax.plot(
-                d["alphas"],
-                d["values"],
-                color=c,
-                lw=1.3,
-                alpha=1.0 if n == 0 else 0.5,
-                label=name if n == 0 else None,
-            )
-    ax.set_xlabel("alpha (child i -> child j)", fontsize=LABEL_SIZE)
-    ax.set_ylabel(res.metric, fontsize=LABEL_SIZE)
-    ax.legend(fontsize=LEGEND_SIZE)
-    style_axes(ax)
-    bx.bar(
-        ["pre-trained", "random init"],
-        [res.pretrained_barrier, res.scratch_barrier],
-        color=["tab:blue", "tab:orange"],
+    ks = spec.default_ks()
+    ctx.say(
+        f"instability at k = {', '.join(map(str, sorted(ks)))}: a parent per k, "
+        f"{spec.children} children each, {spec.total_steps} updates in all ..."
     )
-    bx.set_ylabel(f"{res.definition} barrier ({res.metric})", fontsize=LABEL_SIZE)
-    style_axes(bx)
-    fig.suptitle("children from a pre-trained start vs a random initialization", fontsize=10)
-    return fig
+    return instability_sweep(net, train_data, **common)
 
 
-def _colors(n: int) -> list:
-    from matplotlib import colormaps
+def _instability_lines(r) -> list[str]:
+    if r.kind == "transfer_instability":
+        return [
+            f"{r.definition} barrier of the {r.metric}: pre-trained start "
+            f"{fmt(r.pretrained_barrier)}, random init {fmt(r.scratch_barrier)}"
+        ]
+    return [
+        f"k={x.k:<6} {x.definition} barrier of the {x.metric}: {fmt(x.value)} (max over "
+        f"pairs {fmt(x.max_value)}; children " + ", ".join(fmt(v) for v in x.child_values) + ")"
+        for x in r.results
+    ]
 
-    cmap = colormaps["viridis"]
-    return [cmap(x) for x in np.linspace(0.0, 0.85, max(n, 1))]
+
+INSTABILITY = Command(
+    "instability", InstabilityCommand, run_instability, INSTABILITY_HELP, _instability_lines
+)
+instability_cmd = typer_command(INSTABILITY)
 
 
 # -- ensemble --------------------------------------------------------------------------------
@@ -395,10 +228,10 @@ Accuracy, diversity (mean pairwise disagreement) and the barriers between consec
 members are measured on --split; figures/ensemble plots them. The members are saved in
 models/ in the run folder.
 
-JSON (--json): method, budget, members, ensemble_accuracy, member_accuracies, diversity,
-barriers, barrier_definition, barrier_metric, metrics (ensemble_nll, member_nll,
-pairwise_disagreement, barrier_details, ...), settings, member_names, member_files, warnings, run_dir,
-figures.
+JSON (--json): the ensemble result (kind "ensemble"): method, definition, budget,
+members, ensemble_accuracy, member_accuracies, diversity, barriers, barrier_definition,
+barrier_metric, metrics (ensemble_nll, member_nll, pairwise_disagreement,
+barrier_details, ...), settings, member_names, member_files and spec (the settings).
 
 Examples:
 
@@ -412,273 +245,91 @@ Examples:
 """
 
 
-def ensemble_cmd(
-    model: str = MODEL_OPT,
-    model_kwargs: str = KWARGS_OPT,
-    weights: Path = typer.Option(
-        None, "--weights", help="fge/swa: the trained model to start from."
-    ),
-    data: str = DATA_OPT,
-    rotation: float = ROT_OPT,
-    block_shuffle: int = BLOCK_OPT,
-    noise: float = NOISE_OPT,
-    shift_seed: int = SHIFT_SEED_OPT,
-    split: str = typer.Option(
-        "test", "--split", help="Split the ensemble is evaluated on (training uses train)."
-    ),
-    method: str = typer.Option("fge", "--method", help="fge, swa or independent."),
-    cycles: int = typer.Option(4, "--cycles", help="fge: number of cycles (= snapshots)."),
-    cycle_steps: int = typer.Option(20, "--cycle-steps", help="fge: updates per cycle (>= 2)."),
-    lr_max: float = typer.Option(0.05, "--lr-max", help="fge: highest learning rate."),
-    lr_min: float = typer.Option(0.0005, "--lr-min", help="fge: lowest learning rate."),
-    steps: int = typer.Option(
-        None, "--steps", help="swa: updates; independent: updates per member (default 100)."
-    ),
-    lr: float = typer.Option(0.05, "--lr", help="swa, independent: the learning rate."),
-    swa_start: int = typer.Option(
-        None, "--swa-start", help="swa: average after this update (default --steps / 2)."
-    ),
-    swa_every: int = typer.Option(1, "--swa-every", help="swa: average every this many updates."),
-    members: int = typer.Option(3, "--members", help="independent: number of models."),
-    budget: int = typer.Option(
-        None, "--budget", help="independent: total updates, split evenly among the members."
-    ),
-    pretrain_steps: int = typer.Option(
-        0, "--pretrain-steps", help="fge/swa: updates that trained --weights (for the budget)."
-    ),
-    batch_size: int = typer.Option(64, "--batch-size", help="Training minibatch size."),
-    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd, adam or adamw."),
-    momentum: float = typer.Option(0.9, "--momentum"),
-    weight_decay: float = typer.Option(0.0, "--weight-decay"),
-    data_seed: int = typer.Option(0, "--data-seed", help="fge/swa: data-order seed."),
-    barriers: bool = typer.Option(
-        True, "--barriers/--no-barriers", help="Barriers between consecutive members."
-    ),
-    definition: str = typer.Option("linear", "--definition", help=DEFINITION_HELP),
-    metric: str = typer.Option("error", "--metric", help="Barrier metric: error or loss."),
-    num_points: int = typer.Option(11, "--num-points", help="alpha grid of each barrier."),
-    bn: str = BN_OPT,
-    out: Path = OUT_OPT,
-    wait: bool = WAIT_OPT,
-    json_out: bool = JSON_OPT,
-    progress: bool = PROGRESS_OPT,
-) -> None:
-    from basinscope.analyses.ensembles import fge, independent_ensemble, swa
-    from basinscope.models import save_weights
+@dataclass(frozen=True)
+class EnsembleStart(ModelOptions):
+    weights: Path | None = option(None, "fge/swa: the trained model to start from.")
 
-    _choice("--method", method, ENSEMBLE_METHODS, "ensemble method")
-    _choice("--definition", definition, BARRIER_DEFINITIONS, "barrier definition")
-    _choice("--metric", metric, BARRIER_METRICS, "barrier metric")
-    _choice("--bn", bn, BN_POLICIES, "BatchNorm policy")
-    _choice("--optimizer", optimizer, OPTIMIZERS, "optimizer")
-    at_least("--num-points", num_points, 3, high=MAX_POINTS)
-    at_least("--pretrain-steps", pretrain_steps, 0, high=MAX_STEPS)
-    if method in ("fge", "swa") and weights is None:
-        raise BasinscopeError(
-            f"--method {method} starts from a trained model: pass its weights with --weights "
-            "(e.g. RUN/model.safetensors from `basinscope train`); --method independent trains "
-            "from scratch"
-        )
-    if method == "independent" and weights is not None:
-        raise BasinscopeError(
-            "--method independent trains every member from a fresh initialization: drop "
-            "--weights (use --method fge or swa to start from a trained model)"
-        )
-    if budget is not None and method != "independent":
-        raise BasinscopeError(
-            f"--budget is for --method independent (the budget of fge/swa is set by "
-            f"--cycles/--cycle-steps or --steps), got --method {method}"
-        )
-    if method == "independent":
-        at_least("--members", members, 1, high=1000)
-        if budget is not None:
-            if steps is not None:
-                raise BasinscopeError("give --steps (per member) or --budget (in all), not both")
-            if budget < members:
-                raise BasinscopeError(
-                    f"--budget {budget} is less than one update per member (--members {members})"
-                )
-            steps = budget // members
-    if method == "fge":
-        at_least("--cycles", cycles, 1, high=1000)
-        at_least(
-            "--cycle-steps",
-            cycle_steps,
-            2,
-            high=MAX_STEPS // cycles,
-            high_why=" (--cycles x --cycle-steps is at most 10**8 updates)",
-        )
-    steps = 100 if steps is None else steps
-    at_least("--steps", steps, 1, high=MAX_STEPS)
-    if method == "swa":
-        swa_start = steps // 2 if swa_start is None else swa_start
-        if not 0 <= swa_start <= steps:
+
+@dataclass(frozen=True)
+class EnsembleCommand(Spec):
+    model: EnsembleStart = group(EnsembleStart)
+    data: DataOptions = group(DataOptions)
+    split: str = option("test", "Split the ensemble is evaluated on (training uses train).")
+    ensemble: EnsembleSpec = group(EnsembleSpec)
+
+    def check(self) -> None:
+        method, weights = self.ensemble.method, self.model.weights
+        flag, method_flag = self.model.name_of("weights"), self.ensemble.name_of("method")
+        if method in ("fge", "swa") and weights is None:
             raise BasinscopeError(
-                f"--swa-start must be an update in [0, --steps] = [0, {steps}], got {swa_start}"
+                f"{method_flag} {method} starts from a trained model: pass its weights with "
+                f"{flag} (e.g. RUN/model.safetensors from `basinscope train`); "
+                f"{method_flag} independent trains from scratch"
             )
-        at_least("--swa-every", swa_every, 1)
-    base = dict(
-        batch_size=batch_size,
-        optimizer=optimizer,
-        momentum=momentum,
-        weight_decay=weight_decay,
-        data_seed=data_seed,
+        if method == "independent" and weights is not None:
+            raise BasinscopeError(
+                f"{method_flag} independent trains every member from a fresh initialization: "
+                f"drop {flag} (use {method_flag} fge or swa to start from a trained model)"
+            )
+
+
+def run_ensemble(cmd: EnsembleCommand, ctx: Context):
+    from basinscope.analyses.ensembles import ensemble
+    from basinscope.models import build_model, save_weights
+
+    spec, m = cmd.ensemble, cmd.model
+    net = m.load() if m.weights is not None else None
+    train_data = cmd.data.load("train")
+    eval_data = train_data if cmd.split == "train" else cmd.data.load(cmd.split)
+    ctx.open(
+        fingerprints([net] if net is not None else [], {"train": train_data, cmd.split: eval_data})
     )
-    if method == "fge":
-        config = _train_config(steps=cycles * cycle_steps, lr=lr_max, **base)
-        run = dict(cycles=cycles, cycle_steps=cycle_steps, lr_max=lr_max, lr_min=lr_min)
-    elif method == "swa":
-        config = _train_config(steps=steps, lr=lr, **base)
-        run = dict(steps=steps, start=swa_start, lr=lr, every=swa_every)
+    if spec.method == "fge":
+        ctx.say(f"fge: {spec.cycles} cycles of {spec.cycle_steps} updates from {m.weights} ...")
+    elif spec.method == "swa":
+        ctx.say(
+            f"swa: {spec.run_steps()} updates at lr {spec.lr:g} from {m.weights}, averaging "
+            f"after {spec.swa_start()} ..."
+        )
     else:
-        config = _train_config(steps=steps, lr=lr, **base)
-        run = dict(n=members, steps=steps)
-    say = _say(json_out, progress)
-    opts = DataOptions(data, rotation, block_shuffle, noise, shift_seed)
-    kwargs = parse_json_kwargs(model_kwargs)
-    net = load_model(model, model_kwargs, weights) if weights is not None else None
-    train_data = opts.load("train")
-    eval_data = train_data if split == "train" else opts.load(split)
-    metric_kwargs = dict(
-        barriers=barriers,
-        barrier_definition=definition,
-        barrier_metric=metric,
-        num_points=num_points,
-        bn_policy=bn,
-        bn_data=train_data if bn == "recompute" else None,
-    )
-    spec = _spec(
-        model,
-        model_kwargs,
-        weights,
-        opts,
-        split=split,
-        method=method,
-        run=run,
-        config=config.to_dict(),
-        pretrain_steps=pretrain_steps if method != "independent" else 0,
-        **{k: v for k, v in metric_kwargs.items() if k != "bn_data"},
-    )
-    store = _open(
-        out,
-        "ensemble",
-        spec,
-        [net] if net is not None else [],
-        {"train": train_data, split: eval_data},
-        wait=wait,
-    )
-    notes: list[str] = []
-    with _analysis(store, notes):
-        if method == "fge":
-            say(f"fge: {cycles} cycles of {cycle_steps} updates from {weights} ...")
-            res = fge(
-                net,
-                train_data,
-                config=config,
-                eval_data=eval_data,
-                pretrain_steps=pretrain_steps,
-                **run,
-                **metric_kwargs,
-            )
-        elif method == "swa":
-            say(
-                f"swa: {steps} updates at lr {lr:g} from {weights}, averaging after {swa_start} ..."
-            )
-            res = swa(
-                net,
-                train_data,
-                config=config,
-                eval_data=eval_data,
-                bn_data=train_data,
-                pretrain_steps=pretrain_steps,
-                **run,
-                # swa's bn_data serves both the average's statistics and the barriers
-                **{k: v for k, v in metric_kwargs.items() if k != "bn_data"},
-            )
-        else:
-            say(f"independent ensemble: {members} models, {steps} updates each ...")
+        ctx.say(f"independent ensemble: {spec.n} models, {spec.run_steps()} updates each ...")
+    kwargs = json.loads(m.model_kwargs)
 
-            def factory(seed: int):
-                from basinscope.models import build_model as build
+    def factory(seed: int):
+        return build_model(m.model, kwargs, init_seed=seed)
 
-                return build(model, kwargs, init_seed=seed)
-
-            res = independent_ensemble(
-                factory, train_data, config=config, eval_data=eval_data, **run, **metric_kwargs
-            )
-    names = (
-        ["sgd_final", "swa"]
-        if method == "swa"
-        else [f"{'snapshot' if method == 'fge' else 'member'}_{i}" for i in range(len(res.models))]
+    res = ensemble(
+        net if net is not None else factory,
+        train_data,
+        spec=spec,
+        eval_data=eval_data,
+        bn_data=train_data if spec.bn_policy == "recompute" else None,
+        split=cmd.split,
     )
-    member_files = [
-        save_weights(m, store.path / "models" / f"{n}.safetensors")
-        for n, m in zip(names, res.models)
+    files = [
+        str(save_weights(model, ctx.out / paths.MODELS / f"{name}.safetensors"))
+        for name, model in zip(res.member_names, res.models)
     ]
-    result = {
-        **res.to_dict(),
-        "member_names": names,
-        "member_files": [str(p) for p in member_files],
-    }
-    figures = _save(_ensemble_figure(res, names, split), store, "ensemble")
+    return dataclasses.replace(res, member_files=tuple(files))
 
-    def summary() -> None:
-        what = "SWA model" if method == "swa" else f"ensemble of {res.members}"
-        info(
-            f"{method}: {what} accuracy {_fmt(res.ensemble_accuracy)} on {split} "
-            f"(budget {res.budget} updates)"
+
+def _ensemble_lines(r) -> list[str]:
+    what = "SWA model" if r.method == "swa" else f"ensemble of {r.members}"
+    split = r.metrics.get("split", "the evaluation data")
+    lines = [
+        f"{r.method}: {what} accuracy {fmt(r.ensemble_accuracy)} on {split} "
+        f"(budget {r.budget} updates)",
+        "  members: "
+        + ", ".join(f"{n} {fmt(a)}" for n, a in zip(r.member_names, r.member_accuracies)),
+        f"  diversity (mean disagreement) {fmt(r.diversity)}",
+    ]
+    if r.barriers:
+        lines.append(
+            f"  {r.barrier_definition} barriers of the {r.barrier_metric} between consecutive "
+            "members: " + ", ".join(fmt(b) for b in r.barriers)
         )
-        info(
-            "  members: "
-            + ", ".join(f"{n} {_fmt(a)}" for n, a in zip(names, res.member_accuracies))
-        )
-        info(f"  diversity (mean disagreement) {_fmt(res.diversity)}")
-        if res.barriers:
-            info(
-                f"  {definition} barriers of the {metric} between consecutive members: "
-                + ", ".join(_fmt(b) for b in res.barriers)
-            )
-
-    _finish(store, result, figures, json_out, notes, summary)
+    return lines
 
 
-def _ensemble_figure(res, names: list[str], split: str):
-    from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
-
-    panels = 2 if res.barriers else 1
-    fig = new_figure((4.4 * panels, 3.4))
-    axes = np.atleast_1d(fig.subplots(1, panels))
-    ax = axes[0]
-    x = np.arange(len(names))
-    ax.bar(x, res.member_accuracies, color="#4c72b0", label="members")
-    ax.axhline(
-        res.ensemble_accuracy,
-        color="tab:red",
-        lw=1.5,
-        label="SWA model" if res.method == "swa" else "ensemble",
-    )
-    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=8)
-    lo = min([*res.member_accuracies, res.ensemble_accuracy])
-    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
-    ax.set_ylabel(f"{split} accuracy", fontsize=LABEL_SIZE)
-    ax.set_title(
-        f"{res.method}: budget {res.budget}, diversity {res.diversity:.3g}", fontsize=LABEL_SIZE
-    )
-    ax.legend(fontsize=LEGEND_SIZE)
-    style_axes(ax)
-    if res.barriers:
-        bx = axes[1]
-        pairs = np.arange(len(res.barriers))
-        bx.bar(pairs, res.barriers, color="tab:purple")
-        bx.set_xticks(pairs, [f"{i}-{i + 1}" for i in pairs], fontsize=8)
-        bx.set_xlabel("consecutive members (i - i+1)", fontsize=LABEL_SIZE)
-        bx.set_ylabel(
-            f"{res.barrier_definition} barrier ({res.barrier_metric})", fontsize=LABEL_SIZE
-        )
-        bx.axhline(0.0, color="0.6", lw=0.8)
-        style_axes(bx)
-    return fig
-
-
-instability_cmd.__doc__ = INSTABILITY_HELP
-ensemble_cmd.__doc__ = ENSEMBLE_HELP
+ENSEMBLE = Command("ensemble", EnsembleCommand, run_ensemble, ENSEMBLE_HELP, _ensemble_lines)
+ensemble_cmd = typer_command(ENSEMBLE)

@@ -181,8 +181,10 @@ def flat_fields(cls: type[Spec], prefix: tuple[str, ...] = ()) -> list[_Flat]:
             out += flat_fields(tp, (*prefix, f.name))
         elif f.metadata.get("cli", True):
             out.append(_Flat((*prefix, f.name), f, tp))
-    names = [x.path[-1] for x in out]
-    dup = {n for n in names if names.count(n) > 1}
+    # two groups may share a field name (a training and an evaluation batch_size) as long as
+    # their flags differ (--batch-size, --eval-batch-size)
+    flags = [_flag(x).split("/")[0] for x in out]
+    dup = {n for n in flags if flags.count(n) > 1}
     if dup:
         raise TypeError(f"{cls.__name__}: options {sorted(dup)} appear in two option groups")
     return out

@@ -9,11 +9,14 @@ single path component and refuses it otherwise, before anything is written.
 from __future__ import annotations
 
 __all__ = [
+    "CURVE",
     "DEFAULT_ROOT",
     "FIGURES",
     "JOURNAL",
     "MANIFEST",
     "MAX_COMPONENT_BYTES",
+    "MODEL",
+    "MODELS",
     "REPORT",
     "RESULT",
     "TENSORS",
@@ -31,6 +34,10 @@ JOURNAL = "journal"  # per-point values of a resumable computation
 REPORT = "report.html"  # the self-contained report of a run
 WEIGHTS = "weights"  # model weights a command writes (e.g. fine-tuned), loadable with --weights
 DEFAULT_ROOT = "basinscope-runs"  # where commands write when --out is not given
+# weights a command writes beside its result, for other tools to read
+MODEL = "model.safetensors"  # the model a command produced (align: B aligned to A)
+MODELS = "models"  # several models, <name>.safetensors (ensemble members)
+CURVE = "curve.safetensors"  # a trained curve (basinscope.analyses.load_curve)
 
 
 def default_run_dir(command: str, spec_digest: str) -> str:
