@@ -34,6 +34,7 @@ __all__ = [
     "at_least",
     "check_seed",
     "finite_float",
+    "grid_range",
     "in_range",
     "one_of",
     "positive_float",
@@ -189,6 +190,40 @@ def safe_name(what: str, name: Any) -> str:
             "train, test or target_rot35"
         )
     return name
+
+
+_RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")
+
+
+def grid_range(text: str, flag: str) -> np.ndarray:
+    """``"START:STOP:NUM"`` as ``np.linspace(START, STOP, NUM)``: the command line's grid axes
+    (``--xrange -1:1:21``), at most :data:`MAX_POINTS` points, ``START < STOP``."""
+    m = _RANGE.match(text)
+    hint = f"expected {flag} START:STOP:NUM, e.g. {flag} -1:1:21 (21 points from -1 to 1)"
+    if not m:
+        raise BasinscopeError(f"bad grid range {text!r} for {flag}: {hint}")
+    try:
+        start, stop, num = float(m.group(1)), float(m.group(2)), int(m.group(3))
+    except ValueError:
+        raise BasinscopeError(f"bad grid range {text!r} for {flag}: {hint}") from None
+    if not (np.isfinite(start) and np.isfinite(stop)):
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: START and STOP must be finite numbers"
+        )
+    if num < 1:
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: NUM must be at least 1, got {num}"
+        )
+    if num > 1 and not start < stop:
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: START must be smaller than STOP ({start} >= {stop})"
+        )
+    if num > MAX_POINTS:
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: {num} points on one axis is more than the "
+            f"{MAX_POINTS:,} allowed"
+        )
+    return np.linspace(start, stop, num)
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -12,41 +11,16 @@ from typing import Any
 import numpy as np
 import typer
 
-from basinscope._checks import safe_name
+from basinscope._checks import grid_range, safe_name
 from basinscope.cli.options import DataOptions  # noqa: F401 - the commands' data options
 from basinscope.errors import BasinscopeError
 from basinscope.jsonable import jsonable
 
-RANGE_RE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")
-
 
 def parse_range(text: str, flag: str) -> np.ndarray:
-    """``"START:STOP:NUM"`` -> ``np.linspace(START, STOP, NUM)`` with a clear error otherwise."""
-    m = RANGE_RE.match(text)
-    hint = f"expected {flag} START:STOP:NUM, e.g. {flag} -1:1:21 (21 points from -1 to 1)"
-    if not m:
-        raise BasinscopeError(f"bad grid range {text!r} for {flag}: {hint}")
-    try:
-        start, stop, num = float(m.group(1)), float(m.group(2)), int(m.group(3))
-    except ValueError:
-        raise BasinscopeError(f"bad grid range {text!r} for {flag}: {hint}") from None
-    if not (np.isfinite(start) and np.isfinite(stop)):
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {flag}: START and STOP must be finite numbers"
-        )
-    if num < 1:
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {flag}: NUM must be at least 1, got {num}"
-        )
-    if num > 1 and not start < stop:
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {flag}: START must be smaller than STOP ({start} >= {stop})"
-        )
-    if num > 100_000:
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {flag}: {num} points on one axis is more than the 100,000 allowed"
-        )
-    return np.linspace(start, stop, num)
+    """``"START:STOP:NUM"`` -> ``np.linspace(START, STOP, NUM)`` with a clear error otherwise
+    (:func:`basinscope._checks.grid_range`)."""
+    return grid_range(text, flag)
 
 
 def parse_json_kwargs(text: str | None, flag: str = "--model-kwargs") -> dict[str, Any]:

@@ -17,6 +17,8 @@ __all__ = [
     "REPORT",
     "RESULT",
     "TENSORS",
+    "TRAJECTORY",
+    "WEIGHTS",
     "default_run_dir",
     "safe_component",
 ]
@@ -28,6 +30,9 @@ TENSORS = "tensors"  # parameter dicts as <name>.safetensors
 FIGURES = "figures"  # PNG/PDF/HTML figures
 JOURNAL = "journal"  # per-point values of a resumable computation
 REPORT = "report.html"  # the self-contained report of a run
+# a train run's files, which users pass on to other commands (--weights, --pca, --trajectory)
+WEIGHTS = "model.safetensors"  # the final weights
+TRAJECTORY = "trajectory.safetensors"  # the checkpoints by step (training.trajectory)
 DEFAULT_ROOT = "basinscope-runs"  # where commands write when --out is not given
 
 
