@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 
 from basinscope.models import build_model, save_weights
+from basinscope.store import load
 
 TRAIN = ["train", "--model", "mlp", "--steps", "20", "--checkpoint-every", "5", "--no-progress"]
 GRID = ["--xrange", "-1:1:3", "--yrange", "-1:1:3"]
@@ -36,6 +37,12 @@ def one_json(res) -> dict:
     return obj
 
 
+def stored(run: Path, d: dict) -> None:
+    """The run folder holds what --json printed: result.json and the loaded result."""
+    assert json.loads((run / "result.json").read_text()) == d
+    assert json.loads(json.dumps(load(run).to_dict())) == d
+
+
 def results(run: str | Path) -> xr.Dataset:
     with xr.open_zarr(Path(run) / "results.zarr", consolidated=False) as ds:
         return ds.load()
@@ -56,10 +63,14 @@ def trained(tmp_path_factory, run_cli):
 
 def test_train_writes_weights_trajectory_and_json(trained):
     run, summary = trained["a"], trained["json_a"]
-    for name in ("model.safetensors", "trajectory.safetensors", "history.json", "manifest.json"):
+    for name in ("model.safetensors", "trajectory.safetensors", "result.json", "manifest.json"):
         assert (run / name).is_file(), name
-    assert (run / "figures" / "training_loss.png").is_file()
-    assert {"run_dir", "final", "checkpoint_steps"} <= set(summary)
+    assert (run / "figures" / "train.png").is_file()
+    assert summary["kind"] == "train"
+    assert {"run_dir", "final", "checkpoint_steps", "history"} <= set(summary)
+    assert summary["history"]["data_vars"]["loss"]["data"][0] > 0
+    assert summary["spec"]["checkpoint_every"] == 5 and summary["config"]["steps"] == 20
+    stored(run, summary)
     assert Path(summary["run_dir"]) == run
     assert summary["checkpoint_steps"] == [0, 5, 10, 15, 20]
     final = summary["final"]

@@ -518,12 +518,26 @@ def test_plot_a_folder_that_is_not_a_run(cli, tmp_path):
 
 
 def test_plot_a_train_run(cli, tmp_path):
-    res = cli("train", "--model", "mlp", "--steps", "2", "--no-progress", "--out", tmp_path / "t")
+    """A train run's result has a figure too (its loss curve): plot draws it, and only it."""
+    res = cli(
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "2",
+        "--no-progress",
+        "--no-plot",
+        "--out",
+        tmp_path / "t",
+    )
     assert res.code == 0, res.err
+    drawn = cli("plot", tmp_path / "t", "--format", "png", "--json")
+    assert drawn.code == 0, drawn.err
+    figure = tmp_path / "t" / "figures" / "train.png"
+    assert json.loads(drawn.out)["figures"] == [str(figure)]
+    assert figure.stat().st_size > 0
     assert_user_error(
-        cli("plot", tmp_path / "t"),
-        r"holds a train run, which has no landscape to draw",
-        r"basinscope interpolate.*basinscope surface",
+        cli("plot", tmp_path / "t", "--format", "bogus"), r"cannot save figures as bogus"
     )
 
 
@@ -565,7 +579,7 @@ def test_plot_unknown_kind_and_variable(cli, surface, tmp_path):
         (["--schedule", "bogus"], [r"unknown learning-rate schedule 'bogus'"]),
         (["--steps", "0"], [r"steps must be >= 1, got 0"]),
         (["--checkpoint-steps", "a,b"], [r"--checkpoint-steps must be comma-separated integers"]),
-        (["--checkpoint-every", "-1"], [r"--checkpoint-every must be >= 0, got -1"]),
+        (["--checkpoint-every", "-1"], [r"--checkpoint-every must be an integer >= 0, got -1"]),
         (["--checkpoint-steps", "100"], [re.escape("checkpoint_steps must lie in [0, steps]")]),
         (["--frozen", "nomatch*"], [r"the frozen pattern 'nomatch\*' matches no parameter"]),
         (["--model", "nosuchmod:f"], [r"model module 'nosuchmod'"]),

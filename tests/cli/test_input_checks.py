@@ -360,7 +360,7 @@ def _must_not_run(*args, **kwargs):
         (["train", "--init-seed", "99999999999999999999"], r"--init-seed must be <= 9,223,372"),
         (["train", "--data-seed", "-3"], r"TrainConfig\.data_seed must be an integer >= 0"),
         (["train", "--steps", "1000000000"], r"TrainConfig\.steps must be <= 100,000,000"),
-        (["train", "--lr", "inf"], r"TrainConfig\.lr must be a finite number, got inf"),
+        (["train", "--lr", "inf"], r"--lr must be a finite number, got inf"),
         (
             ["train", "--steps", "1000000", "--checkpoint-every", "1"],
             r"--checkpoint-every 1 over 1000000 steps gives 1,000,001 checkpoints, more than the "

@@ -1,14 +1,13 @@
 """The report of the flatness-vs-batch-size study, drawn only from stored results.
 
 Reads ``results`` (the dict that :func:`basinscope.experiments.batch_size.run` returned)
-and the stage folders it names (training histories, the interpolation line and the two
+and the stage folders it names (training histories (reopened with :func:`basinscope.store.load`), the interpolation line and the two
 surfaces, reopened from their ``results.zarr``); computes nothing. :func:`definitions`
 words what each number is; ``run`` stores its output in ``results["definitions"]``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 import basinscope
 from basinscope.report import Report
+from basinscope.store import load
 from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["definitions", "write_report"]
@@ -246,9 +246,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     )
 
     hist = {
-        k: json.loads(
-            (_stage(run_dir, results["stage_folders"][k]["train"]) / "history.json").read_text()
-        )
+        k: load(_stage(run_dir, results["stage_folders"][k]["train"])).history
         for k in ("small", "large")
     }
     rep.figure(

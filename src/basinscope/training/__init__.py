@@ -13,6 +13,7 @@ from basinscope.training.finetune import (
     head_parameters,
     module_ranking,
 )
+from basinscope.training.run import TrainRun, TrainSpec, history_dataset
 from basinscope.training.schedules import SCHEDULES, check_schedule, lr_at
 from basinscope.training.trainer import Callback, TrainResult, select_trainable, spawn, train
 from basinscope.training.trajectory import load_trajectory, trajectory_to_safetensors
@@ -27,10 +28,13 @@ __all__ = [
     "FinetuneResult",
     "TrainConfig",
     "TrainResult",
+    "TrainRun",
+    "TrainSpec",
     "check_schedule",
     "compare_strategies",
     "finetune",
     "head_parameters",
+    "history_dataset",
     "load_trajectory",
     "lr_at",
     "module_ranking",

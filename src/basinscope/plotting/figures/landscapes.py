@@ -1,0 +1,37 @@
+"""Figures of training runs (and, to come, of the landscape results), registered by kind
+with :func:`basinscope.plotting.plots`. Each draws its result on ``ax`` (or a new figure)
+and returns ``(fig, ax)``; :func:`basinscope.plotting.plot` dispatches to it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
+from basinscope.plotting.dispatch import plots
+
+__all__ = ["plot_train"]
+
+
+@plots("train")
+def plot_train(r: Any, ax: Any = None) -> tuple[Any, Any]:
+    """The minibatch loss of every update (log scale), and the evaluation loss if recorded."""
+    if ax is None:
+        fig = new_figure((5.0, 3.2))
+        ax = fig.add_subplot()
+    else:
+        fig = ax.figure
+    h = r.history
+    ax.plot(np.asarray(h["step"]), np.asarray(h["loss"]), lw=1, label="minibatch loss")
+    if "eval_loss" in h:
+        ax.plot(np.asarray(h["eval_step"]), np.asarray(h["eval_loss"]), "o-", ms=3, label="eval")
+        ax.legend(fontsize=LEGEND_SIZE)
+    ax.set_xlabel("step", fontsize=LABEL_SIZE)
+    ax.set_ylabel("minibatch loss", fontsize=LABEL_SIZE)
+    if np.all(np.asarray(h["loss"]) > 0):
+        ax.set_yscale("log")
+    ax.set_title("training loss", fontsize=LABEL_SIZE)
+    style_axes(ax)
+    return fig, ax
