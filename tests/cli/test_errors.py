@@ -411,32 +411,32 @@ def test_trajectory_file_missing(surface, tmp_path):
 def test_unknown_bn_policy(surface, tmp_path):
     assert_user_error(
         surface("--bn", "bogus"),
-        r"unknown BatchNorm policy 'bogus': expected one of stored, recompute",
+        r"unknown --bn 'bogus': expected one of stored, recompute",
     )
 
 
 def test_unknown_strategy(surface):
     assert_user_error(
         surface("--strategy", "bogus"),
-        r"unknown strategy 'bogus': expected one of auto, vmap, loop",
+        r"unknown --strategy 'bogus': expected one of auto, vmap, loop",
     )
 
 
 def test_unknown_dtype(surface):
     assert_user_error(
         surface("--dtype", "float16"),
-        r"unknown dtype 'float16': expected one of float32, float64",
+        r"unknown --dtype 'float16': expected one of float32, float64",
     )
 
 
 def test_unknown_normalization_and_bias_policy(surface):
     assert_user_error(
         surface("--normalization", "bogus"),
-        r"unknown normalization 'bogus': expected one of filter, layer, model, none",
+        r"unknown --normalization 'bogus': expected one of filter, layer, model, none",
     )
     assert_user_error(
         surface("--bias-policy", "bogus"),
-        r"unknown bias policy 'bogus': expected one of zero, include, as_weights",
+        r"unknown --bias-policy 'bogus': expected one of zero, include, as_weights",
     )
 
 
@@ -547,13 +547,11 @@ def test_plot_an_unfinished_run(cli, surface, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["status"] = "running"
     (run / "manifest.json").write_text(json.dumps(manifest))
-    import shutil
-
-    shutil.rmtree(run / "results.zarr")
+    (run / "result.json").unlink()
     assert_user_error(
         cli("plot", run),
-        r"has no results yet \(status: running\)",
-        r"run the original command again to finish it",
+        r"holds an unfinished landscape run \(status 'running'\)",
+        r"run the command that wrote it again to finish it",
     )
 
 

@@ -63,8 +63,13 @@ from basinscope.analyses.instability import (
     plot_instability,
     transfer_instability,
 )
-from basinscope.analyses.interpolation import interpolate, random_line
-from basinscope.analyses.landscape import Landscape, compute_landscape, grid_coeffs
+from basinscope.analyses.interpolation import (
+    InterpolationSpec,
+    RandomLineSpec,
+    interpolate,
+    random_line,
+)
+from basinscope.analyses.landscape import Landscape, LandscapeSpec, compute_landscape, grid_coeffs
 from basinscope.analyses.sharpness import (
     SHARPNESS_MEASURES,
     SharpnessResult,
@@ -84,6 +89,9 @@ from basinscope.analyses.similarity import (
     rbf_cka,
 )
 from basinscope.analyses.surface import (
+    PCASurfaceSpec,
+    PlaneSurfaceSpec,
+    RandomSurfaceSpec,
     TrajectoryProjection,
     pca_surface,
     plane_surface,
@@ -110,10 +118,16 @@ __all__ = [
     "EnsembleResult",
     "InstabilityResult",
     "InstabilitySweep",
+    "InterpolationSpec",
     "Landscape",
+    "LandscapeSpec",
     "MinibatchCKA",
     "MistakeResult",
+    "PCASurfaceSpec",
     "PermutationSpec",
+    "PlaneSurfaceSpec",
+    "RandomLineSpec",
+    "RandomSurfaceSpec",
     "RewindResult",
     "SharpnessResult",
     "TrajectoryProjection",

@@ -1,8 +1,8 @@
 """The report of the flatness-vs-batch-size study, drawn only from stored results.
 
 Reads ``results`` (the dict that :func:`basinscope.experiments.batch_size.run` returned)
-and the stage folders it names (training histories (reopened with :func:`basinscope.store.load`), the interpolation line and the two
-surfaces, reopened from their ``results.zarr``); computes nothing. :func:`definitions`
+and the stage folders it names (training histories, the interpolation line and the two
+surfaces, reopened with :func:`basinscope.store.load`); computes nothing. :func:`definitions`
 words what each number is; ``run`` stores its output in ``results["definitions"]``.
 """
 
@@ -102,9 +102,7 @@ def _stage(run_dir: Path, name: str) -> Path:
 
 
 def _landscape(run_dir: Path, name: str):
-    from basinscope.store import RunStore
-
-    return RunStore.load(_stage(run_dir, name)).read_results()
+    return load(_stage(run_dir, name)).dataset
 
 
 def _fmt_pm(v: float, pm: float | None) -> str:

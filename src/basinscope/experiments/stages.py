@@ -124,7 +124,7 @@ def landscape_stage(
 ) -> Any:
     """Run a landscape analysis, ``compute(stage folder)``, which stores and resumes itself
     chunk by chunk in that folder (a :class:`~basinscope.store.RunStore`), and log whether it
-    was already complete (``manifest.json`` status and ``results.zarr``) before the call."""
+    was already complete (``manifest.json`` status and ``result.json``) before the call."""
     d = stage_dir(root, name, settings)
     done = _complete(d)
     t0 = time.perf_counter()
@@ -139,10 +139,10 @@ def landscape_stage(
 
 def _complete(d: Path) -> bool:
     try:
-        status = json.loads((d / "manifest.json").read_text()).get("status")
+        status = json.loads((d / paths.MANIFEST).read_text()).get("status")
     except (OSError, ValueError, AttributeError):
         return False
-    return status == "complete" and (d / "results.zarr").exists()
+    return status == "complete" and (d / paths.RESULT).exists()
 
 
 @dataclass(frozen=True)

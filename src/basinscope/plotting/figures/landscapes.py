@@ -1,6 +1,8 @@
-"""Figures of training runs (and, to come, of the landscape results), registered by kind
-with :func:`basinscope.plotting.plots`. Each draws its result on ``ax`` (or a new figure)
-and returns ``(fig, ax)``; :func:`basinscope.plotting.plot` dispatches to it.
+"""Figures of the landscape results (lines, planes, curvature maps) and of training runs,
+registered by kind with :func:`basinscope.plotting.plots`. Each draws its result on ``ax``
+(or a new figure) and returns ``(fig, ax)``; :func:`basinscope.plotting.plot` dispatches to
+it. The other figures of a landscape (every variable as contour, filled contour, heatmap,
+3D, HTML and VTP) are :func:`basinscope.plotting.run.landscape_figures`.
 """
 
 from __future__ import annotations
@@ -11,8 +13,24 @@ import numpy as np
 
 from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
 from basinscope.plotting.dispatch import plots
+from basinscope.plotting.lines import plot_line
+from basinscope.plotting.run import default_variables, line_groups, trajectories_of
+from basinscope.plotting.surfaces import plot_contour
 
-__all__ = ["plot_train"]
+__all__ = ["plot_landscape", "plot_train"]
+
+
+@plots("landscape")
+def plot_landscape(r: Any, ax: Any = None) -> tuple[Any, Any]:
+    """A line: its metrics along alpha (loss left, accuracy right; train solid, test dashed).
+    A plane: the contours of its first loss (a curvature map's ratio), with the projected
+    trajectories."""
+    ds = r.dataset
+    if "beta" not in ds.dims:
+        splits, metrics = line_groups(ds)
+        return plot_line(ds, metrics=metrics, splits=splits, ax=ax)
+    var = default_variables(ds)[0]
+    return plot_contour(ds, var, kind="contour", trajectories=trajectories_of(r), ax=ax)
 
 
 @plots("train")
