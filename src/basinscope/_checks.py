@@ -192,6 +192,40 @@ def safe_name(what: str, name: Any) -> str:
     return name
 
 
+_RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")
+
+
+def grid_range(text: str, flag: str) -> np.ndarray:
+    """``"START:STOP:NUM"`` as ``np.linspace(START, STOP, NUM)``: the command line's grid axes
+    (``--xrange -1:1:21``), at most :data:`MAX_POINTS` points, ``START < STOP``."""
+    m = _RANGE.match(text)
+    hint = f"expected {flag} START:STOP:NUM, e.g. {flag} -1:1:21 (21 points from -1 to 1)"
+    if not m:
+        raise BasinscopeError(f"bad grid range {text!r} for {flag}: {hint}")
+    try:
+        start, stop, num = float(m.group(1)), float(m.group(2)), int(m.group(3))
+    except ValueError:
+        raise BasinscopeError(f"bad grid range {text!r} for {flag}: {hint}") from None
+    if not (np.isfinite(start) and np.isfinite(stop)):
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: START and STOP must be finite numbers"
+        )
+    if num < 1:
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: NUM must be at least 1, got {num}"
+        )
+    if num > 1 and not start < stop:
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: START must be smaller than STOP ({start} >= {stop})"
+        )
+    if num > MAX_POINTS:
+        raise BasinscopeError(
+            f"bad grid range {text!r} for {flag}: {num} points on one axis is more than the "
+            f"{MAX_POINTS:,} allowed"
+        )
+    return np.linspace(start, stop, num)
+
+
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
     if low is not None and high is not None:
         return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
@@ -204,37 +238,3 @@ def _example(low: float | None, high: float | None) -> str:
     if low is None and high is None:
         return ""
     return f"expected a number {_interval(low, high, False, False)}"
-
-
-_RANGE = re.compile(r"^\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*([0-9]+)\s*$")
-
-
-def grid_range(text: str, name: str) -> np.ndarray:
-    """``"START:STOP:NUM"`` -> ``np.linspace(START, STOP, NUM)``, with a clear error otherwise
-    (finite ends, ``START < STOP`` for more than one point, at most ``MAX_POINTS`` points)."""
-    m = _RANGE.match(text)
-    hint = f"expected {name} START:STOP:NUM, e.g. {name} -1:1:21 (21 points from -1 to 1)"
-    if not m:
-        raise BasinscopeError(f"bad grid range {text!r} for {name}: {hint}")
-    try:
-        start, stop, num = float(m.group(1)), float(m.group(2)), int(m.group(3))
-    except ValueError:
-        raise BasinscopeError(f"bad grid range {text!r} for {name}: {hint}") from None
-    if not (np.isfinite(start) and np.isfinite(stop)):
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {name}: START and STOP must be finite numbers"
-        )
-    if num < 1:
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {name}: NUM must be at least 1, got {num}"
-        )
-    if num > 1 and not start < stop:
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {name}: START must be smaller than STOP ({start} >= {stop})"
-        )
-    if num > MAX_POINTS:
-        raise BasinscopeError(
-            f"bad grid range {text!r} for {name}: {num} points on one axis is more than the "
-            f"{MAX_POINTS:,} allowed"
-        )
-    return np.linspace(start, stop, num)

@@ -341,12 +341,17 @@ class EvalOptions(Spec):
             ) from None
 
 
-def takes_spec(spec_cls: type[Spec]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+def takes_spec(
+    spec_cls: type[Spec], *, forward: bool = False
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Let an analysis function take ``spec=`` as well as its keyword arguments.
 
     ``fn(model, data, spec=BarrierSpec(...), labels=...)`` passes the spec's fields (those
     ``fn`` has parameters for) as keyword arguments; keywords given explicitly win. The
     function's own signature, defaults and docstring stay what the user sees.
+
+    ``forward=True`` is for a function that forwards its ``**kwargs`` to another (the
+    landscapes to :func:`~basinscope.analyses.compute_landscape`): every field is passed.
     """
     import functools
     import inspect
@@ -363,7 +368,7 @@ def takes_spec(spec_cls: type[Spec]) -> Callable[[Callable[..., Any]], Callable[
                         f"{type(spec).__name__}"
                     )
                 for k, v in spec.kwargs().items():
-                    if k in params:
+                    if forward or k in params:
                         kwargs.setdefault(k, v)
             return fn(*args, **kwargs)
 

@@ -10,6 +10,7 @@ from basinscope.analyses import (
     project_trajectory,
     random_surface,
 )
+from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_params
 
 
@@ -86,3 +87,80 @@ def test_plane_through_three_models_puts_them_at_their_coordinates(small_data):
         line.dataset["train_loss"].values[0], rel=1e-9
     )
     assert land.dataset.attrs["model_coords"] == pytest.approx(pos.reshape(-1).tolist())
+
+
+# -- the landscape result ---------------------------------------------------------------------
+
+
+def test_a_landscape_run_folder_holds_the_result_and_loads_it_back(tmp_path, small_data):
+    from basinscope.analyses import RandomSurfaceSpec
+    from basinscope.geometry import load_directions
+    from basinscope.spec import EvalOptions
+    from basinscope.store import load
+
+    m = _relu_mlp()
+    spec = RandomSurfaceSpec(
+        alphas=(-1.0, 0.0, 1.0),
+        betas=(0.0, 1.0),
+        seed=3,
+        metrics=("loss",),
+        eval=EvalOptions(strategy="loop", chunk_size=2),
+    )
+    land = random_surface(m, small_data, spec=spec, run_dir=tmp_path / "r")
+    assert land.kind == "landscape" and land.definition == "surface"
+    assert "Li et al. 2018" in land.definition_formula
+    assert land.spec == spec
+    # the same settings as keywords give the same numbers
+    same = random_surface(
+        m, small_data, alphas=[-1, 0, 1], betas=[0, 1], seed=3, metrics=["loss"], strategy="loop"
+    )
+    assert (
+        same.dataset["train_loss"].values.tobytes() == land.dataset["train_loss"].values.tobytes()
+    )
+    loaded = load(tmp_path / "r")
+    assert isinstance(loaded.spec, RandomSurfaceSpec) and loaded.spec == spec
+    assert loaded.to_dict() == land.to_dict()
+    for v in land.dataset.data_vars:
+        assert loaded.dataset[v].values.tobytes() == land.dataset[v].values.tobytes()
+    # the directions in the run folder are what `basinscope surface --directions` takes
+    dirs, meta = load_directions(tmp_path / "r" / "tensors" / "directions.safetensors")
+    assert meta["n_directions"] == 2
+    for d, e in zip(dirs, land.directions):
+        assert list(d) == list(e) and all(torch.equal(d[k], e[k]) for k in d)
+
+
+def test_each_landscape_spec_is_read_back_as_itself():
+    from basinscope.analyses import (
+        InterpolationSpec,
+        LandscapeSpec,
+        PCASurfaceSpec,
+        PlaneSurfaceSpec,
+        RandomLineSpec,
+        RandomSurfaceSpec,
+    )
+
+    for cls in (
+        LandscapeSpec,
+        InterpolationSpec,
+        RandomLineSpec,
+        RandomSurfaceSpec,
+        PCASurfaceSpec,
+        PlaneSurfaceSpec,
+    ):
+        spec = cls(metrics=("loss",))
+        back = LandscapeSpec.from_dict(spec.to_dict())
+        assert type(back) is cls and back == spec
+
+
+def test_the_line_functions_take_their_spec(small_data):
+    from basinscope.analyses import InterpolationSpec, RandomLineSpec, random_line
+
+    a, b = _relu_mlp(0), _relu_mlp(1)
+    spec = InterpolationSpec(alphas=(0.0, 0.5, 1.0), metrics=("loss",))
+    land = interpolate(a, b, small_data, spec=spec)
+    assert land.spec == spec and land.definition == "interpolation"
+    assert list(land.dataset.data_vars) == ["train_loss", "test_loss"]
+    line = random_line(a, small_data, spec=RandomLineSpec(alphas=(0.0, 1.0), seed=4))
+    assert line.spec.seed == 4 and line.dataset.attrs["seed"] == 4
+    with pytest.raises(BasinscopeError, match=r"random_line\(\) takes a RandomLineSpec"):
+        random_line(a, small_data, spec=spec)

@@ -14,6 +14,7 @@ import pytest
 import xarray as xr
 
 from basinscope.models import build_model, save_weights
+from basinscope.store import load
 
 TRAIN = ["train", "--model", "mlp", "--steps", "20", "--checkpoint-every", "5", "--no-progress"]
 GRID = ["--xrange", "-1:1:3", "--yrange", "-1:1:3"]
@@ -37,8 +38,27 @@ def one_json(res) -> dict:
 
 
 def results(run: str | Path) -> xr.Dataset:
-    with xr.open_zarr(Path(run) / "results.zarr", consolidated=False) as ds:
-        return ds.load()
+    return load(run).dataset
+
+
+def coords(d: dict) -> dict:
+    """The grid axes of a landscape's --json."""
+    return {c: v["data"] for c, v in d["dataset"]["coords"].items()}
+
+
+def metrics(d: dict) -> dict:
+    """The metric arrays of a landscape's --json, by variable."""
+    return {v: x["data"] for v, x in d["dataset"]["data_vars"].items()}
+
+
+def attrs(d: dict) -> dict:
+    return d["dataset"]["attrs"]
+
+
+def stored(run: Path, d: dict) -> None:
+    """The run folder holds what --json printed: result.json and the loaded result."""
+    assert json.loads((run / "result.json").read_text()) == d
+    assert json.loads(json.dumps(load(run).to_dict())) == d
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +76,14 @@ def trained(tmp_path_factory, run_cli):
 
 def test_train_writes_weights_trajectory_and_json(trained):
     run, summary = trained["a"], trained["json_a"]
-    for name in ("model.safetensors", "trajectory.safetensors", "history.json", "manifest.json"):
+    for name in ("model.safetensors", "trajectory.safetensors", "result.json", "manifest.json"):
         assert (run / name).is_file(), name
-    assert (run / "figures" / "training_loss.png").is_file()
-    assert {"run_dir", "final", "checkpoint_steps"} <= set(summary)
+    assert (run / "figures" / "train.png").is_file()
+    assert summary["kind"] == "train"
+    assert {"run_dir", "final", "checkpoint_steps", "history"} <= set(summary)
+    assert summary["history"]["data_vars"]["loss"]["data"][0] > 0
+    assert summary["spec"]["checkpoint_every"] == 5 and summary["config"]["steps"] == 20
+    stored(run, summary)
     assert Path(summary["run_dir"]) == run
     assert summary["checkpoint_steps"] == [0, 5, 10, 15, 20]
     final = summary["final"]
@@ -140,26 +164,25 @@ def test_interpolate_between_two_trained_models(trained, run_cli, tmp_path):
             "--json",
         )
     )
-    assert {"coords", "metrics", "run_dir", "strategy", "points_per_second"} <= set(summary)
-    assert summary["coords"] == {"alpha": [0.0, 0.5, 1.0]}
-    metrics = summary["metrics"]
-    assert {"train_loss", "test_loss", "train_accuracy", "test_accuracy"} <= set(metrics)
-    assert all(len(v) == 3 for v in metrics.values())
+    assert {"dataset", "evaluation", "run_dir", "spec"} <= set(summary)
+    assert summary["kind"] == "landscape"
+    assert coords(summary) == {"alpha": [0.0, 0.5, 1.0]}
+    values = metrics(summary)
+    assert {"train_loss", "test_loss", "train_accuracy", "test_accuracy"} <= set(values)
+    assert all(len(v) == 3 for v in values.values())
     assert Path(summary["run_dir"]) == out
-    assert summary["strategy"] in ("vmap", "loop")
-    assert summary["points_per_second"] > 0
-    assert summary["kind"] == "interpolation"
+    assert summary["evaluation"]["strategy"] in ("vmap", "loop")
+    assert summary["evaluation"]["points_per_second"] > 0
+    assert summary["definition"] == "interpolation"
+    assert summary["spec"]["alphas"] == [0.0, 0.5, 1.0]
     # the ends of the line are the two trained models
     for i, key in ((0, "json_a"), (-1, "json_b")):
         for name in ("train_loss", "test_loss", "train_accuracy", "test_accuracy"):
-            assert metrics[name][i] == pytest.approx(trained[key]["final"][name], rel=1e-5)
-    # the figures were drawn and listed
-    assert summary["figures"]
-    for f in summary["figures"]:
-        assert Path(f).is_file(), f
-        assert Path(f).parent == out / "figures"
-    assert (out / "figures" / "line.html").is_file()
-    assert (out / "results.zarr").is_dir()
+            assert values[name][i] == pytest.approx(trained[key]["final"][name], rel=1e-5)
+    # the figures were drawn
+    for name in ("landscape.png", "line.png", "line.pdf", "line.html"):
+        assert (out / "figures" / name).stat().st_size > 0, name
+    stored(out, summary)
 
 
 def test_interpolate_random_line(trained, run_cli, tmp_path):
@@ -183,12 +206,12 @@ def test_interpolate_random_line(trained, run_cli, tmp_path):
             "--json",
         )
     )
-    assert summary["kind"] == "random_line"
-    assert summary["coords"] == {"alpha": [-1.0, -0.5, 0.0, 0.5, 1.0]}
-    assert summary["figures"] == []
-    assert summary["attrs"]["seed"] == 3
+    assert summary["definition"] == "random_line"
+    assert coords(summary) == {"alpha": [-1.0, -0.5, 0.0, 0.5, 1.0]}
+    assert not (tmp_path / "line" / "figures").exists()
+    assert attrs(summary)["seed"] == 3 and summary["spec"]["seed"] == 3
     # alpha = 0 is model A itself
-    assert summary["metrics"]["train_loss"][2] == pytest.approx(
+    assert metrics(summary)["train_loss"][2] == pytest.approx(
         trained["json_a"]["final"]["train_loss"], rel=1e-5
     )
     assert (tmp_path / "line" / "tensors" / "directions.safetensors").is_file()
@@ -242,17 +265,18 @@ def random_surface(trained, run_cli):
 
 def test_surface_random_json(random_surface, trained):
     out, summary, _ = random_surface
-    assert summary["kind"] == "surface"
-    assert summary["coords"] == {"alpha": [-1.0, 0.0, 1.0], "beta": [-1.0, 0.0, 1.0]}
-    loss = np.array(summary["metrics"]["train_loss"])
+    assert summary["definition"] == "surface"
+    assert coords(summary) == {"alpha": [-1.0, 0.0, 1.0], "beta": [-1.0, 0.0, 1.0]}
+    loss = np.array(metrics(summary)["train_loss"])
     assert loss.shape == (3, 3)
     assert np.isfinite(loss).all()
-    assert {"test_loss", "train_accuracy", "test_accuracy"} <= set(summary["metrics"])
-    assert summary["strategy"] == "loop"
-    assert summary["points"] == 9
-    assert summary["attrs"]["directions"] == "random"
-    assert summary["attrs"]["normalization"] == "filter"
+    assert {"test_loss", "train_accuracy", "test_accuracy"} <= set(metrics(summary))
+    assert summary["evaluation"]["strategy"] == "loop"
+    assert summary["evaluation"]["points"] == 9
+    assert attrs(summary)["directions"] == "random"
+    assert attrs(summary)["normalization"] == "filter"
     assert summary["trajectories"] == []
+    stored(out, summary)
     # the center is model A
     assert loss[1, 1] == pytest.approx(trained["json_a"]["final"]["train_loss"], rel=1e-5)
     ds = results(out)
@@ -264,8 +288,8 @@ def test_surface_random_json(random_surface, trained):
 def test_surface_again_reuses_the_run(random_surface, run_cli):
     _, summary, args = random_surface
     again = one_json(run_cli(*args))
-    assert again["metrics"] == summary["metrics"]
-    assert again["points_evaluated"] == summary["points_evaluated"] == 9
+    assert metrics(again) == metrics(summary)
+    assert again["evaluation"]["points_evaluated"] == summary["evaluation"]["points_evaluated"] == 9
 
 
 def test_surface_from_the_directions_of_a_previous_run(random_surface, trained, run_cli, tmp_path):
@@ -289,8 +313,8 @@ def test_surface_from_the_directions_of_a_previous_run(random_surface, trained, 
             "--json",
         )
     )
-    assert again["attrs"]["directions"] == "given"
-    assert again["metrics"] == summary["metrics"]
+    assert attrs(again)["directions"] == "given"
+    assert metrics(again) == metrics(summary)
     first, second = results(out), results(tmp_path / "again")
     assert set(first.data_vars) == set(second.data_vars)
     for name in first.data_vars:
@@ -323,9 +347,9 @@ def test_surface_pca_of_a_training_trajectory(trained, run_cli, tmp_path):
             "--json",
         )
     )
-    assert summary["kind"] == "pca_surface"
-    assert summary["attrs"]["directions"] == "pca"
-    assert "PC1" in summary["attrs"]["x_label"]
+    assert summary["definition"] == "pca_surface"
+    assert attrs(summary)["directions"] == "pca"
+    assert "PC1" in attrs(summary)["x_label"]
     trajs = summary["trajectories"]
     assert [t["label"] for t in trajs] == ["a", "b"]
     for t in trajs:
@@ -339,8 +363,9 @@ def test_surface_pca_of_a_training_trajectory(trained, run_cli, tmp_path):
     assert all(d >= 0 for d in a["distance"])
     # B's trajectory (another initialization) runs far off A's plane
     assert min(trajs[1]["distance"]) > max(a["distance"])
-    written = json.loads((out / "trajectories.json").read_text())
-    assert written == trajs
+    # the projections are part of the result: stored, loaded and drawn with it
+    stored(out, summary)
+    assert [t.label for t in load(out).trajectories] == ["a", "b"]
 
 
 def test_surface_pca_fits_the_grid_to_the_trajectory(trained, run_cli, tmp_path):
@@ -366,12 +391,12 @@ def test_surface_pca_fits_the_grid_to_the_trajectory(trained, run_cli, tmp_path)
             "--json",
         )
     )
-    alpha, beta = summary["coords"]["alpha"], summary["coords"]["beta"]
+    alpha, beta = coords(summary)["alpha"], coords(summary)["beta"]
     assert len(alpha) == len(beta) == 21
     (proj,) = summary["trajectories"]
     assert alpha[0] < min(proj["alpha"]) <= max(proj["alpha"]) < alpha[-1]
     assert beta[0] < min(proj["beta"]) <= max(proj["beta"]) < beta[-1]
-    assert set(summary["metrics"]) == {"train_loss"}
+    assert set(metrics(summary)) == {"train_loss"}
 
 
 def test_surface_plane_through_three_models(trained, run_cli, tmp_path):
@@ -399,15 +424,15 @@ def test_surface_plane_through_three_models(trained, run_cli, tmp_path):
             "--json",
         )
     )
-    assert summary["kind"] == "plane_surface"
-    assert summary["attrs"]["directions"] == "plane through three models"
-    coords = np.array(summary["attrs"]["model_coords"]).reshape(3, 2)
+    assert summary["definition"] == "plane_surface"
+    assert attrs(summary)["directions"] == "plane through three models"
+    at = np.array(attrs(summary)["model_coords"]).reshape(3, 2)
     # A at the origin, B on the first axis at |theta_B - theta_A|, C off it
-    np.testing.assert_allclose(coords[0], [0.0, 0.0], atol=1e-6)
-    assert coords[1, 0] > 0
-    assert coords[1, 1] == pytest.approx(0.0, abs=1e-4)
-    assert coords[2, 1] != 0
-    loss = np.array(summary["metrics"]["train_loss"])
+    np.testing.assert_allclose(at[0], [0.0, 0.0], atol=1e-6)
+    assert at[1, 0] > 0
+    assert at[1, 1] == pytest.approx(0.0, abs=1e-4)
+    assert at[2, 1] != 0
+    loss = np.array(metrics(summary)["train_loss"])
     assert loss.shape == (2, 2)
     assert loss[0, 0] == pytest.approx(trained["json_a"]["final"]["train_loss"], rel=1e-5)
 
@@ -433,9 +458,9 @@ def test_surface_in_float64(trained, random_surface, run_cli, tmp_path):
             "--json",
         )
     )
-    assert summary["attrs"]["dtype"] == "float64"
-    for name, v in summary["metrics"].items():
-        np.testing.assert_allclose(v, float32["metrics"][name], rtol=1e-4, atol=1e-5)
+    assert attrs(summary)["dtype"] == "float64"
+    for name, v in metrics(summary).items():
+        np.testing.assert_allclose(v, metrics(float32)[name], rtol=1e-4, atol=1e-5)
     assert results(tmp_path / "f64").attrs["dtype"] == "float64"
 
 
@@ -463,7 +488,7 @@ def test_surface_prints_a_summary_and_draws_figures(run_cli, tmp_path):
     )
     assert res.out == ""
     assert "surface: 4 points, strategy loop" in res.err
-    assert f"figures: {out / 'figures'}" in res.err
+    assert f"figure: {out / 'figures' / 'train_loss_contour.png'}" in res.err
     names = {p.name for p in (out / "figures").iterdir()}
     assert {"train_loss_contour.png", "train_loss_surface.html", "train_loss.vtp"} <= names
 
@@ -550,6 +575,6 @@ def test_surface_of_a_batchnorm_model_with_recomputed_statistics(run_cli, tmp_pa
             "--json",
         )
     )
-    assert summary["attrs"]["bn_policy"] == "recompute"
-    assert summary["attrs"]["bn_batches"] == 2
-    assert np.isfinite(np.array(summary["metrics"]["train_loss"])).all()
+    assert attrs(summary)["bn_policy"] == "recompute"
+    assert attrs(summary)["bn_batches"] == 2
+    assert np.isfinite(np.array(metrics(summary)["train_loss"])).all()

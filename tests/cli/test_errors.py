@@ -411,32 +411,32 @@ def test_trajectory_file_missing(surface, tmp_path):
 def test_unknown_bn_policy(surface, tmp_path):
     assert_user_error(
         surface("--bn", "bogus"),
-        r"unknown BatchNorm policy 'bogus': expected one of stored, recompute",
+        r"unknown --bn 'bogus': expected one of stored, recompute",
     )
 
 
 def test_unknown_strategy(surface):
     assert_user_error(
         surface("--strategy", "bogus"),
-        r"unknown strategy 'bogus': expected one of auto, vmap, loop",
+        r"unknown --strategy 'bogus': expected one of auto, vmap, loop",
     )
 
 
 def test_unknown_dtype(surface):
     assert_user_error(
         surface("--dtype", "float16"),
-        r"unknown dtype 'float16': expected one of float32, float64",
+        r"unknown --dtype 'float16': expected one of float32, float64",
     )
 
 
 def test_unknown_normalization_and_bias_policy(surface):
     assert_user_error(
         surface("--normalization", "bogus"),
-        r"unknown normalization 'bogus': expected one of filter, layer, model, none",
+        r"unknown --normalization 'bogus': expected one of filter, layer, model, none",
     )
     assert_user_error(
         surface("--bias-policy", "bogus"),
-        r"unknown bias policy 'bogus': expected one of zero, include, as_weights",
+        r"unknown --bias-policy 'bogus': expected one of zero, include, as_weights",
     )
 
 
@@ -518,12 +518,26 @@ def test_plot_a_folder_that_is_not_a_run(cli, tmp_path):
 
 
 def test_plot_a_train_run(cli, tmp_path):
-    res = cli("train", "--model", "mlp", "--steps", "2", "--no-progress", "--out", tmp_path / "t")
+    """A train run's result has a figure too (its loss curve): plot draws it, and only it."""
+    res = cli(
+        "train",
+        "--model",
+        "mlp",
+        "--steps",
+        "2",
+        "--no-progress",
+        "--no-plot",
+        "--out",
+        tmp_path / "t",
+    )
     assert res.code == 0, res.err
+    drawn = cli("plot", tmp_path / "t", "--format", "png", "--json")
+    assert drawn.code == 0, drawn.err
+    figure = tmp_path / "t" / "figures" / "train.png"
+    assert json.loads(drawn.out)["figures"] == [str(figure)]
+    assert figure.stat().st_size > 0
     assert_user_error(
-        cli("plot", tmp_path / "t"),
-        r"holds a train run, which has no landscape to draw",
-        r"basinscope interpolate.*basinscope surface",
+        cli("plot", tmp_path / "t", "--format", "bogus"), r"cannot save figures as bogus"
     )
 
 
@@ -533,13 +547,11 @@ def test_plot_an_unfinished_run(cli, surface, tmp_path):
     manifest = json.loads((run / "manifest.json").read_text())
     manifest["status"] = "running"
     (run / "manifest.json").write_text(json.dumps(manifest))
-    import shutil
-
-    shutil.rmtree(run / "results.zarr")
+    (run / "result.json").unlink()
     assert_user_error(
         cli("plot", run),
-        r"has no results yet \(status: running\)",
-        r"run the original command again to finish it",
+        r"holds an unfinished landscape run \(status 'running'\)",
+        r"run the command that wrote it again to finish it",
     )
 
 
@@ -565,7 +577,7 @@ def test_plot_unknown_kind_and_variable(cli, surface, tmp_path):
         (["--schedule", "bogus"], [r"unknown learning-rate schedule 'bogus'"]),
         (["--steps", "0"], [r"steps must be >= 1, got 0"]),
         (["--checkpoint-steps", "a,b"], [r"--checkpoint-steps must be comma-separated integers"]),
-        (["--checkpoint-every", "-1"], [r"--checkpoint-every must be >= 0, got -1"]),
+        (["--checkpoint-every", "-1"], [r"--checkpoint-every must be an integer >= 0, got -1"]),
         (["--checkpoint-steps", "100"], [re.escape("checkpoint_steps must lie in [0, steps]")]),
         (["--frozen", "nomatch*"], [r"the frozen pattern 'nomatch\*' matches no parameter"]),
         (["--model", "nosuchmod:f"], [r"model module 'nosuchmod'"]),

@@ -14,7 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
-import basinscope.cli.landscape as landscape
+import basinscope.analyses.surface as surface_module
 from basinscope.models import build_model, save_weights
 from basinscope.training import TrainConfig, train, trajectory_to_safetensors
 from user_errors import assert_one_line
@@ -114,7 +114,7 @@ def test_label_beyond_the_models_classes(cli, tmp_path, command):
         ),
         r"or remap the labels to 0\.\.9\.",
     )
-    assert not (tmp_path / "out" / "results.zarr").exists()
+    assert not (tmp_path / "out" / "result.json").exists()
 
 
 def test_error_metric_alone_is_checked_too(cli, tmp_path):
@@ -332,7 +332,7 @@ def lenet_trajectory(tmp_path):
 def test_trajectory_of_another_model(surface, lenet_trajectory, monkeypatch, flag):
     """The old symptom was KeyError: 'conv1.weight'; --trajectory is checked before the
     surface is computed."""
-    monkeypatch.setattr(landscape, "_finish", _must_not_run)
+    monkeypatch.setattr(surface_module, "compute_landscape", _must_not_run)
     err = assert_one_line(
         surface("--model-kwargs", '{"hidden": [32]}', flag, lenet_trajectory),
         r"the checkpoint at step 0 and the model's parameters do not match: ",
@@ -360,7 +360,7 @@ def _must_not_run(*args, **kwargs):
         (["train", "--init-seed", "99999999999999999999"], r"--init-seed must be <= 9,223,372"),
         (["train", "--data-seed", "-3"], r"TrainConfig\.data_seed must be an integer >= 0"),
         (["train", "--steps", "1000000000"], r"TrainConfig\.steps must be <= 100,000,000"),
-        (["train", "--lr", "inf"], r"TrainConfig\.lr must be a finite number, got inf"),
+        (["train", "--lr", "inf"], r"--lr must be a finite number, got inf"),
         (
             ["train", "--steps", "1000000", "--checkpoint-every", "1"],
             r"--checkpoint-every 1 over 1000000 steps gives 1,000,001 checkpoints, more than the "

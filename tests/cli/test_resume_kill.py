@@ -135,17 +135,18 @@ def start_and_interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
 
 
 def assert_interrupted_midway(run: Path) -> int:
-    """The journal holds some, not all, chunks; no results; the manifest says running."""
+    """The journal holds some, not all, chunks; no result; the manifest says running."""
     n = done_chunks(run)
     assert n is not None and 1 <= n < N_CHUNKS, (n, N_CHUNKS)
     assert status(run) == "running"
-    assert not (run / "results.zarr").exists()
+    assert not (run / "result.json").exists()
     return n
 
 
 def load(run: Path) -> xr.Dataset:
-    with xr.open_zarr(run / "results.zarr", consolidated=False) as ds:
-        return ds.load()
+    from basinscope.store import load as load_result
+
+    return load_result(run).dataset
 
 
 def assert_bitwise_equal(a: xr.Dataset, b: xr.Dataset) -> None:
@@ -165,7 +166,7 @@ def assert_bitwise_equal(a: xr.Dataset, b: xr.Dataset) -> None:
 def uninterrupted(tmp_path_factory):
     out = tmp_path_factory.mktemp("resume") / "uninterrupted"
     summary = run_to_completion(out)
-    assert summary["points_evaluated"] == N_AXIS * N_AXIS
+    assert summary["evaluation"]["points_evaluated"] == N_AXIS * N_AXIS
     return load(out)
 
 
@@ -185,9 +186,10 @@ def test_resume_after_kill_is_bitwise_equal(uninterrupted, tmp_path, how):
 
     summary = run_to_completion(out)
     # it resumed: only the chunks that were not finished were evaluated
-    assert summary["points"] == N_AXIS * N_AXIS
-    assert 0 < summary["points_evaluated"] <= N_AXIS * N_AXIS - n_done * CHUNK + CHUNK
-    assert summary["points_evaluated"] < N_AXIS * N_AXIS
+    evaluation = summary["evaluation"]
+    assert evaluation["points"] == N_AXIS * N_AXIS
+    assert 0 < evaluation["points_evaluated"] <= N_AXIS * N_AXIS - n_done * CHUNK + CHUNK
+    assert evaluation["points_evaluated"] < N_AXIS * N_AXIS
     assert status(out) == "complete"
     assert done_chunks(out) == N_CHUNKS
     assert_bitwise_equal(load(out), uninterrupted)

@@ -74,8 +74,9 @@ def _error_line(r) -> str:
 
 
 def _results(run_dir) -> xr.Dataset:
-    with xr.open_zarr(run_dir / "results.zarr", consolidated=False) as ds:
-        return ds.load()
+    from basinscope.store import load
+
+    return load(run_dir).dataset
 
 
 def test_a_full_disk_stops_with_one_line_and_the_same_command_resumes(tmp_path, small_disk):

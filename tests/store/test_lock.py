@@ -81,7 +81,7 @@ def test_wait_waits_for_the_holder_and_then_runs(tmp_path, holder):
     read_until(proc.stdout, "released")
     code, stdout, stderr = finish(waiter)
     assert code == 0, stderr
-    assert json.loads(stdout)["points"] == 9
+    assert json.loads(stdout)["evaluation"]["points"] == 9
     assert json.loads((out / "manifest.json").read_text())["status"] == "complete"
     assert not (out / LOCK_NAME).exists()  # released in good order: no lock file left
 

@@ -3,12 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-import xarray as xr
 from torch import nn
 
 from basinscope.analyses import random_surface
 from basinscope.errors import BasinscopeError, SpecMismatchError
-from basinscope.store import RunStore
+from basinscope.store import RunStore, load
 
 
 def _model():
@@ -43,7 +42,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, small_data, strategy):
         _surface(model, small_data, tmp_path / "cut", strategy=strategy, on_chunk=interrupt)
     manifest = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert manifest["status"] == "running"
-    assert not (tmp_path / "cut" / "results.zarr").exists()
+    assert not (tmp_path / "cut" / "result.json").exists()
 
     seen = []
     resumed = _surface(
@@ -59,7 +58,7 @@ def test_interrupted_run_resumes_bit_for_bit(tmp_path, small_data, strategy):
     full = _surface(model, small_data, tmp_path / "full", strategy=chosen["strategy"])
     for v in full.dataset.data_vars:
         assert np.array_equal(full.dataset[v].values, resumed.dataset[v].values), v
-    on_disk = xr.open_zarr(tmp_path / "cut" / "results.zarr", consolidated=False).load()
+    on_disk = load(tmp_path / "cut").dataset
     for v in full.dataset.data_vars:
         assert np.array_equal(on_disk[v].values, full.dataset[v].values)
     assert set(on_disk.coords) == {"alpha", "beta"}

@@ -76,8 +76,13 @@ from basinscope.analyses.instability import (
     plot_instability,
     transfer_instability,
 )
-from basinscope.analyses.interpolation import interpolate, random_line
-from basinscope.analyses.landscape import Landscape, compute_landscape, grid_coeffs
+from basinscope.analyses.interpolation import (
+    InterpolationSpec,
+    RandomLineSpec,
+    interpolate,
+    random_line,
+)
+from basinscope.analyses.landscape import Landscape, LandscapeSpec, compute_landscape, grid_coeffs
 from basinscope.analyses.sharpness import (
     SHARPNESS_MEASURES,
     SharpnessResult,
@@ -101,6 +106,9 @@ from basinscope.analyses.similarity import (
     rbf_cka,
 )
 from basinscope.analyses.surface import (
+    PCASurfaceSpec,
+    PlaneSurfaceSpec,
+    RandomSurfaceSpec,
     TrajectoryProjection,
     pca_surface,
     plane_surface,
@@ -140,12 +148,18 @@ __all__ = [
     "InstabilityResult",
     "InstabilitySpec",
     "InstabilitySweep",
+    "InterpolationSpec",
     "Landscape",
+    "LandscapeSpec",
     "MinibatchCKA",
     "MistakeResult",
     "MistakeSpec",
     "ModuleCriticality",
+    "PCASurfaceSpec",
     "PermutationSpec",
+    "PlaneSurfaceSpec",
+    "RandomLineSpec",
+    "RandomSurfaceSpec",
     "RewindResult",
     "RewindSpec",
     "SharpnessMeasures",

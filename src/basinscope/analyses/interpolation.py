@@ -12,18 +12,66 @@ evaluated on any grid of :math:`\\alpha`, including extrapolation outside :math:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from basinscope.analyses.landscape import DTYPES, Landscape, compute_landscape
+from basinscope._checks import check_seed
+from basinscope.analyses.landscape import (
+    DTYPES,
+    Landscape,
+    LandscapeSpec,
+    compute_landscape,
+    grid_option,
+)
 from basinscope.engine import warn_stored_bn
 from basinscope.geometry import direction_between, get_buffers, get_params, random_direction
+from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
 from basinscope.geometry.params import to as cast
+from basinscope.spec import option, takes_spec
 
-__all__ = ["interpolate", "random_line"]
+__all__ = ["InterpolationSpec", "RandomLineSpec", "interpolate", "random_line"]
+
+
+@dataclass(frozen=True)
+class InterpolationSpec(LandscapeSpec):
+    """The settings of :func:`interpolate`: the grid of alpha, the metrics, the evaluation."""
+
+    alphas: tuple[float, ...] | None = grid_option(
+        "alpha grid START:STOP:NUM (default -0.5:1.5:41).", "--xrange", cli=False
+    )
+
+
+@dataclass(frozen=True)
+class RandomLineSpec(LandscapeSpec):
+    """The settings of :func:`random_line` (and of ``basinscope interpolate``): the grid, the
+    random direction (seed, normalization, bias policy), the metrics, the evaluation."""
+
+    alphas: tuple[float, ...] | None = grid_option(
+        "alpha grid START:STOP:NUM (default -1:1:41).", "--xrange", cli=False
+    )
+    seed: int = option(0, "Seed of the random directions.")
+    normalization: str = option(
+        "filter",
+        "Random directions: filter (Li et al.), layer, model or none.",
+        choices=NORMALIZATIONS,
+    )
+    bias_policy: str = option(
+        "zero",
+        "1-D parameters (biases, norm layers) of random directions: zero, include or as_weights.",
+        choices=BIAS_POLICIES,
+    )
+
+    def check(self) -> None:
+        super().check()
+        check_seed(self.name_of("seed"), self.seed)
+
+
+def _grid(alphas: Any) -> tuple[float, ...]:
+    return tuple(float(a) for a in np.asarray(alphas, dtype=np.float64).reshape(-1))
 
 
 def _params_and_buffers(
@@ -35,6 +83,7 @@ def _params_and_buffers(
     return cast({k: v.detach() for k, v in m.items()}, dtype=dtype), None
 
 
+@takes_spec(InterpolationSpec, forward=True)
 def interpolate(
     model_a: nn.Module,
     model_b: nn.Module | Mapping[str, Tensor],
@@ -50,7 +99,8 @@ def interpolate(
     ``bn_policy="stored"`` BatchNorm running statistics are interpolated with the same
     :math:`\\alpha` (and a :class:`~basinscope.engine.BatchNormWarning` says why that can
     mislead); with ``"recompute"`` they are re-estimated at every point from ``bn_data``.
-    Other keyword arguments go to :func:`~basinscope.analyses.landscape.compute_landscape`.
+    Other keyword arguments go to :func:`~basinscope.analyses.landscape.compute_landscape`;
+    ``spec=InterpolationSpec(...)`` gives the settings at once.
     """
     alphas = np.linspace(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas, dtype=np.float64)
     # both ends in the evaluation dtype *before* subtracting: a float64 run must evaluate
@@ -76,10 +126,12 @@ def interpolate(
         center_buffers=ba,
         buffer_directions=buffer_dirs,
         bn_policy=bn_policy,
+        settings=InterpolationSpec(alphas=_grid(alphas)),
         **kwargs,
     )
 
 
+@takes_spec(RandomLineSpec, forward=True)
 def random_line(
     model: nn.Module,
     data: Any,
@@ -92,7 +144,8 @@ def random_line(
     **kwargs: Any,
 ) -> Landscape:
     """Metrics along :math:`\\theta + \\alpha d` for a normalized random direction :math:`d`
-    (default :math:`\\alpha \\in [-1, 1]`, 41 points), or along a given ``direction``."""
+    (default :math:`\\alpha \\in [-1, 1]`, 41 points), or along a given ``direction``;
+    ``spec=RandomLineSpec(...)`` gives the settings at once."""
     alphas = np.linspace(-1, 1, 41) if alphas is None else np.asarray(alphas, dtype=np.float64)
     params = get_params(model)
     d = (
@@ -106,6 +159,17 @@ def random_line(
         "seed": seed,
         **kwargs.pop("attrs", {}),
     }
+    settings = RandomLineSpec(
+        alphas=_grid(alphas), seed=seed, normalization=normalization, bias_policy=bias_policy
+    )
     return compute_landscape(
-        model, params, [d], {"alpha": alphas}, data, kind="random_line", attrs=attrs, **kwargs
+        model,
+        params,
+        [d],
+        {"alpha": alphas},
+        data,
+        kind="random_line",
+        attrs=attrs,
+        settings=settings,
+        **kwargs,
     )

@@ -1,13 +1,20 @@
 """What 1D and 2D landscapes share: a grid of coefficients, the engine, the run store.
 
 A landscape is the engine's metric values on a grid :math:`\\theta^* + \\sum_d c_d v_d`,
-returned as a labelled :class:`xarray.Dataset` (coordinates ``alpha`` and, for planes,
-``beta``; one variable ``<split>_<metric>`` per split and metric) with every setting that
-produced the numbers in its attributes.
+returned as a :class:`Landscape` result: a labelled :class:`xarray.Dataset` (coordinates
+``alpha`` and, for planes, ``beta``; one variable ``<split>_<metric>`` per split and metric)
+with every setting that produced the numbers in its attributes (``attrs["kind"]`` names the
+landscape: interpolation, random_line, surface, pca_surface, plane_surface, curvature_map),
+the directions and the center, how it was evaluated and the spec.
+
+With a run folder, :func:`compute_landscape` journals the values chunk by chunk (an
+interrupted run resumes bit for bit) and completes the folder with
+:func:`basinscope.store.save`; a finished run is loaded with :func:`basinscope.store.load`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,39 +26,147 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from basinscope._checks import safe_name
+from basinscope._checks import at_least, grid_range, safe_name
 from basinscope._memory import check_memory
 from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, evaluate_points
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
-from basinscope.geometry import ParamDict, get_buffers, save_directions
+from basinscope.geometry import ParamDict, get_buffers
 from basinscope.jsonable import jsonable
-from basinscope.store import RunStore, fingerprint_tensors, safe_component
+from basinscope.result import Result, tensors
+from basinscope.spec import EvalOptions, Spec, group, option
+from basinscope.store import RunStore, fingerprint_tensors, paths, safe_component
 
-__all__ = ["Landscape", "as_splits", "check_grid_memory", "compute_landscape", "grid_coeffs"]
+__all__ = [
+    "LANDSCAPE_DEFINITIONS",
+    "Landscape",
+    "LandscapeSpec",
+    "TrajectoryProjection",
+    "as_splits",
+    "check_grid_memory",
+    "compute_landscape",
+    "grid_coeffs",
+    "grid_option",
+]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+#: What each kind of landscape evaluates (``attrs["kind"]`` -> its formula and source).
+LANDSCAPE_DEFINITIONS: dict[str, str] = {
+    "interpolation": "f(alpha) = L((1 - alpha) theta_A + alpha theta_B): the line between two "
+    "models (Goodfellow et al. 2015), extrapolated outside [0, 1]",
+    "random_line": "f(alpha) = L(theta + alpha d), d a normalized random direction "
+    "(Li et al. 2018)",
+    "surface": "f(alpha, beta) = L(theta* + alpha delta + beta eta), delta and eta normalized "
+    "random (or given) directions (Li et al. 2018)",
+    "pca_surface": "f(alpha, beta) = L(theta* + alpha delta + beta eta), delta and eta the top "
+    "two PCA directions of a training trajectory (Li et al. 2018, Sec. 7)",
+    "plane_surface": "f(alpha, beta) = L(theta_A + alpha delta + beta eta): the plane through "
+    "three models (Garipov et al. 2018)",
+}
+
+
+def _grid_parser(flag: str) -> Callable[[str], tuple[float, ...]]:
+    def parse(text: str) -> tuple[float, ...]:
+        return tuple(grid_range(text, flag).tolist())
+
+    return parse
+
+
+def grid_option(help: str, flag: str, **kw: Any) -> Any:
+    """A grid axis of a landscape spec: ``None`` (the function's default grid) or the
+    coordinates; typed on the command line as ``START:STOP:NUM`` (``flag``)."""
+    return option(None, help, flag=flag, parse=_grid_parser(flag), metavar="START:STOP:NUM", **kw)
+
+
+def _metric_names(text: str) -> tuple[str, ...]:
+    return tuple(m.strip() for m in text.split(",") if m.strip())
+
 
 @dataclass(frozen=True)
-class Landscape:
-    """A computed 1D or 2D landscape and how it was computed."""
+class LandscapeSpec(Spec):
+    """What a landscape evaluates at each point (metrics) and how (the engine's options).
+
+    The spec of each landscape function extends it with that function's settings
+    (:class:`~basinscope.analyses.interpolation.InterpolationSpec`, ...); a result of
+    :func:`compute_landscape` called directly records a plain ``LandscapeSpec``.
+    """
+
+    metrics: tuple[str, ...] = option(
+        ("loss", "accuracy"),
+        "Comma-separated metrics: loss, accuracy, error (default loss,accuracy).",
+        parse=_metric_names,
+        metavar="METRICS",
+    )
+    eval: EvalOptions = group(EvalOptions)
+
+    def check(self) -> None:
+        # counts, also from above: a chunk of 10**20 points is a typo, not a plan
+        for name in ("batch_size", "bn_batches", "chunk_size"):
+            at_least(self.eval.name_of(name), getattr(self.eval, name), 1)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Spec:
+        """The spec of ``data``; on ``LandscapeSpec`` itself, the landscape spec whose
+        settings are exactly ``data``'s keys (a result's ``spec`` may be any of them)."""
+        if cls is LandscapeSpec and isinstance(data, Mapping):
+            todo = list(cls.__subclasses__())
+            while todo:
+                sub = todo.pop()
+                todo += sub.__subclasses__()
+                if {f.name for f in dataclasses.fields(sub)} == set(data):
+                    return sub.from_dict(data)
+        return super().from_dict(data)
+
+
+@dataclass(frozen=True)
+class TrajectoryProjection(Result, kind="trajectory_projection"):
+    """A trajectory in a landscape's plane: the coordinates of each checkpoint (least
+    squares), its distance from the plane, the checkpoints' steps and a label."""
+
+    label: str
+    steps: np.ndarray
+    alpha: np.ndarray
+    beta: np.ndarray
+    distance: np.ndarray
+
+
+@dataclass(frozen=True)
+class Landscape(Result, kind="landscape"):
+    """A computed 1D or 2D landscape and how it was computed.
+
+    ``dataset`` holds the values (see the module docstring); ``directions`` and ``center``
+    the parameter dicts of the grid (stored as safetensors); ``evaluation`` the engine's
+    strategy, speed and counts; ``run_dir`` the run folder (``None`` without one);
+    ``trajectories`` paths projected onto a plane (``basinscope surface --trajectory``).
+    ``definition`` is the kind of landscape (``dataset.attrs["kind"]``) and
+    ``definition_formula`` what it evaluates (:data:`LANDSCAPE_DEFINITIONS`).
+    """
 
     dataset: xr.Dataset
-    directions: list[ParamDict]
-    center: ParamDict
+    directions: list[ParamDict] = tensors()
+    center: ParamDict = tensors()
     evaluation: dict[str, Any] = field(default_factory=dict)
     run_dir: Path | None = None
+    trajectories: tuple[TrajectoryProjection, ...] = ()
+    spec: LandscapeSpec | None = None
+    definition: str = ""
+    definition_formula: str = ""
 
-    @property
-    def kind(self) -> str:
-        return str(self.dataset.attrs.get("kind", ""))
+    def __post_init__(self) -> None:
+        attrs = self.dataset.attrs
+        name = str(attrs.get("kind", ""))
+        if not self.definition:
+            object.__setattr__(self, "definition", name)
+        if not self.definition_formula:
+            formula = attrs.get("definition") or LANDSCAPE_DEFINITIONS.get(name, "")
+            object.__setattr__(self, "definition_formula", str(formula))
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary: coordinates, metric arrays, run folder, strategy, speed."""
         ds = self.dataset
         out: dict[str, Any] = {
-            "kind": self.kind,
+            "kind": self.definition,
             "coords": {c: ds[c].values.tolist() for c in ds.dims},
             "metrics": {v: jsonable(ds[v].values) for v in ds.data_vars},
             "attrs": dict(ds.attrs),
@@ -59,10 +174,6 @@ class Landscape:
         }
         out.update(self.evaluation)
         return out
-
-
-def _str_attrs(attrs: Mapping[str, Any] | None) -> dict[str, Any]:
-    return {k: v for k, v in (attrs or {}).items() if isinstance(v, (str, int, float))}
 
 
 def as_splits(data: Any) -> dict[str, Any]:
@@ -138,6 +249,8 @@ def compute_landscape(
     strategy: str = "auto",
     run_dir: str | Path | None = None,
     spec: Mapping[str, Any] | None = None,
+    identity: Mapping[str, Any] | None = None,
+    settings: LandscapeSpec | None = None,
     extra_tensors: Mapping[str, Mapping[str, Tensor]] | None = None,
     executor: LocalExecutor | None = None,
     progress: bool = False,
@@ -147,9 +260,16 @@ def compute_landscape(
     """Evaluate ``metrics`` on the grid ``center + sum_d coords_d * directions_d``.
 
     With ``run_dir`` the run is stored there (and resumed if interrupted); a finished run
-    with the same identity is loaded instead of recomputed. ``make_job(basis)`` replaces the
-    metric evaluation by any other per-point computation with the engine's job protocol
-    (e.g. Hessian eigenvalues), keeping the grid, chunks, resume and storage.
+    with the same identity is loaded instead of recomputed. The identity is the grid, the
+    metrics, the evaluation options, ``attrs`` and ``identity`` (further settings that
+    identify the inputs, e.g. the command line's model and files; ``spec`` is its older
+    name), with fingerprints of the center, the directions and the data.
+
+    ``settings`` is the calling function's spec, recorded as the result's ``spec`` with the
+    metrics and evaluation options filled in (default: a plain :class:`LandscapeSpec`).
+    ``make_job(basis)`` replaces the metric evaluation by any other per-point computation
+    with the engine's job protocol (e.g. Hessian eigenvalues), keeping the grid, chunks,
+    resume and storage.
     """
     if dtype not in DTYPES:
         raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
@@ -191,6 +311,17 @@ def compute_landscape(
             strategy=strategy,
         )
     )
+    # after the engine's own checks: the spec names the settings the run was made with
+    result_spec = (settings or LandscapeSpec()).replace(
+        metrics=tuple(m.name for m in metric_objs),
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        bn_policy=bn_policy,
+        bn_batches=bn_batches,
+        strategy=strategy,
+        chunk_size=chunk_size,
+    )
     all_attrs = {
         "kind": kind,
         "bn_policy": bn_policy,
@@ -215,6 +346,7 @@ def compute_landscape(
                 "strategy": strategy,
                 "attrs": dict(attrs or {}),
                 **(spec or {}),
+                **(identity or {}),
             }
             fps = {
                 "center": fingerprint_tensors(
@@ -225,30 +357,12 @@ def compute_landscape(
             }
             if bn_list is not None and bn_policy == "recompute":
                 fps["bn_data"] = fingerprint_tensors(bn_list)
-
-            def loaded(st: RunStore) -> Landscape:
-                evaluation = dict(st.manifest.get("evaluation", {}))
-                return Landscape(
-                    st.read_results(), list(basis.basis), basis.origin, evaluation, st.path
-                )
-
-            done = RunStore.find_complete(run_dir, "landscape", full_spec, fps, ["results.zarr"])
+            done = RunStore.find_complete(run_dir, "landscape", full_spec, fps, [paths.RESULT])
             if done is not None:  # finished: loaded without a lock, nothing is written
-                return loaded(done)
+                return _finished(done.path)
             store = RunStore.open(run_dir, "landscape", full_spec, fps)
-            if (
-                store.manifest.get("status") == "complete"
-                and (store.path / "results.zarr").exists()
-            ):
-                return loaded(store)  # finished by another process while we waited for it
-            save_directions(
-                store.path / "tensors" / "directions.safetensors",
-                basis.basis,
-                {"kind": kind, **_str_attrs(attrs)},
-            )
-            store.save_tensors(
-                "center", {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
-            )
+            if store.manifest.get("status") == "complete" and (store.path / paths.RESULT).exists():
+                return _finished(store.path)  # finished by another process while we waited
             for name, t in (extra_tensors or {}).items():
                 store.save_tensors(name, t)
         journal = store.journal(len(coeffs), chunk_size) if store is not None else None
@@ -280,13 +394,35 @@ def compute_landscape(
             "executor": (executor or LocalExecutor()).name,
         }
         if store is not None:
-            store.write_results(ds)
-            store.update_manifest(
-                status="complete", evaluation={**store.manifest.get("evaluation", {}), **evaluation}
-            )
-        return Landscape(
-            ds, list(basis.basis), basis.origin, evaluation, store.path if store else None
+            evaluation = {**store.manifest.get("evaluation", {}), **evaluation}
+            store.update_manifest(evaluation=evaluation)
+            evaluation = store.manifest["evaluation"]  # as stored (JSON types)
+        land = Landscape(
+            ds,
+            list(basis.basis),
+            basis.origin,
+            evaluation,
+            store.path if store else None,
+            spec=result_spec,
         )
+        if store is not None:
+            from basinscope.store import save
+
+            save(land, store.path)  # result.json, tensors/, and the manifest says complete
+        return land
     finally:
         if store is not None:
             store.close()  # the folder's lock (a caller that holds it keeps it)
+
+
+def _finished(run_dir: Path) -> Landscape:
+    """The finished landscape stored in ``run_dir`` (:func:`basinscope.store.load`)."""
+    from basinscope.store import load
+
+    land = load(run_dir)
+    if not isinstance(land, Landscape):
+        raise BasinscopeError(
+            f"{str(run_dir)!r} holds a {land.kind!r} result, not a landscape: pass another "
+            "run folder"
+        )
+    return dataclasses.replace(land, run_dir=Path(run_dir), trajectories=())

@@ -21,7 +21,14 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
-from basinscope.analyses.landscape import Landscape, compute_landscape
+from basinscope._checks import check_seed
+from basinscope.analyses.landscape import (
+    Landscape,
+    LandscapeSpec,
+    TrajectoryProjection,
+    compute_landscape,
+    grid_option,
+)
 from basinscope.engine import warn_stored_bn
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import (
@@ -33,8 +40,13 @@ from basinscope.geometry import (
     project_onto_plane,
     random_directions,
 )
+from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
+from basinscope.spec import option, takes_spec
 
 __all__ = [
+    "PCASurfaceSpec",
+    "PlaneSurfaceSpec",
+    "RandomSurfaceSpec",
     "TrajectoryProjection",
     "pca_surface",
     "plane_surface",
@@ -42,11 +54,80 @@ __all__ = [
     "random_surface",
 ]
 
+_BETA_HELP = "beta grid START:STOP:NUM."
+
+
+@dataclass(frozen=True)
+class RandomSurfaceSpec(LandscapeSpec):
+    """The settings of :func:`random_surface` (and of ``basinscope surface``): the grid, the
+    random directions, the metrics, the evaluation."""
+
+    alphas: tuple[float, ...] | None = grid_option(
+        "alpha grid START:STOP:NUM (default -1:1:21; for --pca/--plane: fitted to the models).",
+        "--xrange",
+    )
+    betas: tuple[float, ...] | None = grid_option(_BETA_HELP, "--yrange")
+    seed: int = option(0, "Seed of the random directions.")
+    normalization: str = option(
+        "filter",
+        "Random directions: filter (Li et al.), layer, model or none.",
+        choices=NORMALIZATIONS,
+    )
+    bias_policy: str = option(
+        "zero",
+        "1-D parameters (biases, norm layers) of random directions: zero, include or as_weights.",
+        choices=BIAS_POLICIES,
+    )
+    orthogonal: bool = option(
+        False, "Gram-Schmidt the second random direction against the first.", flag="--orthogonal"
+    )
+
+    def check(self) -> None:
+        super().check()
+        check_seed(self.name_of("seed"), self.seed)
+
+
+@dataclass(frozen=True)
+class PCASurfaceSpec(LandscapeSpec):
+    """The settings of :func:`pca_surface`: the grid (by default ``n`` points per axis
+    covering the projected trajectory with a ``margin``), the metrics, the evaluation."""
+
+    alphas: tuple[float, ...] | None = grid_option(
+        "alpha grid START:STOP:NUM (default: fitted to the trajectory).", "--xrange"
+    )
+    betas: tuple[float, ...] | None = grid_option(_BETA_HELP, "--yrange")
+    n: int = option(21, "Points per axis of a fitted grid.", low=1)
+    margin: float = option(0.2, "Margin of a fitted grid, as a fraction of the trajectory's span.")
+
+
+@dataclass(frozen=True)
+class PlaneSurfaceSpec(LandscapeSpec):
+    """The settings of :func:`plane_surface`: orthonormal axes or not, the grid (by default
+    ``n`` points per axis covering the three models with a ``margin``), the metrics, the
+    evaluation."""
+
+    orthogonal: bool = option(
+        True, "Orthonormal axes (distances) instead of theta_B - theta_A and theta_C - theta_A."
+    )
+    alphas: tuple[float, ...] | None = grid_option(
+        "alpha grid START:STOP:NUM (default: fitted to the models).", "--xrange"
+    )
+    betas: tuple[float, ...] | None = grid_option(_BETA_HELP, "--yrange")
+    n: int = option(21, "Points per axis of a fitted grid.", low=1)
+    margin: float = option(0.25, "Margin of a fitted grid, as a fraction of the models' span.")
+
+
+def _grid(values: Any) -> tuple[float, ...] | None:
+    if values is None:
+        return None
+    return tuple(float(a) for a in np.asarray(values, dtype=np.float64).reshape(-1))
+
 
 def _default_axis(values, n: int = 21) -> np.ndarray:
     return np.linspace(-1, 1, n) if values is None else np.asarray(values, dtype=np.float64)
 
 
+@takes_spec(RandomSurfaceSpec, forward=True)
 def random_surface(
     model: nn.Module,
     data: Any,
@@ -60,7 +141,8 @@ def random_surface(
     betas=None,
     **kwargs: Any,
 ) -> Landscape:
-    """The plane around ``model`` through two normalized random directions (or given ones)."""
+    """The plane around ``model`` through two normalized random directions (or given ones);
+    ``spec=RandomSurfaceSpec(...)`` gives the settings at once."""
     params = get_params(model)
     if directions is not None:
         if len(directions) != 2:
@@ -80,29 +162,17 @@ def random_surface(
         **kwargs.pop("attrs", {}),
     }
     coords = {"alpha": _default_axis(alphas), "beta": _default_axis(betas)}
-    return compute_landscape(
-        model, params, dirs, coords, data, kind="surface", attrs=attrs, **kwargs
+    settings = RandomSurfaceSpec(
+        alphas=_grid(alphas),
+        betas=_grid(betas),
+        seed=seed,
+        normalization=normalization,
+        bias_policy=bias_policy,
+        orthogonal=orthogonal,
     )
-
-
-@dataclass(frozen=True)
-class TrajectoryProjection:
-    """A trajectory in a plane: coordinates, distance from the plane, steps, label."""
-
-    label: str
-    steps: np.ndarray
-    alpha: np.ndarray
-    beta: np.ndarray
-    distance: np.ndarray
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "label": self.label,
-            "steps": self.steps.tolist(),
-            "alpha": self.alpha.tolist(),
-            "beta": self.beta.tolist(),
-            "distance": self.distance.tolist(),
-        }
+    return compute_landscape(
+        model, params, dirs, coords, data, kind="surface", attrs=attrs, settings=settings, **kwargs
+    )
 
 
 def project_trajectory(
@@ -128,6 +198,7 @@ def project_trajectory(
     return TrajectoryProjection(label, steps, proj.alpha, proj.beta, proj.distance)
 
 
+@takes_spec(PCASurfaceSpec, forward=True)
 def pca_surface(
     model: nn.Module,
     trajectory: Mapping[int, Mapping[str, Tensor]] | Sequence[Mapping[str, Tensor]],
@@ -143,7 +214,8 @@ def pca_surface(
 
     ``model`` should hold the trajectory's final point. The PCA directions are unit vectors,
     so the coordinates are distances in parameter space; by default the grid covers the
-    projected trajectory with a ``margin`` on each side.
+    projected trajectory with a ``margin`` on each side. ``spec=PCASurfaceSpec(...)`` gives
+    the settings at once.
     """
     params = get_params(model)
     pts = (
@@ -172,8 +244,17 @@ def pca_surface(
         **kwargs.pop("attrs", {}),
     }
     coords = {"alpha": axis(proj.alpha, alphas), "beta": axis(proj.beta, betas)}
+    settings = PCASurfaceSpec(alphas=_grid(alphas), betas=_grid(betas), n=n, margin=margin)
     land = compute_landscape(
-        model, params, pca.directions, coords, data, kind="pca_surface", attrs=attrs, **kwargs
+        model,
+        params,
+        pca.directions,
+        coords,
+        data,
+        kind="pca_surface",
+        attrs=attrs,
+        settings=settings,
+        **kwargs,
     )
     steps = (
         np.array(sorted(trajectory), dtype=np.int64)
@@ -183,6 +264,7 @@ def pca_surface(
     return land, TrajectoryProjection("trajectory", steps, proj.alpha, proj.beta, proj.distance)
 
 
+@takes_spec(PlaneSurfaceSpec, forward=True)
 def plane_surface(
     model_a: nn.Module,
     model_b: nn.Module | Mapping[str, Tensor],
@@ -196,7 +278,8 @@ def plane_surface(
     margin: float = 0.25,
     **kwargs: Any,
 ) -> tuple[Landscape, np.ndarray]:
-    """The plane through three models, centred at ``model_a``; returns it and the models' (3, 2) coordinates."""
+    """The plane through three models, centred at ``model_a``; returns it and the models' (3, 2)
+    coordinates. ``spec=PlaneSurfaceSpec(...)`` gives the settings at once."""
     pa = get_params(model_a)
     pb = get_params(model_b) if isinstance(model_b, nn.Module) else dict(model_b)
     pc = get_params(model_c) if isinstance(model_c, nn.Module) else dict(model_c)
@@ -222,7 +305,18 @@ def plane_surface(
         "model_coords": pos.reshape(-1).tolist(),
         **kwargs.pop("attrs", {}),
     }
+    settings = PlaneSurfaceSpec(
+        orthogonal=orthogonal, alphas=_grid(alphas), betas=_grid(betas), n=n, margin=margin
+    )
     land = compute_landscape(
-        model_a, pa, dirs, coords, data, kind="plane_surface", attrs=attrs, **kwargs
+        model_a,
+        pa,
+        dirs,
+        coords,
+        data,
+        kind="plane_surface",
+        attrs=attrs,
+        settings=settings,
+        **kwargs,
     )
     return land, pos

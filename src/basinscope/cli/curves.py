@@ -218,7 +218,7 @@ def run_align(cmd: AlignCommand, ctx: Context):
         f"lines to B and to aligned B ({spec.num_points} points each) ..."
     )
     res = align(net_a, net_b, ds, spec=spec, bn_data=bn_data, labels=labels)
-    written = [save_weights(res.model, ctx.out / paths.MODEL)]
+    written = [save_weights(res.model, ctx.out / paths.WEIGHTS)]
     if cmd.save is not None:
         written.append(save_weights(res.model, cmd.save))
     return dataclasses.replace(res, aligned_weights=tuple(str(p) for p in written))

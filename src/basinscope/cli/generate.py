@@ -47,6 +47,9 @@ class Command:
     run: Callable[[Any, Context], Any]
     help: str
     summary: Callable[[Any], list[str]] | None = None
+    #: ``figures(result, spec, out) -> files``: the command's figures, drawn after the result
+    #: is saved (default: ``plot(result)`` as ``figures/<kind>.png|pdf``)
+    figures: Callable[[Any, Any, Path], list[Path]] | None = None
 
 
 @dataclass
@@ -110,7 +113,7 @@ def run_command(
                 _clear(out)
             raise
     save(result, out, extra={"command": {"name": cmd.name, **spec.to_dict()}, "warnings": notes})
-    figures = _figures(result, out) if plot else []
+    figures = (cmd.figures or _figures_of)(result, spec, out) if plot else []
     if json_out:
         emit_json(result.to_dict())
         return result
@@ -144,6 +147,10 @@ def _warnings_as_notes(notes: list[str], say: Callable[[str], None]) -> Iterator
                 if msg not in notes:
                     notes.append(msg)
                     say(f"warning: {msg}")
+
+
+def _figures_of(result: Any, spec: Spec, out: Path) -> list[Path]:
+    return _figures(result, out)
 
 
 def _figures(result: Any, out: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""``basinscope plot RUN_DIR``: redraw a run's figures from its stored results."""
+"""``basinscope plot RUN_DIR``: redraw a run's figures from its stored result."""
 
 from __future__ import annotations
 
@@ -8,13 +8,14 @@ import typer
 
 from basinscope.cli.common import WAIT_OPT, emit_json, hold_out_folder, info
 
-HELP = """Draw the figures of a finished run from its stored results.
+HELP = """Draw the figures of a finished run from its stored result.
 
-1D runs: loss and accuracy on twin axes (train solid, test dashed) and an
-interactive HTML version. 2D runs: contour, filled contour, heatmap, 3D surface,
-an interactive plotly surface (.html) and a ParaView .vtp file, with projected
-trajectories drawn. Any other command's run: its result's figure
-(basinscope.plotting.plot). Files go to RUN_DIR/figures.
+Any run: its result's figure (basinscope.plotting.plot) as figures/<kind>. Landscapes
+(`basinscope interpolate`, `surface`, `hessian --map`) also get, as their commands draw
+them: 1D, loss and accuracy on twin axes (train solid, test dashed) and an interactive HTML
+version; 2D, per variable, contour, filled contour, heatmap, 3D surface, an interactive
+plotly surface (.html) and a ParaView .vtp file, with projected trajectories drawn. --var
+and --kind draw only the landscape figures asked for. Files go to RUN_DIR/figures.
 
 Examples:
 
@@ -41,35 +42,22 @@ def plot_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print the written files as JSON."),
     wait: bool = WAIT_OPT,
 ) -> None:
-    from basinscope.errors import BasinscopeError
-    from basinscope.plotting.run import SURFACE_KINDS, render_run
-    from basinscope.store import RunStore
+    from basinscope.plotting import plot
+    from basinscope.plotting.io import save_figure
+    from basinscope.plotting.run import render_landscape
+    from basinscope.store import RunStore, load, paths
 
-    kind_of_run = RunStore.load(run_dir).kind
-    manifest = RunStore.load(run_dir).manifest
-    if kind_of_run != "landscape" and (manifest.get("result") or {}).get("kind"):
-        # any command's result: its figure, from basinscope.plotting.plot
-        from basinscope.plotting import plot
-        from basinscope.plotting.io import save_figure
-        from basinscope.store import load, paths
-
-        hold_out_folder(run_dir, wait)
-        result = load(run_dir)
-        fig, _ = plot(result)
-        files = save_figure(fig, Path(run_dir) / paths.FIGURES / result.kind, fmt)
-    elif kind_of_run != "landscape":
-        # e.g. a `basinscope train` folder: it has a manifest but never any results.zarr,
-        # and "run the original command again to finish it" would send the user in circles
-        raise BasinscopeError(
-            f"{run_dir} holds a {kind_of_run} run, which has no landscape to draw; "
-            "`basinscope plot` draws runs written by `basinscope interpolate` or "
-            "`basinscope surface` (a train run's loss curve is in its figures/ folder)"
+    RunStore.load(run_dir)  # a folder that is no run folder is refused before it is locked
+    hold_out_folder(run_dir, wait)
+    result = load(run_dir)
+    figures = Path(run_dir) / paths.FIGURES
+    if result.kind == "landscape":
+        files = render_landscape(
+            result, figures, variables=var or None, kinds=kind or None, log=log, formats=fmt
         )
     else:
-        hold_out_folder(run_dir, wait)
-        files = render_run(
-            run_dir, variables=var or None, kinds=kind or SURFACE_KINDS, log=log, formats=fmt
-        )
+        fig, _ = plot(result)
+        files = save_figure(fig, figures / result.kind, fmt)
     if json_out:
         emit_json({"run_dir": str(run_dir), "figures": [str(f) for f in files]})
     else:

@@ -430,7 +430,7 @@ fnmatch patterns; Lee et al. 2022), dfr (the re-initialised head on the first
 --guided-top-k modules by --guided-signal on the target). Source and target accuracy are
 measured on --eval-split before and after: forgetting = source accuracy before - after,
 adaptation = target accuracy after - before. Each strategy's weights are saved as
-RUN/weights/<strategy>.safetensors; figures/finetune_comparison shows forgetting and
+RUN/models/<strategy>.safetensors; figures/finetune_comparison shows forgetting and
 adaptation.
 
 JSON (--json): the comparison: kind, schema, strategies (one fine-tuning result per
@@ -526,7 +526,7 @@ def run_finetune(cmd: FinetuneCommand, ctx: Context):
             source_data=source_eval,
             eval_target=target_eval,
         )
-        files[s] = str(save_weights(r.model, ctx.out / paths.WEIGHTS / f"{s}.safetensors"))
+        files[s] = str(save_weights(r.model, ctx.out / paths.MODELS / f"{s}.safetensors"))
         results.append(r)
     return FinetuneComparison(
         strategies=tuple(results),

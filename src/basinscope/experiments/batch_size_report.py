@@ -2,13 +2,12 @@
 
 Reads ``results`` (the dict that :func:`basinscope.experiments.batch_size.run` returned)
 and the stage folders it names (training histories, the interpolation line and the two
-surfaces, reopened from their ``results.zarr``); computes nothing. :func:`definitions`
+surfaces, reopened with :func:`basinscope.store.load`); computes nothing. :func:`definitions`
 words what each number is; ``run`` stores its output in ``results["definitions"]``.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 
 import basinscope
 from basinscope.report import Report
+from basinscope.store import load
 from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["definitions", "write_report"]
@@ -102,9 +102,7 @@ def _stage(run_dir: Path, name: str) -> Path:
 
 
 def _landscape(run_dir: Path, name: str):
-    from basinscope.store import RunStore
-
-    return RunStore.load(_stage(run_dir, name)).read_results()
+    return load(_stage(run_dir, name)).dataset
 
 
 def _fmt_pm(v: float, pm: float | None) -> str:
@@ -246,9 +244,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     )
 
     hist = {
-        k: json.loads(
-            (_stage(run_dir, results["stage_folders"][k]["train"]) / "history.json").read_text()
-        )
+        k: load(_stage(run_dir, results["stage_folders"][k]["train"])).history
         for k in ("small", "large")
     }
     rep.figure(

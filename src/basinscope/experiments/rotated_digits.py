@@ -21,6 +21,7 @@ the folders of the stages it depends on): see :mod:`basinscope.experiments.regis
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +44,6 @@ from basinscope.experiments.stages import (
     model_stage,
     stage_dir,
     train_stage,
-    write_json,
 )
 
 __all__ = ["STUDY", "RotatedDigitsConfig", "run"]
@@ -520,7 +520,8 @@ def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data
 
 def _surface(cfg, ctx, d: Path, start_model, copies, trains):
     """The PCA plane of both copies' trajectories, centred at their common start."""
-    from basinscope.analyses import pca_surface
+    from basinscope.analyses import TrajectoryProjection, pca_surface
+    from basinscope.store import save
 
     traj = [c.checkpoints[s] for c in copies for s in sorted(c.checkpoints)]
     land, proj = pca_surface(
@@ -539,16 +540,17 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
         steps = sorted(c.checkpoints)
         j = i + len(steps)
         out.append(
-            {
-                "label": f"copy {k} (SGD seed {k})",
-                "steps": steps,
-                "alpha": proj.alpha[i:j].tolist(),
-                "beta": proj.beta[i:j].tolist(),
-                "distance": proj.distance[i:j].tolist(),
-            }
+            TrajectoryProjection(
+                f"copy {k} (SGD seed {k})",
+                np.asarray(steps, dtype=np.int64),
+                proj.alpha[i:j],
+                proj.beta[i:j],
+                proj.distance[i:j],
+            )
         )
         i = j
-    write_json(d / "trajectories.json", out, "trajectories")
+    # the copies' paths, projected, are part of the stage's landscape (drawn by the report)
+    save(dataclasses.replace(land, trajectories=tuple(out)), d)
     return {
         "stage": d.name,
         "explained_variance_ratio": list(land.dataset.attrs["explained_variance_ratio"]),

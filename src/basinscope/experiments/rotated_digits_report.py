@@ -30,9 +30,9 @@ COLORS = {
 
 
 def _open(stages: Path, name: str):
-    from basinscope.store import RunStore
+    from basinscope.store import load
 
-    return RunStore.load(stages / name).read_results()
+    return load(stages / name).dataset
 
 
 def write_report(run_dir: Path, results: dict[str, Any]) -> Path:

@@ -1,7 +1,7 @@
 """The skip-connections study's report: figures (PNG/PDF) and one self-contained HTML file.
 
 Everything is drawn from the results dict and the landscapes stored in the stage folders it
-names (reopened with :meth:`basinscope.store.RunStore.read_results`); nothing is computed
+names (reopened with :func:`basinscope.store.load`); nothing is computed
 again.
 """
 
@@ -30,9 +30,9 @@ def _stage_paths(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
 
 
 def _open(paths: dict[str, Path], name: str):
-    from basinscope.store import RunStore
+    from basinscope.store import load
 
-    return RunStore.load(paths[name]).read_results()
+    return load(paths[name]).dataset
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
@@ -170,7 +170,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "hash of its settings, which include the folders of the stages it depends on), so "
         "running the study again reuses them and a changed setting recomputes only what depends "
         "on it. Surfaces and maps are resumable landscape runs (manifest, journal of finished "
-        "chunks, results.zarr). results.json next to this report holds every number shown, "
+        "chunks, result.json). results.json next to this report holds every number shown, "
         "with its definition."
     )
     rep.table(

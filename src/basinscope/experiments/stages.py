@@ -20,7 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from basinscope.store import RunStore, atomic_write_json, fingerprint_tensors, lock_folder
+from basinscope.store import RunStore, atomic_write_json, fingerprint_tensors, lock_folder, paths
 
 __all__ = [
     "ModelStage",
@@ -124,7 +124,7 @@ def landscape_stage(
 ) -> Any:
     """Run a landscape analysis, ``compute(stage folder)``, which stores and resumes itself
     chunk by chunk in that folder (a :class:`~basinscope.store.RunStore`), and log whether it
-    was already complete (``manifest.json`` status and ``results.zarr``) before the call."""
+    was already complete (``manifest.json`` status and ``result.json``) before the call."""
     d = stage_dir(root, name, settings)
     done = _complete(d)
     t0 = time.perf_counter()
@@ -139,10 +139,10 @@ def landscape_stage(
 
 def _complete(d: Path) -> bool:
     try:
-        status = json.loads((d / "manifest.json").read_text()).get("status")
+        status = json.loads((d / paths.MANIFEST).read_text()).get("status")
     except (OSError, ValueError, AttributeError):
         return False
-    return status == "complete" and (d / "results.zarr").exists()
+    return status == "complete" and (d / paths.RESULT).exists()
 
 
 @dataclass(frozen=True)
@@ -172,7 +172,7 @@ def model_stage(
     from basinscope.training import load_trajectory, trajectory_to_safetensors
 
     d = stage_dir(root, name, settings)
-    f, weights, traj = d / "result.json", d / "model.safetensors", d / "trajectory.safetensors"
+    f, weights, traj = d / "result.json", d / paths.WEIGHTS, d / paths.TRAJECTORY
     if not (f.is_file() and weights.is_file()):
         with lock_folder(d, what=STAGE):
             if not (f.is_file() and weights.is_file()):  # else finished while we waited
@@ -195,11 +195,14 @@ def model_stage(
 
 @dataclass(frozen=True)
 class TrainedStage:
+    """A train stage: the trained model, its checkpoints, its history and its record."""
+
     model: nn.Module
     checkpoints: dict[int, dict[str, Tensor]]
-    history: dict[str, list[float]]
+    history: Any  # the record's history (xarray Dataset: loss and lr by step)
     run_dir: Path
     reused: bool
+    record: Any = None  # the TrainRun stored in run_dir
 
 
 def train_stage(
@@ -216,20 +219,23 @@ def train_stage(
     """Train ``model`` (a copy) on ``data`` with ``config`` in ``run_dir``, or reuse a finished run.
 
     The run's identity is ``spec`` + the config + fingerprints of the initial weights and the
-    data. A finished run is loaded (weights, trajectory, history) instead of retrained; an
-    unfinished one is trained again from the start (training is fast next to the analyses).
+    data. A finished run is loaded (weights, trajectory, its :class:`~basinscope.training.TrainRun`)
+    instead of retrained; an unfinished one is trained again from the start (training is fast
+    next to the analyses). The folder is a run folder of format 2 (``result.json`` holds the
+    TrainRun) with the weights and the trajectory beside it
+    (:data:`~basinscope.store.paths.WEIGHTS`, :data:`~basinscope.store.paths.TRAJECTORY`).
     While it trains, the folder is locked; ``wait`` says whether another process writing it
     is waited for (default: :func:`basinscope.store.lock.default_wait`).
     """
     from basinscope.models import load_weights, save_weights
-    from basinscope.training import load_trajectory, train, trajectory_to_safetensors
+    from basinscope.store import load, save
+    from basinscope.training import TrainRun, load_trajectory, train, trajectory_to_safetensors
 
     fps = {"init": fingerprint_tensors(model.state_dict()), "data": _data_fingerprint(data)}
     spec = {**(spec or {}), "config": config.to_dict()}
     run_dir = Path(run_dir)
-    weights, traj = run_dir / "model.safetensors", run_dir / "trajectory.safetensors"
-    hist = run_dir / "history.json"
-    files = (weights, traj)
+    weights, traj = run_dir / paths.WEIGHTS, run_dir / paths.TRAJECTORY
+    files = (weights, traj, run_dir / paths.RESULT)
     # a finished run is read without a lock; RunStore.open refuses a folder of another run
     finished = RunStore.find_complete(run_dir, "train", spec, fps, files)
     if finished is None:
@@ -239,19 +245,18 @@ def train_stage(
                 result = train(model, data, config, progress=progress)
                 save_weights(result.model, weights)
                 trajectory_to_safetensors(result, traj)
-                history = {k: [float(x) for x in v] for k, v in result.history.items()}
-                write_json(hist, history, "training history")
-                store.update_manifest(status="complete")
+                record = TrainRun.of(result, run_dir)
+                save(record, run_dir)  # result.json, then the manifest says complete
                 if log is not None:
                     log.record(run_dir, False, time.perf_counter() - t0)
                 return TrainedStage(
-                    result.model, result.checkpoints, result.history, run_dir, False
+                    result.model, result.checkpoints, record.history, run_dir, False, record
                 )
     trained = load_weights(copy.deepcopy(model), weights)
-    history = json.loads(hist.read_text()) if hist.is_file() else {}
+    record = load(run_dir)
     if log is not None:
         log.record(run_dir, True, 0.0)
-    return TrainedStage(trained, load_trajectory(traj), history, run_dir, True)
+    return TrainedStage(trained, load_trajectory(traj), record.history, run_dir, True, record)
 
 
 def _data_fingerprint(data: Any) -> str:

@@ -46,13 +46,31 @@ def load_directions(path: str | Path) -> tuple[list[ParamDict], dict[str, Any]]:
         )
     try:
         with safe_open(str(path), framework="pt") as f:
-            meta_raw = (f.metadata() or {}).get("basinscope")
+            stored = f.metadata() or {}
+            meta_raw = stored.get("basinscope")
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
         raise BasinscopeError(
             f"could not read directions file {str(path)!r} ({type(e).__name__}: {e}); "
             "expected a .safetensors file written by `basinscope surface` or save_directions()"
         ) from None
+    if meta_raw is None and stored.get("layout") == "list" and "field" in stored:
+        # a list of parameter dicts in a run folder (basinscope.store.save: <i>/<name>, in
+        # the order of the 'keys' metadata), e.g. RUN/tensors/directions.safetensors
+        try:
+            keys = json.loads(stored["keys"]) if "keys" in stored else list(tensors)
+            out: dict[int, ParamDict] = {}
+            for key in keys:
+                head, name = key.split("/", 1)
+                out.setdefault(int(head), {})[name] = tensors[key]
+            dirs = [out[i] for i in range(len(out))]
+        except (ValueError, KeyError, TypeError) as e:
+            raise BasinscopeError(
+                f"{str(path)!r} is a damaged directions file ({type(e).__name__}: {e}): its "
+                "tensor names are not <index>/<param>. Recreate it, e.g. with `basinscope "
+                "surface` (RUN/tensors/directions.safetensors)."
+            ) from None
+        return dirs, {"n_directions": len(dirs), "field": stored["field"]}
     if meta_raw is None:
         raise BasinscopeError(
             f"{str(path)!r} is a safetensors file but not a basinscope directions file "

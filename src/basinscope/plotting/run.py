@@ -1,10 +1,17 @@
-"""Figures for a stored run: everything `basinscope plot RUN_DIR` draws."""
+"""Every figure of a landscape: what ``basinscope interpolate``/``surface`` draw and
+``basinscope plot RUN_DIR`` redraws from a landscape run's stored result.
+
+1D landscapes get the line plot (loss and accuracy on twin axes, train and test) and an
+interactive HTML version; 2D landscapes get, per variable, the kinds asked for: contour,
+filled contour, heatmap, 3D surface (PNG/PDF), interactive plotly surface (HTML) and a
+ParaView ``.vtp`` file, with the result's projected trajectories drawn.
+"""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from basinscope.errors import BasinscopeError
 from basinscope.plotting.interactive import line_figure, surface_html
@@ -15,74 +22,86 @@ from basinscope.plotting.trajectory import Trajectory
 from basinscope.plotting.vtp import write_vtp
 from basinscope.store.atomic import atomic_path
 
-__all__ = ["SURFACE_KINDS", "load_trajectories", "render_run"]
+__all__ = [
+    "SURFACE_KINDS",
+    "default_variables",
+    "landscape_figures",
+    "line_groups",
+    "load_trajectories",
+    "render_landscape",
+    "render_run",
+    "trajectories_of",
+]
 
 SURFACE_KINDS = ("contour", "filled", "heatmap", "3d", "html", "vtp")
 
 
-def load_trajectories(run_dir: str | Path) -> list[Trajectory]:
-    """Trajectories projected onto a run's plane (``trajectories.json``), if any."""
-    p = Path(run_dir) / "trajectories.json"
-    if not p.is_file():
-        return []
+def trajectories_of(land: Any) -> list[Trajectory]:
+    """The trajectories projected onto a landscape's plane (its ``trajectories`` field)."""
     return [
-        Trajectory(
-            label=t["label"],
-            alpha=t["alpha"],
-            beta=t["beta"],
-            steps=t.get("steps"),
-            distance=t.get("distance"),
-        )
-        for t in json.loads(p.read_text())
+        Trajectory(label=t.label, alpha=t.alpha, beta=t.beta, steps=t.steps, distance=t.distance)
+        for t in getattr(land, "trajectories", ())
     ]
 
 
-def render_run(
-    run_dir: str | Path,
+def load_trajectories(run_dir: str | Path) -> list[Trajectory]:
+    """The trajectories projected onto the plane of the landscape stored in ``run_dir``."""
+    from basinscope.store import load
+
+    return trajectories_of(load(run_dir))
+
+
+def default_variables(ds: Any) -> list[str]:
+    """The variables drawn unless others are asked for: every loss (a curvature map's ratio
+    and eigenvalues), or every variable when there is no loss."""
+    if ds.attrs.get("kind") == "curvature_map":
+        return [
+            v for v in ("train_ratio", "train_lambda_min", "train_lambda_max") if v in ds.data_vars
+        ]
+    return [v for v in ds.data_vars if v.endswith("_loss")] or list(ds.data_vars)
+
+
+def line_groups(ds: Any) -> tuple[list[str], list[str]]:
+    """``(splits, metrics)`` of a 1D landscape's ``<split>_<metric>`` variables."""
+    splits = sorted({v.split("_", 1)[0] for v in ds.data_vars})
+    metrics: list[str] = []
+    for v in ds.data_vars:
+        m = v.split("_", 1)[1] if "_" in v else v
+        if m not in metrics:
+            metrics.append(m)
+    return splits, metrics
+
+
+def landscape_figures(
+    land: Any,
+    folder: str | Path,
     *,
     variables: Sequence[str] | None = None,
     kinds: Sequence[str] = SURFACE_KINDS,
     log: bool = False,
     formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
-    """Draw a landscape run's figures into ``RUN/figures`` and return the written files.
+    """Draw the figures of the landscape ``land`` into ``folder``; returns the written files.
 
-    1D runs get the line plot (loss and accuracy on twin axes, train and test) and an
-    interactive HTML version; 2D runs get, per loss variable (or ``variables``), the kinds
-    asked for: contour, filled contour, heatmap, 3D surface (PNG/PDF), interactive plotly
-    surface (HTML) and a ParaView ``.vtp`` file, with projected trajectories drawn.
+    1D landscapes: ``line.<format>`` and ``line.html``. 2D landscapes: for each of
+    ``variables`` (default: :func:`default_variables`) and each of ``kinds``,
+    ``<var>_<kind>.<format>`` (contour, filled, heatmap, 3d), ``<var>_surface.html`` (html)
+    and ``<var>.vtp`` (vtp).
     """
-    from basinscope.store import RunStore
-
-    store = RunStore.load(run_dir)
-    ds = store.read_results()
-    out = store.figures
-    written: list[Path] = []
+    ds, out = land.dataset, Path(folder)
     unknown = [k for k in kinds if k not in SURFACE_KINDS]
     if unknown:
         raise BasinscopeError(
             f"unknown figure kinds {unknown}: expected some of {', '.join(SURFACE_KINDS)}"
         )
-    if variables:
-        names = list(variables)
-    elif ds.attrs.get("kind") == "curvature_map":
-        names = [
-            v for v in ("train_ratio", "train_lambda_min", "train_lambda_max") if v in ds.data_vars
-        ]
-    else:
-        names = [v for v in ds.data_vars if v.endswith("_loss")] or list(ds.data_vars)
+    names = list(variables) if variables else default_variables(ds)
     missing = [v for v in names if v not in ds.data_vars]
     if missing:
-        raise BasinscopeError(
-            f"{run_dir} has no variables {missing}; it has {sorted(ds.data_vars)}"
-        )
+        where = getattr(land, "run_dir", None) or "the landscape"
+        raise BasinscopeError(f"{where} has no variables {missing}; it has {sorted(ds.data_vars)}")
+    written: list[Path] = []
     if "beta" not in ds.dims:
-        splits = sorted({v.split("_", 1)[0] for v in ds.data_vars})
-        metrics = []
-        for v in ds.data_vars:
-            m = v.split("_", 1)[1]
-            if m not in metrics:
-                metrics.append(m)
+        splits, metrics = line_groups(ds)
         fig, _ = plot_line(ds, metrics=metrics, splits=splits, log=log)
         written += save_figure(fig, out / "line", formats)
         html = out / "line.html"
@@ -92,7 +111,7 @@ def render_run(
             )
         written.append(html)
         return written
-    trajectories = load_trajectories(store.path)
+    trajectories = trajectories_of(land)
     for var in names:
         for kind in kinds:
             stem = out / f"{var}_{kind}"
@@ -111,3 +130,48 @@ def render_run(
             elif kind == "vtp":
                 written.append(write_vtp(ds, var, out / f"{var}.vtp", log=log))
     return written
+
+
+def render_landscape(
+    land: Any,
+    folder: str | Path,
+    *,
+    variables: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = None,
+    log: bool = False,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
+    """Every figure of the landscape ``land`` in ``folder``: the result's own figure
+    (:func:`basinscope.plotting.plot`, ``landscape.<format>``) and :func:`landscape_figures`
+    of every kind; with ``variables`` or ``kinds``, only the figures asked for."""
+    written: list[Path] = []
+    if not variables and not kinds:
+        from basinscope.plotting.dispatch import plot
+
+        fig, _ = plot(land)
+        written += save_figure(fig, Path(folder) / land.kind, formats)
+    return written + landscape_figures(
+        land, folder, variables=variables, kinds=kinds or SURFACE_KINDS, log=log, formats=formats
+    )
+
+
+def render_run(
+    run_dir: str | Path,
+    *,
+    variables: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = None,
+    log: bool = False,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
+    """:func:`render_landscape` of the landscape stored in ``run_dir``, into
+    ``run_dir/figures``."""
+    from basinscope.store import load, paths
+
+    return render_landscape(
+        load(run_dir),
+        Path(run_dir) / paths.FIGURES,
+        variables=variables,
+        kinds=kinds,
+        log=log,
+        formats=formats,
+    )

@@ -15,11 +15,11 @@ __all__ = [
     "JOURNAL",
     "MANIFEST",
     "MAX_COMPONENT_BYTES",
-    "MODEL",
     "MODELS",
     "REPORT",
     "RESULT",
     "TENSORS",
+    "TRAJECTORY",
     "WEIGHTS",
     "default_run_dir",
     "safe_component",
@@ -32,11 +32,12 @@ TENSORS = "tensors"  # parameter dicts as <name>.safetensors
 FIGURES = "figures"  # PNG/PDF/HTML figures
 JOURNAL = "journal"  # per-point values of a resumable computation
 REPORT = "report.html"  # the self-contained report of a run
-WEIGHTS = "weights"  # model weights a command writes (e.g. fine-tuned), loadable with --weights
+# a train run's files, which users pass on to other commands (--weights, --pca, --trajectory)
+WEIGHTS = "model.safetensors"  # the model a command produced (train: the final weights; align: B aligned to A)
+TRAJECTORY = "trajectory.safetensors"  # the checkpoints by step (training.trajectory)
 DEFAULT_ROOT = "basinscope-runs"  # where commands write when --out is not given
 # weights a command writes beside its result, for other tools to read
-MODEL = "model.safetensors"  # the model a command produced (align: B aligned to A)
-MODELS = "models"  # several models, <name>.safetensors (ensemble members)
+MODELS = "models"  # several models a command produced, <name>.safetensors (ensemble members, fine-tuned models)
 CURVE = "curve.safetensors"  # a trained curve (basinscope.analyses.load_curve)
 
 

@@ -16,6 +16,7 @@ from basinscope.training.finetune import (
     head_parameters,
     module_ranking,
 )
+from basinscope.training.run import TrainRun, TrainSpec, history_dataset
 from basinscope.training.schedules import SCHEDULES, check_schedule, lr_at
 from basinscope.training.trainer import Callback, TrainResult, select_trainable, spawn, train
 from basinscope.training.trajectory import load_trajectory, trajectory_to_safetensors
@@ -33,10 +34,13 @@ __all__ = [
     "FinetuneTraining",
     "TrainConfig",
     "TrainResult",
+    "TrainRun",
+    "TrainSpec",
     "check_schedule",
     "compare_strategies",
     "finetune",
     "head_parameters",
+    "history_dataset",
     "load_trajectory",
     "lr_at",
     "module_ranking",

@@ -1,0 +1,170 @@
+"""A training run as a result: the settings of ``basinscope train`` (:class:`TrainSpec`) and
+what a train run folder holds (:class:`TrainRun`).
+
+A train run folder is a run folder like any other (``manifest.json``, ``result.json``,
+``figures/``) with two more files, the ones users pass on to other commands:
+``model.safetensors`` (the final weights: ``--weights``) and ``trajectory.safetensors``
+(the checkpoints: ``basinscope surface --pca`` or ``--trajectory``); their names are
+:data:`basinscope.store.paths.WEIGHTS` and :data:`~basinscope.store.paths.TRAJECTORY`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from basinscope._checks import check_seed
+from basinscope.errors import BasinscopeError
+from basinscope.result import Result
+from basinscope.spec import Spec, option
+from basinscope.training.config import TrainConfig
+
+__all__ = ["MAX_CHECKPOINTS", "TrainRun", "TrainSpec", "history_dataset"]
+
+#: Most checkpoints a run may record (each is a full copy of the parameters).
+MAX_CHECKPOINTS = 10_000
+
+
+def _steps_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise BasinscopeError(
+            f"--checkpoint-steps must be comma-separated integers, e.g. 0,10,100; got {text!r}"
+        ) from None
+
+
+@dataclass(frozen=True)
+class TrainSpec(Spec):
+    """The settings of ``basinscope train``: the model's initialization seed and the
+    :class:`~basinscope.training.TrainConfig` of :func:`~basinscope.training.train`
+    (:meth:`config`), whose checks these settings pass on construction.
+
+    The checkpoints are steps 0 and ``steps``, every ``checkpoint_every`` steps, and the
+    ``checkpoint_steps`` given.
+    """
+
+    steps: int = option(500, "Number of gradient steps.")
+    batch_size: int = option(64, "Minibatch size.")
+    optimizer: str = option("sgd", "sgd, adam or adamw.")
+    lr: float = option(0.05, "Base learning rate.")
+    momentum: float = option(0.9, "SGD momentum (ignored by Adam).")
+    weight_decay: float = option(0.0, "L2 penalty coefficient (decoupled for adamw).")
+    schedule: str = option("constant", "constant, step, cosine, linear or cyclic.")
+    warmup_steps: int = option(0, "Steps of linear learning-rate warmup.")
+    init_seed: int = option(0, "Seed of the model's initialization.")
+    data_seed: int = option(0, "Seed of the data order (the SGD noise).")
+    checkpoint_every: int = option(
+        0, "Save a checkpoint every N steps (0: only first and last).", low=0
+    )
+    checkpoint_steps: tuple[int, ...] = option(
+        (), "Extra checkpoint steps, comma-separated.", parse=_steps_list, metavar="STEPS"
+    )
+    frozen: tuple[str, ...] = option(
+        (), "Freeze parameters matching this pattern (fnmatch, repeatable), e.g. 'conv*'."
+    )
+    trainable: tuple[str, ...] = option(
+        (), "Train only parameters matching this pattern (repeatable)."
+    )
+
+    def check(self) -> None:
+        check_seed(self.name_of("init_seed"), self.init_seed)
+        every, total = self.checkpoint_every, self.steps
+        if every and total // every + 1 > MAX_CHECKPOINTS:
+            name = self.name_of("checkpoint_every")
+            raise BasinscopeError(
+                f"{name} {every} over {total} steps gives {total // every + 1:,} checkpoints, "
+                f"more than the {MAX_CHECKPOINTS:,} allowed (each is a full copy of the "
+                f"parameters); pass {name} {-(-total // (MAX_CHECKPOINTS - 1))} or more"
+            )
+        self.config()  # TrainConfig's checks
+
+    def config(self) -> TrainConfig:
+        """The :class:`~basinscope.training.TrainConfig` of these settings."""
+        steps = {0, self.steps, *self.checkpoint_steps}
+        if self.checkpoint_every:
+            steps |= set(range(0, self.steps + 1, self.checkpoint_every))
+        return TrainConfig(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            optimizer=self.optimizer,
+            lr=self.lr,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            warmup_steps=self.warmup_steps,
+            data_seed=self.data_seed,
+            checkpoint_steps=tuple(sorted(steps)),
+            frozen=self.frozen,
+            trainable=self.trainable,
+        )
+
+
+def history_dataset(history: Mapping[str, Sequence[float]]) -> xr.Dataset:
+    """A trainer's history (:attr:`TrainResult.history`) as a Dataset: ``loss`` and ``lr``
+    by ``step``, the ``eval_*`` values by ``eval_step``."""
+    coords = {
+        k: np.asarray(history[k], dtype=np.float64) for k in ("step", "eval_step") if k in history
+    }
+    data = {
+        k: ("eval_step" if k.startswith("eval_") else "step", np.asarray(v, dtype=np.float64))
+        for k, v in history.items()
+        if k not in coords
+    }
+    return xr.Dataset(data, coords=coords)
+
+
+@dataclass(frozen=True)
+class TrainRun(Result, kind="train"):
+    """A finished training run.
+
+    ``history`` is the loss and learning rate of every update (:func:`history_dataset`),
+    ``checkpoint_steps`` the steps recorded in ``trajectory``, ``config`` the training
+    configuration; ``weights`` and ``trajectory`` are the run's files of the final weights
+    and of the checkpoints, in ``run_dir``. ``initial`` and ``final`` are the metrics of
+    the first and last model on each split (``basinscope train`` evaluates them; ``None``
+    otherwise). ``definition`` names the optimizer and the learning-rate schedule.
+    """
+
+    history: xr.Dataset
+    checkpoint_steps: tuple[int, ...]
+    config: TrainConfig
+    weights: Path | None = None
+    trajectory: Path | None = None
+    run_dir: Path | None = None
+    initial: dict[str, float] | None = None
+    final: dict[str, float] | None = None
+    spec: TrainSpec | None = None
+    definition: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.definition:
+            c = self.config
+            object.__setattr__(
+                self,
+                "definition",
+                f"{c.optimizer} with a {c.schedule} learning-rate schedule, {c.steps} steps of "
+                f"minibatches of {c.batch_size}",
+            )
+
+    @classmethod
+    def of(cls, result: Any, run_dir: str | Path | None = None, **fields: Any) -> TrainRun:
+        """The record of :func:`~basinscope.training.train`'s ``result`` whose files are in
+        ``run_dir`` (:data:`~basinscope.store.paths.WEIGHTS`, ``TRAJECTORY``)."""
+        from basinscope.store import paths
+
+        folder = Path(run_dir) if run_dir is not None else None
+        return cls(
+            history=history_dataset(result.history),
+            checkpoint_steps=tuple(sorted(int(s) for s in result.checkpoints)),
+            config=result.config,
+            weights=folder / paths.WEIGHTS if folder is not None else None,
+            trajectory=folder / paths.TRAJECTORY if folder is not None else None,
+            run_dir=folder,
+            **fields,
+        )
