@@ -72,8 +72,13 @@ def test_hessian_map_writes_a_landscape_run(capsys, weights, tmp_path):
     )
     assert code == 0, io.err
     d = json.loads(io.out)
-    assert set(d["metrics"]) >= {"train_ratio", "train_lambda_min", "train_lambda_max"}
-    assert any(f.endswith("train_ratio_contour.png") for f in d["figures"])
+    assert d["kind"] == "landscape" and d["dataset"]["attrs"]["kind"] == "curvature_map"
+    names = set(d["dataset"]["data_vars"])
+    assert names >= {"train_ratio", "train_lambda_min", "train_lambda_max"}
+    assert (tmp_path / "m" / "figures" / "train_ratio_contour.png").stat().st_size > 1000
+    from basinscope.store import load
+
+    assert json.loads(json.dumps(load(tmp_path / "m").to_dict())) == d
 
 
 def test_sharpness_json(capsys, weights, tmp_path):

@@ -3,8 +3,13 @@
 from protocol_cases import MLP, _w
 
 TINY = ["--subset", "64"]
+MAP_GRID = ["--xrange", "-1:1:2", "--yrange", "-1:1:2"]
 
 COMMANDS = {
+    "hessian-map": (
+        lambda w: ["hessian", *MLP, *_w(w[:1]), *TINY, "--map", *MAP_GRID],
+        "landscape",
+    ),
     "hessian": (
         lambda w: [
             "hessian",

@@ -12,9 +12,9 @@ from typing import Any
 from basinscope.analyses.hessian import HessianSpec
 from basinscope.analyses.sharpness_spec import SharpnessSpec
 from basinscope.cli.common import parse_range
-from basinscope.cli.generate import Command, Context, _build, typer_command
+from basinscope.cli.generate import Command, Context, typer_command
 from basinscope.cli.options import DataOptions, ModelOptions, fingerprints
-from basinscope.spec import Spec, group, named_by_flags, option
+from basinscope.spec import Spec, group, option
 
 # -- hessian ---------------------------------------------------------------------------------
 HESSIAN_HELP = """Hessian spectrum of the mean training loss: both ends, trace, density, per layer.
@@ -77,6 +77,8 @@ def run_hessian(cmd: HessianCommand, ctx: Context):
 
     spec = cmd.hessian
     net, ds = cmd.model.load(), _data(cmd.data, spec)
+    if cmd.curvature_map:
+        return _curvature_map(cmd, net, ds, ctx)
     ctx.open(fingerprints([net], {spec.split: ds}))
     ctx.say(f"{spec.operator} spectrum of the {spec.split} loss over {len(ds)} examples ...")
     report = hessian_analysis(net, ds, spec=spec, progress=ctx.progress)
@@ -108,38 +110,16 @@ def _hessian_lines(report) -> list[str]:
     return lines
 
 
-HESSIAN = Command("hessian", HessianCommand, run_hessian, HESSIAN_HELP, _hessian_lines)
-_hessian_generated = typer_command(HESSIAN)
-_OUTPUT = ("out", "json_out", "progress", "plot", "wait")
-
-
-def hessian_cmd(**kwargs: Any) -> None:
-    """The generated command, and --map: a landscape run of its own (the map is not a
-    result of the protocol yet; it joins as a sub-mode of HESSIAN once it is)."""
-    if not kwargs["curvature_map"]:
-        return _hessian_generated(**kwargs)
-    out = {name: kwargs.pop(name) for name in _OUTPUT}
-    with named_by_flags():
-        cmd = _build(HessianCommand, kwargs)
-    _curvature_map(cmd, **out)
-
-
-for _attr in ("__signature__", "__annotations__", "__doc__"):
-    setattr(hessian_cmd, _attr, getattr(_hessian_generated, _attr))
-
-
-def _curvature_map(
-    cmd: HessianCommand, *, out: Path | None, json_out: bool, progress: bool, plot: bool, wait: bool
-) -> None:
+def _curvature_map(cmd: HessianCommand, net: Any, ds: Any, ctx: Context):
+    """``--map``: the |lambda_min/lambda_max| map, a landscape stored (and resumed) in the
+    run folder by the engine."""
     from basinscope.analyses.hessian_map import curvature_map
-    from basinscope.cli.common import default_out, hold_out_folder, model_spec
-    from basinscope.cli.landscape import _finish
 
-    spec = cmd.hessian
-    m = cmd.model
-    land = curvature_map(
-        m.load(),
-        _data(cmd.data, spec),
+    spec, m = cmd.hessian, cmd.model
+    ctx.say(f"|lambda_min/lambda_max| map of the {spec.split} loss over {len(ds)} examples ...")
+    return curvature_map(
+        net,
+        ds,
         seed=spec.seed,
         operator=spec.operator,
         tol=max(spec.tol, 1e-8),
@@ -147,16 +127,43 @@ def _curvature_map(
         alphas=parse_range(cmd.xrange, "--xrange"),
         betas=parse_range(cmd.yrange, "--yrange"),
         hvp_method=spec.method,
-        run_dir=hold_out_folder(out or default_out("curvature-map"), wait),
+        run_dir=ctx.out,
         spec={
-            **model_spec(m.model, m.model_kwargs, m.weights),
-            **cmd.data.to_dict(),
+            "model": m.to_dict(),
+            "data": cmd.data.to_dict(),
             "split": spec.split,
             "subset": spec.subset,
         },
-        progress=progress and not json_out,
+        progress=ctx.progress,
     )
-    _finish(land, json_out, plot, False)
+
+
+def _hessian_or_map_lines(result) -> list[str]:
+    from basinscope.cli.landscape import _summary
+
+    return _summary(result) if result.kind == "landscape" else _hessian_lines(result)
+
+
+def _hessian_or_map_figures(result, cmd: HessianCommand, out: Path) -> list[Path]:
+    from basinscope.plotting import plot
+    from basinscope.plotting.io import save_figure
+    from basinscope.plotting.run import render_landscape
+    from basinscope.store import paths
+
+    if result.kind == "landscape":  # the map: every landscape figure, as for a surface
+        return render_landscape(result, out / paths.FIGURES)
+    return save_figure(plot(result)[0], out / paths.FIGURES / result.kind)
+
+
+HESSIAN = Command(
+    "hessian",
+    HessianCommand,
+    run_hessian,
+    HESSIAN_HELP,
+    _hessian_or_map_lines,
+    _hessian_or_map_figures,
+)
+hessian_cmd = typer_command(HESSIAN)
 
 
 # -- sharpness -------------------------------------------------------------------------------

@@ -14,19 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from basinscope.analyses.interpolation import RandomLineSpec
 from basinscope.analyses.landscape import grid_option
 from basinscope.analyses.surface import RandomSurfaceSpec
 from basinscope.cli.common import (
-    emit_json,
-    info,
     load_model,
     model_spec,
     parse_range,
     parse_splits,
-    sanitize,
 )
 from basinscope.cli.generate import Command, Context, typer_command
 from basinscope.cli.options import DataOptions, ModelOptions
@@ -276,62 +271,3 @@ def run_surface(cmd: SurfaceCommand, ctx: Context):
 
 SURFACE = Command("surface", SurfaceCommand, run_surface, SURFACE_HELP, _summary, _figures)
 surface_cmd = typer_command(SURFACE)
-
-
-# -- option declarations of the commands not generated from specs yet ------------------------
-# (barrier's basin, curvature, curves, dynamics, transfer import them; delete them with the
-# last of those)
-MODEL_OPT = typer.Option(
-    "basinscope.models:lenet",
-    "--model",
-    help="A built-in name (mlp, lenet, resnet) or module:factory. module:factory imports that "
-    "Python module, which runs its code: name only code you trust.",
-)
-KWARGS_OPT = typer.Option(
-    None, "--model-kwargs", help="JSON keyword arguments for the factory, e.g. '{\"width\": 2}'."
-)
-DATA_OPT = typer.Option(
-    "digits",
-    "--data",
-    help="digits, mnist, a .npz file or module:attr (imports that Python module, which runs its "
-    "code: name only code you trust).",
-)
-ROT_OPT = typer.Option(0.0, "--rotation", help="Rotate the images by this many degrees.")
-BLOCK_OPT = typer.Option(None, "--block-shuffle", help="Shuffle k x k blocks of each image.")
-NOISE_OPT = typer.Option(0.0, "--noise", help="Std of additive Gaussian input noise.")
-SHIFT_SEED_OPT = typer.Option(
-    0, "--shift-seed", help="Seed of the block permutation and the noise."
-)
-BN_OPT = typer.Option(
-    "stored",
-    "--bn",
-    help="BatchNorm statistics: stored (the model's) or recompute (re-estimated at every point).",
-)
-BN_BATCHES_OPT = typer.Option(
-    10, "--bn-batches", help="Training batches (of 128) used to re-estimate BatchNorm statistics."
-)
-JSON_OPT = typer.Option(False, "--json", help="Print one JSON object on stdout.")
-PROGRESS_OPT = typer.Option(True, "--progress/--no-progress", help="Show a progress bar on stderr.")
-
-
-def _finish(
-    land, json_out: bool, plot: bool, log: bool, extra: dict[str, Any] | None = None
-) -> None:
-    """The output of a landscape computed by a command not generated from a spec
-    (``basinscope hessian --map``): figures, then the summary or ``--json``."""
-    figures: list[str] = []
-    if plot and land.run_dir is not None:
-        from basinscope.plotting.run import render_run
-
-        figures = [str(p) for p in render_run(land.run_dir, log=log)]
-    summary = land.summary()
-    summary["figures"] = figures
-    summary.update(extra or {})
-    if json_out:
-        emit_json(sanitize(summary))
-        return
-    for line in _summary(land):
-        info(line)
-    info(f"run folder: {land.run_dir}")
-    if figures:
-        info(f"figures: {Path(figures[0]).parent}")
