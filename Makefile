@@ -1,6 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   -- the main job: `basinscope demo` on built-in data
-#   make test   -- ruff + pytest (minutes; leaves out the science tier)
+#   make test   -- ruff, the import layers (import-linter) and pytest (minutes; leaves
+#                  out the science tier)
 #   make science -- what the studies show, on their quick configurations (CI runs it too)
 # Each creates (or reuses) the virtual environment in $(VENV), installs torch==2.13.0
 # first (the CPU wheel on these machines; a plain `torch` requirement would pull
@@ -28,6 +29,7 @@ demo: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/lint-imports
 	$(BIN)/pytest -n auto --dist loadfile $(ARGS)
 
 science: $(VENV)/.installed-dev

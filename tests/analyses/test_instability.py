@@ -14,11 +14,11 @@ from basinscope.analyses.instability import (
     _child_config,
     instability,
     instability_sweep,
-    plot_instability,
     transfer_instability,
 )
 from basinscope.errors import BasinscopeError
 from basinscope.models import mlp
+from basinscope.plotting import plot
 from basinscope.training import TrainConfig, lr_at, train
 
 
@@ -173,8 +173,8 @@ def test_argument_errors(init, splits):
         instability(init, data, k=0, total_steps=5, config={"lr": 0.1})
     with pytest.raises(BasinscopeError, match="ks has repeated steps"):
         instability_sweep(init, data, (0, 0), total_steps=5, config=CFG)
-    with pytest.raises(BasinscopeError, match="needs an InstabilitySweep"):
-        plot_instability([0.1, 0.2])
+    with pytest.raises(BasinscopeError, match="no figure is defined for results of kind None"):
+        plot([0.1, 0.2])
 
 
 def test_sweep_and_plot(init, splits):
@@ -185,10 +185,10 @@ def test_sweep_and_plot(init, splits):
     assert sweep.values == tuple(r.value for r in sweep.results)
     assert sweep.values[-1] == 0.0  # spawned at the end: identical children
     json.dumps(sweep.to_dict())
-    fig, ax = plot_instability(sweep)
+    fig, ax = plot(sweep)
     assert ax.get_xscale() == "symlog"
     assert ax.get_xlabel() == "spawning step k"
-    fig2, _ = sweep.plot()
+    fig2, _ = plot(sweep)
     assert fig2 is not fig
 
 

@@ -73,7 +73,6 @@ from basinscope.analyses.instability import (
     TransferInstabilityResult,
     instability,
     instability_sweep,
-    plot_instability,
     transfer_instability,
 )
 from basinscope.analyses.interpolation import (
@@ -202,7 +201,6 @@ __all__ = [
     "pca_surface",
     "permutation_spec",
     "plane_surface",
-    "plot_instability",
     "project_trajectory",
     "random_line",
     "random_permutation",

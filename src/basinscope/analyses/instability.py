@@ -60,7 +60,6 @@ __all__ = [
     "TransferInstabilityResult",
     "instability",
     "instability_sweep",
-    "plot_instability",
     "transfer_instability",
 ]
 
@@ -261,10 +260,6 @@ class InstabilitySweep(Result, kind="instability_sweep"):
     results: tuple[InstabilityResult, ...]
     spec: InstabilitySpec | None = None
     config: TrainConfig | None = None
-
-    def plot(self, ax=None):
-        """Same as :func:`plot_instability`."""
-        return plot_instability(self, ax=ax)
 
 
 @dataclass(frozen=True)
@@ -536,25 +531,6 @@ def instability_sweep(
         spec=first.replace(ks=ks) if first is not None else None,
         config=config,
     )
-
-
-def plot_instability(sweep: InstabilitySweep, ax=None):
-    """Barrier vs spawning step ``k``; returns ``(fig, ax)``.
-
-    The mean over pairs is the line; with more than two children the largest pairwise
-    barrier is drawn as well. The ``k`` axis is logarithmic when the positive ``k`` span
-    at least a decade (symmetric-log with a linear part below 1 when ``k=0`` is present).
-    Without ``ax`` the figure also shows the children's curves
-    (:func:`basinscope.plotting.plot` of the sweep).
-    """
-    if not isinstance(sweep, InstabilitySweep):
-        raise BasinscopeError(
-            f"plot_instability needs an InstabilitySweep (from instability_sweep), got "
-            f"{type(sweep).__name__}."
-        )
-    from basinscope.plotting import plot
-
-    return plot(sweep, ax=ax)
 
 
 def _reinitialized(model: nn.Module, seed: int) -> nn.Module:
