@@ -119,8 +119,11 @@ def run_command(
         return result
     for line in (cmd.summary or _default_summary)(result):
         info(line)
-    for f in figures:
-        info(f"figure: {f}")
+    if len(figures) <= 2:
+        for f in figures:
+            info(f"figure: {f}")
+    else:
+        info(f"figures: {Path(figures[0]).parent} ({len(figures)} files)")
     info(f"run folder: {out}")
     return result
 
