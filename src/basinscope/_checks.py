@@ -40,6 +40,7 @@ __all__ = [
     "positive_float",
     "positive_int",
     "safe_name",
+    "split_names",
 ]
 
 #: Largest seed: torch and numpy both accept seeds in [0, 2**63 - 1].
@@ -224,6 +225,16 @@ def grid_range(text: str, flag: str) -> np.ndarray:
             f"{MAX_POINTS:,} allowed"
         )
     return np.linspace(start, stop, num)
+
+
+def split_names(text: str, flag: str = "--splits") -> list[str]:
+    """``"train,test"`` -> ``["train", "test"]``, each a safe file name."""
+    splits = [s.strip() for s in text.split(",") if s.strip()]
+    if not splits:
+        raise BasinscopeError(
+            f"{flag} needs at least one split name, e.g. {flag} train,test; got {text!r}"
+        )
+    return [safe_name("split name", s) for s in splits]
 
 
 def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:

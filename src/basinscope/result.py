@@ -36,7 +36,7 @@ import numpy as np
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["RESULTS", "Result", "result_class", "tensors", "transient"]
+__all__ = ["RESULTS", "Result", "fmt", "result_class", "tensors", "transient"]
 
 #: kind -> Result subclass, filled as the analyses are imported.
 RESULTS: dict[str, type[Result]] = {}
@@ -134,6 +134,18 @@ class Result:
                 "was it written by another version of basinscope?"
             ) from None
 
+    # -- text ---------------------------------------------------------------------------
+    def summary(self) -> list[str]:
+        """A few lines for a terminal: what the command line prints after a run (without
+        ``--json``). The default lists the result's scalar fields; results override it with
+        their table."""
+        d = self.to_dict()
+        return [
+            f"{k}: {fmt(v) if isinstance(v, float) else v}"
+            for k, v in d.items()
+            if isinstance(v, (int, float, str)) and k != "schema"
+        ]
+
     def tensor_fields(self) -> dict[str, Any]:
         """The fields holding parameter dicts (see :func:`tensors`)."""
         return {
@@ -141,6 +153,15 @@ class Result:
             for f in dataclasses.fields(self)  # type: ignore[arg-type]
             if f.metadata.get("tensors")
         }
+
+
+def fmt(x: Any) -> str:
+    """A number with four significant digits and no signed zero ("-0"); text as it is."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return f"{v + 0.0:.4g}"
 
 
 def result_class(kind: str) -> type[Result]:

@@ -47,6 +47,7 @@ __all__ = [
     "option",
     "spec_hash",
     "takes_spec",
+    "with_defaults",
 ]
 
 DTYPES = ("float32", "float64")
@@ -118,6 +119,28 @@ def field_name(f: dataclasses.Field) -> str:
 def group(cls: type[Spec]) -> Any:
     """A field holding an option group (defaults to ``cls()``), flattened on the command line."""
     return dataclasses.field(default_factory=cls)
+
+
+def with_defaults(cls: type[Spec], **changes: Any) -> type[Spec]:
+    """``cls`` with other defaults, e.g. a command that reads the test split where the
+    library's default is the training split. Each change is the new default, or
+    ``(default, help)`` to reword the option's help text too; a field's flag, checks and
+    type stay. ``with_defaults(CKASpec, split=("test", "Split whose activations ..."))``."""
+    hints = typing.get_type_hints(cls)
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(changes) - set(by_name))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no fields {unknown}")
+    ns: dict[str, Any] = {"__module__": cls.__module__, "__doc__": cls.__doc__}
+    ns["__annotations__"] = {name: hints[name] for name in changes}
+    for name, change in changes.items():
+        default, help_ = change, by_name[name].metadata["help"]
+        if isinstance(change, tuple) and len(change) == 2 and isinstance(change[1], str):
+            default, help_ = change
+        ns[name] = dataclasses.field(
+            default=default, metadata={**by_name[name].metadata, "help": help_}
+        )
+    return dataclass(frozen=True)(type(cls.__name__, (cls,), ns))
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -16,10 +16,9 @@ from pathlib import Path
 import pytest
 
 import basinscope
-import basinscope.cli.common as common
 import basinscope.cli.landscape as landscape
-from basinscope.cli._boundary import one_line
-from basinscope.errors import BasinscopeError
+import basinscope.store.atomic as atomic
+from basinscope.errors import BasinscopeError, one_line
 from untrusted import evil_checkpoint
 from user_errors import assert_one_line
 
@@ -130,8 +129,8 @@ def test_out_that_is_a_file(cli, tmp_path, args):
 def test_unwritable_out_is_refused_before_any_work(
     cli, monkeypatch, tmp_path, args, read_only, reason
 ):
-    monkeypatch.setattr(common.os, "access", lambda path, mode: False)
-    monkeypatch.setattr(common, "_read_only", lambda path: read_only)
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(atomic, "_read_only", lambda path: read_only)
     monkeypatch.setattr(landscape, "load_model", _must_not_run)
     out = tmp_path / "runs" / "a"
     assert_one_line(
@@ -144,7 +143,7 @@ def test_unwritable_out_is_refused_before_any_work(
 
 def test_show_config_needs_no_writable_folder(cli, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # no ./basinscope-runs, which click would check
-    monkeypatch.setattr(common.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(atomic.os, "access", lambda path, mode: False)
     res = cli("study", "flatness-vs-batch-size", "--show-config")
     assert res.code == 0, res.err
     assert "grid = 41" in res.out

@@ -16,8 +16,8 @@ from typing import Any
 from basinscope.analyses.barrier import BarrierSpec
 from basinscope.analyses.basin import BasinSpec
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.options import DataOptions, ModelsOptions, fingerprints
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import DataOptions, ModelsOptions, fingerprints
 from basinscope.spec import Spec, group, option
 
 
@@ -114,7 +114,7 @@ def _barrier_lines(result) -> list[str]:
     ] + [f"definition: {result.definition_formula}"]
 
 
-BARRIER = Command("barrier", BarrierCommand, run_barrier, BARRIER_HELP, _barrier_lines)
+BARRIER = Command("barrier", BarrierCommand, run_barrier, text=BARRIER_HELP, summary=_barrier_lines)
 barrier_cmd = typer_command(BARRIER)
 
 
@@ -207,5 +207,5 @@ def _basin_lines(res) -> list[str]:
     return lines
 
 
-BASIN = Command("basin", BasinCommand, run_basin, BASIN_HELP, _basin_lines)
+BASIN = Command("basin", BasinCommand, run_basin, text=BASIN_HELP, summary=_basin_lines)
 basin_cmd = typer_command(BASIN)

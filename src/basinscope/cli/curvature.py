@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from basinscope._checks import grid_range as parse_range
 from basinscope.analyses.hessian import HessianSpec
 from basinscope.analyses.sharpness_spec import SharpnessSpec
-from basinscope.cli.common import parse_range
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.options import DataOptions, ModelOptions, fingerprints
+from basinscope.inputs import DataOptions, ModelOptions, fingerprints
 from basinscope.spec import Spec, group, option
 
 # -- hessian ---------------------------------------------------------------------------------
@@ -159,9 +159,9 @@ HESSIAN = Command(
     "hessian",
     HessianCommand,
     run_hessian,
-    HESSIAN_HELP,
-    _hessian_or_map_lines,
-    _hessian_or_map_figures,
+    text=HESSIAN_HELP,
+    summary=_hessian_or_map_lines,
+    figures=_hessian_or_map_figures,
 )
 hessian_cmd = typer_command(HESSIAN)
 
@@ -220,5 +220,7 @@ def _sharpness_lines(result) -> list[str]:
     return lines
 
 
-SHARPNESS = Command("sharpness", SharpnessCommand, run_sharpness, SHARPNESS_HELP, _sharpness_lines)
+SHARPNESS = Command(
+    "sharpness", SharpnessCommand, run_sharpness, text=SHARPNESS_HELP, summary=_sharpness_lines
+)
 sharpness_cmd = typer_command(SHARPNESS)

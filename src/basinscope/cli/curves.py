@@ -20,8 +20,8 @@ from basinscope.analyses.alignment import AlignSpec
 from basinscope.analyses.curves import CurveEvalSpec, CurveSpec
 from basinscope.cli.barrier import eval_data, fmt
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.options import DataOptions, ModelsOptions, fingerprints
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import DataOptions, ModelsOptions, fingerprints
 from basinscope.spec import Spec, group, option
 from basinscope.store import paths
 
@@ -146,7 +146,7 @@ def _curve_lines(r) -> list[str]:
     return lines
 
 
-CURVE = Command("curve", CurveCommand, run_curve, CURVE_HELP, _curve_lines)
+CURVE = Command("curve", CurveCommand, run_curve, text=CURVE_HELP, summary=_curve_lines)
 curve_cmd = typer_command(CURVE)
 
 
@@ -236,5 +236,5 @@ def _align_lines(r) -> list[str]:
     ]
 
 
-ALIGN = Command("align", AlignCommand, run_align, ALIGN_HELP, _align_lines)
+ALIGN = Command("align", AlignCommand, run_align, text=ALIGN_HELP, summary=_align_lines)
 align_cmd = typer_command(ALIGN)

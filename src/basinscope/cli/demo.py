@@ -7,7 +7,8 @@ from pathlib import Path
 
 import typer
 
-from basinscope.cli.common import WAIT_OPT, check_out_dir, emit_json, info, sanitize
+from basinscope.cli.common import WAIT_OPT, emit_json, info
+from basinscope.store.atomic import check_writable_folder
 
 STUDY_HELP = """Run a registered study: every stage is stored under --out/stages (folders
 named by a hash of their settings) and reused when a study runs again, so an
@@ -96,7 +97,7 @@ def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=
     if show_config:
         emit_json(config_dict(cfg)) if json_out else _print_config(cfg)
         return
-    check_out_dir(out)
+    check_writable_folder(out)
     results = run_study(
         name,
         out,
@@ -106,7 +107,7 @@ def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=
         wait=wait,
     )
     if json_out:
-        emit_json(sanitize(results))
+        emit_json(results)
         return
     reused = sum(r["reused"] for r in results["stages"])
     info(

@@ -20,8 +20,8 @@ from basinscope.analyses.ensembles import EnsembleSpec
 from basinscope.analyses.instability import InstabilitySpec, _int_list
 from basinscope.cli.barrier import fmt
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.options import DataOptions, ModelOptions, fingerprints
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import DataOptions, ModelOptions, fingerprints
 from basinscope.spec import Spec, group, option
 from basinscope.store import paths
 from basinscope.training.config import OPTIMIZERS, TrainConfig
@@ -73,7 +73,7 @@ class StartModel(ModelOptions):
     )
 
     def load(self) -> Any:
-        from basinscope.cli.common import load_model
+        from basinscope.inputs import load_model
 
         return load_model(self.model, self.model_kwargs, self.weights, self.init_seed)
 
@@ -152,7 +152,7 @@ class InstabilityCommand(Spec):
 
 def run_instability(cmd: InstabilityCommand, ctx: Context):
     from basinscope.analyses.instability import instability_sweep, transfer_instability
-    from basinscope.cli.common import load_model
+    from basinscope.inputs import load_model
 
     spec = cmd.instability
     config = cmd.train.config(spec.total_steps)
@@ -207,7 +207,11 @@ def _instability_lines(r) -> list[str]:
 
 
 INSTABILITY = Command(
-    "instability", InstabilityCommand, run_instability, INSTABILITY_HELP, _instability_lines
+    "instability",
+    InstabilityCommand,
+    run_instability,
+    text=INSTABILITY_HELP,
+    summary=_instability_lines,
 )
 instability_cmd = typer_command(INSTABILITY)
 
@@ -331,5 +335,7 @@ def _ensemble_lines(r) -> list[str]:
     return lines
 
 
-ENSEMBLE = Command("ensemble", EnsembleCommand, run_ensemble, ENSEMBLE_HELP, _ensemble_lines)
+ENSEMBLE = Command(
+    "ensemble", EnsembleCommand, run_ensemble, text=ENSEMBLE_HELP, summary=_ensemble_lines
+)
 ensemble_cmd = typer_command(ENSEMBLE)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import shutil
+import textwrap
 import typing
 import warnings
 from collections.abc import Callable, Iterator
@@ -40,16 +41,47 @@ __all__ = ["Command", "Context", "run_command", "typer_command"]
 
 @dataclass(frozen=True)
 class Command:
-    """A command of the ``basinscope`` CLI, generated from its spec (see the module doc)."""
+    """A command of the ``basinscope`` CLI, generated from its spec (see the module doc).
+
+    Its ``--help`` is ``about``'s docstring (the library's own documentation of the
+    analysis: its definition, in the spec's option names), the ``--json`` paragraph listing
+    ``result``'s fields, and ``examples``. ``summary`` (default ``Result.summary``) gives the
+    lines printed after a run without ``--json``.
+    """
 
     name: str
     spec: type[Spec]
     run: Callable[[Any, Context], Any]
-    help: str
+    examples: str = ""
+    about: Any = None
+    result: type | None = None
     summary: Callable[[Any], list[str]] | None = None
     #: ``figures(result, spec, out) -> files``: the command's figures, drawn after the result
     #: is saved (default: ``plot(result)`` as ``figures/<kind>.png|pdf``)
     figures: Callable[[Any, Any, Path], list[Path]] | None = None
+    text: str = ""  # a whole hand-written help text instead (commands not yet converted)
+
+    @property
+    def help(self) -> str:
+        """The ``--help`` text (see the class docstring)."""
+        if self.text:
+            return self.text
+        parts = [inspect.getdoc(self.about) or ""] if self.about is not None else []
+        if self.result is not None:
+            parts.append(json_paragraph(self.result))
+        examples = textwrap.indent(textwrap.dedent(self.examples).strip(), "  ")
+        return "\n\n".join([*parts, "Examples:", examples]) + "\n"
+
+
+def json_paragraph(result: type) -> str:
+    """``--json``'s paragraph of the help: the result's kind and its stored fields."""
+    from basinscope.result import _stored
+
+    names = [f.name for f in dataclasses.fields(result) if _stored(f)]
+    return (
+        f"JSON (--json): the {result.kind} result: kind, schema, {', '.join(names)}. "
+        "The run folder is --out; `basinscope plot` and `basinscope report` read it."
+    )
 
 
 @dataclass
@@ -117,7 +149,7 @@ def run_command(
     if json_out:
         emit_json(result.to_dict())
         return result
-    for line in (cmd.summary or _default_summary)(result):
+    for line in cmd.summary(result) if cmd.summary else result.summary():
         info(line)
     if len(figures) <= 2:
         for f in figures:
@@ -163,12 +195,6 @@ def _figures(result: Any, out: Path) -> list[Path]:
 
     fig, _ = plot(result)
     return save_figure(fig, out / paths.FIGURES / result.kind)
-
-
-def _default_summary(result: Any) -> list[str]:
-    d = result.to_dict()
-    scalars = {k: v for k, v in d.items() if isinstance(v, (int, float, str)) and k != "schema"}
-    return [f"{k}: {v}" for k, v in scalars.items()]
 
 
 # -- typer callbacks from specs ------------------------------------------------------------

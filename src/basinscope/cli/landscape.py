@@ -14,18 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from basinscope._checks import grid_range as parse_range
+from basinscope._checks import split_names as parse_splits
 from basinscope.analyses.interpolation import RandomLineSpec
 from basinscope.analyses.landscape import grid_option
 from basinscope.analyses.surface import RandomSurfaceSpec
-from basinscope.cli.common import (
-    load_model,
-    model_spec,
-    parse_range,
-    parse_splits,
-)
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.options import DataOptions, ModelOptions
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
 from basinscope.spec import Spec, group, option
 
 
@@ -150,7 +146,12 @@ def run_interpolate(cmd: InterpolateCommand, ctx: Context):
 
 
 INTERPOLATE = Command(
-    "interpolate", InterpolateCommand, run_interpolate, INTERP_HELP, _summary, _figures
+    "interpolate",
+    InterpolateCommand,
+    run_interpolate,
+    text=INTERP_HELP,
+    summary=_summary,
+    figures=_figures,
 )
 interpolate_cmd = typer_command(INTERPOLATE)
 
@@ -269,5 +270,7 @@ def run_surface(cmd: SurfaceCommand, ctx: Context):
     return dataclasses.replace(land, trajectories=tuple(projections))
 
 
-SURFACE = Command("surface", SurfaceCommand, run_surface, SURFACE_HELP, _summary, _figures)
+SURFACE = Command(
+    "surface", SurfaceCommand, run_surface, text=SURFACE_HELP, summary=_summary, figures=_figures
+)
 surface_cmd = typer_command(SURFACE)

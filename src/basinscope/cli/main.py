@@ -9,7 +9,7 @@ import typer
 
 from basinscope.cli import barrier, curvature, curves, dynamics, landscape, plot, train, transfer
 from basinscope.cli import demo as demo_cmd
-from basinscope.cli._boundary import internal_error_note, user_message
+from basinscope.errors import internal_error_note, user_message
 
 app = typer.Typer(
     name="basinscope",
@@ -54,7 +54,7 @@ INTERRUPTED = (
 def main(argv: list[str] | None = None) -> None:
     """Entry point: the error boundary of every command.
 
-    A user-caused failure (see :mod:`basinscope.cli._boundary`) prints one line
+    A user-caused failure (see :func:`basinscope.errors.user_message`) prints one line
     ``error: <what was expected, what was found, how to fix it>`` on stderr and exits with
     status 2, with no traceback; a command-line parse error prints click's usage message
     (status 2); Ctrl-C says how to resume (status 130). Anything else is a bug: the

@@ -10,10 +10,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from basinscope.cli.common import info, load_model, model_spec
+from basinscope.cli.common import info
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.options import DataOptions, ModelOptions
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
 from basinscope.spec import Spec, group
 from basinscope.training.run import TrainSpec
 
@@ -81,5 +81,5 @@ def _summary(run) -> list[str]:
     ]
 
 
-TRAIN = Command("train", TrainCommand, run_train, HELP, _summary)
+TRAIN = Command("train", TrainCommand, run_train, text=HELP, summary=_summary)
 train_cmd = typer_command(TRAIN)

@@ -23,8 +23,8 @@ from basinscope.analyses.distance import DistanceSpec, MistakeSpec
 from basinscope.analyses.rewind import RewindSpec
 from basinscope.analyses.similarity import CKASpec
 from basinscope.cli.generate import Command, Context, typer_command
-from basinscope.cli.options import DataOptions, ModelOptions, ModelsOptions, fingerprints
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import DataOptions, ModelOptions, ModelsOptions, fingerprints
 from basinscope.spec import Spec, group, option
 from basinscope.training.finetune import STRATEGIES, FinetuneSpec, FinetuneTraining
 
@@ -96,7 +96,7 @@ Examples:
 
 
 def _kwargs_b(text: str) -> str:
-    from basinscope.cli.common import parse_json_kwargs
+    from basinscope.inputs import parse_json_kwargs
 
     return json.dumps(parse_json_kwargs(text, "--model-kwargs-b"), sort_keys=True)
 
@@ -129,7 +129,7 @@ class SimilarityCommand(Spec):
 
 def run_similarity(cmd: SimilarityCommand, ctx: Context):
     from basinscope.analyses.similarity import cka_matrix
-    from basinscope.cli.common import load_model
+    from basinscope.inputs import load_model
 
     m = cmd.models
     net_a = load_model(m.model, m.model_kwargs, m.weights[0])
@@ -162,7 +162,7 @@ def _similarity_lines(r) -> list[str]:
 
 
 SIMILARITY = Command(
-    "similarity", SimilarityCommand, run_similarity, SIMILARITY_HELP, _similarity_lines
+    "similarity", SimilarityCommand, run_similarity, text=SIMILARITY_HELP, summary=_similarity_lines
 )
 similarity_cmd = typer_command(SIMILARITY)
 
@@ -256,7 +256,9 @@ def _distance_lines(r) -> list[str]:
     return lines
 
 
-DISTANCE = Command("distance", DistanceCommand, run_distance, DISTANCE_HELP, _distance_lines)
+DISTANCE = Command(
+    "distance", DistanceCommand, run_distance, text=DISTANCE_HELP, summary=_distance_lines
+)
 distance_cmd = typer_command(DISTANCE)
 
 
@@ -306,7 +308,7 @@ class _FinalAndInit(Spec):
 
     def open(self, split: str, ctx: Context) -> tuple[Any, Any, dict[str, Any]]:
         """The final and the initial model and ``{split: data}``, the run folder opened."""
-        from basinscope.cli.common import load_model
+        from basinscope.inputs import load_model
 
         m = self.model
         final, start = m.load(), load_model(m.model, m.model_kwargs, self.init)
@@ -342,7 +344,7 @@ def _rewind_lines(r) -> list[str]:
     ]
 
 
-REWIND = Command("rewind", RewindCommand, run_rewind, REWIND_HELP, _rewind_lines)
+REWIND = Command("rewind", RewindCommand, run_rewind, text=REWIND_HELP, summary=_rewind_lines)
 rewind_cmd = typer_command(REWIND)
 
 
@@ -412,7 +414,11 @@ def _criticality_lines(r) -> list[str]:
 
 
 CRITICALITY = Command(
-    "criticality", CriticalityCommand, run_criticality, CRITICALITY_HELP, _criticality_lines
+    "criticality",
+    CriticalityCommand,
+    run_criticality,
+    text=CRITICALITY_HELP,
+    summary=_criticality_lines,
 )
 criticality_cmd = typer_command(CRITICALITY)
 
@@ -553,5 +559,7 @@ def _finetune_lines(r) -> list[str]:
     return [*lines, f"fine-tuned weights: {folder}"] if folder else lines
 
 
-FINETUNE = Command("finetune", FinetuneCommand, run_finetune, FINETUNE_HELP, _finetune_lines)
+FINETUNE = Command(
+    "finetune", FinetuneCommand, run_finetune, text=FINETUNE_HELP, summary=_finetune_lines
+)
 finetune_cmd = typer_command(FINETUNE)

@@ -41,6 +41,7 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
+    "check_writable_folder",
     "is_temp_name",
     "output_errors",
     "remove_stale_temps",
@@ -224,3 +225,43 @@ def atomic_folder(path: str | Path, what: str = "folder") -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_writable_folder(path: str | Path | None, flag: str = "--out") -> Path | None:
+    """Refuse an output folder that cannot be one, before any work starts.
+
+    ``None`` stands for the default ``basinscope-runs/...`` in the working folder. Refused:
+    a path that is a file (or lies under one), and a folder whose nearest existing
+    ancestor is on a read-only file system or not writable by this user.
+    """
+    target = Path("basinscope-runs") if path is None else Path(path)
+    shown = str(target)
+    if target.exists() and not target.is_dir():
+        raise BasinscopeError(
+            f"{flag} {shown!r} is a file, not a folder: a run is written into a folder. Pass "
+            f"a new or existing folder, e.g. {flag} {shown}-run"
+        )
+    ancestor = target
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if ancestor.exists() and not ancestor.is_dir():
+        raise BasinscopeError(
+            f"{flag} {shown!r} lies under {str(ancestor)!r}, which is a file, not a folder; "
+            f"choose another {flag} folder"
+        )
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        where = "" if ancestor == target else f" (in {str(ancestor.resolve())!r})"
+        code = errno.EROFS if _read_only(ancestor) else errno.EACCES
+        reason, fix = os_error_reason(OSError(code, os.strerror(code)))
+        default = "" if path is not None else " (the default is under the working folder)"
+        raise BasinscopeError(
+            f"could not write the run folder {shown!r}{where}: {reason}{default}. To fix: {fix}"
+        )
+    return None if path is None else Path(path)
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False

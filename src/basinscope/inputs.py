@@ -1,8 +1,9 @@
-"""Option groups of the command line, defined once: which model(s) and which data.
+"""Inputs given by name: which model(s) and which data, as option groups defined once.
 
-Library functions take ``nn.Module`` objects and datasets; commands take files and names,
-and these groups turn them into models and data (and into the fingerprints that identify a
-run folder). Each is a :class:`~basinscope.spec.Spec`, so its fields become the commands'
+Analyses take ``nn.Module`` objects and datasets; commands, studies and configuration files
+name them (a factory and its JSON kwargs, a weights file, a dataset and its shift). These
+groups turn names into models and data, and into the fingerprints that identify a run
+folder. Each is a :class:`~basinscope.spec.Spec`, so on the command line its fields are
 options (``--model``, ``--model-kwargs``, ``--weights``, ``--data``, ``--rotation``, ...).
 """
 
@@ -17,7 +18,16 @@ from typing import Any
 from basinscope.errors import BasinscopeError
 from basinscope.spec import Spec, option
 
-__all__ = ["DataOptions", "ModelOptions", "ModelsOptions", "fingerprints", "labels_of"]
+__all__ = [
+    "DataOptions",
+    "ModelOptions",
+    "ModelsOptions",
+    "fingerprints",
+    "labels_of",
+    "load_model",
+    "model_spec",
+    "parse_json_kwargs",
+]
 
 MODEL_HELP = (
     "A built-in name (mlp, lenet, resnet) or module:factory. module:factory imports that "
@@ -28,8 +38,6 @@ KWARGS_HELP = "JSON keyword arguments for the factory, e.g. '{\"width\": 2}'."
 
 def _kwargs(text: str) -> str:
     """``--model-kwargs``: checked as a JSON object, kept as its canonical text."""
-    from basinscope.cli.common import parse_json_kwargs
-
     return json.dumps(parse_json_kwargs(text), sort_keys=True)
 
 
@@ -42,8 +50,6 @@ class ModelOptions(Spec):
     weights: Path | None = option(None, "Weights of the model (.safetensors or a .pt state dict).")
 
     def load(self) -> Any:
-        from basinscope.cli.common import load_model
-
         return load_model(self.model, self.model_kwargs, self.weights)
 
 
@@ -56,8 +62,6 @@ class ModelsOptions(Spec):
     weights: tuple[Path, ...] = option((), "Weights of a model; repeat, once per model.")
 
     def load(self, at_least: int = 1, what: str = "this analysis") -> list[Any]:
-        from basinscope.cli.common import load_model
-
         if len(self.weights) < at_least:
             raise BasinscopeError(
                 f"{what} needs at least {at_least} models, got {len(self.weights)}: pass "
@@ -117,4 +121,47 @@ def fingerprints(models: Sequence[Any], datasets: dict[str, Any]) -> dict[str, A
     return {
         "models": [fingerprint_tensors(m.state_dict()) for m in models],
         "data": {name: d.fingerprint() for name, d in datasets.items()},
+    }
+
+
+def parse_json_kwargs(text: str | None, flag: str = "--model-kwargs") -> dict[str, Any]:
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise BasinscopeError(
+            f"{flag} is not valid JSON ({e.msg} at position {e.pos}): {text!r}; e.g. {flag} '{{\"width\": 2}}'"
+        ) from None
+    if not isinstance(value, dict):
+        found = {list: "list (a JSON array)", str: "str (a JSON string)", type(None): "null"}.get(
+            type(value), f"{type(value).__name__} (a JSON number or boolean)"
+        )
+        raise BasinscopeError(
+            f"{flag} must be a JSON object, got {found}: e.g. {flag} '{{\"width\": 2}}'"
+        )
+    return value
+
+
+def load_model(
+    spec: str,
+    kwargs_json: str | None,
+    weights: Path | None,
+    init_seed: int | None = 0,
+    kwargs_flag: str = "--model-kwargs",
+):
+    from basinscope.models import build_model, load_weights
+
+    model = build_model(spec, parse_json_kwargs(kwargs_json, kwargs_flag), init_seed=init_seed)
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def model_spec(spec: str, kwargs_json: str | None, weights: Path | None) -> dict[str, Any]:
+    """How a run records a model given by name: factory, kwargs and weights file."""
+    return {
+        "model": spec,
+        "model_kwargs": parse_json_kwargs(kwargs_json),
+        "weights": str(weights) if weights is not None else None,
     }
