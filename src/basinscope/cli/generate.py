@@ -126,11 +126,7 @@ def run_command(
     from basinscope.cli.common import emit_json, hold_out_folder, info
     from basinscope.store import paths, save
 
-    out = (
-        Path(out)
-        if out is not None
-        else Path(paths.default_run_dir(cmd.name, spec_hash(cmd.name, spec)))
-    )
+    out = Path(out or paths.default_run_dir(cmd.name, spec_hash(cmd.name, spec)))
     existed = out.exists() and any(out.iterdir())
     hold_out_folder(out, wait)
     ctx = Context(
@@ -145,17 +141,19 @@ def run_command(
                 _clear(out)
             raise
     save(result, out, extra={"command": {"name": cmd.name, **spec.to_dict()}, "warnings": notes})
-    figures = (cmd.figures or _figures_of)(result, spec, out) if plot else []
+    figures = (cmd.figures or _figures)(result, spec, out) if plot else []
     if json_out:
         emit_json(result.to_dict())
         return result
     for line in cmd.summary(result) if cmd.summary else result.summary():
         info(line)
-    if len(figures) <= 2:
-        for f in figures:
-            info(f"figure: {f}")
-    else:
-        info(f"figures: {Path(figures[0]).parent} ({len(figures)} files)")
+    shown = (
+        [f"figures: {Path(figures[0]).parent} ({len(figures)} files)"]
+        if len(figures) > 2
+        else [f"figure: {f}" for f in figures]
+    )
+    for line in shown:
+        info(line)
     info(f"run folder: {out}")
     return result
 
@@ -184,11 +182,8 @@ def _warnings_as_notes(notes: list[str], say: Callable[[str], None]) -> Iterator
                     say(f"warning: {msg}")
 
 
-def _figures_of(result: Any, spec: Spec, out: Path) -> list[Path]:
-    return _figures(result, out)
-
-
-def _figures(result: Any, out: Path) -> list[Path]:
+def _figures(result: Any, spec: Spec, out: Path) -> list[Path]:
+    """The default figures: ``plot(result)`` as ``figures/<kind>.png|pdf``."""
     from basinscope.plotting import plot
     from basinscope.plotting.io import save_figure
     from basinscope.store import paths
@@ -277,47 +272,42 @@ def _build(cls: type[Spec], values: dict[str, Any], prefix: tuple[str, ...] = ()
     return cls(**kwargs)
 
 
-def typer_command(cmd: Command) -> Callable[..., None]:
-    """A typer callback for ``cmd``: the spec's options and the output options."""
+def _output_options() -> dict[str, tuple[Any, Any]]:
+    """The options every command has besides its spec's: name -> (annotation, option)."""
     from basinscope.cli.common import WAIT_OPT, out_callback
 
-    flats = flat_fields(cmd.spec)
-    params = [_typer_param(x) for x in flats]
-    output = [
-        (
-            "out",
-            Path | None,
-            typer.Option(
-                None,
-                "--out",
-                help="Run folder (default: basinscope-runs/<command>-<digest of the settings>); the same command and --out resume or reuse it.",
-                callback=out_callback,
-            ),
-        ),
-        (
-            "json_out",
+    out_help = (
+        "Run folder (default: basinscope-runs/<command>-<digest of the settings>); the same "
+        "command and --out resume or reuse it."
+    )
+    return {
+        "out": (Path | None, typer.Option(None, "--out", help=out_help, callback=out_callback)),
+        "json_out": (
             bool,
             typer.Option(False, "--json", help="Print the result as one JSON object on stdout."),
         ),
-        (
-            "progress",
+        "progress": (
             bool,
             typer.Option(True, "--progress/--no-progress", help="Show progress on stderr."),
         ),
-        (
-            "plot",
+        "plot": (
             bool,
             typer.Option(True, "--plot/--no-plot", help="Draw the result into RUN/figures."),
         ),
-        ("wait", bool, WAIT_OPT),
-    ]
-    params += [
+        "wait": (bool, WAIT_OPT),
+    }
+
+
+def typer_command(cmd: Command) -> Callable[..., None]:
+    """A typer callback for ``cmd``: the spec's options and the output options."""
+    output = _output_options()
+    params = [_typer_param(x) for x in flat_fields(cmd.spec)] + [
         inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t)
-        for n, t, o in output
+        for n, (t, o) in output.items()
     ]
 
     def callback(**kwargs: Any) -> None:
-        out_opts = {n: kwargs.pop(n) for n, _, _ in output}
+        out_opts = {n: kwargs.pop(n) for n in output}
         with named_by_flags():
             spec = _build(cmd.spec, kwargs)
         run_command(cmd, spec, **out_opts)

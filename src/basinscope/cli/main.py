@@ -9,6 +9,7 @@ import typer
 
 from basinscope.cli import barrier, curvature, curves, dynamics, landscape, plot, train, transfer
 from basinscope.cli import demo as demo_cmd
+from basinscope.cli.generate import typer_command
 from basinscope.errors import internal_error_note, user_message
 
 app = typer.Typer(
@@ -24,22 +25,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-app.command("train")(train.train_cmd)
-app.command("interpolate")(landscape.interpolate_cmd)
-app.command("surface")(landscape.surface_cmd)
-app.command("hessian")(curvature.hessian_cmd)
-app.command("sharpness")(curvature.sharpness_cmd)
-app.command("barrier")(barrier.barrier_cmd)
-app.command("instability")(dynamics.instability_cmd)
-app.command("basin")(barrier.basin_cmd)
-app.command("curve")(curves.curve_cmd)
-app.command("align")(curves.align_cmd)
-app.command("ensemble")(dynamics.ensemble_cmd)
-app.command("similarity")(transfer.similarity_cmd)
-app.command("distance")(transfer.distance_cmd)
-app.command("rewind")(transfer.rewind_cmd)
-app.command("criticality")(transfer.criticality_cmd)
-app.command("finetune")(transfer.finetune_cmd)
+for cmd in (
+    train.TRAIN,
+    landscape.INTERPOLATE,
+    landscape.SURFACE,
+    curvature.HESSIAN,
+    curvature.SHARPNESS,
+    barrier.BARRIER,
+    dynamics.INSTABILITY,
+    barrier.BASIN,
+    curves.CURVE,
+    curves.ALIGN,
+    dynamics.ENSEMBLE,
+    transfer.SIMILARITY,
+    transfer.DISTANCE,
+    transfer.REWIND,
+    transfer.CRITICALITY,
+    transfer.FINETUNE,
+):
+    app.command(cmd.name)(typer_command(cmd))
 app.command("plot")(plot.plot_cmd)
 app.command("demo")(demo_cmd.demo_cmd)
 app.command("study")(demo_cmd.study_cmd)
