@@ -9,9 +9,13 @@ import torch
 from basinscope.analyses import interpolate
 from basinscope.analyses.barrier import (
     BARRIER_DEFINITIONS,
+    BarrierMatrix,
+    BarrierResult,
     barrier,
     barrier_from_curve,
     barrier_matrix,
+    barriers,
+    eval_data,
     refine_worst,
 )
 from basinscope.engine import BatchNormWarning
@@ -216,6 +220,29 @@ def test_barrier_matrix_is_symmetric_with_a_zero_diagonal(trained_mlps, small):
     assert [r.models for r in results] == [("a", "b"), ("a", "c"), ("b", "c")]
     assert np.all(mat[np.triu_indices(3, 1)] > 0)
     assert mat[0, 2] == barrier(ma, mc, small, **kw).value
+    both = barriers([ma, mb, mc], small, labels=["a", "b", "c"], **kw)
+    assert isinstance(both, BarrierMatrix) and np.array_equal(both.matrix, mat)
+    assert both.summary() == [
+        *(r.summary()[0] for r in results),
+        f"definition: {BARRIER_DEFINITIONS['linear']}",
+    ]
+    one = barriers([ma, mc], small, labels=["a", "c"], **kw)
+    assert isinstance(one, BarrierResult) and one.value == results[1].value
+    assert np.array_equal(one.values, results[1].values) and one.models == ("a", "c")
+    line = one.summary()[0]
+    assert line.startswith("a -- c: linear loss barrier ") and " at alpha " in line
+    assert barriers([ma, mc], small, **kw).models == ("model_a", "model_b")
+
+
+def test_eval_data_reads_the_training_split_for_recomputed_batchnorm():
+    class Options:
+        def load(self, split):
+            return f"<{split}>"
+
+    assert eval_data(Options(), "test", "stored") == ("<test>", None, {"test": "<test>"})
+    ds, bn, read = eval_data(Options(), "test", "recompute")
+    assert (ds, bn, read) == ("<test>", "<train>", {"test": "<test>", "train": "<train>"})
+    assert eval_data(Options(), "train", "recompute")[1:] == ("<train>", {"train": "<train>"})
 
 
 # -- BatchNorm ----------------------------------------------------------------------------------

@@ -390,6 +390,12 @@ def test_spec_and_run_folder(solutions, tmp_path):
     res = basin_test(tune, data, spec=spec, labels=("a", "b"))
     same = basin_test(tune, data, delta=1.0, samples=8, pairs=8, seed=3, metric="error")
     assert res.spec == spec and res.labels == ("a", "b") and same.labels == ("0", "1")
+    lines = res.summary()
+    assert lines[0].startswith(f"epsilon {res.epsilon:.4g} (estimated: the smallest for ")
+    assert ", delta 1; mean error in the hull " in lines[0]
+    assert lines[1:4] == [c.summary()[0] for c in res.conditions]
+    assert lines[1].startswith("  (1) flat inside: estimate ") and " vs threshold " in lines[1]
+    assert lines[4].startswith("(epsilon, delta)-basin: ")
     assert res.to_dict() == {**same.to_dict(), "labels": ["a", "b"]}
     again = load(save(res, tmp_path / "run"))
     assert isinstance(again.condition2, ConditionEstimate)

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from basinscope.analyses.hessian import hessian_analysis
-from basinscope.analyses.hessian_map import curvature_map
+from basinscope.analyses.hessian import HessianSpec, hessian_analysis
+from basinscope.analyses.hessian_map import curvature_map, hessian_map
 from basinscope.errors import BasinscopeError
 from curvature_cases import dense_hessian, tiny_models
 
@@ -109,6 +109,33 @@ def test_curvature_map_center_matches_the_spectrum_and_resumes(xy, tmp_path):
     resumed = curvature_map(model, xy, run_dir=tmp_path / "cut", **kw)
     for v in ds.data_vars:
         assert np.array_equal(ds[v].values, resumed.dataset[v].values), v
+
+
+def test_hessian_map_takes_the_settings_of_a_hessian_spec(xy):
+    model = tiny_models()["mlp"]
+    spec = HessianSpec(subset=40, tol=1e-12, max_iter=50, method="double-backward", seed=1)
+    grid = dict(alphas=np.array([0.0, 0.5]), betas=np.array([0.0]))
+    got = hessian_map(model, xy, spec, **grid)
+    want = curvature_map(
+        model,
+        (xy[0][:40], xy[1][:40]),
+        seed=1,
+        tol=1e-8,
+        max_iter=50,
+        hvp_method="double-backward",
+        **grid,
+    )
+    for v in want.dataset.data_vars:
+        assert np.array_equal(got.dataset[v].values, want.dataset[v].values), v
+
+
+def test_report_summary_lines(xy):
+    rep = hessian_analysis(tiny_models()["mlp"], xy, k_top=2, k_bottom=1, trace="exact")
+    lines = rep.summary()
+    assert lines[0].startswith("hessian of the ") and "over 80 examples; BatchNorm eval" in lines[0]
+    assert [line.split()[0] for line in lines[1:]] == ["top", "top", "bottom", "trace"]
+    assert all("residual" in line and "converged" in line for line in lines[1:4])
+    assert "(exact, 100% CI)" in lines[4]
 
 
 @pytest.mark.parametrize(

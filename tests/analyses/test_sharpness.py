@@ -477,6 +477,10 @@ def test_sharpness_measures_run_each_named_measure_with_its_options(mlp, data, t
     assert one.spec.samples == 3 and one["average"].params["samples"] == 3
     with pytest.raises(KeyError, match="'adaptive' was not measured"):
         one["adaptive"]
+    lines = res.summary()
+    assert lines == [r.summary()[0] for r in res.measures]
+    assert lines[0].startswith("worst_case         ") and "(base loss " in lines[0]
+    assert " ± " in one.summary()[0] and one.summary()[0].endswith(f"{one.definition['average']})")
 
 
 @pytest.mark.parametrize(

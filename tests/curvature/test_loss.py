@@ -4,7 +4,7 @@ Hessian-vector products against brute-force float64 references."""
 import pytest
 import torch
 
-from basinscope.curvature.loss import EmpiricalLoss
+from basinscope.curvature.loss import EmpiricalLoss, first_examples
 from basinscope.errors import BasinscopeError
 from curvature_cases import dense_hessian, flat_loss, tiny_models
 
@@ -75,3 +75,17 @@ def test_subset_options_and_the_callers_model(xy):
         EmpiricalLoss(model, xy, subset=0)
     one = EmpiricalLoss(model, xy, params=["4.*"])
     assert one.names == ["4.weight", "4.bias"] and one.n == 10 * 128 + 10
+
+
+def test_first_examples_of_every_form_of_data(xy):
+    from basinscope.data import TensorData
+
+    x, y = xy
+    assert first_examples(xy, None) is xy
+    fx, fy = first_examples(xy, 25)
+    assert torch.equal(fx, x[:25]) and torch.equal(fy, y[:25])
+    ds = first_examples(TensorData(x, y, "d"), 25)
+    assert isinstance(ds, TensorData) and torch.equal(ds.x, x[:25]) and len(ds) == 25
+    assert len(first_examples(TensorData(x, y, "d"), 1000)) == len(y)
+    batches = first_examples([(x[:20], y[:20]), (x[20:40], y[20:40])], 25)
+    assert [len(b[1]) for b in batches] == [20, 5] and torch.equal(batches[1][0], x[20:25])

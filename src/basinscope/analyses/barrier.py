@@ -49,7 +49,7 @@ from basinscope.analyses.landscape import DTYPES, as_splits
 from basinscope.engine import BatchNormWarning, EvalJob, as_batches, warn_stored_bn
 from basinscope.engine.bn import has_batchnorm
 from basinscope.errors import BasinscopeError
-from basinscope.result import Result
+from basinscope.result import Result, fmt
 from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
 
 __all__ = [
@@ -62,6 +62,8 @@ __all__ = [
     "barrier_definition_option",
     "barrier_from_curve",
     "barrier_matrix",
+    "barriers",
+    "eval_data",
     "refine_worst",
 ]
 
@@ -88,7 +90,24 @@ def barrier_definition_option(default: str = "linear", flag: str | None = None) 
 
 @dataclass(frozen=True)
 class BarrierSpec(Spec):
-    """The settings of :func:`barrier` (and of ``basinscope barrier``)."""
+    """The loss or error barrier on the straight line between trained models.
+
+    Along theta(alpha) = (1 - alpha) theta_A + alpha theta_B, alpha in [0, 1], f(alpha) is the
+    mean --metric on --split. The barrier is defined by --definition: linear (Entezari et al.
+    2022), max_alpha (f(alpha) - ((1 - alpha) f(0) + alpha f(1))); mean (Frankle et al. 2020),
+    max_alpha f(alpha) - (f(0) + f(1))/2; or midpoint, f(1/2) - (f(0) + f(1))/2. An even
+    grid of --num-points is refined around the worst alpha (unless --no-refine); --bootstrap N
+    resamples the examples N times for a percentile confidence interval.
+
+    Two --weights: one barrier, its curve plotted with the chord (linear) or the endpoints'
+    mean, and the worst alpha marked (figures/barrier). Three or more: the barrier of every
+    pair, as a matrix (figures/barrier_matrix); the result is then a barrier_matrix: labels,
+    matrix, pairs (one barrier result per pair), definition, definition_formula, metric,
+    split, mean_value and max_value.
+
+    These are the settings of barrier(), barriers() and barrier_matrix() (their spec=) and of
+    basinscope barrier.
+    """
 
     kind: ClassVar[str] = "barrier"
 
@@ -155,6 +174,20 @@ class BarrierResult(Result, kind="barrier"):
     evaluation: dict[str, Any]
     spec: BarrierSpec | None = None
 
+    def summary(self) -> list[str]:
+        """The barrier with its interval, where it is worst, the curve there and at the
+        ends; and the definition's formula."""
+        return [_pair_line(self), f"definition: {self.definition_formula}"]
+
+
+def _pair_line(r: BarrierResult) -> str:
+    ci = "" if r.ci is None else f" [{fmt(r.ci[0])}, {fmt(r.ci[1])}]"
+    return (
+        f"{r.models[0]} -- {r.models[1]}: {r.definition} {r.metric} barrier {fmt(r.value)}"
+        f"{ci} at alpha {fmt(r.worst_alpha)} "
+        f"(f(0) {fmt(r.f0)}, f(1) {fmt(r.f1)}, f(worst) {fmt(r.f_worst)})"
+    )
+
 
 @dataclass(frozen=True)
 class BarrierMatrix(Result, kind="barrier_matrix"):
@@ -188,6 +221,10 @@ class BarrierMatrix(Result, kind="barrier_matrix"):
             max_value=float(np.max(values)),
             spec=first.spec,
         )
+
+    def summary(self) -> list[str]:
+        """One line per pair (as :meth:`BarrierResult.summary`) and the definition's formula."""
+        return [*map(_pair_line, self.pairs), f"definition: {self.definition_formula}"]
 
 
 # -- barriers of curves ------------------------------------------------------------------
@@ -585,3 +622,38 @@ def barrier_matrix(
             out[i, j] = out[j, i] = r.value
             results.append(r)
     return out, results
+
+
+def barriers(
+    models: Sequence[nn.Module],
+    data: Any,
+    *,
+    labels: Sequence[str] | None = None,
+    **barrier_kwargs: Any,
+) -> BarrierResult | BarrierMatrix:
+    """The barrier between two models (:func:`barrier`), or the :class:`BarrierMatrix` of
+    every pair of three or more (:func:`barrier_matrix`), as basinscope barrier measures
+    them. ``labels`` name the models (one each); ``barrier_kwargs`` (``spec=``,
+    ``bn_data=``, ...) go to :func:`barrier`.
+    """
+    models = list(models)
+    if len(models) == 2:
+        named = {} if labels is None else {"labels": tuple(str(x) for x in labels)}
+        return barrier(models[0], models[1], data, **named, **barrier_kwargs)
+    names = [str(i) for i in range(len(models))] if labels is None else [str(x) for x in labels]
+    matrix, pairs = barrier_matrix(models, data, labels=names, **barrier_kwargs)
+    return BarrierMatrix.of(names, matrix, pairs)
+
+
+def eval_data(data: Any, split: str, bn_policy: str) -> tuple[Any, Any, dict[str, Any]]:
+    """What a barrier (or any evaluation along a path) reads from the data options ``data``
+    (:class:`~basinscope.inputs.DataOptions`, or anything with ``load(split)``): the split
+    evaluated, the BatchNorm data (the train split, with ``bn_policy="recompute"``; else
+    ``None``) and every dataset read, by split (for the run's fingerprints)."""
+    ds = data.load(split)
+    datasets = {split: ds}
+    bn_data = None
+    if bn_policy == "recompute":
+        bn_data = ds if split == "train" else data.load("train")
+        datasets.setdefault("train", bn_data)
+    return ds, bn_data, datasets

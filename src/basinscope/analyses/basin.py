@@ -132,7 +132,7 @@ from basinscope.engine import EvalJob, PointBasis, evaluate_points, warn_stored_
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_buffers, get_params
-from basinscope.result import Result
+from basinscope.result import Result, fmt
 from basinscope.spec import STRATEGIES, EvalOptions, Spec, group, option, takes_spec
 
 __all__ = [
@@ -180,7 +180,22 @@ class PinnedEvalOptions(EvalOptions):
 
 @dataclass(frozen=True)
 class BasinSpec(Spec):
-    """The settings of :func:`basin_test` (and of ``basinscope basin``)."""
+    """Is the convex hull of the solutions an (epsilon, delta)-basin? (Monte Carlo test)
+
+    Neyshabur, Sedghi & Zhang 2020, Definition 3.1, for S = conv(--weights): (1) the loss is
+    flat inside, E_{w~U_S}|l(w) - mu| <= epsilon; (2) isotropic noise of total scale delta at
+    the point where a random ray leaves S raises the loss by 2 epsilon on average; (3) a step
+    of length |nu|, nu ~ N(0, delta^2), outward along the ray does too. Points of S are drawn
+    with Dirichlet(1,...,1) barycentric weights (--samples for mu and condition 1, --pairs
+    for conditions 2 and 3); each condition's estimate gets a normal --confidence interval
+    and a verdict, with whether the interval supports it. Without --epsilon the smallest
+    epsilon for which (1) holds is used (is S a basin for some epsilon?). The solutions should
+    be affinely independent (a warning says when they are not). figures/basin shows the losses
+    inside, at the noisy boundary points and after the outward steps, and each condition's
+    margin with its interval.
+
+    These are the settings of basin_test() (its spec=) and of basinscope basin.
+    """
 
     kind: ClassVar[str] = "basin"
 
@@ -242,6 +257,17 @@ class ConditionEstimate(Result, kind="basin_condition"):
     holds: bool
     ci_supports: bool | None
 
+    def summary(self) -> list[str]:
+        """One line: the estimate with its interval against the threshold, and the verdict."""
+        support = {None: "", True: ", supported by the interval"}.get(
+            self.ci_supports, ", not supported by the interval"
+        )
+        return [
+            f"  ({self.condition}) {self.name}: estimate {fmt(self.estimate)} "
+            f"[{fmt(self.ci[0])}, {fmt(self.ci[1])}] vs threshold {fmt(self.threshold)}: "
+            f"{'holds' if self.holds else 'fails'}{support}"
+        ]
+
 
 @dataclass(frozen=True)
 class BasinResult(Result, kind="basin"):
@@ -299,6 +325,20 @@ class BasinResult(Result, kind="basin"):
     @property
     def conditions(self) -> tuple[ConditionEstimate, ConditionEstimate, ConditionEstimate]:
         return (self.condition1, self.condition2, self.condition3)
+
+    def summary(self) -> list[str]:
+        """Epsilon and delta, the mean loss in the hull, each condition's line
+        (:meth:`ConditionEstimate.summary`) and the verdict."""
+        eps = f"{self.epsilon:.4g}" + (
+            " (estimated: the smallest for condition 1)" if self.epsilon_estimated else ""
+        )
+        metric = self.settings.get("metric", "loss")
+        supported = "supported" if self.ci_supports else "not supported"
+        return [
+            f"epsilon {eps}, delta {self.delta:g}; mean {metric} in the hull {fmt(self.mean_loss)}",
+            *(line for c in self.conditions for line in c.summary()),
+            f"(epsilon, delta)-basin: {'yes' if self.holds else 'no'} ({supported} by the intervals)",
+        ]
 
 
 # -- geometry of the simplex --------------------------------------------------------------

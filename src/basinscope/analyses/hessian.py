@@ -57,7 +57,24 @@ MAX_EIGENPAIRS = 1000
 
 @dataclass(frozen=True)
 class HessianSpec(Spec):
-    """The settings of :func:`hessian_analysis` (and of ``basinscope hessian``)."""
+    """Hessian spectrum of the mean training loss: both ends, trace, density, per layer.
+
+    Eigenpairs by Lanczos with full reorthogonalization, stopping when every wanted
+    Ritz pair has ||Hv - theta v|| <= tol |theta|; each eigenvalue is reported with its
+    true residual and a converged flag. "Top" means algebraically largest (not largest
+    |lambda|); --bottom gives the most negative eigenvalues. The trace comes with a 95%
+    confidence interval. Loss semantics (BatchNorm mode, weight decay, data size, HVP
+    method) are printed and stored. With --map, the |lambda_min/lambda_max| map over a
+    filter-normalized random plane instead (Li et al. 2018, Fig. 7), resumable like a
+    surface; its result is that landscape, as for a surface.
+
+    figures/hessian shows the eigenvalues (hollow: not converged) with the trace, and beside
+    them the spectral density (--density) and the per-layer blocks (--per-layer). The
+    eigenvectors are kept in RUN/tensors; with both ends the result also has ratio_min_max.
+
+    These are the settings of hessian_analysis() and hessian_map() (their spec=) and of
+    basinscope hessian.
+    """
 
     kind: ClassVar[str] = "hessian"
 
@@ -129,6 +146,31 @@ class HessianReport(Result, kind="hessian"):
     seconds: float = 0.0
     definition: dict[str, str] = field(default_factory=dict)
     spec: HessianSpec | None = None
+
+    def summary(self) -> list[str]:
+        """The loss's semantics, each eigenvalue with its residual, the trace with its
+        interval and each module's top eigenvalue and trace."""
+        s = self.semantics
+        lines = [
+            f"{s['operator']} of the {s['loss']} over {s['num_examples']} examples; BatchNorm "
+            f"{s['bn_mode']}; {s['dimension']} parameters; HVP {s['method']}; "
+            f"{s['num_matvecs']} products, {self.seconds} s"
+        ]
+        for name, pairs in (("top", self.top), ("bottom", self.bottom)):
+            if pairs is not None:
+                for v, r, c in zip(pairs.eigenvalues, pairs.residuals, pairs.converged):
+                    state = "converged" if c else "NOT converged"
+                    lines.append(f"  {name:6} {v: .6e}  residual {r:.1e}  {state}")
+        if self.trace is not None:
+            t = self.trace
+            lines.append(
+                f"  trace  {t.estimate: .6e} ± {t.ci_halfwidth:.1e} ({t.method}, "
+                f"{int(100 * t.confidence)}% CI)"
+            )
+        for m in self.per_module:
+            trace = m.trace.estimate if m.trace else float("nan")
+            lines.append(f"  {m.module:20} top {m.top_eigenvalue:.4e}  trace {trace:.4e}")
+        return lines
 
     @property
     def ratio_min_max(self) -> float | None:

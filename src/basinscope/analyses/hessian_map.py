@@ -23,9 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from basinscope.analyses.hessian import HessianSpec
+from basinscope.curvature.loss import first_examples
 from basinscope.engine.points import PointBasis, points_dict
 
-__all__ = ["CurvatureMapJob", "curvature_map"]
+__all__ = ["CurvatureMapJob", "curvature_map", "hessian_map"]
 
 MAP_VARIABLES = ("lambda_max", "lambda_min", "ratio", "residual_max", "residual_min", "converged")
 
@@ -179,4 +181,42 @@ def curvature_map(
         make_job=lambda basis: CurvatureMapJob(
             model, basis, data, operator, tol, max_iter, seed=seed, hvp_method=hvp_method
         ),
+    )
+
+
+def hessian_map(
+    model: nn.Module,
+    data: Any,
+    spec: HessianSpec | None = None,
+    *,
+    alphas=None,
+    betas=None,
+    run_dir=None,
+    identity: Mapping[str, Any] | None = None,
+    progress: bool = False,
+):
+    """:func:`curvature_map` with the settings of a :class:`~basinscope.analyses.hessian.HessianSpec`,
+    as ``basinscope hessian --map`` computes it.
+
+    The map is of the loss on the first ``spec.subset`` examples of ``data``, with the spec's
+    ``operator``, ``seed`` and HVP ``method``; at each point Lanczos stops at the relative
+    residual ``max(spec.tol, 1e-8)`` or after ``spec.max_iter`` steps (default 100). The
+    other settings of the spec (trace, density, per module, ...) do not apply to a map.
+    Stored in ``run_dir``, the run's identity includes the spec's ``split`` and ``subset``
+    and ``identity`` (e.g. the command line's model and data options).
+    """
+    spec = spec or HessianSpec()
+    return curvature_map(
+        model,
+        first_examples(data, spec.subset),
+        seed=spec.seed,
+        operator=spec.operator,
+        tol=max(spec.tol, 1e-8),
+        max_iter=spec.max_iter or 100,
+        alphas=alphas,
+        betas=betas,
+        hvp_method=spec.method,
+        run_dir=run_dir,
+        spec={"split": spec.split, "subset": spec.subset, **(identity or {})},
+        progress=progress,
     )

@@ -107,6 +107,15 @@ class SharpnessResult(Result, kind="sharpness"):
     values: tuple[float, ...] = ()
     spec: SharpnessSpec | None = None
 
+    def summary(self) -> list[str]:
+        """One line: the measure, its value (± its standard error), the base loss and the
+        definition."""
+        se = f" ± {self.std_error:.2e}" if self.std_error is not None else ""
+        return [
+            f"{self.measure:18} {self.value: .5e}{se}   (base loss {self.base_loss:.4f}; "
+            f"{self.definition})"
+        ]
+
 
 # -- argument checks ---------------------------------------------------------------------
 def _positive(name: str, v: Any, example: str) -> float:

@@ -19,6 +19,7 @@ from torch import nn
 
 from basinscope.analyses.sharpness import SHARPNESS_MEASURES, LossFn, SharpnessResult
 from basinscope.analyses.sharpness_spec import SharpnessSpec
+from basinscope.curvature.loss import first_examples
 from basinscope.result import Result
 
 __all__ = ["SharpnessMeasures", "sharpness_measures"]
@@ -37,6 +38,10 @@ class SharpnessMeasures(Result, kind="sharpness_measures"):
     definition: dict[str, str] = field(default_factory=dict)
     spec: SharpnessSpec | None = None
 
+    def summary(self) -> list[str]:
+        """One line per measure (:meth:`SharpnessResult.summary`)."""
+        return [line for r in self.measures for line in r.summary()]
+
     def __getitem__(self, measure: str) -> SharpnessResult:
         """The result of ``measure`` (the first one, if it was asked for twice)."""
         for r in self.measures:
@@ -45,25 +50,6 @@ class SharpnessMeasures(Result, kind="sharpness_measures"):
         raise KeyError(
             f"{measure!r} was not measured; measured: {[r.measure for r in self.measures]}"
         )
-
-
-def _first_examples(data: Any, n: int | None) -> Any:
-    """The first ``n`` examples of ``data`` (all of them when it has fewer)."""
-    if n is None:
-        return data
-    if hasattr(data, "subset") and hasattr(data, "__len__"):
-        return data.subset(list(range(min(n, len(data)))))
-    if isinstance(data, tuple) and len(data) == 2:
-        return data[0][:n], data[1][:n]
-    from basinscope.engine import as_batches
-
-    out, left = [], n
-    for x, y in as_batches(data):
-        if left <= 0:
-            break
-        out.append((x[:left], y[:left]))
-        left -= len(out[-1][1])
-    return out
 
 
 def sharpness_measures(
@@ -85,7 +71,7 @@ def sharpness_measures(
     checked (by the spec) before the first measure runs.
     """
     spec = SharpnessSpec.build(spec, **settings)  # type: ignore[assignment]
-    data = _first_examples(data, spec.subset)
+    data = first_examples(data, spec.subset)
     results = []
     for name in spec.measures():
         if say is not None:

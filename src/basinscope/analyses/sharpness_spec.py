@@ -1,7 +1,7 @@
 """The settings of a sharpness run: which named measures, and each one's options.
 
 A run of :func:`~basinscope.analyses.sharpness_measures.sharpness_measures` (and of
-``basinscope sharpness``) computes one or several of the measures of
+basinscope sharpness) computes one or several of the measures of
 :mod:`basinscope.analyses.sharpness`, each a named definition. Their options overlap
 (``rho`` is the radius of every worst-case ball, ``seed`` seeds every measure), so one
 :class:`SharpnessSpec` holds them all and :meth:`SharpnessSpec.measure_kwargs` hands each
@@ -36,7 +36,22 @@ _OPTIONS = {
 
 @dataclass(frozen=True)
 class SharpnessSpec(Spec):
-    """The settings of a sharpness run (see the module docstring)."""
+    """Sharpness of a minimum, by named measures, each with its definition recorded.
+
+    Measures: worst_case (max loss increase in an L2 or Linf ball of radius rho, by
+    projected gradient ascent with restarts; --relative for Keskar et al.'s form),
+    average (mean increase under Gaussian noise of std sigma), adaptive (perturbations
+    scaled by |w|: ASAM / Andriushchenko et al. 2023; invariant to rescaling symmetries),
+    filter_normalized (Li et al.'s random filter-normalized directions at step alpha),
+    m_sharpness (worst case per batch of m examples, averaged), or all.
+
+    One --measure: figures/sharpness shows the increase of each restart, noise sample,
+    direction or batch and the value, and the result is that measure's sharpness result
+    (as each entry of measures below). Several (or all): figures/sharpness_measures, one
+    bar per measure.
+
+    These are the settings of sharpness_measures() (its spec) and of basinscope sharpness.
+    """
 
     kind: ClassVar[str] = "sharpness"
 

@@ -40,7 +40,7 @@ from basinscope.engine.batches import as_batches
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 
-__all__ = ["BN_MODES", "HVP_METHODS", "EmpiricalLoss", "select_params"]
+__all__ = ["BN_MODES", "HVP_METHODS", "EmpiricalLoss", "first_examples", "select_params"]
 
 #: How products with the Hessian are formed ("auto": the faster, by a timed trial).
 HVP_METHODS = ("auto", "forward-over-reverse", "double-backward")
@@ -316,3 +316,19 @@ def _take(batches: Batches, n: int) -> Batches:
         out.append((x[:left], y[:left]))
         left -= len(y[:left])
     return out
+
+
+def first_examples(data: Any, n: int | None) -> Any:
+    """The first ``n`` examples of ``data`` (all of them when it has fewer; ``None``: all).
+
+    A dataset with ``subset`` (:class:`~basinscope.data.TensorData`) stays one, an ``(x, y)``
+    pair stays a pair; any other form the engine reads becomes a list of batches. This is
+    the ``subset`` of the loss, taken before the data is fingerprinted or measured.
+    """
+    if n is None:
+        return data
+    if hasattr(data, "subset") and hasattr(data, "__len__"):
+        return data.subset(list(range(min(n, len(data)))))
+    if isinstance(data, tuple) and len(data) == 2:
+        return data[0][:n], data[1][:n]
+    return _take(as_batches(data), n)
