@@ -39,7 +39,7 @@ def test_a_bug_shows_the_traceback_and_asks_for_a_report(cli, monkeypatch):
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug inside basinscope")
 
-    monkeypatch.setattr(landscape, "parse_range", bug)
+    monkeypatch.setattr(landscape, "line_from_files", bug)
     res = cli("interpolate", "--model", "mlp", *QUIET)
     assert res.code == 1
     assert res.err.startswith("Traceback (most recent call last):"), res.err
@@ -55,7 +55,7 @@ def test_a_multi_line_user_error_prints_one_line(cli, monkeypatch):
     def refuse(*args, **kwargs):
         raise BasinscopeError("first line:\n  second\nthird")
 
-    monkeypatch.setattr(landscape, "parse_range", refuse)
+    monkeypatch.setattr(landscape, "line_from_files", refuse)
     assert_one_line(cli("interpolate", "--model", "mlp", *QUIET), "first line: second; third")
 
 
@@ -77,7 +77,7 @@ def test_running_out_of_memory_is_one_line(cli, monkeypatch, exc, patterns):
     def oom(*args, **kwargs):
         raise exc
 
-    monkeypatch.setattr(landscape, "parse_range", oom)
+    monkeypatch.setattr(landscape, "line_from_files", oom)
     assert_one_line(cli("interpolate", "--model", "mlp", *QUIET), *patterns)
 
 

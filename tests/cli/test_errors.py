@@ -677,7 +677,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint(cli, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(landscape, "parse_range", interrupted)
+    monkeypatch.setattr(landscape, "line_from_files", interrupted)
     res = cli("interpolate", "--model", "mlp", *QUIET)
     assert res.code == 130
     assert "Traceback" not in res.err

@@ -79,6 +79,7 @@ from basinscope.analyses.interpolation import (
     InterpolationSpec,
     RandomLineSpec,
     interpolate,
+    line_from_files,
     random_line,
 )
 from basinscope.analyses.landscape import Landscape, LandscapeSpec, compute_landscape, grid_coeffs
@@ -108,11 +109,13 @@ from basinscope.analyses.surface import (
     PCASurfaceSpec,
     PlaneSurfaceSpec,
     RandomSurfaceSpec,
+    SurfaceFiles,
     TrajectoryProjection,
     pca_surface,
     plane_surface,
     project_trajectory,
     random_surface,
+    surface_from_files,
 )
 
 __all__ = [
@@ -164,6 +167,7 @@ __all__ = [
     "SharpnessMeasures",
     "SharpnessResult",
     "SharpnessSpec",
+    "SurfaceFiles",
     "TrajectoryProjection",
     "TransferInstabilityResult",
     "activation_matching",
@@ -192,6 +196,7 @@ __all__ = [
     "instability",
     "instability_sweep",
     "interpolate",
+    "line_from_files",
     "linear_cka",
     "load_curve",
     "m_sharpness",
@@ -212,6 +217,7 @@ __all__ = [
     "save_curve",
     "sharpness",
     "sharpness_measures",
+    "surface_from_files",
     "swa",
     "train_curve",
     "transfer_instability",

@@ -11,8 +11,10 @@ evaluated on any grid of :math:`\\alpha`, including extrapolation outside :math:
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +30,19 @@ from basinscope.analyses.landscape import (
     grid_option,
 )
 from basinscope.engine import warn_stored_bn
-from basinscope.geometry import direction_between, get_buffers, get_params, random_direction
+from basinscope.geometry import (
+    check_directions_fit,
+    direction_between,
+    get_buffers,
+    get_params,
+    load_directions,
+    random_direction,
+)
 from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
 from basinscope.geometry.params import to as cast
 from basinscope.spec import option, takes_spec
 
-__all__ = ["InterpolationSpec", "RandomLineSpec", "interpolate", "random_line"]
+__all__ = ["InterpolationSpec", "RandomLineSpec", "interpolate", "line_from_files", "random_line"]
 
 
 @dataclass(frozen=True)
@@ -173,3 +182,44 @@ def random_line(
         settings=settings,
         **kwargs,
     )
+
+
+def line_from_files(
+    model: nn.Module,
+    data: Any,
+    spec: RandomLineSpec | None = None,
+    *,
+    to: str | Path | None = None,
+    directions: str | Path | None = None,
+    identity: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Landscape:
+    """The 1D landscape between two models, or along a random normalized direction.
+
+    f(alpha) = L((1 - alpha) theta_A + alpha theta_B) with extrapolation outside [0, 1], A the
+    model (--weights) and B the model of the weights file `to` (--to); without it,
+    f(alpha) = L(theta + alpha d) around A for a filter-normalized random d, or the first
+    direction of the file `directions` (--directions). The grid of alpha (--xrange) is
+    -0.5:1.5:41 unless given. Figures: the line (figures/landscape), and line.png/.pdf/.html.
+
+    In Python: `spec` holds the grid, the random direction, the metrics and the evaluation;
+    the files join `identity` (what identifies the run folder), and other keyword arguments
+    (run_dir, bn_data, ...) go to compute_landscape().
+    """
+    from basinscope.models import load_weights
+
+    spec = spec or RandomLineSpec()
+    alphas = spec.alphas or tuple(np.linspace(-0.5, 1.5, 41).tolist())
+    identity = dict(identity or {})
+    if to is not None:
+        other = load_weights(copy.deepcopy(model), to)
+        identity["to"] = str(to)
+        line = InterpolationSpec(alphas=alphas, metrics=spec.metrics, eval=spec.eval)
+        return interpolate(model, other, data, spec=line, identity=identity, **kwargs)
+    direction = None
+    if directions is not None:
+        dirs, _ = load_directions(directions)
+        check_directions_fit(dirs[:1], get_params(model), str(directions))
+        direction, identity["directions"] = dirs[0], str(directions)
+    line = spec.replace(alphas=alphas)
+    return random_line(model, data, spec=line, direction=direction, identity=identity, **kwargs)

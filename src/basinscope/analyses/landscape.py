@@ -26,14 +26,13 @@ import torch
 import xarray as xr
 from torch import Tensor, nn
 
-from basinscope._checks import at_least, grid_range, safe_name
+from basinscope._checks import at_least, grid_range, safe_name, split_names
 from basinscope._memory import check_memory
 from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, evaluate_points
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import ParamDict, get_buffers
-from basinscope.jsonable import jsonable
-from basinscope.result import Result, tensors
+from basinscope.result import Result, fmt, tensors
 from basinscope.spec import EvalOptions, Spec, group, option
 from basinscope.store import RunStore, fingerprint_tensors, paths, safe_component
 
@@ -47,6 +46,7 @@ __all__ = [
     "compute_landscape",
     "grid_coeffs",
     "grid_option",
+    "splits_option",
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -77,6 +77,21 @@ def grid_option(help: str, flag: str, **kw: Any) -> Any:
     """A grid axis of a landscape spec: ``None`` (the function's default grid) or the
     coordinates; typed on the command line as ``START:STOP:NUM`` (``flag``)."""
     return option(None, help, flag=flag, parse=_grid_parser(flag), metavar="START:STOP:NUM", **kw)
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    return tuple(split_names(text))
+
+
+def splits_option() -> Any:
+    """The splits a landscape is evaluated on, in one run (default train and test); typed
+    on the command line as comma-separated names (``--splits train,test``)."""
+    return option(
+        ("train", "test"),
+        "Comma-separated splits to evaluate on, in one run (default train,test).",
+        parse=_split_names,
+        metavar="SPLITS",
+    )
 
 
 def _metric_names(text: str) -> tuple[str, ...]:
@@ -162,18 +177,23 @@ class Landscape(Result, kind="landscape"):
             formula = attrs.get("definition") or LANDSCAPE_DEFINITIONS.get(name, "")
             object.__setattr__(self, "definition_formula", str(formula))
 
-    def summary(self) -> dict[str, Any]:
-        """A JSON-ready summary: coordinates, metric arrays, run folder, strategy, speed."""
-        ds = self.dataset
-        out: dict[str, Any] = {
-            "kind": self.definition,
-            "coords": {c: ds[c].values.tolist() for c in ds.dims},
-            "metrics": {v: jsonable(ds[v].values) for v in ds.data_vars},
-            "attrs": dict(ds.attrs),
-            "run_dir": str(self.run_dir) if self.run_dir else None,
-        }
-        out.update(self.evaluation)
-        return out
+    def summary(self) -> list[str]:
+        """What the command line prints after a run: the kind, the number of points, the
+        strategy and the speed, a note per variable with non-finite values (recorded as
+        they are), and each variable's range."""
+        ev = self.evaluation
+        lines = [
+            f"{self.definition}: {ev.get('points')} points, strategy {ev.get('strategy')}, "
+            f"{ev.get('points_per_second', float('nan')):.1f} points/s"
+        ]
+        for name, count in (ev.get("nonfinite") or {}).items():
+            lines.append(
+                f"note: {count} non-finite values of {name} recorded as they are (NaN/inf)"
+            )
+        for name in self.dataset.data_vars:
+            v = self.dataset[name].values
+            lines.append(f"  {name}: min {fmt(v.min())}, max {fmt(v.max())}")
+        return lines
 
 
 def as_splits(data: Any) -> dict[str, Any]:

@@ -14,8 +14,11 @@ from the plane is not where the contour says it is).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,23 +38,26 @@ from basinscope.geometry import (
     check_checkpoints_fit,
     check_directions_fit,
     get_params,
+    load_directions,
     pca_directions,
     plane_through,
     project_onto_plane,
     random_directions,
 )
 from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
-from basinscope.spec import option, takes_spec
+from basinscope.spec import Spec, option, takes_spec
 
 __all__ = [
     "PCASurfaceSpec",
     "PlaneSurfaceSpec",
     "RandomSurfaceSpec",
+    "SurfaceFiles",
     "TrajectoryProjection",
     "pca_surface",
     "plane_surface",
     "project_trajectory",
     "random_surface",
+    "surface_from_files",
 ]
 
 _BETA_HELP = "beta grid START:STOP:NUM."
@@ -320,3 +326,99 @@ def plane_surface(
         **kwargs,
     )
     return land, pos
+
+
+@dataclass(frozen=True)
+class SurfaceFiles(Spec):
+    """The files that choose the plane of :func:`surface_from_files` (at most one way:
+    ``directions``, ``pca`` or ``plane``; by default two random directions), and the
+    trajectories drawn on it."""
+
+    directions: Path | None = option(
+        None,
+        "Two directions from a .safetensors file (e.g. RUN/tensors/directions.safetensors).",
+    )
+    pca: Path | None = option(
+        None,
+        "Trajectory (.safetensors from `basinscope train`) whose top-2 PCA directions span "
+        "the plane.",
+    )
+    plane: tuple[Path, ...] = option(
+        (),
+        "Weights of model B, then of model C (give --plane twice): the plane through A "
+        "(--weights), B and C.",
+    )
+    trajectory: tuple[Path, ...] = option(
+        (), "Trajectory file to project onto the plane and draw (repeatable)."
+    )
+
+    def check(self) -> None:
+        plane = self.name_of("plane")
+        if self.plane and len(self.plane) != 2:
+            raise BasinscopeError(
+                f"{plane} needs exactly two weight files (models B and C), got "
+                f"{len(self.plane)}: {plane} B.safetensors {plane} C.safetensors"
+            )
+        chosen = [self.name_of(n) for n in ("directions", "pca", "plane") if getattr(self, n)]
+        if len(chosen) > 1:
+            raise BasinscopeError(f"choose one way to make the plane, got {' and '.join(chosen)}")
+
+
+def surface_from_files(
+    model: nn.Module,
+    data: Any,
+    spec: RandomSurfaceSpec | None = None,
+    files: SurfaceFiles | None = None,
+    *,
+    identity: Mapping[str, Any] | None = None,
+    **kwargs: Any,
+) -> Landscape:
+    """The 2D landscape f(alpha, beta) = L(theta* + alpha delta + beta eta).
+
+    The plane: two filter-normalized random directions around the --weights (default), the
+    top two PCA directions of a training trajectory (--pca), the plane through three models
+    (--weights A, --plane B --plane C), or directions from a file (--directions). Trajectories
+    (--trajectory) are projected onto the plane and drawn, with each point's distance from it.
+    Figures: the contours of the first loss with the trajectories (figures/landscape), and per
+    loss contour, filled, heatmap, 3d (.png/.pdf), an interactive surface (.html) and a
+    ParaView .vtp file.
+
+    In Python: `model` is A (the --weights), `files` the other models and files (B and C are
+    loaded into copies of A), `spec` the grid, the random directions, the metrics and the
+    evaluation (random_surface(), pca_surface(), plane_surface()); the files join `identity`
+    (what identifies the run folder), and other keyword arguments (run_dir, bn_data, ...) go
+    to compute_landscape().
+    """
+    from basinscope.models import load_weights
+    from basinscope.training import load_trajectory
+
+    s, files = spec or RandomSurfaceSpec(), files or SurfaceFiles()
+    params = get_params(model)
+    trajs = {str(p): load_trajectory(p) for p in files.trajectory}
+    for path, ckpts in trajs.items():  # before the surface is computed, not after
+        check_checkpoints_fit(ckpts, params, f"trajectory {path!r}")
+    kwargs["identity"] = identity = {**(identity or {}), "trajectories": list(trajs)}
+    grid = dict(alphas=s.alphas, betas=s.betas, metrics=s.metrics, eval=s.eval)
+    projections = []
+    if files.pca is not None:
+        identity["pca"] = str(files.pca)
+        land, proj = pca_surface(
+            model, load_trajectory(files.pca), data, spec=PCASurfaceSpec(**grid), **kwargs
+        )
+        label = Path(files.pca).parent.name or "trajectory"
+        projections.append(dataclasses.replace(proj, label=label))
+    elif files.plane:
+        b, c = (load_weights(copy.deepcopy(model), p) for p in files.plane)
+        identity["plane"] = [str(p) for p in files.plane]
+        land, _ = plane_surface(model, b, c, data, spec=PlaneSurfaceSpec(**grid), **kwargs)
+    else:
+        given = None
+        if files.directions is not None:
+            given, _ = load_directions(files.directions)
+            check_directions_fit(given, params, str(files.directions))
+            identity["directions"] = str(files.directions)
+        land = random_surface(model, data, spec=s, directions=given, **kwargs)
+    for path, ckpts in trajs.items():
+        label = Path(path).parent.name or Path(path).stem
+        projections.append(project_trajectory(land, ckpts, label))
+    return dataclasses.replace(land, trajectories=tuple(projections))

@@ -1,13 +1,8 @@
-"""``basinscope train``: the deterministic trainer, with a trajectory for PCA planes.
-
-Generated from its spec (:mod:`basinscope.cli.generate`): the model and data option groups
-and :class:`~basinscope.training.TrainSpec`. The run folder holds a
-:class:`~basinscope.training.TrainRun` and the files other commands take.
-"""
+"""``basinscope train``: :class:`~basinscope.training.TrainSpec` in a run folder."""
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 from dataclasses import dataclass
 
 from basinscope.cli.common import info
@@ -15,27 +10,7 @@ from basinscope.cli.generate import Command, Context, typer_command
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
 from basinscope.spec import Spec, group
-from basinscope.training.run import TrainSpec
-
-HELP = """Train a model deterministically and save its weights and trajectory.
-
-The run folder gets model.safetensors (final weights, for --weights), trajectory.safetensors
-(the checkpoints, for `basinscope surface --pca` and --trajectory), result.json (the loss
-history and the final metrics), manifest.json and figures/train (the training loss). The
---weights given are the start instead of a fresh initialization. The same command with the
-same --out reuses a finished run.
-
-JSON (--json): history (loss and lr by step), checkpoint_steps, config, weights,
-trajectory, run_dir, initial and final (loss and accuracy of the first and last model on
-train and test), spec, definition.
-
-Examples:
-
-  basinscope train --model basinscope.models:lenet --data digits --steps 500 --out runs/lenet
-
-  basinscope train --model basinscope.models:lenet --weights runs/lenet/model.safetensors \\
-      --data digits --rotation 35 --steps 100 --checkpoint-every 10 --out runs/ft35
-"""
+from basinscope.training.run import TrainRun, TrainSpec
 
 
 @dataclass(frozen=True)
@@ -45,41 +20,26 @@ class TrainCommand(Spec):
     train: TrainSpec = group(TrainSpec)
 
 
-def run_train(cmd: TrainCommand, ctx: Context):
-    from basinscope.engine import evaluate_model
+def run_train(cmd: TrainCommand, ctx: Context) -> TrainRun:
     from basinscope.experiments.stages import train_stage
 
-    m, spec = cmd.model, cmd.train
-    train_data = cmd.data.load("train")
-    try:
-        test_data = cmd.data.load("test")
-    except BasinscopeError:
-        test_data = None  # e.g. an .npz with only x/y: report training metrics only
+    m, spec, data = cmd.model, cmd.train, {"train": cmd.data.load("train")}
+    with contextlib.suppress(BasinscopeError):  # e.g. an .npz of x and y only: no test split
+        data["test"] = cmd.data.load("test")
     net = load_model(m.model, m.model_kwargs, m.weights, spec.init_seed)
-    identity = {
-        **model_spec(m.model, m.model_kwargs, m.weights),
-        **cmd.data.to_dict(),
-        "init_seed": spec.init_seed,
-    }
-    stage = train_stage(ctx.out, net, train_data, spec.config(), identity, progress=ctx.progress)
+    ident = {**model_spec(m.model, m.model_kwargs, m.weights), **cmd.data.to_dict()}
+    ident["init_seed"] = spec.init_seed
+    stage = train_stage(ctx.out, net, data["train"], spec.config(), ident, progress=ctx.progress)
     if stage.reused:
         info(f"reusing the finished run in {stage.run_dir}")
-    evals = {"train": train_data} if test_data is None else {"train": train_data, "test": test_data}
-    return dataclasses.replace(
-        stage.record,
-        initial=evaluate_model(net, evals),
-        final=evaluate_model(stage.model, evals),
-        spec=spec,
-    )
+    return stage.record.evaluated(net, stage.model, data, spec)
 
 
-def _summary(run) -> list[str]:
-    return [
-        "trained: " + ", ".join(f"{k} {v:.4f}" for k, v in (run.final or {}).items()),
-        f"weights: {run.weights}",
-        f"trajectory: {run.trajectory}",
-    ]
+EXAMPLES = """
+basinscope train --model basinscope.models:lenet --data digits --steps 500 --out runs/lenet
 
-
-TRAIN = Command("train", TrainCommand, run_train, text=HELP, summary=_summary)
+basinscope train --model basinscope.models:lenet --weights runs/lenet/model.safetensors \\
+    --data digits --rotation 35 --steps 100 --checkpoint-every 10 --out runs/ft35
+"""
+TRAIN = Command("train", TrainCommand, run_train, EXAMPLES, about=TrainSpec, result=TrainRun)
 train_cmd = typer_command(TRAIN)

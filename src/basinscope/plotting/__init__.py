@@ -14,31 +14,45 @@ Conventions (produced by the landscape engine; see the module docstrings for det
 Matplotlib functions follow the ``plot_x(..., ax=None) -> (fig, ax)`` convention and build
 figures from :class:`matplotlib.figure.Figure` directly, so they never touch pyplot or
 the user's backend. Save them with :func:`save_figure`.
+
+Names are imported on first use (matplotlib and plotly with them), so importing a light
+module of the package (:mod:`basinscope.plotting.run`) costs little.
 """
 
-from basinscope.plotting.dispatch import plot, plots
-from basinscope.plotting.interactive import line_figure, surface_figure, surface_html
-from basinscope.plotting.io import save_figure
-from basinscope.plotting.lines import plot_line
-from basinscope.plotting.spectrum import plot_per_module, plot_spectral_density
-from basinscope.plotting.surfaces import plot_contour, plot_side_by_side, plot_surface3d
-from basinscope.plotting.trajectory import Trajectory, draw_trajectory
-from basinscope.plotting.vtp import write_vtp
+from __future__ import annotations
 
-__all__ = [
-    "Trajectory",
-    "draw_trajectory",
-    "line_figure",
-    "plot",
-    "plot_contour",
-    "plot_line",
-    "plot_per_module",
-    "plot_side_by_side",
-    "plot_spectral_density",
-    "plot_surface3d",
-    "plots",
-    "save_figure",
-    "surface_figure",
-    "surface_html",
-    "write_vtp",
-]
+import importlib
+from typing import Any
+
+# public name -> its module
+_API: dict[str, str] = {
+    "Trajectory": "trajectory",
+    "draw_trajectory": "trajectory",
+    "line_figure": "interactive",
+    "plot": "dispatch",
+    "plot_contour": "surfaces",
+    "plot_line": "lines",
+    "plot_per_module": "spectrum",
+    "plot_side_by_side": "surfaces",
+    "plot_spectral_density": "spectrum",
+    "plot_surface3d": "surfaces",
+    "plots": "dispatch",
+    "save_figure": "io",
+    "surface_figure": "interactive",
+    "surface_html": "interactive",
+    "write_vtp": "vtp",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'basinscope.plotting' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"basinscope.plotting.{_API[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

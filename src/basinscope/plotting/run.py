@@ -1,6 +1,7 @@
 """Every figure of a landscape: what ``basinscope interpolate``/``surface`` draw and
 ``basinscope plot RUN_DIR`` redraws from a landscape run's stored result.
 
+:func:`render_run` draws the figures of any run folder from its stored result.
 1D landscapes get the line plot (loss and accuracy on twin axes, train and test) and an
 interactive HTML version; 2D landscapes get, per variable, the kinds asked for: contour,
 filled contour, heatmap, 3D surface (PNG/PDF), interactive plotly surface (HTML) and a
@@ -14,13 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from basinscope.errors import BasinscopeError
-from basinscope.plotting.interactive import line_figure, surface_html
-from basinscope.plotting.io import save_figure
-from basinscope.plotting.lines import plot_line
-from basinscope.plotting.surfaces import plot_contour, plot_surface3d
-from basinscope.plotting.trajectory import Trajectory
-from basinscope.plotting.vtp import write_vtp
-from basinscope.store.atomic import atomic_path
 
 __all__ = [
     "SURFACE_KINDS",
@@ -36,15 +30,18 @@ __all__ = [
 SURFACE_KINDS = ("contour", "filled", "heatmap", "3d", "html", "vtp")
 
 
-def trajectories_of(land: Any) -> list[Trajectory]:
-    """The trajectories projected onto a landscape's plane (its ``trajectories`` field)."""
+def trajectories_of(land: Any) -> list[Any]:
+    """The trajectories projected onto a landscape's plane (its ``trajectories`` field), as
+    :class:`~basinscope.plotting.Trajectory` objects."""
+    from basinscope.plotting.trajectory import Trajectory
+
     return [
         Trajectory(label=t.label, alpha=t.alpha, beta=t.beta, steps=t.steps, distance=t.distance)
         for t in getattr(land, "trajectories", ())
     ]
 
 
-def load_trajectories(run_dir: str | Path) -> list[Trajectory]:
+def load_trajectories(run_dir: str | Path) -> list[Any]:
     """The trajectories projected onto the plane of the landscape stored in ``run_dir``."""
     from basinscope.store import load
 
@@ -88,6 +85,13 @@ def landscape_figures(
     ``<var>_<kind>.<format>`` (contour, filled, heatmap, 3d), ``<var>_surface.html`` (html)
     and ``<var>.vtp`` (vtp).
     """
+    from basinscope.plotting.interactive import line_figure, surface_html
+    from basinscope.plotting.io import save_figure
+    from basinscope.plotting.lines import plot_line
+    from basinscope.plotting.surfaces import plot_contour, plot_surface3d
+    from basinscope.plotting.vtp import write_vtp
+    from basinscope.store.atomic import atomic_path
+
     ds, out = land.dataset, Path(folder)
     unknown = [k for k in kinds if k not in SURFACE_KINDS]
     if unknown:
@@ -144,6 +148,8 @@ def render_landscape(
     """Every figure of the landscape ``land`` in ``folder``: the result's own figure
     (:func:`basinscope.plotting.plot`, ``landscape.<format>``) and :func:`landscape_figures`
     of every kind; with ``variables`` or ``kinds``, only the figures asked for."""
+    from basinscope.plotting.io import save_figure
+
     written: list[Path] = []
     if not variables and not kinds:
         from basinscope.plotting.dispatch import plot
@@ -163,15 +169,24 @@ def render_run(
     log: bool = False,
     formats: Sequence[str] = ("png", "pdf"),
 ) -> list[Path]:
-    """:func:`render_landscape` of the landscape stored in ``run_dir``, into
-    ``run_dir/figures``."""
+    """Draw the figures of a finished run from its stored result.
+
+    Any run: its result's figure (basinscope.plotting.plot) as figures/<kind>. Landscapes
+    (`basinscope interpolate`, `surface`, `hessian --map`) also get, as their commands draw
+    them: 1D, loss and accuracy on twin axes (train solid, test dashed) and an interactive HTML
+    version; 2D, per variable, contour, filled contour, heatmap, 3D surface, an interactive
+    plotly surface (.html) and a ParaView .vtp file, with projected trajectories drawn. --var
+    and --kind (`variables`, `kinds`) draw only the landscape figures asked for. Files go to
+    RUN_DIR/figures; their paths are returned.
+    """
+    from basinscope.plotting.dispatch import plot
+    from basinscope.plotting.io import save_figure
     from basinscope.store import load, paths
 
-    return render_landscape(
-        load(run_dir),
-        Path(run_dir) / paths.FIGURES,
-        variables=variables,
-        kinds=kinds,
-        log=log,
-        formats=formats,
-    )
+    result, figures = load(run_dir), Path(run_dir) / paths.FIGURES
+    if result.kind == "landscape":
+        return render_landscape(
+            result, figures, variables=variables, kinds=kinds, log=log, formats=formats
+        )
+    fig, _ = plot(result)
+    return save_figure(fig, figures / result.kind, formats)

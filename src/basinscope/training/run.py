@@ -10,6 +10,7 @@ A train run folder is a run folder like any other (``manifest.json``, ``result.j
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +42,17 @@ def _steps_list(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class TrainSpec(Spec):
-    """The settings of ``basinscope train``: the model's initialization seed and the
-    :class:`~basinscope.training.TrainConfig` of :func:`~basinscope.training.train`
-    (:meth:`config`), whose checks these settings pass on construction.
+    """Train a model deterministically and save its weights and trajectory.
 
-    The checkpoints are steps 0 and ``steps``, every ``checkpoint_every`` steps, and the
-    ``checkpoint_steps`` given.
+    The run folder gets model.safetensors (final weights, for --weights), trajectory.safetensors
+    (the checkpoints, for `basinscope surface --pca` and --trajectory), result.json (the loss
+    history and the final metrics), manifest.json and figures/train (the training loss). The
+    --weights given are the start instead of a fresh initialization. The same command with the
+    same --out reuses a finished run.
+
+    These settings are the model's initialization seed (--init-seed) and the TrainConfig of
+    training.train() (config()), whose checks they pass on construction. The checkpoints are
+    steps 0 and --steps, every --checkpoint-every steps, and the --checkpoint-steps given.
     """
 
     steps: int = option(500, "Number of gradient steps.")
@@ -151,6 +157,28 @@ class TrainRun(Result, kind="train"):
                 f"{c.optimizer} with a {c.schedule} learning-rate schedule, {c.steps} steps of "
                 f"minibatches of {c.batch_size}",
             )
+
+    def summary(self) -> list[str]:
+        """The final metrics and the run's two files (what ``basinscope train`` prints)."""
+        return [
+            "trained: " + ", ".join(f"{k} {v:.4f}" for k, v in (self.final or {}).items()),
+            f"weights: {self.weights}",
+            f"trajectory: {self.trajectory}",
+        ]
+
+    def evaluated(
+        self, initial: Any, final: Any, data: Mapping[str, Any], spec: TrainSpec | None = None
+    ) -> TrainRun:
+        """This record with ``initial`` and ``final``: the metrics (loss, accuracy) of the
+        first and the last model on each split of ``data`` (``{split: data}``), and ``spec``."""
+        from basinscope.engine import evaluate_model
+
+        return dataclasses.replace(
+            self,
+            initial=evaluate_model(initial, data),
+            final=evaluate_model(final, data),
+            spec=self.spec if spec is None else spec,
+        )
 
     @classmethod
     def of(cls, result: Any, run_dir: str | Path | None = None, **fields: Any) -> TrainRun:
