@@ -9,7 +9,7 @@ from basinscope.analyses.hessian import HessianReport, HessianSpec, hessian_anal
 from basinscope.analyses.hessian_map import hessian_map
 from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_measures
 from basinscope.analyses.sharpness_spec import SharpnessSpec
-from basinscope.cli.generate import Command, Context, _figures_of, typer_command
+from basinscope.cli.generate import Command, Context, default_figures, typer_command
 from basinscope.curvature.loss import first_examples
 from basinscope.inputs import DataOptions, ModelOptions, fingerprints
 from basinscope.spec import Spec, group, option
@@ -53,7 +53,7 @@ def _figures(result, cmd: HessianCommand, out):
 
     if cmd.curvature_map:  # every landscape figure, as for a surface
         return render_landscape(result, out / paths.FIGURES)
-    return _figures_of(result, cmd, out)
+    return default_figures(result, cmd, out)
 
 
 HESSIAN_EX = """

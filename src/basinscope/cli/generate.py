@@ -36,7 +36,7 @@ import typer
 from basinscope.errors import BasinscopeError
 from basinscope.spec import Spec, _optional, named_by_flags, spec_hash
 
-__all__ = ["Command", "Context", "run_command", "typer_command"]
+__all__ = ["Command", "Context", "default_figures", "run_command", "typer_command"]
 
 
 @dataclass(frozen=True)
@@ -141,7 +141,7 @@ def run_command(
                 _clear(out)
             raise
     save(result, out, extra={"command": {"name": cmd.name, **spec.to_dict()}, "warnings": notes})
-    figures = (cmd.figures or _figures)(result, spec, out) if plot else []
+    figures = (cmd.figures or default_figures)(result, spec, out) if plot else []
     if json_out:
         emit_json(result.to_dict())
         return result
@@ -182,7 +182,7 @@ def _warnings_as_notes(notes: list[str], say: Callable[[str], None]) -> Iterator
                     say(f"warning: {msg}")
 
 
-def _figures(result: Any, spec: Spec, out: Path) -> list[Path]:
+def default_figures(result: Any, spec: Spec, out: Path) -> list[Path]:
     """The default figures: ``plot(result)`` as ``figures/<kind>.png|pdf``."""
     from basinscope.plotting import plot
     from basinscope.plotting.io import save_figure

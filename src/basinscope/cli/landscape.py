@@ -15,7 +15,6 @@ from basinscope.cli.generate import Command, Context, typer_command
 from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
 from basinscope.spec import Spec, group, option
 
-_summary = Landscape.summary  # the lines of `hessian --map` (cli/curvature.py) until it converts
 LOG = "Log-scale losses in the figures."
 
 
