@@ -9,7 +9,7 @@ from basinscope.analyses.hessian import HessianReport, HessianSpec, hessian_anal
 from basinscope.analyses.hessian_map import hessian_map
 from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_measures
 from basinscope.analyses.sharpness_spec import SharpnessSpec
-from basinscope.cli.generate import Command, Context, default_figures, typer_command
+from basinscope.cli.generate import Command, Context, typer_command
 from basinscope.curvature.loss import first_examples
 from basinscope.inputs import DataOptions, ModelOptions, fingerprints
 from basinscope.spec import Spec, group, option
@@ -47,15 +47,6 @@ def run_hessian(cmd: HessianCommand, ctx: Context):
     return replace(report, spec=spec)  # with the split it was measured on
 
 
-def _figures(result, cmd: HessianCommand, out):
-    from basinscope.plotting.run import render_landscape
-    from basinscope.store import paths
-
-    if cmd.curvature_map:  # every landscape figure, as for a surface
-        return render_landscape(result, out / paths.FIGURES)
-    return default_figures(result, cmd, out)
-
-
 HESSIAN_EX = """
 basinscope hessian --model mlp --weights runs/mlp/model.safetensors --top 3 --bottom 1
 
@@ -63,9 +54,7 @@ basinscope hessian --weights lenet.safetensors --density --per-layer --out runs/
 
 basinscope hessian --model mlp --weights w.safetensors --map --xrange -1:1:11 --yrange -1:1:11
 """
-HESSIAN = Command(
-    "hessian", HessianCommand, run_hessian, HESSIAN_EX, HessianSpec, HessianReport, None, _figures
-)
+HESSIAN = Command("hessian", HessianCommand, run_hessian, HESSIAN_EX, HessianSpec, HessianReport)
 hessian_cmd = typer_command(HESSIAN)
 
 

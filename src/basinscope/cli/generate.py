@@ -1,20 +1,11 @@
-"""Commands generated from specs: one :class:`Command` per analysis, and one
-:func:`run_command` that does everything commands share.
+"""Commands generated from specs: a :class:`Command` per analysis, one :func:`run_command`.
 
-A command is its name, its spec class (option groups and the analysis's spec, nested
-dataclasses of :mod:`basinscope.spec`), a ``run(spec, ctx) -> Result`` function and its
-help text with examples. :func:`typer_command` turns it into a typer callback whose options
-are the spec's fields (flag, type, default and help text from the field), plus the output
-options every command has (``--out``, ``--json``, ``--progress``, ``--plot``, ``--wait``).
-:func:`run_command` then
-
-1. names the run folder (``--out``, default ``basinscope-runs/<command>-<spec digest>``) and
-   locks it for the command's duration;
-2. calls ``run`` with a :class:`Context` (``ctx.open(fingerprints)`` checks the folder's
-   identity before long work; ``ctx.say`` prints progress), collecting warnings;
-3. saves the result (:func:`basinscope.store.save`) and its figure
-   (:func:`basinscope.plotting.plot`);
-4. prints ``Result.to_dict()`` with ``--json``, else the result's summary lines.
+:func:`typer_command` turns a command's spec (option groups and the analysis's spec) into a
+typer callback: each field is an option (flag, type, default and help from the field), plus
+``--out``, ``--json``, ``--progress``, ``--plot`` and ``--wait``. :func:`run_command` names
+and locks the run folder (``basinscope-runs/<command>-<spec digest>`` by default), calls
+``run(spec, ctx)`` collecting warnings, saves the result and its figures, and prints
+``to_dict()`` (``--json``) or ``result.summary()``. See ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -27,7 +18,7 @@ import typing
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +84,6 @@ class Context:
     out: Path
     progress: bool = True
     quiet: bool = False
-    fingerprints: dict[str, Any] = field(default_factory=dict)
-    store: Any = None
 
     def say(self, msg: str) -> None:
         """Progress on stderr (silent with --json or --no-progress)."""
@@ -106,9 +95,7 @@ class Context:
         holds a different run is refused, before any long work); returns the RunStore."""
         from basinscope.store import RunStore
 
-        self.fingerprints = dict(fingerprints)
-        self.store = RunStore.open(self.out, self.command, self.spec.to_dict(), fingerprints)
-        return self.store
+        return RunStore.open(self.out, self.command, self.spec.to_dict(), fingerprints)
 
 
 # -- the shared part of every command -------------------------------------------------------
@@ -183,13 +170,11 @@ def _warnings_as_notes(notes: list[str], say: Callable[[str], None]) -> Iterator
 
 
 def default_figures(result: Any, spec: Spec, out: Path) -> list[Path]:
-    """The default figures: ``plot(result)`` as ``figures/<kind>.png|pdf``."""
-    from basinscope.plotting import plot
-    from basinscope.plotting.io import save_figure
+    """Every figure of the result in ``figures/`` (:func:`basinscope.plotting.run.render_result`)."""
+    from basinscope.plotting.run import render_result
     from basinscope.store import paths
 
-    fig, _ = plot(result)
-    return save_figure(fig, out / paths.FIGURES / result.kind)
+    return render_result(result, out / paths.FIGURES)
 
 
 # -- typer callbacks from specs ------------------------------------------------------------

@@ -23,6 +23,7 @@ __all__ = [
     "line_groups",
     "load_trajectories",
     "render_landscape",
+    "render_result",
     "render_run",
     "trajectories_of",
 ]
@@ -179,14 +180,35 @@ def render_run(
     and --kind (`variables`, `kinds`) draw only the landscape figures asked for. Files go to
     RUN_DIR/figures; their paths are returned.
     """
-    from basinscope.plotting.dispatch import plot
-    from basinscope.plotting.io import save_figure
     from basinscope.store import load, paths
 
-    result, figures = load(run_dir), Path(run_dir) / paths.FIGURES
+    return render_result(
+        load(run_dir),
+        Path(run_dir) / paths.FIGURES,
+        variables=variables,
+        kinds=kinds,
+        log=log,
+        formats=formats,
+    )
+
+
+def render_result(
+    result: Any,
+    folder: str | Path,
+    *,
+    variables: Sequence[str] | None = None,
+    kinds: Sequence[str] | None = None,
+    log: bool = False,
+    formats: Sequence[str] = ("png", "pdf"),
+) -> list[Path]:
+    """Every figure of ``result`` in ``folder`` (see :func:`render_run`): a landscape's
+    figures (:func:`render_landscape`), else ``plot(result)`` as ``<kind>.<format>``."""
+    from basinscope.plotting.dispatch import plot
+    from basinscope.plotting.io import save_figure
+
     if result.kind == "landscape":
         return render_landscape(
-            result, figures, variables=variables, kinds=kinds, log=log, formats=formats
+            result, folder, variables=variables, kinds=kinds, log=log, formats=formats
         )
     fig, _ = plot(result)
-    return save_figure(fig, figures / result.kind, formats)
+    return save_figure(fig, Path(folder) / result.kind, formats)
