@@ -65,9 +65,9 @@ def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
         assert res["definitions"][term]
 
 
-def test_results_json_holds_every_number_and_each_barrier_names_its_definition(quick):
+def test_result_json_holds_every_number_and_each_barrier_names_its_definition(quick):
     root, cfg, res = quick
-    saved = json.loads((root / f"{NAME}-{_hash(cfg)}" / "results.json").read_text())
+    saved = json.loads((root / f"{NAME}-{_hash(cfg)}" / "result.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(res["summary"]))
     conn = saved["angles"][f"{max(cfg.angles):g}"]["connectivity"]["pre-trained/ft"]
     for b in (conn["copies"], conn["path_tgt_test"], conn["path_src_test"]):
