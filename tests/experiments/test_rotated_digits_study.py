@@ -76,6 +76,33 @@ def test_result_json_holds_every_number_and_each_barrier_names_its_definition(qu
     assert saved["config"]["angles"] == list(cfg.angles)
 
 
+def test_the_run_folder_and_every_stage_folder_load_as_typed_results(quick):
+    """Format 2 everywhere: basinscope.load returns the study's StudyResult and each stage's
+    result (the criticality stage stores the CriticalityResult itself)."""
+    import basinscope
+    from basinscope.experiments.results import StageResult, StudyResult
+
+    root, cfg, res = quick
+    run_dir = root / f"{NAME}-{_hash(cfg)}"
+    study = basinscope.load(run_dir)
+    assert isinstance(study, StudyResult) and study.study == NAME
+    assert study.results["summary"] == json.loads(json.dumps(res["summary"]))
+    assert study.to_dict() == json.loads((run_dir / "result.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "study" and manifest["status"] == "complete"
+    assert manifest["spec"] == {"study": NAME, "config": json.loads(json.dumps(res["config"]))}
+    kinds = {}
+    for r in res["stages"]:
+        folder = root / r["path"]
+        assert folder.parent == root / "stages" and (folder / "manifest.json").is_file()
+        assert not (folder / "settings.json").exists()
+        kinds[r["stage"].split("-")[0]] = basinscope.load(folder)
+    assert isinstance(kinds["connectivity"], StageResult)
+    assert kinds["connectivity"].value == res["angles"]["60"]["connectivity"]
+    assert kinds["criticality"].kind == "criticality"
+    assert kinds["pretrain"].kind == "train" and kinds["surface"].kind == "landscape"
+
+
 def test_the_report_is_self_contained_and_has_every_figure(quick):
     root, cfg, _ = quick
     run_dir = root / f"{NAME}-{_hash(cfg)}"
