@@ -43,6 +43,13 @@ def test_a_stage_folder_holds_a_manifest_and_its_result(tmp_path):
     assert cached_stage(tmp_path, "numbers", {"n": 3}, _never) == (value, folder)
 
 
+def test_basinscope_report_builds_a_page_for_a_stage_folder(tmp_path, cli):
+    _, folder = cached_stage(tmp_path, "numbers", {"n": 3}, lambda d: {"x": 1.5})
+    res = cli("report", folder)
+    assert res.code == 0, res.err
+    assert "numbers" in (folder / paths.REPORT).read_text()
+
+
 def test_a_stage_that_computes_an_analysis_result_stores_the_result_itself(tmp_path):
     from basinscope.analyses.distance import parameter_distance
     from basinscope.models import build_model
