@@ -53,8 +53,8 @@ import basinscope
 from basinscope._checks import finite_float
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.results import StudyResult
-from basinscope.experiments.stages import StageLog, write_json
-from basinscope.store import lock_folder, paths, waiting
+from basinscope.experiments.stages import StageLog
+from basinscope.store import atomic_write_json, lock_folder, paths, waiting
 
 __all__ = [
     "ABOUT",
@@ -73,6 +73,7 @@ __all__ = [
     "register",
     "reproducible_part",
     "run_study",
+    "study_spec",
 ]
 
 ABOUT = """Run a registered study: every stage is stored under --out/stages (folders
@@ -434,7 +435,9 @@ def _run_locked(
     name, spec = study.name, study_spec(study.name, cfg)
     manifest = {"format": FORMAT, "kind": "study", "spec": spec, "versions": versions()}
     manifest.update(created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), status="running")
-    write_json(run_dir / paths.MANIFEST, manifest, "study manifest")
+    atomic_write_json(
+        run_dir / paths.MANIFEST, manifest, "study manifest", indent=2, sort_keys=True
+    )
     log = StageLog()
     ctx = StudyContext(run_dir, root / paths.STAGES, log, progress, say)
     t0 = time.perf_counter()
