@@ -46,6 +46,7 @@ _BUILTIN = (
     "basinscope.analyses",
     "basinscope.curvature",
     "basinscope.training",
+    "basinscope.experiments.results",
 )
 
 

@@ -1,7 +1,7 @@
 """`basinscope report` on study folders that were edited, truncated or poisoned (issue 11).
 
 One tiny flatness-vs-batch-size run (a few seconds) is copied for each test; the test
-edits the copy's results.json or study.json and rebuilds the report through the CLI.
+edits the copy's result.json or manifest.json and rebuilds the report through the CLI.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def run_copy(finished_run, request) -> Path:
     return dst
 
 
-def _edit(run: Path, fn, name: str = "results.json") -> Path:
+def _edit(run: Path, fn, name: str = "result.json") -> Path:
     path = run / name
     data = json.loads(path.read_text())
     fn(data)
@@ -81,13 +81,13 @@ def test_results_with_a_value_of_the_wrong_type(cli, run_copy):
     _edit(run_copy, lambda r: r.update(solutions=[1, 2]))
     assert_one_line(
         cli("report", run_copy),
-        r"results\.json' does not have the structure the flatness-vs-batch-size report needs "
+        r"result\.json' does not have the structure the flatness-vs-batch-size report needs "
         r"\(TypeError: list indices must be integers",
     )
 
 
 def test_truncated_results(cli, run_copy):
-    path = run_copy / "results.json"
+    path = run_copy / "result.json"
     path.write_text(path.read_text()[:100])
     assert_one_line(
         cli("report", run_copy),
@@ -97,23 +97,23 @@ def test_truncated_results(cli, run_copy):
 
 
 def test_results_that_are_not_an_object(cli, run_copy):
-    (run_copy / "results.json").write_text("[1, 2, 3]")
+    (run_copy / "result.json").write_text("[1, 2, 3]")
     assert_one_line(
         cli("report", run_copy),
-        r"results\.json' holds list \[1, 2, 3\], not the JSON object a study writes",
+        r"result\.json' holds list \[1, 2, 3\], not the JSON object a study writes",
     )
 
 
-def test_study_json_without_a_study(cli, run_copy):
-    _edit(run_copy, lambda s: s.pop("study"), "study.json")
+def test_a_manifest_without_a_study(cli, run_copy):
+    _edit(run_copy, lambda m: m["spec"].pop("study"), "manifest.json")
     assert_one_line(
         cli("report", run_copy),
-        r"study\.json' does not name its study \(expected a JSON object with a 'study' name",
+        r"manifest\.json' does not name its study \(expected a 'spec' object with a 'study' name",
     )
 
 
 def test_injected_markup_appears_only_escaped(cli, run_copy):
-    """Settings, stage names and model descriptions from results.json reach the page as
+    """Settings, stage names and model descriptions from result.json reach the page as
     text. (The plotly figures' own labels are checked in tests/report/test_escaping.py.)"""
 
     def poison(r):
@@ -152,11 +152,11 @@ def test_a_report_that_fails_on_results_as_written_shows_the_bug(cli, run_copy, 
     assert "a bug in the report builder" in res.err and "internal error in basinscope" in res.err
 
 
-def test_the_same_failure_on_an_edited_results_json_is_the_users(cli, run_copy, monkeypatch):
+def test_the_same_failure_on_an_edited_result_json_is_the_users(cli, run_copy, monkeypatch):
     _broken_report(monkeypatch)
     _edit(run_copy, lambda r: r.update(note="edited by hand"))
     assert_one_line(
         cli("report", run_copy),
-        r"results\.json' does not have the structure the flatness-vs-batch-size report needs "
+        r"result\.json' does not have the structure the flatness-vs-batch-size report needs "
         r"\(ValueError: a bug in the report builder\): the file was edited",
     )

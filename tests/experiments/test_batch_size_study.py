@@ -45,7 +45,7 @@ def runs(tmp_path_factory):
 
 def test_results_hold_every_number_with_its_definition(runs):
     _, cfg, first, _ = runs
-    saved = json.loads((Path(first["run_dir"]) / "results.json").read_text())
+    saved = json.loads((Path(first["run_dir"]) / "result.json").read_text())
     assert saved["study"] == NAME and saved["config"]["steps"] == cfg.steps
     defs = saved["definitions"]
     for key in ("small", "large"):

@@ -65,15 +65,42 @@ def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
         assert res["definitions"][term]
 
 
-def test_results_json_holds_every_number_and_each_barrier_names_its_definition(quick):
+def test_result_json_holds_every_number_and_each_barrier_names_its_definition(quick):
     root, cfg, res = quick
-    saved = json.loads((root / f"{NAME}-{_hash(cfg)}" / "results.json").read_text())
+    saved = json.loads((root / f"{NAME}-{_hash(cfg)}" / "result.json").read_text())
     assert saved["summary"] == json.loads(json.dumps(res["summary"]))
     conn = saved["angles"][f"{max(cfg.angles):g}"]["connectivity"]["pre-trained/ft"]
     for b in (conn["copies"], conn["path_tgt_test"], conn["path_src_test"]):
         assert b["definition"] == cfg.barrier_definition and b["metric"] == cfg.barrier_metric
         assert b["alphas"][0] == 0.0 and b["alphas"][-1] == 1.0
     assert saved["config"]["angles"] == list(cfg.angles)
+
+
+def test_the_run_folder_and_every_stage_folder_load_as_typed_results(quick):
+    """Format 2 everywhere: basinscope.load returns the study's StudyResult and each stage's
+    result (the criticality stage stores the CriticalityResult itself)."""
+    import basinscope
+    from basinscope.experiments.results import StageResult, StudyResult
+
+    root, cfg, res = quick
+    run_dir = root / f"{NAME}-{_hash(cfg)}"
+    study = basinscope.load(run_dir)
+    assert isinstance(study, StudyResult) and study.study == NAME
+    assert study.results["summary"] == json.loads(json.dumps(res["summary"]))
+    assert study.to_dict() == json.loads((run_dir / "result.json").read_text())
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["kind"] == "study" and manifest["status"] == "complete"
+    assert manifest["spec"] == {"study": NAME, "config": json.loads(json.dumps(res["config"]))}
+    kinds = {}
+    for r in res["stages"]:
+        folder = root / r["path"]
+        assert folder.parent == root / "stages" and (folder / "manifest.json").is_file()
+        assert not (folder / "settings.json").exists()
+        kinds[r["stage"].split("-")[0]] = basinscope.load(folder)
+    assert isinstance(kinds["connectivity"], StageResult)
+    assert kinds["connectivity"].value == res["angles"]["60"]["connectivity"]
+    assert kinds["criticality"].kind == "criticality"
+    assert kinds["pretrain"].kind == "train" and kinds["surface"].kind == "landscape"
 
 
 def test_the_report_is_self_contained_and_has_every_figure(quick):

@@ -51,7 +51,7 @@ def _numbers(row):
 
 def test_results_hold_every_number_with_its_definition(quick_run):
     _, cfg, _, run_dir = quick_run
-    saved = json.loads((run_dir / "results.json").read_text())
+    saved = json.loads((run_dir / "result.json").read_text())
     rows, defs = saved["models"], saved["definitions"]
     assert {(r["depth"], r["skip"]) for r in rows} == {
         (d, s) for d in cfg.depths for s in (True, False)
@@ -148,7 +148,7 @@ def test_a_new_surface_grid_recomputes_only_the_surfaces(quick_run):
     for old, new in zip(first["models"], out["models"]):
         assert new["test_accuracy"] == old["test_accuracy"]
         assert new["map_ratio_mean"] == old["map_ratio_mean"]
-    saved = json.loads((Path(out["run_dir"]) / "results.json").read_text())
+    saved = json.loads((Path(out["run_dir"]) / "result.json").read_text())
     assert saved["config"]["grid"] == 5
 
 

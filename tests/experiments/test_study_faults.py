@@ -1,7 +1,7 @@
 """A study gives the same numbers on every run, and after SIGKILL at any moment.
 
 Two fresh runs of a tiny rotated-digits configuration in two roots agree on every value of
-results.json except the volatile fields (timings, reuse flags, absolute paths:
+result.json except the volatile fields (timings, reuse flags, absolute paths:
 ``registry.VOLATILE_FIELDS``), because every choice that would be made by timing is pinned
 in the configuration (``eval_strategy``, ``hvp_method``). A run killed at ten random
 moments and run again each time ends with the same numbers.
@@ -42,7 +42,7 @@ def study_cmd(out) -> list[str]:
 
 def results(root) -> dict:
     (run_dir,) = [p for p in root.iterdir() if p.name.startswith("rotated-digits-")]
-    return json.loads((run_dir / "results.json").read_text())
+    return json.loads((run_dir / "result.json").read_text())
 
 
 @pytest.fixture(scope="module")

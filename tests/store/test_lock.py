@@ -109,7 +109,7 @@ def test_a_study_run_folder_is_locked(tmp_path, holder):
     proc = holder(run_dir)
     with pytest.raises(FolderBusyError, match=rf"study run folder .* PID {proc.pid}"):
         run_study("rotated-digits", tmp_path, cfg, say=lambda m: None)
-    assert not (run_dir / "study.json").exists()
+    assert not (run_dir / "manifest.json").exists()
     assert not (tmp_path / "stages").exists()  # refused before any stage ran
 
 

@@ -1,195 +1,107 @@
-"""``basinscope study``, ``basinscope demo`` and ``basinscope report``: registered studies,
-run end to end on built-in data, and their reports."""
+"""``basinscope study``, ``demo`` and ``report``: registered studies, run end to end on built-in
+data, and their reports. What they do is documented in :mod:`basinscope.experiments.registry`
+(``ABOUT``, each study's ``about``, ``build_report``); here are their options and examples."""
 
 from __future__ import annotations
 
+import inspect
+from inspect import Parameter as P
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from basinscope.cli.common import WAIT_OPT, emit_json, info
+from basinscope.experiments import registry
+from basinscope.experiments.results import StudyResult
+from basinscope.store import paths
 from basinscope.store.atomic import check_writable_folder
 
-STUDY_HELP = """Run a registered study: every stage is stored under --out/stages (folders
-named by a hash of their settings) and reused when a study runs again, so an
-interrupted study resumes and a changed setting recomputes only what depends on
-it. The run folder --out/<study>-<hash of the configuration> gets report.html
-(self-contained, works offline), figures/ (PNG and PDF) and results.json (every
-number in the report).
-
-Settings: the study's defaults, then --quick's reductions (then --smoke's: every
-stage and figure in seconds, numbers too small to mean anything), then --config
-FILE.toml (keys at the top level or in a [<study>] table), then each --set
-key=value (TOML values: 3, 0.1, true, "ft", [0, 15, 35]). `basinscope study
---list` shows the studies; `basinscope study NAME --show-config` their settings.
-
-Examples:
-
-  basinscope study --list
-
-  basinscope study rotated-digits
-
-  basinscope study rotated-digits --quick --set angles=[0,90] --set grid=11
-
-  basinscope study flatness-vs-batch-size --config my-settings.toml
-
-  basinscope study skip-connections --show-config
-"""
-
-DEMO_HELP = """The main job: `basinscope study rotated-digits` with its defaults. Pre-trains a
-LeNet on upright digits, fine-tunes it on digits rotated by 0-90 degrees with
-FT, LP, LP-FT and (landscape-guided) surgical fine-tuning from the pre-trained
-start and from a random start, and writes an HTML report: adaptation vs.
-forgetting, 2D landscapes with the fine-tuning trajectories, the extrapolated
-path pre-trained -> fine-tuned, barriers, distances and CKA, module criticality,
-and the curvature of each solution, with a summary table.
-
-Runs on a 2-core CPU in a few minutes (--quick: under one). Every stage is stored
-under --out and reused when the demo runs again.
-
-Examples:
-
-  basinscope demo
-
-  basinscope demo --quick
-
-  basinscope demo --set angles=[0,45,90] --out runs/demo
-"""
-
-REPORT_HELP = """Write report.html for a finished run folder from its stored results; nothing is
-recomputed. A study's run folder gets the study's report (from results.json and the stage
-folders); the folder of any other command gets a page with the result's definition, every
-number, its figure, the settings and the inputs' fingerprints.
-
-Examples:
-
-  basinscope report basinscope-runs/rotated-digits-1a2b3c4d5e
-
-  basinscope report runs/barrier
-"""
-
-OUT = typer.Option(
-    Path("basinscope-runs"),
-    "--out",
-    help="Output root: stages/ (shared, reused) and one run folder per configuration.",
-)
-SETS = typer.Option(
-    None,
-    "--set",
-    help="Override a setting, key=value (TOML value syntax); repeatable.",
-)
-CONFIG = typer.Option(None, "--config", help="A TOML file of settings.")
-QUICK = typer.Option(False, "--quick", help="The reduced version (about a minute).")
-SMOKE = typer.Option(
-    False,
-    "--smoke",
-    help="The smoke version: every stage and figure in seconds, with numbers too small to "
-    "mean anything (pipeline checks and tests).",
-)
-JSON = typer.Option(False, "--json", help="Print the results as one JSON object on stdout.")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
+HELP = {  # each option's help, by flag (arguments by name)
+    "NAME": "The study (see --list).",
+    "--list": "List the registered studies and exit.",
+    "--show-config": "Print the resulting settings and exit (nothing runs).",
+    "RUN_DIR": "A run folder written by any basinscope command, study or demo.",
+    "--out": "Output root: stages/ (shared, reused) and one run folder per configuration.",
+    "--set": "Override a setting, key=value (TOML value syntax); repeatable.",
+    "--config": "A TOML file of settings.",
+    "--quick": "The reduced version (about a minute).",
+    "--smoke": "The smoke version: every stage and figure in seconds, with numbers too small to mean anything (pipeline checks and tests).",
+    "--json": "Print the results as one JSON object on stdout.",
+    "--progress/--no-progress": "Show progress bars on stderr.",
+}
+# (parameter, type, default, flag): the options of study and demo (RUN), study's own, report's
+RUN = [("out", Path, Path(paths.DEFAULT_ROOT), "--out"), ("sets", list[str], None, "--set")]
+RUN += [("config", Path, None, "--config"), ("quick", bool, False, "--quick")]
+RUN += [("smoke", bool, False, "--smoke"), ("json_out", bool, False, "--json")]
+RUN += [("progress", bool, True, "--progress/--no-progress")]
+STUDY = [("name", str, None, "NAME"), ("list_", bool, False, "--list")]
+STUDY += [("show_config", bool, False, "--show-config"), *RUN]
+REPORT = [("run_dir", Path, ..., "RUN_DIR"), ("json_out", bool, False, "--json")]
 
 
-def _run(name, out, sets, config, quick, smoke, json_out, progress, show_config=False, wait=False):
-    from basinscope.experiments.registry import config_dict, make_config, run_study
+def _command(fn: Any, params: list[tuple[str, Any, Any, str]], about: str) -> None:
+    """Make ``fn(**kwargs)`` a typer command: its ``params`` and --wait; --help is ``about``
+    and then ``fn``'s docstring, which lists the examples (one command line each)."""
 
-    cfg = make_config(name, quick=quick, smoke=smoke, toml=config, sets=list(sets or []))
+    def option(d: Any, flag: str) -> Any:  # flags in capitals name arguments
+        if flag.isupper():
+            return typer.Argument(d, help=HELP[flag])
+        return typer.Option(d, flag, help=HELP[flag])
+
+    sig = [P(n, P.KEYWORD_ONLY, default=option(d, f), annotation=t) for n, t, d, f in params]
+    sig.append(P("wait", P.KEYWORD_ONLY, default=WAIT_OPT, annotation=bool))
+    fn.__signature__ = inspect.Signature(sig)
+    fn.__annotations__ = {p.name: p.annotation for p in sig}
+    examples = "\n\n".join(f"  basinscope {e.strip()}" for e in fn.__doc__.strip().splitlines())
+    fn.__doc__ = f"{inspect.cleandoc(about)}\n\nExamples:\n\n{examples}\n"
+
+
+def _run(name, out, sets, config, quick, smoke, json_out, progress, wait, show_config=False):
+    cfg = registry.make_config(name, quick=quick, smoke=smoke, toml=config, sets=list(sets or []))
+    settings = registry.config_dict(cfg)
+    if show_config and json_out:
+        return emit_json(settings)
     if show_config:
-        emit_json(config_dict(cfg)) if json_out else _print_config(cfg)
-        return
+        return typer.echo("\n".join(f"{k} = {v!r}" for k, v in settings.items()))
     check_writable_folder(out)
-    results = run_study(
-        name,
-        out,
-        cfg,
-        progress=progress and not json_out,
-        say=lambda m: info(m, json_out),
-        wait=wait,
-    )
-    if json_out:
-        emit_json(results)
-        return
-    reused = sum(r["reused"] for r in results["stages"])
-    info(
-        f"\n{len(results['stages'])} stages ({reused} reused) in {results['seconds']} s"
-        f"\nreport: {results['report']}\nall numbers: {Path(results['run_dir']) / 'results.json'}"
-    )
+    say, progress = (lambda m: info(m, json_out)), progress and not json_out
+    res = registry.run_study(name, out, cfg, progress=progress, say=say, wait=wait)
+    emit_json(res) if json_out else info("\n" + "\n".join(StudyResult(res).summary()))
 
 
-def _print_config(cfg) -> None:
-    from basinscope.experiments.registry import config_dict
-
-    for k, v in config_dict(cfg).items():
-        typer.echo(f"{k} = {v!r}")
-
-
-def study_cmd(
-    name: str = typer.Argument(None, help="The study (see --list)."),
-    list_: bool = typer.Option(False, "--list", help="List the registered studies and exit."),
-    show_config: bool = typer.Option(
-        False, "--show-config", help="Print the resulting settings and exit (nothing runs)."
-    ),
-    out: Path = OUT,
-    sets: list[str] = SETS,
-    config: Path = CONFIG,
-    quick: bool = QUICK,
-    smoke: bool = SMOKE,
-    json_out: bool = JSON,
-    progress: bool = PROGRESS,
-    wait: bool = WAIT_OPT,
-) -> None:
-    from basinscope.errors import BasinscopeError
-    from basinscope.experiments.registry import list_studies
-
-    if list_:
-        studies = list_studies()
-        if json_out:
-            emit_json([{"name": s.name, "summary": s.summary} for s in studies])
-            return
-        for s in studies:
-            typer.echo(f"{s.name:<24} {s.summary}")
-        return
-    if name is None:
-        names = ", ".join(s.name for s in list_studies())
-        raise BasinscopeError(
-            f"which study? Give its name (registered: {names}), e.g. `basinscope study rotated-digits`"
-        )
-    _run(name, out, sets, config, quick, smoke, json_out, progress, show_config, wait)
+def study_cmd(name, list_, show_config, **run) -> None:
+    """study --list
+    study rotated-digits
+    study rotated-digits --quick --set angles=[0,90] --set grid=11
+    study flatness-vs-batch-size --config my-settings.toml
+    study skip-connections --show-config"""
+    studies = registry.list_studies()
+    if list_ and run["json_out"]:
+        emit_json([{"name": s.name, "summary": s.summary} for s in studies])
+    elif list_:
+        typer.echo("\n".join(f"{s.name:<24} {s.summary}" for s in studies))
+    else:  # no name: make_config says which studies there are
+        _run(name, **run, show_config=show_config)
 
 
-def demo_cmd(
-    out: Path = OUT,
-    sets: list[str] = SETS,
-    config: Path = CONFIG,
-    quick: bool = QUICK,
-    smoke: bool = SMOKE,
-    json_out: bool = JSON,
-    progress: bool = PROGRESS,
-    wait: bool = WAIT_OPT,
-) -> None:
-    _run("rotated-digits", out, sets, config, quick, smoke, json_out, progress, wait=wait)
+def demo_cmd(**run) -> None:
+    """demo
+    demo --quick
+    demo --set angles=[0,45,90] --out runs/demo"""
+    _run(registry.DEMO, **run)
 
 
-def report_cmd(
-    run_dir: Path = typer.Argument(
-        ..., help="A run folder written by any basinscope command, study or demo."
-    ),
-    json_out: bool = JSON,
-    wait: bool = WAIT_OPT,
-) -> None:
-    from basinscope.experiments.registry import rebuild_report
-    from basinscope.report.run import run_report
-
-    if (Path(run_dir) / "study.json").is_file():
-        path = rebuild_report(run_dir, wait=wait)
-    else:
-        path = run_report(run_dir)
-    if json_out:
-        emit_json({"report": str(path)})
-    else:
-        info(f"report: {path}")
+def report_cmd(run_dir: Path, json_out: bool, wait: bool) -> None:
+    """report basinscope-runs/rotated-digits-1a2b3c4d5e
+    report runs/barrier"""
+    path = registry.build_report(run_dir, wait=wait)
+    emit_json({"report": str(path)}) if json_out else info(f"report: {path}")
 
 
-study_cmd.__doc__ = STUDY_HELP
-demo_cmd.__doc__ = DEMO_HELP
-report_cmd.__doc__ = REPORT_HELP
+_command(study_cmd, STUDY, registry.ABOUT)
+demo = registry.get_study(registry.DEMO)
+_command(
+    demo_cmd, RUN, f"The main job: `basinscope study {demo.name}` with its defaults. {demo.about}"
+)
+_command(report_cmd, REPORT, inspect.getdoc(registry.build_report))

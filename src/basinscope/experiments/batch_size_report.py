@@ -16,7 +16,7 @@ import numpy as np
 
 import basinscope
 from basinscope.report import Report
-from basinscope.store import load
+from basinscope.store import load, paths
 from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["definitions", "write_report"]
@@ -97,8 +97,8 @@ def definitions(cfg: Any, n_hess: int, bn: str) -> dict[str, str]:
 
 
 def _stage(run_dir: Path, name: str) -> Path:
-    """A stage folder: ``<root>/stages/<name>`` next to the run folder."""
-    return Path(run_dir).parent / "stages" / name
+    """A stage folder: ``<root>/stages/<name>`` (:data:`~basinscope.store.paths.STAGES`) next to the run folder."""
+    return Path(run_dir).parent / paths.STAGES / name
 
 
 def _landscape(run_dir: Path, name: str):
@@ -212,7 +212,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     from basinscope.plotting import line_figure, plot_line, plot_side_by_side, surface_figure
 
     run_dir = Path(run_dir)
-    figs = run_dir / "figures"
+    figs = run_dir / paths.FIGURES
     figs.mkdir(exist_ok=True)
     cfg, setup, sol = results["config"], results["setup"], results["solutions"]
     bs = {k: sol[k]["batch_size"] for k in ("small", "large")}
@@ -240,7 +240,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     rep.table(
         _table(results),
         "Numbers per solution (± is the 95% CI half-width of the trace and the standard error of the "
-        "filter-normalized sharpness). results.json holds every number with its settings.",
+        "filter-normalized sharpness). result.json holds every number with its settings.",
     )
 
     hist = {
@@ -344,4 +344,4 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         ],
         "Stages of this run.",
     )
-    return atomic_write_text(run_dir / "report.html", rep.render(), "report")
+    return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")

@@ -8,11 +8,18 @@ key=value`` and by a TOML file, never by editing code::
     cfg = make_config("rotated-digits", quick=True, sets=["angles=[0, 60]"])
     result = run_study("rotated-digits", "basinscope-runs", cfg)
 
-Layout under the output root (open_lth style)::
+Layout under the output root (open_lth style; every folder is a run folder of format 2,
+:mod:`basinscope.store.results`, with names from :mod:`basinscope.store.paths`)::
 
-    <root>/stages/<stage>-<hash of its settings>/    shared by every run of every study
-    <root>/<study>-<hash of the configuration>/       study.json, results.json, report.html,
-                                                       figures/ (PNG and PDF)
+    <root>/stages/<stage>-<hash of its settings>/    shared by every run of every study:
+                                                       manifest.json, result.json, ...
+    <root>/<study>-<hash of the configuration>/       manifest.json (kind "study"),
+                                                       result.json (a StudyResult),
+                                                       report.html, figures/ (PNG and PDF)
+
+``basinscope.load(folder)`` returns a stage's result and a study's
+:class:`~basinscope.experiments.results.StudyResult`. Folders of the layouts before format 2
+(``study.json``, ``settings.json``) are refused with the version and the fix.
 
 A stage's settings include the folder names of the stages it depends on, so running a
 study again reuses every finished stage, an interrupted study resumes, and a changed
@@ -22,7 +29,7 @@ with a message naming the holder, or waits with ``wait=True`` (``--wait``).
 
 Studies pin every choice that would otherwise be made by timing (the engine's vmap/loop
 strategy, the Hessian-vector-product method) in their configuration and record it in the
-stage results, so two runs of a study give the same numbers: everything in results.json
+stage results, so two runs of a study give the same numbers: everything in result.json
 except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`).
 """
 
@@ -45,13 +52,17 @@ import tomllib
 import basinscope
 from basinscope._checks import finite_float
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.stages import StageLog, write_json
-from basinscope.store import lock_folder, waiting
+from basinscope.experiments.results import StudyResult
+from basinscope.experiments.stages import StageLog
+from basinscope.store import atomic_write_json, lock_folder, paths, waiting
 
 __all__ = [
+    "ABOUT",
+    "DEMO",
     "STUDIES",
     "Study",
     "StudyContext",
+    "build_report",
     "check_config",
     "config_hash",
     "get_study",
@@ -62,14 +73,29 @@ __all__ = [
     "register",
     "reproducible_part",
     "run_study",
+    "study_spec",
 ]
+
+ABOUT = """Run a registered study: every stage is stored under --out/stages (folders
+named by a hash of their settings) and reused when a study runs again, so an
+interrupted study resumes and a changed setting recomputes only what depends on
+it. The run folder --out/<study>-<hash of the configuration> gets report.html
+(self-contained, works offline), figures/ (PNG and PDF), result.json (every
+number in the report) and manifest.json (the settings and versions).
+
+Settings: the study's defaults, then --quick's reductions (then --smoke's: every
+stage and figure in seconds, numbers too small to mean anything), then --config
+FILE.toml (keys at the top level or in a [<study>] table), then each --set
+key=value (TOML values: 3, 0.1, true, "ft", [0, 15, 35]). `basinscope study
+--list` shows the studies; `basinscope study NAME --show-config` their settings."""
+DEMO = "rotated-digits"  # the study `basinscope demo` runs
 
 
 @dataclass(frozen=True)
 class StudyContext:
     """What a study's ``run`` gets besides its configuration."""
 
-    run_dir: Path  # the run folder: results.json, report.html, figures/
+    run_dir: Path  # the run folder: manifest.json, result.json, report.html, figures/
     stages_root: Path  # shared stage folders
     log: StageLog
     progress: bool = False
@@ -83,6 +109,8 @@ class Study:
     ``run(cfg, ctx) -> results`` computes (reusing finished stages) and returns a
     JSON-ready dict; ``report(run_dir, results) -> Path`` writes ``report.html`` and the
     figures from that dict and the stage folders it names, without recomputing anything.
+    ``summary`` is one line (``basinscope study --list``); ``about`` a paragraph of what it
+    computes (the help of ``basinscope demo`` for the demo's study).
     """
 
     name: str
@@ -94,6 +122,7 @@ class Study:
     # overrides of the smoke version (--smoke), applied after ``quick``: seconds, every stage
     # and figure of the study, numbers too small to mean anything (tests and pipeline checks)
     smoke: dict[str, Any] = dataclasses.field(default_factory=dict)
+    about: str = ""
 
 
 STUDIES: dict[str, Study] = {}
@@ -122,8 +151,14 @@ def list_studies() -> list[Study]:
     return [STUDIES[k] for k in sorted(STUDIES)]
 
 
-def get_study(name: str) -> Study:
+def get_study(name: str | None) -> Study:
+    """The registered study ``name``; no name or an unknown one is refused with the names."""
     _load_builtin()
+    if name is None:
+        raise BasinscopeError(
+            f"which study? Give its name (registered: {', '.join(sorted(STUDIES))}), e.g. "
+            "`basinscope study rotated-digits`"
+        )
     if name not in STUDIES:
         near = difflib.get_close_matches(name, list(STUDIES), n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
@@ -340,9 +375,14 @@ def config_dict(cfg: Any) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
+def study_spec(name: str, cfg: Any) -> dict[str, Any]:
+    """A study run's identity, its manifest's ``spec``: the study's name and settings."""
+    return {"study": name, "config": config_dict(cfg)}
+
+
 def config_hash(name: str, cfg: Any) -> str:
-    text = json.dumps({"study": name, "config": config_dict(cfg)}, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
+    """The digest in the name of the study's run folder, ``<study>-<digest>``."""
+    return paths.digest(study_spec(name, cfg))
 
 
 # -- running and reporting -----------------------------------------------------------------
@@ -360,13 +400,16 @@ def run_study(
 ) -> dict[str, Any]:
     """Run study ``name`` with ``cfg`` (default: its defaults) under ``root``.
 
-    Returns the results (also in ``<run folder>/results.json``) with ``run_dir``,
-    ``report`` and ``stages`` (each stage's folder, whether it was reused, and seconds).
-    With ``report=False`` no report or figures are drawn (``report`` is then ``None``);
+    Returns the results (also stored in the run folder as a
+    :class:`~basinscope.experiments.results.StudyResult`) with ``run_dir``, ``report`` and
+    ``stages`` (each stage's folder, whether it was reused, and seconds). With
+    ``report=False`` no report or figures are drawn (``report`` is then ``None``);
     :func:`rebuild_report` draws them later from the stored results. The run folder and
     each stage being computed are locked; if another process holds one, this raises
     :class:`~basinscope.store.FolderBusyError`, or waits with ``wait``.
     """
+    from basinscope.store.results import old_layout
+
     study = get_study(name)
     cfg = cfg if cfg is not None else study.config()
     check_config(cfg)
@@ -375,7 +418,10 @@ def run_study(
         raise BasinscopeError(
             f"the output root {str(root)!r} is a file, not a folder: pass a folder (--out)"
         )
-    run_dir = root / f"{name}-{config_hash(name, cfg)}"
+    run_dir = root / paths.run_name(name, config_hash(name, cfg))
+    old = old_layout(run_dir)
+    if old is not None:
+        raise old
     with waiting(wait), lock_folder(run_dir, what="study run folder", say=say):
         return _run_locked(study, cfg, root, run_dir, progress, say, report)
 
@@ -383,11 +429,17 @@ def run_study(
 def _run_locked(
     study: Study, cfg: Any, root: Path, run_dir: Path, progress, say, report: bool
 ) -> dict:
-    name = study.name
-    meta = {"study": name, "config": config_dict(cfg), "basinscope": basinscope.__version__}
-    write_json(run_dir / "study.json", meta, "study description")
+    from basinscope.store.results import FORMAT
+    from basinscope.store.run import versions
+
+    name, spec = study.name, study_spec(study.name, cfg)
+    manifest = {"format": FORMAT, "kind": "study", "spec": spec, "versions": versions()}
+    manifest.update(created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), status="running")
+    atomic_write_json(
+        run_dir / paths.MANIFEST, manifest, "study manifest", indent=2, sort_keys=True
+    )
     log = StageLog()
-    ctx = StudyContext(run_dir, root / "stages", log, progress, say)
+    ctx = StudyContext(run_dir, root / paths.STAGES, log, progress, say)
     t0 = time.perf_counter()
     results = study.run(cfg, ctx)
     results = {
@@ -399,33 +451,37 @@ def _run_locked(
         "stages": log.rows(root),
         "run_dir": str(run_dir),
     }
-    _write_results(run_dir, meta, results)
+    _write_results(run_dir, results)
     if not report:
         return {**results, "report": None}
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
-    _write_results(run_dir, meta, results)
+    _write_results(run_dir, results)
     return results
 
 
-def _write_results(run_dir: Path, meta: dict[str, Any], results: dict[str, Any]) -> None:
-    """results.json, and its digest in study.json: :func:`rebuild_report` tells an edited
-    results.json (the user's to fix) from one as written (a report that fails is a bug)."""
-    write_json(run_dir / "results.json", results, "study results")
-    digest = hashlib.sha256((run_dir / "results.json").read_bytes()).hexdigest()
-    write_json(run_dir / "study.json", {**meta, "results_sha256": digest}, "study description")
+def _write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    """result.json (a StudyResult), and its digest in the manifest: :func:`rebuild_report`
+    tells an edited result.json (the user's to fix) from one as written (a report that
+    fails is a bug)."""
+    from basinscope.store import save
+
+    result = StudyResult(results)
+    # the bytes store.save writes (json.dumps(to_dict(), indent=1)); checked on reading
+    text = json.dumps(result.to_dict(), indent=1)
+    save(result, run_dir, extra={"results_sha256": hashlib.sha256(text.encode()).hexdigest()})
 
 
 def _results_as_written(run_dir: Path) -> bool:
     try:
-        meta = json.loads((run_dir / "study.json").read_text())
-        digest = hashlib.sha256((run_dir / "results.json").read_bytes()).hexdigest()
+        meta = json.loads((run_dir / paths.MANIFEST).read_text())
+        digest = hashlib.sha256((run_dir / paths.RESULT).read_bytes()).hexdigest()
     except (OSError, ValueError):
         return False
     return isinstance(meta, dict) and meta.get("results_sha256") == digest
 
 
-# Fields of results.json that depend on the machine, the moment or the folder rather than on
+# Fields of result.json that depend on the machine, the moment or the folder rather than on
 # the computation: timings (and the timed trials of strategies), whether a stage was reused
 # from an earlier run, and absolute paths. Everything else is reproducible.
 VOLATILE_FIELDS = ("seconds", "chunk_seconds", "points_per_second", "trial", "reused")
@@ -455,24 +511,28 @@ def _read_json(path: Path, run_dir: Path) -> Any:
 
 def load_run(run_dir: str | Path) -> tuple[Study, dict[str, Any]]:
     """The study and the stored results of a finished run folder."""
+    from basinscope.store import load_manifest
+
     run_dir = Path(run_dir)
-    meta, res = run_dir / "study.json", run_dir / "results.json"
-    if not meta.is_file():
+    manifest = load_manifest(run_dir)  # refuses a missing folder, and old layouts and formats
+    meta, res = run_dir / paths.MANIFEST, run_dir / paths.RESULT
+    if manifest.get("kind") != "study":
         raise BasinscopeError(
-            f"{str(run_dir)!r} is not a study run folder (no study.json); pass a folder "
-            "that `basinscope study` or `basinscope demo` wrote, e.g. basinscope-runs/rotated-digits-<hash>"
+            f"{str(run_dir)!r} is not a study run folder (its {paths.MANIFEST} says kind "
+            f"{manifest.get('kind')!r}); pass a folder that `basinscope study` or `basinscope "
+            "demo` wrote, e.g. basinscope-runs/rotated-digits-<hash>"
+        )
+    spec = manifest.get("spec")
+    if not isinstance(spec, dict) or not isinstance(spec.get("study"), str):
+        raise BasinscopeError(
+            f"{str(meta)!r} does not name its study (expected a 'spec' object with a 'study' "
+            f"name, found {_short_json(spec)}): it was edited. Run the study again to rewrite "
+            "its run folder (finished stages are reused)."
         )
     if not res.is_file():
         raise BasinscopeError(
-            f"{str(run_dir)!r} has no results.json: the study did not finish. Run it again "
+            f"{str(run_dir)!r} has no {paths.RESULT}: the study did not finish. Run it again "
             "(finished stages are reused) to complete it."
-        )
-    info = _read_json(meta, run_dir)
-    if not isinstance(info, dict) or not isinstance(info.get("study"), str):
-        raise BasinscopeError(
-            f"{str(meta)!r} does not name its study (expected a JSON object with a 'study' "
-            f"name, found {_short_json(info)}): it was edited. Run the study again to rewrite "
-            "its run folder (finished stages are reused)."
         )
     results = _read_json(res, run_dir)
     if not isinstance(results, dict):
@@ -480,7 +540,7 @@ def load_run(run_dir: str | Path) -> tuple[Study, dict[str, Any]]:
             f"{str(res)!r} holds {_short_json(results)}, not the JSON object a study writes: it "
             "was edited. Run the study again to rewrite it (finished stages are reused)."
         )
-    return get_study(info["study"]), results
+    return get_study(spec["study"]), StudyResult.from_dict(results).results
 
 
 def _short_json(value: Any) -> str:
@@ -492,12 +552,13 @@ def rebuild_report(run_dir: str | Path, *, wait: bool = False) -> Path:
     """Rewrite ``report.html`` and the figures of a finished run from its stored results
     (under the run folder's lock: see :func:`run_study`).
 
-    A ``results.json`` that was edited or truncated (a missing key, a value of the wrong
+    A ``result.json`` that was edited or truncated (a missing key, a value of the wrong
     type) is reported as a :class:`BasinscopeError` naming the file and the key. One that is
-    as the study wrote it (its digest is in study.json) lets a failure show as the bug it is.
+    as the study wrote it (its digest is in the manifest) lets a failure show as the bug it
+    is.
     """
     study, results = load_run(run_dir)
-    res = Path(run_dir) / "results.json"
+    res = Path(run_dir) / paths.RESULT
     try:
         with lock_folder(run_dir, wait=wait, what="study run folder"):
             return study.report(Path(run_dir), results)
@@ -507,6 +568,19 @@ def rebuild_report(run_dir: str | Path, *, wait: bool = False) -> Path:
         if _results_as_written(Path(run_dir)):
             raise  # the report cannot read what the study wrote: a bug, with its traceback
         raise _edited(e, study.name, res) from e
+
+
+def build_report(run_dir: str | Path, *, wait: bool = False) -> Path:
+    """Write report.html for a finished run folder from its stored results; nothing is
+    recomputed. A study's run folder gets the study's report (from result.json and the
+    stage folders); the folder of any other command gets a page with the result's
+    definition, every number, its figure, the settings and the inputs' fingerprints."""
+    from basinscope.report.run import run_report
+    from basinscope.store import load_manifest
+
+    if load_manifest(run_dir).get("kind") == "study":
+        return rebuild_report(run_dir, wait=wait)
+    return run_report(run_dir)
 
 
 def _edited(e: Exception, study: str, res: Path) -> BasinscopeError:

@@ -1,5 +1,5 @@
 """The rotated-digits study's report: figures (PNG and PDF) and one self-contained HTML file,
-built from ``results.json`` and the stored stage folders only (nothing is recomputed)."""
+built from ``result.json`` and the stored stage folders only (nothing is recomputed)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from basinscope.plotting import line_figure, plot_contour, surface_figure
 from basinscope.plotting._common import new_figure, style_axes
 from basinscope.plotting.run import load_trajectories
 from basinscope.report import Report
+from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["write_report"]
@@ -37,8 +38,8 @@ def _open(stages: Path, name: str):
 
 def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     cfg = results["config"]
-    stages = Path(run_dir).parent / "stages"
-    figs = Path(run_dir) / "figures"
+    stages = Path(run_dir).parent / paths.STAGES
+    figs = Path(run_dir) / paths.FIGURES
     figs.mkdir(exist_ok=True)
     angles = list(results["angles"])
     strategies = list(cfg["strategies"])
@@ -199,7 +200,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "over all examples. Every stage (pre-training, each fine-tuning, each analysis) is stored in its own "
         "folder under stages/, named by a hash of its settings, which include the folders it depends on: "
         "running the study again reuses them, and a changed setting recomputes only what depends on it. "
-        "results.json next to this report holds every number shown; `basinscope report RUN_DIR` rebuilds "
+        "result.json next to this report holds every number shown; `basinscope report RUN_DIR` rebuilds "
         "this page from it."
     )
     rep.table(
@@ -221,7 +222,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         ],
         "Stages of the last run.",
     )
-    return atomic_write_text(Path(run_dir) / "report.html", rep.render(), "report")
+    return atomic_write_text(Path(run_dir) / paths.REPORT, rep.render(), "report")
 
 
 # -- figures ---------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import numpy as np
 
 import basinscope
 from basinscope.report import Report
+from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["write_report"]
@@ -29,10 +30,10 @@ def _stage_paths(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
     return out
 
 
-def _open(paths: dict[str, Path], name: str):
+def _open(folders: dict[str, Path], name: str):
     from basinscope.store import load
 
-    return load(paths[name]).dataset
+    return load(folders[name]).dataset
 
 
 def _fmt(v: Any, spec: str = ".3g") -> str:
@@ -41,7 +42,7 @@ def _fmt(v: Any, spec: str = ".3g") -> str:
 
 def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
-    figs = run_dir / "figures"
+    figs = run_dir / paths.FIGURES
     figs.mkdir(exist_ok=True)
     stages = _stage_paths(run_dir, results)
     cfg, pol, rows = results["config"], results["policies"], results["models"]
@@ -170,7 +171,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "hash of its settings, which include the folders of the stages it depends on), so "
         "running the study again reuses them and a changed setting recomputes only what depends "
         "on it. Surfaces and maps are resumable landscape runs (manifest, journal of finished "
-        "chunks, result.json). results.json next to this report holds every number shown, "
+        "chunks, result.json). result.json next to this report holds every number shown, "
         "with its definition."
     )
     rep.table(
@@ -180,7 +181,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         ],
         "Stages of this run.",
     )
-    return atomic_write_text(run_dir / "report.html", rep.render(), "report")
+    return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")
 
 
 def _surface_grid(surfaces, depths):

@@ -1,16 +1,24 @@
-"""Stages of a study: each stores its results in a folder named by a hash of its settings
+"""Stages of a study: each stores its result in a folder named by a hash of its settings
 (open_lth style), so running a study again reuses finished stages and a changed setting
 recomputes only the stages that depend on it.
+
+Every stage folder is a run folder of format 2 (:mod:`basinscope.store.results`):
+``manifest.json`` (kind ``stage`` and the stage's name, its settings as the spec, versions,
+status), the result stored by :func:`basinscope.store.save` (an analysis result itself, or
+a :class:`~basinscope.experiments.results.StageResult` holding the stage's dict), and the
+files a stage writes beside it (weights, trajectories); ``basinscope.load(stage folder)``
+returns the typed result. A stage's manifest says ``complete`` only after everything else
+is written, so a stage interrupted before that is computed again.
 
 A stage is computed under its folder's lock (:func:`basinscope.store.lock_folder`): a
 second process that needs the same unfinished stage (another study sharing ``stages/``)
 stops with a message naming the holder, or with ``--wait`` waits and then reuses what the
-holder finished. A finished stage is read without a lock. Every file is written atomically."""
+holder finished. A finished stage is read without a lock. Every file is written atomically.
+A stage folder of the layout before format 2 (``settings.json``) is refused with the fix."""
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -36,11 +44,8 @@ __all__ = [
 
 
 def stage_dir(root: str | Path, name: str, settings: dict[str, Any]) -> Path:
-    """``root/name-<hash of settings>``."""
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[
-        :10
-    ]
-    return Path(root) / f"{name}-{digest}"
+    """``root/<name>-<hash of settings>`` (:func:`basinscope.store.paths.run_name`)."""
+    return Path(root) / paths.run_name(name, paths.digest(settings))
 
 
 class StageLog:
@@ -84,34 +89,80 @@ def write_json(path: Path, obj: Any, what: str = "file") -> None:
 STAGE = "stage folder"
 
 
+def _check_layout(d: Path) -> None:
+    """Refuse a stage folder of the layout before run-folder format 2 (before locking it)."""
+    from basinscope.store.results import old_layout
+
+    old = old_layout(d)
+    if old is not None:
+        raise old
+
+
+def _begin(d: Path, name: str, settings: dict[str, Any]) -> None:
+    """Write the manifest of stage folder ``d`` (under its lock, before computing): its
+    identity (kind ``stage``, its name, its settings as the spec), versions, ``running``."""
+    from basinscope.jsonable import jsonable
+    from basinscope.store.results import FORMAT
+    from basinscope.store.run import versions
+
+    manifest = {"format": FORMAT, "kind": "stage", "stage": name, "spec": settings}
+    manifest.update(versions=versions(), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    manifest["status"] = "running"
+    atomic_write_json(
+        d / paths.MANIFEST, jsonable(manifest), "stage manifest", indent=2, sort_keys=True
+    )
+
+
+def _finish(d: Path, name: str, value: Any) -> None:
+    """Store the stage's value (an analysis result itself, or a dict as a
+    :class:`StageResult`); the manifest, written last, then says complete."""
+    from basinscope.experiments.results import StageResult
+    from basinscope.jsonable import jsonable
+    from basinscope.result import Result
+    from basinscope.store import save
+
+    save(value if isinstance(value, Result) else StageResult(name, jsonable(value)), d)
+
+
+def _value(d: Path) -> dict[str, Any]:
+    """The stored value of finished stage ``d`` as a JSON-ready dict (a :class:`StageResult`'s
+    dict, or the analysis result's ``to_dict()``)."""
+    data = json.loads((d / paths.RESULT).read_text())
+    return data["value"] if data.get("kind") == "stage" else data
+
+
 def cached_stage(
     root: str | Path,
     name: str,
     settings: dict[str, Any],
-    compute: Callable[[Path], dict[str, Any]],
+    compute: Callable[[Path], Any],
     *,
     log: StageLog | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Run ``compute(stage folder) -> JSON-ready dict`` once per ``settings``.
+    """Run ``compute(stage folder)`` once per ``settings``; returns its value as a
+    JSON-ready dict and the folder.
 
-    The folder is ``stage_dir(root, name, settings)``; the result is written to
-    ``result.json`` (atomically, last), so a stage interrupted before that is computed
-    again and a finished one is loaded. ``settings`` must name everything the result
-    depends on (including the folders of upstream stages).
+    ``compute`` returns a JSON-ready dict (stored as a
+    :class:`~basinscope.experiments.results.StageResult`) or an analysis
+    :class:`~basinscope.result.Result` (stored as itself; the value is its ``to_dict()``).
+    The folder is ``stage_dir(root, name, settings)``; the manifest says complete only
+    after the result is written, so a stage interrupted before that is computed again and
+    a finished one is loaded. ``settings`` must name everything the result depends on
+    (including the folders of upstream stages).
     """
     d = stage_dir(root, name, settings)
-    f = d / "result.json"
     seconds = None
-    if not f.is_file():
+    if not _complete(d):
+        _check_layout(d)
         with lock_folder(d, what=STAGE):
-            if not f.is_file():  # else another process finished it while we waited
-                write_json(d / "settings.json", {"stage": name, "settings": settings}, "settings")
+            if not _complete(d):  # else another process finished it while we waited
+                _begin(d, name, settings)
                 t0 = time.perf_counter()
-                write_json(f, compute(d), "stage result")
+                _finish(d, name, compute(d))
                 seconds = time.perf_counter() - t0
     if log is not None:
         log.record(d, seconds is None, seconds or 0.0)
-    return json.loads(f.read_text()), d
+    return _value(d), d
 
 
 def landscape_stage(
@@ -167,30 +218,32 @@ def model_stage(
 ) -> ModelStage:
     """Like :func:`cached_stage` for a computation that yields ``(model, checkpoints,
     info)``: the weights go to ``model.safetensors`` (loaded into a copy of ``template``),
-    the checkpoints to ``trajectory.safetensors``, ``info`` to ``result.json`` (last)."""
+    the checkpoints to ``trajectory.safetensors``, ``info`` to the stage's
+    :class:`~basinscope.experiments.results.StageResult` (last)."""
     from basinscope.models import load_weights, save_weights
     from basinscope.training import load_trajectory, trajectory_to_safetensors
 
     d = stage_dir(root, name, settings)
-    f, weights, traj = d / "result.json", d / paths.WEIGHTS, d / paths.TRAJECTORY
-    if not (f.is_file() and weights.is_file()):
+    weights, traj = d / paths.WEIGHTS, d / paths.TRAJECTORY
+    if not (_complete(d) and weights.is_file()):
+        _check_layout(d)
         with lock_folder(d, what=STAGE):
-            if not (f.is_file() and weights.is_file()):  # else finished while we waited
-                write_json(d / "settings.json", {"stage": name, "settings": settings}, "settings")
+            if not (_complete(d) and weights.is_file()):  # else finished while we waited
+                _begin(d, name, settings)
                 t0 = time.perf_counter()
                 model, ckpts, info = compute()
                 save_weights(model, weights)
                 if ckpts:
                     trajectory_to_safetensors(ckpts, traj)
-                write_json(f, info, "stage result")  # last: the stage counts as finished
+                _finish(d, name, info)  # last: the stage counts as finished
                 if log is not None:
                     log.record(d, False, time.perf_counter() - t0)
-                return ModelStage(model, ckpts, json.loads(f.read_text()), d, False)
+                return ModelStage(model, ckpts, _value(d), d, False)
     model = load_weights(copy.deepcopy(template), weights)
     ckpts = load_trajectory(traj) if traj.is_file() else {}
     if log is not None:
         log.record(d, True, 0.0)
-    return ModelStage(model, ckpts, json.loads(f.read_text()), d, True)
+    return ModelStage(model, ckpts, _value(d), d, True)
 
 
 @dataclass(frozen=True)

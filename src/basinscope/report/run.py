@@ -34,7 +34,9 @@ def _scalar(v: Any) -> bool:
 def run_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` for the result stored there; returns its path."""
     import basinscope
+    from basinscope.errors import BasinscopeError
     from basinscope.plotting import plot
+    from basinscope.plotting.dispatch import PLOTTERS
     from basinscope.store import load, load_manifest, paths
 
     run_dir = Path(run_dir)
@@ -54,12 +56,18 @@ def run_report(run_dir: str | Path) -> Path:
     rep.heading("Result")
     rows = [{"quantity": k, "value": v} for k, v in d.items() if _scalar(v) and k != "schema"]
     rep.table(rows, f"Every number of the {result.kind} result (the full result: result.json)")
-    fig, _ = plot(result)
-    rep.figure(
-        fig,
-        f"{result.kind} ({definition or 'see result.json'})",
-        save_as=run_dir / paths.FIGURES / result.kind,
-    )
+    try:
+        fig, _ = plot(result)
+    except BasinscopeError:
+        if result.kind in PLOTTERS:
+            raise
+        fig = None  # a kind without a figure (a study stage's dict): the numbers say it all
+    if fig is not None:
+        rep.figure(
+            fig,
+            f"{result.kind} ({definition or 'see result.json'})",
+            save_as=run_dir / paths.FIGURES / result.kind,
+        )
     rep.heading("Settings")
     command = manifest.get("command") or {"spec": manifest.get("spec")}
     rep.table(

@@ -16,12 +16,17 @@ __all__ = [
     "MANIFEST",
     "MAX_COMPONENT_BYTES",
     "MODELS",
+    "OLD_STAGE",
+    "OLD_STUDY",
     "REPORT",
     "RESULT",
+    "STAGES",
     "TENSORS",
     "TRAJECTORY",
     "WEIGHTS",
     "default_run_dir",
+    "digest",
+    "run_name",
     "safe_component",
 ]
 
@@ -39,12 +44,34 @@ DEFAULT_ROOT = "basinscope-runs"  # where commands write when --out is not given
 # weights a command writes beside its result, for other tools to read
 MODELS = "models"  # several models a command produced, <name>.safetensors (ensemble members, fine-tuned models)
 CURVE = "curve.safetensors"  # a trained curve (basinscope.analyses.load_curve)
+# a study's output root (--out): the shared stage folders beside the studies' run folders
+STAGES = "stages"  # <root>/stages/<stage>-<digest of its settings>/
+# files of the layouts before run-folder format 2, only to recognise (and refuse) old folders
+OLD_STUDY = "study.json"  # a study run folder (with results.json) of basinscope 0.1 / early 0.2
+OLD_STAGE = "settings.json"  # a study's stage folder (with result.json, no manifest.json)
+
+
+def digest(obj: object, n: int = 10) -> str:
+    """The first ``n`` hex digits of the sha256 of ``obj`` as canonical JSON (sorted keys):
+    the ``<digest>`` of a folder name (:func:`run_name`)."""
+    import hashlib
+    import json
+
+    text = json.dumps(obj, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def run_name(name: str, digest: str) -> str:
+    """``<name>-<digest>``: the one way every run folder is named (a command's default
+    folder, a study's run folder, each stage of a study), so that running the same thing
+    again finds its folder."""
+    return f"{safe_component(name, 'run name')}-{digest}"
 
 
 def default_run_dir(command: str, spec_digest: str) -> str:
     """``basinscope-runs/<command>-<digest of the spec>``: every command and study stage
     names its folder this one way (a rerun of the same command finds its folder)."""
-    return f"{DEFAULT_ROOT}/{safe_component(command, 'command')}-{spec_digest}"
+    return f"{DEFAULT_ROOT}/{run_name(command, spec_digest)}"
 
 
 MAX_COMPONENT_BYTES = 200  # well under the 255 bytes of common file systems, room for suffixes

@@ -12,8 +12,10 @@ Layout (the names come from :mod:`basinscope.store.paths`)::
 
 ``save(result, run_dir)`` writes a finished result (completing a folder that a resumable
 computation opened, or a new one); ``load(run_dir)`` returns the same typed object.
-A folder written by basinscope 0.1 (format 1: ``results.zarr`` / ``results.json``) is
-refused with the version that wrote it and the fix.
+A folder written by basinscope 0.1 (format 1: ``results.zarr`` / ``results.json``), and a
+study run folder or stage folder of the layouts before format 2 (``study.json``,
+``settings.json``), is refused with the version that wrote it and the fix
+(:func:`old_layout`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_bytes, atomic_write_json
 from basinscope.store.run import FORMAT, _canonical, versions
 
-__all__ = ["FORMAT", "load", "load_manifest", "save"]
+__all__ = ["FORMAT", "load", "load_manifest", "old_layout", "save"]
 
 
 def save(
@@ -101,6 +103,9 @@ def load_manifest(run_dir: str | Path) -> dict[str, Any]:
             "command, study or demo"
         )
     if not mpath.is_file():
+        old = old_layout(run_dir)
+        if old is not None:
+            raise old
         raise BasinscopeError(
             f"{str(run_dir)!r} is not a basinscope run folder: it has no {paths.MANIFEST}. "
             "Pass the run folder (--out) of a basinscope command, study or demo"
@@ -167,6 +172,39 @@ def _old_format(run_dir: Path, manifest: Mapping[str, Any]) -> BasinscopeError:
         f"basinscope {basinscope.__version__} reads format {FORMAT}. Run the command again "
         f"into a new --out folder (or read this one with basinscope {wrote})"
     )
+
+
+def old_layout(folder: str | Path) -> BasinscopeError | None:
+    """The error for a study run folder or stage folder of the layouts before run-folder
+    format 2 (a study's ``study.json`` and ``results.json``; a stage's ``settings.json`` and
+    ``result.json``, without ``manifest.json``), naming the version and the fix; ``None``
+    for any other folder."""
+    import basinscope
+
+    folder = Path(folder)
+    if (folder / paths.MANIFEST).is_file():
+        return None
+    now = f"basinscope {basinscope.__version__} reads run-folder format {FORMAT}"
+    if (folder / paths.OLD_STUDY).is_file():
+        try:
+            wrote = json.loads((folder / paths.OLD_STUDY).read_text()).get("basinscope")
+        except (OSError, ValueError, AttributeError):
+            wrote = None
+        return BasinscopeError(
+            f"{str(folder)!r} is a study run folder written by basinscope {wrote or '0.1'} in "
+            f"the layout before run-folder format {FORMAT} ({paths.OLD_STUDY}, results.json); "
+            f"{now}. Run the study again with a new --out folder (or delete this folder and "
+            f"the {paths.STAGES}/ folder beside it, whose stages are old too)"
+        )
+    if (folder / paths.OLD_STAGE).is_file():
+        return BasinscopeError(
+            f"{str(folder)!r} is a study's stage folder written by basinscope 0.1 or an early "
+            f"0.2 in the layout before run-folder format {FORMAT} ({paths.OLD_STAGE}, "
+            f"{paths.RESULT}, no {paths.MANIFEST}); {now}. Run the study again with a new "
+            f"--out folder (or delete the {paths.STAGES}/ folder that holds this stage: "
+            "its stages are computed again)"
+        )
+    return None
 
 
 def _flatten_tensors(value: Any) -> dict[str, Any]:
