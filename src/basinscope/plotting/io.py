@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import warnings
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from matplotlib.figure import Figure
@@ -10,12 +12,22 @@ from matplotlib.figure import Figure
 from basinscope.errors import BasinscopeError
 from basinscope.store.atomic import atomic_path
 
-__all__ = ["RASTER_DPI", "save_figure"]
+__all__ = ["RASTER_DPI", "save_figure", "timing_independent"]
 
 #: Resolution of raster outputs (png, jpg, ...), in dots per inch.
 RASTER_DPI = 200
 
 _VECTOR_FORMATS = frozenset({"pdf", "svg", "svgz", "eps", "ps", "pgf"})
+
+
+@contextlib.contextmanager
+def timing_independent() -> Iterator[None]:
+    """Drawing without matplotlib's warning that placing a legend with ``loc="best"`` took
+    over a second: it depends on the machine's load, not on the figure (under load it turned
+    the same figure into a warning, and in tests, where warnings are errors, into a failure)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r'Creating legend with loc="best" can be slow')
+        yield
 
 
 def save_figure(
@@ -68,7 +80,7 @@ def save_figure(
             kwargs["metadata"] = {"Creator": "basinscope", "CreationDate": None}
         if fmt not in _VECTOR_FORMATS:
             kwargs["dpi"] = dpi
-        with atomic_path(path, "figure") as tmp:
+        with atomic_path(path, "figure") as tmp, timing_independent():
             fig.savefig(tmp, **kwargs)
         written.append(path)
     return written

@@ -58,8 +58,11 @@ class Report:
             png = save_figure(fig, save_as, formats)[0]
             raw = png.read_bytes()
         else:
+            from basinscope.plotting.io import timing_independent
+
             buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
+            with timing_independent():
+                fig.savefig(buf, format="png", dpi=130, bbox_inches="tight")
             raw = buf.getvalue()
         data = base64.b64encode(raw).decode("ascii")
         self._n += 1
