@@ -36,8 +36,8 @@ class CurveCommand(Spec):
 
 
 def run_curve(cmd: CurveCommand, ctx: Context):
-    m, data = cmd.models, cmd.data.load("train")
-    (a, b), evals = m.load(2, "a curve"), {s: cmd.data.load(s) for s in cmd.splits}
+    m, (a, b), data = cmd.models, cmd.models.load(2, "a curve"), cmd.data.load("train")
+    evals = {s: data if s == "train" else cmd.data.load(s) for s in cmd.splits}
     ctx.open(fingerprints([a, b], {"train": data, **evals}))
     return curve(
         a,
