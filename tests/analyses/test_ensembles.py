@@ -181,3 +181,23 @@ def test_ensemble_runs_a_spec_as_the_method_does(trained, splits, tmp_path):
         EnsembleSpec(method="independent", n=2, budget=1)
     with pytest.raises(BasinscopeError, match=r"start must be an update in \[0, steps\]"):
         EnsembleSpec(method="swa", steps=4, start=5)
+
+
+def test_a_start_the_method_cannot_use_is_refused_and_members_are_saved(trained, splits, tmp_path):
+    """fge/swa continue a trained model, independent builds its members; the summary
+    lines and the members written by save_members."""
+    (model, _), _ = trained
+    with pytest.raises(BasinscopeError, match="method fge starts from a trained model"):
+        ensemble(lambda seed: mlp(hidden=(16,)), splits[0], method="fge")
+    with pytest.raises(BasinscopeError, match="method independent trains every member from"):
+        ensemble(model, splits[0], method="independent")
+    spec = EnsembleSpec(method="swa", steps=4, start=2, batch_size=32, num_points=3)
+    res = ensemble(model, splits[0], spec=spec, eval_data=splits[1], split="test")
+    saved = res.save_members(tmp_path / "models")
+    assert [f.rsplit("/", 1)[1] for f in saved.member_files] == [
+        "sgd_final.safetensors",
+        "swa.safetensors",
+    ]
+    lines = saved.summary()
+    assert lines[0].startswith("swa: SWA model accuracy") and "(budget 4 updates)" in lines[0]
+    assert lines[1].startswith("  members: sgd_final ") and len(lines) == 4

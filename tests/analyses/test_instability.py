@@ -237,3 +237,29 @@ def test_spec_results_and_run_folders(init, splits, tmp_path):
         InstabilitySpec(ks=(0, 20), total_steps=12)
     with pytest.raises(BasinscopeError, match="child_seeds has 1 seeds for children 2"):
         InstabilitySpec(child_seeds=(4,))
+
+
+def test_instability_analysis_is_the_sweep_or_the_transfer_comparison(init, splits):
+    """What the command runs: the sweep of a spec, or with pre-trained weights the transfer
+    variant (which refuses ks); summaries give one line per k or the two barriers."""
+    from basinscope.analyses.instability import InstabilityTraining, instability_analysis
+    from basinscope.result import fmt
+
+    spec = InstabilitySpec(ks=(0, 2), total_steps=4, num_points=3)
+    training = InstabilityTraining(batch_size=32, lr=0.1)
+    sweep = instability_analysis(init, splits[0], spec=spec, config=training)
+    ref = instability_sweep(init, splits[0], config=training.config(4), spec=spec)
+    assert sweep.values == ref.values and sweep.spec == ref.spec and sweep.config == ref.config
+    assert [r.child_values for r in sweep.results] == [r.child_values for r in ref.results]
+    assert len(sweep.summary()) == 2
+    assert sweep.summary()[1].startswith("k=2      mean barrier of the error: ")
+    pretrained = train(init, splits[1], replace(CFG, steps=5)).model
+    with pytest.raises(BasinscopeError, match="pretrained spawns the children at k=0"):
+        instability_analysis(init, splits[0], spec=spec, config=training, pretrained=pretrained)
+    res = instability_analysis(
+        None, splits[0], spec=spec.replace(ks=None), config=training, pretrained=pretrained
+    )
+    assert res.kind == "transfer_instability" and res.summary() == [
+        f"mean barrier of the error: pre-trained start {fmt(res.pretrained_barrier)}, "
+        f"random init {fmt(res.scratch_barrier)}"
+    ]

@@ -30,6 +30,7 @@ import dataclasses
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -53,6 +54,7 @@ from basinscope.analyses.barrier import (
     barrier_definition_option,
     barrier_from_curve,
 )
+from basinscope.analyses.curves import TwoModels
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import as_splits
 from basinscope.engine import as_batches
@@ -60,11 +62,12 @@ from basinscope.engine.bn import has_batchnorm
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_params
-from basinscope.result import Result, transient
+from basinscope.result import Result, fmt, transient
 from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
 
 __all__ = [
     "ALIGN_METHODS",
+    "AlignModels",
     "AlignSpec",
     "AlignmentResult",
     "BarrierComparison",
@@ -99,7 +102,22 @@ EVAL_METRICS = ("loss", "error", "accuracy")
 
 @dataclass(frozen=True)
 class AlignSpec(Spec):
-    """The settings of :func:`align` (and of ``basinscope align``)."""
+    """Permute the hidden units of model B to align it with model A, and the barrier it removes.
+
+    --method weight: weight matching (Git Re-Basin, Ainsworth et al. 2023, Algorithm 1),
+    coordinate ascent on the inner product of the weights, groups visited in a --seed order,
+    at most --max-iter sweeps. --method activation: activation matching, the assignment that
+    maximizes the correlation of matched units' activations over --num-examples inputs of
+    --split. The permutations are symmetries of the network: the aligned model's outputs are
+    checked against B's (max_output_diff). The barrier (--definition, default the linear one
+    of Entezari et al. 2022) of --metric on --split is measured on the line A -> B and on the
+    line A -> aligned B at --num-points alphas (figures/alignment). The aligned weights are
+    saved as model.safetensors in the run folder and, with --save, at that path too.
+
+    In the result, permutations[g][i] is the unit of B that becomes unit i in group g, and
+    barrier holds the barriers before and after with both curves. In Python, this spec holds
+    the settings of align().
+    """
 
     kind: ClassVar[str] = "alignment"
 
@@ -114,6 +132,24 @@ class AlignSpec(Spec):
     metric: str = option("loss", "loss, error or accuracy.", choices=EVAL_METRICS)
     definition: str = barrier_definition_option("linear")
     eval: EvalOptions = group(EvalOptions)
+
+    def plan(self, labels: Sequence[str] = ("model_a", "model_b")) -> str:
+        """What :func:`align` does with these settings, in one line (a command's progress
+        line); ``labels`` name A and B."""
+        return (
+            f"{self.method} matching of {labels[1]} to {labels[0]}, then the barriers on the "
+            f"lines to B and to aligned B ({self.num_points} points each) ..."
+        )
+
+
+@dataclass(frozen=True)
+class AlignModels(TwoModels):
+    """Model A and model B, whose units are permuted to match A's, given by name."""
+
+    needs: ClassVar[str] = "align needs exactly two models"
+    roles: ClassVar[str] = " (B is permuted to match A)"
+
+    weights: tuple[Path, ...] = option((), "Weights of model A, then of model B (give it twice).")
 
 
 @dataclass(frozen=True)
@@ -161,6 +197,25 @@ class AlignmentResult(Result, kind="alignment"):
     aligned_weights: tuple[str, ...] = ()
     spec: AlignSpec | None = None
     model: nn.Module | None = transient(default=None)
+
+    def summary(self) -> list[str]:
+        """Units moved, the output check, the barriers before and after, the files written."""
+        moved = sum(
+            int(np.sum(np.asarray(p) != np.arange(len(p)))) for p in self.permutations.values()
+        )
+        lines = [
+            f"{self.method}: {moved} units moved in {len(self.permutations)} groups, "
+            f"{self.iterations} iteration(s); outputs unchanged up to {self.max_output_diff:.2e}"
+        ]
+        b = self.barrier
+        if b is not None:
+            lines.append(
+                f"{b.definition} barrier of the {b.metric} on {b.split}: before {fmt(b.before)}, "
+                f"after {fmt(b.after)}"
+            )
+        if self.aligned_weights:
+            lines.append("aligned weights: " + ", ".join(self.aligned_weights))
+        return lines
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -613,7 +668,7 @@ def align(
     metric: str = "loss",
     definition: str = "linear",
     permutation_spec: PermutationSpec | None = None,
-    labels: tuple[str, str] = ("model_a", "model_b"),
+    labels: Sequence[str] = ("model_a", "model_b"),
     bn_policy: str = "stored",
     bn_data: Any = None,
     bn_batches: int = 10,
@@ -622,6 +677,7 @@ def align(
     device: str = "cpu",
     strategy: str = "auto",
     chunk_size: int = 64,
+    save_to: Sequence[str | Path] = (),
 ) -> AlignmentResult:
     """Permute ``model_b`` to match ``model_a`` and measure the barrier it removes.
 
@@ -629,9 +685,10 @@ def align(
     ``seed`` order, spec found and verified on the first 64 inputs of ``split``);
     ``"activation"``: :func:`activation_matching` on ``num_examples`` inputs of ``split``.
     Then :func:`barrier_before_after` on ``split`` at ``num_points`` alphas (``definition``
-    on ``metric``; BatchNorm per ``bn_policy``, statistics re-estimated from ``bn_data``;
-    the other keywords go to the engine). ``data`` is one dataset or a ``{split: data}``
-    mapping.
+    on ``metric``; BatchNorm per ``bn_policy``, statistics re-estimated from ``bn_data``,
+    by default the ``"train"`` split of ``data``; the other keywords go to the engine). ``data`` is one dataset or a ``{split: data}``
+    mapping. The aligned weights are written to every file of ``save_to`` (``.safetensors``
+    or ``.pt``), listed in ``aligned_weights``.
     """
     if method not in ALIGN_METHODS:
         raise BasinscopeError(
@@ -639,6 +696,8 @@ def align(
         )
     _check_definition(definition)
     ds = _select_split(data, split)
+    if bn_data is None and bn_policy == "recompute":
+        bn_data = as_splits(data).get("train")  # the training split re-estimates the statistics
     if method == "weight":
         res = weight_matching(
             model_a,
@@ -668,6 +727,11 @@ def align(
         chunk_size=chunk_size,
     )
     spec = AlignSpec.from_kwargs(locals())
+    if save_to:
+        from basinscope.models import save_weights
+
+        written = tuple(str(save_weights(res.model, p)) for p in save_to)
+        res = dataclasses.replace(res, aligned_weights=written)
     return dataclasses.replace(
         res, barrier=comparison, labels=(str(labels[0]), str(labels[1])), spec=spec
     )

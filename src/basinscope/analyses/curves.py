@@ -28,8 +28,9 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -63,7 +64,8 @@ from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import ParamDict, check_same_keys, get_buffers, get_params, norm
-from basinscope.result import Result, tensors
+from basinscope.inputs import ModelsOptions
+from basinscope.result import Result, fmt, tensors
 from basinscope.spec import BN_POLICIES, STRATEGIES, EvalOptions, Spec, option, takes_spec
 from basinscope.training import TrainConfig, train
 from basinscope.training._data import as_tensors
@@ -74,10 +76,13 @@ __all__ = [
     "CURVE_KINDS",
     "T_SAMPLINGS",
     "Curve",
+    "CurveEndpoints",
     "CurveEvalSpec",
     "CurveEvaluation",
     "CurveResult",
     "CurveSpec",
+    "TwoModels",
+    "curve",
     "evaluate_curve",
     "init_curve",
     "load_curve",
@@ -102,7 +107,22 @@ def _eval_help(name: str) -> str:
 # -- settings ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CurveSpec(Spec):
-    """The settings of :func:`train_curve` (and the training of ``basinscope curve``)."""
+    """Train a low-loss curve between two models (Garipov et al. 2018) and compare it with the line.
+
+    A Bezier curve of --order (quadratic by default: one control point) or a polychain with
+    --bends bends joins the two --weights; its interior points are trained for --steps
+    minibatch updates on E_{t~U(0,1)} L(phi(t)) (one t per minibatch) with the endpoints fixed.
+    The curve is saved as curve.safetensors in the run folder (basinscope.analyses.load_curve
+    reads it), then loss and error are evaluated at --points values of t on the curve and on
+    the straight line (BatchNorm statistics re-estimated at every t by default for models with
+    BatchNorm) and plotted (figures/curve) with the curve's length relative to the line's.
+    The result's metrics are the evaluation: curve and line (the metrics over t, as xarray
+    datasets), their maxima max_curve and max_line, length, distance and length_ratio. The
+    curve's points are in the run folder's tensors/ too (basinscope.load(RUN).curve).
+
+    In Python, this spec holds the settings of train_curve(), a CurveEvalSpec those of
+    evaluate_curve(), and curve() runs both as the command does.
+    """
 
     # the curve's kind (a field here; the spec's ClassVar `kind` is not used by curves)
     kind: str = option("bezier", "bezier or polychain.", choices=CURVE_KINDS)  # type: ignore[assignment]
@@ -179,6 +199,34 @@ class CurveEvalSpec(Spec):
         EvalOptions(device=self.device)  # the device is available (EvalOptions' check)
 
 
+@dataclass(frozen=True)
+class TwoModels(ModelsOptions):
+    """Two models of one architecture, given by name: ``weights`` exactly twice (checked on
+    construction; the message says what the two are for, :attr:`needs` and :attr:`roles`)."""
+
+    needs: ClassVar[str] = "this analysis takes exactly two models"
+    roles: ClassVar[str] = ""
+
+    def check(self) -> None:
+        n, flag = len(self.weights), self.name_of("weights")
+        if n != 2:
+            raise BasinscopeError(
+                f"{self.needs}, got {n} {flag}: pass {flag} A.safetensors {flag} "
+                f"B.safetensors{self.roles}"
+            )
+
+
+@dataclass(frozen=True)
+class CurveEndpoints(TwoModels):
+    """The two models a curve joins, given by name."""
+
+    needs: ClassVar[str] = "a curve joins exactly two models"
+
+    weights: tuple[Path, ...] = option(
+        (), "Weights of an endpoint; give it twice (theta_A, theta_B)."
+    )
+
+
 # -- results -------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CurveEvaluation(Result, kind="curve_evaluation"):
@@ -232,6 +280,22 @@ class CurveResult(Result, kind="curve"):
         """The trained :class:`Curve`."""
         pts = list(self.points)
         return Curve(self.curve_kind, (pts[0], pts[-1]), tuple(pts[1:-1]))
+
+    def summary(self) -> list[str]:
+        """The curve's length against the line's and the maxima over t of both (with
+        :attr:`metrics`)."""
+        ev = self.metrics
+        if ev is None:
+            return super().summary()
+        lines = [
+            f"{self.curve_kind} curve: length {fmt(ev.length)} = {fmt(ev.length_ratio)} x the "
+            f"line's {fmt(ev.distance)}; saved to {self.curve_file}"
+        ]
+        for var in ev.max_curve:
+            lines.append(
+                f"  max {var}: curve {fmt(ev.max_curve[var])}, line {fmt(ev.max_line.get(var))}"
+            )
+        return lines
 
 
 # -- training ---------------------------------------------------------------------------
@@ -617,3 +681,47 @@ def evaluate_curve(
         + (", next to the straight line at alpha = t" if include_line else ""),
         spec=spec,
     )
+
+
+def curve(
+    model_a: nn.Module,
+    model_b: nn.Module,
+    data: Any,
+    eval_data: Any,
+    *,
+    spec: CurveSpec | None = None,
+    evaluation: CurveEvalSpec | None = None,
+    labels: Sequence[str] = ("model_a", "model_b"),
+    curve_file: str | Path | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    progress: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> CurveResult:
+    """Train a curve between two models and evaluate it next to the line (what
+    ``basinscope curve`` runs).
+
+    :func:`train_curve` on ``data`` with ``spec`` (default :class:`CurveSpec`), then
+    :func:`evaluate_curve` of the trained curve on ``eval_data`` (one dataset or a
+    ``{split: data}`` mapping) with ``evaluation`` (default :class:`CurveEvalSpec`),
+    BatchNorm statistics re-estimated from ``data``; the evaluation is the result's
+    ``metrics``. With ``curve_file`` the trained curve is first written there
+    (:func:`save_curve`, with ``metadata``). ``labels`` name the two models; ``say`` is
+    told each step before it runs.
+    """
+    labels = (str(labels[0]), str(labels[1]))
+    spec = CurveSpec() if spec is None else spec
+    evaluation = CurveEvalSpec() if evaluation is None else evaluation
+    tell = say if say is not None else (lambda msg: None)
+    degree = f"order {spec.order}" if spec.kind == "bezier" else f"{spec.bends} bends"
+    tell(
+        f"training a {spec.kind} curve ({degree}) between {labels[0]} and {labels[1]}: "
+        f"{spec.steps} updates"
+    )
+    trained = train_curve(model_a, model_b, data, spec=spec, labels=labels, progress=progress)
+    if curve_file is not None:
+        curve_file = str(save_curve(curve_file, trained.curve, metadata=metadata))
+    tell(f"evaluating {evaluation.points} points on the curve and on the line ...")
+    ev = evaluate_curve(
+        model_a, trained.curve, eval_data, spec=evaluation, bn_data=data, progress=progress
+    )
+    return replace(trained, metrics=ev, curve_file=curve_file)

@@ -27,6 +27,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -39,8 +40,9 @@ from basinscope.analyses.barrier import BARRIER_METRICS, barrier_definition_opti
 from basinscope.analyses.instability import bn_policy_option, pair_barrier
 from basinscope.engine import as_batches, has_batchnorm
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import ModelOptions, parse_json_kwargs
 from basinscope.jsonable import jsonable
-from basinscope.result import Result, transient
+from basinscope.result import Result, fmt, transient
 from basinscope.spec import Spec, option, takes_spec
 from basinscope.training import TrainConfig, train
 from basinscope.training.callbacks import FGE, SWA
@@ -50,6 +52,7 @@ __all__ = [
     "ENSEMBLE_METHODS",
     "EnsembleResult",
     "EnsembleSpec",
+    "EnsembleStart",
     "ensemble",
     "ensemble_metrics",
     "fge",
@@ -70,9 +73,25 @@ METHOD_DEFINITIONS = {
 
 @dataclass(frozen=True)
 class EnsembleSpec(Spec):
-    """The settings of :func:`ensemble` (and of ``basinscope ensemble``): the method's own
-    (fge: ``cycles``..., swa: ``steps``, ``start``..., independent: ``n``, ``steps`` or
-    ``budget``), the training's and the barriers'."""
+    """Ensembles from one run (FGE, SWA) or independent ensembles, with their budget.
+
+    --method fge (fast geometric ensembling, Garipov et al. 2018): from the trained model
+    (--weights), --cycles cycles of --cycle-steps updates with a cyclic learning rate between
+    --lr-max and --lr-min; one snapshot per cycle at the lowest rate; the ensemble averages
+    the snapshots' softmax. --method swa (stochastic weight averaging, Izmailov et al. 2018):
+    from the trained model, --steps updates at the constant rate --lr, the weights averaged
+    after update --swa-start every --swa-every updates (BatchNorm statistics re-estimated).
+    --method independent: --members models from fresh initializations (seeds 0, 1, ...),
+    --steps updates each, or --budget updates in all (the baseline at the same budget).
+    The budget counts gradient steps, plus --pretrain-steps for the trained starting model.
+    Accuracy, diversity (mean pairwise disagreement) and the barriers between consecutive
+    members are measured on --split; figures/ensemble plots them. The members are saved in
+    models/ in the run folder; the result's metrics add ensemble_nll, member_nll,
+    pairwise_disagreement and barrier_details.
+
+    In Python, this spec holds the settings of ensemble(): the method's own (fge: cycles...,
+    swa: steps, start..., independent: n, steps or budget), the training's and the barriers'.
+    """
 
     kind: ClassVar[str] = "ensemble"
 
@@ -162,6 +181,35 @@ class EnsembleSpec(Spec):
     def swa_start(self) -> int:
         return self.run_steps() // 2 if self.start is None else self.start
 
+    def check_start(self, trained: bool, given_as: str = "the model argument") -> None:
+        """Refuse a start that does not suit the method: fge and swa continue a trained model
+        (``trained``, given as ``given_as``), independent trains every member from a fresh
+        initialization."""
+        method, name = self.method, self.name_of("method")
+        if method != "independent" and not trained:
+            raise BasinscopeError(
+                f"{name} {method} starts from a trained model: pass its weights with {given_as} "
+                f"(e.g. RUN/model.safetensors from `basinscope train`); {name} independent "
+                "trains from scratch"
+            )
+        if method == "independent" and trained:
+            raise BasinscopeError(
+                f"{name} independent trains every member from a fresh initialization: drop "
+                f"{given_as} (use {name} fge or swa to start from a trained model)"
+            )
+
+    def plan(self, start: str | None = None) -> str:
+        """What a run of these settings does, in one line (a command's progress line);
+        ``start`` names the trained model fge and swa start from."""
+        if self.method == "fge":
+            return f"fge: {self.cycles} cycles of {self.cycle_steps} updates from {start} ..."
+        if self.method == "swa":
+            return (
+                f"swa: {self.run_steps()} updates at lr {self.lr:g} from {start}, averaging "
+                f"after {self.swa_start()} ..."
+            )
+        return f"independent ensemble: {self.n} models, {self.run_steps()} updates each ..."
+
     def config(self) -> TrainConfig:
         """The training configuration of the run (fge/swa replace its schedule)."""
         fge_run = self.method == "fge"
@@ -174,6 +222,24 @@ class EnsembleSpec(Spec):
             weight_decay=self.weight_decay,
             data_seed=self.data_seed,
         )
+
+
+@dataclass(frozen=True)
+class EnsembleStart(ModelOptions):
+    """What an ensemble starts from, given by name: the trained model fge and swa continue
+    (``weights``), or without weights the factory of independent members."""
+
+    weights: Path | None = option(None, "fge/swa: the trained model to start from.")
+
+    def load(self) -> nn.Module | Callable[[int], nn.Module]:  # type: ignore[override]
+        """The trained model (with ``weights``), else the members' factory: ``seed ->`` a
+        fresh model initialized with that seed."""
+        if self.weights is not None:
+            return super().load()
+        from basinscope.models import build_model
+
+        kwargs = parse_json_kwargs(self.model_kwargs)
+        return lambda seed: build_model(self.model, kwargs, init_seed=seed)
 
 
 @dataclass(frozen=True)
@@ -217,6 +283,35 @@ class EnsembleResult(Result, kind="ensemble"):
     member_files: tuple[str, ...] = ()
     spec: EnsembleSpec | None = None
     models: tuple[nn.Module, ...] = transient(default=())
+
+    def summary(self) -> list[str]:
+        """Accuracy and budget, the members' accuracies, the diversity and the barriers."""
+        what = "SWA model" if self.method == "swa" else f"ensemble of {self.members}"
+        split = self.metrics.get("split", "the evaluation data")
+        names = zip(self.member_names, self.member_accuracies)
+        lines = [
+            f"{self.method}: {what} accuracy {fmt(self.ensemble_accuracy)} on {split} "
+            f"(budget {self.budget} updates)",
+            "  members: " + ", ".join(f"{n} {fmt(a)}" for n, a in names),
+            f"  diversity (mean disagreement) {fmt(self.diversity)}",
+        ]
+        if self.barriers:
+            lines.append(
+                f"  {self.barrier_definition} barriers of the {self.barrier_metric} between "
+                "consecutive members: " + ", ".join(fmt(b) for b in self.barriers)
+            )
+        return lines
+
+    def save_members(self, folder: str | Path) -> EnsembleResult:
+        """Write each of :attr:`models` as ``folder/<member name>.safetensors``; returns the
+        result with :attr:`member_files` naming the files."""
+        from basinscope.models import save_weights
+
+        files = [
+            str(save_weights(m, Path(folder) / f"{name}.safetensors"))
+            for name, m in zip(self.member_names, self.models)
+        ]
+        return replace(self, member_files=tuple(files))
 
 
 @torch.no_grad()
@@ -637,10 +732,13 @@ def ensemble(
     ``budget // n`` with a ``budget``), ``start`` to ``steps // 2``. The training runs with
     ``batch_size``, ``optimizer``, ``momentum``, ``weight_decay`` and ``data_seed`` (fge,
     swa); ``bn_data`` re-estimates BatchNorm statistics (the SWA model's, and the
-    barriers' with ``bn_policy="recompute"``); ``split`` names ``eval_data`` in the
-    metrics.
+    barriers' with ``bn_policy="recompute"``, by default from ``data``); ``split`` names
+    ``eval_data`` in the metrics.
     """
     spec = EnsembleSpec.from_kwargs(locals())
+    spec.check_start(isinstance(model, nn.Module))
+    if bn_data is None and bn_policy == "recompute":
+        bn_data = data
     config = spec.config()
     metric_kwargs = dict(
         barriers=barriers,

@@ -33,13 +33,14 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from basinscope._checks import MAX_POINTS, MAX_SEED, MAX_STEPS, at_least
+from basinscope._checks import MAX_COUNT, MAX_POINTS, MAX_SEED, MAX_STEPS, at_least
 from basinscope.analyses.barrier import (
     BARRIER_METRICS,
     _check_definition,
@@ -47,18 +48,25 @@ from basinscope.analyses.barrier import (
     barrier_definition_option,
 )
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import ModelOptions, load_model
 from basinscope.jsonable import jsonable
-from basinscope.result import Result, transient
+from basinscope.result import Result, fmt, transient
 from basinscope.spec import BN_POLICIES, STRATEGIES, EvalOptions, Spec, option, takes_spec
 from basinscope.training import TrainConfig, TrainResult, train
+from basinscope.training.config import OPTIMIZERS
+from basinscope.training.schedules import SCHEDULES
 
 __all__ = [
     "CHILD_SCHEDULES",
+    "InitialModel",
     "InstabilityResult",
     "InstabilitySpec",
     "InstabilitySweep",
+    "InstabilityTraining",
     "TransferInstabilityResult",
+    "TransferVariant",
     "instability",
+    "instability_analysis",
     "instability_sweep",
     "transfer_instability",
 ]
@@ -96,9 +104,33 @@ def _int_list(flag: str, example: str) -> Callable[[str], tuple[int, ...]]:
 
 @dataclass(frozen=True)
 class InstabilitySpec(Spec):
-    """The settings of :func:`instability_sweep`, :func:`instability` (one ``k``) and
-    :func:`transfer_instability` (``k = 0``, ``steps = total_steps``); the training itself
-    is a :class:`~basinscope.training.TrainConfig`."""
+    """Instability analysis (Frankle et al. 2020): are children of one parent linearly connected?
+
+    A parent is trained for k updates from the initial weights (--weights, or a fresh
+    initialization with --init-seed); --children copies then finish training to --total-steps
+    updates with different data orders (--child-seeds), starting from the parent's optimizer
+    state unless --reset-optimizer. The instability at k is the barrier (--definition, default
+    Frankle's mean; --metric, default error) between the children on --split, averaged over
+    pairs (the largest pair is reported too). Every k in --k is a separate parent: the sweep is
+    plotted as barrier vs k next to the children's curves (figures/instability_sweep).
+    --child-schedule continue makes parent + child follow one run's learning rate (constant,
+    step, cyclic at a cycle boundary); restart runs the schedule anew in each child.
+
+    With --transfer --pretrained W (Neyshabur et al. 2020): two children fine-tuned for
+    --total-steps from the pre-trained weights against two trained from a random
+    initialization (--weights, or W re-initialized with --init-seed)
+    (figures/transfer_instability).
+
+    A sweep's results hold one instability result per k (value, max_value, barriers, pairs,
+    child_values, child_seeds, details with every barrier's curve, settings); --transfer
+    gives a transfer_instability result instead (pretrained_barrier, scratch_barrier, and
+    pretrained and scratch: each such a result at k = 0).
+
+    In Python, this spec holds the settings of instability_sweep(), instability() (one k)
+    and transfer_instability() (k = 0, steps = total_steps); the training is a TrainConfig
+    (InstabilityTraining on the command line), and instability_analysis() runs the sweep or
+    the transfer comparison as the command does.
+    """
 
     kind: ClassVar[str] = "instability"
 
@@ -162,6 +194,114 @@ class InstabilitySpec(Spec):
         if self.ks is not None:
             return self.ks
         return tuple(k for k in DEFAULT_KS if k <= self.total_steps)
+
+    def check_transfer(self, given_as: str = "pretrained") -> None:
+        """Refuse ``ks`` in the transfer variant (asked for as ``given_as``): it spawns the
+        children at k = 0 and trains them for ``total_steps``."""
+        if self.ks is not None:
+            raise BasinscopeError(
+                f"{given_as} spawns the children at k=0 and trains them for "
+                f"{self.name_of('total_steps')}: drop {self.name_of('ks')}"
+            )
+
+    def plan(self, pretrained: str | None = None) -> str:
+        """What a run of these settings does, in one line (a command's progress line);
+        ``pretrained`` names the pre-trained weights of the transfer variant."""
+        n, steps = self.children, self.total_steps
+        if pretrained is not None:
+            return (
+                f"transfer instability: {n} children fine-tuned from {pretrained} and {n} from "
+                f"a random initialization, {steps} updates each ..."
+            )
+        ks = ", ".join(map(str, sorted(self.default_ks())))
+        return f"instability at k = {ks}: a parent per k, {n} children each, {steps} updates in all ..."
+
+
+@dataclass(frozen=True)
+class InitialModel(ModelOptions):
+    """The initial weights theta_0 given by name: a model factory and its weights, or a
+    fresh initialization from ``init_seed``."""
+
+    weights: Path | None = option(
+        None, "Initial weights theta_0 (with --transfer: the random initialization)."
+    )
+    init_seed: int = option(
+        0, "Seed of the initialization when --weights is not given.", low=0, high=MAX_SEED
+    )
+
+    def load(self) -> nn.Module:
+        """The model, with ``weights`` or initialized from ``init_seed``."""
+        return load_model(self.model, self.model_kwargs, self.weights, self.init_seed)
+
+
+@dataclass(frozen=True)
+class TransferVariant(Spec):
+    """The transfer variant (Neyshabur et al. 2020): with ``transfer``, children fine-tuned
+    from the ``pretrained`` weights against children trained from a random initialization
+    (:func:`transfer_instability`)."""
+
+    transfer: bool = option(
+        False, "Pre-trained start vs random init (needs --pretrained).", flag="--transfer"
+    )
+    pretrained: Path | None = option(None, "With --transfer: the pre-trained weights.")
+
+    def check(self) -> None:
+        transfer, pre = self.name_of("transfer"), self.name_of("pretrained")
+        if self.transfer and self.pretrained is None:
+            raise BasinscopeError(
+                f"{transfer} needs {pre} W: the pre-trained weights whose fine-tuned copies are "
+                "compared with copies trained from a random initialization"
+            )
+        if self.pretrained is not None and not self.transfer:
+            weights = InitialModel().name_of("weights")
+            raise BasinscopeError(
+                f"{pre} is only used with {transfer}; add {transfer} (or pass the initial "
+                f"weights with {weights} for a sweep over k)"
+            )
+
+    def load(self, model: ModelOptions) -> nn.Module | None:
+        """The pre-trained model, of ``model``'s architecture (``None`` without ``transfer``)."""
+        if not self.transfer or self.pretrained is None:
+            return None
+        return load_model(model.model, model.model_kwargs, self.pretrained)
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    return _int_list("--milestones", "50,80")(text) if text.strip() else ()
+
+
+@dataclass(frozen=True)
+class InstabilityTraining(Spec):
+    """The training of the parent and its children: a
+    :class:`~basinscope.training.TrainConfig` without its length, which the instability
+    analysis sets (:meth:`config`)."""
+
+    lr: float = option(0.05, "Learning rate.")
+    batch_size: int = option(64, "Minibatch size.", low=1, high=MAX_COUNT)
+    optimizer: str = option("sgd", "sgd, adam or adamw.", choices=OPTIMIZERS)
+    momentum: float = option(0.9, "SGD momentum.")
+    weight_decay: float = option(0.0, "L2 penalty (decoupled for adamw).")
+    schedule: str = option(
+        "constant", "constant, step, cosine, linear or cyclic.", choices=SCHEDULES
+    )
+    warmup_steps: int = option(0, "Updates of linear warmup.", low=0, high=MAX_STEPS)
+    milestones: tuple[int, ...] = option(
+        (),
+        "step schedule: e.g. 50,80.",
+        parse=_milestones,
+        metavar="STEP,STEP",
+        low=0,
+        high=MAX_STEPS,
+    )
+    gamma: float = option(0.1, "step schedule: factor per milestone.")
+    min_lr: float = option(0.0, "cosine/linear/cyclic: lowest rate.")
+    cycle_steps: int | None = option(None, "cyclic: updates per cycle.", low=1, high=MAX_STEPS)
+    data_seed: int = option(0, "Data-order seed of the parent.", low=0, high=MAX_SEED)
+
+    def config(self, steps: int) -> TrainConfig:
+        """The :class:`~basinscope.training.TrainConfig` of a run of ``steps`` updates
+        (checked by TrainConfig)."""
+        return TrainConfig(steps=steps, **self.kwargs())
 
 
 # -- barriers -----------------------------------------------------------------------------
@@ -246,6 +386,14 @@ class InstabilityResult(Result, kind="instability"):
     spec: InstabilitySpec | None = None
     children: tuple[nn.Module, ...] = transient(default=())
 
+    def summary(self) -> list[str]:
+        """The barrier at ``k``, its maximum over pairs and the children's values."""
+        children = ", ".join(fmt(v) for v in self.child_values)
+        return [
+            f"k={self.k:<6} {self.definition} barrier of the {self.metric}: {fmt(self.value)} "
+            f"(max over pairs {fmt(self.max_value)}; children {children})"
+        ]
+
 
 @dataclass(frozen=True)
 class InstabilitySweep(Result, kind="instability_sweep"):
@@ -260,6 +408,10 @@ class InstabilitySweep(Result, kind="instability_sweep"):
     results: tuple[InstabilityResult, ...]
     spec: InstabilitySpec | None = None
     config: TrainConfig | None = None
+
+    def summary(self) -> list[str]:
+        """One line per spawning step (:meth:`InstabilityResult.summary`)."""
+        return [line for r in self.results for line in r.summary()]
 
 
 @dataclass(frozen=True)
@@ -279,6 +431,13 @@ class TransferInstabilityResult(Result, kind="transfer_instability"):
     scratch: InstabilityResult
     spec: InstabilitySpec | None = None
     config: TrainConfig | None = None
+
+    def summary(self) -> list[str]:
+        """The two barriers."""
+        return [
+            f"{self.definition} barrier of the {self.metric}: pre-trained start "
+            f"{fmt(self.pretrained_barrier)}, random init {fmt(self.scratch_barrier)}"
+        ]
 
 
 # -- schedules of a spawned run -----------------------------------------------------------
@@ -619,4 +778,49 @@ def transfer_instability(
         scratch=scratch,
         spec=pre.spec.replace(ks=None) if pre.spec is not None else None,
         config=config,
+    )
+
+
+def instability_analysis(
+    model: nn.Module | None,
+    data: Any,
+    *,
+    spec: InstabilitySpec,
+    config: TrainConfig | InstabilityTraining,
+    eval_data: Any = None,
+    pretrained: nn.Module | None = None,
+    init_seed: int = 0,
+    loss_fn: Callable | None = None,
+) -> InstabilitySweep | TransferInstabilityResult:
+    """The instability analysis of ``spec`` (what ``basinscope instability`` runs).
+
+    Without ``pretrained``: :func:`instability_sweep` from the initial weights ``model`` at
+    every ``k`` of ``spec.ks``. With ``pretrained``: :func:`transfer_instability` over
+    ``spec.total_steps`` updates, children fine-tuned from ``pretrained`` against children
+    trained from ``model`` (``None``: ``pretrained`` re-initialized with ``init_seed``), one
+    per seed of ``spec.child_seeds`` (default ``1, ..., spec.children``).
+
+    Every run trains on ``data`` with ``config`` (an :class:`InstabilityTraining` is made a
+    run of ``spec.total_steps``; the steps are set per run); the barriers are measured on
+    ``eval_data`` (default ``data``), BatchNorm statistics re-estimated from ``data`` when
+    ``spec.bn_policy`` is ``"recompute"``.
+    """
+    if isinstance(config, InstabilityTraining):
+        config = config.config(spec.total_steps)
+    bn_data = data if spec.bn_policy == "recompute" else None
+    common = dict(config=config, eval_data=eval_data, bn_data=bn_data, loss_fn=loss_fn, spec=spec)
+    if pretrained is None:
+        if model is None:
+            raise BasinscopeError("instability_analysis needs the initial weights: pass a model")
+        return instability_sweep(model, data, **common)
+    spec.check_transfer()
+    seeds = spec.child_seeds or tuple(range(1, spec.children + 1))
+    return transfer_instability(
+        pretrained,
+        data,
+        steps=spec.total_steps,
+        random_init=model,
+        init_seed=init_seed,
+        child_seeds=seeds,
+        **common,
     )
