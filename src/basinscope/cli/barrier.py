@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from basinscope.analyses.barrier import BarrierResult, BarrierSpec, barriers, eval_data
 from basinscope.analyses.basin import BasinResult, BasinSpec, basin_test
-from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import DataOptions, ModelsOptions, fingerprints
 from basinscope.result import fmt  # noqa: F401 (cli.curves and cli.dynamics import it here)
@@ -42,7 +42,6 @@ basinscope barrier --model lenet --weights s1.safetensors --weights s2.safetenso
     --weights s3.safetensors --bn recompute --out runs/barriers
 """
 BARRIER = Command("barrier", BarrierCommand, run_barrier, BARRIER_EX, BarrierSpec, BarrierResult)
-barrier_cmd = typer_command(BARRIER)
 
 _HullVertices = with_defaults(
     ModelsOptions, weights=((), "Weights of a solution; repeat (the hull's vertices).")
@@ -85,4 +84,3 @@ basinscope basin --weights a.safetensors --weights b.safetensors --delta 2 --eps
     --samples 128 --pairs 128 --json
 """
 BASIN = Command("basin", BasinCommand, run_basin, BASIN_EX, BasinSpec, BasinResult)
-basin_cmd = typer_command(BASIN)

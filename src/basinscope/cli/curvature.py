@@ -9,7 +9,7 @@ from basinscope.analyses.hessian import HessianReport, HessianSpec, hessian_anal
 from basinscope.analyses.hessian_map import hessian_map
 from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_measures
 from basinscope.analyses.sharpness_spec import SharpnessSpec
-from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.generate import Command, Context
 from basinscope.curvature.loss import first_examples
 from basinscope.inputs import DataOptions, ModelOptions, fingerprints
 from basinscope.spec import Spec, group, option
@@ -55,7 +55,6 @@ basinscope hessian --weights lenet.safetensors --density --per-layer --out runs/
 basinscope hessian --model mlp --weights w.safetensors --map --xrange -1:1:11 --yrange -1:1:11
 """
 HESSIAN = Command("hessian", HessianCommand, run_hessian, HESSIAN_EX, HessianSpec, HessianReport)
-hessian_cmd = typer_command(HESSIAN)
 
 
 @dataclass(frozen=True)
@@ -81,4 +80,3 @@ basinscope sharpness --weights lenet.safetensors --measure worst_case --rho 0.1 
 SHARPNESS = Command(
     "sharpness", SharpnessCommand, run_sharpness, SHARPNESS_EX, SharpnessSpec, SharpnessMeasures
 )
-sharpness_cmd = typer_command(SHARPNESS)

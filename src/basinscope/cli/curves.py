@@ -9,7 +9,7 @@ from pathlib import Path
 from basinscope._checks import split_names
 from basinscope.analyses.alignment import AlignmentResult, AlignModels, AlignSpec, align
 from basinscope.analyses.curves import CurveEndpoints, CurveEvalSpec, CurveResult, CurveSpec, curve
-from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import DataOptions, fingerprints
 from basinscope.models.loading import WEIGHT_SUFFIXES
@@ -61,7 +61,6 @@ basinscope curve --model lenet --weights a.safetensors --weights b.safetensors \
     --kind polychain --bends 1 --steps 1000 --lr 0.02 --splits train,test --json
 """
 CURVE = Command("curve", CurveCommand, run_curve, CURVE_EXAMPLES, CurveSpec, CurveResult)
-curve_cmd = typer_command(CURVE)
 
 
 @dataclass(frozen=True)
@@ -96,4 +95,3 @@ basinscope align --model lenet --weights a.safetensors --weights b.safetensors \
     --method activation --metric error --save b-aligned.safetensors --json
 """
 ALIGN = Command("align", AlignCommand, run_align, ALIGN_EXAMPLES, AlignSpec, AlignmentResult)
-align_cmd = typer_command(ALIGN)

@@ -14,7 +14,7 @@ from basinscope.analyses.instability import (
     TransferVariant,
     instability_analysis,
 )
-from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.generate import Command, Context
 from basinscope.inputs import DataOptions, fingerprints
 from basinscope.spec import Spec, group, option
 from basinscope.store import paths
@@ -63,7 +63,6 @@ INSTABILITY = Command(
         --data digits --rotation 35 --total-steps 200
     """,
 )
-instability_cmd = typer_command(INSTABILITY)
 
 
 @dataclass(frozen=True)
@@ -103,4 +102,3 @@ ENSEMBLE = Command(
     basinscope ensemble --model mlp --method independent --members 4 --budget 700 --json
     """,
 )
-ensemble_cmd = typer_command(ENSEMBLE)

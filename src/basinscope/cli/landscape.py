@@ -11,7 +11,7 @@ from typing import Any
 from basinscope.analyses.interpolation import RandomLineSpec, line_from_files
 from basinscope.analyses.landscape import Landscape, grid_option, splits_option
 from basinscope.analyses.surface import RandomSurfaceSpec, SurfaceFiles, surface_from_files
-from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.generate import Command, Context
 from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
 from basinscope.spec import Spec, group, option
 
@@ -73,7 +73,6 @@ INTERPOLATE = Command(
     result=Landscape,
     figures=_figures,
 )
-interpolate_cmd = typer_command(INTERPOLATE)
 
 
 @dataclass(frozen=True)
@@ -109,4 +108,3 @@ SURFACE = Command(
     result=Landscape,
     figures=_figures,
 )
-surface_cmd = typer_command(SURFACE)

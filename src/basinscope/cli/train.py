@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass
 
 from basinscope.cli.common import info
-from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
 from basinscope.spec import Spec, group
@@ -42,4 +42,3 @@ basinscope train --model basinscope.models:lenet --weights runs/lenet/model.safe
     --data digits --rotation 35 --steps 100 --checkpoint-every 10 --out runs/ft35
 """
 TRAIN = Command("train", TrainCommand, run_train, EXAMPLES, about=TrainSpec, result=TrainRun)
-train_cmd = typer_command(TRAIN)
