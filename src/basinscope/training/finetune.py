@@ -33,8 +33,9 @@ import dataclasses
 import fnmatch
 import glob
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -43,7 +44,8 @@ from torch import nn
 from basinscope._checks import MAX_SEED, MAX_STEPS
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
-from basinscope.result import Result, transient
+from basinscope.models import save_weights
+from basinscope.result import Result, fmt, transient
 from basinscope.spec import Spec, option, takes_spec
 from basinscope.training._data import as_tensors, iter_chunks
 from basinscope.training.config import OPTIMIZERS, TrainConfig
@@ -211,6 +213,24 @@ class FinetuneComparison(Result, kind="finetune_comparison"):
         """One row per strategy (see :func:`table`)."""
         return table(self.strategies)
 
+    def summary(self) -> list[str]:
+        """The :meth:`table` (accuracies, forgetting, adaptation), then the weights folder."""
+        lines = [
+            f"{'strategy':<10} {'params':>8} {'src before':>10} {'src after':>10} "
+            f"{'tgt before':>10} {'tgt after':>10} {'forgetting':>10} {'adaptation':>10}"
+        ]
+        lines += [
+            f"{row['strategy']:<10} {row['trainable_params']:>8} "
+            f"{fmt(row['source_accuracy_before']):>10} {fmt(row['source_accuracy_after']):>10} "
+            f"{fmt(row['target_accuracy_before']):>10} {fmt(row['target_accuracy_after']):>10} "
+            f"{fmt(row['forgetting']):>10} {fmt(row['adaptation']):>10}"
+            for row in self.table()
+        ]
+        if self.weights_files:
+            folder = Path(next(iter(self.weights_files.values()))).parent
+            lines.append(f"fine-tuned weights: {folder}")
+        return lines
+
 
 def _module_params(model: nn.Module, module: str) -> list[str]:
     return [n for n, _ in model.named_parameters() if module == "" or n.startswith(module + ".")]
@@ -326,6 +346,22 @@ def _metrics(model: nn.Module, evals: dict[str, Any]) -> dict[str, dict[str, flo
     }
 
 
+def _num_examples(data: Any) -> int:
+    if data is None:
+        return 0
+    if isinstance(data, (tuple, list)):
+        return len(data[0])
+    return len(data) if hasattr(data, "__len__") else len(as_tensors(data)[0])
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise BasinscopeError(
+            f"unknown fine-tuning strategy {strategy!r}; valid strategies are "
+            f"{', '.join(repr(s) for s in STRATEGIES)}."
+        )
+
+
 def _escape(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(glob.escape(n) for n in names)
 
@@ -357,11 +393,7 @@ def finetune(
     ``target_data`` may be None for ``"dfr"``, which trains on ``dfr_data`` only. The
     settings other than ``config`` may come as ``spec=FinetuneSpec(...)``.
     """
-    if strategy not in STRATEGIES:
-        raise BasinscopeError(
-            f"unknown fine-tuning strategy {strategy!r}; valid strategies are "
-            f"{', '.join(repr(s) for s in STRATEGIES)}."
-        )
+    _check_strategy(strategy)
     if strategy == "dfr" and dfr_data is None:
         raise BasinscopeError(
             "strategy='dfr' retrains the head on a small held-out set: pass dfr_data=(x, y)."
@@ -471,10 +503,69 @@ def compare_strategies(
     model: nn.Module,
     target_data: Any,
     strategies: Sequence[str] = ("ft", "lp", "lp-ft", "guided"),
+    *,
+    config: TrainConfig,
+    dfr_examples: int | None = None,
+    save_dir: str | Path | None = None,
+    eval_split: str | None = None,
+    source: dict[str, Any] | None = None,
+    target: dict[str, Any] | None = None,
+    say: Callable[[str], None] | None = None,
     **kwargs: Any,
-) -> list[FinetuneResult]:
-    """Run :func:`finetune` once per strategy with the same keyword arguments."""
-    return [finetune(model, target_data, strategy=s, **kwargs) for s in strategies]
+) -> FinetuneComparison:
+    """Fine-tune a pretrained model on a shifted target; forgetting and adaptation.
+
+    Each strategy (--strategy, repeat to compare several in one run) trains a copy of the
+    model on the target's train split: ft (all parameters), lp (the head only, BatchNorm
+    frozen), lp-ft (--lp-steps of LP, then FT; Kumar et al. 2022), surgical (the modules
+    matching --blocks, fnmatch patterns; Lee et al. 2022), dfr (the re-initialised head on
+    the last --dfr-examples of the target's train split; Kirichenko et al. 2022) or guided
+    (the top --guided-top-k modules by --guided-signal on the target). Source and target
+    accuracy are measured on --eval-split before and after: forgetting = source accuracy
+    before - after, adaptation = target accuracy after - before. On the command line the
+    data options (--data, --rotation, --block-shuffle, --noise) describe the target
+    distribution; the source is the same --data with --source-rotation and no other shift.
+    Each strategy's weights are saved as RUN/models/<strategy>.safetensors;
+    figures/finetune_comparison shows forgetting and adaptation.
+
+    Library: ``config`` and the other keyword arguments go to :func:`finetune` for each of
+    ``strategies`` (``spec=FinetuneSpec(...)``, ``eval_source``, ``eval_target``, ...; the
+    strategy is set per run). ``dfr_examples`` makes ``dfr_data`` the last that many
+    examples of ``target_data``. The blocks and the head are checked before any training.
+    With ``save_dir`` each fine-tuned model is saved as ``<save_dir>/<strategy>.safetensors``
+    (``weights_files``). ``eval_split``, ``source`` and ``target`` describe the data in the
+    result; ``say`` receives one progress line per strategy.
+    """
+    strategies = (strategies,) if isinstance(strategies, str) else tuple(strategies)
+    for s in strategies:
+        _check_strategy(s)
+    spec = kwargs.get("spec")
+    opts = {**(spec.kwargs() if spec is not None else {}), **kwargs}
+    if "surgical" in strategies:
+        surgical_parameters(model, opts.get("blocks", ()))
+    if opts.get("head") is not None or {"lp", "lp-ft", "dfr"} & set(strategies):
+        head_parameters(model, opts.get("head"))
+    if "dfr" in strategies and dfr_examples is not None:
+        if dfr_examples < 1:
+            raise BasinscopeError(f"dfr_examples must be >= 1, got {dfr_examples}.")
+        x, y = as_tensors(target_data, "target_data")
+        kwargs["dfr_data"] = (x[-dfr_examples:], y[-dfr_examples:])
+    results, files = [], {}
+    for s in strategies:
+        if say is not None:
+            n = _num_examples(kwargs.get("dfr_data") if s == "dfr" else target_data)
+            say(f"fine-tuning with {s} for {config.steps} steps on {n} target examples")
+        r = finetune(model, target_data, config=config, **{**kwargs, "strategy": s})
+        if save_dir is not None:
+            files[s] = str(save_weights(r.model, Path(save_dir) / f"{s}.safetensors"))
+        results.append(r)
+    return FinetuneComparison(
+        strategies=tuple(results),
+        eval_split=eval_split,
+        source=source,
+        target=target,
+        weights_files=files or None,
+    )
 
 
 def table(results: Sequence[FinetuneResult]) -> list[dict[str, Any]]:
