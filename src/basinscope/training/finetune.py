@@ -46,7 +46,7 @@ from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.models import save_weights
 from basinscope.result import Result, fmt, transient
-from basinscope.spec import Spec, option, takes_spec
+from basinscope.spec import Spec, group, option, takes_spec
 from basinscope.training._data import as_tensors, iter_chunks
 from basinscope.training.config import OPTIMIZERS, TrainConfig
 from basinscope.training.trainer import TrainResult, train
@@ -71,6 +71,7 @@ __all__ = [
     "STRATEGIES",
     "STRATEGY_DEFINITIONS",
     "FinetuneComparison",
+    "FinetuneComparisonSpec",
     "FinetuneResult",
     "FinetuneSpec",
     "FinetuneTraining",
@@ -136,6 +137,66 @@ class FinetuneTraining(Spec):
             weight_decay=self.weight_decay,
             data_seed=self.seed,
         )
+
+
+@dataclass(frozen=True)
+class FinetuneComparisonSpec(Spec):
+    """Fine-tune a pretrained model on a shifted target; forgetting and adaptation.
+
+    The data options (--data, --rotation, --block-shuffle, --noise) describe the target
+    distribution; the source is the same --data with --source-rotation and no other shift.
+
+    Each --strategy (repeat to compare several in one run) trains a copy of the model on the
+    target's train split: ft (all parameters), lp (the head only, BatchNorm frozen), lp-ft
+    (--lp-steps of LP, then FT; Kumar et al. 2022), surgical (the modules matching --blocks,
+    fnmatch patterns; Lee et al. 2022), dfr (the re-initialised head on the last
+    --dfr-examples of the target's train split; Kirichenko et al. 2022) or guided (the top
+    --guided-top-k modules by --guided-signal on the target). Source and target accuracy are
+    measured on --eval-split before and after: forgetting = source accuracy before - after,
+    adaptation = target accuracy after - before. Each strategy's weights are saved as
+    RUN/models/<strategy>.safetensors; figures/finetune_comparison shows forgetting and
+    adaptation.
+
+    Library: ``compare_strategies(model, target_train, spec=FinetuneComparisonSpec(...),
+    eval_source=..., eval_target=...)``.
+    """
+
+    kind: ClassVar[str] = "finetune_comparison"
+
+    strategies: tuple[str, ...] = option(
+        (),
+        "ft, lp, lp-ft, surgical, dfr or guided; repeat (default: ft).",
+        flag="--strategy",
+        choices=STRATEGIES,
+    )
+    finetune: FinetuneSpec = group(FinetuneSpec)
+    dfr_examples: int = option(
+        200, "dfr: held-out target examples the head is retrained on.", low=1
+    )
+    eval_split: str = option("test", "Split of the before/after evaluation.")
+    train: FinetuneTraining = group(FinetuneTraining)
+
+    def check(self) -> None:
+        flag, blocks = self.name_of("strategies"), self.finetune.name_of("blocks")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise BasinscopeError(f"each {flag} may be given once, got {list(self.strategies)}")
+        if self.finetune.blocks and "surgical" not in self.strategies:
+            raise BasinscopeError(
+                f"{blocks} is only used by {flag} surgical; add it or drop {blocks}"
+            )
+
+    def kwargs(self) -> dict[str, Any]:
+        """:func:`compare_strategies`' keyword arguments: ``strategies`` (default ``("ft",)``),
+        ``dfr_examples``, ``eval_split``, ``config`` (:meth:`FinetuneTraining.config`) and
+        each strategy's settings (``finetune``'s fields but the strategy)."""
+        out = {k: v for k, v in self.finetune.kwargs().items() if k != "strategy"}
+        return {
+            **out,
+            "strategies": self.strategies or ("ft",),
+            "dfr_examples": self.dfr_examples,
+            "eval_split": self.eval_split,
+            "config": self.train.config(),
+        }
 
 
 @dataclass(frozen=True)
@@ -499,6 +560,7 @@ def finetune(
     )
 
 
+@takes_spec(FinetuneComparisonSpec, forward=True)
 def compare_strategies(
     model: nn.Module,
     target_data: Any,
@@ -513,39 +575,26 @@ def compare_strategies(
     say: Callable[[str], None] | None = None,
     **kwargs: Any,
 ) -> FinetuneComparison:
-    """Fine-tune a pretrained model on a shifted target; forgetting and adaptation.
+    """Fine-tune ``model`` on ``target_data`` with each of ``strategies``; the comparison.
 
-    Each strategy (--strategy, repeat to compare several in one run) trains a copy of the
-    model on the target's train split: ft (all parameters), lp (the head only, BatchNorm
-    frozen), lp-ft (--lp-steps of LP, then FT; Kumar et al. 2022), surgical (the modules
-    matching --blocks, fnmatch patterns; Lee et al. 2022), dfr (the re-initialised head on
-    the last --dfr-examples of the target's train split; Kirichenko et al. 2022) or guided
-    (the top --guided-top-k modules by --guided-signal on the target). Source and target
-    accuracy are measured on --eval-split before and after: forgetting = source accuracy
-    before - after, adaptation = target accuracy after - before. On the command line the
-    data options (--data, --rotation, --block-shuffle, --noise) describe the target
-    distribution; the source is the same --data with --source-rotation and no other shift.
-    Each strategy's weights are saved as RUN/models/<strategy>.safetensors;
-    figures/finetune_comparison shows forgetting and adaptation.
-
-    Library: ``config`` and the other keyword arguments go to :func:`finetune` for each of
-    ``strategies`` (``spec=FinetuneSpec(...)``, ``eval_source``, ``eval_target``, ...; the
-    strategy is set per run). ``dfr_examples`` makes ``dfr_data`` the last that many
-    examples of ``target_data``. The blocks and the head are checked before any training.
-    With ``save_dir`` each fine-tuned model is saved as ``<save_dir>/<strategy>.safetensors``
-    (``weights_files``). ``eval_split``, ``source`` and ``target`` describe the data in the
-    result; ``say`` receives one progress line per strategy.
+    ``config`` and the other keyword arguments go to :func:`finetune` for every strategy
+    (:class:`FinetuneSpec`'s fields, ``eval_source``, ``eval_target``, ...; the strategy is
+    set per run); ``spec=FinetuneComparisonSpec(...)`` gives them all (what ``basinscope
+    finetune`` runs). The strategies, the blocks and the head are checked before any
+    training. Without ``dfr_data``, ``dfr_examples`` makes it the last that many examples of
+    ``target_data``. With ``save_dir`` each fine-tuned model is saved as
+    ``<save_dir>/<strategy>.safetensors`` (the result's ``weights_files``). ``eval_split``,
+    ``source`` and ``target`` describe the data in the result; ``say`` receives one progress
+    line per strategy.
     """
     strategies = (strategies,) if isinstance(strategies, str) else tuple(strategies)
     for s in strategies:
         _check_strategy(s)
-    spec = kwargs.get("spec")
-    opts = {**(spec.kwargs() if spec is not None else {}), **kwargs}
     if "surgical" in strategies:
-        surgical_parameters(model, opts.get("blocks", ()))
-    if opts.get("head") is not None or {"lp", "lp-ft", "dfr"} & set(strategies):
-        head_parameters(model, opts.get("head"))
-    if "dfr" in strategies and dfr_examples is not None:
+        surgical_parameters(model, kwargs.get("blocks", ()))
+    if kwargs.get("head") is not None or {"lp", "lp-ft", "dfr"} & set(strategies):
+        head_parameters(model, kwargs.get("head"))
+    if "dfr" in strategies and dfr_examples is not None and kwargs.get("dfr_data") is None:
         if dfr_examples < 1:
             raise BasinscopeError(f"dfr_examples must be >= 1, got {dfr_examples}.")
         x, y = as_tensors(target_data, "target_data")
