@@ -22,7 +22,7 @@ from basinscope.analyses.distance import (
     parameter_distance,
 )
 from basinscope.analyses.rewind import EngineOptions, RewindSpec, rewind
-from basinscope.analyses.similarity import CKA_ESTIMATORS, CKASpec, cka_matrix
+from basinscope.analyses.similarity import CKA_ESTIMATORS, CKASpec, ModelPair, cka_matrix
 from basinscope.errors import BasinscopeError
 from basinscope.plotting import plot
 from basinscope.result import Result
@@ -30,8 +30,10 @@ from basinscope.store import load, save
 from basinscope.training import TrainConfig
 from basinscope.training.finetune import (
     FinetuneComparison,
+    FinetuneComparisonSpec,
     FinetuneSpec,
     FinetuneTraining,
+    compare_strategies,
     finetune,
 )
 
@@ -206,3 +208,64 @@ def test_finetune_training_settings():
         FinetuneTraining(lr=0.0)
     with pytest.raises(BasinscopeError, match=r"TrainConfig.momentum must lie in \[0, 1\)"):
         FinetuneTraining(momentum=1.5)
+
+
+def test_compare_strategies_takes_its_spec_saves_and_reports(data, tmp_path):
+    net, said = mlp(0), []
+    train = FinetuneTraining(steps=2, batch_size=32, lr=0.05)
+    spec = FinetuneComparisonSpec(strategies=("lp", "dfr"), dfr_examples=30, train=train)
+    r = compare_strategies(
+        net, data, spec=spec, eval_source=data, save_dir=tmp_path / "models", say=said.append
+    )
+    assert [s.strategy for s in r.strategies] == ["lp", "dfr"] and r.eval_split == "test"
+    assert said == [
+        "fine-tuning with lp for 2 steps on 120 target examples",
+        "fine-tuning with dfr for 2 steps on 30 target examples",
+    ]
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "dfr.safetensors",
+        "lp.safetensors",
+    ]
+    x, y = data  # dfr retrains the head on the last dfr_examples examples of the target
+    dfr = finetune(net, data, strategy="dfr", config=train.config(), dfr_data=(x[-30:], y[-30:]))
+    assert dfr.history == r.strategies[1].history
+    lines = r.summary()
+    assert lines[0].startswith("strategy     params src before") and "forgetting" in lines[0]
+    assert [line.split()[0] for line in lines[1:3]] == ["lp", "dfr"]
+    assert lines[-1] == f"fine-tuned weights: {tmp_path / 'models'}"
+    assert compare_strategies(net, data, ["ft"], config=train.config()).weights_files is None
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"strategies": ("ft", "ft")}, r"each strategies may be given once, got \['ft', 'ft'\]"),
+        ({"finetune": FinetuneSpec(blocks=("3",))}, r"blocks is only used by strategies surgical"),
+        ({"strategies": ("magic",)}, r"unknown strategies 'magic': expected one of ft, lp"),
+    ],
+)
+def test_finetune_comparison_spec_checks(changes, message):
+    with pytest.raises(BasinscopeError, match=message):
+        FinetuneComparisonSpec(**changes)
+    assert FinetuneComparisonSpec().kwargs()["strategies"] == ("ft",)
+
+
+def test_model_pair_needs_exactly_two_weights():
+    assert ModelPair(weights=("a.safetensors", "b.safetensors")).labels() == ["a", "b"]
+    with pytest.raises(BasinscopeError, match=r"pass exactly two weights \(model A, then"):
+        ModelPair(weights=("a.safetensors",))
+
+
+def test_summaries_are_the_command_lines(data):
+    a, b = mlp(0), mlp(1)
+    both = DistanceAndMistakes(
+        distance=parameter_distance(a, b, labels=("a", "b")),
+        mistakes=mistake_analysis(a, b, data, split="test", labels=("a", "b")),
+    )
+    lines = both.summary()
+    assert lines[0].split() == ["module", "l2", "relative", "angle", "(deg)"]
+    assert [line.split()[0] for line in lines[1:4]] == ["1", "3", "(all)"]
+    assert lines[4].startswith("mistakes on test (120 examples): both right ")
+    r = rewind(a, b, data, split="test")
+    assert r.summary()[0].startswith("final model on test: loss ")
+    assert [line.split()[0] for line in r.summary()[2:]] == ["1", "3"]

@@ -182,7 +182,7 @@ def test_metrics_before_after_and_arithmetic(net, source, target) -> None:
 def test_compare_strategies_and_table(net, source, target) -> None:
     results = compare_strategies(
         net, target, ("lp", "surgical"), config=FT, blocks=["conv1"], eval_source=source
-    )
+    ).strategies
     assert all(isinstance(r, FinetuneResult) for r in results)
     rows = table(results)
     assert [row["strategy"] for row in rows] == ["lp", "surgical"]

@@ -62,7 +62,7 @@ from basinscope.engine import EvalJob, PointBasis, as_batches, evaluate_points
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import get_buffers, get_params
-from basinscope.result import Result
+from basinscope.result import Result, fmt
 from basinscope.spec import Spec, group, option, takes_spec
 
 __all__ = [
@@ -113,11 +113,24 @@ def _valley_grid(flag: str, example: str) -> Callable[[str], tuple[float, ...]]:
 
 @dataclass(frozen=True)
 class CriticalitySpec(Spec):
-    """The settings of :func:`module_criticality` (and of ``basinscope criticality``).
+    """Module criticality and network criticality (Chatterji, Neyshabur & Sedghi 2020).
 
-    The noise variant is ``noise_variant`` here and ``noise`` in :func:`module_criticality`
-    (on the command line ``--noise`` is the data's input noise); :meth:`kwargs` maps it.
-    ``split=None`` takes the data's first split (a single dataset is called ``train``).
+    For module i, theta_i^alpha = (1 - alpha) theta_i^0 + alpha theta_i^F interpolates
+    between its initial value (--init, alpha = 0) and its final value (--weights, alpha = 1)
+    with the rest final; mu_i(epsilon) is the minimum over the grid of --alphas x --sigmas
+    of alpha^2 ||theta_i^F - theta_i^0||^2 / sigma_eff^2 subject to E_u L(theta_i^alpha + u)
+    <= epsilon, u ~ N(0, sigma_eff^2 I) (--samples antithetic draws, an even number).
+    --noise-variant absolute: sigma_eff = sigma; frobenius: sigma_eff = sigma ||theta_i^F|| /
+    sqrt(n_i). --epsilon defaults to the final model's loss + 0.1. The network criticality
+    is the sum of mu_i; an infeasible module has mu "inf". figures/criticality shows mu per
+    module and each module's mean loss over the grid, with the loss = epsilon boundary and
+    the minimiser.
+
+    Library: ``module_criticality(model_final, model_init, data, spec=CriticalitySpec(...))``;
+    the fields are its keyword arguments, except that the noise variant is ``noise_variant``
+    here and ``noise`` there (on the command line ``--noise`` is the data's input noise;
+    :meth:`kwargs` maps it). ``split=None`` takes the data's first split (a single dataset
+    is called ``train``).
     """
 
     kind: ClassVar[str] = "criticality"
@@ -218,6 +231,19 @@ class CriticalityResult(Result, kind="criticality"):
     @property
     def mu(self) -> dict[str, float]:
         return {k: m.mu for k, m in self.modules.items()}
+
+    def summary(self) -> list[str]:
+        """The threshold, each module's mu and minimiser, and the network criticality."""
+        lines = [
+            f"epsilon {fmt(self.epsilon)} (final {self.settings['split']} loss "
+            f"{fmt(self.baseline_loss)}); noise {self.settings['noise']}",
+            f"{'module':<20} {'mu':>10} {'alpha*':>8} {'sigma*':>8}",
+        ]
+        lines += [
+            f"{name:<20} {fmt(m.mu):>10} {fmt(m.alpha_star):>8} {fmt(m.sigma_star):>8}"
+            for name, m in self.modules.items()
+        ]
+        return [*lines, f"network criticality: {fmt(self.network_criticality)}"]
 
 
 @takes_spec(CriticalitySpec)

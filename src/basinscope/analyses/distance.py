@@ -33,7 +33,7 @@ from basinscope.engine import as_batches
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, dot
-from basinscope.result import Result
+from basinscope.result import Result, fmt
 from basinscope.spec import Spec, option, takes_spec
 
 __all__ = [
@@ -133,7 +133,22 @@ def _stats(a: Mapping[str, Tensor], b: Mapping[str, Tensor], keys: Sequence[str]
 
 @dataclass(frozen=True)
 class DistanceSpec(Spec):
-    """The settings of :func:`parameter_distance` (and of ``basinscope distance``)."""
+    """Parameter distance between two models, per module; optionally their shared mistakes.
+
+    For the parameter vectors a (the first --weights) and b (the second), overall and per
+    module: l2 = ||a - b||, relative = ||a - b|| / ||a||, angle_deg = arccos(<a, b> / (||a||
+    ||b||)) in degrees (plus the norms). --modules picks modules (a parent collects its
+    children's parameters); default: every module that owns parameters. figures/distance is
+    the bar plot of the relative distance per module. --mistakes also counts, on --split, the
+    examples both models get right, both wrong (with the same or a different label) or only
+    one wrong, and their agreement (:func:`mistake_analysis`); the result is then kind
+    distance_and_mistakes: distance (the distance result) and mistakes (n, both_right,
+    both_wrong_same, both_wrong_different, only_a_wrong, only_b_wrong, agreement, extra:
+    accuracy_a and accuracy_b), and figures/distance_and_mistakes shows both.
+
+    Library: ``parameter_distance(a, b, spec=DistanceSpec(...))``; the fields are its keyword
+    arguments.
+    """
 
     kind: ClassVar[str] = "distance"
 
@@ -156,6 +171,15 @@ class DistanceResult(Result, kind="distance"):
         rows = [{"module": m, **v} for m, v in self.per_module.items()]
         rows.append({"module": "(all)", **self.overall})
         return rows
+
+    def summary(self) -> list[str]:
+        """The :meth:`table`: l2, relative distance and angle per module, then overall."""
+        lines = [f"{'module':<20} {'l2':>10} {'relative':>10} {'angle (deg)':>11}"]
+        return lines + [
+            f"{row['module']:<20} {fmt(row['l2']):>10} {fmt(row['relative']):>10}  "
+            f"{fmt(row['angle_deg']):>10}"
+            for row in self.table()
+        ]
 
 
 @takes_spec(DistanceSpec)
@@ -220,6 +244,16 @@ class MistakeResult(Result, kind="mistakes"):
     def both_wrong(self) -> int:
         return self.both_wrong_same + self.both_wrong_different
 
+    def summary(self) -> list[str]:
+        """One line: the counts and the agreement."""
+        a, b = self.models
+        return [
+            f"mistakes on {self.split} ({self.n} examples): both right {self.both_right}, both "
+            f"wrong {self.both_wrong} ({self.both_wrong_same} with the same label), only {a} "
+            f"wrong {self.only_a_wrong}, only {b} wrong {self.only_b_wrong}; agreement "
+            f"{fmt(self.agreement)}"
+        ]
+
 
 @dataclass(frozen=True)
 class DistanceAndMistakes(Result, kind="distance_and_mistakes"):
@@ -231,6 +265,10 @@ class DistanceAndMistakes(Result, kind="distance_and_mistakes"):
     definition: dict[str, str] = field(
         default_factory=lambda: {"distance": DISTANCE_DEFINITION, "agreement": AGREEMENT_DEFINITION}
     )
+
+    def summary(self) -> list[str]:
+        """The distance table, then the mistakes line."""
+        return self.distance.summary() + self.mistakes.summary()
 
 
 @torch.no_grad()

@@ -23,7 +23,7 @@ from basinscope.engine import EvalJob, PointBasis, as_batches, evaluate_points
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, get_buffers, get_params
-from basinscope.result import Result
+from basinscope.result import Result, fmt
 from basinscope.spec import STRATEGIES, Spec, group, option, takes_spec
 
 __all__ = ["REWIND_DEFINITION", "EngineOptions", "RewindResult", "RewindSpec", "rewind"]
@@ -113,8 +113,18 @@ class EngineOptions(Spec):
 
 @dataclass(frozen=True)
 class RewindSpec(Spec):
-    """The settings of :func:`rewind` (and of ``basinscope rewind``). ``split=None`` takes
-    the data's first split (a single dataset is called ``train``)."""
+    """Rewind one module at a time to its initial value and measure the damage.
+
+    For every module M (--modules; default every module that owns parameters), the model
+    with M's parameters set back to --init and the rest left at --weights is evaluated on
+    --split; change = metric(M rewound) - metric(final), for the loss and the accuracy
+    (Zhang, Bengio & Singer 2019, "Are all layers created equal?"). Buffers stay final.
+    figures/rewind shows the accuracy drop (final minus rewound) per module.
+
+    Library: ``rewind(model_final, model_init, data, spec=RewindSpec(...))``; the fields are
+    its keyword arguments. ``split=None`` takes the data's first split (a single dataset is
+    called ``train``).
+    """
 
     kind: ClassVar[str] = "rewind"
 
@@ -134,6 +144,20 @@ class RewindResult(Result, kind="rewind"):
     split: str
     definition: str = REWIND_DEFINITION
     spec: RewindSpec | None = None
+
+    def summary(self) -> list[str]:
+        """The final model's metrics, then each rewound module's and its accuracy drop."""
+        base = self.baseline
+        lines = [
+            f"final model on {self.split}: loss {fmt(base['loss'])}, accuracy "
+            f"{fmt(base['accuracy'])}",
+            f"{'module rewound':<20} {'loss':>10} {'accuracy':>10} {'acc. drop':>10}",
+        ]
+        return lines + [
+            f"{m:<20} {fmt(v['loss']):>10} {fmt(v['accuracy']):>10} "
+            f"{fmt(-self.change[m]['accuracy']):>10}"
+            for m, v in self.rewound.items()
+        ]
 
 
 @takes_spec(RewindSpec)

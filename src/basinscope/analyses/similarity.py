@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -31,7 +32,8 @@ from basinscope.analyses.cka import (
 from basinscope.engine.batches import as_batches
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
-from basinscope.result import Result
+from basinscope.inputs import ModelsOptions
+from basinscope.result import Result, fmt
 from basinscope.spec import Spec, option, takes_spec
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "CKAResult",
     "CKASpec",
     "MinibatchCKA",
+    "ModelPair",
     "StreamingLinearCKA",
     "cka_matrix",
     "debiased_cka",
@@ -51,7 +54,20 @@ __all__ = [
 
 @dataclass(frozen=True)
 class CKASpec(Spec):
-    """The settings of :func:`cka_matrix` (and of ``basinscope similarity``)."""
+    """CKA similarity between the layers of two models.
+
+    matrix[i, j] is the centered kernel alignment between the outputs of layer i of model A
+    (the first --weights) and layer j of model B (the second), on --split, by the estimator
+    --method: minibatch (unbiased HSIC averaged over batches, Nguyen et al. 2021; batches of
+    at least 4), linear (exact full-data linear CKA, streamed), debiased (Kornblith et al.
+    2019 with the unbiased HSIC estimator) or rbf (Gaussian kernel of width --sigma-factor x
+    the median distance). Layers are named as in named_modules() (--layers-a, --layers-b,
+    repeatable); default: every leaf module with parameters. Model B can be a different
+    architecture (--model-b, --model-kwargs-b). figures/cka is the heatmap.
+
+    Library: ``cka_matrix(model_a, model_b, data, spec=CKASpec(...))``; the fields are its
+    keyword arguments.
+    """
 
     kind: ClassVar[str] = "cka"
 
@@ -87,6 +103,22 @@ class CKASpec(Spec):
 
 
 @dataclass(frozen=True)
+class ModelPair(ModelsOptions):
+    """Two models compared, model A and model B, by their weights (exactly two --weights):
+    the input group of ``basinscope similarity`` and ``basinscope distance``."""
+
+    weights: tuple[Path, ...] = option((), "Weights of model A, then of model B (exactly two).")
+
+    def check(self) -> None:
+        if (n := len(self.weights)) != 2:
+            w = self.name_of("weights")
+            raise BasinscopeError(
+                f"pass exactly two {w} (model A, then model B), got {n}: e.g. {w} a.safetensors "
+                f"{w} b.safetensors"
+            )
+
+
+@dataclass(frozen=True)
 class CKAResult(Result, kind="cka"):
     """CKA between the layers of two models: ``matrix[i, j]`` = CKA(layers_a[i], layers_b[j]).
 
@@ -110,6 +142,18 @@ class CKAResult(Result, kind="cka"):
     def __post_init__(self) -> None:
         if self.definition is None:
             object.__setattr__(self, "definition", CKA_ESTIMATORS.get(self.method))
+
+    def summary(self) -> list[str]:
+        """The estimator, the sizes and the CKA of same-named layers (the diagonal)."""
+        head = (
+            f"{self.method} CKA on {self.num_examples} examples: {len(self.layers_a)} x "
+            f"{len(self.layers_b)} layers"
+        )
+        try:
+            diagonal = self.diagonal()
+        except BasinscopeError:
+            return [head, "the models share no layer names: see the matrix in result.json"]
+        return [head, f"{'layer':<24} CKA"] + [f"{n:<24} {fmt(v)}" for n, v in diagonal.items()]
 
     def diagonal(self) -> dict[str, float]:
         """CKA between same-named layers, for layers named in both models (in ``layers_a`` order)."""

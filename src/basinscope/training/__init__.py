@@ -8,6 +8,7 @@ from basinscope.training.callbacks import FGE, SWA, update_bn
 from basinscope.training.config import BN_MODES, OPTIMIZERS, TrainConfig
 from basinscope.training.finetune import (
     FinetuneComparison,
+    FinetuneComparisonSpec,
     FinetuneResult,
     FinetuneSpec,
     FinetuneTraining,
@@ -29,6 +30,7 @@ __all__ = [
     "SWA",
     "Callback",
     "FinetuneComparison",
+    "FinetuneComparisonSpec",
     "FinetuneResult",
     "FinetuneSpec",
     "FinetuneTraining",

@@ -33,8 +33,9 @@ import dataclasses
 import fnmatch
 import glob
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -43,8 +44,9 @@ from torch import nn
 from basinscope._checks import MAX_SEED, MAX_STEPS
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
-from basinscope.result import Result, transient
-from basinscope.spec import Spec, option, takes_spec
+from basinscope.models import save_weights
+from basinscope.result import Result, fmt, transient
+from basinscope.spec import Spec, group, option, takes_spec
 from basinscope.training._data import as_tensors, iter_chunks
 from basinscope.training.config import OPTIMIZERS, TrainConfig
 from basinscope.training.trainer import TrainResult, train
@@ -69,6 +71,7 @@ __all__ = [
     "STRATEGIES",
     "STRATEGY_DEFINITIONS",
     "FinetuneComparison",
+    "FinetuneComparisonSpec",
     "FinetuneResult",
     "FinetuneSpec",
     "FinetuneTraining",
@@ -134,6 +137,66 @@ class FinetuneTraining(Spec):
             weight_decay=self.weight_decay,
             data_seed=self.seed,
         )
+
+
+@dataclass(frozen=True)
+class FinetuneComparisonSpec(Spec):
+    """Fine-tune a pretrained model on a shifted target; forgetting and adaptation.
+
+    The data options (--data, --rotation, --block-shuffle, --noise) describe the target
+    distribution; the source is the same --data with --source-rotation and no other shift.
+
+    Each --strategy (repeat to compare several in one run) trains a copy of the model on the
+    target's train split: ft (all parameters), lp (the head only, BatchNorm frozen), lp-ft
+    (--lp-steps of LP, then FT; Kumar et al. 2022), surgical (the modules matching --blocks,
+    fnmatch patterns; Lee et al. 2022), dfr (the re-initialised head on the last
+    --dfr-examples of the target's train split; Kirichenko et al. 2022) or guided (the top
+    --guided-top-k modules by --guided-signal on the target). Source and target accuracy are
+    measured on --eval-split before and after: forgetting = source accuracy before - after,
+    adaptation = target accuracy after - before. Each strategy's weights are saved as
+    RUN/models/<strategy>.safetensors; figures/finetune_comparison shows forgetting and
+    adaptation.
+
+    Library: ``compare_strategies(model, target_train, spec=FinetuneComparisonSpec(...),
+    eval_source=..., eval_target=...)``.
+    """
+
+    kind: ClassVar[str] = "finetune_comparison"
+
+    strategies: tuple[str, ...] = option(
+        (),
+        "ft, lp, lp-ft, surgical, dfr or guided; repeat (default: ft).",
+        flag="--strategy",
+        choices=STRATEGIES,
+    )
+    finetune: FinetuneSpec = group(FinetuneSpec)
+    dfr_examples: int = option(
+        200, "dfr: held-out target examples the head is retrained on.", low=1
+    )
+    eval_split: str = option("test", "Split of the before/after evaluation.")
+    train: FinetuneTraining = group(FinetuneTraining)
+
+    def check(self) -> None:
+        flag, blocks = self.name_of("strategies"), self.finetune.name_of("blocks")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise BasinscopeError(f"each {flag} may be given once, got {list(self.strategies)}")
+        if self.finetune.blocks and "surgical" not in self.strategies:
+            raise BasinscopeError(
+                f"{blocks} is only used by {flag} surgical; add it or drop {blocks}"
+            )
+
+    def kwargs(self) -> dict[str, Any]:
+        """:func:`compare_strategies`' keyword arguments: ``strategies`` (default ``("ft",)``),
+        ``dfr_examples``, ``eval_split``, ``config`` (:meth:`FinetuneTraining.config`) and
+        each strategy's settings (``finetune``'s fields but the strategy)."""
+        out = {k: v for k, v in self.finetune.kwargs().items() if k != "strategy"}
+        return {
+            **out,
+            "strategies": self.strategies or ("ft",),
+            "dfr_examples": self.dfr_examples,
+            "eval_split": self.eval_split,
+            "config": self.train.config(),
+        }
 
 
 @dataclass(frozen=True)
@@ -210,6 +273,24 @@ class FinetuneComparison(Result, kind="finetune_comparison"):
     def table(self) -> list[dict[str, Any]]:
         """One row per strategy (see :func:`table`)."""
         return table(self.strategies)
+
+    def summary(self) -> list[str]:
+        """The :meth:`table` (accuracies, forgetting, adaptation), then the weights folder."""
+        lines = [
+            f"{'strategy':<10} {'params':>8} {'src before':>10} {'src after':>10} "
+            f"{'tgt before':>10} {'tgt after':>10} {'forgetting':>10} {'adaptation':>10}"
+        ]
+        lines += [
+            f"{row['strategy']:<10} {row['trainable_params']:>8} "
+            f"{fmt(row['source_accuracy_before']):>10} {fmt(row['source_accuracy_after']):>10} "
+            f"{fmt(row['target_accuracy_before']):>10} {fmt(row['target_accuracy_after']):>10} "
+            f"{fmt(row['forgetting']):>10} {fmt(row['adaptation']):>10}"
+            for row in self.table()
+        ]
+        if self.weights_files:
+            folder = Path(next(iter(self.weights_files.values()))).parent
+            lines.append(f"fine-tuned weights: {folder}")
+        return lines
 
 
 def _module_params(model: nn.Module, module: str) -> list[str]:
@@ -326,6 +407,22 @@ def _metrics(model: nn.Module, evals: dict[str, Any]) -> dict[str, dict[str, flo
     }
 
 
+def _num_examples(data: Any) -> int:
+    if data is None:
+        return 0
+    if isinstance(data, (tuple, list)):
+        return len(data[0])
+    return len(data) if hasattr(data, "__len__") else len(as_tensors(data)[0])
+
+
+def _check_strategy(strategy: str) -> None:
+    if strategy not in STRATEGIES:
+        raise BasinscopeError(
+            f"unknown fine-tuning strategy {strategy!r}; valid strategies are "
+            f"{', '.join(repr(s) for s in STRATEGIES)}."
+        )
+
+
 def _escape(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(glob.escape(n) for n in names)
 
@@ -357,11 +454,7 @@ def finetune(
     ``target_data`` may be None for ``"dfr"``, which trains on ``dfr_data`` only. The
     settings other than ``config`` may come as ``spec=FinetuneSpec(...)``.
     """
-    if strategy not in STRATEGIES:
-        raise BasinscopeError(
-            f"unknown fine-tuning strategy {strategy!r}; valid strategies are "
-            f"{', '.join(repr(s) for s in STRATEGIES)}."
-        )
+    _check_strategy(strategy)
     if strategy == "dfr" and dfr_data is None:
         raise BasinscopeError(
             "strategy='dfr' retrains the head on a small held-out set: pass dfr_data=(x, y)."
@@ -467,14 +560,61 @@ def finetune(
     )
 
 
+@takes_spec(FinetuneComparisonSpec, forward=True)
 def compare_strategies(
     model: nn.Module,
     target_data: Any,
     strategies: Sequence[str] = ("ft", "lp", "lp-ft", "guided"),
+    *,
+    config: TrainConfig,
+    dfr_examples: int | None = None,
+    save_dir: str | Path | None = None,
+    eval_split: str | None = None,
+    source: dict[str, Any] | None = None,
+    target: dict[str, Any] | None = None,
+    say: Callable[[str], None] | None = None,
     **kwargs: Any,
-) -> list[FinetuneResult]:
-    """Run :func:`finetune` once per strategy with the same keyword arguments."""
-    return [finetune(model, target_data, strategy=s, **kwargs) for s in strategies]
+) -> FinetuneComparison:
+    """Fine-tune ``model`` on ``target_data`` with each of ``strategies``; the comparison.
+
+    ``config`` and the other keyword arguments go to :func:`finetune` for every strategy
+    (:class:`FinetuneSpec`'s fields, ``eval_source``, ``eval_target``, ...; the strategy is
+    set per run); ``spec=FinetuneComparisonSpec(...)`` gives them all (what ``basinscope
+    finetune`` runs). The strategies, the blocks and the head are checked before any
+    training. Without ``dfr_data``, ``dfr_examples`` makes it the last that many examples of
+    ``target_data``. With ``save_dir`` each fine-tuned model is saved as
+    ``<save_dir>/<strategy>.safetensors`` (the result's ``weights_files``). ``eval_split``,
+    ``source`` and ``target`` describe the data in the result; ``say`` receives one progress
+    line per strategy.
+    """
+    strategies = (strategies,) if isinstance(strategies, str) else tuple(strategies)
+    for s in strategies:
+        _check_strategy(s)
+    if "surgical" in strategies:
+        surgical_parameters(model, kwargs.get("blocks", ()))
+    if kwargs.get("head") is not None or {"lp", "lp-ft", "dfr"} & set(strategies):
+        head_parameters(model, kwargs.get("head"))
+    if "dfr" in strategies and dfr_examples is not None and kwargs.get("dfr_data") is None:
+        if dfr_examples < 1:
+            raise BasinscopeError(f"dfr_examples must be >= 1, got {dfr_examples}.")
+        x, y = as_tensors(target_data, "target_data")
+        kwargs["dfr_data"] = (x[-dfr_examples:], y[-dfr_examples:])
+    results, files = [], {}
+    for s in strategies:
+        if say is not None:
+            n = _num_examples(kwargs.get("dfr_data") if s == "dfr" else target_data)
+            say(f"fine-tuning with {s} for {config.steps} steps on {n} target examples")
+        r = finetune(model, target_data, config=config, **{**kwargs, "strategy": s})
+        if save_dir is not None:
+            files[s] = str(save_weights(r.model, Path(save_dir) / f"{s}.safetensors"))
+        results.append(r)
+    return FinetuneComparison(
+        strategies=tuple(results),
+        eval_split=eval_split,
+        source=source,
+        target=target,
+        weights_files=files or None,
+    )
 
 
 def table(results: Sequence[FinetuneResult]) -> list[dict[str, Any]]:
