@@ -124,7 +124,8 @@ def group(cls: type[Spec]) -> Any:
 def with_defaults(cls: type[Spec], **changes: Any) -> type[Spec]:
     """``cls`` with other defaults, e.g. a command that reads the test split where the
     library's default is the training split. Each change is the new default, or
-    ``(default, help)`` to reword the option's help text too; a field's flag, checks and
+    ``(default, help)`` to reword the option's help text too (for a tuple field, a pair
+    whose first item is a tuple: ``metrics=(("loss",), "...")``); a field's flag, checks and
     type stay. ``with_defaults(CKASpec, split=("test", "Split whose activations ..."))``."""
     hints = typing.get_type_hints(cls)
     by_name = {f.name: f for f in dataclasses.fields(cls)}
@@ -135,7 +136,13 @@ def with_defaults(cls: type[Spec], **changes: Any) -> type[Spec]:
     ns["__annotations__"] = {name: hints[name] for name in changes}
     for name, change in changes.items():
         default, help_ = change, by_name[name].metadata["help"]
-        if isinstance(change, tuple) and len(change) == 2 and isinstance(change[1], str):
+        sequence = typing.get_origin(_optional(hints[name])[0]) is tuple
+        if (
+            isinstance(change, tuple)
+            and len(change) == 2
+            and isinstance(change[1], str)
+            and (not sequence or isinstance(change[0], tuple))  # ("loss", "error") is a default
+        ):
             default, help_ = change
         ns[name] = dataclasses.field(
             default=default, metadata={**by_name[name].metadata, "help": help_}

@@ -36,8 +36,8 @@ class Command:
 
     Its ``--help`` is ``about``'s docstring (the library's own documentation of the
     analysis: its definition, in the spec's option names), the ``--json`` paragraph listing
-    ``result``'s fields, and ``examples``. ``summary`` (default ``Result.summary``) gives the
-    lines printed after a run without ``--json``.
+    ``result``'s fields, and ``examples``. After a run without ``--json`` it prints
+    ``result.summary()``.
     """
 
     name: str
@@ -46,17 +46,13 @@ class Command:
     examples: str = ""
     about: Any = None
     result: type | None = None
-    summary: Callable[[Any], list[str]] | None = None
     #: ``figures(result, spec, out) -> files``: the command's figures, drawn after the result
-    #: is saved (default: ``plot(result)`` as ``figures/<kind>.png|pdf``)
+    #: is saved (default: every figure of the result, :func:`default_figures`)
     figures: Callable[[Any, Any, Path], list[Path]] | None = None
-    text: str = ""  # a whole hand-written help text instead (commands not yet converted)
 
     @property
     def help(self) -> str:
         """The ``--help`` text (see the class docstring)."""
-        if self.text:
-            return self.text
         parts = [inspect.getdoc(self.about) or ""] if self.about is not None else []
         if self.result is not None:
             parts.append(json_paragraph(self.result))
@@ -132,7 +128,7 @@ def run_command(
     if json_out:
         emit_json(result.to_dict())
         return result
-    for line in cmd.summary(result) if cmd.summary else result.summary():
+    for line in result.summary():
         info(line)
     shown = (
         [f"figures: {Path(figures[0]).parent} ({len(figures)} files)"]

@@ -11,7 +11,7 @@ from basinscope.analyses.criticality import CriticalityResult, CriticalitySpec, 
 from basinscope.analyses.distance import DistanceResult, DistanceSpec, MistakeSpec, group_by_module
 from basinscope.analyses.rewind import RewindResult, RewindSpec, rewind
 from basinscope.analyses.similarity import CKAResult, CKASpec, ModelPair, cka_matrix
-from basinscope.cli.generate import Command, Context, typer_command
+from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import DataOptions, ModelOptions, fingerprints, load_model, parse_json_kwargs
 from basinscope.result import result_class
@@ -20,7 +20,6 @@ from basinscope.store import paths
 from basinscope.training import FinetuneComparison, FinetuneComparisonSpec, compare_strategies
 
 __all__ = ["CRITICALITY", "DISTANCE", "FINETUNE", "REWIND", "SIMILARITY"]
-__all__ += ["criticality_cmd", "distance_cmd", "finetune_cmd", "rewind_cmd", "similarity_cmd"]
 
 _AB = with_defaults(ModelPair, weights=((), "Weights of model A (the reference), then of model B."))
 _CKAOnTest = with_defaults(CKASpec, split=("test", "Split whose activations are compared."))
@@ -31,10 +30,9 @@ _CritOnTrain = with_defaults(CriticalitySpec, split=("train", "Split whose loss 
 _Pretrained = with_defaults(ModelOptions, weights=(None, "Weights of the pretrained model."))
 
 
-def _command(name: str, spec: Any, about: type[Spec]) -> tuple[Command, Any]:
+def _command(name: str, spec: Any, about: type[Spec]) -> Command:
     result = result_class(about.kind)  # the result of the analysis that ``about`` specifies
-    cmd = Command(name, spec, spec.run, inspect.cleandoc(spec.__doc__), about, result)
-    return cmd, typer_command(cmd)
+    return Command(name, spec, spec.run, inspect.cleandoc(spec.__doc__), about, result)
 
 
 def _required(spec: Spec, name: str, what: str, example: str) -> None:
@@ -193,8 +191,8 @@ class FinetuneCommand(FinetuneComparisonSpec):
         )
 
 
-SIMILARITY, similarity_cmd = _command("similarity", SimilarityCommand, CKASpec)
-DISTANCE, distance_cmd = _command("distance", DistanceCommand, DistanceSpec)
-REWIND, rewind_cmd = _command("rewind", RewindCommand, RewindSpec)
-CRITICALITY, criticality_cmd = _command("criticality", CriticalityCommand, CriticalitySpec)
-FINETUNE, finetune_cmd = _command("finetune", FinetuneCommand, FinetuneComparisonSpec)
+SIMILARITY = _command("similarity", SimilarityCommand, CKASpec)
+DISTANCE = _command("distance", DistanceCommand, DistanceSpec)
+REWIND = _command("rewind", RewindCommand, RewindSpec)
+CRITICALITY = _command("criticality", CriticalityCommand, CriticalitySpec)
+FINETUNE = _command("finetune", FinetuneCommand, FinetuneComparisonSpec)
