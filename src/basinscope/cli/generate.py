@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 
 from basinscope.errors import BasinscopeError
 from basinscope.spec import Spec, _optional, named_by_flags, spec_hash
@@ -56,8 +57,18 @@ class Command:
         parts = [inspect.getdoc(self.about) or ""] if self.about is not None else []
         if self.result is not None:
             parts.append(json_paragraph(self.result))
+        parts = [_reflow(p) for p in "\n\n".join(parts).split("\n\n")]
         examples = textwrap.indent(textwrap.dedent(self.examples).strip(), "  ")
         return "\n\n".join([*parts, "Examples:", examples]) + "\n"
+
+
+def _reflow(paragraph: str) -> str:
+    """A prose paragraph on one line, for the terminal to wrap (typer keeps line breaks);
+    lists and indented lines (formulas, code) keep theirs."""
+    lines = paragraph.splitlines()
+    if any(line[:1].isspace() or line.lstrip().startswith(("- ", "* ")) for line in lines):
+        return paragraph
+    return " ".join(line.strip() for line in lines)
 
 
 def json_paragraph(result: type) -> str:
@@ -225,7 +236,7 @@ def _typer_param(x: _Flat) -> inspect.Parameter:
         flag = flag if "/" in flag else f"{flag}/--no-{flag[2:]}"
     else:
         annotation = typing.Optional[inner] if default is None else inner
-    opt = typer.Option(default, flag, help=help_, metavar=meta.get("metavar"))
+    opt = typer.Option(default, flag, help=escape(help_), metavar=meta.get("metavar"))
     return inspect.Parameter(
         "_".join(x.path), inspect.Parameter.KEYWORD_ONLY, default=opt, annotation=annotation
     )
@@ -295,6 +306,6 @@ def typer_command(cmd: Command) -> Callable[..., None]:
 
     callback.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     callback.__annotations__ = {p.name: p.annotation for p in params}
-    callback.__doc__ = cmd.help
+    callback.__doc__ = escape(cmd.help)  # typer renders rich markup: "matrix[i, j]" is text
     callback.__name__ = f"{cmd.name}_cmd"
     return callback

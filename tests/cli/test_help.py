@@ -1,0 +1,63 @@
+"""Every generated command's --help: its analysis spec's docstring (one text for
+``help(bs.XSpec)`` and ``--help``), a --json paragraph from the result's fields, examples."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import pytest
+
+from basinscope.cli import main as cli_main
+from basinscope.cli.generate import Command
+from basinscope.result import _stored
+
+COMMANDS = [
+    c
+    for mod in (
+        cli_main.train,
+        cli_main.landscape,
+        cli_main.curvature,
+        cli_main.barrier,
+        cli_main.dynamics,
+        cli_main.curves,
+        cli_main.transfer,
+    )
+    for c in vars(mod).values()
+    if isinstance(c, Command)
+]
+
+
+def test_every_command_is_registered_once():
+    names = [c.name for c in COMMANDS]
+    assert len(names) == len(set(names)) == 16
+    registered = {c.name for c in cli_main.app.registered_commands}
+    assert set(names) <= registered
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.name)
+def test_help_is_the_specs_doc_the_results_fields_and_examples(cli, monkeypatch, cmd):
+    monkeypatch.setenv("COLUMNS", "400")  # one paragraph per line: compare whole sentences
+    res = cli(cmd.name, "--help")
+    assert res.code == 0, res.err
+    out = " ".join(res.out.split())
+    doc = inspect.getdoc(cmd.about)
+    assert doc.splitlines()[0] in out  # the one-line summary of `basinscope --help`
+    assert " ".join(doc.split("\n\n")[1].split())[:60] in out  # the definition follows
+    fields = [f.name for f in dataclasses.fields(cmd.result) if _stored(f)]
+    assert f"JSON (--json): the {cmd.result.kind} result: kind, schema, {', '.join(fields)}." in out
+    examples = out.split("Examples:", 1)[1]
+    assert f"basinscope {cmd.name}" in examples
+
+
+def test_rich_markup_in_a_docstring_stays_text(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    res = cli("similarity", "--help")
+    assert "matrix[i, j] is the centered kernel alignment" in " ".join(res.out.split())
+
+
+def test_prose_is_reflowed_for_the_terminal_to_wrap(cli, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "400")
+    res = cli("barrier", "--help")
+    line = "f(alpha) is the mean --metric on --split. The barrier is defined by --definition"
+    assert any(line in row for row in res.out.splitlines())  # not broken where the doc is
