@@ -13,20 +13,23 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from basinscope.errors import BasinscopeError
-from basinscope.spec import Spec, option
+from basinscope.spec import Spec, group, option, with_defaults
 
 __all__ = [
     "DataOptions",
     "ModelOptions",
+    "ModelPair",
     "ModelsOptions",
+    "TrainedAndInit",
     "fingerprints",
     "labels_of",
     "load_model",
     "model_spec",
     "parse_json_kwargs",
+    "require",
 ]
 
 MODEL_HELP = (
@@ -71,6 +74,33 @@ class ModelsOptions(Spec):
 
     def labels(self) -> list[str]:
         return labels_of(self.weights)
+
+
+@dataclass(frozen=True)
+class ModelPair(ModelsOptions):
+    """Two models of one architecture: ``weights`` exactly twice (checked on construction;
+    subclasses say what the two are for in the message, :attr:`needs` and :attr:`roles`)."""
+
+    needs: ClassVar[str] = "exactly two models are compared"
+    roles: ClassVar[str] = " (model A, then model B)"
+
+    weights: tuple[Path, ...] = option((), "Weights of model A, then of model B (exactly two).")
+
+    def check(self) -> None:
+        n, flag = len(self.weights), self.name_of("weights")
+        if n != 2:
+            raise BasinscopeError(
+                f"{self.needs}, got {n} {flag}: pass {flag} A.safetensors {flag} "
+                f"B.safetensors{self.roles}"
+            )
+
+
+def require(spec: Spec, name: str, what: str, example: str) -> None:
+    """Refuse ``spec`` when its field ``name`` is unset: ``--init is required: the same
+    model at initialisation, e.g. --init init.safetensors``."""
+    if getattr(spec, name) is None:
+        flag = spec.name_of(name)
+        raise BasinscopeError(f"{flag} is required: {what}, e.g. {flag} {example}")
 
 
 @dataclass(frozen=True)
@@ -165,3 +195,25 @@ def model_spec(spec: str, kwargs_json: str | None, weights: Path | None) -> dict
         "model_kwargs": parse_json_kwargs(kwargs_json),
         "weights": str(weights) if weights is not None else None,
     }
+
+
+_Trained = with_defaults(ModelOptions, weights=(None, "Weights of the trained model."))
+
+
+@dataclass(frozen=True)
+class TrainedAndInit(Spec):
+    """A trained model (``weights``), the same model at initialisation (``init``) and the
+    data: what rewinding and module criticality compare."""
+
+    model: _Trained = group(_Trained)
+    init: Path | None = option(None, "Weights of the same model at initialisation.")
+    data: DataOptions = group(DataOptions)
+
+    def check(self) -> None:
+        require(self.model, "weights", "the trained model", "final.safetensors")
+        require(self, "init", "the same model at initialisation", "init.safetensors")
+
+    def load(self, split: str) -> tuple[Any, Any, dict[str, Any]]:
+        """The final and the initial model and ``{split: data}``."""
+        final, start = self.model.load(), self.model.replace(weights=self.init).load()
+        return final, start, {split: self.data.load(split)}

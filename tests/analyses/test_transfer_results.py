@@ -22,8 +22,9 @@ from basinscope.analyses.distance import (
     parameter_distance,
 )
 from basinscope.analyses.rewind import EngineOptions, RewindSpec, rewind
-from basinscope.analyses.similarity import CKA_ESTIMATORS, CKASpec, ModelPair, cka_matrix
+from basinscope.analyses.similarity import CKA_ESTIMATORS, CKASpec, cka_matrix
 from basinscope.errors import BasinscopeError
+from basinscope.inputs import ModelPair
 from basinscope.plotting import plot
 from basinscope.result import Result
 from basinscope.store import load, save
@@ -252,7 +253,10 @@ def test_finetune_comparison_spec_checks(changes, message):
 
 def test_model_pair_needs_exactly_two_weights():
     assert ModelPair(weights=("a.safetensors", "b.safetensors")).labels() == ["a", "b"]
-    with pytest.raises(BasinscopeError, match=r"pass exactly two weights \(model A, then"):
+    with pytest.raises(
+        BasinscopeError,
+        match=r"exactly two models are compared, got 1 weights: pass weights A.safetensors weights B.safetensors \(model A, then model B\)",
+    ):
         ModelPair(weights=("a.safetensors",))
 
 

@@ -145,7 +145,11 @@ def args_of_linear(weights) -> list:
 
 
 def test_similarity_errors(capsys, weights, tmp_path):
-    assert_error(capsys, ["similarity", *BASE, "--weights", weights["m0"]], "exactly two --weights")
+    assert_error(
+        capsys,
+        ["similarity", *BASE, "--weights", weights["m0"]],
+        "exactly two models are compared, got 1 --weights",
+    )
     args = ["similarity", *BASE, "--weights", weights["m0"], "--weights", weights["m1"]]
     assert_error(
         capsys,
@@ -205,7 +209,7 @@ def test_distance_modules_no_mistakes(capsys, weights, tmp_path):
 
 
 def test_distance_errors(capsys, weights, tmp_path):
-    assert_error(capsys, ["distance", *BASE], "exactly two --weights")
+    assert_error(capsys, ["distance", *BASE], "exactly two models are compared, got 0 --weights")
     out = tmp_path / "bad"
     args = ["distance", *BASE, "--weights", weights["m0"], "--weights", weights["m1"]]
     assert_error(capsys, [*args, "--modules", "conv9", "--out", out], "'conv9' owns no parameters")

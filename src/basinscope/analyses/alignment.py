@@ -54,7 +54,6 @@ from basinscope.analyses.barrier import (
     barrier_definition_option,
     barrier_from_curve,
 )
-from basinscope.analyses.curves import TwoModels
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import as_splits
 from basinscope.engine import as_batches
@@ -62,6 +61,7 @@ from basinscope.engine.bn import has_batchnorm
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_params
+from basinscope.inputs import ModelPair
 from basinscope.result import Result, fmt, transient
 from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
 
@@ -143,7 +143,7 @@ class AlignSpec(Spec):
 
 
 @dataclass(frozen=True)
-class AlignModels(TwoModels):
+class AlignModels(ModelPair):
     """Model A and model B, whose units are permuted to match A's, given by name."""
 
     needs: ClassVar[str] = "align needs exactly two models"

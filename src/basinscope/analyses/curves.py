@@ -64,7 +64,7 @@ from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import ParamDict, check_same_keys, get_buffers, get_params, norm
-from basinscope.inputs import ModelsOptions
+from basinscope.inputs import ModelPair
 from basinscope.result import Result, fmt, tensors
 from basinscope.spec import BN_POLICIES, STRATEGIES, EvalOptions, Spec, option, takes_spec
 from basinscope.training import TrainConfig, train
@@ -81,7 +81,6 @@ __all__ = [
     "CurveEvaluation",
     "CurveResult",
     "CurveSpec",
-    "TwoModels",
     "curve",
     "evaluate_curve",
     "init_curve",
@@ -200,27 +199,11 @@ class CurveEvalSpec(Spec):
 
 
 @dataclass(frozen=True)
-class TwoModels(ModelsOptions):
-    """Two models of one architecture, given by name: ``weights`` exactly twice (checked on
-    construction; the message says what the two are for, :attr:`needs` and :attr:`roles`)."""
-
-    needs: ClassVar[str] = "this analysis takes exactly two models"
-    roles: ClassVar[str] = ""
-
-    def check(self) -> None:
-        n, flag = len(self.weights), self.name_of("weights")
-        if n != 2:
-            raise BasinscopeError(
-                f"{self.needs}, got {n} {flag}: pass {flag} A.safetensors {flag} "
-                f"B.safetensors{self.roles}"
-            )
-
-
-@dataclass(frozen=True)
-class CurveEndpoints(TwoModels):
+class CurveEndpoints(ModelPair):
     """The two models a curve joins, given by name."""
 
     needs: ClassVar[str] = "a curve joins exactly two models"
+    roles: ClassVar[str] = ""
 
     weights: tuple[Path, ...] = option(
         (), "Weights of an endpoint; give it twice (theta_A, theta_B)."

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -32,7 +31,6 @@ from basinscope.analyses.cka import (
 from basinscope.engine.batches import as_batches
 from basinscope.engine.fit import check_model_data
 from basinscope.errors import BasinscopeError
-from basinscope.inputs import ModelsOptions
 from basinscope.result import Result, fmt
 from basinscope.spec import Spec, option, takes_spec
 
@@ -42,7 +40,6 @@ __all__ = [
     "CKAResult",
     "CKASpec",
     "MinibatchCKA",
-    "ModelPair",
     "StreamingLinearCKA",
     "cka_matrix",
     "debiased_cka",
@@ -99,22 +96,6 @@ class CKASpec(Spec):
         if not self.sigma_factor > 0:
             raise BasinscopeError(
                 f"{self.name_of('sigma_factor')} must be a number > 0, got {self.sigma_factor}"
-            )
-
-
-@dataclass(frozen=True)
-class ModelPair(ModelsOptions):
-    """Two models compared, model A and model B, by their weights (exactly two --weights):
-    the input group of ``basinscope similarity`` and ``basinscope distance``."""
-
-    weights: tuple[Path, ...] = option((), "Weights of model A, then of model B (exactly two).")
-
-    def check(self) -> None:
-        if (n := len(self.weights)) != 2:
-            w = self.name_of("weights")
-            raise BasinscopeError(
-                f"pass exactly two {w} (model A, then model B), got {n}: e.g. {w} a.safetensors "
-                f"{w} b.safetensors"
             )
 
 

@@ -3,17 +3,24 @@
 import inspect
 import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from basinscope.analyses import DistanceAndMistakes, mistake_analysis, parameter_distance
 from basinscope.analyses.criticality import CriticalityResult, CriticalitySpec, module_criticality
 from basinscope.analyses.distance import DistanceResult, DistanceSpec, MistakeSpec, group_by_module
 from basinscope.analyses.rewind import RewindResult, RewindSpec, rewind
-from basinscope.analyses.similarity import CKAResult, CKASpec, ModelPair, cka_matrix
+from basinscope.analyses.similarity import CKAResult, CKASpec, cka_matrix
 from basinscope.cli.generate import Command, Context
-from basinscope.errors import BasinscopeError
-from basinscope.inputs import DataOptions, ModelOptions, fingerprints, load_model, parse_json_kwargs
+from basinscope.inputs import (
+    DataOptions,
+    ModelOptions,
+    ModelPair,
+    TrainedAndInit,
+    fingerprints,
+    load_model,
+    parse_json_kwargs,
+    require,
+)
 from basinscope.result import result_class
 from basinscope.spec import Spec, group, option, with_defaults
 from basinscope.store import paths
@@ -24,7 +31,6 @@ __all__ = ["CRITICALITY", "DISTANCE", "FINETUNE", "REWIND", "SIMILARITY"]
 _AB = with_defaults(ModelPair, weights=((), "Weights of model A (the reference), then of model B."))
 _CKAOnTest = with_defaults(CKASpec, split=("test", "Split whose activations are compared."))
 _MistakesOnTest = with_defaults(MistakeSpec, split=("test", "Split of the mistake analysis."))
-_Trained = with_defaults(ModelOptions, weights=(None, "Weights of the trained model."))
 _RewindOnTest = with_defaults(RewindSpec, split=("test", "Split the models are evaluated on."))
 _CritOnTrain = with_defaults(CriticalitySpec, split=("train", "Split whose loss L is thresholded."))
 _Pretrained = with_defaults(ModelOptions, weights=(None, "Weights of the pretrained model."))
@@ -33,12 +39,6 @@ _Pretrained = with_defaults(ModelOptions, weights=(None, "Weights of the pretrai
 def _command(name: str, spec: Any, about: type[Spec]) -> Command:
     result = result_class(about.kind)  # the result of the analysis that ``about`` specifies
     return Command(name, spec, spec.run, inspect.cleandoc(spec.__doc__), about, result)
-
-
-def _required(spec: Spec, name: str, what: str, example: str) -> None:
-    if getattr(spec, name) is None:
-        flag = spec.name_of(name)
-        raise BasinscopeError(f"{flag} is required: {what}, e.g. {flag} {example}")
 
 
 def _kwargs_b(text: str) -> str:
@@ -107,27 +107,14 @@ class DistanceCommand(Spec):
         return DistanceAndMistakes(distance=dist, mistakes=mistakes)
 
 
-@dataclass(frozen=True)
-class _FinalAndInit(Spec):
-    """A trained model (--weights), the same model at initialisation (--init) and data."""
-
-    model: _Trained = group(_Trained)
-    init: Path | None = option(None, "Weights of the same model at initialisation.")
-    data: DataOptions = group(DataOptions)
-
-    def check(self) -> None:
-        _required(self.model, "weights", "the trained model", "final.safetensors")
-        _required(self, "init", "the same model at initialisation", "init.safetensors")
-
-    def open(self, split: str, ctx: Context) -> tuple[Any, Any, dict[str, Any]]:
-        """The final and the initial model and ``{split: data}``, the run folder opened."""
-        final, start = self.model.load(), self.model.replace(weights=self.init).load()
-        ctx.open(fingerprints([final, start], data := {split: self.data.load(split)}))
-        return final, start, data
+def _open(cmd: TrainedAndInit, split: str, ctx: Context) -> tuple[Any, Any, dict[str, Any]]:
+    final, start, data = cmd.load(split)
+    ctx.open(fingerprints([final, start], data))
+    return final, start, data
 
 
 @dataclass(frozen=True)
-class RewindCommand(_FinalAndInit):
+class RewindCommand(TrainedAndInit):
     """basinscope rewind --model mlp --weights final.safetensors --init init.safetensors
 
     basinscope rewind --weights final.safetensors --init init.safetensors --modules fc1 \\
@@ -137,13 +124,13 @@ class RewindCommand(_FinalAndInit):
     rewind: _RewindOnTest = group(_RewindOnTest)
 
     def run(self, ctx: Context) -> RewindResult:
-        final, start, data = self.open(split := self.rewind.split, ctx)
+        final, start, data = _open(self, split := self.rewind.split, ctx)
         ctx.say(f"rewinding each module on {split} ({len(data[split])} examples) ...")
         return rewind(final, start, data, spec=self.rewind)
 
 
 @dataclass(frozen=True)
-class CriticalityCommand(_FinalAndInit):
+class CriticalityCommand(TrainedAndInit):
     """basinscope criticality --model mlp --weights final.safetensors --init init.safetensors
 
     basinscope criticality --weights final.safetensors --init init.safetensors \\
@@ -154,7 +141,7 @@ class CriticalityCommand(_FinalAndInit):
 
     def run(self, ctx: Context) -> CriticalityResult:
         spec = self.criticality
-        final, start, data = self.open(split := spec.split, ctx)
+        final, start, data = _open(self, split := spec.split, ctx)
         n = len(group_by_module([p for p, _ in final.named_parameters()], spec.modules))
         grid = f"{len(spec.alphas)} x {len(spec.sigmas)} grid, {spec.samples} draws per point"
         ctx.say(f"criticality of {n} modules on {split} ({len(data[split])} examples): {grid} ...")
@@ -175,7 +162,7 @@ class FinetuneCommand(FinetuneComparisonSpec):
     source_rotation: float = option(0.0, "Rotation of the source distribution (degrees).")
 
     def check(self) -> None:
-        _required(self.model, "weights", "the pretrained model", "model.safetensors")
+        require(self.model, "weights", "the pretrained model", "model.safetensors")
         super().check()
 
     def run(self, ctx: Context) -> FinetuneComparison:
