@@ -58,7 +58,7 @@ def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
     assert lp["cka"]["tgt_test"]["conv1"] == pytest.approx(1.0, abs=1e-9)
     assert lp["distance"]["per_module"]["conv1"]["l2"] == 0.0
     # random-start rows carry no basin verdict; curvature is positive and finite
-    assert rows[(big, "random", "FT")]["in pre-trained basin"] is None
+    assert rows[(big, "random", "FT")]["in_pretrained_basin"] is None
     for r in res["summary"]:
         assert np.isfinite(r["lambda_max"]) and np.isfinite(r["trace"])
     for term in ("barrier", "stayed in the pre-trained basin", "lambda_max", "cka"):
@@ -244,4 +244,4 @@ def test_stages_of_different_data_never_share_a_folder(quick):
     assert curv[0]["lambda_max"] != curv[1]["lambda_max"]
     # at 0 degrees the target is the source
     same = next(r for r in res["summary"] if r["angle"] == 0 and r["strategy"] == "FT")
-    assert same["target acc. before"] == same["source acc. before"]
+    assert same["target_acc_before"] == same["source_acc_before"]

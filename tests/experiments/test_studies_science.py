@@ -25,11 +25,11 @@ def test_rotated_digits_fine_tuning_adapts_forgets_and_stays_in_the_basin_at_zer
     rows = {(r["angle"], r["start"], r["strategy"]): r for r in res["summary"]}
     ft = rows[(max(cfg.angles), "pre-trained", "FT")]
     # the rotated target is hard for the pre-trained model; fine-tuning adapts and forgets
-    assert ft["target acc. before"] < 0.5 < ft["target acc. after"]
+    assert ft["target_acc_before"] < 0.5 < ft["target_acc_after"]
     assert ft["forgetting"] > 0.1
     # at 0 degrees the target is the source: nothing to forget, and no barrier anywhere
     same = rows[(0.0, "pre-trained", "FT")]
-    assert same["barrier copies"] < 0.02 and same["in pre-trained basin"] is True
+    assert same["barrier_copies"] < 0.02 and same["in_pretrained_basin"] is True
     for r in res["summary"]:
         assert r["lambda_max"] > 0 and r["trace"] == pytest.approx(r["trace"])
 

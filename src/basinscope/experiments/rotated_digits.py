@@ -644,36 +644,36 @@ def summary_rows(cfg: RotatedDigitsConfig, angles: dict[str, Any]) -> list[dict[
                 "angle": float(a),
                 "start": start,
                 "strategy": STRATEGY_NAMES[strategy],
-                "target acc. before": mean(lambda i: i["before"]["target"]["accuracy"]),
-                "target acc. after": mean(lambda i: i["after"]["target"]["accuracy"]),
-                "source acc. before": mean(lambda i: i["before"]["source"]["accuracy"]),
-                "source acc. after": mean(lambda i: i["after"]["source"]["accuracy"]),
+                "target_acc_before": mean(lambda i: i["before"]["target"]["accuracy"]),
+                "target_acc_after": mean(lambda i: i["after"]["target"]["accuracy"]),
+                "source_acc_before": mean(lambda i: i["before"]["source"]["accuracy"]),
+                "source_acc_after": mean(lambda i: i["after"]["source"]["accuracy"]),
                 "forgetting": mean(lambda i: i["forgetting"]),
-                "barrier copies": conn["copies"]["value"],
+                "barrier_copies": conn["copies"]["value"],
             }
             if start == "pre-trained":
                 sim = res["similarity"][key]
                 path = conn["path_tgt_test"]["value"]
                 row.update(
                     {
-                        "relative distance": sim["distance"]["overall"]["relative"],
-                        "barrier path (target)": path,
-                        "barrier path (source)": conn["path_src_test"]["value"],
-                        "in pre-trained basin": bool(
+                        "relative_distance": sim["distance"]["overall"]["relative"],
+                        "barrier_path_target": path,
+                        "barrier_path_source": conn["path_src_test"]["value"],
+                        "in_pretrained_basin": bool(
                             max(conn["copies"]["value"], path) <= cfg.basin_epsilon
                             and conn["path_tgt_test"]["f1"] <= conn["path_tgt_test"]["f0"]
                         ),
-                        "CKA fc1 (target)": sim["cka"]["tgt_test"].get("fc1"),
+                        "cka_fc1_target": sim["cka"]["tgt_test"].get("fc1"),
                     }
                 )
             else:
                 row.update(
                     {
-                        "relative distance": None,
-                        "barrier path (target)": None,
-                        "barrier path (source)": None,
-                        "in pre-trained basin": None,
-                        "CKA fc1 (target)": None,
+                        "relative_distance": None,
+                        "barrier_path_target": None,
+                        "barrier_path_source": None,
+                        "in_pretrained_basin": None,
+                        "cka_fc1_target": None,
                     }
                 )
             row.update({"lambda_max": curv["lambda_max"], "trace": curv["trace"]})

@@ -36,6 +36,35 @@ def _open(stages: Path, name: str):
     return load(stages / name).dataset
 
 
+#: The summary table's columns: the key of each value in results["summary"] and its header.
+SUMMARY_COLUMNS = {
+    "angle": "angle",
+    "start": "start",
+    "strategy": "strategy",
+    "target_acc_before": "target acc. before",
+    "target_acc_after": "target acc. after",
+    "source_acc_before": "source acc. before",
+    "source_acc_after": "source acc. after",
+    "forgetting": "forgetting",
+    "barrier_copies": "barrier copies",
+    "relative_distance": "relative distance",
+    "barrier_path_target": "barrier path (target)",
+    "barrier_path_source": "barrier path (source)",
+    "in_pretrained_basin": "in pre-trained basin",
+    "cka_fc1_target": "CKA fc1 (target)",
+    "lambda_max": "lambda_max",
+    "trace": "trace",
+}
+
+
+def _cell(key: str, value: Any) -> Any:
+    if key == "angle":
+        return f"{value:g}°"
+    if key == "in_pretrained_basin":
+        return {True: "yes", False: "no", None: "–"}[value]
+    return value
+
+
 def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     cfg = results["config"]
     stages = Path(run_dir).parent / paths.STAGES
@@ -64,18 +93,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
 
     # -- the summary ------------------------------------------------------------------------
     rep.heading("Summary")
-    rows = results["summary"]
     rep.table(
-        [
-            {
-                **r,
-                "angle": f"{r['angle']:g}°",
-                "in pre-trained basin": {True: "yes", False: "no", None: "–"}[
-                    r["in pre-trained basin"]
-                ],
-            }
-            for r in rows
-        ],
+        [{SUMMARY_COLUMNS[k]: _cell(k, v) for k, v in r.items()} for r in results["summary"]],
         "Per target angle and (start, strategy); accuracies are means over the copies on the test "
         f"splits. Stayed in the pre-trained basin: {defs['stayed in the pre-trained basin']}. "
         f"Barriers: {defs['barrier']}. λ_max and trace: {defs['lambda_max']}; {defs['trace']}. "
@@ -239,11 +258,11 @@ def _accuracy_figure(results, angles, strategies):
         return [rows[(a, start, STRATEGY_NAMES[strategy])][column] for a in x]
 
     for ax, side in zip(axes, ("target", "source"), strict=True):
-        after = f"{side} acc. after"
+        after = f"{side}_acc_after"
         for s in strategies:
             ax.plot(x, col("pre-trained", s, after), "o-", color=COLORS[s], label=STRATEGY_NAMES[s])
         ax.plot(x, col("random", "ft", after), "s--", color="black", label="random start (FT)")
-        before = col("pre-trained", "ft", f"{side} acc. before")
+        before = col("pre-trained", "ft", f"{side}_acc_before")
         ax.plot(x, before, ":", color="grey", label="pre-trained, before")
         ax.set_xlabel("rotation of the target (degrees)")
         ax.set_ylabel(f"{side} test accuracy after fine-tuning")
