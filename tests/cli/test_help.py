@@ -46,6 +46,7 @@ def test_help_is_the_specs_doc_the_results_fields_and_examples(cli, monkeypatch,
     assert " ".join(doc.split("\n\n")[1].split())[:60] in out  # the definition follows
     fields = [f.name for f in dataclasses.fields(cmd.result) if _stored(f)]
     assert f"JSON (--json): the {cmd.result.kind} result: kind, schema, {', '.join(fields)}." in out
+    assert not any(m in out for m in ("``", ":func:", ":class:", ":meth:")), "reST in --help"
     examples = out.split("Examples:", 1)[1]
     assert f"basinscope {cmd.name}" in examples
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import shutil
 import textwrap
 import typing
@@ -57,7 +58,10 @@ class Command:
         parts = [inspect.getdoc(self.about) or ""] if self.about is not None else []
         if self.result is not None:
             parts.append(json_paragraph(self.result))
-        parts = [_reflow(p) for p in "\n\n".join(parts).split("\n\n")]
+        text = re.sub(
+            r":(?:func|class|meth|data|attr|mod):`~?([^`]+)`", r"`\1`", "\n\n".join(parts)
+        )
+        parts = [_reflow(p) for p in text.replace("``", "`").split("\n\n")]  # reST to terminal
         examples = textwrap.indent(textwrap.dedent(self.examples).strip(), "  ")
         return "\n\n".join([*parts, "Examples:", examples]) + "\n"
 
