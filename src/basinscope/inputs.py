@@ -10,6 +10,7 @@ options (``--model``, ``--model-kwargs``, ``--weights``, ``--data``, ``--rotatio
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,6 +117,24 @@ class DataOptions(Spec):
     block_shuffle: int | None = option(None, "Shuffle k x k blocks of each image.", low=1)
     noise: float = option(0.0, "Std of additive Gaussian input noise.", low=0.0)
     shift_seed: int = option(0, "Seed of the block permutation and the noise.", low=0)
+
+    def splits(self, wanted: Sequence[str] = ()) -> tuple[str, ...]:
+        """``wanted``, or by default the splits the data has of train and test
+        (:func:`basinscope.data.data_splits`), with a warning when test is missing: a plain
+        ``x``/``y`` file is evaluated on its one split instead of failing."""
+        if wanted:
+            return tuple(wanted)
+        from basinscope.data import data_splits
+
+        have = data_splits(self.data)
+        if "test" not in have:
+            warnings.warn(
+                f"{self.data} has no test split: evaluating {', '.join(have)} only (save "
+                "x_test/y_test beside x/y to evaluate a held-out split too)",
+                UserWarning,
+                stacklevel=2,
+            )
+        return have
 
     def load(self, split: str) -> Any:
         from basinscope.data import resolve_data

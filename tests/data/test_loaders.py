@@ -259,3 +259,30 @@ def test_resolve_unknown_spec():
         resolve_data("cifar10")
     with pytest.raises(BasinscopeError, match="no split 'val'"):
         resolve_data("digits", "val")
+
+
+def test_data_splits_name_the_splits_each_kind_of_data_has(tmp_path, user_module):
+    from basinscope.data import data_splits
+
+    rng = np.random.default_rng(0)
+    x, y = rng.random((6, 4)).astype(np.float32), np.arange(6) % 2
+    np.savez(tmp_path / "xy.npz", x=x, y=y)
+    np.savez(tmp_path / "both.npz", x_train=x, y_train=y, x_test=x, y_test=y)
+    np.savez(tmp_path / "xy_test.npz", x=x, y=y, x_test=x, y_test=y)
+    np.savez(tmp_path / "test_only.npz", x_test=x, y_test=y)
+    np.savez(tmp_path / "half.npz", x=x, y=y, x_test=x)  # no y_test: no test split
+    (tmp_path / "broken.npz").write_bytes(b"not a zip")
+    assert data_splits("digits") == data_splits("mnist") == ("train", "test")
+    assert data_splits(str(tmp_path / "xy.npz")) == ("train",)
+    assert data_splits(str(tmp_path / "both.npz")) == ("train", "test")
+    assert data_splits(str(tmp_path / "xy_test.npz")) == ("train", "test")
+    assert data_splits(str(tmp_path / "test_only.npz")) == ("test",)
+    assert data_splits(str(tmp_path / "half.npz")) == ("train",)
+    # unreadable or absent: both, so that reading the split says what is wrong
+    assert data_splits(str(tmp_path / "broken.npz")) == ("train", "test")
+    assert data_splits(str(tmp_path / "absent.npz")) == ("train", "test")
+    assert data_splits(f"{user_module}:tensordata") == ("train",)
+    assert data_splits(f"{user_module}:by_split") == ("train", "test")
+    for spec in ("digits", str(tmp_path / "xy.npz"), f"{user_module}:by_split"):
+        for split in data_splits(spec):
+            assert len(resolve_data(spec, split)) > 0  # every split named can be read

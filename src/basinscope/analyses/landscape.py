@@ -84,11 +84,13 @@ def _split_names(text: str) -> tuple[str, ...]:
 
 
 def splits_option() -> Any:
-    """The splits a landscape is evaluated on, in one run (default train and test); typed
-    on the command line as comma-separated names (``--splits train,test``)."""
+    """The splits a landscape is evaluated on, in one run; typed on the command line as
+    comma-separated names (``--splits train,test``). Empty (the default): the data's train
+    and test splits, those it has (:meth:`basinscope.inputs.DataOptions.splits`)."""
     return option(
-        ("train", "test"),
-        "Comma-separated splits to evaluate on, in one run (default train,test).",
+        (),
+        "Comma-separated splits to evaluate on, in one run (default: train,test, or those of "
+        "the two the data has).",
         parse=_split_names,
         metavar="SPLITS",
     )

@@ -26,8 +26,9 @@ class CurveCommand(Spec):
     models: CurveEndpoints = group(CurveEndpoints)
     data: DataOptions = group(DataOptions)
     splits: tuple[str, ...] = option(
-        ("train", "test"),
-        "Comma-separated splits to evaluate on (training: train; default: train,test).",
+        (),
+        "Comma-separated splits to evaluate on (training: train; default: train,test, or "
+        "those of the two the data has).",
         parse=lambda text: tuple(split_names(text)),
         metavar="SPLIT,SPLIT",
     )
@@ -37,7 +38,7 @@ class CurveCommand(Spec):
 
 def run_curve(cmd: CurveCommand, ctx: Context):
     m, (a, b), data = cmd.models, cmd.models.load(2, "a curve"), cmd.data.load("train")
-    evals = {s: data if s == "train" else cmd.data.load(s) for s in cmd.splits}
+    evals = {s: data if s == "train" else cmd.data.load(s) for s in cmd.data.splits(cmd.splits)}
     ctx.open(fingerprints([a, b], {"train": data, **evals}))
     return curve(
         a,

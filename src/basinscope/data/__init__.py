@@ -10,7 +10,13 @@ distribution shift.
 """
 
 from basinscope.data.digits import DIGITS_SPLITS, load_digits
-from basinscope.data.loaders import as_tensor_data, load_npz, load_object, resolve_data
+from basinscope.data.loaders import (
+    as_tensor_data,
+    data_splits,
+    load_npz,
+    load_object,
+    resolve_data,
+)
 from basinscope.data.mnist import MNIST5K_SPLITS, load_mnist5k, mnist5k_path
 from basinscope.data.shifts import (
     add_noise,
@@ -31,6 +37,7 @@ __all__ = [
     "as_tensor_data",
     "block_permutation",
     "block_shuffle",
+    "data_splits",
     "label_subset",
     "load_digits",
     "load_mnist5k",

@@ -28,7 +28,14 @@ from basinscope.data.shifts import apply_shift
 from basinscope.data.tensordata import TensorData
 from basinscope.errors import BasinscopeError
 
-__all__ = ["DICT_KEYS", "as_tensor_data", "load_npz", "load_object", "resolve_data"]
+__all__ = [
+    "DICT_KEYS",
+    "as_tensor_data",
+    "data_splits",
+    "load_npz",
+    "load_object",
+    "resolve_data",
+]
 
 #: Key pairs accepted for dict batches/items, tried in this order.
 DICT_KEYS = (("x", "y"), ("input", "target"), ("inputs", "labels"))
@@ -105,7 +112,8 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData:
             f"{str(path)!r} has no {split} arrays: it holds {have}, and plain x/y serve "
             f"only the 'train' split. Save the {split} data in the same file as "
             f"x_{split}/y_{split}: np.savez(path, x_train=..., y_train=..., x_{split}=..., "
-            f"y_{split}=...), or point the {split} data at a separate file."
+            f"y_{split}=...), or point the {split} data at a separate file; or evaluate the "
+            "train split instead (on the command line: --split train, or --splits train)."
         )
     else:
         want = "x and y" if split is None else f"x_{split} and y_{split} (or x and y)"
@@ -236,6 +244,31 @@ def as_tensor_data(obj: Any, name: str = "") -> TensorData:
             "stacked; resize them to one shape (e.g. with a transform)."
         ) from e
     return _finish(x, y, name)
+
+
+def data_splits(spec: str) -> tuple[str, ...]:
+    """Which of the usual splits (``train``, ``test``) the data ``spec`` of
+    :func:`resolve_data` provides: both for the built-in data and for a function of
+    ``split``; ``train`` only for a fixed dataset object; for an ``.npz`` file, ``train`` when
+    it holds ``x``/``y`` or ``x_train``/``y_train`` and ``test`` when it holds
+    ``x_test``/``y_test``. A file that cannot be read answers both, and reading it says why.
+    """
+    if spec in ("digits", "mnist", "mnist5k"):
+        return ("train", "test")
+    if spec.lower().endswith(".npz"):
+        try:
+            with zipfile.ZipFile(spec) as z:
+                names = {n.removesuffix(".npy") for n in z.namelist()}
+        except (OSError, zipfile.BadZipFile):
+            return ("train", "test")
+        have = {s for s in ("train", "test") if {f"x_{s}", f"y_{s}"} <= names}
+        if {"x", "y"} <= names:
+            have.add("train")
+        return tuple(s for s in ("train", "test") if s in have) or ("train", "test")
+    if ":" in spec and not spec.startswith(":"):
+        obj = load_object(spec)
+        return ("train", "test") if callable(obj) and not _is_data(obj) else ("train",)
+    return ("train", "test")
 
 
 def resolve_data(
