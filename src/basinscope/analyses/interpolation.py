@@ -26,8 +26,10 @@ from basinscope.analyses.landscape import (
     DTYPES,
     Landscape,
     LandscapeSpec,
+    bias_policy_option,
     compute_landscape,
     grid_option,
+    normalization_option,
 )
 from basinscope.engine import warn_stored_bn
 from basinscope.geometry import (
@@ -38,7 +40,6 @@ from basinscope.geometry import (
     load_directions,
     random_direction,
 )
-from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
 from basinscope.geometry.params import to as cast
 from basinscope.spec import option, takes_spec
 
@@ -63,16 +64,8 @@ class RandomLineSpec(LandscapeSpec):
         "alpha grid START:STOP:NUM (default -1:1:41).", "--xrange", cli=False
     )
     seed: int = option(0, "Seed of the random directions.")
-    normalization: str = option(
-        "filter",
-        "Random directions: filter (Li et al.), layer, model or none.",
-        choices=NORMALIZATIONS,
-    )
-    bias_policy: str = option(
-        "zero",
-        "1-D parameters (biases, norm layers) of random directions: zero, include or as_weights.",
-        choices=BIAS_POLICIES,
-    )
+    normalization: str = normalization_option()
+    bias_policy: str = bias_policy_option()
 
     def check(self) -> None:
         super().check()

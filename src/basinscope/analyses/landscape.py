@@ -32,6 +32,7 @@ from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, ev
 from basinscope.engine.metrics import Metric, resolve_metrics
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import ParamDict, get_buffers
+from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
 from basinscope.result import Result, fmt, tensors
 from basinscope.spec import EvalOptions, Spec, group, option
 from basinscope.store import RunStore, fingerprint_tensors, paths, safe_component
@@ -42,10 +43,12 @@ __all__ = [
     "LandscapeSpec",
     "TrajectoryProjection",
     "as_splits",
+    "bias_policy_option",
     "check_grid_memory",
     "compute_landscape",
     "grid_coeffs",
     "grid_option",
+    "normalization_option",
     "splits_option",
 ]
 
@@ -77,6 +80,24 @@ def grid_option(help: str, flag: str, **kw: Any) -> Any:
     """A grid axis of a landscape spec: ``None`` (the function's default grid) or the
     coordinates; typed on the command line as ``START:STOP:NUM`` (``flag``)."""
     return option(None, help, flag=flag, parse=_grid_parser(flag), metavar="START:STOP:NUM", **kw)
+
+
+def normalization_option() -> Any:
+    """How a landscape's random directions are normalized (lines and surfaces alike)."""
+    return option(
+        "filter",
+        "Random directions: filter (Li et al.), layer, model or none.",
+        choices=NORMALIZATIONS,
+    )
+
+
+def bias_policy_option() -> Any:
+    """What a landscape's random directions do with 1-D parameters (lines and surfaces)."""
+    return option(
+        "zero",
+        "1-D parameters (biases, norm layers) of random directions: zero, include or as_weights.",
+        choices=BIAS_POLICIES,
+    )
 
 
 def _split_names(text: str) -> tuple[str, ...]:

@@ -29,8 +29,10 @@ from basinscope.analyses.landscape import (
     Landscape,
     LandscapeSpec,
     TrajectoryProjection,
+    bias_policy_option,
     compute_landscape,
     grid_option,
+    normalization_option,
 )
 from basinscope.engine import warn_stored_bn
 from basinscope.errors import BasinscopeError
@@ -44,7 +46,6 @@ from basinscope.geometry import (
     project_onto_plane,
     random_directions,
 )
-from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
 from basinscope.spec import Spec, option, takes_spec
 
 __all__ = [
@@ -74,16 +75,8 @@ class RandomSurfaceSpec(LandscapeSpec):
     )
     betas: tuple[float, ...] | None = grid_option(_BETA_HELP, "--yrange")
     seed: int = option(0, "Seed of the random directions.")
-    normalization: str = option(
-        "filter",
-        "Random directions: filter (Li et al.), layer, model or none.",
-        choices=NORMALIZATIONS,
-    )
-    bias_policy: str = option(
-        "zero",
-        "1-D parameters (biases, norm layers) of random directions: zero, include or as_weights.",
-        choices=BIAS_POLICIES,
-    )
+    normalization: str = normalization_option()
+    bias_policy: str = bias_policy_option()
     orthogonal: bool = option(
         False, "Gram-Schmidt the second random direction against the first.", flag="--orthogonal"
     )
