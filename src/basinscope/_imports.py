@@ -9,6 +9,8 @@ naming the module, the original error's type and text, and the fix.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from types import ModuleType
 
 from basinscope.errors import BasinscopeError
@@ -17,7 +19,14 @@ __all__ = ["import_attr", "import_user_module", "split_spec"]
 
 
 def import_user_module(module_name: str, spec: str, what: str = "module") -> ModuleType:
-    """Import ``module_name`` (from the spec ``spec``; ``what`` names it in messages)."""
+    """Import ``module_name`` (from the spec ``spec``; ``what`` names it in messages).
+
+    The working folder is searched too, after everything else, as ``python -m`` does: the
+    ``basinscope`` script does not put it on ``sys.path``, and a user's ``mynet.py`` next to
+    their data is what ``--model mynet:make`` means."""
+    cwd = os.getcwd()
+    if "" not in sys.path and cwd not in sys.path:
+        sys.path.append(cwd)
     try:
         return importlib.import_module(module_name)
     except ModuleNotFoundError as e:

@@ -206,3 +206,19 @@ def test_non_state_dict_contents(tmp_path):
         save_weights({"w": 1.0}, tmp_path / "x.pt")
     with pytest.raises(BasinscopeError, match=r"needs an nn\.Module or a dict"):
         save_weights([1], tmp_path / "x.pt")
+
+
+def test_a_module_in_the_working_folder_is_found_without_pythonpath(tmp_path, monkeypatch):
+    # the installed `basinscope` script puts neither "" nor the working folder on sys.path
+    # (python -m does); --model mynet:make run next to mynet.py must still find it
+    import sys
+
+    from basinscope._imports import import_attr
+
+    (tmp_path / "bs_cwd_user_net.py").write_text("def make():\n    return 'made'\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "bs_cwd_user_net", raising=False)
+    assert import_attr("bs_cwd_user_net:make", "m:f")() == "made"
+    assert sys.path[-1] == str(tmp_path)  # after the installed packages: it shadows none
+    sys.modules.pop("bs_cwd_user_net", None)
