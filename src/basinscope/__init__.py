@@ -59,6 +59,9 @@ _API: dict[str, tuple[str, str]] = {
     "rewind": ("basinscope.analyses", "rewind"),
     "finetune": ("basinscope.training", "finetune"),
     "compare_strategies": ("basinscope.training", "compare_strategies"),
+    # running any model: the task adapter and the engine
+    "Task": ("basinscope.engine", "Task"),
+    "evaluate_model": ("basinscope.engine", "evaluate_model"),
     # training, models, data
     "train": ("basinscope.training", "train"),
     "TrainConfig": ("basinscope.training", "TrainConfig"),

@@ -263,7 +263,7 @@ def test_bad_data_and_options_are_explained(digits_xy):
     with pytest.raises(BasinscopeError, match="the dataset is empty"):
         as_batches((x[:0], y[:0]))
     with pytest.raises(
-        BasinscopeError, match=r"dict batch needs an input key .* keys \['a', 'b'\]"
+        BasinscopeError, match=r"dict batch needs a target key .* this one has keys \['a', 'b'\]"
     ):
         as_batches([{"a": x[:2], "b": y[:2]}])
     with pytest.raises(BasinscopeError, match="cannot read data of type int"):

@@ -10,7 +10,14 @@ import torch
 from torch import nn
 
 from basinscope.data import TensorData
-from basinscope.engine import EvalJob, PointBasis, as_batches, check_model_data, evaluate_points
+from basinscope.engine import (
+    EvalJob,
+    PointBasis,
+    Task,
+    as_batches,
+    check_model_data,
+    evaluate_points,
+)
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_params
 from basinscope.models import build_model
@@ -83,21 +90,29 @@ class _Vector(nn.Module):
 
     def forward(self, x):
         z = self.fc(x.flatten(1))
-        return z.sum(1) if self.out == "vector" else {"logits": z}
+        if self.out == "vector":
+            return z.sum(1)
+        return {"logits": z} if self.out == "dict" else {"scores": z}
 
 
-@pytest.mark.parametrize(
-    "out, found",
-    [("vector", r"a tensor of shape \(4,\)"), ("dict", "a dict")],
-    ids=["1d", "dict"],
-)
-def test_outputs_that_are_not_logits(out, found):
+def test_outputs_that_are_not_logits():
     with pytest.raises(
         BasinscopeError,
-        match=rf"must return class logits of shape \(batch, classes\) .* it returned {found}\. "
-        r"Make forward\(\) return one logit per class",
+        match=r"must return class logits of shape \(batch, classes\) .* it returned a tensor of "
+        r"shape \(4,\)\. Make forward\(\) return one logit per class",
     ):
-        check_model_data(_Vector(out), _data())
+        check_model_data(_Vector("vector"), _data())
+
+
+def test_logits_are_found_in_an_output_object_or_named_by_the_task():
+    assert check_model_data(_Vector("dict"), _data()) == 10  # {"logits": z}, as Hugging Face
+    with pytest.raises(
+        BasinscopeError,
+        match=r"cannot find the prediction in the model's output \(a dict with keys \['scores'\]\): "
+        r"return a tensor, an object with .logits, or name it with --output-key",
+    ):
+        check_model_data(_Vector("scores"), _data())
+    assert check_model_data(_Vector("scores"), _data(), task=Task(output="scores")) == 10
 
 
 def test_without_classification_only_the_forward_pass_is_checked():

@@ -1,6 +1,6 @@
 """The evaluation engine: metrics at many parameter points, fast, resumable."""
 
-from basinscope.engine.batches import as_batches, unpack_batch
+from basinscope.engine.batches import StreamingBatches, as_batches, num_examples, unpack_batch
 from basinscope.engine.bn import BN_POLICIES, BatchNormWarning, has_batchnorm, warn_stored_bn
 from basinscope.engine.evaluate import (
     STRATEGIES,
@@ -15,10 +15,12 @@ from basinscope.engine.evaluate import (
 from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric, resolve_metrics
 from basinscope.engine.points import PointBasis, chunk_slices
+from basinscope.engine.task import LOSSES, Task, as_task
 
 __all__ = [
     "BN_POLICIES",
     "BUILTIN_METRICS",
+    "LOSSES",
     "STRATEGIES",
     "BatchNormWarning",
     "ChunkJournal",
@@ -28,12 +30,16 @@ __all__ = [
     "LocalExecutor",
     "Metric",
     "PointBasis",
+    "StreamingBatches",
+    "Task",
     "as_batches",
+    "as_task",
     "check_model_data",
     "chunk_slices",
     "evaluate_model",
     "evaluate_points",
     "has_batchnorm",
+    "num_examples",
     "resolve_metrics",
     "unpack_batch",
     "warn_stored_bn",

@@ -10,10 +10,15 @@ from torch import Tensor
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["Batches", "as_batches", "plain_layout", "unpack_batch"]
-
-INPUT_KEYS = ("x", "input", "inputs", "image", "images", "pixel_values")
-TARGET_KEYS = ("y", "target", "targets", "label", "labels")
+__all__ = [
+    "Batches",
+    "StreamingBatches",
+    "as_batches",
+    "num_examples",
+    "plain_layout",
+    "streams",
+    "unpack_batch",
+]
 
 Batches = list[tuple[Tensor, Tensor]]
 
@@ -41,23 +46,99 @@ def plain_layout(x: Tensor) -> Tensor:
     return x.clone(memory_format=torch.contiguous_format)
 
 
-def unpack_batch(batch: Any) -> tuple[Tensor, Tensor]:
-    """``(x, y)`` from a tuple/list batch or a dict batch (keys such as x/y, input/target)."""
-    if isinstance(batch, Mapping):
-        xk = next((k for k in INPUT_KEYS if k in batch), None)
-        yk = next((k for k in TARGET_KEYS if k in batch), None)
-        if xk is None or yk is None:
-            raise BasinscopeError(
-                f"a dict batch needs an input key (one of {INPUT_KEYS}) and a target key "
-                f"(one of {TARGET_KEYS}); this one has keys {sorted(batch)}"
+def unpack_batch(batch: Any, task: Any = None) -> tuple[Any, Tensor]:
+    """``(inputs, targets)`` of one batch: a tuple/list batch or a dict batch, split by the
+    task (:meth:`basinscope.engine.task.Task.split`; default: keys such as x/y,
+    input_ids/labels)."""
+    from basinscope.engine.task import Task
+
+    return (task or Task()).split(batch)
+
+
+class StreamingBatches:
+    """A DataLoader (or any re-iterable of batches) read batch by batch, every time.
+
+    Each pass iterates the source again and moves one batch at a time to the device, so
+    memory holds one batch, not the dataset: what the engine, the curvature operators and
+    the trainer read when the user passes a loader. ``len()`` is the loader's; the number
+    of examples is counted on the first pass.
+    """
+
+    def __init__(
+        self,
+        source: Iterable,
+        *,
+        device: Any = None,
+        dtype: Any = None,
+        task: Any = None,
+        limit: int | None = None,
+    ):
+        from basinscope.engine.task import Task
+
+        self.source, self.device, self.dtype = source, device, dtype
+        self.task = task or Task()
+        self.limit = limit
+        self._examples: int | None = None
+
+    def __iter__(self):
+        from basinscope.engine.task import inputs_to
+
+        n = 0
+        for i, b in enumerate(self.source):
+            if self.limit is not None and i >= self.limit:
+                break
+            x, y = self.task.split(b)
+            y = torch.as_tensor(y)
+            n += int(y.shape[0])
+            yield inputs_to(x, self.device, self.dtype), y.to(self.device)
+        if self.limit is None:
+            self._examples = n
+
+    def __len__(self) -> int:
+        n = len(self.source)  # type: ignore[arg-type]
+        return n if self.limit is None else min(n, self.limit)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice) and index.start in (None, 0) and index.step in (None, 1):
+            return StreamingBatches(
+                self.source,
+                device=self.device,
+                dtype=self.dtype,
+                task=self.task,
+                limit=index.stop
+                if self.limit is None or index.stop is None
+                else min(index.stop, self.limit),
             )
-        return batch[xk], batch[yk]
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    raise BasinscopeError(
-        f"expected each batch to be (inputs, targets) or a dict, got {type(batch).__name__}"
-        + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
-    )
+        if index == 0:
+            return next(iter(self))
+        raise TypeError("streamed batches are read in order: take [0] or [:n]")
+
+    @property
+    def num_examples(self) -> int:
+        if self._examples is None:
+            total = sum(int(y.shape[0]) for _, y in self)
+            self._examples = total
+        return self._examples
+
+
+def streams(data: Any) -> bool:
+    """Whether ``data`` is read batch by batch (a DataLoader or another re-iterable that is
+    neither a sequence in memory nor a one-shot iterator)."""
+    if isinstance(data, (list, tuple, Mapping, Tensor)) or hasattr(data, "x"):
+        return False
+    if not isinstance(data, Iterable):
+        return False
+    try:
+        return iter(data) is not data  # a generator can be read once only: keep it in memory
+    except TypeError:
+        return False
+
+
+def num_examples(batches: Any) -> int:
+    """The number of examples in materialized or streamed batches."""
+    if isinstance(batches, StreamingBatches):
+        return batches.num_examples
+    return sum(int(y.shape[0]) for _, y in batches)
 
 
 def as_batches(
@@ -66,15 +147,37 @@ def as_batches(
     batch_size: int = 1024,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    task: Any = None,
+    stream: bool | None = None,
 ) -> Batches:
-    """Materialize ``data`` once as a list of batches on ``device``.
+    """``data`` as batches of ``(inputs, targets)`` on ``device``.
 
     ``data`` may be an object with ``x``/``y`` tensors (e.g. :class:`basinscope.data.TensorData`),
-    a pair of tensors ``(x, y)``, or any iterable of batches (a DataLoader, a list of tuples or
-    dicts). Floating inputs are cast to ``dtype``. Keeping the batches in memory is what makes
-    evaluating thousands of points fast: a DataLoader re-read per point is the first bottleneck
-    of the tools users have today.
+    a pair of tensors ``(x, y)``, a dict of equally long tensors (split by the task into
+    inputs and targets), or any iterable of batches (a DataLoader, a list of tuples or
+    dicts). Floating inputs are cast to ``dtype``; integer inputs (token ids) stay.
+
+    Data in memory is materialized once on the device: keeping the batches there is what
+    makes evaluating thousands of points fast. A DataLoader (any re-iterable that is not a
+    list) is **streamed** (``stream=None`` decides so; ``True``/``False`` force it): every
+    pass reads it again batch by batch, and memory is bounded by the batch size, not by
+    the dataset (:class:`StreamingBatches`).
     """
+    from basinscope.engine.task import Task, inputs_to
+
+    task = task or Task()
+    if stream is None:
+        stream = streams(data)
+    if stream and isinstance(data, Iterable) and not hasattr(data, "x"):
+        out_stream = StreamingBatches(data, device=device, dtype=dtype, task=task)
+        try:
+            next(iter(out_stream))
+        except StopIteration:
+            raise BasinscopeError(
+                "the dataset is empty: there is nothing to evaluate on; check the data source "
+                "and split"
+            ) from None
+        return out_stream  # type: ignore[return-value]
     if hasattr(data, "x") and hasattr(data, "y") and isinstance(data.x, Tensor):
         x_all, y_all = data.x, data.y
         batches = [
@@ -91,20 +194,27 @@ def as_batches(
             (x_all[i : i + batch_size], y_all[i : i + batch_size])
             for i in range(0, len(x_all), batch_size)
         ]
+    elif isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
+        lengths = {k: len(v) for k, v in data.items()}
+        if len(set(lengths.values())) != 1:
+            raise BasinscopeError(f"the tensors of a dict dataset differ in length: {lengths}")
+        n = next(iter(lengths.values()))
+        batches = [
+            task.split({k: v[i : i + batch_size] for k, v in data.items()})
+            for i in range(0, n, batch_size)
+        ]
     elif isinstance(data, Iterable):
-        batches = [unpack_batch(b) for b in data]
+        batches = [task.split(b) for b in data]
     else:
         raise BasinscopeError(
             f"cannot read data of type {type(data).__name__}: pass a TensorData, an (x, y) pair "
-            "of tensors, a DataLoader or any iterable of (inputs, targets) batches"
+            "of tensors, a dict of tensors, a DataLoader or any iterable of (inputs, targets) "
+            "batches"
         )
     out: Batches = []
     for x, y in batches:
-        x = torch.as_tensor(x)
         y = torch.as_tensor(y)
-        if dtype is not None and x.is_floating_point():
-            x = x.to(dtype)
-        out.append((plain_layout(x.to(device)), y.to(device)))
+        out.append((inputs_to(x, device, dtype), y.to(device)))
     if not out or sum(len(y) for _, y in out) == 0:
         raise BasinscopeError(
             "the dataset is empty: there is nothing to evaluate on; check the data source and split"

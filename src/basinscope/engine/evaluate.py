@@ -32,8 +32,9 @@ from torch.func import functional_call, vmap
 from basinscope.engine.batches import Batches, as_batches
 from basinscope.engine.bn import BN_POLICIES, has_batchnorm
 from basinscope.engine.fit import check_model_data
-from basinscope.engine.metrics import BUILTIN_METRICS, Metric, batch_values, resolve_metrics
+from basinscope.engine.metrics import BUILTIN_METRICS, Metric, batch_values
 from basinscope.engine.points import PointBasis, as_coeff_matrix, chunk_slices, points_dict
+from basinscope.engine.task import Task, as_task, first_examples, functional_args
 from basinscope.errors import BasinscopeError
 
 __all__ = [
@@ -72,6 +73,8 @@ class EvalJob:
     #: (K, N) float64}``) before they are averaged: the seam for statistics over examples
     #: (a barrier's bootstrap). The chunk's means are then those values' means.
     per_example: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None
+    #: How the model is run on a batch and what "loss" means (:class:`~basinscope.engine.task.Task`).
+    task: Task = field(default_factory=Task)
 
     def __post_init__(self) -> None:
         if self.bn_policy not in BN_POLICIES:
@@ -107,15 +110,22 @@ class Evaluator:
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model
-        self.metrics = resolve_metrics(job.metrics)
+        self.task = task = as_task(job.task)
         self.splits = {
-            name: as_batches(data, batch_size=job.batch_size, device=self.device, dtype=self.dtype)
+            name: as_batches(
+                data, batch_size=job.batch_size, device=self.device, dtype=self.dtype, task=task
+            )
             for name, data in job.datasets.items()
         }
+        _, targets = next(iter(next(iter(self.splits.values()))))
+        self.metrics = task.resolve_metrics(job.metrics, targets)
+        self.own_loss = [m.name == "loss" and task.model_loss for m in self.metrics]
         # one forward pass per split before any work: inputs, logits and labels fit the model
         classification = any(m is BUILTIN_METRICS.get(m.name) for m in self.metrics)
         for name, batches in self.splits.items():
-            check_model_data(model, batches, what=f"split {name!r}", classification=classification)
+            check_model_data(
+                model, batches, what=f"split {name!r}", classification=classification, task=task
+            )
         self.recompute_bn = job.bn_policy == "recompute" and has_batchnorm(model)
         self.bn_modules = [
             m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
@@ -123,9 +133,13 @@ class Evaluator:
         self.bn_batches: Batches = []
         if self.recompute_bn:
             bn_all = as_batches(
-                job.bn_data, batch_size=job.bn_batch_size, device=self.device, dtype=self.dtype
+                job.bn_data,
+                batch_size=job.bn_batch_size,
+                device=self.device,
+                dtype=self.dtype,
+                task=task,
             )
-            self.bn_batches = bn_all[: job.bn_batches]
+            self.bn_batches = list(bn_all[: job.bn_batches])
         self.buffers = {k: v.detach().to(self.device) for k, v in job.basis.buffers.items()}
         if not self.buffers:
             self.buffers = {k: v.detach().clone() for k, v in model.named_buffers()}
@@ -157,8 +171,8 @@ class Evaluator:
         k = TRIAL_POINTS if total_points is None else min(TRIAL_POINTS, max(2, total_points // 8))
         c = torch.as_tensor(trial_coeffs, dtype=torch.float64)[:k]
         first = next(iter(self.splits))
-        x0, y0 = self.splits[first][0]
-        batches = [(x0[:TRIAL_EXAMPLES], y0[:TRIAL_EXAMPLES])]
+        x0, y0 = next(iter(self.splits[first]))
+        batches = [(first_examples(x0, TRIAL_EXAMPLES), y0[:TRIAL_EXAMPLES])]
         timings: dict[str, float] = {}
         all_bn = self.bn_batches
         self.bn_batches = all_bn[
@@ -214,6 +228,12 @@ class Evaluator:
         bufs = (
             self._recompute_stats(params, moving, k, self.strategy) if self.recompute_bn else moving
         )
+        if any(self.own_loss):
+            raise BasinscopeError(
+                "per-example values (a barrier's bootstrap) need a per-example loss, and loss "
+                "'model' is one mean per batch: use --loss cross_entropy (or a callable), or "
+                "no bootstrap"
+            )
         out: dict[str, np.ndarray] = {}
         for split, batches in self.splits.items():
             cols: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
@@ -223,17 +243,17 @@ class Evaluator:
                     flat = outs.reshape(k * outs.shape[1], *outs.shape[2:])
                     yy = y.unsqueeze(0).expand(k, *y.shape).reshape(k * y.shape[0], *y.shape[1:])
                     for m in self.metrics:
-                        cols[m.name].append(m.fn(flat, yy).reshape(k, -1).double().cpu())
+                        cols[m.name].append(m.fn(flat, yy).reshape(k, -1).double())
                 else:
                     vals: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
                     for i in range(k):
                         o = self._forward_one(params, bufs, i, x)
                         for m in self.metrics:
-                            vals[m.name].append(m.fn(o, y).double().cpu())
+                            vals[m.name].append(m.fn(o, y).double())
                     for m in self.metrics:
                         cols[m.name].append(torch.stack(vals[m.name]))
             for m in self.metrics:
-                out[f"{split}_{m.name}"] = torch.cat(cols[m.name], dim=1).numpy()
+                out[f"{split}_{m.name}"] = torch.cat(cols[m.name], dim=1).cpu().numpy()
         return out
 
     @torch.no_grad()
@@ -248,34 +268,45 @@ class Evaluator:
             bufs = moving
         out: dict[str, np.ndarray] = {}
         for split, batches in splits.items():
-            sums = torch.zeros(len(self.metrics), k, dtype=torch.float64)
+            # sums stay on the device: one transfer per split and chunk, not per batch
+            sums = torch.zeros(len(self.metrics), k, dtype=torch.float64, device=self.device)
             n = 0
             for x, y in batches:
                 n += y.shape[0]
                 if strategy == "vmap":
                     outs = self._forward_vmap(params, bufs, x)
+                    pred, own = outs if isinstance(outs, tuple) else (outs, None)
                     for j, m in enumerate(self.metrics):
-                        sums[j] += self._metric_stacked(m, outs, y).cpu()
+                        if self.own_loss[j]:
+                            sums[j] += own.double() * y.shape[0]
+                        else:
+                            sums[j] += self._metric_stacked(m, pred, y)
                 else:
                     for i in range(k):
                         o = self._forward_one(params, bufs, i, x)
+                        pred, own = o if isinstance(o, tuple) else (o, None)
                         for j, m in enumerate(self.metrics):
-                            sums[j, i] += batch_values(m, o, y).cpu()
+                            if self.own_loss[j]:
+                                sums[j, i] += own.double() * y.shape[0]
+                            else:
+                                sums[j, i] += batch_values(m, pred, y)
+            sums = sums.cpu()
             for j, m in enumerate(self.metrics):
                 out[f"{split}_{m.name}"] = (sums[j] / n).numpy()
         return out
 
-    def _forward_one(self, params, bufs, i: int, x: Tensor) -> Tensor:
+    def _call(self, p, b, x):
+        args, kwargs = functional_args(x)
+        return self.task.head(functional_call(self.model, (p, b), args, kwargs))
+
+    def _forward_one(self, params, bufs, i: int, x):
         b = points_dict(bufs, i) if bufs is not None else self.buffers
-        return functional_call(self.model, (points_dict(params, i), b), (x,))
+        return self._call(points_dict(params, i), b, x)
 
-    def _forward_vmap(self, params, bufs, x: Tensor) -> Tensor:
-        def f(p, b):
-            return functional_call(self.model, (p, b), (x,))
-
+    def _forward_vmap(self, params, bufs, x):
         if bufs is None:
-            return vmap(lambda p: f(p, self.buffers))(params)
-        return vmap(f)(params, bufs)
+            return vmap(lambda p: self._call(p, self.buffers, x))(params)
+        return vmap(lambda p, b: self._call(p, b, x))(params, bufs)
 
     @staticmethod
     def _metric_stacked(m: Metric, outs: Tensor, y: Tensor) -> Tensor:
@@ -306,12 +337,10 @@ class Evaluator:
                 for m in self.bn_modules:
                     m.momentum = 1.0 / t  # cumulative average, as momentum=None
                 if strategy == "vmap":
-                    vmap(lambda p, b, x=x: functional_call(self.model, (p, b), (x,)))(params, bufs)
+                    vmap(lambda p, b, x=x: self._call(p, b, x))(params, bufs)
                 else:
                     for i in range(k):
-                        functional_call(
-                            self.model, (points_dict(params, i), points_dict(bufs, i)), (x,)
-                        )
+                        self._call(points_dict(params, i), points_dict(bufs, i), x)
         finally:
             for m in self.bn_modules:
                 m.eval()
@@ -454,6 +483,7 @@ def evaluate_model(
     batch_size: int = 1024,
     dtype: torch.dtype = torch.float32,
     device: str = "cpu",
+    task: Task | None = None,
 ) -> dict[str, float]:
     """Metrics of one model on one dataset or a ``{split: data}`` mapping (a single point)."""
     from basinscope.geometry import get_buffers, get_params
@@ -464,6 +494,7 @@ def evaluate_model(
         and not hasattr(data, "x")
         and all(isinstance(k, str) for k in data)
         and not ({"x", "y"} & set(data))
+        and not any(isinstance(v, Tensor) for v in data.values())  # a dict dataset
         else {"train": data}
     )
     job = EvalJob(
@@ -477,6 +508,7 @@ def evaluate_model(
         bn_policy=bn_policy,
         bn_data=bn_data,
         strategy="loop",
+        task=as_task(task),
     )
     values = job.build().evaluate_chunk(np.zeros((1, 0)))
     return {k: float(v[0]) for k, v in values.items()}

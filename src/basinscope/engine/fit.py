@@ -25,8 +25,13 @@ __all__ = ["PROBE_EXAMPLES", "check_model_data"]
 PROBE_EXAMPLES = 4
 
 
-def _first_batch(data: Any) -> tuple[Tensor, Tensor, Tensor] | None:
+def _first_batch(data: Any, task: Any) -> tuple[Any, Tensor, Tensor] | None:
     """``(x, y, labels)``: a few inputs and targets, and every label that is cheap to see."""
+    from basinscope.engine.task import first_examples
+
+    if isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
+        x, y = task.split(data)
+        return first_examples(x, PROBE_EXAMPLES), y[:PROBE_EXAMPLES], torch.as_tensor(y)
     if hasattr(data, "x") and hasattr(data, "y") and isinstance(data.x, Tensor):
         x, y = data.x, data.y
         return x[:PROBE_EXAMPLES], y[:PROBE_EXAMPLES], torch.as_tensor(y)
@@ -36,14 +41,12 @@ def _first_batch(data: Any) -> tuple[Tensor, Tensor, Tensor] | None:
         # materialized batches (engine.as_batches): every label is at hand
         x, y = data[0][0], data[0][1]
         labels = torch.cat([torch.as_tensor(b[1]).reshape(-1).cpu() for b in data])
-        return x[:PROBE_EXAMPLES], y[:PROBE_EXAMPLES], labels
+        return first_examples(x, PROBE_EXAMPLES), y[:PROBE_EXAMPLES], labels
     if isinstance(data, Iterable) and not isinstance(data, (str, bytes, Mapping)):
-        from basinscope.engine.batches import unpack_batch
-
         for batch in data:
-            x, y = unpack_batch(batch)
-            x, y = torch.as_tensor(x), torch.as_tensor(y)
-            return x[:PROBE_EXAMPLES], y[:PROBE_EXAMPLES], y
+            x, y = task.split(batch)
+            y = torch.as_tensor(y)
+            return first_examples(x, PROBE_EXAMPLES), y[:PROBE_EXAMPLES], y
     return None
 
 
@@ -58,6 +61,7 @@ def check_model_data(
     *,
     what: str = "the data",
     classification: bool = True,
+    task: Any = None,
 ) -> int | None:
     """Run ``model`` on the first examples of ``data`` and check what comes out.
 
@@ -70,6 +74,8 @@ def check_model_data(
         classification: Whether the targets are class indices for the model's logits
             (the built-in loss, accuracy and error): then the output must be 2-D logits
             ``(batch, classes)`` and every label must lie in ``[0, classes)``.
+        task: how the model is called and where its prediction is
+            (:class:`~basinscope.engine.task.Task`; default: ``model(x)``, a tensor).
 
     Returns:
         The number of classes (``None`` when ``classification`` is false or the data
@@ -79,24 +85,32 @@ def check_model_data(
         BasinscopeError: the model cannot take the inputs, returns no logits, or the
             labels exceed its classes.
     """
-    first = _first_batch(data)
+    from basinscope.engine.task import (
+        as_task,
+        batch_size_of,
+        call_model,
+        describe_inputs,
+        inputs_to,
+    )
+
+    task = as_task(task)
+    first = _first_batch(data, task)
     if first is None:
         return None
     x, _, labels = first
     param = next(iter(model.parameters()), None)
-    if param is not None and x.is_floating_point():
-        x = x.to(device=param.device, dtype=param.dtype)
-    shape = tuple(x.shape[1:])
+    if param is not None:
+        x = inputs_to(x, param.device, param.dtype)
     modes = [m.training for m in model.modules()]
     model.eval()
     try:
         with torch.no_grad():
-            out = model(x)
+            raw = call_model(model, x)
     except Exception as e:  # shape errors come as RuntimeError, IndexError, ValueError...
         text = " ".join(str(e).split())[:300]
         raise BasinscopeError(
             f"the model {_describe(model)} cannot take the inputs of {what}: each example "
-            f"has shape {shape} ({x.dtype}), and a batch of {len(x)} fails with "
+            f"has shape {describe_inputs(x)}, and a batch of {batch_size_of(x)} fails with "
             f"{type(e).__name__}: {text}. Pass data of the shape the model was built for, or "
             "build the model for these inputs (--model/--model-kwargs, e.g. in_channels, "
             "image_size or in_features)."
@@ -104,9 +118,12 @@ def check_model_data(
     finally:
         for m, mode in zip(model.modules(), modes):
             m.training = mode
-    if not classification:
+    out = task.prediction(raw)
+    if task.model_loss:
+        task.own_loss(raw)
+    if not classification or task.loss not in ("cross_entropy", "model"):
         return None
-    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != len(x):
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != batch_size_of(x):
         found = (
             f"a tensor of shape {tuple(out.shape)}"
             if isinstance(out, Tensor)
@@ -114,7 +131,7 @@ def check_model_data(
         )
         raise BasinscopeError(
             f"the model {_describe(model)} must return class logits of shape (batch, classes) "
-            f"for the loss, accuracy and error; on a batch of {len(x)} examples of {what} it "
+            f"for the loss, accuracy and error; on a batch of {batch_size_of(x)} examples of {what} it "
             f"returned {found}. Make forward() return one logit per class, e.g. end with "
             "nn.Linear(features, num_classes)."
         )
