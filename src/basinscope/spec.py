@@ -41,6 +41,7 @@ from basinscope.errors import BasinscopeError
 
 __all__ = [
     "DTYPES",
+    "EVAL_DTYPES",
     "EvalOptions",
     "Spec",
     "group",
@@ -51,6 +52,9 @@ __all__ = [
 ]
 
 DTYPES = ("float32", "float64")
+#: Evaluation precisions: bfloat16 and float16 are autocast over float32 parameters
+#: (:mod:`basinscope.engine.precision`).
+EVAL_DTYPES = ("float32", "float64", "bfloat16", "float16")
 STRATEGIES = ("auto", "vmap", "loop")
 BN_POLICIES = ("stored", "recompute")
 
@@ -341,8 +345,12 @@ def _from_plain(v: Any, tp: Any) -> Any:
 class EvalOptions(Spec):
     """How models are evaluated: precision, device, batches, BatchNorm, engine strategy."""
 
-    dtype: str = option("float32", "float32 or float64.", choices=DTYPES)
-    device: str = option("cpu", "torch device, e.g. cpu or cuda.")
+    dtype: str = option(
+        "float32",
+        "float32, float64, or mixed precision bfloat16/float16 (autocast over float32 weights).",
+        choices=EVAL_DTYPES,
+    )
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
     batch_size: int = option(1024, "Examples per forward pass.", low=1)
     bn_policy: str = option(
         "stored",

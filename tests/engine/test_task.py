@@ -342,3 +342,23 @@ def test_bad_batches_are_explained():
         evaluate_model(
             nn.Linear(4, 3), (torch.randn(5, 4), torch.zeros(5).long()), task=Task(loss="model")
         )
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_mixed_precision_evaluates_near_float32_and_keeps_float32_weights(dtype):
+    model, x, y = regression(n=64)
+    ref = evaluate_model(model, (x, y), task=Task(loss="mse"), metrics=("loss",))
+    low = evaluate_model(model, (x, y), task=Task(loss="mse"), metrics=("loss",), dtype=dtype)
+    # a 16-bit matmul: about 3 significant digits (bfloat16 has 8 mantissa bits)
+    assert low["train_loss"] == pytest.approx(ref["train_loss"], rel=3e-2)
+    assert next(model.parameters()).dtype == torch.float32
+    job = EvalJob(
+        model,
+        PointBasis(get_params(model), (), get_buffers(model)),
+        {"t": (x, y)},
+        dtype=dtype,
+        task=Task(loss="mse"),
+        metrics=("loss",),
+    )
+    ev = job.build()
+    assert ev.dtype == torch.float32 and ev.autocast == dtype

@@ -34,6 +34,7 @@ from basinscope.engine.bn import BN_POLICIES, has_batchnorm
 from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric, batch_values
 from basinscope.engine.points import PointBasis, as_coeff_matrix, chunk_slices, points_dict
+from basinscope.engine.precision import autocast, storage_dtype
 from basinscope.engine.task import Task, as_task, first_examples, functional_args
 from basinscope.errors import BasinscopeError
 
@@ -104,7 +105,8 @@ class Evaluator:
     def __init__(self, job: EvalJob):
         self.job = job
         self.device = torch.device(job.device)
-        self.dtype = job.dtype
+        # bfloat16/float16: float32 storage, forward passes under autocast (precision.py)
+        self.dtype, self.autocast = storage_dtype(job.dtype)
         model = copy.deepcopy(job.model).to(device=self.device, dtype=self.dtype)
         model.eval()
         for p in model.parameters():
@@ -179,7 +181,8 @@ class Evaluator:
             :1
         ]  # statistics from one batch are enough to time the forward passes
         try:
-            self._time_strategies(c, {first: batches}, timings)
+            with autocast(self.device, self.autocast):
+                self._time_strategies(c, {first: batches}, timings)
         finally:
             self.bn_batches = all_bn
         if not timings:
@@ -214,8 +217,10 @@ class Evaluator:
             self.choose_strategy(coeffs)
         c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
         if self.job.per_example is None:
-            return self._run(c, self.splits, self.strategy)
-        per = self.per_example_values(c)
+            with autocast(self.device, self.autocast):
+                return self._run(c, self.splits, self.strategy)
+        with autocast(self.device, self.autocast):
+            per = self.per_example_values(c)
         self.job.per_example(np.asarray(coeffs, dtype=np.float64), per)
         return {name: v.sum(axis=1) / v.shape[1] for name, v in per.items()}
 
