@@ -31,6 +31,10 @@ defined once here in :data:`CKA_ESTIMATORS` (name -> formula and paper);
   so the number of examples is not limited by memory. Accumulation is in float64.
 
 All computations are in float64. Inputs of shape ``(N, ...)`` are flattened to ``(N, p)``.
+The functions compute on the CPU; the streaming accumulators (:class:`MinibatchCKA`,
+:class:`StreamingLinearCKA`) stay on the device of the activations they are given (float64
+there; an MPS device, which has no float64, accumulates on the CPU), so a model on a GPU
+sends nothing back per batch: the matrix is read once, by ``result()``.
 """
 
 from __future__ import annotations
@@ -84,6 +88,17 @@ def _as_matrix(x: Tensor | np.ndarray, name: str) -> Tensor:
     return t.detach().reshape(t.shape[0], -1).to(device="cpu", dtype=torch.float64)
 
 
+def _on_device(x: Tensor, name: str) -> Tensor:
+    """``x`` as a float64 ``(N, p)`` matrix on its own device (the CPU for MPS, which has no
+    float64): what the streaming accumulators keep."""
+    t = torch.as_tensor(x).detach()
+    if t.ndim < 1:
+        raise BasinscopeError(f"{name} must have shape (N, features...), got a scalar")
+    if t.device.type == "mps":
+        t = t.cpu()
+    return t.reshape(t.shape[0], -1).to(torch.float64)
+
+
 def _pair(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
     xm, ym = _as_matrix(x, "x"), _as_matrix(y, "y")
     if xm.shape[0] != ym.shape[0]:
@@ -131,6 +146,11 @@ def unbiased_hsic(k: Tensor, ell: Tensor) -> float:
 
     where :math:`\\tilde K, \\tilde L` are the Grams with their diagonals set to zero.
     """
+    return float(_hsic1(k, ell))
+
+
+def _hsic1(k: Tensor, ell: Tensor) -> Tensor:
+    """:func:`unbiased_hsic` as a 0-d float64 tensor on the Grams' device."""
     n = k.shape[0]
     _check_unbiased(n, "the unbiased HSIC estimator")
     kt = k.to(torch.float64).clone()
@@ -141,7 +161,7 @@ def unbiased_hsic(k: Tensor, ell: Tensor) -> float:
     ksum, lsum = kt.sum(), lt.sum()
     cross = kt.sum(0) @ lt.sum(1)
     value = trace + ksum * lsum / ((n - 1) * (n - 2)) - 2.0 * cross / (n - 2)
-    return float(value / (n * (n - 3)))
+    return value / (n * (n - 3))
 
 
 # --------------------------------------------------------------------------- functional core
@@ -219,15 +239,15 @@ def rbf_cka(
 class StreamingLinearCKA:
     """Exact full-data linear CKA, accumulated batch by batch in float64.
 
-    Keeps, per layer, the sums :math:`\\sum_n x_n` and :math:`X^\top X`, and per layer pair
-    :math:`X^\top Y`; the centred cross-covariances follow as
-    :math:`C_{xy} = X^\top Y - \tfrac1N (\\sum x)(\\sum y)^\top`, and
+    Keeps, per layer, the sums :math:`\\sum_n x_n` and :math:`X^\\top X`, and per layer pair
+    :math:`X^\\top Y`; the centred cross-covariances follow as
+    :math:`C_{xy} = X^\\top Y - \\tfrac1N (\\sum x)(\\sum y)^\\top`, and
 
-    .. math::  \\mathrm{CKA}(X, Y) = \frac{\\lVert C_{xy}\rVert_F^2}{\\lVert C_{xx}\rVert_F\\,\\lVert C_{yy}\rVert_F}.
+    .. math::  \\mathrm{CKA}(X, Y) = \\frac{\\lVert C_{xy}\\rVert_F^2}{\\lVert C_{xx}\\rVert_F\\,\\lVert C_{yy}\\rVert_F}.
 
     Memory is independent of the number of examples :math:`N` (it grows with the feature
-    dimensions, :math:`p \times q` per pair), and the value equals :func:`linear_cka` on the
-    concatenated activations.
+    dimensions, :math:`p \\times q` per pair), and the value equals :func:`linear_cka` on the
+    concatenated activations. The sums live on the device of the first batch's activations.
     """
 
     def __init__(self, num_x_layers: int, num_y_layers: int) -> None:
@@ -240,12 +260,21 @@ class StreamingLinearCKA:
         self._xy: dict[tuple[int, int], Tensor] = {}
 
     def update(self, xs: Sequence[Tensor], ys: Sequence[Tensor]) -> None:
-        xs = [x.detach().reshape(len(x), -1).double().cpu() for x in xs]
-        ys = [y.detach().reshape(len(y), -1).double().cpu() for y in ys]
         if len(xs) != self.shape[0] or len(ys) != self.shape[1]:
             raise BasinscopeError(
                 f"expected {self.shape[0]} and {self.shape[1]} layers, got {len(xs)} and {len(ys)}"
             )
+        xs = [_on_device(x, "x") for x in xs]
+        ys = [_on_device(y, "y") for y in ys]
+        sizes = {len(m) for m in xs + ys}
+        if len(sizes) != 1:
+            raise BasinscopeError(
+                f"all layers must see the same batch, got batch sizes {sorted(sizes)}"
+            )
+        if self._sx:
+            dev = self._sx[0].device
+            xs = [x.to(dev) for x in xs]
+            ys = [y.to(dev) for y in ys]
         if not self._sx:
             self._sx = [x.sum(0) for x in xs]
             self._sy = [y.sum(0) for y in ys]
@@ -267,18 +296,35 @@ class StreamingLinearCKA:
         if self.n < 2:
             raise BasinscopeError(f"linear CKA needs at least 2 examples, got {self.n}")
         n = self.n
-        cxx = [
-            float(torch.linalg.matrix_norm(xx - torch.outer(s, s) / n))
-            for xx, s in zip(self._xx, self._sx)
-        ]
-        cyy = [
-            float(torch.linalg.matrix_norm(yy - torch.outer(s, s) / n))
-            for yy, s in zip(self._yy, self._sy)
-        ]
+        cxx = torch.stack(
+            [
+                torch.linalg.matrix_norm(xx - torch.outer(s, s) / n)
+                for xx, s in zip(self._xx, self._sx)
+            ]
+        )
+        cyy = torch.stack(
+            [
+                torch.linalg.matrix_norm(yy - torch.outer(s, s) / n)
+                for yy, s in zip(self._yy, self._sy)
+            ]
+        )
+        cxy = torch.stack(
+            [
+                torch.stack(
+                    [
+                        torch.linalg.matrix_norm(
+                            self._xy[i, j] - torch.outer(self._sx[i], self._sy[j]) / n
+                        )
+                        for j in range(self.shape[1])
+                    ]
+                )
+                for i in range(self.shape[0])
+            ]
+        )
+        xx, yy, xy = (t.cpu().numpy() for t in (cxx, cyy, cxy))  # the one transfer
         out = np.empty(self.shape)
-        for (i, j), xy in self._xy.items():
-            cxy = xy - torch.outer(self._sx[i], self._sy[j]) / n
-            out[i, j] = _ratio(float(torch.linalg.matrix_norm(cxy)) ** 2, cxx[i] ** 2, cyy[j] ** 2)
+        for i, j in np.ndindex(*self.shape):
+            out[i, j] = _ratio(float(xy[i, j]) ** 2, float(xx[i]) ** 2, float(yy[j]) ** 2)
         return out
 
 
@@ -287,6 +333,7 @@ class MinibatchCKA:
 
     Call :meth:`update` with the activations of every layer on one batch (the same examples
     for all layers, at least 4 of them), then :meth:`result` for the ``(L1, L2)`` matrix.
+    The HSIC sums live on the device of the first batch's activations.
     """
 
     def __init__(self, num_x_layers: int, num_y_layers: int) -> None:
@@ -296,9 +343,9 @@ class MinibatchCKA:
             )
         self.num_x_layers = num_x_layers
         self.num_y_layers = num_y_layers
-        self._xy = np.zeros((num_x_layers, num_y_layers), dtype=np.float64)
-        self._xx = np.zeros(num_x_layers, dtype=np.float64)
-        self._yy = np.zeros(num_y_layers, dtype=np.float64)
+        self._xy: Tensor | None = None
+        self._xx: Tensor | None = None
+        self._yy: Tensor | None = None
         self.num_batches = 0
         self.num_examples = 0
 
@@ -309,8 +356,8 @@ class MinibatchCKA:
                 f"expected {self.num_x_layers} x layers and {self.num_y_layers} y layers, got "
                 f"{len(xs)} and {len(ys)}"
             )
-        xm = [_as_matrix(a, "x") for a in xs]
-        ym = [_as_matrix(a, "y") for a in ys]
+        xm = [_on_device(a, "x") for a in xs]
+        ym = [_on_device(a, "y") for a in ys]
         sizes = {m.shape[0] for m in xm + ym}
         if len(sizes) != 1:
             raise BasinscopeError(
@@ -318,24 +365,35 @@ class MinibatchCKA:
             )
         n = sizes.pop()
         _check_unbiased(n, "minibatch CKA")
-        kx = [m @ m.T for m in xm]
-        ky = [m @ m.T for m in ym]
+        if self._xy is None:
+            dev = xm[0].device
+            self._xy = torch.zeros(
+                self.num_x_layers, self.num_y_layers, dtype=torch.float64, device=dev
+            )
+            self._xx = torch.zeros(self.num_x_layers, dtype=torch.float64, device=dev)
+            self._yy = torch.zeros(self.num_y_layers, dtype=torch.float64, device=dev)
+        assert self._xx is not None and self._yy is not None
+        dev = self._xy.device
+        kx = [m.to(dev) @ m.to(dev).T for m in xm]
+        ky = [m.to(dev) @ m.to(dev).T for m in ym]
         for i, k in enumerate(kx):
-            self._xx[i] += unbiased_hsic(k, k)
+            self._xx[i] += _hsic1(k, k)
             for j, ell in enumerate(ky):
-                self._xy[i, j] += unbiased_hsic(k, ell)
+                self._xy[i, j] += _hsic1(k, ell)
         for j, ell in enumerate(ky):
-            self._yy[j] += unbiased_hsic(ell, ell)
+            self._yy[j] += _hsic1(ell, ell)
         self.num_batches += 1
         self.num_examples += n
 
     def result(self) -> np.ndarray:
         """The ``(L1, L2)`` CKA matrix from the batches seen so far."""
-        if self.num_batches == 0:
+        if self.num_batches == 0 or self._xy is None:
             raise BasinscopeError("MinibatchCKA.result() called before any update()")
+        assert self._xx is not None and self._yy is not None
+        xy, xx, yy = (t.cpu().numpy() for t in (self._xy, self._xx, self._yy))
         return np.array(
             [
-                [_ratio(self._xy[i, j], self._xx[i], self._yy[j]) for j in range(self.num_y_layers)]
+                [_ratio(xy[i, j], xx[i], yy[j]) for j in range(self.num_y_layers)]
                 for i in range(self.num_x_layers)
             ]
         )

@@ -19,22 +19,21 @@ belongs to module ``"0"``; a parameter registered on the root module belongs to
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from basinscope.engine import as_batches
 from basinscope.engine.fit import check_model_data
+from basinscope.engine.task import Task, as_task
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, dot
 from basinscope.result import Result, fmt
-from basinscope.spec import Spec, option, takes_spec
+from basinscope.spec import EVAL_DTYPES, EvalOptions, Spec, option, takes_spec
 
 __all__ = [
     "AGREEMENT_DEFINITION",
@@ -212,20 +211,30 @@ def parameter_distance(
 # -- mistakes ----------------------------------------------------------------------------
 
 
+def _eval_help(name: str) -> str:
+    return EvalOptions.__dataclass_fields__[name].metadata["help"]
+
+
 @dataclass(frozen=True)
 class MistakeSpec(Spec):
-    """The settings of :func:`mistake_analysis` (and of ``basinscope distance --mistakes``)."""
+    """The settings of :func:`mistake_analysis` (and of ``basinscope distance --mistakes``):
+    the models run on ``device`` in ``dtype``."""
 
     kind: ClassVar[str] = "mistakes"
 
     batch_size: int = option(1024, "Examples per forward pass.", low=1)
     split: str | None = option(None, "The name of the data's split, recorded in the result.")
+    device: str = option("cpu", _eval_help("device"))
+    dtype: str = option("float32", _eval_help("dtype"), choices=EVAL_DTYPES)
+
+    def check(self) -> None:
+        EvalOptions(device=self.device)  # the device exists here (named --device)
 
 
 @dataclass(frozen=True)
 class MistakeResult(Result, kind="mistakes"):
     """Where two classifiers err together or apart on the same examples (``extra`` holds
-    each model's accuracy)."""
+    each model's accuracy; ``task`` how the models were called and their predictions read)."""
 
     n: int
     both_right: int
@@ -238,6 +247,7 @@ class MistakeResult(Result, kind="mistakes"):
     definition: str = AGREEMENT_DEFINITION
     models: tuple[str, str] = ("model_a", "model_b")
     split: str | None = None
+    task: dict[str, Any] | None = None
     spec: MistakeSpec | None = None
 
     @property
@@ -271,17 +281,6 @@ class DistanceAndMistakes(Result, kind="distance_and_mistakes"):
         return self.distance.summary() + self.mistakes.summary()
 
 
-@torch.no_grad()
-def _predictions(model: nn.Module, batches) -> Tensor:
-    m = copy.deepcopy(model).eval()
-    dtype = next((p.dtype for p in m.parameters()), torch.float32)
-    preds = []
-    for x, _ in batches:
-        x = x.to(dtype) if x.is_floating_point() else x
-        preds.append(m(x).argmax(dim=-1).cpu())
-    return torch.cat(preds)
-
-
 @takes_spec(MistakeSpec)
 def mistake_analysis(
     model_a: nn.Module,
@@ -290,34 +289,82 @@ def mistake_analysis(
     *,
     batch_size: int = 1024,
     split: str | None = None,
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     labels: tuple[str, str] = ("model_a", "model_b"),
 ) -> MistakeResult:
     """Count examples both models get right, both wrong (same or different label), or one wrong.
 
-    Predictions are the arg-max outputs in eval mode (the models are not touched: copies are
-    evaluated). ``agreement`` is the fraction of examples on which the predictions agree.
-    ``split`` names the data and ``labels`` the two models in the result.
+    Predictions are the arg-max of each model's prediction (``task.prediction``: a logits
+    tensor, ``.logits``, ...) in eval mode; the caller's models are left as they were.
+    ``agreement`` is the fraction of examples on which the predictions agree. ``split``
+    names the data and ``labels`` the two models in the result.
+
+    ``task`` splits the batches and calls the models (default ``(x, y)`` and ``model(x)``;
+    dict batches such as ``input_ids``/``attention_mask``/``labels`` call
+    ``model(**inputs)``); its targets must be class labels. ``data`` may be a DataLoader,
+    read batch by batch. The models run on ``device`` (default: model A's) in ``dtype``
+    (default: their own; ``"bfloat16"``/``"float16"`` autocast); each batch is moved there
+    and only the counts come back, once.
     """
-    batches = as_batches(data, batch_size=batch_size, device="cpu")
-    check_model_data(model_a, batches, what="the data (model A)")
-    check_model_data(model_b, batches, what="the data (model B)")
-    y = torch.cat([t.cpu() for _, t in batches])
-    pa, pb = _predictions(model_a, batches), _predictions(model_b, batches)
-    ra, rb = pa == y, pb == y
-    same = pa == pb
-    n = int(y.numel())
+    from basinscope.analyses.similarity import evaluated
+
+    task = as_task(task)
+    batches = as_batches(data, batch_size=batch_size, task=task)
+    counts = None
+    with evaluated((model_a, model_b), device, dtype) as ev:
+        net_a, net_b = ev.models
+        check_model_data(net_a, batches, what="the data (model A)", task=task)
+        check_model_data(net_b, batches, what="the data (model B)", task=task)
+        with torch.no_grad():
+            for x, y in batches:
+                y = torch.as_tensor(y)
+                if y.is_floating_point():
+                    raise BasinscopeError(
+                        f"mistake analysis compares predicted classes with class labels, but the "
+                        f"targets are {y.dtype} values (loss {task.loss_name}): pass integer "
+                        "labels and a classifier (a regression model has no mistakes to count)"
+                    )
+                x, y = ev.inputs(x), y.to(ev.device).reshape(-1)
+                pa = task.prediction(ev.run(net_a, x)).argmax(dim=-1).reshape(-1)
+                pb = task.prediction(ev.run(net_b, x)).argmax(dim=-1).reshape(-1)
+                ra, rb, same = pa == y, pb == y, pa == pb
+                batch = torch.stack(
+                    [
+                        (ra & rb).sum(),
+                        (~ra & ~rb & same).sum(),
+                        (~ra & ~rb & ~same).sum(),
+                        (~ra & rb).sum(),
+                        (ra & ~rb).sum(),
+                        same.sum(),
+                        ra.sum(),
+                        rb.sum(),
+                    ]
+                )
+                counts = batch if counts is None else counts + batch  # on the device
+    if counts is None:
+        raise BasinscopeError("no examples in data: mistake analysis needs at least one")
+    right, same_wrong, diff_wrong, only_a, only_b, agree, acc_a, acc_b = counts.tolist()
+    n = right + same_wrong + diff_wrong + only_a + only_b
     if n == 0:
         raise BasinscopeError("no examples in data: mistake analysis needs at least one")
     return MistakeResult(
         n=n,
-        both_right=int((ra & rb).sum()),
-        both_wrong_same=int((~ra & ~rb & same).sum()),
-        both_wrong_different=int((~ra & ~rb & ~same).sum()),
-        only_a_wrong=int((~ra & rb).sum()),
-        only_b_wrong=int((ra & ~rb).sum()),
-        agreement=float(np.mean(same.numpy())),
-        extra={"accuracy_a": float(ra.double().mean()), "accuracy_b": float(rb.double().mean())},
+        both_right=right,
+        both_wrong_same=same_wrong,
+        both_wrong_different=diff_wrong,
+        only_a_wrong=only_a,
+        only_b_wrong=only_b,
+        agreement=agree / n,
+        extra={"accuracy_a": acc_a / n, "accuracy_b": acc_b / n},
         models=(str(labels[0]), str(labels[1])),
         split=split,
-        spec=MistakeSpec(batch_size=batch_size, split=split),
+        task=task.describe(),
+        spec=MistakeSpec(
+            batch_size=batch_size,
+            split=split,
+            device=str(device if device is not None else ev.device),
+            dtype=ev.precision,
+        ),
     )

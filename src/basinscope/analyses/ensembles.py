@@ -37,8 +37,17 @@ from torch import Tensor, nn
 
 from basinscope._checks import MAX_COUNT, MAX_POINTS, MAX_SEED, MAX_STEPS
 from basinscope.analyses.barrier import BARRIER_METRICS, barrier_definition_option
-from basinscope.analyses.instability import bn_policy_option, pair_barrier
+from basinscope.analyses.instability import (
+    bn_policy_option,
+    check_device_field,
+    device_option,
+    dtype_option,
+    pair_barrier,
+    resolved,
+    train_options,
+)
 from basinscope.engine import as_batches, has_batchnorm
+from basinscope.engine.task import Task, as_task
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import ModelOptions, parse_json_kwargs
 from basinscope.jsonable import jsonable
@@ -85,9 +94,11 @@ class EnsembleSpec(Spec):
     --steps updates each, or --budget updates in all (the baseline at the same budget).
     The budget counts gradient steps, plus --pretrain-steps for the trained starting model.
     Accuracy, diversity (mean pairwise disagreement) and the barriers between consecutive
-    members are measured on --split; figures/ensemble plots them. The members are saved in
-    models/ in the run folder; the result's metrics add ensemble_nll, member_nll,
-    pairwise_disagreement and barrier_details.
+    members are measured on --split; figures/ensemble plots them. Training and evaluation run
+    on --device in --dtype. The ensemble's measures are those of a classifier (the averaged
+    softmax): the task's targets must be class labels. The members are saved in models/ in
+    the run folder; the result's metrics add ensemble_nll, member_nll, pairwise_disagreement
+    and barrier_details.
 
     In Python, this spec holds the settings of ensemble(): the method's own (fge: cycles...,
     swa: steps, start..., independent: n, steps or budget), the training's and the barriers'.
@@ -141,8 +152,11 @@ class EnsembleSpec(Spec):
     )
     num_points: int = option(11, "alpha grid of each barrier.", low=3, high=MAX_POINTS)
     bn_policy: str = bn_policy_option("stored")
+    device: str = device_option()
+    dtype: str = dtype_option()
 
     def check(self) -> None:
+        check_device_field(self)
         name = self.name_of
         if self.budget is not None and self.method != "independent":
             raise BasinscopeError(
@@ -314,28 +328,29 @@ class EnsembleResult(Result, kind="ensemble"):
         return replace(self, member_files=tuple(files))
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
-    first = next(iter(model.parameters()), None)
-    device = first.device if first is not None else torch.device("cpu")
-    dtype = first.dtype if first is not None else torch.float32
-    modes = [m.training for m in model.modules()]
-    model.eval()
-    try:
-        outs = [
-            model(x.to(device, dtype) if x.is_floating_point() else x.to(device)).float().cpu()
-            for x, _ in batches
-        ]
-    finally:
-        for m, was in zip(model.modules(), modes):
-            m.train(was)
-    out = torch.cat(outs)
-    if out.ndim != 2:
-        raise BasinscopeError(
-            f"ensemble metrics need classifier outputs of shape (N, classes), got "
-            f"{tuple(out.shape)}."
-        )
-    return out
+NOT_CLASSIFICATION = (
+    "ensemble metrics are those of a classifier: the accuracy and NLL of the members' averaged "
+    "softmax, each member's accuracy and NLL, and the members' disagreement (arg-max "
+    "predictions). They need integer class labels of shape (N,) and a classification loss "
+    "(cross_entropy, model, or a callable given integer labels); the task's loss is "
+    "{loss}{found}. Regression ensembles are not supported: compare regression members by "
+    "their loss (basinscope.evaluate_model, or barriers of the loss)"
+)
+
+
+def _check_classification(task: Task, y: Tensor | None = None) -> None:
+    """Refuse a task whose targets are not class labels (before training when its loss says
+    so, else on the first batch of targets)."""
+    if y is None and task.loss != "mse":
+        return
+    if y is not None and task.classification(y) and not y.is_floating_point() and y.ndim == 1:
+        return
+    found = (
+        ""
+        if y is None
+        else f" with {str(y.dtype).replace('torch.', '')} targets of shape {tuple(y.shape)}"
+    )
+    raise BasinscopeError(NOT_CLASSIFICATION.format(loss=task.loss_name, found=found))
 
 
 def ensemble_metrics(
@@ -350,6 +365,9 @@ def ensemble_metrics(
     bn_data: Any = None,
     batch_size: int = 1024,
     split: str = "eval",
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> dict[str, Any]:
     """Accuracy of the averaged softmax, the members' accuracies, disagreement, barriers.
 
@@ -362,47 +380,84 @@ def ensemble_metrics(
     ``member_nll``, ``mean_member_accuracy``, ``disagreement`` (mean of :math:`d_{ij}`
     over pairs; NaN for one model), ``pairwise_disagreement`` (the matrix), ``barriers``
     (value of the ``barrier_definition`` barrier on ``barrier_metric`` between models
-    ``i`` and ``i + 1``, in order; skipped with ``barriers=False``), ``barrier_details``
-    and the settings. Models are evaluated in eval mode and left as they were.
+    ``i`` and ``i + 1``, in order; skipped with ``barriers=False``), ``barrier_details``,
+    the settings, and ``task``, ``device`` and ``dtype``. Models are evaluated in eval mode
+    and left as they were.
+
+    ``task`` splits the batches, calls the models and finds their logits
+    (``task.prediction``: a tensor, ``.logits``, ...; default ``(x, y)`` and ``model(x)``);
+    the targets must be class labels (a regression task is refused with what is
+    supported). ``data`` may be a DataLoader: it is read once, batch by batch, and only the
+    sums come back from ``device`` (default: the first model's), where the models run in
+    ``dtype`` (default: their own; ``"bfloat16"``/``"float16"`` autocast). The softmax
+    averages and sums are float64 (float32 on MPS).
     """
+    from basinscope.analyses.similarity import evaluated
+
     models = list(models)
     if not models:
         raise BasinscopeError("ensemble_metrics needs at least one model, got none.")
-    batches = as_batches(data, batch_size=batch_size, device="cpu")
-    y = torch.cat([torch.as_tensor(t) for _, t in batches])
-    if y.is_floating_point() or y.ndim != 1:
-        raise BasinscopeError(
-            "ensemble metrics need integer class labels of shape (N,), got "
-            f"{y.dtype} labels of shape {tuple(y.shape)}."
-        )
-    logits = [_logits(m, batches) for m in models]
-    probs = torch.stack([F.softmax(z.double(), dim=1) for z in logits])
-    mean_probs = probs.mean(dim=0)
-    preds = [z.argmax(dim=1) for z in logits]
-    ens_pred = mean_probs.argmax(dim=1)
-    member_acc = [float((p == y).double().mean()) for p in preds]
-    member_nll = [float(F.cross_entropy(z.double(), y)) for z in logits]
-    ens_nll = float(F.nll_loss(mean_probs.clamp_min(1e-300).log(), y))
+    task = as_task(task)
+    _check_classification(task)
+    batches = as_batches(data, batch_size=batch_size, task=task)
     m = len(models)
-    matrix = np.zeros((m, m))
-    for i, j in itertools.combinations(range(m), 2):
-        matrix[i, j] = matrix[j, i] = float((preds[i] != preds[j]).double().mean())
+    sums: dict[str, Tensor] = {}
+    n = 0
+    with evaluated(models, device, dtype) as ev, torch.no_grad():
+        acc = torch.float32 if ev.device.type == "mps" else torch.float64
+        for x, y in batches:
+            y = torch.as_tensor(y)
+            _check_classification(task, y)
+            x, y = ev.inputs(x), y.to(ev.device)
+            logits = []
+            for net in ev.models:
+                z = task.prediction(ev.run(net, x))
+                if z.ndim != 2:
+                    raise BasinscopeError(
+                        "ensemble metrics need classifier outputs of shape (N, classes), got "
+                        f"{tuple(z.shape)}."
+                    )
+                logits.append(z.to(acc))
+            logp = torch.stack([F.log_softmax(z, dim=1) for z in logits])  # (M, B, C)
+            mean_probs = logp.exp().mean(dim=0)
+            preds = logp.argmax(dim=2)  # (M, B)
+            target = y.reshape(1, -1, 1).expand(m, -1, 1)
+            batch = {
+                "member_correct": (preds == y).sum(dim=1),
+                "member_nll": -logp.gather(2, target).sum(dim=(1, 2)),
+                "ensemble_correct": (mean_probs.argmax(dim=1) == y).sum(),
+                "ensemble_nll": -mean_probs.clamp_min(1e-300).log().gather(1, y[:, None]).sum(),
+                "disagree": (preds[:, None, :] != preds[None, :, :]).sum(dim=2),
+            }
+            for k, v in batch.items():  # accumulated on the device
+                sums[k] = v if k not in sums else sums[k] + v
+            n += int(y.shape[0])
+        device_name = str(device if device is not None else ev.device)
+        precision = ev.precision
+    if n == 0:
+        raise BasinscopeError("the dataset is empty: ensemble metrics need at least one example.")
+    got = {k: v.cpu().double() for k, v in sums.items()}  # the one transfer
+    member_acc = (got["member_correct"] / n).tolist()
+    matrix = (got["disagree"] / n).numpy()
     pair_vals = [matrix[i, j] for i, j in itertools.combinations(range(m), 2)]
     out: dict[str, Any] = {
         "members": m,
-        "ensemble_accuracy": float((ens_pred == y).double().mean()),
-        "ensemble_nll": ens_nll,
+        "ensemble_accuracy": float(got["ensemble_correct"]) / n,
+        "ensemble_nll": float(got["ensemble_nll"]) / n,
         "member_accuracies": member_acc,
-        "member_nll": member_nll,
+        "member_nll": (got["member_nll"] / n).tolist(),
         "mean_member_accuracy": float(np.mean(member_acc)),
         "disagreement": float(np.mean(pair_vals)) if pair_vals else math.nan,
         "pairwise_disagreement": matrix.tolist(),
-        "n_examples": len(y),
+        "n_examples": n,
         "split": split,
         "barrier_definition": barrier_definition,
         "barrier_metric": barrier_metric,
         "barriers": [],
         "barrier_details": [],
+        "task": task.describe(),
+        "device": device_name,
+        "dtype": precision,
     }
     if barriers and m > 1:
         res = [
@@ -416,6 +471,9 @@ def ensemble_metrics(
                 bn_policy=bn_policy,
                 bn_data=bn_data,
                 split=split,
+                task=task,
+                device=device_name,
+                dtype=precision,
             )
             for i in range(m - 1)
         ]
@@ -461,7 +519,13 @@ def _result(
 
 
 def _metric_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
-    allowed = set(inspect.signature(ensemble_metrics).parameters) - {"models", "data"}
+    allowed = set(inspect.signature(ensemble_metrics).parameters) - {
+        "models",
+        "data",
+        "task",
+        "device",
+        "dtype",
+    }
     bad = sorted(set(kwargs) - allowed)
     if bad:
         raise BasinscopeError(
@@ -469,6 +533,13 @@ def _metric_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
             f"ensemble_metrics: {', '.join(sorted(allowed))}."
         )
     return kwargs
+
+
+def _evaluation(model: nn.Module, task: Any, device: Any, dtype: Any) -> dict[str, Any]:
+    """The task, device and precision of the evaluation of a run that started from ``model``
+    (``None``: ``model``'s device and dtype, as the trainer keeps them)."""
+    dev, precision = resolved(model, device, dtype)
+    return {"task": task, "device": dev, "dtype": precision}
 
 
 def _check_steps(name: str, v: Any, lo: int = 1) -> int:
@@ -490,6 +561,9 @@ def fge(
     pretrain_steps: int = 0,
     optimizer_state: Any = None,
     loss_fn: Callable | None = None,
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     **metric_kwargs: Any,
 ) -> EnsembleResult:
     """Fast geometric ensembling (Garipov et al. 2018) from a trained ``model``.
@@ -499,7 +573,9 @@ def fge(
     no warmup) and collects one snapshot per cycle where the rate is ``lr_min``
     (:class:`~basinscope.training.callbacks.FGE`). The ensemble is evaluated on
     ``eval_data`` (default ``data``); ``budget = cycles * cycle_steps + pretrain_steps``.
-    Other keyword arguments go to :func:`ensemble_metrics`.
+    ``task`` (how batches are split, the model called and the loss computed), ``device``
+    and ``dtype`` (default: ``model``'s) hold for the training and the evaluation. Other
+    keyword arguments go to :func:`ensemble_metrics`.
     """
     cycles = _check_steps("cycles", cycles)
     cycle_steps = _check_steps("cycle_steps", cycle_steps, 2)
@@ -514,13 +590,23 @@ def fge(
         warmup_steps=0,
         checkpoint_steps=(),
     )
+    _check_classification(as_task(task))
     collector = FGE(cycle_steps)
     result = train(
-        model, data, run, callbacks=[collector], optimizer_state=optimizer_state, loss_fn=loss_fn
+        model,
+        data,
+        run,
+        callbacks=[collector],
+        optimizer_state=optimizer_state,
+        loss_fn=loss_fn,
+        **train_options(model, task, device, dtype),
     )
     snapshots = collector.models(model)
     metrics = ensemble_metrics(
-        snapshots, data if eval_data is None else eval_data, **_metric_kwargs(metric_kwargs)
+        snapshots,
+        data if eval_data is None else eval_data,
+        **_metric_kwargs(metric_kwargs),
+        **_evaluation(model, task, device, dtype),
     )
     settings = {
         "config": run,
@@ -559,6 +645,9 @@ def swa(
     pretrain_steps: int = 0,
     optimizer_state: Any = None,
     loss_fn: Callable | None = None,
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     **metric_kwargs: Any,
 ) -> EnsembleResult:
     """Stochastic weight averaging (Izmailov et al. 2018) from a trained ``model``.
@@ -570,7 +659,8 @@ def swa(
     ``bn_policy="recompute"``. ``models`` holds the last SGD
     iterate and the SWA model, so ``diversity`` and ``barriers`` compare the two;
     ``ensemble_accuracy`` is the SWA model's accuracy, ``members`` the number of averaged
-    weights and ``budget = steps + pretrain_steps``.
+    weights and ``budget = steps + pretrain_steps``. ``task``, ``device`` and ``dtype`` as in
+    :func:`fge`.
     """
     steps = _check_steps("steps", steps)
     if (
@@ -593,9 +683,16 @@ def swa(
         min_lr=0.0,
         checkpoint_steps=(),
     )
+    _check_classification(as_task(task))
     collector = SWA(int(start), every)
     result = train(
-        model, data, run, callbacks=[collector], optimizer_state=optimizer_state, loss_fn=loss_fn
+        model,
+        data,
+        run,
+        callbacks=[collector],
+        optimizer_state=optimizer_state,
+        loss_fn=loss_fn,
+        **train_options(model, task, device, dtype),
     )
     if has_batchnorm(model) and bn_data is None:
         bn_data = data
@@ -603,6 +700,7 @@ def swa(
     pair = [result.model, averaged]
     mk = _metric_kwargs(metric_kwargs)
     mk.setdefault("bn_data", bn_data)  # the barriers' BatchNorm re-estimation uses the same data
+    mk.update(_evaluation(model, task, device, dtype))
     metrics = ensemble_metrics(pair, data if eval_data is None else eval_data, **mk)
     metrics["sgd_accuracy"], metrics["swa_accuracy"] = metrics["member_accuracies"]
     settings = {
@@ -652,6 +750,9 @@ def independent_ensemble(
     seeds: Sequence[int] | None = None,
     eval_data: Any = None,
     loss_fn: Callable | None = None,
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     **metric_kwargs: Any,
 ) -> EnsembleResult:
     """``n`` models trained independently for ``steps`` updates each (``budget = n * steps``).
@@ -659,6 +760,7 @@ def independent_ensemble(
     Member ``i`` is ``factory(seed)`` (or ``factory()``) built under
     ``torch.manual_seed(seed)`` and trained with ``config`` and ``data_seed=seed``, with
     ``seed = seeds[i]`` (default ``i``): a different initialization and data order.
+    ``task``, ``device`` and ``dtype`` (default: the members') as in :func:`fge`.
     """
     n = _check_steps("n", n)
     steps = _check_steps("steps", steps)
@@ -667,13 +769,19 @@ def independent_ensemble(
         raise BasinscopeError(
             f"seeds has {len(seeds)} entries for n={n}; pass one seed per member."
         )
+    _check_classification(as_task(task))
     base = TrainConfig() if config is None else config
     members = []
     for seed in seeds:
         run = replace(base, steps=steps, data_seed=seed, checkpoint_steps=())
-        members.append(train(_build(factory, seed), data, run, loss_fn=loss_fn).model)
+        net = _build(factory, seed)
+        on = train_options(net, task, device, dtype)
+        members.append(train(net, data, run, loss_fn=loss_fn, **on).model)
     metrics = ensemble_metrics(
-        members, data if eval_data is None else eval_data, **_metric_kwargs(metric_kwargs)
+        members,
+        data if eval_data is None else eval_data,
+        **_metric_kwargs(metric_kwargs),
+        **_evaluation(members[0], task, device, dtype),
     )
     settings = {
         "config": replace(base, steps=steps, checkpoint_steps=()),
@@ -723,6 +831,9 @@ def ensemble(
     bn_data: Any = None,
     loss_fn: Callable | None = None,
     split: str = "eval",
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> EnsembleResult:
     """:func:`fge`, :func:`swa` or :func:`independent_ensemble` (``method``) with the
     settings of an :class:`EnsembleSpec`.
@@ -733,9 +844,14 @@ def ensemble(
     ``batch_size``, ``optimizer``, ``momentum``, ``weight_decay`` and ``data_seed`` (fge,
     swa); ``bn_data`` re-estimates BatchNorm statistics (the SWA model's, and the
     barriers' with ``bn_policy="recompute"``, by default from ``data``); ``split`` names
-    ``eval_data`` in the metrics.
+    ``eval_data`` in the metrics. ``task`` says how batches are split, the models called and
+    the loss computed (default ``(x, y)``, ``model(x)``, cross-entropy; the targets must be
+    class labels); training and evaluation run on ``device`` in ``dtype`` (default: the
+    model's; ``"bfloat16"``/``"float16"`` autocast), recorded in the spec.
     """
-    spec = EnsembleSpec.from_kwargs(locals())
+    _check_classification(as_task(task))
+    dev, precision = resolved(model, device, dtype)
+    spec = EnsembleSpec.from_kwargs({**locals(), "device": dev, "dtype": precision})
     spec.check_start(isinstance(model, nn.Module))
     if bn_data is None and bn_policy == "recompute":
         bn_data = data
@@ -748,7 +864,15 @@ def ensemble(
         bn_policy=bn_policy,
         split=split,
     )
-    common = dict(config=config, eval_data=eval_data, loss_fn=loss_fn, **metric_kwargs)
+    common = dict(
+        config=config,
+        eval_data=eval_data,
+        loss_fn=loss_fn,
+        task=task,
+        device=device,
+        dtype=dtype,
+        **metric_kwargs,
+    )
     if method == "fge":
         res = fge(
             model,
@@ -777,4 +901,5 @@ def ensemble(
         res = independent_ensemble(
             model, data, n=n, steps=spec.run_steps(), bn_data=bn_data, **common
         )
-    return replace(res, spec=spec)
+    # the device and precision the members were evaluated on (a factory's, once built)
+    return replace(res, spec=spec.replace(device=res.metrics["device"], dtype=res.metrics["dtype"]))

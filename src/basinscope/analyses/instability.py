@@ -47,11 +47,20 @@ from basinscope.analyses.barrier import (
     barrier,
     barrier_definition_option,
 )
+from basinscope.engine.task import as_task
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import ModelOptions, load_model
 from basinscope.jsonable import jsonable
 from basinscope.result import Result, fmt, transient
-from basinscope.spec import BN_POLICIES, STRATEGIES, EvalOptions, Spec, option, takes_spec
+from basinscope.spec import (
+    BN_POLICIES,
+    EVAL_DTYPES,
+    STRATEGIES,
+    EvalOptions,
+    Spec,
+    option,
+    takes_spec,
+)
 from basinscope.training import TrainConfig, TrainResult, train
 from basinscope.training.config import OPTIMIZERS
 from basinscope.training.schedules import SCHEDULES
@@ -85,6 +94,78 @@ def bn_policy_option(default: str = "stored") -> Any:
     return option(default, _help_of(EvalOptions, "bn_policy"), flag="--bn", choices=BN_POLICIES)
 
 
+def device_option() -> Any:
+    """``--device`` as in :class:`~basinscope.spec.EvalOptions` (checked by
+    :func:`check_device_field`)."""
+    return option("cpu", _help_of(EvalOptions, "device"))
+
+
+def dtype_option() -> Any:
+    """``--dtype`` as in :class:`~basinscope.spec.EvalOptions`: float32, float64, or
+    bfloat16/float16 autocast over float32 weights."""
+    return option("float32", _help_of(EvalOptions, "dtype"), choices=EVAL_DTYPES)
+
+
+def check_device_field(spec: Spec) -> None:
+    """Refuse a spec's ``device`` that does not exist here, with EvalOptions' message
+    (``--device 'cuda:7' is not available here (...); use --device cpu``)."""
+    EvalOptions(device=spec.device)  # type: ignore[attr-defined]
+
+
+def resolved(model: Any, device: Any, dtype: Any) -> tuple[str, str]:
+    """``(device, dtype)`` names of a run: those given, else the model's (a factory's
+    members: ``cpu``, ``float32``)."""
+    from basinscope.analyses.similarity import _device_of, _float_dtype
+    from basinscope.engine.precision import to_dtype
+
+    module = model if isinstance(model, nn.Module) else None
+    dev = device if device is not None else (_device_of(module) if module else None) or "cpu"
+    if dtype is not None:
+        d = to_dtype(dtype)
+    else:
+        d = (_float_dtype(module) if module else None) or torch.float32
+    return str(dev), str(d).replace("torch.", "")
+
+
+def train_options(model: nn.Module, task: Any, device: Any, dtype: Any) -> dict[str, Any]:
+    """The keywords that make :func:`~basinscope.training.train` run on an analysis's
+    ``task``, ``device`` and ``dtype``.
+
+    ``device`` is always passed (``None``: the model's); ``task`` only when it is not the
+    default task, and ``dtype`` only when it changes the model's precision (another storage
+    dtype, or bfloat16/float16 autocast), so a default run calls ``train`` as it always did.
+    """
+    from basinscope.analyses.similarity import _float_dtype
+    from basinscope.engine.precision import storage_dtype
+    from basinscope.engine.task import as_task
+
+    from basinscope.analyses.similarity import check_device
+
+    if device is not None:
+        check_device(device)  # before any training: "device 'cuda:7' is not available here"
+    out: dict[str, Any] = {"device": device}
+    if task is not None and not as_task(task).default:
+        out["task"] = task
+    if dtype is not None:
+        store, cast = storage_dtype(dtype)
+        if cast is not None or store != (_float_dtype(model) or torch.float32):
+            out["dtype"] = dtype
+    return out
+
+
+def barrier_options(task: Any, device: Any, dtype: Any, model: nn.Module) -> dict[str, Any]:
+    """The keywords that make :func:`~basinscope.analyses.barrier.barrier` evaluate on an
+    analysis's ``task`` (passed when not the default), ``device`` and ``dtype`` (``None``:
+    the model's)."""
+    from basinscope.engine.task import as_task
+
+    dev, precision = resolved(model, device, dtype)
+    out: dict[str, Any] = {"device": dev, "dtype": precision}
+    if task is not None and not as_task(task).default:
+        out["task"] = task
+    return out
+
+
 def _int_list(flag: str, example: str) -> Callable[[str], tuple[int, ...]]:
     """The command-line parser of a comma-separated list of integers."""
 
@@ -112,7 +193,8 @@ class InstabilitySpec(Spec):
     state unless --reset-optimizer. The instability at k is the barrier (--definition, default
     Frankle's mean; --metric, default error) between the children on --split, averaged over
     pairs (the largest pair is reported too). Every k in --k is a separate parent: the sweep is
-    plotted as barrier vs k next to the children's curves (figures/instability_sweep).
+    plotted as barrier vs k next to the children's curves (figures/instability_sweep). Training
+    and barriers run on --device in --dtype.
     --child-schedule continue makes parent + child follow one run's learning rate (constant,
     step, cyclic at a cycle boundary); restart runs the schedule anew in each child.
 
@@ -172,8 +254,11 @@ class InstabilitySpec(Spec):
         choices=STRATEGIES,
         cli=False,
     )
+    device: str = device_option()
+    dtype: str = dtype_option()
 
     def check(self) -> None:
+        check_device_field(self)
         if self.ks is not None:
             bad = [k for k in self.ks if not 0 <= k <= self.total_steps]
             if bad:
@@ -323,11 +408,15 @@ def pair_barrier(
     bn_data: Any = None,
     strategy: str = "loop",
     split: str = "train",
+    task: Any = None,
+    device: Any = None,
+    dtype: Any = None,
 ) -> Any:
     """The barrier between two models (:func:`basinscope.analyses.barrier.barrier`).
 
     The engine strategy is pinned (default ``"loop"``) so equal models and seeds give
-    bit-identical numbers.
+    bit-identical numbers. ``task`` runs the models on the batches (default ``model(x)``,
+    cross-entropy); ``device`` and ``dtype`` default to ``model_a``'s.
     """
     _check_barrier(definition, metric)
     return barrier(
@@ -341,6 +430,7 @@ def pair_barrier(
         bn_data=bn_data,
         strategy=strategy,
         split=split,
+        **barrier_options(task, device, dtype, model_a),
     )
 
 
@@ -509,6 +599,9 @@ def instability(
     bn_data: Any = None,
     loss_fn: Callable | None = None,
     strategy: str = "loop",
+    task: Any = None,
+    device: Any = None,
+    dtype: Any = None,
 ) -> InstabilityResult:
     """Instability of training at step ``k`` (Frankle et al. 2020): the barrier between children.
 
@@ -530,6 +623,12 @@ def instability(
     ``"restart"`` runs ``config``'s schedule from its start in the parent (over ``k``
     updates) and again in each child (over ``total_steps - k``). Each child's data order
     starts at the first epoch of its own seed either way.
+
+    ``task`` says how batches are split, the models called and the loss computed (default:
+    ``(x, y)``, ``model(x)``, cross-entropy); it goes to the trainer and to the barriers.
+    Training and barriers run on ``device`` (default: ``model``'s) in ``dtype`` (default:
+    ``model``'s; ``"bfloat16"``/``"float16"`` autocast over float32 weights); both are
+    recorded in the spec and ``settings``.
 
     Everything is a function of the seeds: the same arguments give bit-identical barriers.
     """
@@ -553,12 +652,14 @@ def instability(
         )
     _check_barrier(definition, metric)
     eval_data = data if eval_data is None else eval_data
+    on = train_options(model, task, device, dtype)
+    device_name, precision = resolved(model, device, dtype)
 
     parent_result: TrainResult | None = None
     parent_config = replace(config, steps=k, checkpoint_steps=()) if k > 0 else None
     child_base = _child_config(config, k, total_steps, child_schedule) if k < total_steps else None
     if parent_config is not None:
-        parent_result = train(model, data, parent_config, loss_fn=loss_fn)
+        parent_result = train(model, data, parent_config, loss_fn=loss_fn, **on)
         parent = parent_result.model
     else:
         parent = model
@@ -575,7 +676,7 @@ def instability(
             continue
         cfg = replace(child_base, data_seed=seed)
         child_configs.append(cfg.to_dict())
-        kids.append(train(parent, data, cfg, loss_fn=loss_fn, optimizer_state=state).model)
+        kids.append(train(parent, data, cfg, loss_fn=loss_fn, optimizer_state=state, **on).model)
     pairs = tuple(itertools.combinations(range(children), 2))
     results = [
         pair_barrier(
@@ -589,6 +690,9 @@ def instability(
             bn_data=bn_data,
             strategy=strategy,
             split="train" if eval_data is data else "eval",
+            task=task,
+            device=device_name,
+            dtype=precision,
         )
         for i, j in pairs
     ]
@@ -605,6 +709,9 @@ def instability(
         "barrier_implementation": "basinscope.analyses.barrier",
         "optimizer_state_copied": state is not None and child_base is not None,
         "eval_data_is_train_data": eval_data is data,
+        "task": as_task(task).describe(),
+        "device": device_name,
+        "dtype": precision,
     }
     return InstabilityResult(
         k=k,
@@ -622,7 +729,15 @@ def instability(
         child_schedule=child_schedule,
         details=tuple(jsonable(r.to_dict()) for r in results),
         settings=settings,
-        spec=InstabilitySpec.from_kwargs({**locals(), "ks": (k,), "child_seeds": seeds}),
+        spec=InstabilitySpec.from_kwargs(
+            {
+                **locals(),
+                "ks": (k,),
+                "child_seeds": seeds,
+                "device": device_name,
+                "dtype": precision,
+            }
+        ),
         children=tuple(kids),
     )
 
@@ -647,6 +762,9 @@ def instability_sweep(
     bn_data: Any = None,
     loss_fn: Callable | None = None,
     strategy: str = "loop",
+    task: Any = None,
+    device: Any = None,
+    dtype: Any = None,
 ) -> InstabilitySweep:
     """:func:`instability` at every spawning step in ``ks`` (same other arguments).
 
@@ -677,6 +795,9 @@ def instability_sweep(
         bn_data=bn_data,
         loss_fn=loss_fn,
         strategy=strategy,
+        task=task,
+        device=device,
+        dtype=dtype,
     )
     results = tuple(instability(model, data, k=k, **common) for k in ks)
     first = results[0].spec
@@ -729,6 +850,9 @@ def transfer_instability(
     bn_data: Any = None,
     loss_fn: Callable | None = None,
     strategy: str = "loop",
+    task: Any = None,
+    device: Any = None,
+    dtype: Any = None,
     **kwargs: Any,
 ) -> TransferInstabilityResult:
     """Barrier between two fine-tuned copies of ``pretrained`` vs two copies trained from scratch.
@@ -766,6 +890,9 @@ def transfer_instability(
         bn_data=bn_data,
         loss_fn=loss_fn,
         strategy=strategy,
+        task=task,
+        device=device,
+        dtype=dtype,
     )
     pre = instability(pretrained, data, **common)
     scratch = instability(init, data, **common)
@@ -791,6 +918,7 @@ def instability_analysis(
     pretrained: nn.Module | None = None,
     init_seed: int = 0,
     loss_fn: Callable | None = None,
+    task: Any = None,
 ) -> InstabilitySweep | TransferInstabilityResult:
     """The instability analysis of ``spec`` (what ``basinscope instability`` runs).
 
@@ -803,12 +931,15 @@ def instability_analysis(
     Every run trains on ``data`` with ``config`` (an :class:`InstabilityTraining` is made a
     run of ``spec.total_steps``; the steps are set per run); the barriers are measured on
     ``eval_data`` (default ``data``), BatchNorm statistics re-estimated from ``data`` when
-    ``spec.bn_policy`` is ``"recompute"``.
+    ``spec.bn_policy`` is ``"recompute"``; ``task`` runs the models on the batches (default:
+    ``model(x)``, cross-entropy), on ``spec.device`` in ``spec.dtype``.
     """
     if isinstance(config, InstabilityTraining):
         config = config.config(spec.total_steps)
     bn_data = data if spec.bn_policy == "recompute" else None
-    common = dict(config=config, eval_data=eval_data, bn_data=bn_data, loss_fn=loss_fn, spec=spec)
+    common = dict(
+        config=config, eval_data=eval_data, bn_data=bn_data, loss_fn=loss_fn, task=task, spec=spec
+    )
     if pretrained is None:
         if model is None:
             raise BasinscopeError("instability_analysis needs the initial weights: pass a model")

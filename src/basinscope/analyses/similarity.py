@@ -4,11 +4,22 @@
 batch, to one of the named CKA estimators of :mod:`basinscope.analyses.cka` (``method``:
 ``"minibatch"``, ``"linear"``, ``"debiased"`` or ``"rbf"``); the :class:`CKAResult`
 records the estimator's name and formula. All computations are in float64.
+
+The models are run through a :class:`~basinscope.engine.task.Task` (``model(x)``,
+``model(*x)`` or ``model(**batch)``: token ids with an attention mask work as images do), on
+one device, in one precision; the data may be in memory or a DataLoader read batch by batch
+(the ``minibatch`` and ``linear`` estimators never hold more than one batch of activations).
+A hooked module's output is its tensor, or the first tensor of a tuple or a Hugging Face
+``ModelOutput`` (a ``BertLayer`` returns ``(hidden_states,)``). Each output becomes one row
+per example: outputs of shape ``(batch, tokens, dim)`` are pooled by the named rule
+``sequence`` (:data:`SEQUENCE_RULES`), every other shape is flattened.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import copy
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -30,23 +41,50 @@ from basinscope.analyses.cka import (
 )
 from basinscope.engine.batches import as_batches
 from basinscope.engine.fit import check_model_data
+from basinscope.engine.precision import autocast, storage_dtype, to_dtype
+from basinscope.engine.task import (
+    Task,
+    as_task,
+    batch_size_of,
+    call_model,
+    first_examples,
+    inputs_to,
+)
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result, fmt
-from basinscope.spec import Spec, option, takes_spec
+from basinscope.spec import EVAL_DTYPES, EvalOptions, Spec, option, takes_spec
 
 __all__ = [
     "CKA_ESTIMATORS",
     "METHODS",
+    "SEQUENCE_RULES",
     "CKAResult",
     "CKASpec",
     "MinibatchCKA",
     "StreamingLinearCKA",
     "cka_matrix",
     "debiased_cka",
+    "evaluated",
     "linear_cka",
     "rbf_cka",
     "unbiased_hsic",
 ]
+
+
+#: How an output of shape (batch, tokens, dim) becomes one row per example: name -> rule.
+#: ``auto`` is ``mean`` for keyword inputs (a dict batch such as input_ids + attention_mask)
+#: and ``flatten`` for tensor inputs (a Conv1d's (batch, channels, length) stays flattened).
+SEQUENCE_RULES: dict[str, str] = {
+    "masked_mean": "the mean over the tokens whose attention_mask is 1 (an example without "
+    "such tokens gives zeros)",
+    "mean": "the mean over all tokens",
+    "flatten": "the (tokens x dim) values flattened",
+}
+SEQUENCE_CHOICES = ("auto", "mean", "flatten")
+
+
+def _eval_help(name: str) -> str:
+    return EvalOptions.__dataclass_fields__[name].metadata["help"]
 
 
 @dataclass(frozen=True)
@@ -59,8 +97,14 @@ class CKASpec(Spec):
     at least 4), linear (exact full-data linear CKA, streamed), debiased (Kornblith et al.
     2019 with the unbiased HSIC estimator) or rbf (Gaussian kernel of width --sigma-factor x
     the median distance). Layers are named as in named_modules() (--layers-a, --layers-b,
-    repeatable); default: every leaf module with parameters. Model B can be a different
-    architecture (--model-b, --model-kwargs-b). figures/cka is the heatmap.
+    repeatable); default: every leaf module with parameters. A layer's output is its tensor
+    or the first tensor of a tuple (a transformer block's hidden states), one row per
+    example: outputs of shape (batch, tokens, dim) are pooled by --sequence (mean: over the
+    tokens whose attention_mask is 1 when the batch has one, else over all tokens; flatten;
+    auto: mean for keyword inputs such as input_ids + attention_mask, flatten otherwise), the
+    rule used is recorded as sequence; other shapes are flattened. Model B can be a different
+    architecture (--model-b, --model-kwargs-b). The models run on --device in --dtype.
+    figures/cka is the heatmap.
 
     Library: ``cka_matrix(model_a, model_b, data, spec=CKASpec(...))``; the fields are its
     keyword arguments.
@@ -85,8 +129,17 @@ class CKASpec(Spec):
         0.8, "rbf: the kernel width as a multiple of the median pairwise distance (> 0)."
     )
     split: str | None = option(None, "The name of the data's split, recorded in the result.")
+    sequence: str = option(
+        "auto",
+        "Outputs (batch, tokens, dim): mean (over the attention_mask's tokens), flatten, or "
+        "auto (mean for keyword inputs, flatten for a tensor).",
+        choices=SEQUENCE_CHOICES,
+    )
+    device: str = option("cpu", _eval_help("device"))
+    dtype: str = option("float32", _eval_help("dtype"), choices=EVAL_DTYPES)
 
     def check(self) -> None:
+        EvalOptions(device=self.device)  # the device exists here (named --device)
         if self.method == "minibatch" and self.batch_size < MIN_EXAMPLES_UNBIASED:
             raise BasinscopeError(
                 f"{self.name_of('batch_size')} must be an integer >= {MIN_EXAMPLES_UNBIASED} "
@@ -106,6 +159,9 @@ class CKAResult(Result, kind="cka"):
     ``method`` names the estimator that produced every entry and ``definition`` is its
     formula (:data:`CKA_ESTIMATORS`); ``num_examples`` is how many examples it saw,
     ``sigma_factor`` the RBF width factor (``None`` for the linear estimators).
+    ``sequence`` names the rule (:data:`SEQUENCE_RULES`) that turned outputs of shape
+    (batch, tokens, dim) into rows (``None``: no layer returned such an output), and
+    ``task`` how the models were called (:meth:`~basinscope.engine.task.Task.describe`).
     """
 
     matrix: np.ndarray
@@ -118,6 +174,8 @@ class CKAResult(Result, kind="cka"):
     definition: str | None = None
     models: tuple[str, str] = ("model_a", "model_b")
     split: str | None = None
+    sequence: str | None = None
+    task: dict[str, Any] | None = None
     spec: CKASpec | None = None
 
     def __post_init__(self) -> None:
@@ -175,32 +233,148 @@ def _resolve_layers(model: nn.Module, layers: Sequence[str] | None, which: str) 
     return names
 
 
-class _Capture:
-    """Forward hooks that store the flattened outputs of named modules."""
+# -- models on a device, in a precision -----------------------------------------------------
+@dataclass(frozen=True)
+class Evaluated:
+    """Models ready to evaluate (:func:`evaluated`): on ``device``, their floating
+    parameters in ``precision`` (bfloat16/float16 are float32 weights run under
+    ``torch.autocast`` in ``autocast``); ``dtype`` is what floating inputs are cast to."""
 
-    def __init__(self, model: nn.Module, names: list[str]) -> None:
+    models: tuple[nn.Module, ...]
+    device: torch.device
+    dtype: torch.dtype | None
+    autocast: torch.dtype | None
+    precision: str
+
+    def inputs(self, x: Any) -> Any:
+        """A batch's inputs on the device, floating inputs in the storage dtype."""
+        return inputs_to(x, self.device, self.dtype)
+
+    def run(self, model: nn.Module, x: Any) -> Any:
+        """``model``'s raw output on inputs ``x`` (already on the device) under autocast."""
+        with autocast(self.device, self.autocast):
+            return call_model(model, x)
+
+
+def _float_dtype(model: nn.Module) -> torch.dtype | None:
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point():
+            return t.dtype
+    return None
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    t = next(iter((*model.parameters(), *model.buffers())), None)
+    return t.device if t is not None else None
+
+
+def check_device(device: Any) -> torch.device:
+    """``device`` as a ``torch.device`` that exists here (:class:`EvalOptions`' check and
+    message: ``device 'cuda:7' is not available here (...); use device cpu``)."""
+    name = str(device)
+    EvalOptions(device=name)
+    return torch.empty(0, device=name).device  # "cuda" as the tensors report it: "cuda:0"
+
+
+@contextlib.contextmanager
+def evaluated(
+    models: Sequence[nn.Module], device: Any = None, dtype: Any = None
+) -> Iterator[Evaluated]:
+    """The models in eval mode on ``device`` in ``dtype`` (:mod:`basinscope.engine.precision`),
+    for the block; the caller's models are never changed.
+
+    ``device=None`` is the first model's device, ``dtype=None`` every model's own dtype
+    (no cast). A model already on the device in the storage dtype is used as it is (its
+    train/eval modes are restored afterwards); any other is deep-copied and moved, so a
+    model on the CPU evaluated on a GPU is copied to it once, not per batch.
+    """
+    first = _device_of(models[0]) if models else None
+    dev = check_device(device if device is not None else (first or "cpu"))
+    store, cast = (None, None) if dtype is None else storage_dtype(dtype)
+    precision = (
+        str(to_dtype(dtype)).replace("torch.", "")
+        if dtype is not None
+        else str(_float_dtype(models[0]) or torch.float32).replace("torch.", "")
+    )
+    ready, restore = [], []
+    for m in models:
+        tensors = [*m.parameters(), *m.buffers()]
+        moved = any(t.device != dev for t in tensors) or any(
+            store is not None and t.is_floating_point() and t.dtype != store for t in tensors
+        )
+        if moved:
+            m = copy.deepcopy(m).to(device=dev, dtype=store) if store else copy.deepcopy(m).to(dev)
+        else:
+            restore.append([(sub, sub.training) for sub in m.modules()])
+        ready.append(m.eval())
+    try:
+        inputs = store or (_float_dtype(models[0]) if models else None)
+        yield Evaluated(tuple(ready), dev, inputs, cast, precision)
+    finally:
+        for modes in restore:
+            for sub, training in modes:
+                sub.train(training)
+
+
+# -- activations --------------------------------------------------------------------------
+def _first_tensor(output: Any, name: str) -> Tensor:
+    """A module's output tensor: the tensor, or the first tensor of a tuple, list, dict or
+    ``ModelOutput`` (a Hugging Face ``BertLayer`` returns ``(hidden_states,)``)."""
+    if isinstance(output, Tensor):
+        return output
+    items = output.values() if isinstance(output, Mapping) else output
+    if isinstance(items, (tuple, list)) or isinstance(output, Mapping):
+        for v in items:
+            if isinstance(v, Tensor):
+                return v
+    raise BasinscopeError(
+        f"layer {name!r} returned a {type(output).__name__} with no tensor: hook a module that "
+        "returns a tensor (or a tuple whose first tensor is the representation)"
+    )
+
+
+class _Capture:
+    """Forward hooks that store each named module's output as one float64 row per example,
+    on the model's device (the CPU for MPS)."""
+
+    def __init__(self, model: nn.Module, names: list[str], rule: dict[str, Any]) -> None:
         self.outputs: dict[str, Tensor] = {}
+        self.rule = rule  # shared: {"sequence": "mean"|"flatten", "mask": Tensor|None, "used"}
         modules = dict(model.named_modules())
         self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
 
     def _hook(self, name: str) -> Any:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if isinstance(output, (tuple, list)):
-                output = output[0]
-            self.outputs[name] = (
-                output.detach().reshape(output.shape[0], -1).to("cpu", torch.float64)
-            )
+            self.outputs[name] = self._rows(_first_tensor(output, name).detach(), name)
 
         return hook
+
+    def _rows(self, t: Tensor, name: str) -> Tensor:
+        if t.device.type == "mps":  # no float64 there
+            t = t.cpu()
+        t = t.to(torch.float64)
+        if t.ndim == 3 and self.rule["sequence"] == "mean":
+            mask = self.rule["mask"]
+            if mask is None:
+                self.rule["used"] = "mean"
+                return t.mean(dim=1)
+            if tuple(mask.shape) != tuple(t.shape[:2]):
+                raise BasinscopeError(
+                    f"layer {name!r} returned shape {tuple(t.shape)}, but the attention_mask "
+                    f"has shape {tuple(mask.shape)}: its mean over unmasked tokens needs "
+                    "(batch, tokens, dim) with the mask's tokens; use sequence='flatten' "
+                    "(--sequence flatten) or hook another layer"
+                )
+            w = mask.to(device=t.device, dtype=torch.float64)
+            self.rule["used"] = "masked_mean"
+            return (t * w.unsqueeze(-1)).sum(dim=1) / w.sum(dim=1, keepdim=True).clamp_min(1.0)
+        if t.ndim == 3:
+            self.rule["used"] = "flatten"
+        return t.reshape(t.shape[0], -1)
 
     def remove(self) -> None:
         for h in self.handles:
             h.remove()
-
-
-def _device_of(model: nn.Module) -> torch.device | None:
-    p = next(model.parameters(), None)
-    return p.device if p is not None else None
 
 
 @takes_spec(CKASpec)
@@ -216,6 +390,10 @@ def cka_matrix(
     max_examples: int | None = None,
     sigma_factor: float = 0.8,
     split: str | None = None,
+    sequence: str = "auto",
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
     labels: tuple[str, str] = ("model_a", "model_b"),
 ) -> CKAResult:
     """CKA between every layer of ``model_a`` and every layer of ``model_b`` on ``data``.
@@ -224,13 +402,27 @@ def cka_matrix(
     ``"debiased"`` or ``"rbf"``); the result records it with its formula. Layers are names
     from ``named_modules()``; by default (``None`` or empty) every leaf module with
     parameters. ``split`` names the data and ``labels`` the two models in the result.
-    Outputs are captured with forward hooks, flattened, in float64; both models run in eval
-    mode under ``no_grad`` and are returned to their previous modes with hooks removed.
+    Outputs are captured with forward hooks (a tuple's or ``ModelOutput``'s first tensor),
+    one float64 row per example: ``(batch, tokens, dim)`` outputs by the rule ``sequence``
+    (``"mean"``: over the tokens of the inputs' ``attention_mask`` when there is one, else
+    over all tokens; ``"flatten"``; ``"auto"``: ``"mean"`` for dict inputs, ``"flatten"``
+    for a tensor; the rule used is ``result.sequence``), every other shape flattened. Both
+    models run in eval mode under ``no_grad`` and are returned to their previous modes with
+    hooks removed.
+
+    ``task`` says how a batch is split and the models called (default: ``(x, y)`` batches,
+    ``model(x)``; a dict batch of ``input_ids``, ``attention_mask`` and ``labels`` calls
+    ``model(input_ids=..., attention_mask=...)``). ``data`` is anything
+    :func:`~basinscope.engine.as_batches` reads (a DataLoader is streamed batch by batch;
+    its batches are the loader's, not ``batch_size``). The models run on ``device``
+    (default: model A's) in ``dtype`` (default: their own; ``"bfloat16"``/``"float16"``
+    autocast over float32 weights); a model elsewhere is copied there once, each batch is
+    moved there, and the estimator's sums stay there until the matrix is read.
 
     ``method="minibatch"`` streams (memory independent of N); a final batch with fewer than
     4 examples is dropped (``num_examples`` records how many were used). ``"linear"`` streams
     too (:class:`StreamingLinearCKA`, exact full-data CKA in float64). ``"debiased"`` and
-    ``"rbf"`` need N x N Gram matrices and keep all activations in memory.
+    ``"rbf"`` need N x N Gram matrices and keep all activations in memory (on the CPU).
     """
     if method not in CKA_ESTIMATORS:
         raise BasinscopeError(
@@ -238,20 +430,20 @@ def cka_matrix(
             + "; ".join(f"{k}: {v}" for k, v in CKA_ESTIMATORS.items())
             + ")"
         )
+    if sequence not in SEQUENCE_CHOICES:
+        raise BasinscopeError(
+            f"unknown sequence rule {sequence!r}: expected one of {', '.join(SEQUENCE_CHOICES)}"
+        )
     if batch_size < 1:
         raise BasinscopeError(f"batch_size must be positive, got {batch_size}")
     if method == "minibatch" and batch_size < MIN_EXAMPLES_UNBIASED:
         _check_unbiased(batch_size, "minibatch CKA")
     if max_examples is not None and max_examples < 1:
         raise BasinscopeError(f"max_examples must be positive or None, got {max_examples}")
+    task = as_task(task)
     names_a = _resolve_layers(model_a, layers_a, "a")
     names_b = _resolve_layers(model_b, layers_b, "b")
-    batches = as_batches(data, batch_size=batch_size)
-    check_model_data(model_a, batches, what="the data (model A)", classification=False)
-    check_model_data(model_b, batches, what="the data (model B)", classification=False)
-    modes = [(m, m.training) for model in (model_a, model_b) for m in model.modules()]
-    cap_a, cap_b = _Capture(model_a, names_a), _Capture(model_b, names_b)
-    dev_a, dev_b = _device_of(model_a), _device_of(model_b)
+    batches = as_batches(data, batch_size=batch_size, task=task)  # moved per batch below
     acc: MinibatchCKA | StreamingLinearCKA | None = None
     if method == "minibatch":
         acc = MinibatchCKA(len(names_a), len(names_b))
@@ -259,36 +451,42 @@ def cka_matrix(
         acc = StreamingLinearCKA(len(names_a), len(names_b))
     store_a: list[list[Tensor]] = [[] for _ in names_a]
     store_b: list[list[Tensor]] = [[] for _ in names_b]
+    rule: dict[str, Any] = {"sequence": sequence, "mask": None, "used": None}
     seen = 0
-    try:
-        model_a.eval()
-        model_b.eval()
-        with torch.no_grad():
-            for x, _ in batches:
-                if max_examples is not None:
-                    x = x[: max_examples - seen]
-                n = len(x)
-                if n == 0:
-                    break
-                if method == "minibatch" and n < MIN_EXAMPLES_UNBIASED:
-                    continue  # final short batch: dropped, see docstring
-                model_a(x.to(dev_a) if dev_a is not None else x)
-                model_b(x.to(dev_b) if dev_b is not None else x)
-                xs = [cap_a.outputs[n_] for n_ in names_a]
-                ys = [cap_b.outputs[n_] for n_ in names_b]
-                if acc is not None:
-                    acc.update(xs, ys)
-                else:
-                    for i, t in enumerate(xs):
-                        store_a[i].append(t)
-                    for j, t in enumerate(ys):
-                        store_b[j].append(t)
-                seen += n
-    finally:
-        cap_a.remove()
-        cap_b.remove()
-        for m, training in modes:
-            m.train(training)
+    with evaluated((model_a, model_b), device, dtype) as ev:
+        net_a, net_b = ev.models
+        check_model_data(net_a, batches, what="the data (model A)", classification=False, task=task)
+        check_model_data(net_b, batches, what="the data (model B)", classification=False, task=task)
+        cap_a, cap_b = _Capture(net_a, names_a, rule), _Capture(net_b, names_b, rule)
+        try:
+            with torch.no_grad():
+                for x, _ in batches:
+                    if max_examples is not None:
+                        x = first_examples(x, max_examples - seen)
+                    n = batch_size_of(x)
+                    if n == 0:
+                        break
+                    if method == "minibatch" and n < MIN_EXAMPLES_UNBIASED:
+                        continue  # final short batch: dropped, see docstring
+                    x = ev.inputs(x)
+                    if sequence == "auto":
+                        rule["sequence"] = "mean" if isinstance(x, dict) else "flatten"
+                    rule["mask"] = x.get("attention_mask") if isinstance(x, dict) else None
+                    ev.run(net_a, x)
+                    ev.run(net_b, x)
+                    xs = [cap_a.outputs[n_] for n_ in names_a]
+                    ys = [cap_b.outputs[n_] for n_ in names_b]
+                    if acc is not None:
+                        acc.update(xs, ys)
+                    else:
+                        for i, t in enumerate(xs):
+                            store_a[i].append(t.cpu())
+                        for j, t in enumerate(ys):
+                            store_b[j].append(t.cpu())
+                    seen += n
+        finally:
+            cap_a.remove()
+            cap_b.remove()
     if seen == 0:
         raise BasinscopeError(
             "no batch could be used: minibatch CKA needs batches of at least "
@@ -320,6 +518,8 @@ def cka_matrix(
         definition=CKA_ESTIMATORS[method],
         models=(str(labels[0]), str(labels[1])),
         split=split,
+        sequence=rule["used"],
+        task=task.describe(),
         spec=CKASpec(
             layers_a=tuple(layers_a or ()),
             layers_b=tuple(layers_b or ()),
@@ -328,5 +528,8 @@ def cka_matrix(
             max_examples=max_examples,
             sigma_factor=sigma_factor,
             split=split,
+            sequence=sequence,
+            device=str(device if device is not None else ev.device),
+            dtype=ev.precision,
         ),
     )
