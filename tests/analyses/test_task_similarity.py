@@ -257,6 +257,7 @@ def test_sequence_rules_mean_and_flatten_are_named_in_the_result():
 
 
 # -- devices and precision -----------------------------------------------------------------
+@pytest.mark.skipif(torch.cuda.device_count() > 7, reason="needs a machine without cuda:7")
 def test_an_absent_device_is_a_clear_error():
     a, b = nets()
     data = token_data()
@@ -437,3 +438,32 @@ def test_train_receives_the_task_device_and_dtype_that_change_something():
     assert train_options(net, None, None, "bfloat16")["dtype"] == "bfloat16"
     with pytest.raises(BasinscopeError, match="device 'cuda:7' is not available here"):
         train_options(net, None, "cuda:7", None)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_numbers_equal_the_cpu_ones_and_the_sums_stay_there():
+    from basinscope.analyses.cka import MinibatchCKA, StreamingLinearCKA
+
+    a, b = nets()
+    data = token_data()
+    kw = dict(layers_a=LAYERS, layers_b=LAYERS, dtype="float64", batch_size=9)
+    for method in ("linear", "minibatch"):
+        cpu = cka_matrix(a, b, data, method=method, **kw)
+        gpu = cka_matrix(
+            a, b, DataLoader(Rows(data), batch_size=9), method=method, device="cuda", **kw
+        )
+        np.testing.assert_allclose(gpu.matrix, cpu.matrix, rtol=0, atol=1e-10)
+        assert gpu.spec.device == "cuda"
+    assert counts(mistake_analysis(a, b, data, device="cuda", dtype="float64")) == counts(
+        mistake_analysis(a, b, data, dtype="float64")
+    )
+    on_gpu = ensemble_metrics([a, b], data, barriers=False, device="cuda", dtype="float64")
+    on_cpu = ensemble_metrics([a, b], data, barriers=False, dtype="float64")
+    for k in ("ensemble_accuracy", "ensemble_nll", "member_nll", "disagreement"):
+        np.testing.assert_allclose(on_gpu[k], on_cpu[k], rtol=0, atol=1e-10)
+    assert next(a.parameters()).device.type == "cpu"  # the caller's models stay where they were
+    x = torch.randn(8, 3, device="cuda")
+    for acc in (MinibatchCKA(1, 1), StreamingLinearCKA(1, 1)):
+        acc.update([x], [x * 2])
+        sums = acc._xy if isinstance(acc, MinibatchCKA) else acc._xy[0, 0]
+        assert sums.device.type == "cuda"

@@ -140,7 +140,8 @@ class DistanceSpec(Spec):
     children's parameters); default: every module that owns parameters. figures/distance is
     the bar plot of the relative distance per module. --mistakes also counts, on --split, the
     examples both models get right, both wrong (with the same or a different label) or only
-    one wrong, and their agreement (:func:`mistake_analysis`); the result is then kind
+    one wrong, and their agreement (:func:`mistake_analysis`, the models on --device in
+    --dtype); the result is then kind
     distance_and_mistakes: distance (the distance result) and mistakes (n, both_right,
     both_wrong_same, both_wrong_different, only_a_wrong, only_b_wrong, agreement, extra:
     accuracy_a and accuracy_b), and figures/distance_and_mistakes shows both.

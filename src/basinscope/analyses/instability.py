@@ -115,15 +115,19 @@ def check_device_field(spec: Spec) -> None:
 def resolved(model: Any, device: Any, dtype: Any) -> tuple[str, str]:
     """``(device, dtype)`` names of a run: those given, else the model's (a factory's
     members: ``cpu``, ``float32``)."""
-    from basinscope.analyses.similarity import _device_of, _float_dtype
+    from basinscope.analyses.similarity import model_device, model_dtype
     from basinscope.engine.precision import to_dtype
 
     module = model if isinstance(model, nn.Module) else None
-    dev = device if device is not None else (_device_of(module) if module else None) or "cpu"
+    dev = (
+        device
+        if device is not None
+        else (model_device(module) if module is not None else None) or "cpu"
+    )
     if dtype is not None:
         d = to_dtype(dtype)
     else:
-        d = (_float_dtype(module) if module else None) or torch.float32
+        d = (model_dtype(module) if module is not None else None) or torch.float32
     return str(dev), str(d).replace("torch.", "")
 
 
@@ -135,11 +139,9 @@ def train_options(model: nn.Module, task: Any, device: Any, dtype: Any) -> dict[
     default task, and ``dtype`` only when it changes the model's precision (another storage
     dtype, or bfloat16/float16 autocast), so a default run calls ``train`` as it always did.
     """
-    from basinscope.analyses.similarity import _float_dtype
+    from basinscope.analyses.similarity import check_device, model_dtype
     from basinscope.engine.precision import storage_dtype
     from basinscope.engine.task import as_task
-
-    from basinscope.analyses.similarity import check_device
 
     if device is not None:
         check_device(device)  # before any training: "device 'cuda:7' is not available here"
@@ -148,7 +150,7 @@ def train_options(model: nn.Module, task: Any, device: Any, dtype: Any) -> dict[
         out["task"] = task
     if dtype is not None:
         store, cast = storage_dtype(dtype)
-        if cast is not None or store != (_float_dtype(model) or torch.float32):
+        if cast is not None or store != (model_dtype(model) or torch.float32):
             out["dtype"] = dtype
     return out
 

@@ -256,14 +256,16 @@ class Evaluated:
             return call_model(model, x)
 
 
-def _float_dtype(model: nn.Module) -> torch.dtype | None:
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    """The dtype of ``model``'s first floating parameter or buffer (``None``: it has none)."""
     for t in (*model.parameters(), *model.buffers()):
         if t.is_floating_point():
             return t.dtype
     return None
 
 
-def _device_of(model: nn.Module) -> torch.device | None:
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of ``model``'s first parameter or buffer (``None``: it has none)."""
     t = next(iter((*model.parameters(), *model.buffers())), None)
     return t.device if t is not None else None
 
@@ -288,13 +290,13 @@ def evaluated(
     train/eval modes are restored afterwards); any other is deep-copied and moved, so a
     model on the CPU evaluated on a GPU is copied to it once, not per batch.
     """
-    first = _device_of(models[0]) if models else None
-    dev = check_device(device if device is not None else (first or "cpu"))
+    first = model_device(models[0]) if models else None
+    dev = check_device(device if device is not None else (first if first is not None else "cpu"))
     store, cast = (None, None) if dtype is None else storage_dtype(dtype)
     precision = (
         str(to_dtype(dtype)).replace("torch.", "")
         if dtype is not None
-        else str(_float_dtype(models[0]) or torch.float32).replace("torch.", "")
+        else str(model_dtype(models[0]) or torch.float32).replace("torch.", "")
     )
     ready, restore = [], []
     for m in models:
@@ -308,7 +310,7 @@ def evaluated(
             restore.append([(sub, sub.training) for sub in m.modules()])
         ready.append(m.eval())
     try:
-        inputs = store or (_float_dtype(models[0]) if models else None)
+        inputs = store or (model_dtype(models[0]) if models else None)
         yield Evaluated(tuple(ready), dev, inputs, cast, precision)
     finally:
         for modes in restore:
