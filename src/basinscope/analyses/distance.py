@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from basinscope.analyses.similarity import evaluated
 from basinscope.engine import as_batches
 from basinscope.engine.fit import check_model_data
 from basinscope.engine.task import Task, as_task
@@ -309,8 +310,6 @@ def mistake_analysis(
     (default: their own; ``"bfloat16"``/``"float16"`` autocast); each batch is moved there
     and only the counts come back, once.
     """
-    from basinscope.analyses.similarity import evaluated
-
     task = as_task(task)
     batches = as_batches(data, batch_size=batch_size, task=task)
     counts = None

@@ -46,6 +46,7 @@ from basinscope.analyses.instability import (
     resolved,
     train_options,
 )
+from basinscope.analyses.similarity import evaluated
 from basinscope.engine import as_batches, has_batchnorm
 from basinscope.engine.task import Task, as_task
 from basinscope.errors import BasinscopeError
@@ -392,8 +393,6 @@ def ensemble_metrics(
     ``dtype`` (default: their own; ``"bfloat16"``/``"float16"`` autocast). The softmax
     averages and sums are float64 (float32 on MPS).
     """
-    from basinscope.analyses.similarity import evaluated
-
     models = list(models)
     if not models:
         raise BasinscopeError("ensemble_metrics needs at least one model, got none.")

@@ -47,6 +47,8 @@ from basinscope.analyses.barrier import (
     barrier,
     barrier_definition_option,
 )
+from basinscope.analyses.similarity import check_device, model_device, model_dtype
+from basinscope.engine.precision import storage_dtype, to_dtype
 from basinscope.engine.task import as_task
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import ModelOptions, load_model
@@ -115,9 +117,6 @@ def check_device_field(spec: Spec) -> None:
 def resolved(model: Any, device: Any, dtype: Any) -> tuple[str, str]:
     """``(device, dtype)`` names of a run: those given, else the model's (a factory's
     members: ``cpu``, ``float32``)."""
-    from basinscope.analyses.similarity import model_device, model_dtype
-    from basinscope.engine.precision import to_dtype
-
     module = model if isinstance(model, nn.Module) else None
     dev = (
         device
@@ -139,10 +138,6 @@ def train_options(model: nn.Module, task: Any, device: Any, dtype: Any) -> dict[
     default task, and ``dtype`` only when it changes the model's precision (another storage
     dtype, or bfloat16/float16 autocast), so a default run calls ``train`` as it always did.
     """
-    from basinscope.analyses.similarity import check_device, model_dtype
-    from basinscope.engine.precision import storage_dtype
-    from basinscope.engine.task import as_task
-
     if device is not None:
         check_device(device)  # before any training: "device 'cuda:7' is not available here"
     out: dict[str, Any] = {"device": device}
@@ -159,8 +154,6 @@ def barrier_options(task: Any, device: Any, dtype: Any, model: nn.Module) -> dic
     """The keywords that make :func:`~basinscope.analyses.barrier.barrier` evaluate on an
     analysis's ``task`` (passed when not the default), ``device`` and ``dtype`` (``None``:
     the model's)."""
-    from basinscope.engine.task import as_task
-
     dev, precision = resolved(model, device, dtype)
     out: dict[str, Any] = {"device": dev, "dtype": precision}
     if task is not None and not as_task(task).default:
