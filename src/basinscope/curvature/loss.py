@@ -76,6 +76,27 @@ CURVATURE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 Batches = list[tuple[Any, Tensor]] | StreamingBatches
 
 
+def forward_mode_ready() -> None:
+    """Load torch's forward-mode (``jvp``) decompositions once, quietly: torch 2.13 scripts
+    them with the deprecated ``torch.jit.script`` on first use, a DeprecationWarning that
+    says nothing about the user's code."""
+    global _FORWARD_MODE_READY
+    if _FORWARD_MODE_READY:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*torch.jit.script.*", category=DeprecationWarning
+        )
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # pragma: no cover - a torch without them loads nothing
+            pass
+    _FORWARD_MODE_READY = True
+
+
+_FORWARD_MODE_READY = False
+
+
 def curvature_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
     """``dtype`` (a name or a ``torch.dtype``) as float32 or float64, the precisions of
     curvature and sharpness; mixed precision (bfloat16, float16) is refused with why."""
@@ -84,9 +105,10 @@ def curvature_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
         return CURVATURE_DTYPES[name]
     if name in ("bfloat16", "float16", "half"):
         raise BasinscopeError(
-            f"{what} {name} is mixed precision for evaluating points (surfaces, barriers); "
-            "gradients, Hessian-vector products and Lanczos need float32 or float64 (their "
-            f"round-off would swamp the curvature): pass {what} float32 or float64"
+            f"unknown {what} {name!r} for curvature and sharpness: {name} is mixed precision "
+            "for evaluating points (surfaces, barriers), and gradients, Hessian-vector "
+            "products and Lanczos need float32 or float64 (their round-off would swamp the "
+            f"curvature): pass {what} float32 or float64"
         )
     raise BasinscopeError(f"unknown {what} {dtype!r}: expected float32 or float64")
 
@@ -370,6 +392,7 @@ class EmpiricalLoss:
         return out + self.weight_decay * v if self.weight_decay else out
 
     def _fwd_rev(self, v: Tensor, batches: Batches) -> Tensor:
+        forward_mode_ready()
         vd = self.unflatten(v)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         n = 0
@@ -402,6 +425,7 @@ class EmpiricalLoss:
         ``is_grads_batched`` (double backward, the first pass shared by the columns).
         ``None`` when a module has no batching rule (then take one product at a time)."""
         if method == "forward-over-reverse":
+            forward_mode_ready()
             out = torch.zeros_like(vs.T)
             n = 0
             for x, y in self.batches:
@@ -504,8 +528,6 @@ class FirstExamples:
     def __iter__(self):
         left, count = self.n, 0
         for batch in self.source:
-            if left <= 0:
-                break
             size = _leading(batch)
             if size is None:
                 raise BasinscopeError(
@@ -515,6 +537,8 @@ class FirstExamples:
             yield batch if size <= left else _head(batch, left)
             left -= min(size, left)
             count += 1
+            if left <= 0:  # before the source reads another batch
+                break
         self._len = count
 
     def __len__(self) -> int:

@@ -40,7 +40,13 @@ import torch
 from torch import Tensor, nn
 from torch.func import grad, jvp, vjp, vmap
 
-from basinscope.curvature.loss import HVP_METHODS, Batches, EmpiricalLoss, select_params
+from basinscope.curvature.loss import (
+    HVP_METHODS,
+    Batches,
+    EmpiricalLoss,
+    forward_mode_ready,
+    select_params,
+)
 from basinscope.engine.task import Task, batch_size_of
 from basinscope.errors import BasinscopeError
 
@@ -266,6 +272,7 @@ class GGNOperator(CurvatureOperator):
         _needs_prediction_loss(self, "GGN (J^T H J, H the Hessian of the loss in the prediction)")
 
     def _matvec(self, v: Tensor) -> Tensor:
+        forward_mode_ready()
         L = self.empirical_loss
         vd = L.unflatten(v)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
