@@ -259,7 +259,12 @@ def test_seeded_reproducible_records_its_definition_and_leaves_the_model_alone(
         ("worst_case", {"norm": "l1"}, "unknown norm 'l1': expected one of l2, linf"),
         ("worst_case", {"steps": 0}, "steps must be an integer >= 1, got 0"),
         ("worst_case", {"subset": 500}, r"subset=500 but the dataset has only 200 examples"),
-        ("worst_case", {"dtype": "float16"}, "unknown dtype 'float16'"),
+        (
+            "worst_case",
+            {"dtype": "float16"},
+            "unknown dtype 'float16' for curvature and sharpness: float16 is mixed precision",
+        ),
+        ("worst_case", {"dtype": "int8"}, "unknown dtype 'int8': expected float32 or float64"),
         ("worst_case", {"sigma": 0.1}, "takes no option sigma; its options are rho, norm"),
         ("average", {"samples": 1}, "samples must be an integer >= 2, got 1"),
         ("average", {"sigma": -1.0}, "sigma must be a positive number"),

@@ -4,8 +4,12 @@ One call gathers what users check a minimum by: the top-k and bottom-k eigenpair
 Lanczos with a certified stopping rule (each eigenvalue with its true residual and a
 converged flag), the trace by Hutch++ or Hutchinson with a confidence interval, the
 spectral density by stochastic Lanczos quadrature, and per-module top eigenvalues and
-traces. The loss semantics (operator, BatchNorm mode, weight decay, data size, HVP method)
-are recorded in the result, so a number can be trusted without reading the code.
+traces. The loss semantics (operator, the task and its loss, BatchNorm mode, weight decay,
+data size, HVP method, precision and device) are recorded in the result, so a number can
+be trusted without reading the code. Any model and data the task adapter reads work:
+dict or tuple inputs, keyword calls, logits in ``.logits`` or a dict, cross-entropy, MSE,
+a user's loss or the model's own (Hessian only), data in memory or a streamed DataLoader
+(:class:`~basinscope.curvature.loss.EmpiricalLoss`).
 
 The curvature matrix is a named definition (``operator``), recorded with every result:
 
@@ -27,10 +31,11 @@ from torch import Tensor, nn
 
 from basinscope._checks import at_least, check_seed, positive_float
 from basinscope.curvature.lanczos import Eigenpairs
-from basinscope.curvature.loss import BN_MODES, HVP_METHODS
+from basinscope.curvature.loss import BN_MODES, HVP_METHODS, curvature_dtype
 from basinscope.curvature.per_module import ModuleCurvature
 from basinscope.curvature.slq import SpectralDensity
 from basinscope.curvature.trace import TraceEstimate
+from basinscope.engine.task import Task
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result
 from basinscope.spec import DTYPES, EvalOptions, Spec, option, takes_spec
@@ -71,6 +76,7 @@ class HessianSpec(Spec):
     figures/hessian shows the eigenvalues (hollow: not converged) with the trace, and beside
     them the spectral density (--density) and the per-layer blocks (--per-layer). The
     eigenvectors are kept in RUN/tensors; with both ends the result also has ratio_min_max.
+    Curvature is computed in float32 or float64 (mixed precision is for evaluating points).
 
     These are the settings of hessian_analysis() and hessian_map() (their spec=) and of
     basinscope hessian.
@@ -115,6 +121,10 @@ class HessianSpec(Spec):
     batch_size: int = option(1024, "Examples per forward pass.", low=1)
     seed: int = option(0, "Seed of the Lanczos start vector and of the trace probes.")
 
+    def __post_init__(self) -> None:
+        curvature_dtype(self.dtype, self.name_of("dtype"))  # bfloat16 refused with why
+        super().__post_init__()
+
     def check(self) -> None:
         why = " (Lanczos keeps a full basis; use --density for the whole spectrum)"
         for name in ("k_top", "k_bottom"):
@@ -132,8 +142,9 @@ class HessianReport(Result, kind="hessian"):
     """The results of :func:`hessian_analysis` (fields are ``None`` when not asked for).
 
     ``definition`` names what each number is (the curvature matrix, which eigenvalues, the
-    trace estimator, ...); ``semantics`` which loss it is of (operator, BatchNorm mode,
-    weight decay, data size, HVP method, products made). The eigenvectors of ``top`` and
+    trace estimator, ...); ``semantics`` which loss it is of (operator, the task with its
+    loss in ``semantics["task"]``, BatchNorm mode, weight decay, data size, HVP method,
+    precision, device, products made). The eigenvectors of ``top`` and
     ``bottom`` are kept with the run folder as tensors.
     """
 
@@ -151,8 +162,9 @@ class HessianReport(Result, kind="hessian"):
         """The loss's semantics, each eigenvalue with its residual, the trace with its
         interval and each module's top eigenvalue and trace."""
         s = self.semantics
+        loss = (s.get("task") or {}).get("loss", "cross_entropy")
         lines = [
-            f"{s['operator']} of the {s['loss']} over {s['num_examples']} examples; BatchNorm "
+            f"{s['operator']} of the {s['loss']} of {loss} over {s['num_examples']} examples; BatchNorm "
             f"{s['bn_mode']}; {s['dimension']} parameters; HVP {s['method']}; "
             f"{s['num_matvecs']} products, {self.seconds} s"
         ]
@@ -211,14 +223,6 @@ class HessianReport(Result, kind="hessian"):
         return dataclasses.replace(report, **ends) if ends else report  # type: ignore[return-value]
 
 
-def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise BasinscopeError(f"unknown dtype {dtype!r}: expected float32 or float64")
-    return getattr(torch, dtype)
-
-
 @takes_spec(HessianSpec)
 def hessian_analysis(
     model: nn.Module,
@@ -245,6 +249,7 @@ def hessian_analysis(
     method: str = "auto",
     dtype: torch.dtype | str = torch.float64,
     device: str = "cpu",
+    task: Task | None = None,
     **operator_kwargs: Any,
 ) -> HessianReport:
     """Spectrum of the curvature of the mean loss of ``model`` on ``data``.
@@ -266,9 +271,15 @@ def hessian_analysis(
         progress: show the Lanczos iterations on stderr.
         subset, batch_size, weight_decay, bn_mode, dtype, device: the loss
             (:class:`~basinscope.curvature.loss.EmpiricalLoss`); ``dtype`` a torch dtype or
-            ``"float32"``/``"float64"``.
+            ``"float32"``/``"float64"`` (mixed precision is refused); the operator, its
+            products and Lanczos's basis live on ``device``.
+        task: how the model is called on a batch and which loss
+            (:class:`~basinscope.engine.task.Task`; default cross-entropy of ``model(x)``),
+            recorded in ``semantics["task"]``; ``ggn`` and ``ef`` need a loss of the
+            prediction (not ``Task(loss="model")``).
         method: how Hessian-vector products are formed (``operator="hessian"`` only).
-        operator_kwargs: more options of the operator (``params``, ``loss_fn``).
+        operator_kwargs: more options of the operator (``params``, or ``loss_fn`` instead
+            of a task).
 
     Also takes ``spec=HessianSpec(...)`` for the settings (:func:`~basinscope.spec.takes_spec`).
     """
@@ -287,7 +298,7 @@ def hessian_analysis(
         )
     if k_top < 0 or k_bottom < 0:
         raise BasinscopeError(f"k_top and k_bottom must be >= 0, got {k_top} and {k_bottom}")
-    torch_dtype = _torch_dtype(dtype)
+    torch_dtype = curvature_dtype(dtype)
     spec = HessianSpec(  # the settings as recorded (and checked, once, by the spec)
         subset=subset,
         operator=operator,
@@ -317,6 +328,7 @@ def hessian_analysis(
         bn_mode=bn_mode,
         dtype=torch_dtype,
         device=device,
+        task=task,
         **operator_kwargs,
     )
     if operator == "hessian":

@@ -10,11 +10,16 @@ not. The points go through the engine's chunks (:func:`~basinscope.engine.evalua
 so a map resumes after an interruption and can be handed to other executors like a
 surface. Within a chunk each point's Lanczos run is warm-started from the previous point's
 eigenvectors; chunk boundaries are fixed, so a resumed map is bit-for-bit the same.
+
+The model is run through the task (:class:`~basinscope.engine.task.Task`: any batch
+layout, output and loss; recorded in the map's ``attrs["task"]``), on ``device`` in
+``dtype`` (float32 or float64); a DataLoader is streamed at every product.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +29,9 @@ import torch
 from torch import nn
 
 from basinscope.analyses.hessian import HessianSpec
-from basinscope.curvature.loss import first_examples
+from basinscope.curvature.loss import curvature_dtype, first_examples
 from basinscope.engine.points import PointBasis, points_dict
+from basinscope.engine.task import Task, as_task
 
 __all__ = ["CurvatureMapJob", "curvature_map", "hessian_map"]
 
@@ -46,6 +52,8 @@ class CurvatureMapJob:
     seed: int = 0
     dtype: torch.dtype = torch.float64
     hvp_method: str = "auto"
+    device: str = "cpu"
+    task: Task | None = None
 
     def build(self) -> _CurvatureWorker:
         return _CurvatureWorker(self)
@@ -56,8 +64,17 @@ class _CurvatureWorker:
         from basinscope.engine.batches import as_batches
 
         self.job = job
-        self.model = copy.deepcopy(job.model).to(job.dtype)  # points are built in job.dtype
-        self.batches = as_batches(job.data, batch_size=job.batch_size, dtype=job.dtype)
+        self.task = as_task(job.task)
+        self.device = torch.device(job.device)
+        # points are built in job.dtype, on the device
+        self.model = copy.deepcopy(job.model).to(device=self.device, dtype=job.dtype)
+        self.batches = as_batches(
+            job.data,
+            batch_size=job.batch_size,
+            device=self.device,
+            dtype=job.dtype,
+            task=self.task,
+        )
         self.strategy = "lanczos"
         self.trial: dict[str, Any] = {}
         self.names = [f"train_{v}" for v in MAP_VARIABLES]
@@ -72,11 +89,19 @@ class _CurvatureWorker:
 
         if self.job.operator == "hessian":
             op = HessianOperator(
-                self.model, self.batches, dtype=self.job.dtype, method=self.job.hvp_method
+                self.model, self.batches, method=self.job.hvp_method, **self._loss_kwargs()
             )
             self.trial = dict(op.trial)
             self.strategy = f"lanczos/{op.method}"
         return self.strategy
+
+    def _loss_kwargs(self) -> dict[str, Any]:
+        return {
+            "dtype": self.job.dtype,
+            "device": self.device,
+            "task": self.task,
+            "batch_size": self.job.batch_size,
+        }
 
     def evaluate_chunk(self, coeffs) -> dict[str, np.ndarray]:
         from basinscope.curvature.lanczos import lanczos_both_ends
@@ -84,7 +109,7 @@ class _CurvatureWorker:
 
         ops = {"hessian": HessianOperator, "ggn": GGNOperator, "ef": EFOperator}
         c = torch.as_tensor(np.asarray(coeffs), dtype=torch.float64)
-        params, _ = self.job.basis.stacked(c, self.job.dtype, "cpu")
+        params, _ = self.job.basis.stacked(c, self.job.dtype, self.device)
         out = {name: np.zeros(len(c)) for name in self.names}
         warm = None
         for i in range(len(c)):
@@ -93,7 +118,7 @@ class _CurvatureWorker:
                 for name, p in self.model.named_parameters():
                     p.copy_(point[name].to(p.dtype))
             kwargs = {"method": self.strategy.split("/", 1)[1]} if "/" in self.strategy else {}
-            op = ops[self.job.operator](self.model, self.batches, dtype=self.job.dtype, **kwargs)
+            op = ops[self.job.operator](self.model, self.batches, **self._loss_kwargs(), **kwargs)
             top, bottom = lanczos_both_ends(
                 op, 1, 1, tol=self.job.tol, max_iter=self.job.max_iter, seed=self.job.seed, v0=warm
             )
@@ -127,6 +152,10 @@ def curvature_map(
     spec: Mapping[str, Any] | None = None,
     progress: bool = False,
     on_chunk=None,
+    task: Task | None = None,
+    dtype: str = "float64",
+    device: str = "cpu",
+    batch_size: int = 1024,
 ):
     """The map of :math:`|\\lambda_{\\min}/\\lambda_{\\max}|` (and both eigenvalues, their
     residuals and converged flags) on the plane of :func:`~basinscope.analyses.random_surface`.
@@ -138,10 +167,17 @@ def curvature_map(
     ``hvp_method="auto"`` times the HVP methods once at the first point and uses the winner
     everywhere (recorded as the run's strategy and reused on resume); pin it to compare two
     separate runs bit for bit.
+
+    ``task`` says how the model is run and which loss (:class:`~basinscope.engine.task.Task`,
+    recorded as ``attrs["task"]``); the curvature is computed on ``device`` in ``dtype``
+    (``"float32"`` or ``"float64"``), ``batch_size`` examples per forward pass.
     """
     from basinscope.analyses.landscape import compute_landscape
     from basinscope.geometry import check_directions_fit, get_params, random_directions
 
+    torch_dtype = curvature_dtype(dtype)
+    dtype = str(torch_dtype).replace("torch.", "")
+    task = as_task(task)
     params = get_params(model)
     if directions is not None:
         check_directions_fit(directions, params)
@@ -161,14 +197,16 @@ def curvature_map(
         "tol": tol,
         "max_iter": max_iter,
         "hvp_method": hvp_method,
-        "definition": "ratio = |lambda_min / lambda_max| of the Hessian of the mean training loss (Lanczos, both ends)",
+        "definition": f"ratio = |lambda_min / lambda_max| of the {operator} of the mean training "
+        f"loss ({task.loss_name}; Lanczos, both ends)",
+        "task": json.dumps(task.describe(), sort_keys=True),
     }
     return compute_landscape(
         model,
         params,
         dirs,
         coords,
-        data,
+        {"train": data},  # one split, whatever the form of the data (a dict of tensors)
         kind="curvature_map",
         attrs=attrs,
         chunk_size=chunk_size,
@@ -176,10 +214,23 @@ def curvature_map(
         spec=spec,
         progress=progress,
         on_chunk=on_chunk,
-        dtype="float64",
+        dtype=dtype,
+        device=str(device),
+        batch_size=batch_size,
         strategy="loop",
         make_job=lambda basis: CurvatureMapJob(
-            model, basis, data, operator, tol, max_iter, seed=seed, hvp_method=hvp_method
+            model,
+            basis,
+            data,
+            operator,
+            tol,
+            max_iter,
+            batch_size=batch_size,
+            seed=seed,
+            dtype=torch_dtype,
+            hvp_method=hvp_method,
+            device=str(device),
+            task=task,
         ),
     )
 
@@ -194,12 +245,14 @@ def hessian_map(
     run_dir=None,
     identity: Mapping[str, Any] | None = None,
     progress: bool = False,
+    task: Task | None = None,
 ):
     """:func:`curvature_map` with the settings of a :class:`~basinscope.analyses.hessian.HessianSpec`,
     as ``basinscope hessian --map`` computes it.
 
-    The map is of the loss on the first ``spec.subset`` examples of ``data``, with the spec's
-    ``operator``, ``seed`` and HVP ``method``; at each point Lanczos stops at the relative
+    The map is of the loss (of ``task``) on the first ``spec.subset`` examples of ``data``,
+    with the spec's ``operator``, ``seed``, HVP ``method``, ``dtype``, ``device`` and
+    ``batch_size``; at each point Lanczos stops at the relative
     residual ``max(spec.tol, 1e-8)`` or after ``spec.max_iter`` steps (default 100). The
     other settings of the spec (trace, density, per module, ...) do not apply to a map.
     Stored in ``run_dir``, the run's identity includes the spec's ``split`` and ``subset``
@@ -216,6 +269,10 @@ def hessian_map(
         alphas=alphas,
         betas=betas,
         hvp_method=spec.method,
+        task=task,
+        dtype=spec.dtype,
+        device=spec.device,
+        batch_size=spec.batch_size,
         run_dir=run_dir,
         spec={"split": spec.split, "subset": spec.subset, **(identity or {})},
         progress=progress,

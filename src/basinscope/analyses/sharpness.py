@@ -16,9 +16,15 @@ increase of the loss :math:`L(\\theta + \\delta) - L(\\theta)` under a perturbat
                        examples, averaged (Foret et al. 2021, SAM; Andriushchenko &
                        Flammarion 2022).
 
-Loss semantics (recorded in every result): :math:`L` is the mean of ``loss_fn`` (default
-cross-entropy) over all examples of ``data`` (or its first ``subset``), with the model in
-eval mode (BatchNorm uses its stored statistics, dropout is off). All named parameters are
+Loss semantics (recorded in every result): :math:`L` is the mean over all examples of
+``data`` (or its first ``subset``) of the loss of the ``task``
+(:class:`~basinscope.engine.task.Task`: how a batch is split, the model called and its
+prediction found; cross-entropy by default, MSE, a user's callable or the model's own
+loss; recorded as ``semantics["task"]``) or of a mean-reduced ``loss_fn(prediction,
+targets)``, with the model in eval mode (BatchNorm uses its stored statistics, dropout is
+off), on ``device`` in ``dtype`` (float32 or float64). A DataLoader is streamed: every
+evaluation reads it again batch by batch (m-sharpness keeps only the examples of its
+batches). All named parameters are
 perturbed. The caller's model is never touched: the worst-case measures take the loss and
 its gradient from :class:`~basinscope.curvature.loss.EmpiricalLoss` (the loss object the
 curvature operators use, on a private copy of the model), the Monte Carlo measures
@@ -42,7 +48,7 @@ import copy
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -51,9 +57,18 @@ from torch import Tensor, nn
 
 from basinscope._checks import at_least, positive_float
 from basinscope.analyses.sharpness_spec import NORMS, SharpnessSpec
-from basinscope.curvature.loss import EmpiricalLoss
+from basinscope.curvature.loss import (
+    CURVATURE_DTYPES,
+    EmpiricalLoss,
+    _take,
+    check_task_and_loss_fn,
+    curvature_dtype,
+    describe_loss,
+)
 from basinscope.engine import EvalJob, PointBasis, as_batches, check_model_data, evaluate_points
-from basinscope.engine.metrics import BUILTIN_METRICS, Metric
+from basinscope.engine.batches import num_examples
+from basinscope.engine.metrics import Metric
+from basinscope.engine.task import Task, as_task, batch_size_of
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params, random_directions
 from basinscope.geometry.normalization import check_normalization
@@ -72,7 +87,7 @@ __all__ = [
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 KINDS = ("worst", "average")
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
+DTYPES = CURVATURE_DTYPES
 ASCENT = (
     "projected gradient ascent on the exact loss of the data (no minibatch noise): normalized-gradient steps and projection "
     "onto the ball (l2) or sign steps and clipping (linf); restart 0 from delta=0, the others "
@@ -135,41 +150,41 @@ def _check_norm(norm: str) -> str:
     return norm
 
 
-def _dtype(dtype: torch.dtype | str) -> torch.dtype:
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-        return DTYPES[dtype]
-    if dtype not in DTYPES.values():
-        raise BasinscopeError(f"dtype must be torch.float32 or torch.float64, got {dtype}")
-    return dtype
-
-
 @dataclass(frozen=True)
 class _Eval:
-    """How the loss is evaluated: loss function, precision, device, batching, subset."""
+    """How the loss is evaluated: task or loss function, precision, device, batching, subset."""
 
     loss_fn: LossFn | None
     dtype: torch.dtype
     device: str
     batch_size: int
     subset: int | None
+    task: Task = field(default_factory=Task)
 
     @classmethod
-    def make(cls, loss_fn, dtype, device, batch_size, subset=None) -> _Eval:
+    def make(cls, loss_fn, dtype, device, batch_size, subset=None, task=None) -> _Eval:
+        check_task_and_loss_fn(task, loss_fn)
         _at_least("batch_size", batch_size, 1)
         if subset is not None:
             _at_least("subset", subset, 1)
-        return cls(loss_fn, _dtype(dtype), device, int(batch_size), subset)
+        return cls(loss_fn, curvature_dtype(dtype), device, int(batch_size), subset, as_task(task))
 
-    def batches(self, data: Any, model: nn.Module) -> tuple[list[tuple[Tensor, Tensor]], int]:
-        """The data as batches in ``dtype`` on ``device`` (its first ``subset`` examples),
-        checked against ``model`` (:func:`~basinscope.engine.check_model_data`)."""
-        bs = as_batches(data, batch_size=self.batch_size, device=self.device, dtype=self.dtype)
+    def batches(self, data: Any, model: nn.Module) -> tuple[Any, int]:
+        """The data as batches in ``dtype`` on ``device`` (its first ``subset`` examples; a
+        DataLoader streamed), checked against ``model``
+        (:func:`~basinscope.engine.check_model_data`)."""
+        bs = as_batches(
+            data,
+            batch_size=self.batch_size,
+            device=self.device,
+            dtype=self.dtype,
+            task=self.task,
+        )
         # the model as it is evaluated: a copy in this dtype on this device
         net = copy.deepcopy(model).to(device=self.device, dtype=self.dtype)
-        check_model_data(net, bs, classification=self.loss_fn is None)
-        n = sum(len(y) for _, y in bs)
+        classification = self.loss_fn is None and self.task.loss == "cross_entropy"
+        check_model_data(net, bs, classification=classification, task=self.task)
+        n = num_examples(bs)
         if self.subset is None:
             return bs, n
         if self.subset > n:
@@ -177,18 +192,27 @@ class _Eval:
                 f"subset={self.subset} but the dataset has only {n} examples; "
                 f"pass subset <= {n} or None"
             )
-        out, left = [], self.subset
-        for x, y in bs:
-            if left > 0:
-                out.append((x[:left], y[:left]))
-                left -= len(out[-1][1])
-        return out, self.subset
+        return _take(bs, self.subset), self.subset
+
+    def loss(self, model: nn.Module, batches: Any) -> EmpiricalLoss:
+        """:math:`L` at any flat point, with its gradient, on a private eval-mode copy of
+        the model."""
+        return EmpiricalLoss(
+            model,
+            batches,
+            task=None if self.loss_fn is not None else self.task,
+            loss_fn=self.loss_fn,
+            dtype=self.dtype,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
 
     def semantics(self, num_examples: int, dimension: int) -> dict[str, Any]:
         return {
-            "loss": "mean cross-entropy over examples"
+            "loss": self.task.loss_metric().definition
             if self.loss_fn is None
             else "mean over examples of loss_fn (batch means weighted by batch size)",
+            "task": describe_loss(self.task, self.loss_fn),
             "bn_mode": "eval (stored running statistics)",
             "dropout": "off",
             "perturbed": "all named_parameters()",
@@ -221,12 +245,6 @@ def _check_eta(eta: Any) -> float:
             f"eta must be a number >= 0, got {eta!r}; ASAM uses 0.01, Andriushchenko et al. 2023 use 0"
         )
     return float(eta)
-
-
-# -- the loss at perturbed parameters: the empirical loss of the curvature layer ----------
-def _loss(model: nn.Module, batches, ev: _Eval) -> EmpiricalLoss:
-    """:math:`L` at any flat point, with its gradient, on a private eval-mode copy of the model."""
-    return EmpiricalLoss(model, batches, loss_fn=ev.loss_fn, dtype=ev.dtype, device=ev.device)
 
 
 def _random_in_ball(n: int, rho: float, norm: str, gen: torch.Generator) -> Tensor:
@@ -300,7 +318,7 @@ def _pga_result(
 ):
     """Worst-case sharpness of the full-data (or subset) loss by :func:`_ascent`."""
     batches, n = ev.batches(data, model)
-    obj = _loss(model, batches, ev)
+    obj = ev.loss(model, batches)
     gen = torch.Generator().manual_seed(int(seed))
     base, best = _ascent(obj, batches, scale=scale_of(obj.theta), gen=gen, **opts)
     diffs = [b - base for b in best]
@@ -336,6 +354,7 @@ def worst_case_sharpness(
     device: str = "cpu",
     batch_size: int = 1024,
     subset: int | None = None,
+    task: Task | None = None,
 ) -> SharpnessResult:
     """Worst-case :math:`\\epsilon`-sharpness in an :math:`\\ell_2` or :math:`\\ell_\\infty` ball.
 
@@ -359,7 +378,7 @@ def worst_case_sharpness(
     (Keskar et al. use ``norm="linf"``, :math:`\\rho = 10^{-3}` or :math:`5\\cdot10^{-4}`
     and L-BFGS-B in the full space; here the maximizer is PGA).
     """
-    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset)
+    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset, task)
     opts = _ascent_options(rho, norm, steps, restarts, step_size)
     if relative:
         definition = (
@@ -386,7 +405,7 @@ def worst_case_sharpness(
 def _engine_losses(model, batches, directions, coeffs, ev: _Eval, strategy: str):
     """Losses at :math:`\\theta + \\sum_i c_i d_i` for each coefficient row (the engine)."""
     metric = (
-        BUILTIN_METRICS["loss"]
+        "loss"  # the task's loss
         if ev.loss_fn is None
         else Metric("loss", ev.loss_fn, per_example=False, definition="loss_fn (batch mean)")
     )
@@ -400,6 +419,7 @@ def _engine_losses(model, batches, directions, coeffs, ev: _Eval, strategy: str)
         dtype=ev.dtype,
         device=ev.device,
         strategy=strategy,
+        task=ev.task,
     )
     res = evaluate_points(job, coeffs)
     return res.values["train_loss"], res.strategy
@@ -447,6 +467,7 @@ def average_sharpness(
     device: str = "cpu",
     batch_size: int = 1024,
     subset: int | None = None,
+    task: Task | None = None,
     strategy: str = "auto",
 ) -> SharpnessResult:
     """Average-case sharpness under isotropic Gaussian perturbations.
@@ -462,7 +483,7 @@ def average_sharpness(
     are evaluated together by the engine (noise drawn in float64 from ``seed``, in
     parameter order).
     """
-    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset)
+    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset, task)
     return _gaussian_result(
         "average",
         model,
@@ -497,6 +518,7 @@ def adaptive_sharpness(
     device: str = "cpu",
     batch_size: int = 1024,
     subset: int | None = None,
+    task: Task | None = None,
     strategy: str = "auto",
 ) -> SharpnessResult:
     """Adaptive sharpness: perturbations scaled by :math:`T_w = \\operatorname{diag}(|w| + \\eta)`.
@@ -521,7 +543,7 @@ def adaptive_sharpness(
             f"unknown kind {kind!r}: expected 'worst' (max over the ball) or 'average' (Gaussian noise)"
         )
     eta = _check_eta(eta)
-    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset)
+    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset, task)
     if kind == "average":
         return _gaussian_result(
             "adaptive",
@@ -565,6 +587,7 @@ def filter_normalized_sharpness(
     device: str = "cpu",
     batch_size: int = 1024,
     subset: int | None = None,
+    task: Task | None = None,
     strategy: str = "auto",
 ) -> SharpnessResult:
     """Sharpness along random filter-normalized directions (Li et al. 2018).
@@ -590,7 +613,7 @@ def filter_normalized_sharpness(
         raise BasinscopeError(
             f"alpha must be a number or a non-empty 1D grid of numbers, got {alpha!r}"
         )
-    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset)
+    ev = _Eval.make(loss_fn, dtype, device, batch_size, subset, task)
     batches, n = ev.batches(data, model)
     params = {k: v.to(ev.dtype) for k, v in get_params(model).items()}
     dirs = random_directions(params, seed, num_directions, normalization, bias_policy)
@@ -648,6 +671,7 @@ def m_sharpness(
     dtype: torch.dtype | str = torch.float32,
     device: str = "cpu",
     batch_size: int = 1024,
+    task: Task | None = None,
 ) -> SharpnessResult:
     """m-sharpness: worst-case sharpness of the loss of each batch of :math:`m` examples, averaged.
 
@@ -669,7 +693,7 @@ def m_sharpness(
     """
     opts = _ascent_options(rho, norm, steps, restarts, step_size)
     eta = _check_eta(eta)
-    ev = _Eval.make(loss_fn, dtype, device, batch_size)
+    ev = _Eval.make(loss_fn, dtype, device, batch_size, task=task)
     batches, n = ev.batches(data, model)
     m = _at_least("m", m, 1, " (the number of examples per batch)")
     if m > n:
@@ -679,18 +703,16 @@ def m_sharpness(
         )
     if max_batches is not None:
         _at_least("max_batches", max_batches, 1)
-    x_all = torch.cat([x for x, _ in batches])
-    y_all = torch.cat([y for _, y in batches])
     order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
     num = n // m if max_batches is None else min(n // m, max_batches)
-    obj = _loss(model, batches, ev)
+    x_all, y_all = _gather(batches, order[: num * m])  # only the examples of the B batches
+    obj = ev.loss(model, batches)
     scale = obj.theta.abs() + eta if adaptive else None
     bases, worsts = [], []
     for b in range(num):
-        idx = order[b * m : (b + 1) * m].to(x_all.device)
-        xb, yb = x_all[idx], y_all[idx]
+        xb, yb = _rows(x_all, slice(b * m, (b + 1) * m)), y_all[b * m : (b + 1) * m]
         sub = [
-            (xb[i : i + ev.batch_size], yb[i : i + ev.batch_size])
+            (_rows(xb, slice(i, i + ev.batch_size)), yb[i : i + ev.batch_size])
             for i in range(0, m, ev.batch_size)
         ]
         gen = torch.Generator().manual_seed(int(seed) + b)
@@ -726,6 +748,45 @@ def m_sharpness(
     )
 
 
+def _rows(x: Any, index: Any) -> Any:
+    """Rows ``index`` (a slice or an index tensor) of a batch's inputs (tensor, tuple, dict)."""
+    if isinstance(x, dict):
+        return {k: v[index] for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(v[index] for v in x)
+    return x[index]
+
+
+def _cat(parts: list[Any]) -> Any:
+    first = parts[0]
+    if isinstance(first, dict):
+        return {k: torch.cat([p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(torch.cat([p[i] for p in parts]) for i in range(len(first)))
+    return torch.cat(parts)
+
+
+def _gather(batches: Any, index: Tensor) -> tuple[Any, Tensor]:
+    """The inputs and targets of the examples ``index`` (positions in the data), in that
+    order: one pass over the batches (streamed ones too), keeping only those examples."""
+    wanted, order = torch.sort(index)
+    xs, ys, start, lo = [], [], 0, 0
+    for x, y in batches:
+        size = batch_size_of(x)
+        hi = int(torch.searchsorted(wanted, start + size))
+        if hi > lo:
+            local = (wanted[lo:hi] - start).to(y.device)
+            xs.append(_rows(x, local))
+            ys.append(y[local])
+        start, lo = start + size, hi
+        if lo == len(wanted):
+            break
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order))
+    inverse = inverse.to(ys[0].device)
+    return _rows(_cat(xs), inverse), torch.cat(ys)[inverse]
+
+
 SHARPNESS_MEASURES: dict[str, Callable[..., SharpnessResult]] = {
     "worst_case": worst_case_sharpness,
     "average": average_sharpness,
@@ -736,7 +797,12 @@ SHARPNESS_MEASURES: dict[str, Callable[..., SharpnessResult]] = {
 
 
 def sharpness(model: nn.Module, data: Any, measure: str, **kwargs: Any) -> SharpnessResult:
-    """The sharpness measure named ``measure`` (a key of :data:`SHARPNESS_MEASURES`)."""
+    """The sharpness measure named ``measure`` (a key of :data:`SHARPNESS_MEASURES`).
+
+    Every measure takes ``task=`` (:class:`~basinscope.engine.task.Task`: how the model is
+    run and which loss; recorded as ``semantics["task"]``) or ``loss_fn=``, and ``dtype``
+    (float32 or float64), ``device``, ``batch_size``.
+    """
     if measure not in SHARPNESS_MEASURES:
         raise BasinscopeError(
             f"unknown sharpness measure {measure!r}: expected one of {', '.join(SHARPNESS_MEASURES)}"

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from basinscope._checks import MAX_STEPS, at_least, check_seed, positive_float
+from basinscope.curvature.loss import curvature_dtype
 from basinscope.errors import BasinscopeError
 from basinscope.spec import DTYPES, STRATEGIES, EvalOptions, Spec, option
 
@@ -49,6 +50,8 @@ class SharpnessSpec(Spec):
     direction or batch and the value, and the result is that measure's sharpness result
     (as each entry of measures below). Several (or all): figures/sharpness_measures, one
     bar per measure.
+
+    The loss is computed in float32 or float64 (mixed precision is for evaluating points).
 
     These are the settings of sharpness_measures() (its spec) and of basinscope sharpness.
     """
@@ -89,6 +92,10 @@ class SharpnessSpec(Spec):
         choices=STRATEGIES,
     )
 
+    def __post_init__(self) -> None:
+        curvature_dtype(self.dtype, self.name_of("dtype"))  # bfloat16 refused with why
+        super().__post_init__()
+
     def check(self) -> None:
         if not self.measure:
             raise BasinscopeError(
@@ -113,6 +120,7 @@ class SharpnessSpec(Spec):
 
     def measure_kwargs(self, measure: str) -> dict[str, Any]:
         """The keyword arguments of ``measure``'s function: its options and the evaluation
-        settings (the other measures' options are left to their defaults)."""
+        settings (the other measures' options are left to their defaults; the task or
+        ``loss_fn`` is the caller's to add)."""
         names = (*_OPTIONS[measure], "dtype", "device", "batch_size")
         return {name: getattr(self, name) for name in names}

@@ -9,14 +9,28 @@ differentiates the loss: the curvature operators (:mod:`basinscope.curvature.ope
 take its Hessian-vector products, the sharpness measures
 (:mod:`basinscope.analyses.sharpness`) its value and gradient at perturbed parameters.
 
-Semantics, recorded in :attr:`EmpiricalLoss.semantics`: a private copy of the model (the
-caller's is never modified) is called through :func:`torch.func.functional_call` in eval
-mode (BatchNorm with its stored statistics, dropout off), unless ``bn_mode="train"``
-(BatchNorm with batch statistics, no running-statistics updates); ``loss_fn`` defaults to
-the cross-entropy of the logits; the weight-decay term is included only when
+How the model is run and which loss :math:`\\ell` is, is the **task**
+(:class:`~basinscope.engine.task.Task`): a batch is split into the model's inputs and
+targets, the model is called as ``model(x)``, ``model(*x)`` or ``model(**x)`` through
+:func:`torch.func.functional_call`, the prediction is found in its output (a tensor,
+``.logits``, a dict key, ...), and :math:`\\ell` is the task's per-example loss of the
+prediction (cross-entropy by default, MSE, a user's callable) or the model's own loss
+(``Task(loss="model")``: the output's ``.loss``, one mean per batch). A mean-reduced
+``loss_fn(prediction, targets)`` may be given instead of a task, as before tasks existed.
+
+Semantics, recorded in :attr:`EmpiricalLoss.semantics` (with ``task.describe()``): a
+private copy of the model (the caller's is never modified) in eval mode (BatchNorm with
+its stored statistics, dropout off), unless ``bn_mode="train"`` (BatchNorm with batch
+statistics, no running-statistics updates); the weight-decay term is included only when
 ``weight_decay > 0``. Points are flat vectors over the selected parameters (``params``,
 fnmatch patterns, in ``named_parameters()`` order); :meth:`EmpiricalLoss.flatten` and
 :meth:`EmpiricalLoss.unflatten` convert to and from ``dict[str, Tensor]``.
+
+Data in memory is moved to the device once; a DataLoader (any re-iterable of batches that
+is not a list) is **streamed**: every pass reads it again, one batch on the device at a
+time (:class:`~basinscope.engine.batches.StreamingBatches`), and ``subset`` keeps its
+first examples without reading the rest. Sums over batches stay on the device; only the
+scalars a method returns leave it.
 
 Hessian-vector products (Pearlmutter 1994) by one of two methods: forward-over-reverse
 (``jvp`` of ``grad``, :mod:`torch.func`) or double backward (the gradient of
@@ -28,26 +42,75 @@ from __future__ import annotations
 import copy
 import fnmatch
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vmap
 
-from basinscope.engine.batches import as_batches
+from basinscope.engine.batches import StreamingBatches, as_batches, streams
 from basinscope.engine.fit import check_model_data
+from basinscope.engine.task import Task, as_task, batch_size_of, functional_args
+from basinscope.engine.task import first_examples as first_of
 from basinscope.errors import BasinscopeError
 
-__all__ = ["BN_MODES", "HVP_METHODS", "EmpiricalLoss", "first_examples", "select_params"]
+__all__ = [
+    "BN_MODES",
+    "CURVATURE_DTYPES",
+    "HVP_METHODS",
+    "EmpiricalLoss",
+    "curvature_dtype",
+    "first_examples",
+    "select_params",
+]
 
 #: How products with the Hessian are formed ("auto": the faster, by a timed trial).
 HVP_METHODS = ("auto", "forward-over-reverse", "double-backward")
 #: BatchNorm during the loss: stored statistics (eval) or those of each batch (train).
 BN_MODES = ("eval", "train")
+#: The precisions curvature is computed in.
+CURVATURE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
-Batches = list[tuple[Tensor, Tensor]]
+#: Batches of ``(inputs, targets)``: a list in memory or a stream (a DataLoader's).
+Batches = list[tuple[Any, Tensor]] | StreamingBatches
+
+
+def forward_mode_ready() -> None:
+    """Load torch's forward-mode (``jvp``) decompositions once, quietly: torch 2.13 scripts
+    them with the deprecated ``torch.jit.script`` on first use, a DeprecationWarning that
+    says nothing about the user's code."""
+    global _FORWARD_MODE_READY
+    if _FORWARD_MODE_READY:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*torch.jit.script.*", category=DeprecationWarning
+        )
+        try:
+            import torch._decomp.decompositions_for_jvp  # noqa: F401
+        except ImportError:  # pragma: no cover - a torch without them loads nothing
+            pass
+    _FORWARD_MODE_READY = True
+
+
+_FORWARD_MODE_READY = False
+
+
+def curvature_dtype(dtype: Any, what: str = "dtype") -> torch.dtype:
+    """``dtype`` (a name or a ``torch.dtype``) as float32 or float64, the precisions of
+    curvature and sharpness; mixed precision (bfloat16, float16) is refused with why."""
+    name = str(dtype).replace("torch.", "")
+    if name in CURVATURE_DTYPES:
+        return CURVATURE_DTYPES[name]
+    if name in ("bfloat16", "float16", "half"):
+        raise BasinscopeError(
+            f"unknown {what} {name!r} for curvature and sharpness: {name} is mixed precision "
+            "for evaluating points (surfaces, barriers), and gradients, Hessian-vector "
+            "products and Lanczos need float32 or float64 (their round-off would swamp the "
+            f"curvature): pass {what} float32 or float64"
+        )
+    raise BasinscopeError(f"unknown {what} {dtype!r}: expected float32 or float64")
 
 
 def select_params(model: nn.Module, patterns: Sequence[str] | None = None) -> list[str]:
@@ -64,20 +127,48 @@ def select_params(model: nn.Module, patterns: Sequence[str] | None = None) -> li
     return chosen
 
 
+def check_task_and_loss_fn(task: Any, loss_fn: Any) -> None:
+    """Refuse a task together with a ``loss_fn``: the task says which loss it is."""
+    if task is not None and loss_fn is not None:
+        raise BasinscopeError(
+            "pass either task= (how the model is called and which loss, e.g. "
+            "Task(loss='mse')) or loss_fn= (a mean-reduced loss_fn(prediction, targets)), "
+            "not both: give a task its loss as Task(loss=loss_fn)"
+        )
+
+
+def describe_loss(task: Task, loss_fn: Callable | None) -> dict[str, Any]:
+    """How a result records the loss: ``task.describe()``, or a ``loss_fn``'s name."""
+    if loss_fn is None:
+        return task.describe()
+    name = getattr(loss_fn, "__qualname__", None) or type(loss_fn).__name__
+    mod = getattr(loss_fn, "__module__", None)
+    return {
+        **task.describe(),
+        "loss": f"{mod}:{name}" if mod else name,
+        "definition": "loss_fn(prediction, targets), a batch mean weighted by the batch size",
+    }
+
+
 class EmpiricalLoss:
     """The mean loss of a private copy of ``model`` over ``data`` (see the module docstring).
 
     Args:
         model: The network (copied; the copy is moved to ``device`` and ``dtype``).
-        data: A ``TensorData``, an ``(x, y)`` pair, a DataLoader or a list of batches.
+        data: A ``TensorData``, an ``(x, y)`` pair, a dict of tensors, a list of batches
+            or a DataLoader (streamed).
         params: fnmatch patterns of the parameters that vary (default: all); the others
             stay fixed at the model's values.
-        loss_fn: ``loss_fn(outputs, targets)``, a batch mean (default: cross-entropy).
-        batch_size: Examples per forward pass.
+        task: How a batch is split, the model called and the loss measured
+            (:class:`~basinscope.engine.task.Task`, or ``module:attr``; default:
+            ``(x, y)`` batches, ``model(x)``, cross-entropy of the logits).
+        loss_fn: Instead of a task's loss: ``loss_fn(prediction, targets)``, a batch mean.
+        batch_size: Examples per forward pass (of data in memory).
         subset: Only the first ``subset`` examples (all of them when there are fewer).
         weight_decay: :math:`\\lambda` of the term :math:`\\tfrac{\\lambda}{2}\\lVert\\theta\\rVert^2`.
         bn_mode: ``"eval"`` (stored statistics) or ``"train"`` (batch statistics).
-        dtype, device: Where and in which precision the loss is computed.
+        dtype, device: Where and in which precision the loss is computed (float32 or
+            float64; mixed precision is refused).
     """
 
     def __init__(
@@ -86,18 +177,24 @@ class EmpiricalLoss:
         data: Any,
         *,
         params: Sequence[str] | None = None,
+        task: Task | str | None = None,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         batch_size: int = 1024,
         subset: int | None = None,
         weight_decay: float = 0.0,
         bn_mode: str = "eval",
-        dtype: torch.dtype = torch.float64,
+        dtype: torch.dtype | str = torch.float64,
         device: str | torch.device = "cpu",
     ):
+        check_task_and_loss_fn(task, loss_fn)
         if bn_mode not in BN_MODES:
             raise BasinscopeError(
                 f"unknown bn_mode {bn_mode!r}: expected 'eval' (stored statistics) or 'train' (batch statistics)"
             )
+        if subset is not None and subset < 1:
+            raise BasinscopeError(f"subset must be at least 1 example, got {subset}")
+        dtype = curvature_dtype(dtype)
+        self.task = as_task(task)
         self.model = copy.deepcopy(model).to(device=device, dtype=dtype)
         self.model.eval()
         if bn_mode == "train":
@@ -114,19 +211,35 @@ class EmpiricalLoss:
         self.sizes = [p.numel() for p in self.params.values()]
         self.n = sum(self.sizes)
         self.dtype, self.device = dtype, torch.device(device)
-        batches = as_batches(data, batch_size=batch_size, device=self.device, dtype=dtype)
+        batches = as_batches(
+            data, batch_size=batch_size, device=self.device, dtype=dtype, task=self.task
+        )
         if subset is not None:
             batches = _take(batches, subset)
         self.batches: Batches = batches
-        self.num_examples = sum(int(y.shape[0]) for _, y in batches)
-        check_model_data(self.model, batches, classification=loss_fn is None)
-        self.loss_fn = loss_fn or (lambda out, y: F.cross_entropy(out, y))
+        self._num_examples: int | None = None
+        check_model_data(
+            self.model,
+            batches,
+            classification=loss_fn is None and self.task.loss == "cross_entropy",
+            task=self.task,
+        )
+        self.loss_fn = loss_fn
         self.weight_decay = float(weight_decay)
         self.bn_mode = bn_mode
         #: The model's parameters as one flat vector (where products are taken).
         self.theta: Tensor = self.flatten(self.params)
         #: Calls of value(), gradient() and value_and_grad() (a value with its gradient counts once).
         self.num_evaluations = 0
+
+    @property
+    def num_examples(self) -> int:
+        """The number of examples of the loss (a streamed dataset is counted once)."""
+        if self._num_examples is None:
+            from basinscope.engine.batches import num_examples
+
+            self._num_examples = num_examples(self.batches)
+        return self._num_examples
 
     # -- points ---------------------------------------------------------------------------
     def unflatten(self, v: Tensor) -> dict[str, Tensor]:
@@ -151,7 +264,8 @@ class EmpiricalLoss:
 
     @property
     def semantics(self) -> dict[str, Any]:
-        """Which loss this is: the mean, its terms, the data size, BatchNorm, precision."""
+        """Which loss this is: the mean, its terms, the task, the data size, BatchNorm,
+        precision and device."""
         return {
             "loss": "mean over examples"
             + (
@@ -159,36 +273,76 @@ class EmpiricalLoss:
                 if self.weight_decay
                 else ""
             ),
+            "task": describe_loss(self.task, self.loss_fn),
             "num_examples": self.num_examples,
             "bn_mode": self.bn_mode,
             "dropout": "off",
             "parameters": len(self.names),
             "dimension": self.n,
             "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(self.device),
         }
 
-    # -- value and gradient -----------------------------------------------------------------
-    def batch_loss(self, p: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+    # -- the model and the loss of one batch --------------------------------------------------
+    def output(self, p: Mapping[str, Tensor], x: Any) -> Any:
+        """The task's head of the model's output at the parameters ``p`` (a dict of the
+        selected ones): the prediction, or ``(prediction, own loss)`` for loss "model"."""
+        args, kwargs = functional_args(x)
+        out = functional_call(self.model, ({**self.frozen, **p}, self.buffers), args, kwargs)
+        if self.loss_fn is not None:
+            return self.task.prediction(out)
+        return self.task.head(out)
+
+    def prediction(self, p: Mapping[str, Tensor], x: Any) -> Tensor:
+        """The model's prediction (logits) at the parameters ``p``."""
+        out = self.output(p, x)
+        return out[0] if isinstance(out, tuple) else out
+
+    @property
+    def has_prediction_loss(self) -> bool:
+        """Whether the loss is a function of the prediction (not the model's own loss)."""
+        return self.loss_fn is not None or not self.task.model_loss
+
+    def prediction_loss(self, pred: Tensor, y: Tensor) -> Tensor:
+        """The mean loss of a batch as a function of its prediction (what the GGN
+        differentiates twice and the empirical Fisher per example)."""
+        if y.is_floating_point() and y.dtype != pred.dtype:
+            y = y.to(pred.dtype)  # regression targets in the loss's precision
+        if self.loss_fn is not None:
+            return self.loss_fn(pred, y)
+        if self.task.model_loss:
+            raise BasinscopeError(
+                "the model's own loss (loss 'model') is computed inside the model: there is "
+                "no loss of its prediction to differentiate; use --loss cross_entropy "
+                "(Task(loss='cross_entropy')), mse or a callable"
+            )
+        return self.task.loss_metric().fn(pred, y).mean()
+
+    def batch_loss(self, p: Mapping[str, Tensor], x: Any, y: Tensor) -> Tensor:
         """The mean loss of one batch at the parameters ``p`` (a dict of the selected ones)."""
-        out = functional_call(self.model, ({**self.frozen, **p}, self.buffers), (x,))
-        return self.loss_fn(out, y)
+        out = self.output(p, x)
+        if self.loss_fn is None and self.task.model_loss:
+            return out[1]
+        return self.prediction_loss(out, y)
 
     def _decay(self, theta: Tensor) -> float:
         return 0.5 * self.weight_decay * float((theta**2).sum()) if self.weight_decay else 0.0
 
+    # -- value and gradient -----------------------------------------------------------------
     def value(self, theta: Tensor | None = None, batches: Batches | None = None) -> float:
         """:math:`L(\\theta)` (default: at the model's parameters; over ``batches`` instead
         of the data when given)."""
         theta = self.theta if theta is None else theta
         batches = self.batches if batches is None else batches
         self.num_evaluations += 1
-        n = sum(len(y) for _, y in batches)
         p = self.unflatten(theta.detach())
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = 0
         with torch.no_grad():
             for x, y in batches:
-                total += float(self.batch_loss(p, x, y)) * len(y) / n
-        return total + self._decay(theta)
+                total += self.batch_loss(p, x, y).double() * len(y)
+                n += len(y)
+        return float(total) / _nonempty(n) + self._decay(theta)
 
     def value_and_grad(
         self, theta: Tensor | None = None, batches: Batches | None = None
@@ -198,19 +352,23 @@ class EmpiricalLoss:
         theta = self.theta if theta is None else theta
         batches = self.batches if batches is None else batches
         self.num_evaluations += 1
-        n = sum(len(y) for _, y in batches)
-        total, g = 0.0, torch.zeros_like(theta)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        g = torch.zeros_like(theta)
+        n = 0
         for x, y in batches:
             t = theta.detach().requires_grad_(True)
             with torch.enable_grad():
                 loss = self.batch_loss(self.unflatten(t), x, y)
                 (gb,) = torch.autograd.grad(loss, t)
-            total += float(loss.detach()) * len(y) / n
-            g += gb * (len(y) / n)
+            total += loss.detach().double() * len(y)
+            g += gb * len(y)
+            n += len(y)
+        value = float(total) / _nonempty(n)
+        g /= n
         if self.weight_decay:
-            total += self._decay(theta)
+            value += self._decay(theta)
             g += self.weight_decay * theta.detach()
-        return total, g
+        return value, g
 
     def gradient(self, theta: Tensor | None = None, batches: Batches | None = None) -> Tensor:
         """:math:`\\nabla L(\\theta)` as a flat vector (see :meth:`value_and_grad`)."""
@@ -223,29 +381,32 @@ class EmpiricalLoss:
         """:math:`\\nabla^2 L\\, v` at the model's parameters (``method``: forward-over-reverse
         or double-backward; over ``batches`` instead of the data when given)."""
         batches = self.batches if batches is None else batches
-        n = sum(int(y.shape[0]) for _, y in batches)
         if method == "forward-over-reverse":
-            out = self._fwd_rev(v, batches, n)
+            out = self._fwd_rev(v, batches)
         elif method == "double-backward":
-            out = self._double_backward(v, batches, n)
+            out = self._double_backward(v, batches)
         else:
             raise BasinscopeError(
                 f"unknown HVP method {method!r}: expected forward-over-reverse or double-backward"
             )
         return out + self.weight_decay * v if self.weight_decay else out
 
-    def _fwd_rev(self, v: Tensor, batches: Batches, n: int) -> Tensor:
+    def _fwd_rev(self, v: Tensor, batches: Batches) -> Tensor:
+        forward_mode_ready()
         vd = self.unflatten(v)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        n = 0
         for x, y in batches:
             g = grad(lambda p, x=x, y=y: self.batch_loss(p, x, y))
             _, hv = jvp(g, (self.params,), (vd,))
-            out += self.flatten(hv) * (y.shape[0] / n)
-        return out
+            out += self.flatten(hv) * y.shape[0]
+            n += y.shape[0]
+        return out / _nonempty(n)
 
-    def _double_backward(self, v: Tensor, batches: Batches, n: int) -> Tensor:
+    def _double_backward(self, v: Tensor, batches: Batches) -> Tensor:
         vd = self.unflatten(v)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        n = 0
         for x, y in batches:
             p = {k: t.detach().requires_grad_(True) for k, t in self.params.items()}
             with torch.enable_grad():
@@ -254,8 +415,9 @@ class EmpiricalLoss:
                 dot = sum((g * vd[k]).sum() for g, k in zip(gs, p))
                 hv = torch.autograd.grad(dot, list(p.values()), allow_unused=True)
             hv = [torch.zeros_like(t) if h is None else h for h, t in zip(hv, p.values())]
-            out += torch.cat([h.reshape(-1) for h in hv]) * (y.shape[0] / n)
-        return out
+            out += torch.cat([h.reshape(-1) for h in hv]) * y.shape[0]
+            n += y.shape[0]
+        return out / _nonempty(n)
 
     def hvp_batched(self, vs: Tensor, method: str) -> Tensor | None:
         """:math:`\\nabla^2 L\\, V` for the columns of ``vs`` (shape ``(n, k)``) at once:
@@ -263,15 +425,18 @@ class EmpiricalLoss:
         ``is_grads_batched`` (double backward, the first pass shared by the columns).
         ``None`` when a module has no batching rule (then take one product at a time)."""
         if method == "forward-over-reverse":
+            forward_mode_ready()
             out = torch.zeros_like(vs.T)
+            n = 0
             for x, y in self.batches:
                 g = grad(lambda p, x=x, y=y: self.batch_loss(p, x, y))
 
                 def one(v, g=g):
                     return self.flatten(jvp(g, (self.params,), (self.unflatten(v),))[1])
 
-                out += vmap(one)(vs.T) * (y.shape[0] / self.num_examples)
-            out = out.T
+                out += vmap(one)(vs.T) * y.shape[0]
+                n += y.shape[0]
+            out = (out / _nonempty(n)).T
         elif method == "double-backward":
             out = self._double_backward_batched(vs)
             if out is None:
@@ -286,6 +451,7 @@ class EmpiricalLoss:
         k = vs.shape[1]
         out = torch.zeros(self.n, k, dtype=self.dtype, device=self.device)
         rows = [vs[i : i + s].T.reshape(k, *shape) for i, s, shape in self.slices()]
+        n = 0
         for x, y in self.batches:
             p = {k_: t.detach().requires_grad_(True) for k_, t in self.params.items()}
             try:
@@ -302,19 +468,100 @@ class EmpiricalLoss:
                 torch.zeros(k, *t.shape, dtype=t.dtype, device=t.device) if h is None else h
                 for h, t in zip(hv, p.values())
             ]
-            out += torch.cat([h.reshape(k, -1) for h in hv], 1).T * (y.shape[0] / self.num_examples)
-        return out
+            out += torch.cat([h.reshape(k, -1) for h in hv], 1).T * y.shape[0]
+            n += y.shape[0]
+        return out / _nonempty(n)
+
+
+def _nonempty(n: int) -> int:
+    if n == 0:
+        raise BasinscopeError(
+            "the dataset is empty: there is no loss to compute; check the data source and split"
+        )
+    return n
+
+
+# -- the first examples of any data ----------------------------------------------------------
+def _leading(batch: Any) -> int | None:
+    """The number of examples of a raw batch: the length of its first tensor."""
+    if isinstance(batch, Tensor):
+        return int(batch.shape[0]) if batch.ndim else None
+    if isinstance(batch, Mapping):
+        items: Iterable = batch.values()
+    elif isinstance(batch, (tuple, list)):
+        items = batch
+    else:
+        return None
+    for v in items:
+        k = _leading(v)
+        if k is not None:
+            return k
+    return None
+
+
+def _head(batch: Any, k: int) -> Any:
+    """The first ``k`` examples of a raw batch (every tensor in it sliced)."""
+    if isinstance(batch, Tensor):
+        return batch[:k] if batch.ndim else batch
+    if isinstance(batch, Mapping):
+        return {key: _head(v, k) for key, v in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(_head(v, k) for v in batch)
+    if isinstance(batch, list):
+        return [_head(v, k) for v in batch]
+    return batch
+
+
+class FirstExamples:
+    """The first ``n`` examples of a re-iterable of batches (a DataLoader), read lazily.
+
+    Every pass reads the source again and stops after ``n`` examples (the last batch cut),
+    so a subset of a streamed dataset is itself streamed: nothing past the ``n``-th example
+    is read, and nothing is kept in memory. Batches may be ``(inputs, targets)`` pairs or
+    dicts; every tensor in a batch is cut alike.
+    """
+
+    def __init__(self, source: Iterable, n: int):
+        self.source, self.n = source, int(n)
+        self._len: int | None = None
+
+    def __iter__(self):
+        left, count = self.n, 0
+        for batch in self.source:
+            size = _leading(batch)
+            if size is None:
+                raise BasinscopeError(
+                    f"cannot take the first {self.n} examples of a batch of type "
+                    f"{type(batch).__name__}: each batch should hold tensors (inputs, targets)"
+                )
+            yield batch if size <= left else _head(batch, left)
+            left -= min(size, left)
+            count += 1
+            if left <= 0:  # before the source reads another batch
+                break
+        self._len = count
+
+    def __len__(self) -> int:
+        if self._len is None:
+            self._len = sum(1 for _ in self)
+        return self._len
 
 
 def _take(batches: Batches, n: int) -> Batches:
+    """The first ``n`` examples of materialized or streamed ``(inputs, targets)`` batches."""
     if n < 1:
         raise BasinscopeError(f"subset must be at least 1 example, got {n}")
+    if isinstance(batches, StreamingBatches):
+        return StreamingBatches(
+            FirstExamples(batches, n), device=batches.device, dtype=batches.dtype
+        )
     out, left = [], n
     for x, y in batches:
         if left <= 0:
             break
-        out.append((x[:left], y[:left]))
-        left -= len(y[:left])
+        k = min(left, batch_size_of(x))
+        out.append((first_of(x, k), y[:k]))
+        left -= k
     return out
 
 
@@ -322,13 +569,23 @@ def first_examples(data: Any, n: int | None) -> Any:
     """The first ``n`` examples of ``data`` (all of them when it has fewer; ``None``: all).
 
     A dataset with ``subset`` (:class:`~basinscope.data.TensorData`) stays one, an ``(x, y)``
-    pair stays a pair; any other form the engine reads becomes a list of batches. This is
-    the ``subset`` of the loss, taken before the data is fingerprinted or measured.
+    pair stays a pair, a dict of tensors a dict; a list of batches becomes the list of its
+    first batches (the last one cut), each in its own form (tuple or dict), and a DataLoader
+    (any re-iterable that is not a list) a :class:`FirstExamples` of it, streamed like it.
+    This is the ``subset`` of the loss, taken before the data is fingerprinted or measured.
     """
     if n is None:
         return data
+    if n < 1:
+        raise BasinscopeError(f"subset must be at least 1 example, got {n}")
     if hasattr(data, "subset") and hasattr(data, "__len__"):
         return data.subset(list(range(min(n, len(data)))))
-    if isinstance(data, tuple) and len(data) == 2:
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, Tensor) for t in data):
         return data[0][:n], data[1][:n]
+    if isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
+        return {k: v[:n] for k, v in data.items()}
+    if streams(data):
+        return FirstExamples(data, n)
+    if isinstance(data, Iterable):
+        return list(FirstExamples(data, n))
     return _take(as_batches(data), n)

@@ -17,24 +17,37 @@ Three operators (all symmetric, acting on flat vectors over the selected paramet
 
 Each operator is the curvature of an :class:`~basinscope.curvature.loss.EmpiricalLoss`
 (``op.empirical_loss``: the loss's value, gradient and Hessian-vector products, shared
-with the sharpness measures), built from the operator's arguments. Loss semantics are
-explicit and recorded in :attr:`CurvatureOperator.semantics`: the model is evaluated with
-BatchNorm in eval mode (stored statistics) and dropout off, unless ``bn_mode="train"``
-(batch statistics; double backward only); the weight-decay term is included only when
-``weight_decay > 0``. The caller's model is never modified.
+with the sharpness measures), built from the operator's arguments. The model is run
+through the loss's **task** (:class:`~basinscope.engine.task.Task`: dict or tuple inputs,
+keyword calls, the prediction found in the output, cross-entropy, MSE, a user's loss or
+the model's own), on data in memory or streamed from a DataLoader. The GGN and the
+empirical Fisher need the loss as a function of the prediction, so they refuse the
+model's own loss (``Task(loss="model")``). Loss semantics are explicit and recorded in
+:attr:`CurvatureOperator.semantics`: the model is evaluated with BatchNorm in eval mode
+(stored statistics) and dropout off, unless ``bn_mode="train"`` (batch statistics; double
+backward only); the weight-decay term is included only when ``weight_decay > 0``. The
+caller's model is never modified.
 """
 
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, jvp, vjp, vmap
+from torch.func import grad, jvp, vjp, vmap
 
-from basinscope.curvature.loss import HVP_METHODS, EmpiricalLoss, select_params
+from basinscope.curvature.loss import (
+    HVP_METHODS,
+    Batches,
+    EmpiricalLoss,
+    forward_mode_ready,
+    select_params,
+)
+from basinscope.engine.task import Task, batch_size_of
 from basinscope.errors import BasinscopeError
 
 __all__ = [
@@ -60,19 +73,21 @@ class CurvatureOperator:
         data: Any,
         *,
         params: Sequence[str] | None = None,
+        task: Task | str | None = None,
         loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
         batch_size: int = 1024,
         subset: int | None = None,
         weight_decay: float = 0.0,
         bn_mode: str = "eval",
-        dtype: torch.dtype = torch.float64,
-        device: str = "cpu",
+        dtype: torch.dtype | str = torch.float64,
+        device: str | torch.device = "cpu",
     ):
         #: The loss whose curvature this is (value, gradient, Hessian-vector products).
         self.empirical_loss = EmpiricalLoss(
             model,
             data,
             params=params,
+            task=task,
             loss_fn=loss_fn,
             batch_size=batch_size,
             subset=subset,
@@ -110,8 +125,12 @@ class CurvatureOperator:
         return self.empirical_loss.params
 
     @property
-    def batches(self) -> list[tuple[Tensor, Tensor]]:
+    def batches(self) -> Batches:
         return self.empirical_loss.batches
+
+    @property
+    def task(self) -> Task:
+        return self.empirical_loss.task
 
     @property
     def num_examples(self) -> int:
@@ -227,46 +246,126 @@ class HessianOperator(CurvatureOperator):
         return out
 
 
+def _needs_prediction_loss(op: CurvatureOperator, what: str) -> None:
+    if not op.empirical_loss.has_prediction_loss:
+        raise BasinscopeError(
+            f"the {what} needs the loss of each example as a function of the model's "
+            "prediction, but loss 'model' is the model's own loss, computed inside the model "
+            "(one mean per batch): use --loss cross_entropy (Task(loss='cross_entropy')), "
+            "mse or a callable fn(prediction, targets), or the hessian operator"
+        )
+
+
 class GGNOperator(CurvatureOperator):
     """Generalized Gauss-Newton products :math:`\\frac1N\\sum_n J_n^\\top H^\\ell_n J_n v`.
 
-    The loss Hessian with respect to the outputs, :math:`H^\\ell_n`, is applied exactly by
-    differentiating the loss twice in the output (so any loss works, not only cross-entropy).
+    :math:`J_n` is the Jacobian of the task's prediction (the logits) in the parameters,
+    :math:`H^\\ell_n` the Hessian of the loss in the prediction, applied exactly by
+    differentiating the loss twice in the prediction (so any loss of the prediction
+    works: cross-entropy, MSE, a user's callable; not the model's own loss).
     """
 
     kind = "ggn"
 
+    def __init__(self, model: nn.Module, data: Any, **kwargs: Any):
+        super().__init__(model, data, **kwargs)
+        _needs_prediction_loss(self, "GGN (J^T H J, H the Hessian of the loss in the prediction)")
+
     def _matvec(self, v: Tensor) -> Tensor:
+        forward_mode_ready()
         L = self.empirical_loss
         vd = L.unflatten(v)
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+        n = 0
         for x, y in L.batches:
 
             def f(p, x=x):
-                return functional_call(L.model, ({**L.frozen, **p}, L.buffers), (x,))
+                return L.prediction(p, x)
 
-            logits, jv = jvp(f, (L.params,), (vd,))
-            _, hjv = jvp(grad(lambda o, y=y: L.loss_fn(o, y)), (logits,), (jv,))
+            pred, jv = jvp(f, (L.params,), (vd,))
+            _, hjv = jvp(grad(lambda o, y=y: L.prediction_loss(o, y)), (pred,), (jv,))
             _, pull = vjp(f, L.params)
             (jthjv,) = pull(hjv)
-            out += L.flatten(jthjv) * (y.shape[0] / L.num_examples)
-        return out
+            out += L.flatten(jthjv) * y.shape[0]
+            n += y.shape[0]
+        return out / n
+
+
+def _one(t: Any) -> Any:
+    """Inputs of one example (under ``vmap``) as a batch of one."""
+    if isinstance(t, dict):
+        return {k: v.unsqueeze(0) for k, v in t.items()}
+    if isinstance(t, tuple):
+        return tuple(v.unsqueeze(0) for v in t)
+    return t.unsqueeze(0)
+
+
+def _example(x: Any, i: int) -> Any:
+    """Inputs of example ``i`` of a batch, as a batch of one."""
+    if isinstance(x, dict):
+        return {k: v[i : i + 1] for k, v in x.items()}
+    if isinstance(x, tuple):
+        return tuple(v[i : i + 1] for v in x)
+    return x[i : i + 1]
 
 
 class EFOperator(CurvatureOperator):
     """Empirical Fisher :math:`\\frac1N \\sum_n g_n g_n^\\top v` with per-example gradients
-    :math:`g_n = \\nabla_\\theta \\ell(f_\\theta(x_n), y_n)` (batch-size-1 loss)."""
+    :math:`g_n = \\nabla_\\theta \\ell(f_\\theta(x_n), y_n)` (the loss of a batch of one).
+
+    The per-example gradients are vectorized with ``vmap`` over the examples (over every
+    tensor of dict or tuple inputs); a model that ``vmap`` cannot batch (data-dependent
+    control flow, a module without a batching rule) gets them one example at a time,
+    recorded as ``semantics["per_example"]``.
+    """
 
     kind = "empirical_fisher"
 
-    def _matvec(self, v: Tensor) -> Tensor:
+    def __init__(self, model: nn.Module, data: Any, **kwargs: Any):
+        super().__init__(model, data, **kwargs)
+        _needs_prediction_loss(
+            self, "empirical Fisher (per-example gradients of the loss of the prediction)"
+        )
+        #: How per-example gradients are formed: "vmap", or "loop" once vmap failed.
+        self.per_example = "vmap"
+
+    @property
+    def semantics(self) -> dict[str, Any]:
+        return {**super().semantics, "per_example": self.per_example}
+
+    def _grads_vmap(self, x: Any, y: Tensor) -> Tensor:
         L = self.empirical_loss
+
+        def one(xi, yi):
+            return L.flatten(
+                grad(lambda p: L.prediction_loss(L.prediction(p, _one(xi)), yi[None]))(L.params)
+            )
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # vmap's slow fallback counts as failing
+            return vmap(one)(x, y)  # (B, n)
+
+    def _grads_loop(self, x: Any, y: Tensor) -> Tensor:
+        L = self.empirical_loss
+        rows = []
+        for i in range(batch_size_of(x)):
+            xi, yi = _example(x, i), y[i : i + 1]
+            g = grad(lambda p, xi=xi, yi=yi: L.prediction_loss(L.prediction(p, xi), yi))
+            rows.append(L.flatten(g(L.params)))
+        return torch.stack(rows)
+
+    def _matvec(self, v: Tensor) -> Tensor:
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        for x, y in L.batches:
-
-            def one(xi, yi):
-                return L.flatten(grad(lambda p: L.batch_loss(p, xi[None], yi[None]))(L.params))
-
-            g = vmap(one)(x, y)  # (B, n)
-            out += g.T @ (g @ v) / L.num_examples
-        return out
+        n = 0
+        for x, y in self.empirical_loss.batches:
+            g = None
+            if self.per_example == "vmap":
+                try:
+                    g = self._grads_vmap(x, y)
+                except Exception:  # no batching rule, data-dependent control flow, ...
+                    self.per_example = "loop"
+            if g is None:
+                g = self._grads_loop(x, y)
+            out += g.T @ (g @ v)
+            n += y.shape[0]
+        return out / n

@@ -151,8 +151,9 @@ def per_module_curvature(
       ``rtol=trace_rtol``, ``max_samples=trace_max_samples``, ``seed``).
 
     ``operator`` is ``"hessian"``, ``"ggn"`` or ``"ef"``; ``operator_kwargs`` go to its
-    constructor (``loss_fn``, ``batch_size``, ``subset``, ``weight_decay``, ``bn_mode``,
-    ``method``, ...). Results follow the order of ``modules``.
+    constructor (``task``, ``loss_fn``, ``batch_size``, ``subset``, ``weight_decay``,
+    ``bn_mode``, ``dtype``, ``device``, ``method``, ...); a DataLoader is read again for
+    every block. Results follow the order of ``modules``.
     """
     if operator not in OPERATORS:
         raise BasinscopeError(
