@@ -34,12 +34,17 @@ with the fix), recorded in the run's manifest and result (``config``) and in the
 of every stage they apply to, and count in a folder's digest only when they are not the
 defaults (:func:`basinscope.experiments.stages.identity`): a run on the CPU in float32 has
 the folders it had before they were settings. Measurements a study pins to float64 (Hessian
-eigenvalues and traces, CKA) stay in float64 whatever ``dtype`` says.
+eigenvalues and traces, CKA) stay in float64 whatever ``dtype`` says, and training is in the
+model's float32. Fine-tuning, CKA and the curvature maps run on the CPU whatever ``device``
+says (their functions take no device yet); each study's ``precision`` definition says where
+each of its measurements ran.
 
 Studies pin every choice that would otherwise be made by timing (the engine's vmap/loop
 strategy, the Hessian-vector-product method) in their configuration and record it in the
 stage results, so two runs of a study give the same numbers: everything in result.json
-except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`).
+except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`). On a
+GPU this also needs PyTorch's deterministic kernels (``torch.use_deterministic_algorithms``,
+which the studies do not switch on): some CUDA kernels add in a varying order.
 """
 
 from __future__ import annotations
