@@ -114,6 +114,27 @@ def test_an_absent_device_is_refused_before_anything_runs(name, tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_device_without_float64_is_refused_for_the_hessians(monkeypatch):
+    """An MPS device has no float64, which every study's Hessians need: refused up front
+    (simulated here on the device string cpu:0)."""
+    real = torch.empty
+
+    def empty(*args, device=None, dtype=None, **kwargs):
+        if str(device) == "cpu:0" and dtype == torch.float64:
+            raise TypeError("Cannot convert a MPS Tensor to float64 dtype")
+        return real(*args, device=device, dtype=dtype, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", empty)
+    for name in STUDIES:
+        with pytest.raises(
+            BasinscopeError,
+            match=r"device 'cpu:0' has no float64 \(TypeError: Cannot convert a MPS Tensor to "
+            r"float64 dtype\), which the study's Hessians \(and --dtype float64\) need; use "
+            r"--device cpu or a CUDA device",
+        ):
+            make_config(name, smoke=True, device="cpu:0")
+
+
 @pytest.mark.parametrize(
     "dtype, message",
     [

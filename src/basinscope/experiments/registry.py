@@ -102,7 +102,7 @@ stage and figure in seconds, numbers too small to mean anything), then --config
 FILE.toml (keys at the top level or in a [<study>] table), then each --set
 key=value (TOML values: 3, 0.1, true, "ft", [0, 15, 35]), then --device and
 --dtype (the settings device and dtype: where the stages compute, and the
-precision of its evaluations; Hessians stay in float64). `basinscope study
+precision of their evaluations; Hessians stay in float64). `basinscope study
 --list` shows the studies; `basinscope study NAME --show-config` their settings."""
 DEMO = "rotated-digits"  # the study `basinscope demo` runs
 
@@ -399,6 +399,14 @@ def check_placement(cfg: Any) -> None:
         raise BasinscopeError(
             f"device {device!r} is not available here ({type(e).__name__}: {text}); use "
             "--device cpu (the default), or a device this machine has"
+        ) from None
+    try:  # the Hessians of every study are float64 (an MPS device has no float64)
+        torch.empty(0, device=device, dtype=torch.float64)
+    except Exception as e:
+        text = " ".join(str(e).split())[:160]
+        raise BasinscopeError(
+            f"device {device!r} has no float64 ({type(e).__name__}: {text}), which the "
+            "study's Hessians (and --dtype float64) need; use --device cpu or a CUDA device"
         ) from None
 
 

@@ -105,8 +105,9 @@ class RotatedDigitsConfig:
     # where pre-training, the landscapes, barriers, criticality and Hessians compute (cpu,
     # cuda, cuda:N, mps); fine-tuning and CKA run on the CPU
     device: str = DEFAULT_DEVICE
-    # precision of the evaluations (accuracies, landscapes, barriers, criticality): float32
-    # or float64; Hessians and CKA are always float64, training is float32
+    # precision of the evaluations (the pre-trained model's accuracies, landscapes, barriers,
+    # criticality): float32 or float64; Hessians and CKA are always float64, training and
+    # fine-tuning (with its accuracies) float32
     dtype: str = DEFAULT_DTYPE
     figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
@@ -656,7 +657,7 @@ def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:
         "trace": f"Hessian trace on the same examples, Hutchinson with Rademacher probes (at most {cfg.trace_probes}, stopping at a 95% CI half-width of 5%)",
         "cka": f"CKA estimator 'linear': {CKA_ESTIMATORS['linear']}; float64, between the pre-trained and the fine-tuned model's outputs of the same layer on a test split",
         "module criticality": "Chatterji et al. 2020: mu_i = min over (alpha, sigma) with loss(theta_i(alpha) + N(0, sigma^2)) <= epsilon of alpha^2 ||theta_i^F - theta_i^0||^2 / sigma^2 (see basinscope.analyses.criticality), on target training examples",
-        "precision": f"accuracies, landscapes, barriers and module criticality in {cfg.dtype} on {cfg.device}; Hessian numbers in float64 on {cfg.device}; pre-training in float32 on {cfg.device}; fine-tuning (float32) and CKA (float64) on the CPU",
+        "precision": f"the pre-trained model's accuracies, landscapes, barriers and module criticality in {cfg.dtype} on {cfg.device}; Hessian numbers in float64 on {cfg.device}; pre-training in float32 on {cfg.device}; fine-tuning and the accuracies before and after it (float32) and CKA (float64) on the CPU",
         "trajectories": f"checkpoints every {cfg.checkpoint_every} steps of both fine-tuning copies, projected onto the plane of their top two principal components around the start",
     }
 

@@ -30,7 +30,7 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -57,9 +57,9 @@ __all__ = [
 
 
 # every command's defaults (basinscope.spec.EvalOptions): the CPU, in float32
-DEFAULT_DEVICE: str = EvalOptions.__dataclass_fields__["device"].default
-DEFAULT_DTYPE: str = EvalOptions.__dataclass_fields__["dtype"].default
-_DEFAULTS = {"device": DEFAULT_DEVICE, "dtype": DEFAULT_DTYPE}
+_DEFAULTS = {f.name: f.default for f in fields(EvalOptions) if f.name in ("device", "dtype")}
+DEFAULT_DEVICE: str = _DEFAULTS["device"]
+DEFAULT_DTYPE: str = _DEFAULTS["dtype"]
 
 
 def placement(cfg: Any, *, dtype: bool = True) -> dict[str, str]:
@@ -312,7 +312,8 @@ def train_stage(
 
     The run's identity is ``spec`` + the config + the ``device`` it trains on (only when not
     the CPU, :func:`identity`) + fingerprints of the initial weights and the data; the
-    manifest records the device in any case. The trained model comes back on the CPU. A finished run is loaded (weights, trajectory, its :class:`~basinscope.training.TrainRun`)
+    manifest records the device in any case, and the trained model comes back on the CPU.
+    A finished run is loaded (weights, trajectory, its :class:`~basinscope.training.TrainRun`)
     instead of retrained; an unfinished one is trained again from the start (training is fast
     next to the analyses). The folder is a run folder of format 2 (``result.json`` holds the
     TrainRun) with the weights and the trajectory beside it
