@@ -181,3 +181,91 @@ def test_the_report_opens_in_headless_chromium_without_errors(runs):
     assert out["console_errors"] == []
     assert out["n_figures"] == len(FIGURES) + 3
     assert all(f["ok"] for f in out["figures"]), out["figures"]
+
+
+# -- device and dtype (see also tests/experiments/test_study_device.py) ----------------------
+
+
+def _run_quietly(root, cfg):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_study(NAME, root, cfg, say=_quiet, report=False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_the_default_run_keeps_the_folders_it_had_before_device_and_dtype(runs):
+    from study_devices import check_default_names
+
+    root, _, first, _ = runs
+    check_default_names(NAME, root, first)
+
+
+def test_a_float64_run_records_device_and_dtype_and_differs_only_by_them(runs):
+    """``--device cpu --dtype float64``: the run's manifest and result and every stage that
+    evaluates record both; those stages get folders whose settings differ from the default
+    run's by the dtype alone, training and the (float64) Hessians are reused, and the
+    losses equal a brute-force float64 evaluation."""
+    from basinscope.data import load_digits
+    from basinscope.experiments.stages import identity
+    from basinscope.models import build_model, load_weights
+    from basinscope.store import paths
+    from study_devices import kind_of, read, recorded_placement
+
+    root, _, first, _ = runs
+    cfg = make_config(NAME, smoke=True, device="cpu", dtype="float64")
+    res = _run_quietly(root, cfg)
+    manifest = read(Path(res["run_dir"]), paths.MANIFEST)
+    for config in (manifest["spec"]["config"], res["config"]):
+        assert (config["device"], config["dtype"]) == ("cpu", "float64")
+    assert (first["config"]["device"], first["config"]["dtype"]) == ("cpu", "float32")
+    assert res["run_dir"] != first["run_dir"]
+    assert "sharpness measures in float64 on cpu" in res["definitions"]["precision"]
+    assert [kind_of(r["stage"]) for r in res["stages"]] == [
+        kind_of(r["stage"]) for r in first["stages"]
+    ]
+    for a, b in zip(first["stages"], res["stages"], strict=True):
+        fa, fb = root / a["path"], root / b["path"]
+        if kind_of(a["stage"]) in ("train", "hessian"):  # float32 training, float64 Hessians
+            assert b["stage"] == a["stage"] and b["reused"]
+            continue
+        assert b["stage"] != a["stage"] and not b["reused"]
+        assert recorded_placement(fa) == ("cpu", "float32")
+        assert recorded_placement(fb) == ("cpu", "float64")
+        sa, sb = read(fa, paths.MANIFEST)["spec"], read(fb, paths.MANIFEST)["spec"]
+        assert sb == {**sa, "dtype": "float64"}, b["stage"]
+        if read(fb, paths.MANIFEST)["kind"] == "stage":  # its folder: digest of its settings
+            assert b["stage"] == paths.run_name(kind_of(b["stage"]), paths.digest(identity(sb)))
+    # the evaluations ran in float64: a brute-force float64 loss of each trained model
+    x, y = load_digits("train").x, load_digits("train").y
+    for key in ("small", "large"):
+        model = build_model("mlp", {"hidden": list(cfg.hidden)}, init_seed=cfg.init_seed)
+        folder = root / "stages" / res["stage_folders"][key]["train"]
+        model = load_weights(model, folder / paths.WEIGHTS).double().eval()
+        with torch.no_grad():
+            loss = float(torch.nn.functional.cross_entropy(model(x.double()), y))
+        assert res["solutions"][key]["train_loss"] == pytest.approx(loss, rel=1e-12, abs=0)
+        assert first["solutions"][key]["train_loss"] == pytest.approx(loss, rel=1e-5)
+
+
+def test_a_run_on_another_device_computes_every_stage_there_with_the_same_numbers(runs):
+    """``cpu:0`` is the CPU by another name: a device that is not the default, so every
+    stage is its own (new folders, each recording the device), and the numbers are the
+    default run's."""
+    from study_devices import check_device_recorded
+
+    root, _, first, _ = runs
+    res = _run_quietly(root, make_config(NAME, smoke=True, device="cpu:0"))
+    assert not any(r["reused"] for r in res["stages"])
+    assert not {r["stage"] for r in res["stages"]} & {r["stage"] for r in first["stages"]}
+    check_device_recorded(root, res, "cpu:0")
+    for key in ("solutions", "ratios_large_over_small", "distance_between_solutions"):
+        assert res[key] == first[key], key
+
+    def without_stage(d):
+        return {k: v for k, v in d.items() if k != "stage"}
+
+    assert without_stage(res["interpolation"]) == without_stage(first["interpolation"])
+    for key, surface in res["surfaces"].items():
+        assert without_stage(surface) == without_stage(first["surfaces"][key])

@@ -245,3 +245,30 @@ def test_stages_of_different_data_never_share_a_folder(quick):
     # at 0 degrees the target is the source
     same = next(r for r in res["summary"] if r["angle"] == 0 and r["strategy"] == "FT")
     assert same["target_acc_before"] == same["source_acc_before"]
+
+
+def test_the_default_run_keeps_the_folders_it_had_before_device_and_dtype(quick):
+    from study_devices import check_default_names
+
+    root, _, res = quick
+    check_default_names(NAME, root, res)
+
+
+@pytest.mark.slow  # ~10 s: the smoke study again, every stage on the device string cpu:0
+def test_a_run_on_another_device_computes_its_stages_there_with_the_same_numbers(quick):
+    """``cpu:0`` is the CPU by another name: every stage that runs on the study's device
+    records it (fine-tuning and CKA run on the CPU and say nothing), and the numbers are
+    the default run's."""
+    from study_devices import check_device_recorded
+
+    root, _, first = quick
+    res = _run(root, make_config(NAME, smoke=True, device="cpu:0"))
+    check_device_recorded(root, res, "cpu:0")
+    # the random start's fine-tuning does not depend on the pre-training: reused
+    reused = {r["stage"].rsplit("-", 1)[0] for r in res["stages"] if r["reused"]}
+    assert reused == {"finetune"}
+    assert res["summary"] == first["summary"]
+    drop = ("stage",)
+    assert {k: v for k, v in res["pretrained"].items() if k not in drop} == {
+        k: v for k, v in first["pretrained"].items() if k not in drop
+    }

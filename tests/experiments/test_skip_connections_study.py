@@ -180,3 +180,30 @@ def test_the_report_opens_in_headless_chromium_without_errors(quick_run):
     assert out["console_errors"] == []
     assert out["n_figures"] >= len(FIGURES)
     assert all(f["ok"] for f in out["figures"]), out["figures"]
+
+
+def test_the_default_run_keeps_the_folders_it_had_before_device_and_dtype(quick_run):
+    from study_devices import check_default_names
+
+    root, _, results, _ = quick_run
+    check_default_names(STUDY, root, results)
+
+
+@pytest.mark.slow  # ~10 s: the smoke study again, every stage on the device string cpu:0
+def test_a_run_on_another_device_computes_its_stages_there_with_the_same_numbers(quick_run):
+    """``cpu:0`` is the CPU by another name: training, the evaluations, the surfaces and the
+    Hessians at the solutions record it (the curvature maps run on the CPU), and the
+    numbers are the default run's."""
+    from study_devices import check_device_recorded
+
+    root, _, first, _ = quick_run
+    res = run_study(
+        STUDY, root, make_config(STUDY, smoke=True, device="cpu:0"), say=_quiet, report=False
+    )
+    assert not any(r["reused"] for r in res["stages"])
+    check_device_recorded(root, res, "cpu:0")
+
+    def without_stages(rows):
+        return [{k: v for k, v in r.items() if k != "stages"} for r in rows]
+
+    assert without_stages(res["models"]) == without_stages(first["models"])

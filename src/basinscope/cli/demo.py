@@ -29,12 +29,15 @@ HELP = {  # each option's help, by flag (arguments by name)
     "--smoke": "The smoke version: every stage and figure in seconds, with numbers too small to mean anything (pipeline checks and tests).",
     "--json": "Print the results as one JSON object on stdout.",
     "--progress/--no-progress": "Show progress bars on stderr.",
+    "--device": "Torch device of the study's computations: cpu, cuda, cuda:N or mps (the setting device; default cpu).",
+    "--dtype": "Precision of the evaluations: float32 or float64 (the setting dtype; default float32; Hessians stay float64).",
 }
 # (parameter, type, default, flag): the options of study and demo (RUN), study's own, report's
 RUN = [("out", Path, Path(paths.DEFAULT_ROOT), "--out"), ("sets", list[str], None, "--set")]
 RUN += [("config", Path, None, "--config"), ("quick", bool, False, "--quick")]
 RUN += [("smoke", bool, False, "--smoke"), ("json_out", bool, False, "--json")]
 RUN += [("progress", bool, True, "--progress/--no-progress")]
+RUN += [("device", str, None, "--device"), ("dtype", str, None, "--dtype")]
 STUDY = [("name", str, None, "NAME"), ("list_", bool, False, "--list")]
 STUDY += [("show_config", bool, False, "--show-config"), *RUN]
 REPORT = [("run_dir", Path, ..., "RUN_DIR"), ("json_out", bool, False, "--json")]
@@ -57,8 +60,29 @@ def _command(fn: Any, params: list[tuple[str, Any, Any, str]], about: str) -> No
     fn.__doc__ = f"{inspect.cleandoc(about)}\n\nExamples:\n\n{examples}\n"
 
 
-def _run(name, out, sets, config, quick, smoke, json_out, progress, wait, show_config=False):
-    cfg = registry.make_config(name, quick=quick, smoke=smoke, toml=config, sets=list(sets or []))
+def _run(
+    name,
+    out,
+    sets,
+    config,
+    quick,
+    smoke,
+    json_out,
+    progress,
+    device,
+    dtype,
+    wait,
+    show_config=False,
+):
+    cfg = registry.make_config(
+        name,
+        quick=quick,
+        smoke=smoke,
+        toml=config,
+        sets=list(sets or []),
+        device=device,
+        dtype=dtype,
+    )
     settings = registry.config_dict(cfg)
     if show_config and json_out:
         return emit_json(settings)
@@ -74,6 +98,7 @@ def study_cmd(name, list_, show_config, **run) -> None:
     """study --list
     study rotated-digits
     study rotated-digits --quick --set angles=[0,90] --set grid=11
+    study flatness-vs-batch-size --device cuda --dtype float64
     study flatness-vs-batch-size --config my-settings.toml
     study skip-connections --show-config"""
     studies = registry.list_studies()

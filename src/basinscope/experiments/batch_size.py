@@ -36,7 +36,15 @@ import numpy as np
 from basinscope._checks import MAX_POINTS, at_least, check_seed, finite_float, positive_float
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
-from basinscope.experiments.stages import cached_stage, landscape_stage, stage_dir, train_stage
+from basinscope.experiments.stages import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    cached_stage,
+    landscape_stage,
+    placement,
+    stage_dir,
+    train_stage,
+)
 
 __all__ = ["QUICK", "STUDY", "BatchSizeConfig", "run"]
 
@@ -85,6 +93,10 @@ class BatchSizeConfig:
     threads: int = 1  # torch CPU threads during the run (restored after; tiny models: 1)
     eval_strategy: str = "vmap"  # engine: "vmap" (fast for MLPs) or "loop" (CNNs); never timed
     hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    device: str = DEFAULT_DEVICE  # where every stage computes: cpu, cuda, cuda:N or mps
+    # precision of the evaluations (accuracies, line, surfaces, sharpness): float32 or
+    # float64; Hessians are always float64, training is float32
+    dtype: str = DEFAULT_DTYPE
     figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
     def check(self) -> None:
@@ -150,11 +162,11 @@ SMOKE.update(trace_max_probes=10, ascent_steps=2, fn_directions=2, hidden=(16,))
 # -- stages ---------------------------------------------------------------------------------
 
 
-def _evaluate(model, init, splits) -> dict[str, Any]:
+def _evaluate(model, init, splits, cfg: BatchSizeConfig) -> dict[str, Any]:
     from basinscope.engine import evaluate_model
     from basinscope.geometry import get_params, norm, sub
 
-    ev = evaluate_model(model, splits)
+    ev = evaluate_model(model, splits, **placement(cfg))
     theta, theta0 = get_params(model), get_params(init)
     return {
         **{k: float(v) for k, v in ev.items()},
@@ -178,6 +190,7 @@ def _hessian(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
         trace_kwargs={"max_samples": cfg.trace_max_probes},
         subset=cfg.hessian_subset,
         method=cfg.hvp_method,
+        device=cfg.device,  # in float64 (hessian_analysis's default), whatever cfg.dtype
     )
     return {
         "lambda_max": float(rep.top.eigenvalues[0]),
@@ -195,6 +208,7 @@ def _sharpness(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
     )
 
     ascent = dict(steps=cfg.ascent_steps, restarts=cfg.ascent_restarts, seed=0)
+    ascent.update(placement(cfg))
     return {
         "keskar": worst_case_sharpness(
             model, data, rho=cfg.keskar_eps, norm="linf", relative=True, **ascent
@@ -219,6 +233,7 @@ def _sharpness(model, data, cfg: BatchSizeConfig) -> dict[str, Any]:
             num_directions=cfg.fn_directions,
             seed=0,
             strategy=cfg.eval_strategy,
+            **placement(cfg),
         ).to_dict(),
     }
 
@@ -263,22 +278,25 @@ def _solution(cfg: BatchSizeConfig, ctx: StudyContext, batch: int, init, splits)
     )
     spec = {"model": cfg.model, "model_kwargs": _kwargs(cfg), "init_seed": cfg.init_seed}
     spec["data"] = train_data.name
-    folder = stage_dir(ctx.stages_root, "train", {**spec, **tc.to_dict()})
-    st = train_stage(folder, init, train_data, tc, spec, progress=ctx.progress, log=ctx.log)
+    on = placement(cfg, dtype=False)  # training and Hessians: the device only
+    folder = stage_dir(ctx.stages_root, "train", {**spec, **tc.to_dict(), **on})
+    st = train_stage(
+        folder, init, train_data, tc, spec, progress=ctx.progress, log=ctx.log, device=cfg.device
+    )
     up = {"train": st.run_dir.name}
 
     def stage(name: str, settings: dict, compute: Callable) -> tuple[dict, Path]:
         return cached_stage(ctx.stages_root, name, {**up, **settings}, compute, log=ctx.log)
 
-    ev, ev_dir = stage("evaluate", {}, lambda d: _evaluate(st.model, init, splits))
+    ev, ev_dir = stage("evaluate", placement(cfg), lambda d: _evaluate(st.model, init, splits, cfg))
     hs, hs_dir = stage(
         "hessian",
-        {k: getattr(cfg, k) for k in HESSIAN_SETTINGS},
+        {**{k: getattr(cfg, k) for k in HESSIAN_SETTINGS}, **on},
         lambda d: _hessian(st.model, train_data, cfg),
     )
     sh, sh_dir = stage(
         "sharpness",
-        {k: getattr(cfg, k) for k in SHARPNESS_SETTINGS},
+        {**{k: getattr(cfg, k) for k in SHARPNESS_SETTINGS}, **placement(cfg)},
         lambda d: _sharpness(st.model, train_data, cfg),
     )
     n = len(train_data.y)
@@ -337,6 +355,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
             "b": stages["large"]["train"],
             "alphas": alphas.tolist(),
             "strategy": cfg.eval_strategy,
+            **placement(cfg),
         },
         lambda d: interpolate(
             models["small"],
@@ -347,6 +366,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
             attrs={"label_a": f"B={cfg.small_batch}", "label_b": f"B={cfg.large_batch}"},
             strategy=cfg.eval_strategy,
             progress=ctx.progress,
+            **placement(cfg),
         ),
         log=ctx.log,
     )
@@ -365,6 +385,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
                 "seed": cfg.direction_seed,
                 "axis": axis.tolist(),
                 "strategy": cfg.eval_strategy,
+                **placement(cfg),
             },
             lambda d, m=models[key]: random_surface(
                 m,
@@ -377,6 +398,7 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
                 run_dir=d,
                 strategy=cfg.eval_strategy,
                 progress=ctx.progress,
+                **placement(cfg),
             ),
             log=ctx.log,
         )

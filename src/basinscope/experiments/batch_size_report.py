@@ -93,6 +93,9 @@ def definitions(cfg: Any, n_hess: int, bn: str) -> dict[str, str]:
         f"the norm of theta's filter; biases zeroed), on the {train}",
         "sharpness_filter_normalized_se": "standard error of the filter-normalized sharpness over directions",
         "bn_policy": bn,
+        "precision": f"losses, accuracies, the line, the surfaces and the sharpness measures in "
+        f"{cfg.dtype} on {cfg.device}; Hessian numbers in float64 on {cfg.device}; training in "
+        f"float32 on {cfg.device}",
     }
 
 
@@ -333,7 +336,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         f"Hessian numbers use the mean cross-entropy on {setup['hessian_examples']} train examples in "
         f"{h.get('dtype', 'float64')} (Hessian-vector products by {h.get('method', '?')}; trace: "
         f"{probes_text}); the sharpness "
-        f"measures use all {setup['train_examples']} train examples in float32; every loss is evaluated in "
+        f"measures use all {setup['train_examples']} train examples in {cfg.get('dtype', 'float32')}; "
+        f"everything ran on {cfg.get('device', 'cpu')}; every loss is evaluated in "
         f"eval mode ({bn}). Each stage is stored in its own folder under stages/ (named by a hash of its "
         "settings, which include the folders of the stages it uses); running the study again reuses them."
     )

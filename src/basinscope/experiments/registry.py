@@ -27,10 +27,24 @@ setting recomputes only the stages that depend on it. A run folder and every sta
 computed are locked (:mod:`basinscope.store.lock`): a second process aimed at them stops
 with a message naming the holder, or waits with ``wait=True`` (``--wait``).
 
+Where a study computes is two settings every built-in study has: ``device`` (cpu, cuda,
+cuda:N or mps; ``--device``) and ``dtype``, the precision of its evaluations (float32 or
+float64; ``--dtype``). They are checked before anything runs (an absent device is refused
+with the fix), recorded in the run's manifest and result (``config``) and in the settings
+of every stage they apply to, and count in a folder's digest only when they are not the
+defaults (:func:`basinscope.experiments.stages.identity`): a run on the CPU in float32 has
+the folders it had before they were settings. Measurements a study pins to float64 (Hessian
+eigenvalues and traces, CKA) stay in float64 whatever ``dtype`` says, and training is in the
+model's float32. Fine-tuning, CKA and the curvature maps run on the CPU whatever ``device``
+says (their functions take no device yet); each study's ``precision`` definition says where
+each of its measurements ran.
+
 Studies pin every choice that would otherwise be made by timing (the engine's vmap/loop
 strategy, the Hessian-vector-product method) in their configuration and record it in the
 stage results, so two runs of a study give the same numbers: everything in result.json
-except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`).
+except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`). On a
+GPU this also needs PyTorch's deterministic kernels (``torch.use_deterministic_algorithms``,
+which the studies do not switch on): some CUDA kernels add in a varying order.
 """
 
 from __future__ import annotations
@@ -53,7 +67,7 @@ import basinscope
 from basinscope._checks import finite_float
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.results import StudyResult
-from basinscope.experiments.stages import StageLog
+from basinscope.experiments.stages import StageLog, identity
 from basinscope.store import atomic_write_json, lock_folder, paths, waiting
 
 __all__ = [
@@ -86,7 +100,9 @@ number in the report) and manifest.json (the settings and versions).
 Settings: the study's defaults, then --quick's reductions (then --smoke's: every
 stage and figure in seconds, numbers too small to mean anything), then --config
 FILE.toml (keys at the top level or in a [<study>] table), then each --set
-key=value (TOML values: 3, 0.1, true, "ft", [0, 15, 35]). `basinscope study
+key=value (TOML values: 3, 0.1, true, "ft", [0, 15, 35]), then --device and
+--dtype (the settings device and dtype: where the stages compute, and the
+precision of their evaluations; Hessians stay in float64). `basinscope study
 --list` shows the studies; `basinscope study NAME --show-config` their settings."""
 DEMO = "rotated-digits"  # the study `basinscope demo` runs
 
@@ -276,10 +292,13 @@ def make_config(
     smoke: bool = False,
     toml: str | Path | None = None,
     sets: Sequence[str] = (),
+    device: str | None = None,
+    dtype: str | None = None,
 ) -> Any:
     """The study's configuration: defaults, then ``quick`` overrides, then ``smoke``
     overrides (which imply ``quick``), then the TOML file, then each ``key=value`` of
-    ``sets`` (later wins)."""
+    ``sets`` (later wins), then ``device`` and ``dtype`` when given (the same as
+    ``device=...`` and ``dtype=...`` at the end of ``sets``: ``--device``, ``--dtype``)."""
     study = get_study(name)
     types_ = _field_types(study.config)
     values: dict[str, Any] = dict(study.quick) if quick or smoke else {}
@@ -313,6 +332,10 @@ def make_config(
             )
         _check_keys(study.config, [key], "--set")
         values[key] = _coerce(key, _parse_value(text.strip()), types_[key], "--set")
+    for key, value in (("device", device), ("dtype", dtype)):
+        if value is not None:
+            _check_keys(study.config, [key], f"--{key}")
+            values[key] = _coerce(key, value, types_[key], f"--{key}")
     cfg = study.config(**values)
     check_config(cfg)
     return cfg
@@ -333,10 +356,58 @@ def check_config(cfg: Any) -> None:
                     fix=f"nan and inf are not settings (the default is {f.name}={example})",
                 )
     _check_figure_formats(getattr(cfg, "figure_formats", ("png",)))
+    check_placement(cfg)
     check = getattr(cfg, "check", None)
     if check is not None:
         check()
     check_pinned(cfg)
+
+
+# The precisions a study evaluates in. Mixed precision (bfloat16, float16) is an option of
+# the engine and of the commands, but the landscapes, barriers, criticality and sharpness
+# the studies call take float32 or float64 only; add them here once they take all of
+# basinscope.engine.precision.PRECISIONS.
+STUDY_DTYPES = ("float32", "float64")
+
+
+def check_placement(cfg: Any) -> None:
+    """Refuse a ``dtype`` setting a study cannot evaluate in, and a ``device`` that is not
+    available here, before anything runs (as :class:`basinscope.spec.EvalOptions` does for
+    the commands)."""
+    dtype = getattr(cfg, "dtype", None)
+    if dtype is not None and dtype not in STUDY_DTYPES:
+        from basinscope.engine.precision import PRECISIONS
+
+        why = (
+            "mixed precision does not reach the landscapes, barriers and sharpness of a study yet"
+            if dtype in PRECISIONS
+            else "the precision of the study's evaluations"
+        )
+        raise BasinscopeError(
+            f"dtype {dtype!r}: expected one of {', '.join(STUDY_DTYPES)} ({why}); use "
+            "--dtype float32 (the default) or --dtype float64"
+        )
+    device = getattr(cfg, "device", None)
+    if device is None or device == "cpu":
+        return
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except Exception as e:
+        text = " ".join(str(e).split())[:160]
+        raise BasinscopeError(
+            f"device {device!r} is not available here ({type(e).__name__}: {text}); use "
+            "--device cpu (the default), or a device this machine has"
+        ) from None
+    try:  # the Hessians of every study are float64 (an MPS device has no float64)
+        torch.empty(0, device=device, dtype=torch.float64)
+    except Exception as e:
+        text = " ".join(str(e).split())[:160]
+        raise BasinscopeError(
+            f"device {device!r} has no float64 ({type(e).__name__}: {text}), which the "
+            "study's Hessians (and --dtype float64) need; use --device cpu or a CUDA device"
+        ) from None
 
 
 def _check_figure_formats(formats: Sequence[str]) -> None:
@@ -381,8 +452,10 @@ def study_spec(name: str, cfg: Any) -> dict[str, Any]:
 
 
 def config_hash(name: str, cfg: Any) -> str:
-    """The digest in the name of the study's run folder, ``<study>-<digest>``."""
-    return paths.digest(study_spec(name, cfg))
+    """The digest in the name of the study's run folder, ``<study>-<digest>``: of the study's
+    name and settings, ``device`` and ``dtype`` only when they are not the defaults
+    (:func:`~basinscope.experiments.stages.identity`)."""
+    return paths.digest({"study": name, "config": identity(config_dict(cfg))})
 
 
 # -- running and reporting -----------------------------------------------------------------

@@ -39,9 +39,12 @@ from basinscope._checks import (
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
 from basinscope.experiments.stages import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
     cached_stage,
     landscape_stage,
     model_stage,
+    placement,
     stage_dir,
     train_stage,
 )
@@ -99,6 +102,13 @@ class RotatedDigitsConfig:
     criticality_examples: int = 512  # target training examples for module criticality
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slower for this CNN), never timed
     hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    # where pre-training, the landscapes, barriers, criticality and Hessians compute (cpu,
+    # cuda, cuda:N, mps); fine-tuning and CKA run on the CPU
+    device: str = DEFAULT_DEVICE
+    # precision of the evaluations (the pre-trained model's accuracies, landscapes, barriers,
+    # criticality): float32 or float64; Hessians and CKA are always float64, training and
+    # fine-tuning (with its accuracies) float32
+    dtype: str = DEFAULT_DTYPE
     figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
     def check(self) -> None:
@@ -249,6 +259,7 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
 
     say, root = ctx.say, ctx.stages_root
     src_train, src_test = load_digits("train"), load_digits("test")
+    where = placement(cfg)  # device and dtype of every evaluation
 
     # -- pre-training on the source ------------------------------------------------------
     say(f"pre-training a LeNet on upright digits ({cfg.pretrain_steps} steps)")
@@ -257,16 +268,28 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
     )
     pre_spec = {"model": "lenet", "width": cfg.width, "init_seed": cfg.init_seed}
     pre = train_stage(
-        stage_dir(root, "pretrain", {**pre_spec, "data": src_train.name, **pre_cfg.to_dict()}),
+        stage_dir(
+            root,
+            "pretrain",
+            {
+                **pre_spec,
+                "data": src_train.name,
+                **pre_cfg.to_dict(),
+                **placement(cfg, dtype=False),
+            },
+        ),
         _lenet(cfg.init_seed, cfg),
         src_train,
         pre_cfg,
         pre_spec,
         progress=ctx.progress,
         log=ctx.log,
+        device=cfg.device,
     )
     random_init = _lenet(cfg.random_start_seed, cfg)
-    pre_eval = evaluate_model(pre.model, {"source_train": src_train, "source_test": src_test})
+    pre_eval = evaluate_model(
+        pre.model, {"source_train": src_train, "source_test": src_test}, **where
+    )
 
     angles: dict[str, Any] = {}
     for angle in cfg.angles:
@@ -294,6 +317,7 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
 
 def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
     root, log = ctx.stages_root, ctx.log
+    where = placement(cfg)  # device and dtype of every evaluation
 
     # -- fine-tuning: every strategy from the pre-trained start, FT from a random start ----
     runs: dict[str, list] = {}
@@ -318,7 +342,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
     for strategy in cfg.strategies:
         ft = runs[f"pre-trained/{strategy}"][0]
         settings = {"a": pre.run_dir.name, "b": ft.run_dir.name, "n": cfg.line_points}
-        settings["strategy"] = cfg.eval_strategy
+        settings.update(strategy=cfg.eval_strategy, **where)
         land = landscape_stage(
             root,
             "line",
@@ -332,6 +356,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 attrs={"label_a": "pre-trained", "label_b": f"fine-tuned ({strategy})"},
                 strategy=cfg.eval_strategy,
                 progress=ctx.progress,
+                **where,
             ),
             log=log,
         )
@@ -348,6 +373,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             "grid": cfg.grid,
             "margin": cfg.surface_margin,
             "strategy": cfg.eval_strategy,
+            **where,
         }
         surfaces[start] = landscape_stage(
             root,
@@ -372,6 +398,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 num_points=cfg.barrier_points,
                 labels=labels,
                 strategy=cfg.eval_strategy,
+                **where,
             )
 
         out: dict[str, Any] = {}
@@ -395,6 +422,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             "metric": cfg.barrier_metric,
             "definition": cfg.barrier_definition,
             "strategy": cfg.eval_strategy,
+            **where,
         },
         connectivity,
         log=log,
@@ -444,6 +472,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 sigmas=np.linspace(0.05, 1.0, cfg.criticality_points),
                 samples=cfg.criticality_samples,
                 strategy=cfg.eval_strategy,
+                **where,
             )  # stored as the CriticalityResult itself; the stage's value is its dict
 
         crit[start], _ = cached_stage(
@@ -456,6 +485,7 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 "samples": cfg.criticality_samples,
                 "examples": n_crit,
                 "strategy": cfg.eval_strategy,
+                **where,
             },
             criticality,
             log=log,
@@ -533,6 +563,7 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
         attrs={"center": "start of fine-tuning"},
         strategy=cfg.eval_strategy,
         progress=ctx.progress,
+        **placement(cfg),
     )
     out, i = [], 0
     for k, c in enumerate(copies):
@@ -577,6 +608,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             trace_rtol=0.05,
             trace_kwargs={"min_samples": min(8, cfg.trace_probes), "max_samples": cfg.trace_probes},
             method=cfg.hvp_method,
+            device=cfg.device,  # in float64 (hessian_analysis's default), whatever cfg.dtype
         )
         tr = rep.trace.to_dict()
         return {
@@ -600,6 +632,7 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             "tol": cfg.hessian_tol,
             "probes": cfg.trace_probes,
             "hvp_method": cfg.hvp_method,
+            **placement(cfg, dtype=False),
         },
         compute,
         log=ctx.log,
@@ -624,6 +657,7 @@ def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:
         "trace": f"Hessian trace on the same examples, Hutchinson with Rademacher probes (at most {cfg.trace_probes}, stopping at a 95% CI half-width of 5%)",
         "cka": f"CKA estimator 'linear': {CKA_ESTIMATORS['linear']}; float64, between the pre-trained and the fine-tuned model's outputs of the same layer on a test split",
         "module criticality": "Chatterji et al. 2020: mu_i = min over (alpha, sigma) with loss(theta_i(alpha) + N(0, sigma^2)) <= epsilon of alpha^2 ||theta_i^F - theta_i^0||^2 / sigma^2 (see basinscope.analyses.criticality), on target training examples",
+        "precision": f"the pre-trained model's accuracies, landscapes, barriers and module criticality in {cfg.dtype} on {cfg.device}; Hessian numbers in float64 on {cfg.device}; pre-training in float32 on {cfg.device}; fine-tuning and the accuracies before and after it (float32) and CKA (float64) on the CPU",
         "trajectories": f"checkpoints every {cfg.checkpoint_every} steps of both fine-tuning copies, projected onto the plane of their top two principal components around the start",
     }
 

@@ -35,7 +35,15 @@ import numpy as np
 from basinscope._checks import at_least, check_seed, finite_float, positive_float
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import Study, StudyContext, register
-from basinscope.experiments.stages import cached_stage, landscape_stage, stage_dir, train_stage
+from basinscope.experiments.stages import (
+    DEFAULT_DEVICE,
+    DEFAULT_DTYPE,
+    cached_stage,
+    landscape_stage,
+    placement,
+    stage_dir,
+    train_stage,
+)
 
 __all__ = ["DEFINITIONS", "STUDY", "SkipConfig", "run"]
 
@@ -68,6 +76,12 @@ class SkipConfig:
     hessian_max_iter: int = 60  # Lanczos: at most this many steps per point
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slow for convolutions); never timed
     hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    # where training, evaluations, surfaces and Hessians at the solutions compute (cpu, cuda,
+    # cuda:N, mps); the curvature maps run on the CPU
+    device: str = DEFAULT_DEVICE
+    # precision of the evaluations (accuracies, surfaces): float32 or float64; Hessians and
+    # the curvature maps are always float64, training is float32
+    dtype: str = DEFAULT_DTYPE
     figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
     def check(self) -> None:
@@ -163,7 +177,7 @@ def _center(model, train, test, hess_data, cfg: SkipConfig) -> dict[str, Any]:
     from basinscope.analyses.hessian import hessian_analysis
     from basinscope.engine import evaluate_model
 
-    ev = evaluate_model(model, {"train": train, "test": test})
+    ev = evaluate_model(model, {"train": train, "test": test}, **placement(cfg))
     rep = hessian_analysis(
         model,
         hess_data,
@@ -173,7 +187,8 @@ def _center(model, train, test, hess_data, cfg: SkipConfig) -> dict[str, Any]:
         max_iter=cfg.hessian_max_iter,
         trace="none",
         seed=cfg.direction_seed,
-        dtype=torch.float64,
+        dtype=torch.float64,  # whatever cfg.dtype (the evaluations' precision) says
+        device=cfg.device,
         method=cfg.hvp_method,
     )
     lmax, lmin = float(rep.top.eigenvalues[0]), float(rep.bottom.eigenvalues[0])
@@ -234,6 +249,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
     plane = {"seed": cfg.direction_seed, "normalization": "filter", "bias_policy": "zero"}
     hess = {"examples": len(hess_data), "tol": cfg.hessian_tol, "max_iter": cfg.hessian_max_iter}
     hess["hvp_method"] = cfg.hvp_method
+    where, on_device = placement(cfg), placement(cfg, dtype=False)
     rows = []
     n_models, k = 2 * len(cfg.depths), 0
     for skip in (True, False):
@@ -245,19 +261,20 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
             spec = {"model": "resnet", "model_kwargs": kwargs, "init": cfg.init}
             spec.update(init_seed=cfg.init_seed, data=train.name)
             trained = train_stage(
-                stage_dir(root, f"train-{tag}", {**spec, **tcfg.to_dict()}),
+                stage_dir(root, f"train-{tag}", {**spec, **tcfg.to_dict(), **on_device}),
                 model,
                 train,
                 tcfg,
                 spec,
                 progress=ctx.progress,
                 log=ctx.log,
+                device=cfg.device,
             )
             up = trained.run_dir.name
             center, center_dir = cached_stage(
                 root,
                 f"center-{tag}",
-                {"train": up, **hess, "seed": cfg.direction_seed},
+                {"train": up, **hess, "seed": cfg.direction_seed, **where},
                 lambda d, m=trained.model: _center(m, train, test, hess_data, cfg),
                 log=ctx.log,
             )
@@ -266,7 +283,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                 f"surface-{tag}",
                 {"train": up, "grid": cfg.grid, "span": cfg.span, "examples": len(surf_data)}
                 | plane
-                | {"strategy": cfg.eval_strategy},
+                | {"strategy": cfg.eval_strategy, **where},
                 lambda d, m=trained.model: random_surface(
                     m,
                     surf_data,
@@ -276,6 +293,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                     run_dir=d,
                     attrs={"label_center": "trained solution"},
                     strategy=cfg.eval_strategy,
+                    **where,
                 ),
                 log=ctx.log,
             )
@@ -334,6 +352,9 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
             "and fc row scaled to the norm of the weights' filter), bias components zeroed",
             "surface_data": f"the first {len(surf_data)} of the 1,347 training digits",
             "hessian_data": f"the first {len(hess_data)} of the 1,347 training digits",
+            "precision": f"accuracies and surfaces in {cfg.dtype} on {cfg.device}; Hessians at "
+            f"the solutions in float64 on {cfg.device}; training in float32 on {cfg.device}; the "
+            "curvature maps in float64 on the CPU",
             "training": f"Adam, {cfg.steps} steps of {cfg.batch_size} images, cosine decay "
             f"from lr {cfg.lr:g}, "
             + ("He (Kaiming-normal) convolutions" if cfg.init == "he" else "PyTorch's default")

@@ -172,7 +172,9 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "running the study again reuses them and a changed setting recomputes only what depends "
         "on it. Surfaces and maps are resumable landscape runs (manifest, journal of finished "
         "chunks, result.json). result.json next to this report holds every number shown, "
-        "with its definition."
+        "with its definition. Precision and device: "
+        + pol.get("precision", "float32 evaluations and float64 Hessians on the CPU")
+        + "."
     )
     rep.table(
         [

@@ -14,7 +14,15 @@ A stage is computed under its folder's lock (:func:`basinscope.store.lock_folder
 second process that needs the same unfinished stage (another study sharing ``stages/``)
 stops with a message naming the holder, or with ``--wait`` waits and then reuses what the
 holder finished. A finished stage is read without a lock. Every file is written atomically.
-A stage folder of the layout before format 2 (``settings.json``) is refused with the fix."""
+A stage folder of the layout before format 2 (``settings.json``) is refused with the fix.
+
+Where a stage computes is one of its settings: ``device`` (every stage that runs on the
+study's device) and ``dtype`` (every stage that evaluates in the study's precision), from
+:func:`placement`. Numbers computed on a GPU, or in another precision, differ in rounding
+from the CPU's float32 ones, so such a stage is a different stage with its own folder. At
+their defaults (``cpu``, ``float32``) both are recorded in the settings but left out of the
+folder's digest (:func:`identity`), so that folders written before they were settings keep
+their names and are reused."""
 
 from __future__ import annotations
 
@@ -22,30 +30,60 @@ import copy
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor, nn
 
+from basinscope.spec import EvalOptions
 from basinscope.store import RunStore, atomic_write_json, fingerprint_tensors, lock_folder, paths
 
 __all__ = [
+    "DEFAULT_DEVICE",
+    "DEFAULT_DTYPE",
     "ModelStage",
     "StageLog",
     "TrainedStage",
     "cached_stage",
+    "identity",
     "landscape_stage",
     "model_stage",
+    "placement",
     "stage_dir",
     "train_stage",
     "write_json",
 ]
 
 
+# every command's defaults (basinscope.spec.EvalOptions): the CPU, in float32
+_DEFAULTS = {f.name: f.default for f in fields(EvalOptions) if f.name in ("device", "dtype")}
+DEFAULT_DEVICE: str = _DEFAULTS["device"]
+DEFAULT_DTYPE: str = _DEFAULTS["dtype"]
+
+
+def placement(cfg: Any, *, dtype: bool = True) -> dict[str, str]:
+    """The settings that say where a stage computes: the study's ``device`` and, for a stage
+    that evaluates in the study's precision (``dtype=True``), its ``dtype``. A stage whose
+    precision is pinned (Hessians in float64) or that trains (in the model's float32) takes
+    ``dtype=False``."""
+    out = {"device": str(getattr(cfg, "device", DEFAULT_DEVICE))}
+    if dtype:
+        out["dtype"] = str(getattr(cfg, "dtype", DEFAULT_DTYPE))
+    return out
+
+
+def identity(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` without ``device`` and ``dtype`` where they are the defaults (``cpu``,
+    ``float32``): what a folder's digest is computed from, so that a stage computed on the
+    CPU in float32 has the folder it had before these were settings."""
+    return {k: v for k, v in settings.items() if not (k in _DEFAULTS and v == _DEFAULTS[k])}
+
+
 def stage_dir(root: str | Path, name: str, settings: dict[str, Any]) -> Path:
-    """``root/<name>-<hash of settings>`` (:func:`basinscope.store.paths.run_name`)."""
-    return Path(root) / paths.run_name(name, paths.digest(settings))
+    """``root/<name>-<hash of settings>`` (:func:`basinscope.store.paths.run_name`); the
+    hash is of :func:`identity` (``device`` and ``dtype`` count only when not the defaults)."""
+    return Path(root) / paths.run_name(name, paths.digest(identity(settings)))
 
 
 class StageLog:
@@ -268,11 +306,14 @@ def train_stage(
     progress: bool = False,
     log: StageLog | None = None,
     wait: bool | None = None,
+    device: str = DEFAULT_DEVICE,
 ) -> TrainedStage:
     """Train ``model`` (a copy) on ``data`` with ``config`` in ``run_dir``, or reuse a finished run.
 
-    The run's identity is ``spec`` + the config + fingerprints of the initial weights and the
-    data. A finished run is loaded (weights, trajectory, its :class:`~basinscope.training.TrainRun`)
+    The run's identity is ``spec`` + the config + the ``device`` it trains on (only when not
+    the CPU, :func:`identity`) + fingerprints of the initial weights and the data; the
+    manifest records the device in any case, and the trained model comes back on the CPU.
+    A finished run is loaded (weights, trajectory, its :class:`~basinscope.training.TrainRun`)
     instead of retrained; an unfinished one is trained again from the start (training is fast
     next to the analyses). The folder is a run folder of format 2 (``result.json`` holds the
     TrainRun) with the weights and the trajectory beside it
@@ -285,7 +326,7 @@ def train_stage(
     from basinscope.training import TrainRun, load_trajectory, train, trajectory_to_safetensors
 
     fps = {"init": fingerprint_tensors(model.state_dict()), "data": _data_fingerprint(data)}
-    spec = {**(spec or {}), "config": config.to_dict()}
+    spec = identity({**(spec or {}), "device": str(device), "config": config.to_dict()})
     run_dir = Path(run_dir)
     weights, traj = run_dir / paths.WEIGHTS, run_dir / paths.TRAJECTORY
     files = (weights, traj, run_dir / paths.RESULT)
@@ -295,7 +336,9 @@ def train_stage(
         with RunStore.open(run_dir, "train", spec, fps, wait=wait) as store:
             if not (store.manifest.get("status") == "complete" and all(map(Path.is_file, files))):
                 t0 = time.perf_counter()
-                result = train(model, data, config, progress=progress)
+                store.update_manifest(device=str(device))
+                result = train(model, data, config, progress=progress, device=device)
+                result.model.cpu()  # the weights are saved and used from the CPU
                 save_weights(result.model, weights)
                 trajectory_to_safetensors(result, traj)
                 record = TrainRun.of(result, run_dir)
