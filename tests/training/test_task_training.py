@@ -353,6 +353,29 @@ def test_guided_gradient_norm_follows_the_task_loss_in_memory_and_streamed():
     assert streamed == pytest.approx(expected, abs=1e-12)
 
 
+def test_guided_curvature_is_the_top_eigenvalue_of_each_blocks_hessian_of_the_task_loss():
+    model, x, y = regression()
+    ranking = dict(module_ranking(model, (x, y), "curvature", task=Task(loss="mse")))
+    net = copy.deepcopy(model).double()
+    names = dict(net.named_parameters())
+    expected = {}
+    for module in ("0", "2"):
+        keys = [f"{module}.weight", f"{module}.bias"]
+        flat = torch.cat([names[k].detach().reshape(-1) for k in keys])
+
+        def loss(theta, keys=keys):
+            params, i = {}, 0
+            for k in keys:
+                params[k] = theta[i : i + names[k].numel()].reshape(names[k].shape)
+                i += names[k].numel()
+            out = torch.func.functional_call(net, params, (x.double(),))
+            return F.mse_loss(out, y.double())
+
+        hess = torch.autograd.functional.hessian(loss, flat)
+        expected[module] = float(torch.linalg.eigvalsh(hess)[-1])
+    assert ranking == pytest.approx(expected, rel=1e-6)
+
+
 def test_dfr_examples_cut_from_dict_data_and_refused_for_a_loader():
     model, data = token_net(), token_data()
     cfg = TrainConfig(steps=2, batch_size=8)

@@ -406,7 +406,8 @@ def module_ranking(
     ``data`` (in memory, or a DataLoader streamed batch by batch), in eval mode (BatchNorm
     uses its running statistics, which are not changed), on ``device`` (default: the
     model's) in ``dtype`` (default: the model's). See the module docstring for the
-    signals; ``"curvature"`` is computed by the curvature operators (in float64).
+    signals; ``"curvature"`` is the top eigenvalue of each module's Hessian block of the
+    task's loss, computed by the curvature operators in float64.
     """
     if signal not in GUIDED_SIGNALS:
         raise BasinscopeError(
@@ -418,19 +419,10 @@ def module_ranking(
     if signal == "curvature":
         from basinscope.curvature.per_module import per_module_curvature
 
-        extra: dict[str, Any] = {} if task.default else {"task": task}
+        extra: dict[str, Any] = {"task": task}
         if device is not None:
             extra["device"] = resolve_device(device)
-        try:
-            res = per_module_curvature(model, data, modules=list(blocks), trace=False, **extra)
-        except TypeError as e:
-            if "task" not in str(e):
-                raise
-            raise BasinscopeError(
-                f"guided_signal='curvature' cannot use the loss {task.loss_name} here: the "
-                "curvature operators of this version take the default task only; use "
-                "guided_signal='gradient_norm' or 'relative_gradient_norm'."
-            ) from None
+        res = per_module_curvature(model, data, modules=list(blocks), trace=False, **extra)
         scores = {r.module: float(r.top_eigenvalue) for r in res}
     else:
         scores = _gradient_scores(model, data, signal, blocks, task, device, dtype)
