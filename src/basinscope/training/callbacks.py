@@ -60,16 +60,21 @@ def _load(template: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[st
 
 
 @torch.no_grad()
-def update_bn(model: nn.Module, bn_data: Any, *, batch_size: int = 128) -> nn.Module:
+def update_bn(
+    model: nn.Module, bn_data: Any, *, batch_size: int = 128, task: Any = None
+) -> nn.Module:
     """Re-estimate the BatchNorm running statistics of ``model`` in place.
 
     As :func:`torch.optim.swa_utils.update_bn`: reset the running mean and variance, set
     ``momentum=None`` (cumulative average over the batches), run ``bn_data`` through the
     model in training mode, then restore the momenta and the modes. ``bn_data`` is
     anything :func:`basinscope.engine.as_batches` reads (an ``(x, y)`` pair, a
-    ``TensorData``, a loader). Returns ``model``.
+    ``TensorData``, a dict of tensors, a loader, streamed batch by batch); ``task`` (a
+    :class:`~basinscope.engine.task.Task`) says how a batch is split and the model called
+    (default: ``model(x)``). Returns ``model``.
     """
     from basinscope.engine import as_batches
+    from basinscope.engine.task import as_task, call_model
 
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not bns:
@@ -77,7 +82,8 @@ def update_bn(model: nn.Module, bn_data: Any, *, batch_size: int = 128) -> nn.Mo
     first = next(iter(model.parameters()), None)
     device = first.device if first is not None else torch.device("cpu")
     dtype = first.dtype if first is not None else None
-    batches = as_batches(bn_data, batch_size=batch_size, device=device, dtype=dtype)
+    task = as_task(task)
+    batches = as_batches(bn_data, batch_size=batch_size, device=device, dtype=dtype, task=task)
     momenta = [m.momentum for m in bns]
     modes = [m.training for m in model.modules()]
     for m in bns:
@@ -86,7 +92,7 @@ def update_bn(model: nn.Module, bn_data: Any, *, batch_size: int = 128) -> nn.Mo
     model.train()
     try:
         for x, _ in batches:
-            model(x)
+            call_model(model, x)
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
@@ -148,14 +154,15 @@ class SWA:
         return {k: (v / n).to(self._dtypes[k]) for k, v in self._sum.items()}
 
     def averaged_model(
-        self, template: nn.Module, bn_data: Any = None, *, batch_size: int = 128
+        self, template: nn.Module, bn_data: Any = None, *, batch_size: int = 128, task: Any = None
     ) -> nn.Module:
         """A copy of ``template`` with the averaged weights and re-estimated BatchNorm statistics.
 
         ``template`` (any model of the trained architecture, e.g. ``TrainResult.model``) is
         deep-copied, never modified. Buffers start from the last collected model's; if the
         model has BatchNorm its running statistics are re-estimated from ``bn_data`` with a
-        cumulative average (:func:`update_bn`), which is then required.
+        cumulative average (:func:`update_bn`, with ``task`` for batches that are not
+        ``(x, y)``), which is then required.
         """
         model = _load(template, self.average_params(), self.buffers)
         if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -165,7 +172,7 @@ class SWA:
                     "weights: pass bn_data=(x, y) (the training data) to re-estimate them, as "
                     "torch.optim.swa_utils.update_bn does."
                 )
-            update_bn(model, bn_data, batch_size=batch_size)
+            update_bn(model, bn_data, batch_size=batch_size, task=task)
         return model
 
 

@@ -25,7 +25,8 @@ class TrainConfig:
 
     Attributes:
         steps: number of optimizer updates.
-        batch_size: minibatch size; a value ``>= len(data)`` means full-batch training.
+        batch_size: minibatch size; a value ``>= len(data)`` means full-batch training. It
+            applies to data in memory; a streamed DataLoader gives its own batches.
         optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"`` (decoupled weight decay).
         lr: peak learning rate (see :mod:`basinscope.training.schedules`).
         momentum: SGD momentum (ignored by Adam).
@@ -35,8 +36,9 @@ class TrainConfig:
         schedule: ``"constant"``, ``"step"``, ``"cosine"``, ``"linear"`` or ``"cyclic"``.
         warmup_steps, milestones, gamma, min_lr, cycle_steps: schedule arguments, see
             :func:`basinscope.training.schedules.lr_at`.
-        data_seed: the only source of randomness of a run: it fixes the minibatch order and
-            seeds the global RNG inside :func:`~basinscope.training.train` (dropout).
+        data_seed: the only source of randomness of a run: it fixes the minibatch order of
+            data in memory and seeds the global RNG inside :func:`~basinscope.training.train`
+            (dropout, and the order of a shuffling DataLoader without its own generator).
         checkpoint_steps: steps at which the parameters and buffers are recorded: 0 is the
             initial model, ``k`` the model after the ``k``-th update, ``steps`` the final one.
         frozen: ``fnmatch`` patterns on parameter names (``"conv*"``, ``"features.*"``);

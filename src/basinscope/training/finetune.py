@@ -23,7 +23,13 @@ update (its ``trainable`` patterns); the rest stay bit-identical.
 
 Source and target metrics are measured before and after; ``forgetting`` is
 :math:`\\mathrm{acc}_{src}^{before} - \\mathrm{acc}_{src}^{after}` and ``adaptation`` is
-:math:`\\mathrm{acc}_{tgt}^{after} - \\mathrm{acc}_{tgt}^{before}`.
+:math:`\\mathrm{acc}_{tgt}^{after} - \\mathrm{acc}_{tgt}^{before}` (None when the task's
+targets are not class labels, e.g. an MSE regression: the losses are still measured).
+
+Any model and data go through a :class:`~basinscope.engine.task.Task` (``task=``: how a
+batch is split, how the model is called, which loss is minimised and measured), on
+``device=`` in ``dtype=`` (mixed precision for bfloat16/float16), with data in memory or
+a DataLoader streamed batch by batch (see :func:`~basinscope.training.train`).
 """
 
 from __future__ import annotations
@@ -33,21 +39,36 @@ import dataclasses
 import fnmatch
 import glob
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from basinscope._checks import MAX_SEED, MAX_STEPS
+from basinscope.engine.batches import StreamingBatches, streams
 from basinscope.engine.fit import check_model_data
+from basinscope.engine.precision import autocast
+from basinscope.engine.task import Task, as_task, call_model, inputs_to
 from basinscope.errors import BasinscopeError
 from basinscope.models import save_weights
 from basinscope.result import Result, fmt, transient
-from basinscope.spec import Spec, group, option, takes_spec
-from basinscope.training._data import as_tensors, iter_chunks
+from basinscope.spec import EVAL_DTYPES, Spec, group, option, takes_spec
+from basinscope.training._data import (
+    as_examples,
+    as_tensors,
+    examples_per_pass,
+    iter_chunks,
+    targets_to,
+)
+from basinscope.training._task import (
+    Objective,
+    evaluate_task,
+    resolve_device,
+    resolve_precision,
+)
 from basinscope.training.config import OPTIMIZERS, TrainConfig
 from basinscope.training.trainer import TrainResult, train
 
@@ -105,6 +126,15 @@ class FinetuneSpec(Spec):
         choices=GUIDED_SIGNALS,
     )
     guided_top_k: int = option(1, "guided: modules tuned.", low=1)
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
+    dtype: str = option(
+        "float32",
+        "float32, float64, or mixed precision bfloat16/float16 (autocast over float32 weights).",
+        choices=EVAL_DTYPES,
+    )
+
+    def check(self) -> None:
+        resolve_device(self.device, self.name_of("device"))
 
 
 @dataclass(frozen=True)
@@ -155,7 +185,8 @@ class FinetuneComparisonSpec(Spec):
     measured on --eval-split before and after: forgetting = source accuracy before - after,
     adaptation = target accuracy after - before. Each strategy's weights are saved as
     RUN/models/<strategy>.safetensors; figures/finetune_comparison shows forgetting and
-    adaptation.
+    adaptation. --device and --dtype say where and in which precision the models are
+    trained and evaluated (bfloat16/float16: float32 weights, forward passes under autocast).
 
     Library: ``compare_strategies(model, target_train, spec=FinetuneComparisonSpec(...),
     eval_source=..., eval_target=...)``.
@@ -217,7 +248,11 @@ class FinetuneResult(Result, kind="finetune"):
             continuing) and ``phase`` (0 for LP, 1 for FT in ``"lp-ft"``; 0 otherwise).
         trainable_params: the number of trained parameter entries.
         definition: the strategy, forgetting and adaptation in words.
-        spec: the settings (the training configuration is ``config``).
+        spec: the settings (the training configuration is ``config``; ``spec.device`` and
+            ``spec.dtype`` are where and in which precision it ran).
+        task: the task's :meth:`~basinscope.engine.task.Task.describe` (the loss).
+        data_order: the trainer's (``"seeded permutation"``, or ``"loader"`` for a
+            streamed DataLoader).
         model: the fine-tuned copy (in memory only: a loaded result has ``None``).
         runs: the underlying :class:`TrainResult` of each phase (in memory only).
     """
@@ -235,6 +270,8 @@ class FinetuneResult(Result, kind="finetune"):
     trainable_params: int = 0
     definition: dict[str, str] | None = None
     spec: FinetuneSpec | None = None
+    task: dict[str, Any] | None = None
+    data_order: str | None = None
     model: nn.Module | None = transient(default=None)
     runs: tuple[TrainResult, ...] = transient(default=())
 
@@ -355,64 +392,143 @@ def _sq(t: torch.Tensor | None) -> float:
 
 
 def module_ranking(
-    model: nn.Module, data: Any, signal: str = "gradient_norm"
+    model: nn.Module,
+    data: Any,
+    signal: str = "gradient_norm",
+    *,
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> list[tuple[str, float]]:
     """Rank the modules that own parameters by ``signal`` on ``data``, highest first.
 
-    Gradients are of the mean cross-entropy over all of ``data``, in eval mode (BatchNorm
-    uses its running statistics, which are not changed). See the module docstring for
-    the signals.
+    Gradients are of the task's loss (default: cross-entropy), the mean over all of
+    ``data`` (in memory, or a DataLoader streamed batch by batch), in eval mode (BatchNorm
+    uses its running statistics, which are not changed), on ``device`` (default: the
+    model's) in ``dtype`` (default: the model's). See the module docstring for the
+    signals; ``"curvature"`` is the top eigenvalue of each module's Hessian block of the
+    task's loss, computed by the curvature operators in float64.
     """
     if signal not in GUIDED_SIGNALS:
         raise BasinscopeError(
             f"unknown guided_signal {signal!r}; valid signals are "
             f"{', '.join(repr(s) for s in GUIDED_SIGNALS)}."
         )
+    task = as_task(task)
     blocks = parameter_modules(model)
     if signal == "curvature":
         from basinscope.curvature.per_module import per_module_curvature
 
-        res = per_module_curvature(model, data, modules=list(blocks), trace=False)
+        extra: dict[str, Any] = {"task": task}
+        if device is not None:
+            extra["device"] = resolve_device(device)
+        res = per_module_curvature(model, data, modules=list(blocks), trace=False, **extra)
         scores = {r.module: float(r.top_eigenvalue) for r in res}
     else:
-        net = copy.deepcopy(model).eval()
-        params = dict(net.named_parameters())
-        dtype = next(iter(params.values())).dtype
-        x, y = as_tensors(data, "target_data")
-        x = x.to(dtype) if x.is_floating_point() else x
-        check_model_data(net, (x, y), what="the target data")
-        n = x.shape[0]
-        for xb, yb in iter_chunks(x, y, 1024):
-            loss = nn.functional.cross_entropy(net(xb), yb) * (xb.shape[0] / n)
-            loss.backward()
-        scores = {}
-        for m, names in blocks.items():
-            g = math.sqrt(sum(_sq(params[k].grad) for k in names))
-            if signal == "relative_gradient_norm":
-                w = math.sqrt(sum(_sq(params[k].detach()) for k in names))
-                g = g / max(w, 1e-12)
-            scores[m] = g
+        scores = _gradient_scores(model, data, signal, blocks, task, device, dtype)
     return sorted(scores.items(), key=lambda kv: -kv[1])
 
 
-def _metrics(model: nn.Module, evals: dict[str, Any]) -> dict[str, dict[str, float]]:
-    from basinscope.engine.evaluate import evaluate_model
+def _gradient_scores(
+    model: nn.Module,
+    data: Any,
+    signal: str,
+    blocks: dict[str, list[str]],
+    task: Task,
+    device: Any,
+    dtype: Any,
+) -> dict[str, float]:
+    first = next(iter(model.parameters()))
+    dev = resolve_device(device) if device is not None else first.device
+    storage, amp = resolve_precision(dtype)
+    net = copy.deepcopy(model).to(dev)
+    if storage is not None:
+        net.to(dtype=storage)
+    net.eval()
+    params = dict(net.named_parameters())
+    float_dtype = next(iter(params.values())).dtype
+    objective = Objective(task)
+    if streams(data):
+        batches: Any = StreamingBatches(data, device=dev, dtype=float_dtype, task=task)
+        n = None  # known after the pass: the summed gradients are divided by it then
+    else:
+        x, y = as_examples(data, "target_data", task)
+        x, y = inputs_to(x, dev, float_dtype), targets_to(y, dev, float_dtype)
+        check_model_data(net, [(x, y)], what="the target data", task=task)
+        batches, n = iter_chunks(x, y, 1024), int(y.shape[0])
+    seen = 0
+    for xb, yb in batches:
+        if n is None:
+            yb = targets_to(yb, None, float_dtype)
+            if seen == 0:
+                check_model_data(net, [(xb, yb)], what="the target data", task=task)
+        k = int(yb.shape[0])
+        with autocast(dev, amp):
+            loss = objective(call_model(net, xb), yb)
+        (loss * (k / n if n is not None else k)).backward()
+        seen += k
+    if seen == 0:
+        raise BasinscopeError("the target data gave no examples: the DataLoader is empty.")
+    if n is None:
+        for p in params.values():
+            if p.grad is not None:
+                p.grad /= seen
+    scores = {}
+    for m, names in blocks.items():
+        g = math.sqrt(sum(_sq(params[k].grad) for k in names))
+        if signal == "relative_gradient_norm":
+            w = math.sqrt(sum(_sq(params[k].detach()) for k in names))
+            g = g / max(w, 1e-12)
+        scores[m] = g
+    return scores
 
+
+def _metrics(
+    model: nn.Module, evals: dict[str, Any], task: Task, device: Any, dtype: Any
+) -> dict[str, dict[str, float]]:
     if not evals:
         return {}
-    flat = evaluate_model(model, evals)
+    flat = evaluate_task(model, evals, task=task, device=device, dtype=dtype)
     return {
         split: {k[len(split) + 1 :]: v for k, v in flat.items() if k.startswith(split + "_")}
         for split in evals
     }
 
 
-def _num_examples(data: Any) -> int:
+def _num_examples(data: Any) -> int | None:
+    """The number of examples of ``data`` (None for a loader that does not say)."""
     if data is None:
         return 0
+    if isinstance(data, Mapping):
+        return len(next(iter(data.values())))
     if isinstance(data, (tuple, list)):
         return len(data[0])
+    if streams(data):
+        return examples_per_pass(data)
     return len(data) if hasattr(data, "__len__") else len(as_tensors(data)[0])
+
+
+def _last_examples(data: Any, k: int, task: Task) -> Any:
+    """The last ``k`` examples of ``data`` in memory, in a form the trainer reads."""
+    if streams(data):
+        raise BasinscopeError(
+            "dfr_examples takes the last examples of target_data, but target_data is a "
+            "DataLoader (streamed, never gathered in memory): pass dfr_data= (a small "
+            "held-out set) instead."
+        )
+    if isinstance(data, Mapping):
+        as_examples(data, "target_data", task)  # the same checks as for training
+        return {key: v[-k:] for key, v in data.items()}
+    if (
+        hasattr(data, "__getitem__")
+        and hasattr(data, "__len__")
+        and not isinstance(data, (tuple, list, Tensor))
+        and not isinstance(getattr(data, "x", None), Tensor)
+    ):
+        n = len(data)
+        return torch.utils.data.Subset(data, range(max(n - k, 0), n))
+    x, y = as_tensors(data, "target_data")
+    return x[-k:], y[-k:]
 
 
 def _check_strategy(strategy: str) -> None:
@@ -444,15 +560,28 @@ def finetune(
     source_data: Any = None,
     eval_target: Any = None,
     eval_source: Any = None,
+    task: Task | str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> FinetuneResult:
     """Fine-tune a copy of ``model`` on ``target_data`` with ``strategy`` (module docstring).
 
     The strategy sets ``config.trainable`` (any ``frozen``/``trainable`` of ``config`` is
-    replaced); ``"lp"`` and ``"dfr"`` also set ``bn_mode="eval"``. Metrics are measured on
-    ``eval_source`` (default ``source_data``) and ``eval_target`` (default
-    ``target_data``) with :func:`~basinscope.engine.evaluate.evaluate_model`.
-    ``target_data`` may be None for ``"dfr"``, which trains on ``dfr_data`` only. The
-    settings other than ``config`` may come as ``spec=FinetuneSpec(...)``.
+    replaced); ``"lp"`` and ``"dfr"`` also set ``bn_mode="eval"``. The parameters a
+    strategy does not train stay bit-identical. Metrics are measured on ``eval_source``
+    (default ``source_data``) and ``eval_target`` (default ``target_data``) with
+    :func:`~basinscope.engine.evaluate.evaluate_model`: the task's loss, and the accuracy
+    where the targets are class labels. ``target_data`` may be None for ``"dfr"``, which
+    trains on ``dfr_data`` only. The settings other than ``config`` may come as
+    ``spec=FinetuneSpec(...)``.
+
+    Every dataset may be in memory (seeded minibatches of ``config.batch_size``) or a
+    DataLoader, streamed batch by batch in its own order (:func:`~basinscope.training.train`).
+    ``task`` is how the model is run and which loss is minimised and measured (default:
+    ``(x, y)`` batches, ``model(x)``, cross-entropy; e.g. ``Task(loss="model")`` for a
+    Hugging Face model's own loss, ``Task(loss="mse")`` for a regression). ``device``
+    (default: the model's) and ``dtype`` (default: the model's for training, float32 for the
+    metrics; bfloat16/float16 are mixed precision) are recorded in ``spec``.
     """
     _check_strategy(strategy)
     if strategy == "dfr" and dfr_data is None:
@@ -461,23 +590,31 @@ def finetune(
         )
     if strategy != "dfr" and target_data is None:
         raise BasinscopeError(f"strategy={strategy!r} needs target_data (only 'dfr' does not).")
+    task = as_task(task)
+    if device is None:
+        first = next(iter(model.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    dev = resolve_device(device)
     eval_target = target_data if eval_target is None else eval_target
     eval_source = source_data if eval_source is None else eval_source
     evals = {k: v for k, v in (("source", eval_source), ("target", eval_target)) if v is not None}
-    before = _metrics(model, evals)
+    before = _metrics(model, evals, task, dev, dtype)
 
     def cfg(trainable: Sequence[str], **kw: Any) -> TrainConfig:
         return dataclasses.replace(config, frozen=(), trainable=_escape(trainable), **kw)
+
+    def fit(start: nn.Module, data: Any, c: TrainConfig) -> TrainResult:
+        return train(start, data, c, task=task, device=dev, dtype=dtype)
 
     all_params = [n for n, _ in model.named_parameters()]
     ranking = signal = None
     runs: list[TrainResult] = []
     if strategy == "ft":
         trainable = all_params
-        runs.append(train(model, target_data, cfg(trainable)))
+        runs.append(fit(model, target_data, cfg(trainable)))
     elif strategy == "lp":
         trainable = head_parameters(model, head)
-        runs.append(train(model, target_data, cfg(trainable, bn_mode="eval")))
+        runs.append(fit(model, target_data, cfg(trainable, bn_mode="eval")))
     elif strategy == "lp-ft":
         if lp_steps < 1:
             raise BasinscopeError(f"lp_steps must be >= 1 for 'lp-ft', got {lp_steps}.")
@@ -491,12 +628,12 @@ def finetune(
             milestones=(),
             cycle_steps=None,
         )
-        runs.append(train(model, target_data, lp_cfg))
+        runs.append(fit(model, target_data, lp_cfg))
         trainable = all_params
-        runs.append(train(runs[0].model, target_data, cfg(trainable)))
+        runs.append(fit(runs[0].model, target_data, cfg(trainable)))
     elif strategy == "surgical":
         trainable = surgical_parameters(model, blocks)
-        runs.append(train(model, target_data, cfg(trainable)))
+        runs.append(fit(model, target_data, cfg(trainable)))
     elif strategy == "dfr":
         trainable = head_parameters(model, head)
         start = model
@@ -506,16 +643,18 @@ def finetune(
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(config.data_seed)
                 dict(start.named_modules())[head_name].reset_parameters()
-        runs.append(train(start, dfr_data, cfg(trainable, bn_mode="eval")))
+        runs.append(fit(start, dfr_data, cfg(trainable, bn_mode="eval")))
     else:  # guided
         if guided_top_k < 1:
             raise BasinscopeError(f"guided_top_k must be >= 1, got {guided_top_k}.")
         signal = guided_signal
-        ranking = tuple(module_ranking(model, target_data, guided_signal))
+        ranking = tuple(
+            module_ranking(model, target_data, guided_signal, task=task, device=dev, dtype=dtype)
+        )
         owned = parameter_modules(model)
         trainable = [n for m, _ in ranking[:guided_top_k] for n in owned[m]]
         trainable = [n for n in all_params if n in trainable]
-        runs.append(train(model, target_data, cfg(trainable)))
+        runs.append(fit(model, target_data, cfg(trainable)))
 
     history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "phase": []}
     offset = 0
@@ -526,7 +665,7 @@ def finetune(
         history["phase"] += [float(phase)] * len(run.history["step"])
         offset += run.config.steps
     tuned = runs[-1].model
-    after = _metrics(tuned, evals)
+    after = _metrics(tuned, evals, task, dev, dtype)
 
     def delta(split: str, sign: float) -> float | None:
         if split not in before or "accuracy" not in before[split]:
@@ -555,7 +694,11 @@ def finetune(
             dfr_reinit=dfr_reinit,
             guided_signal=guided_signal,
             guided_top_k=guided_top_k,
+            device=runs[-1].device,
+            dtype=runs[-1].dtype,
         ),
+        task=task.describe(),
+        data_order=runs[-1].data_order,
         runs=tuple(runs),
     )
 
@@ -578,11 +721,12 @@ def compare_strategies(
     """Fine-tune ``model`` on ``target_data`` with each of ``strategies``; the comparison.
 
     ``config`` and the other keyword arguments go to :func:`finetune` for every strategy
-    (:class:`FinetuneSpec`'s fields, ``eval_source``, ``eval_target``, ...; the strategy is
-    set per run); ``spec=FinetuneComparisonSpec(...)`` gives them all (what ``basinscope
-    finetune`` runs). The strategies, the blocks and the head are checked before any
-    training. Without ``dfr_data``, ``dfr_examples`` makes it the last that many examples of
-    ``target_data``. With ``save_dir`` each fine-tuned model is saved as
+    (:class:`FinetuneSpec`'s fields, ``eval_source``, ``eval_target``, ``task``,
+    ``device``, ``dtype``, ...; the strategy is set per run); ``spec=FinetuneComparisonSpec(...)``
+    gives them all (what ``basinscope finetune`` runs). The strategies, the blocks and the
+    head are checked before any training. Without ``dfr_data``, ``dfr_examples`` makes it
+    the last that many examples of ``target_data`` (which must then be in memory, not a
+    DataLoader). With ``save_dir`` each fine-tuned model is saved as
     ``<save_dir>/<strategy>.safetensors`` (the result's ``weights_files``). ``eval_split``,
     ``source`` and ``target`` describe the data in the result; ``say`` receives one progress
     line per strategy.
@@ -597,13 +741,14 @@ def compare_strategies(
     if "dfr" in strategies and dfr_examples is not None and kwargs.get("dfr_data") is None:
         if dfr_examples < 1:
             raise BasinscopeError(f"dfr_examples must be >= 1, got {dfr_examples}.")
-        x, y = as_tensors(target_data, "target_data")
-        kwargs["dfr_data"] = (x[-dfr_examples:], y[-dfr_examples:])
+        task = as_task(kwargs.get("task"))
+        kwargs["dfr_data"] = _last_examples(target_data, dfr_examples, task)
     results, files = [], {}
     for s in strategies:
         if say is not None:
             n = _num_examples(kwargs.get("dfr_data") if s == "dfr" else target_data)
-            say(f"fine-tuning with {s} for {config.steps} steps on {n} target examples")
+            where = "a streamed loader" if n is None else f"{n} target examples"
+            say(f"fine-tuning with {s} for {config.steps} steps on {where}")
         r = finetune(model, target_data, config=config, **{**kwargs, "strategy": s})
         if save_dir is not None:
             files[s] = str(save_weights(r.model, Path(save_dir) / f"{s}.safetensors"))

@@ -135,6 +135,9 @@ class TrainRun(Result, kind="train"):
     and of the checkpoints, in ``run_dir``. ``initial`` and ``final`` are the metrics of
     the first and last model on each split (``basinscope train`` evaluates them; ``None``
     otherwise). ``definition`` names the optimizer and the learning-rate schedule.
+    ``data_order`` (``"seeded permutation"`` or ``"loader"``), ``device``, ``dtype`` and
+    ``task`` (the loss and how batches were read) are the trainer's
+    (:class:`~basinscope.training.TrainResult`; ``None`` in records of older versions).
     """
 
     history: xr.Dataset
@@ -147,6 +150,10 @@ class TrainRun(Result, kind="train"):
     final: dict[str, float] | None = None
     spec: TrainSpec | None = None
     definition: str = ""
+    data_order: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+    task: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         if not self.definition:
@@ -167,16 +174,28 @@ class TrainRun(Result, kind="train"):
         ]
 
     def evaluated(
-        self, initial: Any, final: Any, data: Mapping[str, Any], spec: TrainSpec | None = None
+        self,
+        initial: Any,
+        final: Any,
+        data: Mapping[str, Any],
+        spec: TrainSpec | None = None,
+        *,
+        task: Any = None,
+        device: Any = None,
+        dtype: Any = None,
     ) -> TrainRun:
-        """This record with ``initial`` and ``final``: the metrics (loss, accuracy) of the
-        first and the last model on each split of ``data`` (``{split: data}``), and ``spec``."""
-        from basinscope.engine import evaluate_model
+        """This record with ``initial`` and ``final``: the metrics of the first and the last
+        model on each split of ``data`` (``{split: data}``), and ``spec``. The metrics are
+        the task's loss (default: cross-entropy) and the accuracy where the targets are
+        class labels, evaluated on ``device`` (default: each model's) in ``dtype``
+        (default float32)."""
+        from basinscope.training._task import evaluate_task
 
+        kw = {"task": task, "device": device, "dtype": dtype}
         return dataclasses.replace(
             self,
-            initial=evaluate_model(initial, data),
-            final=evaluate_model(final, data),
+            initial=evaluate_task(initial, data, **kw),
+            final=evaluate_task(final, data, **kw),
             spec=self.spec if spec is None else spec,
         )
 
@@ -187,6 +206,8 @@ class TrainRun(Result, kind="train"):
         from basinscope.store import paths
 
         folder = Path(run_dir) if run_dir is not None else None
+        for name in ("data_order", "device", "dtype", "task"):
+            fields.setdefault(name, getattr(result, name, None))
         return cls(
             history=history_dataset(result.history),
             checkpoint_steps=tuple(sorted(int(s) for s in result.checkpoints)),

@@ -6,6 +6,12 @@ checkpoints, the loss/learning-rate history and the final optimizer state (so a 
 run can be spawned from a checkpoint with its momentum). Given the same initial model,
 data and config the final parameters are bit-identical; the data order (and dropout)
 depend only on ``config.data_seed``.
+
+The model is run on each batch through a :class:`~basinscope.engine.task.Task` (how the
+batch is split, how the model is called, where its prediction is, which loss): any model,
+``model(x)`` or ``model(**batch)``. Data in memory is drawn in seeded permutations; a
+DataLoader is streamed in its own order (:mod:`basinscope.training._data`). ``device=``
+and ``dtype=`` say where and in which precision (mixed precision for bfloat16/float16).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import copy
 import fnmatch
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,9 +28,19 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from basinscope.engine.batches import StreamingBatches, streams
 from basinscope.engine.fit import check_model_data
+from basinscope.engine.precision import autocast
+from basinscope.engine.task import Task, as_task, call_model, inputs_to
 from basinscope.errors import BasinscopeError
-from basinscope.training._data import BatchStream, as_tensors, iter_chunks
+from basinscope.training._data import (
+    BatchStream,
+    LoaderStream,
+    as_examples,
+    iter_chunks,
+    targets_to,
+)
+from basinscope.training._task import Objective, dtype_name, resolve_device, resolve_precision
 from basinscope.training.config import TrainConfig
 from basinscope.training.schedules import lr_at
 from basinscope.training.trajectory import load_trajectory, trajectory_to_safetensors
@@ -55,13 +72,25 @@ class TrainResult:
         checkpoints: ``{step: parameter dict}`` for ``config.checkpoint_steps`` (detached
             CPU clones keyed as ``named_parameters()``; step 0 is the initial model).
         buffers: ``{step: buffer dict}`` at the same steps (BatchNorm statistics).
-        history: ``"step"``, ``"loss"`` (minibatch loss of that update) and ``"lr"`` per
-            update; with evaluation also ``"eval_step"``, ``"eval_loss"`` and
-            ``"eval_accuracy"`` (NaN when the targets are not class labels).
+        history: ``"step"``, ``"loss"`` (the task's loss on the minibatch of that update,
+            a mean over its examples) and ``"lr"`` per update; with evaluation also
+            ``"eval_step"``, ``"eval_loss"`` (the task's loss, the mean over all examples of
+            ``eval_data``) and ``"eval_accuracy"``, the last only when the task says the
+            targets are class labels (:meth:`~basinscope.engine.task.Task.classification`:
+            cross-entropy, the model's own loss, a user loss with integer targets) and
+            the prediction has a class axis for them; otherwise the key is absent.
         config: the configuration used.
         optimizer_state: the optimizer's final ``state_dict()`` (a deep copy).
         optimizer_states: ``{step: state_dict()}`` at the checkpoint steps, so a run can be
             spawned from any checkpoint with its momentum (:func:`spawn`).
+        data_order: ``"seeded permutation"`` (data in memory, ordered by
+            ``config.data_seed``) or ``"loader"`` (a streamed DataLoader, in its own order).
+        device: where the model was trained (``"cpu"``, ``"cuda:0"``, ...).
+        dtype: the precision: ``"float32"``/``"float64"`` (the model trained in that
+            dtype) or ``"bfloat16"``/``"float16"`` (mixed precision: float32 weights,
+            forward passes under autocast).
+        task: the task's :meth:`~basinscope.engine.task.Task.describe` (the loss and how
+            batches were read).
     """
 
     model: nn.Module
@@ -71,6 +100,10 @@ class TrainResult:
     config: TrainConfig
     optimizer_state: dict[str, Any]
     optimizer_states: dict[int, dict[str, Any]] = field(default_factory=dict)
+    data_order: str = "seeded permutation"
+    device: str = "cpu"
+    dtype: str = "float32"
+    task: dict[str, Any] | None = None
 
 
 def select_trainable(model: nn.Module, config: TrainConfig) -> list[str]:
@@ -154,20 +187,63 @@ def _cpu_clone(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in d.items()}
 
 
-@torch.no_grad()
-def _evaluate(model: nn.Module, x: Tensor, y: Tensor, loss_fn: LossFn) -> tuple[float, float]:
-    """Mean loss (assuming a mean-reduced ``loss_fn``) and accuracy over the whole set."""
-    model.eval()
-    total, correct, n = 0.0, 0, x.shape[0]
-    classify = not (y.is_floating_point() or y.is_complex())
-    for xb, yb in iter_chunks(x, y, _EVAL_CHUNK):
-        out = model(xb)
-        total += float(loss_fn(out, yb)) * xb.shape[0]
-        if classify and out.ndim == 2 and yb.ndim == 1:
-            correct += int((out.argmax(dim=1) == yb).sum())
+class _EvalSet:
+    """The evaluation data: in memory on the device (read in chunks), or a loader streamed
+    on every evaluation; the model is checked on its first batch before the first one."""
+
+    def __init__(self, data: Any, task: Task, dev: torch.device, dtype: Any) -> None:
+        self.streamed = streams(data)
+        self.checked = False
+        if self.streamed:
+            self.batches: Any = StreamingBatches(data, device=dev, dtype=dtype, task=task)
         else:
-            classify = False
-    return total / n, (correct / n if classify else math.nan)
+            x, y = as_examples(data, "eval_data", task)
+            self.x, self.y = inputs_to(x, dev, dtype), targets_to(y, dev, dtype)
+
+    def __iter__(self) -> Any:
+        if self.streamed:
+            for x, y in self.batches:
+                yield x, targets_to(y, None, self.batches.dtype)
+        else:
+            yield from iter_chunks(self.x, self.y, _EVAL_CHUNK)
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    data: _EvalSet,
+    objective: Objective,
+    check: Callable[[list], Any],
+    dev: torch.device,
+    amp: torch.dtype | None,
+) -> tuple[float, float | None]:
+    """The mean loss over the whole set (batch means weighted by batch size) and the
+    accuracy (None when the targets are not class labels of the prediction)."""
+    model.eval()
+    total, correct, n = 0.0, 0.0, 0
+    classify: bool | None = None
+    for xb, yb in data:
+        if not data.checked:
+            check([(xb, yb)])
+            data.checked = True
+            model.eval()
+        with autocast(dev, amp):
+            out = call_model(model, xb)
+            loss = objective(out, yb)
+        k = int(yb.shape[0])
+        total += float(loss) * k
+        if classify is None:
+            classify = objective.task.classification(yb)
+        if classify:
+            c = objective.correct(out, yb)
+            if c is None:
+                classify = False
+            else:
+                correct += c
+        n += k
+    if n == 0:
+        raise BasinscopeError("eval_data gave no examples: the DataLoader (or iterable) is empty.")
+    return total / n, (correct / n if classify else None)
 
 
 def optimizer_step(opt: torch.optim.Optimizer, step: int, lr: float, weight_decay: float) -> None:
@@ -194,23 +270,45 @@ def train(
     callbacks: Sequence[Callback] = (),
     optimizer_state: Mapping[str, Any] | None = None,
     progress: bool = False,
+    task: Task | str | None = None,
+    dtype: str | torch.dtype | None = None,
 ) -> TrainResult:
     """Train a deep copy of ``model`` on ``data``; the caller's model is never touched.
 
     Args:
         model: the initial model (left unchanged, buffers and modes included).
-        data: a pair of tensors ``(x, y)``, an object with a ``batches(batch_size,
-            shuffle=, seed=)`` method or tensor attributes ``x``/``y``, or a
-            ``torch.utils.data.Dataset`` of ``(x, y)`` items. It is read into memory
-            once; floating inputs are cast to the model's dtype. Minibatches all have
-            ``min(batch_size, len(data))`` samples, cut from consecutive seeded epoch
-            permutations (a minibatch may span two epochs).
+        data: data in memory, or a loader to stream.
+
+            **In memory**: a pair of tensors ``(x, y)``, an object with a
+            ``batches(batch_size, shuffle=, seed=)`` method or tensor attributes ``x``/``y``
+            (``TensorData``), a ``torch.utils.data.Dataset`` of ``(x, y)`` or dict items, or
+            a dict of equally long tensors (``input_ids``, ``attention_mask``, ``labels``;
+            split by the task into the model's inputs and the targets). It is read into
+            memory once, on the device; floating inputs are cast to the model's dtype
+            (integer token ids stay). Minibatches all have ``min(config.batch_size,
+            len(data))`` examples, cut from consecutive seeded epoch permutations of
+            ``config.data_seed`` (a minibatch may span two epochs; every tensor of a dict
+            is indexed by the same permutation): ``data_order="seeded permutation"``.
+
+            **Streamed**: a ``torch.utils.data.DataLoader`` (or any re-iterable of
+            batches that is not a list: ``(x, y)`` tuples or dicts) is read batch by batch,
+            epoch after epoch, and never gathered in memory; only the current batch is on
+            the device. The batches and their order are the loader's own
+            (``data_order="loader"``; a shuffling loader without its own generator draws
+            from the global RNG, which ``train`` seeds from ``config.data_seed``, so runs
+            repeat). ``config.batch_size`` does not apply (a warning says so when it
+            differs from the loader's ``batch_size``); a ragged last batch is a step of
+            its own. ``config.steps`` counts optimizer steps across epochs as for data in
+            memory.
         config: the :class:`TrainConfig` (default ``TrainConfig()``).
-        eval_data: data in the same forms, evaluated every ``config.eval_every`` steps
-            (and at step 0 and the final step) in eval mode.
-        loss_fn: ``loss_fn(outputs, targets) -> scalar``, mean-reduced; default
-            cross-entropy.
-        device: where to train (default: the model's device).
+        eval_data: data in the same forms (a loader is streamed at every evaluation),
+            evaluated every ``config.eval_every`` steps (and at step 0 and the final step)
+            in eval mode: the task's loss, and the accuracy when the targets are class
+            labels (see :class:`TrainResult`).
+        loss_fn: ``loss_fn(prediction, targets)``, a batch mean (a scalar) or one value
+            per example; the same as ``task=Task(loss=loss_fn)`` (give one of the two).
+        device: where to train: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"`` (default:
+            the model's device); a device this machine lacks is refused.
         callbacks: ``cb(step, model, info)`` called after each update (``step`` from 1);
             ``info`` holds ``"loss"``, ``"lr"``, ``"epoch"`` (fractional passes over the
             data) and ``"optimizer"``. The train/eval modes are re-applied after the
@@ -219,25 +317,45 @@ def train(
             whose per-parameter state (momentum buffers, Adam moments) is loaded into the
             fresh optimizer; the hyperparameters still come from ``config``.
         progress: show a tqdm progress bar.
+        task: how the model is run on a batch and which loss is minimised
+            (:class:`~basinscope.engine.task.Task`, or a ``module:attr`` name of one;
+            default ``Task()``: ``(x, y)`` batches, ``model(x)``, cross-entropy). The
+            training loss is the task's loss, the mean over the minibatch's examples
+            (the model's own ``.loss`` for ``loss="model"``).
+        dtype: the precision: ``None`` keeps the model's dtype; ``"float32"`` or
+            ``"float64"`` trains the model in that dtype; ``"bfloat16"`` or ``"float16"`` is
+            mixed precision: float32 weights, the forward pass and the loss under
+            ``torch.autocast``, and for float16 on CUDA a ``torch.amp.GradScaler`` (an
+            update whose gradients overflow is skipped and the scale lowered).
 
     Returns:
         A :class:`TrainResult`.
 
     Raises:
         BasinscopeError: bad data, patterns that match nothing, an incompatible
-            ``optimizer_state`` or a loss that becomes NaN/inf.
+            ``optimizer_state``, both ``task`` and ``loss_fn``, an absent device or a loss
+            that becomes NaN/inf.
     """
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):
         raise BasinscopeError(f"config must be a TrainConfig, got {type(config).__name__}.")
-    classification = loss_fn is None
-    loss_fn = nn.functional.cross_entropy if loss_fn is None else loss_fn
+    if task is not None and loss_fn is not None:
+        raise BasinscopeError(
+            "train() got both task= and loss_fn=: give one. loss_fn=f is the same as "
+            "task=Task(loss=f); to combine a loss with a batch layout, use "
+            "Task(loss=f, targets=..., output=...)."
+        )
+    task = Task(loss=loss_fn) if loss_fn is not None else as_task(task)
+    objective = Objective(task)
     if device is None:
         first = next(iter(model.parameters()), None)
         device = first.device if first is not None else torch.device("cpu")
-    dev = torch.device(device)
+    dev = resolve_device(device)
+    storage, amp = resolve_precision(dtype)
 
     net = copy.deepcopy(model).to(dev)
+    if storage is not None:
+        net.to(dtype=storage)
     modes = [m.training for m in net.modules()]
     grad_flags = {n: p.requires_grad for n, p in net.named_parameters()}
     chosen = set(select_trainable(net, config))
@@ -247,51 +365,71 @@ def train(
         if n in chosen:
             params.append(p)
 
-    dtype = _float_dtype(net)
+    float_dtype = _float_dtype(net)
+    precision = dtype_name(dtype) if dtype is not None else dtype_name(float_dtype or "float32")
 
-    def prepare(d: Any, what: str) -> tuple[Tensor, Tensor]:
-        x, y = as_tensors(d, what)
-        if dtype is not None and x.is_floating_point():
-            x = x.to(dtype)
-        return x.to(dev), y.to(dev)
+    def check(batches: list, what: str) -> None:
+        # one forward pass before the first step: inputs, logits and labels fit the model
+        check_model_data(net, batches, what=what, task=task)
 
-    x, y = prepare(data, "data")
+    streamed = streams(data)
+    if streamed:
+        stream: BatchStream | LoaderStream = LoaderStream(
+            StreamingBatches(data, device=dev, dtype=float_dtype, task=task), "data"
+        )
+        loader_batch = getattr(data, "batch_size", None)
+        if isinstance(loader_batch, int) and loader_batch != config.batch_size:
+            warnings.warn(
+                f"config.batch_size={config.batch_size} does not apply to a DataLoader: its "
+                f"batches of {loader_batch} are used as they come (set the loader's batch_size "
+                "to choose it, or pass the data in memory for seeded minibatches of "
+                "config.batch_size)",
+                UserWarning,
+                stacklevel=2,
+            )
+    else:
+        x, y = as_examples(data, "data", task)
+        x, y = inputs_to(x, dev, float_dtype), targets_to(y, dev, float_dtype)
+        check([(x, y)], "the training data")
+        stream = BatchStream(x, y, config.batch_size, config.data_seed)
     do_eval = config.eval_every > 0 and eval_data is not None
-    ex, ey = prepare(eval_data, "eval_data") if do_eval else (x[:0], y[:0])
-    # one forward pass before the first step: inputs, logits and labels fit the model
-    check_model_data(net, (x, y), what="the training data", classification=classification)
-    if do_eval:
-        check_model_data(net, (ex, ey), what="eval_data", classification=classification)
+    evals = _EvalSet(eval_data, task, dev, float_dtype) if do_eval else None
+    if evals is not None and not evals.streamed:
+        check([(evals.x, evals.y)], "eval_data")
+        evals.checked = True
 
     opt = _make_optimizer(params, config)
     if optimizer_state is not None:
         _load_optimizer_state(opt, optimizer_state, config)
+    scaler = torch.amp.GradScaler(dev.type) if amp == torch.float16 and dev.type == "cuda" else None
 
-    stream = BatchStream(x, y, config.batch_size, config.data_seed)
     ckpt_steps = set(config.checkpoint_steps)
     checkpoints: dict[int, dict[str, Tensor]] = {}
     buffers: dict[int, dict[str, Tensor]] = {}
     optimizer_states: dict[int, dict[str, Any]] = {}
     history: dict[str, list[float]] = {"step": [], "loss": [], "lr": []}
     if do_eval:
-        history.update({"eval_step": [], "eval_loss": [], "eval_accuracy": []})
+        history.update({"eval_step": [], "eval_loss": []})
 
     def record(step: int) -> None:
         if step in ckpt_steps:
             checkpoints[step] = _cpu_clone(dict(net.named_parameters()))
             buffers[step] = _cpu_clone(dict(net.named_buffers()))
             optimizer_states[step] = copy.deepcopy(opt.state_dict())
-        if do_eval and (step % config.eval_every == 0 or step == config.steps):
-            loss, acc = _evaluate(net, ex, ey, loss_fn)
+        if evals is not None and (step % config.eval_every == 0 or step == config.steps):
+            loss, acc = _evaluate(net, evals, objective, lambda b: check(b, "eval_data"), dev, amp)
             history["eval_step"].append(float(step))
             history["eval_loss"].append(loss)
-            history["eval_accuracy"].append(acc)
+            if acc is not None:
+                history.setdefault("eval_accuracy", []).append(acc)
             _set_mode(net, config.bn_mode)
 
     fork_devices = [] if dev.type == "cpu" else [dev.index if dev.index is not None else 0]
     fork_type = "cuda" if dev.type == "cpu" else dev.type
     with torch.random.fork_rng(devices=fork_devices, device_type=fork_type):
         torch.manual_seed((config.data_seed * 1_000_003 + 99_991) % (2**63 - 1))
+        if isinstance(stream, LoaderStream):  # read (and check) the loader's first batch
+            check([stream.first()], "the training data")
         _set_mode(net, config.bn_mode)
         record(0)
         for step in tqdm(range(1, config.steps + 1), disable=not progress, desc="train"):
@@ -309,9 +447,15 @@ def train(
             for group in opt.param_groups:
                 group["lr"] = lr
             xb, yb = next(stream)
+            if streamed:
+                yb = targets_to(yb, None, float_dtype)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
-            loss.backward()
+            with autocast(dev, amp):
+                loss = objective(call_model(net, xb), yb)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+            else:
+                loss.backward()
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise BasinscopeError(
@@ -319,8 +463,14 @@ def train(
                     "lower the learning rate, add warmup or set grad_clip."
                 )
             if config.grad_clip is not None:
+                if scaler is not None:
+                    scaler.unscale_(opt)
                 nn.utils.clip_grad_norm_(params, config.grad_clip)
-            optimizer_step(opt, step, lr, config.weight_decay)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                optimizer_step(opt, step, lr, config.weight_decay)
             history["step"].append(float(step))
             history["loss"].append(loss_value)
             history["lr"].append(lr)
@@ -344,6 +494,10 @@ def train(
         config=config,
         optimizer_state=copy.deepcopy(opt.state_dict()),
         optimizer_states=optimizer_states,
+        data_order=stream.data_order,
+        device=str(dev),
+        dtype=precision,
+        task=task.describe(),
     )
 
 
