@@ -100,7 +100,7 @@ def test_dict_files_with_splits(tmp_path):
     np.savez(only_test, input_ids_test=ids, labels_test=labels)
     assert data_splits(str(only_test)) == ("test",)
     mismatched = tmp_path / "mismatched.npz"
-    np.savez(mismatched, a_train=ids, b_test=ids)
+    np.savez(mismatched, ids_train=ids, labels_train=labels, labels_test=labels)
     with pytest.raises(BasinscopeError, match="different names"):
         load_npz(mismatched, "all")
 
@@ -109,8 +109,8 @@ def test_dict_files_with_splits(tmp_path):
     ("arrays", "match"),
     [
         ({"ids": np.zeros((3, 2)), "labels": np.zeros(4)}, "same number of examples"),
-        ({"ids": np.array(["a", "b"])}, r"must be numeric .* found 'ids' <U1"),
-        ({"ids": np.float32(3.0)}, r"must be numeric with the examples along dim 0"),
+        ({"ids": np.array(["a", "b"]), "labels": np.zeros(2)}, r"numeric .* found 'ids' <U1"),
+        ({"ids": np.float32(3.0), "label": np.zeros(2)}, r"numeric with the examples along dim 0"),
     ],
 )
 def test_dict_file_errors(tmp_path, arrays, match):
@@ -120,11 +120,20 @@ def test_dict_file_errors(tmp_path, arrays, match):
         load_npz(p)
 
 
-def test_empty_file(tmp_path):
-    p = tmp_path / "empty.npz"
-    np.savez(p)
-    with pytest.raises(BasinscopeError, match="holds no arrays"):
+def test_a_file_with_neither_x_y_nor_targets_by_name_says_what_to_save(tmp_path):
+    p = tmp_path / "ab.npz"
+    np.savez(p, a=np.zeros(3), b=np.zeros(3))
+    with pytest.raises(
+        BasinscopeError,
+        match=r"lacks the arrays x and y; it holds \['a', 'b'\].*for a dict dataset .*"
+        r"targets as target/targets/label/labels: np.savez\(path, input_ids=ids",
+    ):
         load_npz(p)
+    assert data_splits(str(p)) == ("train", "test")  # unreadable as data: reading says why
+    empty = tmp_path / "empty.npz"
+    np.savez(empty)
+    with pytest.raises(BasinscopeError, match=r"lacks the arrays x and y; it holds \[\]"):
+        load_npz(empty)
 
 
 # --------------------------------------------------------------- dicts from module:attr

@@ -52,6 +52,10 @@ _NPZ_DICT_HOW = "np.savez(path, input_ids=ids, attention_mask=mask, labels=label
 #: The built-in data specs of :func:`resolve_data` (each has a train and a test split).
 BUILTIN_DATA = ("digits", "mnist", "mnist5k", "tokens")
 
+#: Target names that make an ``.npz`` without x/y arrays a dict dataset: the names the
+#: default task reads targets from (``basinscope.engine.task.TARGET_KEYS``).
+DICT_TARGET_KEYS = ("y", "target", "targets", "label", "labels")
+
 #: Split names recognised as a suffix ``_<split>`` of an array's name in a dict ``.npz``.
 NPZ_SPLITS = ("train", "test", "val", "valid", "validation", "all")
 
@@ -81,10 +85,11 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData | DictDat
     floating-point regression targets ``(N,)`` / ``(N, K)``: a :class:`TensorData` with
     ``regression`` true, for ``--loss mse``.
 
-    A file with no ``x``/``y`` arrays at all is a dict dataset (:class:`DictData`): its
-    arrays by name, e.g. ``input_ids``, ``attention_mask``, ``labels``, serve the
-    ``"train"`` split, and ``<name>_<split>`` arrays (``input_ids_test``) the named split,
-    the suffix removed. Arrays keep their dtypes (token ids stay integers).
+    A file with no ``x``/``y`` arrays and its targets under a usual name (``labels``,
+    ``label``, ``targets`` or ``target``) is a dict dataset (:class:`DictData`): its arrays
+    by name, e.g. ``input_ids``, ``attention_mask``, ``labels``, serve the ``"train"``
+    split, and ``<name>_<split>`` arrays (``input_ids_test``) the named split, the suffix
+    removed. Arrays keep their dtypes (token ids stay integers).
     """
     path = Path(path)
     if not path.is_file():
@@ -119,7 +124,7 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData | DictDat
         raise _npz_error(path, e) from e
 
     have = sorted(arrays)
-    if not _xy_file(arrays.keys()):
+    if _dict_file(arrays.keys()):
         return _npz_dict(path, arrays, split)
     if split is not None and {f"x_{split}", f"y_{split}"} <= arrays.keys():
         keys = [(f"x_{split}", f"y_{split}")]
@@ -139,7 +144,9 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData | DictDat
         want = "x and y" if split is None else f"x_{split} and y_{split} (or x and y)"
         raise BasinscopeError(
             f"{str(path)!r} lacks the arrays {want}; it holds {have}. Write it with "
-            f"{_NPZ_HOW} or np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)."
+            f"{_NPZ_HOW} or np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...); "
+            "or, for a dict dataset (a keyword model), name the arrays as the model's "
+            f"arguments with the targets as {'/'.join(DICT_TARGET_KEYS[1:])}: {_NPZ_DICT_HOW}."
         )
     xs, ys = [], []
     for kx, ky in keys:
@@ -171,10 +178,14 @@ def load_npz(path: str | Path, split: str | None = None) -> TensorData | DictDat
     return _finish(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), name)
 
 
-def _xy_file(keys: Iterable[str]) -> bool:
-    """Whether an ``.npz`` holds x/y arrays (``x``, ``y``, ``x_<split>``, ``y_<split>``);
-    a file with none of them is a dict dataset."""
-    return any(k in ("x", "y") or k.startswith(("x_", "y_")) for k in keys)
+def _dict_file(keys: Iterable[str]) -> bool:
+    """Whether an ``.npz`` is a dict dataset: no x/y arrays (``x``, ``y``, ``x_<split>``,
+    ``y_<split>``), and targets under a usual name (``labels``, ``labels_test``...)."""
+    keys = list(keys)
+    if any(k in ("x", "y") or k.startswith(("x_", "y_")) for k in keys):
+        return False
+    bases = {k if s is None else k[: -len(s) - 1] for k in keys for s in [_split_of(k, None)]}
+    return bool(bases & set(DICT_TARGET_KEYS))
 
 
 def _split_of(key: str, split: str | None) -> str | None:
@@ -204,11 +215,6 @@ def _npz_dict(path: Path, arrays: dict[str, np.ndarray], split: str | None) -> D
                 f"({sorted(parts[0])} and {sorted(parts[1])}), so the 'all' split cannot join "
                 "them. Save the same arrays for each split."
             )
-    elif not arrays:
-        raise BasinscopeError(
-            f"{str(path)!r} holds no arrays. Write it with {_NPZ_HOW} or, for a dict "
-            f"dataset, {_NPZ_DICT_HOW}."
-        )
     else:
         raise BasinscopeError(
             f"{str(path)!r} has no {split or 'train'} arrays: it holds {have}, a dict dataset "
@@ -362,7 +368,7 @@ def data_splits(spec: str) -> tuple[str, ...]:
                 names = {n.removesuffix(".npy") for n in z.namelist()}
         except (OSError, zipfile.BadZipFile):
             return ("train", "test")
-        if not _xy_file(names):
+        if _dict_file(names):
             found = {_split_of(n, None) for n in names}
             dict_have = {"train"} if None in found else set()
             dict_have |= {s for s in ("train", "test") if s in found}
