@@ -5,7 +5,8 @@
 #   make science -- what the studies show, on their quick configurations (CI runs it too)
 # Each creates (or reuses) the virtual environment in $(VENV), installs torch==2.13.0
 # first (the CPU wheel on these machines; a plain `torch` requirement would pull
-# gigabytes of CUDA packages), then basinscope with the extras it needs.
+# gigabytes of CUDA packages), then basinscope with the extras it needs (dev includes
+# transformers, for the built-in BERT), torch pinned again so that no extra replaces it.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,7 +21,7 @@ $(BIN)/python:
 
 $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 	$(PIP) install "torch==$(TORCH_VERSION)"
-	$(PIP) install -e ".[dev]"
+	$(PIP) install -e ".[dev]" "torch==$(TORCH_VERSION)"
 	touch $@
 
 demo: $(VENV)/.installed-dev

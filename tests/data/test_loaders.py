@@ -70,7 +70,7 @@ def test_npz_without_test_arrays(tmp_path):
         ({"x": X, "y": Y[:5]}, "same length, found 12 inputs and 5 labels"),
         ({"x": X[:0], "y": Y[:0]}, "is empty"),
         ({"x": X, "y": Y.reshape(3, 4)}, "1-D label array"),
-        ({"x": X, "y": np.linspace(0, 1, 12)}, "integer class indices"),
+        ({"x": X, "y": np.linspace(0, 1, 12) * 1j}, "floating-point regression targets"),
         ({"x": np.array(["a"] * 12), "y": Y}, "numeric array"),
     ],
 )

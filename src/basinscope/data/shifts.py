@@ -3,7 +3,8 @@
 The pure functions (:func:`rotate`, :func:`block_shuffle`, :func:`add_noise`) take a
 tensor and return a new one; :func:`apply_shift` and :func:`label_subset` do the same on
 a :class:`TensorData` and record the shift in its name, so a fine-tuning run on
-``digits-train-rot35`` says what it was trained on.
+``digits-train-rot35`` says what it was trained on. They are shifts of images and feature
+vectors: a :class:`~basinscope.data.DictData` (token sequences) is refused with a message.
 
 Every shift is deterministic: rotation has no randomness, and the seeded ones draw from a
 private ``torch.Generator().manual_seed(seed)`` on the CPU, never from the global RNG.
@@ -18,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from basinscope.data.dictdata import DictData
 from basinscope.data.tensordata import TensorData
 from basinscope.errors import BasinscopeError
 
@@ -131,13 +133,13 @@ def _num(v: float) -> str:
 
 
 def apply_shift(
-    data: TensorData,
+    data: TensorData | DictData,
     *,
     rotation: float = 0.0,
     block_shuffle: int | None = None,
     noise: float = 0.0,
     seed: int = 0,
-) -> TensorData:
+) -> TensorData | DictData:
     """Apply rotation, then block shuffling, then noise; the name records each shift.
 
     Args:
@@ -150,8 +152,27 @@ def apply_shift(
     Returns:
         A new :class:`TensorData`, e.g. named ``"digits-train-rot35-block4-noise0.1"``
         (with ``-seed<k>`` appended when a seeded shift uses ``seed != 0``). With no shift
-        the input is returned unchanged.
+        the input is returned unchanged (a :class:`DictData` too; asking it for a shift
+        raises a BasinscopeError).
     """
+    if isinstance(data, DictData):
+        asked = [
+            flag
+            for flag, on in (
+                (f"--rotation {rotation:g}", bool(rotation)),
+                (f"--block-shuffle {block_shuffle}", block_shuffle is not None),
+                (f"--noise {noise:g}", bool(noise)),
+            )
+            if on
+        ]
+        if asked:
+            raise BasinscopeError(
+                f"the dataset {data.name!r} is a dict of tensors ({', '.join(data)}), not "
+                f"images or feature vectors, so the shifts {', '.join(asked)} do not apply "
+                "to it (rotating or adding noise to token ids has no meaning). Drop those "
+                "options, or shift the data yourself in a module:attr function of split."
+            )
+        return data
     x, parts = data.x, []
     if rotation:
         x = rotate(x, rotation)
@@ -180,6 +201,12 @@ def label_subset(data: TensorData, labels: Sequence[int]) -> TensorData:
     result is its largest kept label plus one, so a model head sized for the full
     dataset still fits.
     """
+    if isinstance(data, DictData) or data.regression:
+        what = "a dict of tensors" if isinstance(data, DictData) else "regression targets"
+        raise BasinscopeError(
+            f"label_subset of {data.name!r}: it needs integer class labels y, and the dataset "
+            f"holds {what}. Select the examples with .subset(indices) instead."
+        )
     wanted = sorted({int(v) for v in labels})
     present = sorted(int(v) for v in torch.unique(data.y))
     if not wanted:

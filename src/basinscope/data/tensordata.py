@@ -1,4 +1,4 @@
-"""An in-memory dataset: two tensors and a name.
+"""An in-memory dataset: two tensors (inputs and labels or regression targets) and a name.
 
 Every data source in basinscope (the built-in digits and MNIST subsets, ``.npz`` files,
 user datasets and loaders) ends up as a :class:`TensorData`. Loss-landscape evaluation
@@ -23,12 +23,15 @@ __all__ = ["TensorData"]
 
 @dataclass(frozen=True)
 class TensorData:
-    """An in-memory dataset of inputs ``x`` and integer class labels ``y``.
+    """An in-memory dataset of inputs ``x`` and targets ``y``: class labels or regression
+    targets.
 
     Args:
         x: Floating-point inputs with the samples along the first dimension: images
             ``(N, C, H, W)`` or feature vectors ``(N, D)``.
-        y: Integer class labels ``(N,)``; any integer dtype is converted to ``int64``.
+        y: Integer class labels ``(N,)`` (any integer dtype is converted to ``int64``), or
+            floating-point regression targets ``(N,)`` or ``(N, K, ...)`` (kept as they
+            are; :attr:`regression` is then true, for a loss such as MSE).
         name: A short human-readable name used in logs and run folders
             (e.g. ``"digits-train-rot35"``).
 
@@ -57,17 +60,25 @@ class TensorData:
                 f"{label}: x must be floating point, found dtype {self.x.dtype}. "
                 "Convert with x.float() (and scale images to [0, 1])."
             )
-        if self.y.ndim != 1:
+        if self.y.is_complex() or self.y.dtype == torch.bool:
+            raise BasinscopeError(
+                f"{label}: y must hold integer class indices or floating-point regression "
+                f"targets, found dtype {self.y.dtype}. Convert class labels with y.long() and "
+                "regression targets with y.float()."
+            )
+        if self.y.is_floating_point():
+            if self.y.ndim == 0:
+                raise BasinscopeError(
+                    f"{label}: regression targets y need the samples along dim 0 ((N,) or "
+                    f"(N, K)), found a 0-d tensor. Give one target per sample."
+                )
+        elif self.y.ndim != 1:
             raise BasinscopeError(
                 f"{label}: y must be a 1-D tensor of class indices, found shape "
-                f"{tuple(self.y.shape)}. One-hot labels can be converted with y.argmax(1)."
+                f"{tuple(self.y.shape)}. One-hot labels can be converted with y.argmax(1); "
+                "regression targets must be floating point (y.float())."
             )
-        if self.y.is_floating_point() or self.y.is_complex() or self.y.dtype == torch.bool:
-            raise BasinscopeError(
-                f"{label}: y must hold integer class indices, found dtype {self.y.dtype}. "
-                "Convert with y.long() if the values are whole numbers."
-            )
-        if self.y.dtype != torch.int64:
+        if not self.y.is_floating_point() and self.y.dtype != torch.int64:
             object.__setattr__(self, "y", self.y.long())
         if self.x.shape[0] != self.y.shape[0]:
             raise BasinscopeError(
@@ -89,7 +100,16 @@ class TensorData:
                 f"{len(self.x)} samples, the first at index {first}. Every loss and metric "
                 "would be NaN: clean the inputs (e.g. np.nan_to_num) or drop those samples."
             )
-        if int(self.y.min()) < 0:
+        if self.y.is_floating_point():
+            finite_y = torch.isfinite(self.y)
+            if not bool(finite_y.all()):
+                bad = (~finite_y).reshape(len(self.y), -1).any(dim=1)
+                raise BasinscopeError(
+                    f"{label}: the regression targets y hold non-finite values (NaN or inf) in "
+                    f"{int(bad.sum())} of {len(self.y)} samples, the first at index "
+                    f"{int(bad.nonzero()[0, 0])}. Clean them or drop those samples."
+                )
+        elif int(self.y.min()) < 0:
             raise BasinscopeError(
                 f"{label}: labels must be class indices >= 0, found minimum "
                 f"{int(self.y.min())}. Remap labels to 0..num_classes-1."
@@ -99,14 +119,34 @@ class TensorData:
         return int(self.y.shape[0])
 
     def __repr__(self) -> str:
+        if self.regression:
+            targets = f"regression targets {tuple(self.y.shape[1:])} {self.y.dtype}"
+        else:
+            targets = f"num_classes={self.num_classes}"
         return (
             f"TensorData(name={self.name!r}, n={len(self)}, x={tuple(self.x.shape)} "
-            f"{self.x.dtype}, num_classes={self.num_classes}, device={self.x.device})"
+            f"{self.x.dtype}, {targets}, device={self.x.device})"
         )
 
     @property
+    def regression(self) -> bool:
+        """Whether ``y`` holds regression targets (floating point) rather than class labels."""
+        return self.y.is_floating_point()
+
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """Shape of one target (``y.shape[1:]``): ``()`` for labels or scalar targets."""
+        return tuple(self.y.shape[1:])
+
+    @property
     def num_classes(self) -> int:
-        """Number of classes, taken as the largest label plus one."""
+        """Number of classes, taken as the largest label plus one (class labels only)."""
+        if self.regression:
+            raise BasinscopeError(
+                f"dataset {self.name!r} holds regression targets y of shape "
+                f"{tuple(self.y.shape)} ({self.y.dtype}), not class labels, so it has no "
+                "number of classes. Use a regression loss (--loss mse)."
+            )
         return int(self.y.max()) + 1
 
     @property
@@ -180,7 +220,8 @@ class TensorData:
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> TensorData:
-        """A new dataset on ``device``; only ``x`` is cast to ``dtype`` (labels stay int64)."""
+        """A new dataset on ``device``; only ``x`` is cast to ``dtype`` (labels stay int64,
+        regression targets keep their dtype)."""
         if dtype is not None and not dtype.is_floating_point:
             raise BasinscopeError(
                 f"TensorData.to: dtype must be a floating-point dtype for x, found {dtype}. "

@@ -2,12 +2,15 @@
 
 Built in: :func:`mlp`, :func:`lenet` and :func:`resnet` (with ``skip=False`` for the
 no-skip networks of Li et al., 2018), all sized by ``in_channels``/``image_size`` to run
-on both 8x8 digits and 28x28 MNIST. :func:`build_model` turns a spec (``"lenet"`` or
+on both 8x8 digits and 28x28 MNIST; and :func:`bert`, a small Hugging Face
+``BertForSequenceClassification`` made from a config for the built-in token data (needs
+``pip install 'basinscope[transformers]'``). :func:`build_model` turns a spec (``"lenet"`` or
 ``"module:factory"``, e.g. ``"basinscope.models:lenet"``) into a model with a seeded
 initialization; :func:`load_weights`, :func:`load_state_dict_file` and
 :func:`save_weights` move state dicts to and from ``.safetensors``/``.pt`` files.
 """
 
+from basinscope.models.hf import bert
 from basinscope.models.loading import (
     build_model,
     load_state_dict_file,
@@ -18,6 +21,7 @@ from basinscope.models.zoo import MODELS, lenet, mlp, resnet
 
 __all__ = [
     "MODELS",
+    "bert",
     "build_model",
     "lenet",
     "load_state_dict_file",

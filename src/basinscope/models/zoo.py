@@ -1,8 +1,11 @@
 """Small models for loss-landscape experiments.
 
-All constructors take ``num_classes``, ``in_channels`` and ``image_size`` so that the same
-architecture runs on the 8x8 digits and on 28x28 MNIST, and all use PyTorch's default
-initialization, so ``torch.manual_seed(k)`` before construction fixes the weights.
+The image models (:func:`mlp`, :func:`lenet`, :func:`resnet`) take ``num_classes``,
+``in_channels`` and ``image_size`` so that the same architecture runs on the 8x8 digits and
+on 28x28 MNIST. :data:`MODELS` also registers ``bert``, the small Hugging Face transformer
+of :mod:`basinscope.models.hf` (token data; needs the transformers extra). All use
+PyTorch's RNG for their initialization, so ``torch.manual_seed(k)`` before construction
+fixes the weights.
 Submodule names are stable (``fc1``, ``conv1``, ``layer2.0.conv1``...): they are the keys of
 parameter dicts, direction files and checkpoints.
 """
@@ -16,8 +19,9 @@ from torch import Tensor, nn
 
 from basinscope._checks import positive_int
 from basinscope.errors import BasinscopeError
+from basinscope.models.hf import bert
 
-__all__ = ["MODELS", "BasicBlock", "LeNet", "ResNet", "lenet", "mlp", "resnet"]
+__all__ = ["MODELS", "BasicBlock", "LeNet", "ResNet", "bert", "lenet", "mlp", "resnet"]
 
 
 #: Largest layer width, channel count or class count: a 100,000-wide layer already holds
@@ -237,4 +241,10 @@ def resnet(
     return ResNet(depth, width, skip, batchnorm, num_classes, in_channels, image_size)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "lenet": lenet, "resnet": resnet}
+#: The built-in models by name (``--model lenet``); ``bert`` needs the transformers extra.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "lenet": lenet,
+    "resnet": resnet,
+    "bert": bert,
+}
