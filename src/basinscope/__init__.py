@@ -70,6 +70,8 @@ _API: dict[str, tuple[str, str]] = {
     "save_weights": ("basinscope.models", "save_weights"),
     "load_digits": ("basinscope.data", "load_digits"),
     "load_mnist5k": ("basinscope.data", "load_mnist5k"),
+    "load_tokens": ("basinscope.data", "load_tokens"),
+    "DictData": ("basinscope.data", "DictData"),
     # the protocol
     "Spec": ("basinscope.spec", "Spec"),
     "EvalOptions": ("basinscope.spec", "EvalOptions"),

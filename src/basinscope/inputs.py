@@ -24,6 +24,7 @@ __all__ = [
     "ModelOptions",
     "ModelPair",
     "ModelsOptions",
+    "TaskOptions",
     "TrainedAndInit",
     "fingerprints",
     "labels_of",
@@ -34,7 +35,7 @@ __all__ = [
 ]
 
 MODEL_HELP = (
-    "A built-in name (mlp, lenet, resnet) or module:factory. module:factory imports that "
+    "A built-in name (mlp, lenet, resnet, bert) or module:factory. module:factory imports that "
     "Python module, which runs its code: name only code you trust."
 )
 KWARGS_HELP = "JSON keyword arguments for the factory, e.g. '{\"width\": 2}'."
@@ -110,44 +111,174 @@ class DataOptions(Spec):
 
     data: str = option(
         "digits",
-        "digits, mnist, a .npz file or module:attr (imports that Python module, which runs "
+        "digits, mnist, tokens (token sequences for bert), a .npz file or module:attr (imports that Python module, which runs "
         "its code: name only code you trust).",
     )
     rotation: float = option(0.0, "Rotate the images by this many degrees.")
     block_shuffle: int | None = option(None, "Shuffle k x k blocks of each image.", low=1)
     noise: float = option(0.0, "Std of additive Gaussian input noise.", low=0.0)
     shift_seed: int = option(0, "Seed of the block permutation and the noise.", low=0)
+    holdout: float = option(
+        0.2,
+        "Data without a test split (a plain x/y .npz): the fraction of its examples held out "
+        "as the test split, drawn with --holdout-seed (train is the rest); 0 keeps all as train.",
+        low=0.0,
+        high=0.9,
+    )
+    holdout_seed: int = option(0, "Seed of the held-out test examples.", low=0)
+
+    def _held_out(self) -> bool:
+        """Whether test is carved out of the data (it has no test split of its own)."""
+        if self.holdout <= 0:
+            return False
+        from basinscope.data import data_splits
+
+        return "test" not in data_splits(self.data)
 
     def splits(self, wanted: Sequence[str] = ()) -> tuple[str, ...]:
         """``wanted``, or by default the splits the data has of train and test
-        (:func:`basinscope.data.data_splits`), with a warning when test is missing: a plain
-        ``x``/``y`` file is evaluated on its one split instead of failing."""
+        (:func:`basinscope.data.data_splits`). Data without a test split gets one held out
+        (:attr:`holdout`, said in a warning that the run folder keeps); with ``--holdout 0``
+        it is evaluated on its one split, with a warning."""
         if wanted:
             return tuple(wanted)
         from basinscope.data import data_splits
 
         have = data_splits(self.data)
-        if "test" not in have:
+        if "test" not in have and not self._held_out():
             warnings.warn(
                 f"{self.data} has no test split: evaluating {', '.join(have)} only (save "
-                "x_test/y_test beside x/y to evaluate a held-out split too)",
+                "x_test/y_test beside x/y, or pass --holdout 0.2, to evaluate a held-out split too)",
                 UserWarning,
                 stacklevel=2,
             )
-        return have
+        return ("train", "test") if self._held_out() else have
 
     def load(self, split: str) -> Any:
         from basinscope.data import resolve_data
         from basinscope.store import safe_component
 
-        return resolve_data(
+        held = split in ("train", "test") and self._held_out()
+        data = resolve_data(
             self.data,
-            safe_component(split, "split name"),
+            "train" if held else safe_component(split, "split name"),
             rotation=self.rotation,
             block_shuffle=self.block_shuffle,
             noise=self.noise,
             seed=self.shift_seed,
         )
+        return _hold_out(data, split, self.holdout, self.holdout_seed, self.data) if held else data
+
+
+def _hold_out(data: Any, split: str, fraction: float, seed: int, name: str) -> Any:
+    """``split`` ("train" or "test") of ``data`` cut in two by a seeded permutation."""
+    import dataclasses as dc
+
+    import torch
+
+    n = _num_examples(data)
+    n_test = max(1, round(fraction * n))
+    if n - n_test < 1:
+        raise BasinscopeError(
+            f"{name} has {n} examples: too few to hold out a test split; pass --holdout 0"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    idx = perm[:n_test] if split == "test" else perm[n_test:]
+    idx = idx.sort().values
+    warnings.warn(
+        f"{name} has no test split: held out {n_test} of its {n} examples as test (--holdout "
+        f"{fraction:g}, --holdout-seed {seed}); train is the other {n - n_test}",
+        UserWarning,
+        stacklevel=3,
+    )
+    if hasattr(data, "x") and hasattr(data, "y") and dc.is_dataclass(data):
+        tag = f"{getattr(data, 'name', '')}-{split}-holdout{fraction:g}s{seed}"
+        changes = {"x": data.x[idx], "y": data.y[idx]}
+        if "name" in {f.name for f in dc.fields(data)}:
+            changes["name"] = tag
+        return dc.replace(data, **changes)
+    if hasattr(data, "subset"):
+        return data.subset(idx)
+    raise BasinscopeError(
+        f"{name} ({type(data).__name__}) has no test split and cannot be cut in two here: pass "
+        "--holdout 0 and --split train, or give the data a test split"
+    )
+
+
+def _num_examples(data: Any) -> int:
+    for attr in ("num_examples", "y"):
+        v = getattr(data, attr, None)
+        if v is not None:
+            return int(v) if isinstance(v, int) else len(v)
+    return len(data)
+
+
+def _key(text: str | None) -> str | None:
+    return text or None
+
+
+@dataclass(frozen=True)
+class TaskOptions(Spec):
+    """How the model is run on a batch and what its loss is: a
+    :class:`~basinscope.engine.task.Task` given on the command line."""
+
+    task: str | None = option(
+        None,
+        "A basinscope.Task as module:attr (or a function returning one); the options below "
+        "change it. Imports that module: name only code you trust.",
+        metavar="MODULE:ATTR",
+    )
+    loss: str = option(
+        "cross_entropy",
+        "cross_entropy, mse, model (the model's own .loss, given the labels) or module:attr "
+        "(a function of (prediction, targets) giving per-example values or their mean).",
+    )
+    output_key: str | None = option(
+        None,
+        "Where the prediction is in the model's output: an index, key or attribute (default: "
+        "the tensor itself, .logits, ['logits'] or the first item).",
+        parse=_key,
+    )
+    targets_key: str | None = option(
+        None, "The targets' key in dict batches (default: y, target(s), label(s)).", parse=_key
+    )
+    input_keys: tuple[str, ...] = option(
+        (), "A key of dict batches given to the model; repeat (default: all but the targets')."
+    )
+    call: str = option(
+        "auto",
+        "How the model is called: positional model(x), keywords model(**batch), or auto.",
+        choices=("auto", "positional", "keywords"),
+    )
+
+    def check(self) -> None:
+        if self.loss not in ("cross_entropy", "mse", "model") and ":" not in self.loss:
+            flag = self.name_of("loss")
+            raise BasinscopeError(
+                f"{flag} {self.loss!r} is not a loss: expected cross_entropy, mse, model or "
+                f"module:attr (a function of (prediction, targets)), e.g. {flag} mse"
+            )
+
+    def build(self) -> Any:
+        """The :class:`~basinscope.engine.task.Task` (``--task``'s, changed by the options)."""
+        import dataclasses as dc
+
+        from basinscope.engine.task import Task, as_task
+
+        base = as_task(self.task) if self.task else Task()
+        changes: dict[str, Any] = {}
+        if self.loss != "cross_entropy":
+            changes["loss"] = self.loss
+        if self.output_key is not None:
+            key = self.output_key
+            changes["output"] = int(key) if key.lstrip("-").isdigit() else key
+        if self.targets_key is not None:
+            changes["targets"] = self.targets_key
+        if self.input_keys:
+            changes["inputs"] = tuple(self.input_keys)
+        if self.call != "auto":
+            changes["call"] = self.call
+        return dc.replace(base, **changes) if changes else base
 
 
 def labels_of(paths: Sequence[Path]) -> list[str]:
@@ -227,6 +358,7 @@ class TrainedAndInit(Spec):
     model: _Trained = group(_Trained)
     init: Path | None = option(None, "Weights of the same model at initialisation.")
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
 
     def check(self) -> None:
         require(self.model, "weights", "the trained model", "final.safetensors")

@@ -238,14 +238,14 @@ def test_test_split_asked_of_an_npz_with_only_x_and_y(surface, tmp_path):
     p = tmp_path / "xy.npz"
     np.savez(p, x=np.random.default_rng(0).random((20, 1, 8, 8)), y=np.arange(20) % 10)
     assert_user_error(
-        surface("--data", p, "--splits", "train,test"),
+        surface("--data", p, "--splits", "train,test", "--holdout", "0"),
         r"'.*xy\.npz' has no test arrays: it holds \['x', 'y'\]",
         r"plain x/y serve only the 'train' split",
         r"as x_test/y_test",
         re.escape("np.savez(path, x_train=..., y_train=..., x_test=..., y_test=...)"),
     )
     # ... and the fix it suggests (only the train split) works
-    res = surface("--data", p, "--splits", "train")
+    res = surface("--data", p, "--splits", "train", "--holdout", "0")
     assert res.code == 0, res.err
 
 
@@ -424,8 +424,8 @@ def test_unknown_strategy(surface):
 
 def test_unknown_dtype(surface):
     assert_user_error(
-        surface("--dtype", "float16"),
-        r"unknown --dtype 'float16': expected one of float32, float64",
+        surface("--dtype", "int8"),
+        r"unknown --dtype 'int8': expected one of float32, float64, bfloat16, float16",
     )
 
 

@@ -58,6 +58,7 @@ def sharpness_measures(
     spec: SharpnessSpec | None = None,
     *,
     loss_fn: LossFn | None = None,
+    task: Any = None,
     say: Callable[[str], None] | None = None,
     **settings: Any,
 ) -> SharpnessMeasures:
@@ -66,8 +67,8 @@ def sharpness_measures(
     ``sharpness_measures(model, data, measure=("worst_case", "average"), rho=0.1)`` or
     ``sharpness_measures(model, data, SharpnessSpec(...))``. The spec's ``subset`` keeps the
     first examples of ``data``; each measure gets the options of
-    :meth:`~basinscope.analyses.sharpness_spec.SharpnessSpec.measure_kwargs` and
-    ``loss_fn``. ``say`` is told the name of each measure before it runs. All options are
+    :meth:`~basinscope.analyses.sharpness_spec.SharpnessSpec.measure_kwargs` and ``task``
+    (how the model is run and which loss, :class:`~basinscope.engine.Task`) or ``loss_fn``. ``say`` is told the name of each measure before it runs. All options are
     checked (by the spec) before the first measure runs.
     """
     spec = SharpnessSpec.build(spec, **settings)  # type: ignore[assignment]
@@ -76,7 +77,9 @@ def sharpness_measures(
     for name in spec.measures():
         if say is not None:
             say(f"{name} ...")
-        r = SHARPNESS_MEASURES[name](model, data, loss_fn=loss_fn, **spec.measure_kwargs(name))
+        r = SHARPNESS_MEASURES[name](
+            model, data, loss_fn=loss_fn, task=task, **spec.measure_kwargs(name)
+        )
         results.append(dataclasses.replace(r, spec=spec))
     return SharpnessMeasures(
         measures=tuple(results),

@@ -8,7 +8,7 @@ from basinscope.analyses.barrier import BarrierResult, BarrierSpec, barriers, ev
 from basinscope.analyses.basin import BasinResult, BasinSpec, basin_test
 from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
-from basinscope.inputs import DataOptions, ModelsOptions, fingerprints
+from basinscope.inputs import DataOptions, ModelsOptions, TaskOptions, fingerprints
 from basinscope.result import fmt  # noqa: F401 (cli.curves and cli.dynamics import it here)
 from basinscope.spec import Spec, group, option, with_defaults
 
@@ -17,6 +17,7 @@ from basinscope.spec import Spec, group, option, with_defaults
 class BarrierCommand(Spec):
     models: ModelsOptions = group(ModelsOptions)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     barrier: BarrierSpec = group(BarrierSpec)
 
 
@@ -29,7 +30,9 @@ def run_barrier(cmd: BarrierCommand, ctx: Context):
         f"{spec.definition} barrier of the {spec.metric} on {spec.split} ({len(ds)} examples) "
         f"between {len(nets)} models: {npairs} pair{'s' if npairs > 1 else ''}"
     )
-    return barriers(nets, ds, labels=cmd.models.labels(), spec=spec, bn_data=bn_data)
+    return barriers(
+        nets, ds, labels=cmd.models.labels(), spec=spec, bn_data=bn_data, task=cmd.task.build()
+    )
 
 
 BARRIER_EX = """
@@ -52,6 +55,7 @@ _HullVertices = with_defaults(
 class BasinCommand(Spec):
     models: _HullVertices = group(_HullVertices)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     split: str = option("train", "Split whose mean loss is l.")
     basin: BasinSpec = group(BasinSpec)
 
@@ -73,7 +77,7 @@ def run_basin(cmd: BasinCommand, ctx: Context):
         f"{spec.samples} inside points, {spec.pairs} pairs, delta {spec.delta:g} ..."
     )
     labels = tuple(cmd.models.labels())
-    return basin_test(nets, ds, spec=spec, bn_data=bn_data, labels=labels)
+    return basin_test(nets, ds, spec=spec, bn_data=bn_data, labels=labels, task=cmd.task.build())
 
 
 BASIN_EX = """

@@ -11,7 +11,7 @@ from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_
 from basinscope.analyses.sharpness_spec import SharpnessSpec
 from basinscope.cli.generate import Command, Context
 from basinscope.curvature.loss import first_examples
-from basinscope.inputs import DataOptions, ModelOptions, fingerprints
+from basinscope.inputs import DataOptions, ModelOptions, TaskOptions, fingerprints
 from basinscope.spec import Spec, group, option
 
 
@@ -19,6 +19,7 @@ from basinscope.spec import Spec, group, option
 class HessianCommand(Spec):
     model: ModelOptions = group(ModelOptions)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     hessian: HessianSpec = group(HessianSpec)
     curvature_map: bool = option(
         False, "The |lambda_min/lambda_max| map over a random plane.", flag="--map"
@@ -39,11 +40,19 @@ def run_hessian(cmd: HessianCommand, ctx: Context):
         xs, ys = grid_range(cmd.xrange, "--xrange"), grid_range(cmd.yrange, "--yrange")
         ids = {"model": cmd.model.to_dict(), "data": cmd.data.to_dict()}
         return hessian_map(
-            net, ds, spec, alphas=xs, betas=ys, run_dir=ctx.out, identity=ids, progress=ctx.progress
+            net,
+            ds,
+            spec,
+            alphas=xs,
+            betas=ys,
+            run_dir=ctx.out,
+            identity=ids,
+            progress=ctx.progress,
+            task=cmd.task.build(),
         )
     ctx.open(fingerprints([net], {spec.split: ds}))
     ctx.say(f"{spec.operator} spectrum of the {spec.split} loss over {len(ds)} examples ...")
-    report = hessian_analysis(net, ds, spec=spec, progress=ctx.progress)
+    report = hessian_analysis(net, ds, spec=spec, progress=ctx.progress, task=cmd.task.build())
     return replace(report, spec=spec)  # with the split it was measured on
 
 
@@ -61,6 +70,7 @@ HESSIAN = Command("hessian", HessianCommand, run_hessian, HESSIAN_EX, HessianSpe
 class SharpnessCommand(Spec):
     model: ModelOptions = group(ModelOptions)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     sharpness: SharpnessSpec = group(SharpnessSpec)
 
 
@@ -68,7 +78,7 @@ def run_sharpness(cmd: SharpnessCommand, ctx: Context):
     spec = cmd.sharpness
     net, ds = cmd.model.load(), first_examples(cmd.data.load(spec.split), spec.subset)
     ctx.open(fingerprints([net], {spec.split: ds}))
-    res = sharpness_measures(net, ds, spec, say=ctx.say)
+    res = sharpness_measures(net, ds, spec, say=ctx.say, task=cmd.task.build())
     return res.measures[0] if len(res.measures) == 1 else res
 
 

@@ -11,7 +11,7 @@ from basinscope.analyses.alignment import AlignmentResult, AlignModels, AlignSpe
 from basinscope.analyses.curves import CurveEndpoints, CurveEvalSpec, CurveResult, CurveSpec, curve
 from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
-from basinscope.inputs import DataOptions, fingerprints
+from basinscope.inputs import DataOptions, TaskOptions, fingerprints
 from basinscope.models.loading import WEIGHT_SUFFIXES
 from basinscope.spec import Spec, group, option, with_defaults
 from basinscope.store import paths
@@ -25,6 +25,7 @@ _CurveEvaluation = with_defaults(CurveEvalSpec, metrics=(("loss", "error"), "Met
 class CurveCommand(Spec):
     models: CurveEndpoints = group(CurveEndpoints)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     splits: tuple[str, ...] = option(
         (),
         "Comma-separated splits to evaluate on (training: train; default: train,test, or "
@@ -52,6 +53,7 @@ def run_curve(cmd: CurveCommand, ctx: Context):
         metadata={"model": m.model, "model_kwargs": m.model_kwargs},
         progress=ctx.progress,
         say=ctx.say,
+        task=cmd.task.build(),
     )
 
 
@@ -68,6 +70,7 @@ CURVE = Command("curve", CurveCommand, run_curve, CURVE_EXAMPLES, CurveSpec, Cur
 class AlignCommand(Spec):
     models: AlignModels = group(AlignModels)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     align: AlignSpec = group(AlignSpec)
     save: Path | None = option(None, "Also write the aligned weights here (.safetensors or .pt).")
 
@@ -86,7 +89,7 @@ def run_align(cmd: AlignCommand, ctx: Context):
     ctx.open(fingerprints([a, b], data))
     ctx.say(spec.plan(labels))
     files = [ctx.out / paths.WEIGHTS, *([cmd.save] if cmd.save is not None else [])]
-    return align(a, b, data, spec=spec, labels=labels, save_to=files)
+    return align(a, b, data, spec=spec, labels=labels, save_to=files, task=cmd.task.build())
 
 
 ALIGN_EXAMPLES = """

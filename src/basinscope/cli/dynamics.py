@@ -15,7 +15,7 @@ from basinscope.analyses.instability import (
     instability_analysis,
 )
 from basinscope.cli.generate import Command, Context
-from basinscope.inputs import DataOptions, fingerprints
+from basinscope.inputs import DataOptions, TaskOptions, fingerprints
 from basinscope.spec import Spec, group, option
 from basinscope.store import paths
 
@@ -24,6 +24,7 @@ from basinscope.store import paths
 class InstabilityCommand(Spec):
     model: InitialModel = group(InitialModel)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     split: str = option("test", "Split the barriers are measured on (training uses train).")
     instability: InstabilitySpec = group(InstabilitySpec)
     train: InstabilityTraining = group(InstabilityTraining)
@@ -43,7 +44,14 @@ def run_instability(cmd: InstabilityCommand, ctx: Context):
     ctx.say(spec.plan(cmd.variant.pretrained))
     init = None if pre is not None and m.weights is None else net  # None: W re-initialized
     return instability_analysis(
-        init, data, spec=spec, config=cmd.train, eval_data=ev, pretrained=pre, init_seed=m.init_seed
+        init,
+        data,
+        spec=spec,
+        config=cmd.train,
+        eval_data=ev,
+        pretrained=pre,
+        init_seed=m.init_seed,
+        task=cmd.task.build(),
     )
 
 
@@ -69,6 +77,7 @@ INSTABILITY = Command(
 class EnsembleCommand(Spec):
     model: EnsembleStart = group(EnsembleStart)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     split: str = option("test", "Split the ensemble is evaluated on (training uses train).")
     ensemble: EnsembleSpec = group(EnsembleSpec)
 
@@ -82,7 +91,7 @@ def run_ensemble(cmd: EnsembleCommand, ctx: Context):
     datasets = {"train": train, cmd.split: ev}
     ctx.open(fingerprints([] if cmd.model.weights is None else [start], datasets))
     ctx.say(spec.plan(cmd.model.weights))
-    res = ensemble(start, train, spec=spec, eval_data=ev, split=cmd.split)
+    res = ensemble(start, train, spec=spec, eval_data=ev, split=cmd.split, task=cmd.task.build())
     return res.save_members(ctx.out / paths.MODELS)
 
 

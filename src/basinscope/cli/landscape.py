@@ -12,7 +12,7 @@ from basinscope.analyses.interpolation import RandomLineSpec, line_from_files
 from basinscope.analyses.landscape import Landscape, grid_option, splits_option
 from basinscope.analyses.surface import RandomSurfaceSpec, SurfaceFiles, surface_from_files
 from basinscope.cli.generate import Command, Context
-from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
+from basinscope.inputs import DataOptions, ModelOptions, TaskOptions, load_model, model_spec
 from basinscope.spec import Spec, group, option
 
 LOG = "Log-scale losses in the figures."
@@ -26,7 +26,7 @@ def _inputs(cmd: Any, ctx: Context) -> tuple[Any, dict[str, Any], dict[str, Any]
     data = {s: cmd.data.load(s) for s in cmd.data.splits(cmd.splits)}
     identity = {**model_spec(m.model, m.model_kwargs, m.weights), **cmd.data.to_dict()}
     bn_data = data["train"] if "train" in data else cmd.data.load("train")
-    kw = dict(bn_data=bn_data, run_dir=ctx.out, progress=ctx.progress)
+    kw = dict(bn_data=bn_data, run_dir=ctx.out, progress=ctx.progress, task=cmd.task.build())
     return net, data, {**kw, "identity": {**identity, "splits": list(data)}}
 
 
@@ -44,6 +44,7 @@ class InterpolateCommand(Spec):
     to: Path | None = option(None, "Weights of model B: evaluate the line from A to B.")
     directions: Path | None = option(None, "Use the first direction in this .safetensors file.")
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     splits: tuple[str, ...] = splits_option()
     xrange: tuple[float, ...] | None = grid_option(
         "alpha grid START:STOP:NUM (default -0.5:1.5:41).", "--xrange"
@@ -79,6 +80,7 @@ INTERPOLATE = Command(
 class SurfaceCommand(Spec):
     model: ModelOptions = group(ModelOptions)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     splits: tuple[str, ...] = splits_option()
     surface: RandomSurfaceSpec = group(RandomSurfaceSpec)
     files: SurfaceFiles = group(SurfaceFiles)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from basinscope.cli.common import info
 from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
-from basinscope.inputs import DataOptions, ModelOptions, load_model, model_spec
+from basinscope.inputs import DataOptions, ModelOptions, TaskOptions, load_model, model_spec
 from basinscope.spec import Spec, group
 from basinscope.training.run import TrainRun, TrainSpec
 
@@ -17,6 +17,7 @@ from basinscope.training.run import TrainRun, TrainSpec
 class TrainCommand(Spec):
     model: ModelOptions = group(ModelOptions)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     train: TrainSpec = group(TrainSpec)
 
 
@@ -29,10 +30,14 @@ def run_train(cmd: TrainCommand, ctx: Context) -> TrainRun:
     net = load_model(m.model, m.model_kwargs, m.weights, spec.init_seed)
     ident = {**model_spec(m.model, m.model_kwargs, m.weights), **cmd.data.to_dict()}
     ident["init_seed"] = spec.init_seed
-    stage = train_stage(ctx.out, net, data["train"], spec.config(), ident, progress=ctx.progress)
+    task = cmd.task.build()
+    place = {"device": spec.device, "dtype": spec.dtype}
+    stage = train_stage(
+        ctx.out, net, data["train"], spec.config(), ident, progress=ctx.progress, task=task, **place
+    )
     if stage.reused:
         info(f"reusing the finished run in {stage.run_dir}")
-    return stage.record.evaluated(net, stage.model, data, spec)
+    return stage.record.evaluated(net, stage.model, data, spec, task=task, **place)
 
 
 EXAMPLES = """

@@ -15,6 +15,7 @@ from basinscope.inputs import (
     DataOptions,
     ModelOptions,
     ModelPair,
+    TaskOptions,
     TrainedAndInit,
     fingerprints,
     load_model,
@@ -65,6 +66,7 @@ class SimilarityCommand(Spec):
     )
     cka: _CKAOnTest = group(_CKAOnTest)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
 
     def run(self, ctx: Context) -> CKAResult:
         m, spec, b_kwargs = self.models, self.cka, self.model_kwargs_b
@@ -75,7 +77,7 @@ class SimilarityCommand(Spec):
         ctx.open(fingerprints([net_a, net_b], {spec.split: ds}))
         a, b = labels = tuple(m.labels())
         ctx.say(f"{spec.method} CKA between {a} and {b} on {spec.split} ({len(ds)} examples) ...")
-        return cka_matrix(net_a, net_b, ds, spec=spec, labels=labels)
+        return cka_matrix(net_a, net_b, ds, spec=spec, labels=labels, task=self.task.build())
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,7 @@ class DistanceCommand(Spec):
         False, "Also compare the models' mistakes on --split.", flag="--mistakes/--no-mistakes"
     )
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     mistake: _MistakesOnTest = group(_MistakesOnTest)
 
     def run(self, ctx: Context) -> DistanceResult | DistanceAndMistakes:
@@ -103,7 +106,9 @@ class DistanceCommand(Spec):
         if not self.mistakes:
             return dist
         ctx.say(f"mistakes of {a} and {b} on {split} ...")
-        mistakes = mistake_analysis(*nets, data[split], spec=self.mistake, labels=labels)
+        mistakes = mistake_analysis(
+            *nets, data[split], spec=self.mistake, labels=labels, task=self.task.build()
+        )
         return DistanceAndMistakes(distance=dist, mistakes=mistakes)
 
 
@@ -126,7 +131,7 @@ class RewindCommand(TrainedAndInit):
     def run(self, ctx: Context) -> RewindResult:
         final, start, data = _open(self, split := self.rewind.split, ctx)
         ctx.say(f"rewinding each module on {split} ({len(data[split])} examples) ...")
-        return rewind(final, start, data, spec=self.rewind)
+        return rewind(final, start, data, spec=self.rewind, task=self.task.build())
 
 
 @dataclass(frozen=True)
@@ -145,7 +150,7 @@ class CriticalityCommand(TrainedAndInit):
         n = len(group_by_module([p for p, _ in final.named_parameters()], spec.modules))
         grid = f"{len(spec.alphas)} x {len(spec.sigmas)} grid, {spec.samples} draws per point"
         ctx.say(f"criticality of {n} modules on {split} ({len(data[split])} examples): {grid} ...")
-        return module_criticality(final, start, data, spec=spec)
+        return module_criticality(final, start, data, spec=spec, task=self.task.build())
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,7 @@ class FinetuneCommand(FinetuneComparisonSpec):
 
     model: _Pretrained = group(_Pretrained)
     data: DataOptions = group(DataOptions)
+    task: TaskOptions = group(TaskOptions)
     source_rotation: float = option(0.0, "Rotation of the source distribution (degrees).")
 
     def check(self) -> None:
@@ -174,7 +180,14 @@ class FinetuneCommand(FinetuneComparisonSpec):
         about = {"source": source.to_dict(), "target": target.to_dict(), "say": ctx.say}
         out = ctx.out / paths.MODELS
         return compare_strategies(
-            net, train, spec=self, eval_source=src, eval_target=tgt, save_dir=out, **about
+            net,
+            train,
+            spec=self,
+            eval_source=src,
+            eval_target=tgt,
+            save_dir=out,
+            task=self.task.build(),
+            **about,
         )
 
 

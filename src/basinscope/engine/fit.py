@@ -121,6 +121,12 @@ def check_model_data(
     out = task.prediction(raw)
     if task.model_loss:
         task.own_loss(raw)
+    if classification and task.loss == "cross_entropy" and labels.is_floating_point():
+        raise BasinscopeError(
+            f"{what} has floating-point targets of shape {tuple(labels.shape)} (regression "
+            "targets), but the loss is cross-entropy on class labels: pass --loss mse (or "
+            "Task(loss='mse')), or your own loss with --loss module:attr"
+        )
     if not classification or task.loss not in ("cross_entropy", "model"):
         return None
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != batch_size_of(x):

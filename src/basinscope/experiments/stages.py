@@ -307,11 +307,14 @@ def train_stage(
     log: StageLog | None = None,
     wait: bool | None = None,
     device: str = DEFAULT_DEVICE,
+    dtype: str | None = None,
+    task: Any = None,
 ) -> TrainedStage:
     """Train ``model`` (a copy) on ``data`` with ``config`` in ``run_dir``, or reuse a finished run.
 
-    The run's identity is ``spec`` + the config + the ``device`` it trains on (only when not
-    the CPU, :func:`identity`) + fingerprints of the initial weights and the data; the
+    The run's identity is ``spec`` + the config + the ``device`` and ``dtype`` it trains in
+    (only when not the CPU and float32, :func:`identity`) + the task (only when not the
+    default classifier) + fingerprints of the initial weights and the data; the
     manifest records the device in any case, and the trained model comes back on the CPU.
     A finished run is loaded (weights, trajectory, its :class:`~basinscope.training.TrainRun`)
     instead of retrained; an unfinished one is trained again from the start (training is fast
@@ -326,7 +329,12 @@ def train_stage(
     from basinscope.training import TrainRun, load_trajectory, train, trajectory_to_safetensors
 
     fps = {"init": fingerprint_tensors(model.state_dict()), "data": _data_fingerprint(data)}
-    spec = identity({**(spec or {}), "device": str(device), "config": config.to_dict()})
+    ident = {**(spec or {}), "device": str(device), "config": config.to_dict()}
+    if dtype is not None:
+        ident["dtype"] = str(dtype)
+    if task is not None and not task.default:
+        ident["task"] = task.describe()
+    spec = identity(ident)
     run_dir = Path(run_dir)
     weights, traj = run_dir / paths.WEIGHTS, run_dir / paths.TRAJECTORY
     files = (weights, traj, run_dir / paths.RESULT)
@@ -337,7 +345,9 @@ def train_stage(
             if not (store.manifest.get("status") == "complete" and all(map(Path.is_file, files))):
                 t0 = time.perf_counter()
                 store.update_manifest(device=str(device))
-                result = train(model, data, config, progress=progress, device=device)
+                result = train(
+                    model, data, config, progress=progress, device=device, dtype=dtype, task=task
+                )
                 result.model.cpu()  # the weights are saved and used from the CPU
                 save_weights(result.model, weights)
                 trajectory_to_safetensors(result, traj)

@@ -69,14 +69,17 @@ def versions() -> dict[str, str]:
 def fingerprint_tensors(tensors: Mapping[str, Tensor] | list) -> str:
     """sha256 (first 16 hex digits) of names, shapes, dtypes and raw bytes of tensors.
 
-    Accepts a dict or a list whose items are tensors, nested lists/tuples of tensors
-    (e.g. ``(x, y)`` batches) or strings (e.g. other fingerprints).
+    Accepts a dict or a list whose items are tensors, nested lists/tuples/dicts of tensors
+    (e.g. ``(x, y)`` batches, dict inputs) or strings (e.g. other fingerprints).
     """
     h = hashlib.sha256()
     items = tensors.items() if isinstance(tensors, Mapping) else enumerate(tensors)
     for k, v in items:
         if isinstance(v, (tuple, list)):
             h.update(fingerprint_tensors(list(v)).encode())
+            continue
+        if isinstance(v, Mapping):  # a batch's dict inputs: {"input_ids": ..., ...}
+            h.update(f"{k}|{fingerprint_tensors(v)}|".encode())
             continue
         if isinstance(v, str):
             h.update(f"{k}|{v}|".encode())

@@ -22,7 +22,7 @@ import xarray as xr
 from basinscope._checks import check_seed
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result
-from basinscope.spec import Spec, option
+from basinscope.spec import EVAL_DTYPES, EvalOptions, Spec, option
 from basinscope.training.config import TrainConfig
 
 __all__ = ["MAX_CHECKPOINTS", "TrainRun", "TrainSpec", "history_dataset"]
@@ -77,9 +77,16 @@ class TrainSpec(Spec):
     trainable: tuple[str, ...] = option(
         (), "Train only parameters matching this pattern (repeatable)."
     )
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
+    dtype: str = option(
+        "float32",
+        "float32, float64, or mixed precision bfloat16/float16 (autocast over float32 weights).",
+        choices=EVAL_DTYPES,
+    )
 
     def check(self) -> None:
         check_seed(self.name_of("init_seed"), self.init_seed)
+        EvalOptions(device=self.device)  # the device exists here (named --device)
         every, total = self.checkpoint_every, self.steps
         if every and total // every + 1 > MAX_CHECKPOINTS:
             name = self.name_of("checkpoint_every")
