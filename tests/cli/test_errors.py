@@ -424,8 +424,8 @@ def test_unknown_strategy(surface):
 
 def test_unknown_dtype(surface):
     assert_user_error(
-        surface("--dtype", "float16"),
-        r"unknown --dtype 'float16': expected one of float32, float64",
+        surface("--dtype", "float99"),
+        r"unknown --dtype 'float99': expected one of float32, float64, bfloat16, float16",
     )
 
 
