@@ -416,3 +416,34 @@ def test_weight_matching_of_a_keyword_model_takes_keyword_inputs():
         BasinscopeError, match=r"TokenMLP.forward takes .* \(not arguments: \['ids'\]\)"
     ):
         permutation_spec(a, {"ids": x["input_ids"]})
+
+
+def test_the_curve_module_calls_the_network_with_keyword_inputs():
+    """What the trainer runs (train_curve): the network at phi(t), called as the task calls it."""
+    from basinscope.analyses.curves import _CurvePath
+
+    a, b = token_model(0), token_model(1)
+    batch = {k: v[:8] for k, v in token_data().items()}
+    path = _CurvePath(a, init_curve(a, b))
+    for t, end in ((0.0, a), (1.0, b)):
+        path.t = t
+        with torch.no_grad():
+            got, want = path(**batch), end(**batch)
+        torch.testing.assert_close(got["logits"], want["logits"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(got["loss"], want["loss"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_the_numbers_are_the_cpus():
+    a, b = token_model(0), token_model(1)
+    data, loader, _ = dataset("tokens")
+    alphas = np.array([0.0, 0.5, 1.0])
+    for d in (data, loader):
+        kw = dict(alphas=alphas, task=Task(loss="model"), **KW)
+        cpu = interpolate(a, b, d, **kw).dataset["train_loss"].values
+        gpu = interpolate(a, b, d, device="cuda", **kw).dataset["train_loss"].values
+        np.testing.assert_allclose(gpu, cpu, rtol=0, atol=1e-9)
+        res = barrier(a, b, d, metric="loss", num_points=3, device="cuda", **KW_CURVE)
+        assert res.evaluation["device"] == "cuda"
+    low = interpolate(a, b, data, alphas=alphas, device="cuda", dtype="bfloat16", metrics=("loss",))
+    np.testing.assert_allclose(low.dataset["train_loss"].values, cpu, rtol=3e-2)

@@ -411,8 +411,9 @@ def compute_landscape(
     splits, bn_list = read, bn_read
     if make_job is None:
         splits = {name: batches_on(b, device, dtype) for name, b in read.items()}
-        if bn_read is not None:
-            bn_list = batches_on(bn_read, device, dtype, limit=bn_batches)
+        # the statistics' batches on the device when they are re-estimated, the first only
+        recompute = bn_read is not None and bn_policy == "recompute"
+        bn_list = batches_on(bn_read, device, dtype, limit=bn_batches) if recompute else None
     buffers = dict(center_buffers) if center_buffers is not None else get_buffers(model)
     basis = PointBasis(
         origin={k: v.detach() for k, v in center.items()},
