@@ -372,12 +372,24 @@ def test_a_curve_of_a_regression_on_the_line_is_the_line():
     "task" not in inspect.signature(__import__("basinscope.training").training.train).parameters,
     reason="basinscope.training.train(task=...) is not there yet",
 )
-def test_a_curve_of_a_keyword_model_trains_with_the_task():
+def test_a_curve_trains_with_the_task():
+    # the model's own loss is its cross-entropy: the same updates as basinscope's
     a, b = token_model(0), token_model(1)
-    res = train_curve(a, b, token_data(), steps=3, batch_size=BATCH, task=Task(loss="model"))
-    assert len(res.history["loss"]) == 3 and res.config["task"]["loss"] == "model"
+    kw = dict(steps=3, batch_size=BATCH, lr=0.1)
+    own = train_curve(a, b, token_data(), task=Task(loss="model"), **kw)
+    ce = train_curve(a, b, token_data(), task=Task(), **kw)
+    assert own.config["task"]["loss"] == "model" and len(own.history["loss"]) == 3
+    np.testing.assert_allclose(own.history["loss"], ce.history["loss"], rtol=1e-6)
     for k, v in get_params(a).items():
-        assert torch.equal(res.points[0][k], v)
+        assert torch.equal(own.points[0][k], v)
+    # a full batch of a regression: the first loss is the MSE at phi(t_1) on the line
+    a, b = regression_model(0), regression_model(1)
+    x, y = regression_data()
+    res = train_curve(a, b, (x, y), steps=1, batch_size=len(x), task=Task(loss="mse"))
+    t = res.history["t"][0]
+    want = brute(a, along(a, b, [t]), [(x, y)], mse_sum)[0]
+    assert res.history["loss"][0] == pytest.approx(want, rel=1e-6)
+    assert res.config["task"]["loss"] == "mse" and res.config["batch_size"] == len(x)
 
 
 # -- alignment with keyword inputs: traced graphs and hooks ----------------------------------

@@ -439,7 +439,7 @@ def barrier(
         raise BasinscopeError(
             f"unknown barrier metric {metric!r}: expected one of {', '.join(BARRIER_METRICS)}"
         )
-    dtype = dtype_name(dtype)
+    dtype, device = dtype_name(dtype), str(device)
     task = as_task(task)
     if alphas is None:
         num_points = at_least("num_points", num_points, 3)

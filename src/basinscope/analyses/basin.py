@@ -636,7 +636,7 @@ def basin_test(
     confidence = _check_number("confidence", confidence)
     if not 0 < confidence < 1:
         raise BasinscopeError(f"confidence must lie strictly between 0 and 1, got {confidence}.")
-    dtype = dtype_name(dtype)
+    dtype, device = dtype_name(dtype), str(device)
     task = as_task(task)
     if bn_policy == "stored" and m > 1:
         warn_stored_bn(models[0], "basin test on the convex hull of solutions")

@@ -590,7 +590,7 @@ def evaluate_curve(
     if bn_policy == "auto":
         bn_policy = None
     asked_policy = bn_policy or "auto"
-    dtype = dtype_name(dtype)
+    dtype, device = dtype_name(dtype), str(device)
     task = as_task(task)
     params = get_params(model)
     check_same_keys(

@@ -394,7 +394,7 @@ def compute_landscape(
     a DataLoader is streamed batch by batch on every pass. ``dtype`` is ``"float32"``,
     ``"float64"``, or ``"bfloat16"``/``"float16"`` (autocast over float32 parameters).
     """
-    dtype = dtype_name(dtype)
+    dtype, device = dtype_name(dtype), str(device)  # "cuda:0" for torch.device("cuda:0")
     task = as_task(task)
     if len(directions) != len(coords):
         raise ValueError(f"{len(directions)} directions but {len(coords)} coordinates")
