@@ -152,6 +152,9 @@ class BarrierResult(Result, kind="barrier"):
     interval at ``ci_level`` over ``bootstrap_samples`` resamples of the examples (``None``
     without bootstrap), ``bootstrap_se`` the resamples' standard deviation. ``num_points``
     is the initial grid's size, ``len(alphas)`` the number of points evaluated.
+    ``evaluation`` says how the points were evaluated: the engine's strategy and timings,
+    the device, and the task (``evaluation["task"]``: how the models were run and what the
+    loss is, :meth:`~basinscope.engine.Task.describe`).
     """
 
     value: float

@@ -189,7 +189,8 @@ class Landscape(Result, kind="landscape"):
 
     ``dataset`` holds the values (see the module docstring); ``directions`` and ``center``
     the parameter dicts of the grid (stored as safetensors); ``evaluation`` the engine's
-    strategy, speed and counts; ``run_dir`` the run folder (``None`` without one);
+    strategy, speed and counts, the device and the task (``evaluation["task"]``: how the
+    model was run and what its loss is, :meth:`~basinscope.engine.Task.describe`); ``run_dir`` the run folder (``None`` without one);
     ``trajectories`` paths projected onto a plane (``basinscope surface --trajectory``).
     ``definition`` is the kind of landscape (``dataset.attrs["kind"]``) and
     ``definition_formula`` what it evaluates (:data:`LANDSCAPE_DEFINITIONS`).
