@@ -374,8 +374,8 @@ def test_errors(solutions):
         basin_test(bowls, TOY_DATA, delta=0.1, confidence=1.0, **TOY)
     with pytest.raises(BasinscopeError, match="non-empty sequence of models"):
         basin_test([], TOY_DATA, delta=0.1)
-    with pytest.raises(BasinscopeError, match="unknown dtype"):
-        basin_test(bowls, TOY_DATA, delta=0.1, metric=OUTPUT, dtype="float16")
+    with pytest.raises(BasinscopeError, match="unknown dtype 'float99'"):
+        basin_test(bowls, TOY_DATA, delta=0.1, metric=OUTPUT, dtype="float99")
 
 
 def test_spec_and_run_folder(solutions, tmp_path):

@@ -19,6 +19,7 @@ outputs and anything combined with an unpermuted tensor are never permuted. Git 
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import operator
 import traceback
@@ -36,7 +37,13 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["PermutationSpec", "apply_permutation", "permutation_spec", "random_permutation"]
+__all__ = [
+    "PermutationSpec",
+    "apply_permutation",
+    "permutation_spec",
+    "random_permutation",
+    "traced_graph",
+]
 
 Axis = tuple[str, int, int]
 """``(parameter or buffer name, axis, block size)``."""
@@ -444,17 +451,64 @@ def _failing_module(model: nn.Module, tb: Any) -> str:
     return f"module {found!r} ({kind})" if found else f"the model's forward ({kind})"
 
 
-def permutation_spec(model: nn.Module, example_input: Tensor) -> PermutationSpec:
+def _keyword_arguments(model: nn.Module, inputs: Mapping[str, Any]) -> tuple[dict, tuple]:
+    """For a model called as ``model(**inputs)``: the arguments of ``forward`` that are not
+    given, at their defaults (made concrete for tracing), and every argument's value in the
+    order of the traced graph's placeholders."""
+    params = [
+        p
+        for p in inspect.signature(model.forward).parameters.values()
+        if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    ]
+    names = {p.name for p in params}
+    unknown = [k for k in inputs if k not in names]
+    missing = [p.name for p in params if p.name not in inputs and p.default is p.empty]
+    if unknown or missing:
+        raise BasinscopeError(
+            f"{type(model).__name__}.forward takes {sorted(names)}; the inputs have keys "
+            f"{sorted(inputs)}"
+            + (f" (not arguments: {unknown})" if unknown else "")
+            + (f" (missing: {missing})" if missing else "")
+            + ": name the model's inputs with Task(inputs=...) or --inputs"
+        )
+    concrete = {p.name: p.default for p in params if p.name not in inputs}
+    return concrete, tuple(inputs[p.name] if p.name in inputs else p.default for p in params)
+
+
+def traced_graph(model: nn.Module, example_input: Any) -> tuple[Any, tuple]:
+    """``(torch.fx.symbolic_trace(model), the graph's positional arguments)`` for inputs
+    given as the model takes them: a tensor (``model(x)``), a tuple (``model(*x)``) or a
+    dict of keyword inputs (``model(**x)``; the arguments of ``forward`` not given are
+    traced at their defaults, so ``if labels is not None`` takes its branch)."""
+    if isinstance(example_input, Mapping):
+        concrete, args = _keyword_arguments(model, example_input)
+        return symbolic_trace(model, concrete_args=concrete or None), args
+    args = tuple(example_input) if isinstance(example_input, tuple) else (example_input,)
+    return symbolic_trace(model), args
+
+
+def _describe_input(x: Any) -> str:
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k}: {tuple(getattr(v, 'shape', ()))}" for k, v in x.items()) + "}"
+    if isinstance(x, tuple):
+        return "(" + ", ".join(str(tuple(getattr(v, "shape", ()))) for v in x) + ")"
+    return f"shape {tuple(getattr(x, 'shape', ()))}"
+
+
+def permutation_spec(model: nn.Module, example_input: Any) -> PermutationSpec:
     """Find the permutation groups of ``model`` from its :mod:`torch.fx` graph.
 
     ``example_input`` (a batch, e.g. 2 examples) fixes the tensor shapes, which decide the
-    block size where a convolution is flattened into a linear layer. Raises a
+    block size where a convolution is flattened into a linear layer; it is a tensor, a
+    tuple of inputs or a dict of keyword inputs (:func:`traced_graph`). Raises a
     :class:`~basinscope.errors.BasinscopeError` naming the module or op it cannot handle
     (data-dependent control flow, concatenation along channels, parameters used outside a
     module); pass a hand-written :meth:`PermutationSpec.from_groups` spec there.
     """
     try:
-        gm = symbolic_trace(model)
+        gm, args = traced_graph(model, example_input)
+    except BasinscopeError:
+        raise
     except Exception as e:
         where = _failing_module(model, e.__traceback__)
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
@@ -467,10 +521,10 @@ def permutation_spec(model: nn.Module, example_input: Tensor) -> PermutationSpec
     try:
         model.eval()  # the traced graph shares the model's modules: no BN statistics update
         with torch.no_grad():
-            ShapeProp(gm).propagate(example_input)
+            ShapeProp(gm).propagate(*args)
     except Exception as e:
         raise BasinscopeError(
-            f"example_input of shape {tuple(getattr(example_input, 'shape', ()))} does not fit "
+            f"example_input of {_describe_input(example_input)} does not fit "
             f"{type(model).__name__} ({type(e).__name__}: {e}); pass a batch of real inputs."
         ) from e
     finally:

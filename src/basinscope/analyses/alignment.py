@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from torch.fx import Interpreter, symbolic_trace
+from torch.fx import Interpreter
 
 from basinscope._checks import MAX_COUNT, MAX_POINTS, MAX_SEED
 from basinscope.analyses._permutation_spec import (
@@ -46,6 +46,7 @@ from basinscope.analyses._permutation_spec import (
     permutation_spec,
     permute_tensor,
     random_permutation,
+    traced_graph,
 )
 from basinscope.analyses.barrier import (
     BARRIER_DEFINITIONS,
@@ -56,9 +57,10 @@ from basinscope.analyses.barrier import (
 )
 from basinscope.analyses.interpolation import interpolate
 from basinscope.analyses.landscape import as_splits
-from basinscope.engine import as_batches
+from basinscope.engine import Task, as_batches, as_task
 from basinscope.engine.bn import has_batchnorm
 from basinscope.engine.fit import check_model_data
+from basinscope.engine.task import batch_size_of, call_model, first_examples
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_params
 from basinscope.inputs import ModelPair
@@ -183,6 +185,8 @@ class AlignmentResult(Result, kind="alignment"):
     :func:`align`, ``barrier`` compares the barriers before and after, ``spec`` holds the
     settings and ``labels`` name A and B. ``model`` (the aligned copy of B) is kept in
     memory only; ``aligned_weights`` lists the files it was written to (by the command).
+    ``task`` records how the models were run (:meth:`basinscope.engine.Task.describe`;
+    ``None`` in results of older versions).
     """
 
     method: str
@@ -196,6 +200,7 @@ class AlignmentResult(Result, kind="alignment"):
     labels: tuple[str, str] = ("model_a", "model_b")
     aligned_weights: tuple[str, ...] = ()
     spec: AlignSpec | None = None
+    task: dict[str, Any] | None = None
     model: nn.Module | None = transient(default=None)
 
     def summary(self) -> list[str]:
@@ -234,18 +239,51 @@ def _eval_mode(*models: nn.Module) -> Iterator[None]:
             m.training = t
 
 
-def _inputs(data: Any, num_examples: int) -> Tensor:
-    """The first ``num_examples`` inputs of ``data`` (a tensor, TensorData, (x, y), loader)."""
+def _plain(task: Task | None) -> Task:
+    """The task that gives the model its inputs only: with the model's own loss, the
+    labels stay out of the inputs (activations and outputs are compared, not losses)."""
+    task = as_task(task)
+    return dataclasses.replace(task, loss="cross_entropy") if task.model_loss else task
+
+
+def _cat(xs: list[Any]) -> Any:
+    first = xs[0]
+    if isinstance(first, dict):
+        return {k: torch.cat([x[k] for x in xs]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(torch.cat([x[i] for x in xs]) for i in range(len(first)))
+    return torch.cat(xs)
+
+
+def _inputs(data: Any, num_examples: int, task: Task | None = None) -> Any:
+    """The first ``num_examples`` inputs of ``data`` (a tensor, TensorData, (x, y), a dict
+    of tensors, a loader: read only as far as needed), as the model takes them (a tensor,
+    a tuple, or a dict of keyword inputs, split by ``task``)."""
     if isinstance(data, Tensor):
         return data[:num_examples]
-    batches = as_batches(next(iter(as_splits(data).values())), batch_size=num_examples)
-    return torch.cat([x for x, _ in batches])[:num_examples]
+    got, n = [], 0
+    source = next(iter(as_splits(data).values()))
+    for x, _ in as_batches(source, batch_size=num_examples, task=_plain(task)):
+        got.append(x)
+        n += batch_size_of(x)
+        if n >= num_examples:
+            break
+    return first_examples(_cat(got), num_examples)
 
 
-def _verify(original: nn.Module, aligned: nn.Module, x: Tensor, spec: PermutationSpec) -> float:
-    """Max |f_aligned(x) - f_original(x)|; raises if it exceeds the tolerance."""
+def _verify(
+    original: nn.Module,
+    aligned: nn.Module,
+    x: Any,
+    spec: PermutationSpec,
+    task: Task | None = None,
+) -> float:
+    """Max |f_aligned(x) - f_original(x)| of the predictions; raises if it exceeds the
+    tolerance."""
+    task = _plain(task)
     with _eval_mode(original, aligned):
-        ref, out = original(x), aligned(x)
+        ref = task.prediction(call_model(original, x))
+        out = task.prediction(call_model(aligned, x))
     diff = float((out - ref).abs().max())
     scale = max(1.0, float(ref.abs().max()))
     if not diff <= OUTPUT_RTOL * scale:
@@ -270,15 +308,18 @@ def _rows(t: Tensor, axis: int, n: int) -> Tensor:
     return t.movedim(axis, 0).reshape(n, -1)
 
 
-def _spec_for(model: nn.Module, spec: PermutationSpec | None, x: Tensor) -> PermutationSpec:
+def _spec_for(
+    model: nn.Module, spec: PermutationSpec | None, x: Any, task: Task | None = None
+) -> PermutationSpec:
     # the inputs must fit the model before torch.fx traces it with them
-    check_model_data(model, (x, torch.zeros(len(x), dtype=torch.long)), classification=False)
+    labels = torch.zeros(batch_size_of(x), dtype=torch.long)
+    check_model_data(model, [(x, labels)], classification=False, task=_plain(task))
     return spec if spec is not None else permutation_spec(model, x)
 
 
-def _result(method, spec, perms, model_b, x, iterations, objective) -> AlignmentResult:
+def _result(method, spec, perms, model_b, x, iterations, objective, task=None) -> AlignmentResult:
     aligned = apply_permutation(model_b, spec, perms)
-    diff = _verify(model_b, aligned, x, spec)
+    diff = _verify(model_b, aligned, x, spec, task)
     return AlignmentResult(
         method=method,
         permutations={g: p.tolist() for g, p in perms.items()},
@@ -288,6 +329,7 @@ def _result(method, spec, perms, model_b, x, iterations, objective) -> Alignment
         max_output_diff=diff,
         permutation_spec=spec,
         definition=METHOD_DEFINITIONS[method],
+        task=as_task(task).describe(),
     )
 
 
@@ -299,9 +341,10 @@ def weight_matching(
     model_b: nn.Module,
     spec: PermutationSpec | None = None,
     *,
-    example_input: Tensor,
+    example_input: Any,
     max_iter: int = 100,
     seed: int = 0,
+    task: Task | None = None,
 ) -> AlignmentResult:
     """Permute ``model_b`` to maximize its parameters' inner product with ``model_a``'s.
 
@@ -316,12 +359,14 @@ def weight_matching(
     :math:`a` first, the other axes of :math:`W^B` permuted by the current permutations);
     stop after a sweep in which no group improves, or after ``max_iter`` sweeps. Only
     parameters enter the objective (BatchNorm running statistics are permuted along). The
-    cost is accumulated in float64 on the CPU. ``example_input`` (a few real inputs) is
-    used to find the spec and to verify the result.
+    cost is accumulated in float64 on the CPU. ``example_input`` (a few real inputs: a
+    tensor, a tuple, or a dict of keyword inputs) is used to find the spec and to verify
+    the result; ``task`` says how the model is called and where its prediction is in its
+    output (:class:`~basinscope.engine.Task`).
     """
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise BasinscopeError(f"max_iter must be a positive integer, got {max_iter!r}.")
-    spec = _spec_for(model_a, spec, example_input)
+    spec = _spec_for(model_a, spec, example_input, task)
     check_same_keys(get_params(model_a), get_params(model_b))
     pa = {k: v.detach().double().cpu() for k, v in model_a.named_parameters()}
     pb = {k: v.detach().double().cpu() for k, v in model_b.named_parameters()}
@@ -356,7 +401,9 @@ def weight_matching(
         history.append(objective())
         if not improved:
             break
-    return _result("weight_matching", spec, perms, model_b, example_input, iterations, history)
+    return _result(
+        "weight_matching", spec, perms, model_b, example_input, iterations, history, task
+    )
 
 
 # -- activation matching ----------------------------------------------------------------------
@@ -365,8 +412,9 @@ def weight_matching(
 class _SiteRecorder(Interpreter):
     """Runs a traced graph and keeps the outputs of the named nodes."""
 
-    def __init__(self, model: nn.Module, sites: set[str]) -> None:
-        super().__init__(symbolic_trace(model))
+    def __init__(self, model: nn.Module, sites: set[str], x: Any) -> None:
+        gm, self.args = traced_graph(model, x)  # keyword inputs: the graph's placeholders
+        super().__init__(gm)
         self.sites, self.seen = sites, {}
         missing = sites - {n.name for n in self.graph.nodes}
         if missing:
@@ -381,14 +429,14 @@ class _SiteRecorder(Interpreter):
             self.seen[n.name] = out
         return out
 
-    def record(self, x: Tensor) -> dict[str, Tensor]:
+    def record(self) -> dict[str, Tensor]:
         self.seen = {}
-        self.run(x)
+        self.run(*self.args)
         return self.seen
 
 
 def _record(
-    model: nn.Module, spec: PermutationSpec, x: Tensor
+    model: nn.Module, spec: PermutationSpec, x: Any
 ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Outputs at the spec's activation sites, and outputs of its producer modules."""
     sites = {s[0] for v in spec.activation_sites.values() for s in v}
@@ -403,8 +451,8 @@ def _record(
     ]
     try:
         if spec.site_kind == "fx":
-            return _SiteRecorder(model, sites).record(x), seen
-        model(x)
+            return _SiteRecorder(model, sites, x).record(), seen
+        call_model(model, x)  # model(x), model(*x) or model(**x): hooks see every call
         return seen, seen
     finally:
         for h in handles:
@@ -434,6 +482,7 @@ def activation_matching(
     spec: PermutationSpec | None = None,
     *,
     num_examples: int = 1024,
+    task: Task | None = None,
 ) -> AlignmentResult:
     """Permute ``model_b`` so that matched units' activations correlate most with ``model_a``'s.
 
@@ -450,10 +499,12 @@ def activation_matching(
     tie-break too small to change the assignment of live units in practice. One batch of
     ``num_examples`` is used, so the activations must fit in memory. The recorded
     ``objective`` is, per group, the matched cost (the post-activation correlations summed
-    over the sites, plus the tie-break term).
+    over the sites, plus the tie-break term). ``task`` (:class:`~basinscope.engine.Task`)
+    splits the batches and says how the models are called: a model that takes keyword
+    inputs (``model(**batch)``) is run that way, hooks and traced graphs alike.
     """
-    x = _inputs(data, num_examples)
-    spec = _spec_for(model_a, spec, x[:8])
+    x = _inputs(data, num_examples, task)
+    spec = _spec_for(model_a, spec, first_examples(x, 8), task)
     check_same_keys(get_params(model_a), get_params(model_b))
     empty = [g for g in spec.groups if not spec.activation_sites.get(g)]
     if empty:
@@ -478,7 +529,9 @@ def activation_matching(
         _, col = linear_sum_assignment(cost.numpy(), maximize=True)
         perms[g] = torch.as_tensor(col, dtype=torch.long)
         scores.append(float(cost.numpy()[np.arange(n), col].sum()))
-    return _result("activation_matching", spec, perms, model_b, x[:64], 1, scores)
+    return _result(
+        "activation_matching", spec, perms, model_b, first_examples(x, 64), 1, scores, task
+    )
 
 
 # -- REPAIR ----------------------------------------------------------------------------------
@@ -496,7 +549,7 @@ def _interpolated(model_a: nn.Module, model_b: nn.Module, alpha: float) -> nn.Mo
     return out
 
 
-def _channel_stats(model: nn.Module, names: Sequence[str], x: Tensor) -> dict[str, tuple]:
+def _channel_stats(model: nn.Module, names: Sequence[str], x: Any) -> dict[str, tuple]:
     """Per-channel mean and (biased) std of each named module's output over one batch."""
     stats: dict[str, tuple[Tensor, Tensor]] = {}
     modules = dict(model.named_modules())
@@ -512,7 +565,7 @@ def _channel_stats(model: nn.Module, names: Sequence[str], x: Tensor) -> dict[st
     handles = [modules[n].register_forward_hook(hook(n)) for n in names]
     try:
         with _eval_mode(model):
-            model(x)
+            call_model(model, x)
     finally:
         for h in handles:
             h.remove()
@@ -528,6 +581,7 @@ def repair(
     spec: PermutationSpec | None = None,
     num_examples: int = 1024,
     eps: float = 1e-8,
+    task: Task | None = None,
 ) -> nn.Module:
     """The interpolated model at ``alpha``, with its channel statistics REPAIRed.
 
@@ -551,9 +605,10 @@ def repair(
     that is what is done (no separate correction of producers; mixed BN/non-BN networks
     are therefore only corrected at their BatchNorm layers).
     ``model_b_aligned`` must already be aligned to ``model_a`` (e.g. ``result.model``).
+    ``task`` splits the batches and says how the models are called (keyword inputs too).
     Returns a new model; the inputs are not touched.
     """
-    x = _inputs(data, num_examples)
+    x = _inputs(data, num_examples, task)
     model = _interpolated(model_a, model_b_aligned, alpha)
     if has_batchnorm(model):
         bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -563,11 +618,11 @@ def repair(
                 b.reset_running_stats()
                 b.momentum = None
                 b.train()
-            model(x)  # one batch: the running statistics become its statistics
+            call_model(model, x)  # one batch: the running statistics become its statistics
         for b, mom in zip(bns, momenta):
             b.momentum = mom
         return model
-    spec = _spec_for(model_a, spec, x[:8])
+    spec = _spec_for(model_a, spec, first_examples(x, 8), task)
     producers = [p for g in spec.groups for p in spec.producers.get(g, ())]
     modules = dict(model.named_modules())
     producers.sort(key=list(modules).index)
@@ -619,6 +674,7 @@ def barrier_before_after(
     num_points: int = 11,
     metric: str = "loss",
     definition: str = "linear",
+    task: Task | None = None,
     **kwargs: Any,
 ) -> BarrierComparison:
     """The barrier of ``metric`` on the line A→B and on the line A→aligned B.
@@ -626,8 +682,9 @@ def barrier_before_after(
     Both lines are evaluated with :func:`~basinscope.analyses.interpolation.interpolate` at
     ``num_points`` evenly spaced :math:`\\alpha \\in [0, 1]` on the first split of ``data``;
     the barrier is ``definition``'s (default ``"linear"``, Entezari et al. 2022; see
-    :func:`~basinscope.analyses.barrier.barrier_from_curve`). Other keyword arguments
-    (``bn_policy``, ``bn_data``, ``batch_size``...) go to :func:`interpolate`.
+    :func:`~basinscope.analyses.barrier.barrier_from_curve`). ``task`` says how the models
+    are run and what the loss is. Other keyword arguments (``bn_policy``, ``bn_data``,
+    ``batch_size``...) go to :func:`interpolate`.
     """
     if num_points < 3:
         raise BasinscopeError(f"num_points must be at least 3, got {num_points}.")
@@ -638,7 +695,9 @@ def barrier_before_after(
     split = next(iter(as_splits(data)))
     curves = []
     for other in (model_b, aligned):
-        land = interpolate(model_a, other, data, alphas=alphas, metrics=(metric,), **kwargs)
+        land = interpolate(
+            model_a, other, data, alphas=alphas, metrics=(metric,), task=task, **kwargs
+        )
         curves.append(land.dataset[f"{split}_{metric}"].values.astype(np.float64))
     return BarrierComparison(
         before=barrier_from_curve(alphas, curves[0], definition)[0],
@@ -678,6 +737,7 @@ def align(
     strategy: str = "auto",
     chunk_size: int = 64,
     save_to: Sequence[str | Path] = (),
+    task: Task | None = None,
 ) -> AlignmentResult:
     """Permute ``model_b`` to match ``model_a`` and measure the barrier it removes.
 
@@ -688,7 +748,9 @@ def align(
     on ``metric``; BatchNorm per ``bn_policy``, statistics re-estimated from ``bn_data``,
     by default the ``"train"`` split of ``data``; the other keywords go to the engine). ``data`` is one dataset or a ``{split: data}``
     mapping. The aligned weights are written to every file of ``save_to`` (``.safetensors``
-    or ``.pt``), listed in ``aligned_weights``.
+    or ``.pt``), listed in ``aligned_weights``. ``task`` (:class:`~basinscope.engine.Task`)
+    splits the batches, says how the models are called (keyword inputs too) and what the
+    loss is; it is recorded in the result.
     """
     if method not in ALIGN_METHODS:
         raise BasinscopeError(
@@ -703,12 +765,15 @@ def align(
             model_a,
             model_b,
             permutation_spec,
-            example_input=_inputs(ds, 64),
+            example_input=_inputs(ds, 64, task),
             max_iter=max_iter,
             seed=seed,
+            task=task,
         )
     else:
-        res = activation_matching(model_a, model_b, ds, permutation_spec, num_examples=num_examples)
+        res = activation_matching(
+            model_a, model_b, ds, permutation_spec, num_examples=num_examples, task=task
+        )
     comparison = barrier_before_after(
         model_a,
         model_b,
@@ -725,6 +790,7 @@ def align(
         device=device,
         strategy=strategy,
         chunk_size=chunk_size,
+        task=task,
     )
     spec = AlignSpec.from_kwargs(locals())
     if save_to:

@@ -34,6 +34,7 @@ confidence intervals from per-example values at every :math:`\\alpha` (evaluated
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -45,9 +46,17 @@ from torch import Tensor, nn
 
 from basinscope._checks import MAX_POINTS, MAX_SEED, at_least
 from basinscope.analyses.interpolation import interpolate
-from basinscope.analyses.landscape import DTYPES, as_splits
-from basinscope.engine import BatchNormWarning, EvalJob, as_batches, warn_stored_bn
+from basinscope.analyses.landscape import as_splits, dtype_name, eval_batches
+from basinscope.engine import (
+    BatchNormWarning,
+    EvalJob,
+    Task,
+    as_task,
+    num_examples,
+    warn_stored_bn,
+)
 from basinscope.engine.bn import has_batchnorm
+from basinscope.engine.precision import to_dtype
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result, fmt
 from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
@@ -143,6 +152,9 @@ class BarrierResult(Result, kind="barrier"):
     interval at ``ci_level`` over ``bootstrap_samples`` resamples of the examples (``None``
     without bootstrap), ``bootstrap_se`` the resamples' standard deviation. ``num_points``
     is the initial grid's size, ``len(alphas)`` the number of points evaluated.
+    ``evaluation`` says how the points were evaluated: the engine's strategy and timings,
+    the device, and the task (``evaluation["task"]``: how the models were run and what the
+    loss is, :meth:`~basinscope.engine.Task.describe`).
     """
 
     value: float
@@ -342,6 +354,12 @@ def refine_worst(
 
 
 # -- barriers of models ----------------------------------------------------------------------
+def _prediction_only(task: Task) -> Task:
+    """``task`` without the model's own loss (the labels stay out of the model's inputs):
+    what a metric of the prediction alone (the error) needs."""
+    return dataclasses.replace(task, loss="cross_entropy") if task.model_loss else task
+
+
 def _select_split(data: Any, split: str) -> Any:
     splits = as_splits(data)
     if splits.get("train") is data:  # one dataset: it is the split called `split`
@@ -380,11 +398,13 @@ def barrier(
     strategy: str = "auto",
     device: str = "cpu",
     chunk_size: int = 64,
+    task: Task | None = None,
 ) -> BarrierResult:
     """The barrier between ``model_a`` and ``model_b`` on one split, with its definition.
 
-    ``f(alpha)`` is ``metric`` (``"error"``: the engine's ``1 - accuracy``; ``"loss"``: mean
-    cross-entropy) on ``data`` (one dataset, or a ``{split: data}`` mapping from which
+    ``f(alpha)`` is ``metric`` (``"error"``: the engine's ``1 - accuracy``; ``"loss"``: the
+    ``task``'s loss, by default mean cross-entropy) on ``data`` (one dataset, or a
+    ``{split: data}`` mapping from which
     ``split`` is taken) at :math:`(1 - \\alpha)\\theta_A + \\alpha\\theta_B`, evaluated by
     the engine (:func:`~basinscope.analyses.interpolation.interpolate`) on ``num_points``
     even points of :math:`[0, 1]` (or the given ``alphas``, in :math:`[0, 1]` and including
@@ -406,10 +426,15 @@ def barrier(
     evaluation data is resampled: the models, the :math:`\alpha` set (no refinement per
     resample) and re-estimated BatchNorm statistics stay fixed.
 
-    ``batch_size``, ``dtype`` (``"float32"``/``"float64"``), ``strategy``
-    (``"auto"``/``"vmap"``/``"loop"``), ``device`` and ``chunk_size`` go to the engine; the
-    strategy chosen for the grid is reused for the refinement, so every point is computed
-    the same way. ``labels`` name the two models in the result.
+    ``batch_size``, ``dtype`` (``"float32"``/``"float64"``, or ``"bfloat16"``/``"float16"``
+    autocast), ``strategy`` (``"auto"``/``"vmap"``/``"loop"``), ``device`` and
+    ``chunk_size`` go to the engine; the strategy chosen for the grid is reused for the
+    refinement, so every point is computed the same way. The data in memory is put on
+    ``device`` once; a DataLoader is streamed batch by batch. ``task``
+    (:class:`~basinscope.engine.Task`) says how the model is run on a batch and what the
+    loss is; it is recorded in ``evaluation["task"]``. A bootstrap needs per-example
+    values: the model's own loss (``Task(loss="model")``, one mean per batch) has none for
+    ``metric="loss"``. ``labels`` name the two models in the result.
     """
     t0 = time.perf_counter()
     _check_definition(definition)
@@ -417,6 +442,8 @@ def barrier(
         raise BasinscopeError(
             f"unknown barrier metric {metric!r}: expected one of {', '.join(BARRIER_METRICS)}"
         )
+    dtype, device = dtype_name(dtype), str(device)
+    task = as_task(task)
     if alphas is None:
         num_points = at_least("num_points", num_points, 3)
         grid = np.linspace(0.0, 1.0, num_points)
@@ -442,8 +469,25 @@ def barrier(
     if bn_policy == "stored":
         warn_stored_bn(model_a, "barrier between two solutions")
 
-    batches = as_batches(dataset, batch_size=batch_size, device="cpu")
-    bn_list = as_batches(bn_data, batch_size=128, device="cpu") if bn_data is not None else None
+    # read once, on the evaluation device (a DataLoader: streamed on every pass)
+    batches = eval_batches(dataset, batch_size=batch_size, device=device, dtype=dtype, task=task)
+    bn_list = (
+        eval_batches(
+            bn_data, batch_size=128, device=device, dtype=dtype, task=task, limit=bn_batches
+        )
+        if bn_data is not None
+        else None
+    )
+    if metric == "error":
+        _, targets = next(iter(batches))
+        if not task.classification(targets):
+            raise BasinscopeError(
+                f"the barrier's metric 'error' compares argmax(prediction) with class labels, "
+                f"and the loss is {task.loss_name} with targets of dtype "
+                f"{str(targets.dtype).removeprefix('torch.')}: use metric='loss' (--metric loss)"
+            )
+    # the error needs the prediction only: the model is not asked for its own loss
+    run_task = _prediction_only(task) if metric == "error" else task
     sink: list | None = [] if bootstrap > 0 else None
     evaluation: dict[str, Any] = {
         "strategy": strategy,
@@ -463,13 +507,14 @@ def barrier(
             datasets={split: batches},
             metrics=(metric,),
             batch_size=batch_size,
-            dtype=DTYPES[dtype],
+            dtype=to_dtype(dtype),
             device=device,
             bn_policy=bn_policy,
             bn_data=bn_list,
             bn_batches=bn_batches,
             strategy=evaluation["strategy"],
             per_example=keep if sink is not None else None,
+            task=run_task,
         )
 
     def f(new_alphas: np.ndarray) -> np.ndarray:
@@ -489,6 +534,7 @@ def barrier(
                 chunk_size=chunk_size,
                 strategy=evaluation["strategy"],
                 make_job=make_job,
+                task=run_task,
             )
         # later calls reuse the first call's strategy: every point computed the same way
         evaluation["strategy"] = land.evaluation["strategy"]
@@ -538,6 +584,8 @@ def barrier(
     evaluation["seconds"] = round(evaluation["seconds"], 4)
     evaluation["chunk_seconds"] = round(evaluation["chunk_seconds"], 4)
     evaluation["has_batchnorm"] = has_batchnorm(model_a)
+    evaluation["device"] = str(device)
+    evaluation["task"] = task.describe()
     return BarrierResult(
         value=value,
         definition=definition,
@@ -559,7 +607,7 @@ def barrier(
         definition_formula=BARRIER_DEFINITIONS[definition],
         bootstrap_se=se,
         bn_batches=bn_batches if bn_policy == "recompute" else 0,
-        num_examples=sum(len(y) for _, y in batches),
+        num_examples=num_examples(batches),
         refine_points=refine_points if refine else 0,
         refine_rounds=refine_rounds if refine else 0,
         seed=seed,
@@ -595,6 +643,7 @@ def barrier_matrix(
     data: Any,
     *,
     labels: Sequence[str] | None = None,
+    task: Task | None = None,
     **barrier_kwargs: Any,
 ) -> tuple[np.ndarray, list[BarrierResult]]:
     """Pairwise barriers of ``models``: an ``(M, M)`` symmetric matrix with a zero diagonal.
@@ -603,7 +652,8 @@ def barrier_matrix(
     (mirrored to ``(j, i)``; the three definitions are symmetric in the endpoints up to
     evaluation rounding, so each pair is evaluated once). The results come in the order
     ``(0, 1), (0, 2), ..., (M - 2, M - 1)``, each with ``models=(labels[i], labels[j])``
-    (default labels ``"0"``, ``"1"``, ...).
+    (default labels ``"0"``, ``"1"``, ...). ``task`` says how the models are run and what
+    the loss is (:func:`barrier`).
     """
     models = list(models)
     if len(models) < 2:
@@ -618,7 +668,14 @@ def barrier_matrix(
     results: list[BarrierResult] = []
     for i in range(m):
         for j in range(i + 1, m):
-            r = barrier(models[i], models[j], data, labels=(names[i], names[j]), **barrier_kwargs)
+            r = barrier(
+                models[i],
+                models[j],
+                data,
+                labels=(names[i], names[j]),
+                task=task,
+                **barrier_kwargs,
+            )
             out[i, j] = out[j, i] = r.value
             results.append(r)
     return out, results
@@ -629,19 +686,20 @@ def barriers(
     data: Any,
     *,
     labels: Sequence[str] | None = None,
+    task: Task | None = None,
     **barrier_kwargs: Any,
 ) -> BarrierResult | BarrierMatrix:
     """The barrier between two models (:func:`barrier`), or the :class:`BarrierMatrix` of
     every pair of three or more (:func:`barrier_matrix`), as basinscope barrier measures
-    them. ``labels`` name the models (one each); ``barrier_kwargs`` (``spec=``,
-    ``bn_data=``, ...) go to :func:`barrier`.
+    them. ``labels`` name the models (one each); ``task`` says how they are run and what
+    the loss is; ``barrier_kwargs`` (``spec=``, ``bn_data=``, ...) go to :func:`barrier`.
     """
     models = list(models)
     if len(models) == 2:
         named = {} if labels is None else {"labels": tuple(str(x) for x in labels)}
-        return barrier(models[0], models[1], data, **named, **barrier_kwargs)
+        return barrier(models[0], models[1], data, **named, task=task, **barrier_kwargs)
     names = [str(i) for i in range(len(models))] if labels is None else [str(x) for x in labels]
-    matrix, pairs = barrier_matrix(models, data, labels=names, **barrier_kwargs)
+    matrix, pairs = barrier_matrix(models, data, labels=names, task=task, **barrier_kwargs)
     return BarrierMatrix.of(names, matrix, pairs)
 
 

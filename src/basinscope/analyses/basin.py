@@ -128,8 +128,10 @@ from scipy import stats
 from torch import Tensor, nn
 
 from basinscope._checks import MAX_COUNT, MAX_SEED
-from basinscope.engine import EvalJob, PointBasis, evaluate_points, warn_stored_bn
-from basinscope.engine.metrics import Metric, resolve_metrics
+from basinscope.analyses.landscape import dtype_name, eval_batches
+from basinscope.engine import EvalJob, PointBasis, Task, as_task, evaluate_points, warn_stored_bn
+from basinscope.engine.metrics import Metric
+from basinscope.engine.precision import storage_dtype, to_dtype
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import check_same_keys, get_buffers, get_params
 from basinscope.result import Result, fmt
@@ -144,7 +146,6 @@ __all__ = [
     "exit_weights",
 ]
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 _GROUP = 16  # noise vectors per engine call (memory: this many parameter-sized vectors)
 _RANK_TOL = 1e-10  # relative eigenvalue tolerance of the Gram matrix (1e-5 in distances)
 _MAX_REDRAWS = 100
@@ -395,17 +396,23 @@ def _uniform(rng: np.random.Generator, m: int, size: int) -> np.ndarray:
 class _Hull:
     """The solutions as an engine basis: origin θ_1, directions θ_i - θ_1."""
 
-    def __init__(self, models: list[nn.Module], data: Any, metric: Metric, opts: dict) -> None:
+    def __init__(
+        self, models: list[nn.Module], data: Any, metric: Metric, opts: dict, task: Task
+    ) -> None:
         self.opts = opts
+        self.task = task
         self.template = models[0]
-        self.dtype = DTYPES[opts["dtype"]]
+        # the dtype the points are stored in (float32 under bfloat16/float16 autocast)
+        self.dtype, _ = storage_dtype(opts["dtype"])
         params = [get_params(m) for m in models]
         buffers = [get_buffers(m) for m in models]
         for i in range(1, len(models)):
             check_same_keys(params[0], params[i], f"parameters of model 1 and model {i + 1}")
             check_same_keys(buffers[0], buffers[i], f"buffers of model 1 and model {i + 1}")
         self.num_params = int(sum(v.numel() for v in params[0].values()))
-        self.origin = {k: v.to(self.dtype) for k, v in params[0].items()}
+        # the points' tensors live on the evaluation device: nothing moves per chunk
+        self.device = torch.device(opts["device"])
+        self.origin = {k: v.to(self.device, self.dtype) for k, v in params[0].items()}
         self.shapes = {k: v.shape for k, v in params[0].items()}
         edges64 = [
             {k: p[k].double() - params[0][k].double() for k in params[0]} for p in params[1:]
@@ -416,14 +423,14 @@ class _Hull:
             for b in range(a, k):
                 g = sum(float((edges64[a][key] * edges64[b][key]).sum()) for key in params[0])
                 self.gram[a, b] = self.gram[b, a] = g
-        self.edges = [{key: v.to(self.dtype) for key, v in e.items()} for e in edges64]
+        self.edges = [{key: v.to(self.device, self.dtype) for key, v in e.items()} for e in edges64]
         del edges64
-        self.buffers = buffers[0]
+        self.buffers = {key: v.to(self.device) for key, v in buffers[0].items()}
         self.buffer_edges = [
             {
-                key: (b[key].double() - buffers[0][key].double()).to(b[key].dtype)
+                key: (b[key].double() - buffers[0][key].double()).to(self.device, b[key].dtype)
                 if b[key].is_floating_point()
-                else torch.zeros_like(b[key])
+                else torch.zeros_like(b[key], device=self.device)
                 for key in b
             }
             for b in buffers[1:]
@@ -487,12 +494,13 @@ class _Hull:
             datasets={"data": self.data},
             metrics=(self.metric,),
             batch_size=o["batch_size"],
-            dtype=self.dtype,
+            dtype=to_dtype(o["dtype"]),
             device=o["device"],
             bn_policy=o["bn_policy"],
             bn_data=o["bn_data"],
             bn_batches=o["bn_batches"],
             strategy=o["strategy"],
+            task=self.task,
         )
         res = evaluate_points(job, np.concatenate(blocks, axis=1), chunk_size=o["chunk_size"])
         return np.asarray(res.values[f"data_{self.metric.name}"], dtype=np.float64)
@@ -502,7 +510,7 @@ class _Hull:
         z = {k: torch.randn(s, generator=gen, dtype=torch.float64) for k, s in self.shapes.items()}
         if length is not None:
             scale = length / math.sqrt(sum(float((v**2).sum()) for v in z.values()))
-        return {k: (v * scale).to(self.dtype) for k, v in z.items()}
+        return {k: (v * scale).to(self.device, self.dtype) for k, v in z.items()}
 
 
 # -- statistics ---------------------------------------------------------------------------
@@ -579,6 +587,7 @@ def basin_test(
     strategy: str = "loop",
     chunk_size: int = 64,
     labels: Sequence[str] | None = None,
+    task: Task | None = None,
 ) -> BasinResult:
     """Monte Carlo test of Definition 3.1 for ``S = conv(models)`` (see the module docstring).
 
@@ -602,6 +611,10 @@ def basin_test(
             engine settings (:class:`~basinscope.engine.EvalJob`); the strategy is pinned
             (``"loop"``) so that equal points give bit-identical values.
         labels: names of the solutions, recorded in the result (default ``"0"``, ``"1"``...).
+        task: how the models are run on a batch and what ``"loss"`` is
+            (:class:`~basinscope.engine.Task`; default ``model(x)`` and cross-entropy),
+            recorded in ``settings["task"]``. The data in memory is put on ``device`` once;
+            a DataLoader is streamed batch by batch on every evaluation.
     """
     models = list(models)
     if not models or not all(isinstance(mod, nn.Module) for mod in models):
@@ -623,22 +636,28 @@ def basin_test(
     confidence = _check_number("confidence", confidence)
     if not 0 < confidence < 1:
         raise BasinscopeError(f"confidence must lie strictly between 0 and 1, got {confidence}.")
-    if dtype not in DTYPES:
-        raise BasinscopeError(f"unknown dtype {dtype!r}; valid values are 'float32', 'float64'.")
-    (metric_obj,) = resolve_metrics([metric])
+    dtype, device = dtype_name(dtype), str(device)
+    task = as_task(task)
     if bn_policy == "stored" and m > 1:
         warn_stored_bn(models[0], "basin test on the convex hull of solutions")
+    # read once, on the evaluation device (a DataLoader: streamed on every evaluation)
+    kw = dict(device=device, dtype=dtype, task=task)
+    batches = eval_batches(data, batch_size=batch_size, **kw)
+    _, targets = next(iter(batches))
+    (metric_obj,) = task.resolve_metrics([metric], targets)
     opts = {
         "batch_size": batch_size,
         "dtype": dtype,
         "device": device,
         "bn_policy": bn_policy,
-        "bn_data": bn_data,
+        "bn_data": eval_batches(bn_data, batch_size=128, limit=bn_batches, **kw)
+        if bn_data is not None
+        else None,
         "bn_batches": bn_batches,
         "strategy": strategy,
         "chunk_size": chunk_size,
     }
-    hull = _Hull(models, data, metric_obj, opts)
+    hull = _Hull(models, batches, metric_obj, opts, task)
     dim = hull.affine_dimension()
     point = dim == 0
     if not point and dim < m - 1:
@@ -758,6 +777,7 @@ def basin_test(
         ),
         "redrawn_pairs": redrawn,
         **{k: v for k, v in opts.items() if k != "bn_data"},
+        "task": task.describe(),
     }
     # the settings (a custom metric, a callable or a Metric, has no spec)
     custom = not (isinstance(metric, str) and metric in METRICS)

@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from basinscope._checks import MAX_SEED, grid_range
 from basinscope.analyses.distance import MODULES_HELP, group_by_module
+from basinscope.analyses.landscape import basis_on, eval_batches
 from basinscope.analyses.rewind import (
     REWIND_DEFINITION,
     EngineOptions,
@@ -58,8 +59,8 @@ from basinscope.analyses.rewind import (
     _torch_dtype,
     rewind,
 )
-from basinscope.engine import EvalJob, PointBasis, as_batches, evaluate_points
-from basinscope.engine.metrics import Metric, resolve_metrics
+from basinscope.engine import EvalJob, PointBasis, Task, as_task, evaluate_points
+from basinscope.engine.metrics import Metric
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import get_buffers, get_params
 from basinscope.result import Result, fmt
@@ -267,6 +268,7 @@ def module_criticality(
     device: str = "cpu",
     strategy: str = "auto",
     chunk_size: int = 64,
+    task: Task | None = None,
 ) -> CriticalityResult:
     """Module criticality :math:`\\mu_i(\\epsilon)` of each module; see the module docstring.
 
@@ -276,9 +278,13 @@ def module_criticality(
     ``strategy`` is the engine's (``"vmap"``, ``"loop"``, or ``"auto"``: timed once, at the
     baseline, and kept for every module); the one used is recorded in ``settings``. The two
     agree to rounding only: pin it to compare separate runs bit for bit. ``dtype`` is a
-    torch dtype or its name (``"float64"``).
+    torch dtype or its name (``"float64"``; ``"bfloat16"``/``"float16"``: autocast).
+    ``task`` (:class:`~basinscope.engine.Task`) says how the model is run on a batch and
+    what the loss is (recorded in ``settings["task"]``). The data in memory is put on
+    ``device`` once and read by every engine call; a DataLoader is streamed.
     """
     dtype = _torch_dtype(dtype)
+    task = as_task(task)
     if noise not in NOISE_VARIANTS:
         raise BasinscopeError(
             f"unknown noise variant {noise!r}: expected one of {', '.join(NOISE_VARIANTS)}"
@@ -299,9 +305,10 @@ def module_criticality(
     final = get_params(model_final)
     init = _init_params(model_init, final)
     groups = group_by_module(list(final), modules)
-    (metric_obj,) = resolve_metrics([metric])
     split, d = _one_split(data, split)
-    batches = as_batches(d, batch_size=batch_size, device="cpu")
+    batches = eval_batches(d, batch_size=batch_size, device=device, dtype=dtype, task=task)
+    _, targets = next(iter(batches))
+    (metric_obj,) = task.resolve_metrics([metric], targets)
     buffers = get_buffers(model_final)
     gen = torch.Generator().manual_seed(seed)
     used = [strategy]  # "auto" is timed once, at the first engine call, and then kept
@@ -309,13 +316,14 @@ def module_criticality(
     def run(basis: PointBasis, coeffs: np.ndarray) -> np.ndarray:
         job = EvalJob(
             model_final,
-            basis,
+            basis_on(basis, device),
             {split: batches},
             metrics=(metric_obj,),
             batch_size=batch_size,
             dtype=dtype,
             device=device,
             strategy=used[0],
+            task=task,
         )
         res = evaluate_points(job, coeffs, chunk_size=chunk_size)
         used[0] = res.strategy
@@ -397,6 +405,7 @@ def module_criticality(
             "metric_definition": metric_obj.definition,
             "split": split,
             "strategy": used[0],
+            "task": task.describe(),
         },
         spec=CriticalitySpec(
             modules=tuple(modules or ()),

@@ -52,21 +52,31 @@ from basinscope.analyses._curve import (
     save_curve,
 )
 from basinscope.analyses.interpolation import interpolate
-from basinscope.analyses.landscape import DTYPES, as_splits
+from basinscope.analyses.landscape import as_splits, dtype_name, eval_batches
 from basinscope.engine import (
     EvalJob,
-    as_batches,
+    Task,
+    as_task,
     evaluate_points,
     has_batchnorm,
     warn_stored_bn,
 )
 from basinscope.engine.fit import check_model_data
-from basinscope.engine.metrics import Metric, resolve_metrics
+from basinscope.engine.metrics import Metric
+from basinscope.engine.precision import to_dtype
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import ParamDict, check_same_keys, get_buffers, get_params, norm
 from basinscope.inputs import ModelPair
 from basinscope.result import Result, fmt, tensors
-from basinscope.spec import BN_POLICIES, STRATEGIES, EvalOptions, Spec, option, takes_spec
+from basinscope.spec import (
+    BN_POLICIES,
+    EVAL_DTYPES,
+    STRATEGIES,
+    EvalOptions,
+    Spec,
+    option,
+    takes_spec,
+)
 from basinscope.training import TrainConfig, train
 from basinscope.training._data import as_tensors
 from basinscope.training.schedules import check_schedule
@@ -189,7 +199,11 @@ class CurveEvalSpec(Spec):
         low=1,
         high=MAX_COUNT,
     )
-    dtype: str = option("float32", "float32 or float64 (evaluation).", choices=tuple(DTYPES))
+    dtype: str = option(
+        "float32",
+        "float32, float64, or mixed precision bfloat16/float16 (evaluation).",
+        choices=EVAL_DTYPES,
+    )
     device: str = option("cpu", _eval_help("device"))
     chunk_size: int = option(64, _eval_help("chunk_size"), low=1, high=MAX_COUNT)
     strategy: str = option("auto", "auto (time both), vmap or loop.", choices=STRATEGIES)
@@ -315,11 +329,13 @@ class _CurvePath(nn.Module):
         pts = [{k: v.detach() for k, v in p.items()} for p in self.points()]
         return Curve(self.curve_kind, (pts[0], pts[-1]), tuple(pts[1:-1]))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        """``net`` at :math:`\\phi(t)` on the inputs as the net takes them (``net(x)``,
+        ``net(*x)`` or ``net(**inputs)``); its output as it is (the task reads it)."""
         w = curve_weights(self.curve_kind, self.order, self.t)
         used = [(float(c), p) for c, p in zip(w, self.points()) if c != 0]
         phi = {k: sum(c * p[k] for c, p in used) for k in self.names}
-        return functional_call(self.net, phi, (x,))
+        return functional_call(self.net, phi, args, kwargs)
 
 
 @takes_spec(CurveSpec)
@@ -348,6 +364,7 @@ def train_curve(
     progress: bool = False,
     callbacks: Sequence[CurveCallback] = (),
     labels: tuple[str, str] = ("model_a", "model_b"),
+    task: Task | None = None,
 ) -> CurveResult:
     """Train the interior points of a curve from ``model_a`` to ``model_b`` (Garipov et al. 2018).
 
@@ -373,6 +390,11 @@ def train_curve(
     ``"curve"`` (the current :class:`Curve`, sharing memory with the trained tensors: read,
     do not modify). ``labels`` name the two models. Given the same inputs and seeds the
     result is bit-identical.
+
+    ``task`` (:class:`~basinscope.engine.Task`) says how the network is called on a batch
+    (``net(x)`` or ``net(**inputs)``) and what the loss is; it goes to the trainer, which
+    reads the batches and calls the curve with the network's inputs, and is recorded in
+    ``config["task"]``. ``loss_fn`` is the older way to give a loss ``fn(outputs, targets)``.
     """
     n_inner = _check_degree(kind, order, bends)
     if n_inner == 0:
@@ -406,8 +428,15 @@ def train_curve(
     start = init_curve(model_a, model_b, kind, order=order, bends=bends, init=init, seed=seed)
     a, b = start.endpoints
     home = next(iter(a.values())).device if a else torch.device("cpu")
-    x, y = as_tensors(data, "data")
-    check_model_data(model_a, (x, y), what="the training data", classification=loss_fn is None)
+    # one forward pass on the first examples: inputs, outputs and labels fit the model
+    check_model_data(
+        model_a,
+        data,
+        what="the training data",
+        classification=loss_fn is None,
+        task=as_task(task),
+    )
+    examples = _num_examples(data, as_task(task))
 
     # t_1, t_2, ... from one generator: t_1 before training, t_{s+1} after update s
     t_gen = torch.Generator().manual_seed((int(seed) * 1_000_003 + 4_242) % (2**63 - 1))
@@ -457,6 +486,8 @@ def train_curve(
         device=device if device is not None else home,
         callbacks=[after_update],
         progress=progress,
+        # the trainer calls the curve as the task calls the network, and takes its loss
+        **({"task": task} if task is not None else {}),
     )
     trained = run.model.points()[1:-1]
     points = [a, *({k: v.detach().to(home).clone() for k, v in p.items()} for p in trained), b]
@@ -465,7 +496,7 @@ def train_curve(
         **({"order": order} if kind == "bezier" else {"bends": bends}),
         "init": init,
         "steps": steps,
-        "batch_size": min(batch_size, int(y.shape[0])),
+        "batch_size": min(batch_size, examples) if examples is not None else batch_size,
         "lr": lr,
         "momentum": momentum if optimizer == "sgd" else None,
         "weight_decay": weight_decay,
@@ -479,6 +510,7 @@ def train_curve(
         "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__)
         if loss_fn is not None
         else "cross_entropy",
+        "task": as_task(task).describe(),
         "seconds": round(time.perf_counter() - t0, 4),
     }
     spec = CurveSpec.from_kwargs(locals())
@@ -490,6 +522,27 @@ def train_curve(
         labels=(str(labels[0]), str(labels[1])),
         spec=spec,
     )
+
+
+def _num_examples(data: Any, task: Task) -> int | None:
+    """How many training examples ``data`` holds, where that is known without reading it
+    (``None`` for a stream of unknown length)."""
+    if isinstance(getattr(data, "y", None), Tensor):
+        return int(data.y.shape[0])
+    if isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
+        _, y = task.split(data)
+        return int(y.shape[0])
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor):
+        if not isinstance(data[0], (tuple, list)):
+            return int(data[1].shape[0])
+    if isinstance(data, list) and data and all(isinstance(b, (tuple, list, Mapping)) for b in data):
+        return sum(int(torch.as_tensor(task.split(b)[1]).shape[0]) for b in data)  # batches
+    dataset = getattr(data, "dataset", data)  # a DataLoader: its dataset
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        return len(dataset)
+    if callable(getattr(data, "batches", None)):
+        return int(as_tensors(data, "data")[1].shape[0])
+    return None
 
 
 # -- evaluation -------------------------------------------------------------------------
@@ -514,6 +567,7 @@ def evaluate_curve(
     chunk_size: int = 64,
     strategy: str = "auto",
     progress: bool = False,
+    task: Task | None = None,
 ) -> CurveEvaluation:
     """Metrics at :math:`\\phi(t)` for ``ts`` (default ``points`` = 21 values in [0, 1]) and
     on the line.
@@ -523,8 +577,10 @@ def evaluate_curve(
     ``"recompute"`` for a model with BatchNorm (statistics re-estimated at every :math:`t`
     from ``bn_batches`` batches of ``bn_data``, by default the ``"train"`` split of
     ``data``) and ``"stored"`` otherwise; the line uses the same policy and data, at
-    ``alpha = t``. The other keyword arguments are the engine's (see
-    :func:`~basinscope.analyses.compute_landscape`).
+    ``alpha = t``. ``task`` (:class:`~basinscope.engine.Task`) says how the model is run on
+    a batch and what the loss is (recorded in ``settings["task"]``). The other keyword
+    arguments are the engine's (see :func:`~basinscope.analyses.compute_landscape`): the
+    data in memory is put on ``device`` once, a DataLoader is streamed batch by batch.
     """
     even = ts is None  # the spec's grid (given ts: no spec)
     if even:
@@ -534,8 +590,8 @@ def evaluate_curve(
     if bn_policy == "auto":
         bn_policy = None
     asked_policy = bn_policy or "auto"
-    if dtype not in DTYPES:
-        raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    dtype, device = dtype_name(dtype), str(device)
+    task = as_task(task)
     params = get_params(model)
     check_same_keys(
         params,
@@ -559,23 +615,29 @@ def evaluate_curve(
             )
     if bn_policy == "stored":
         warn_stored_bn(model, "evaluation along a mode-connecting curve")
-    splits = {
-        name: as_batches(d, batch_size=batch_size, device="cpu") for name, d in raw_splits.items()
-    }
-    bn_list = as_batches(bn_data, batch_size=128, device="cpu") if bn_data is not None else None
-    metric_objs = resolve_metrics(metrics)
+    # read once, on the evaluation device (a DataLoader: streamed on every pass)
+    kw = dict(device=device, dtype=dtype, task=task)
+    splits = {name: eval_batches(d, batch_size=batch_size, **kw) for name, d in raw_splits.items()}
+    bn_list = (
+        eval_batches(bn_data, batch_size=128, limit=bn_batches, **kw)
+        if bn_data is not None
+        else None
+    )
+    _, targets = next(iter(next(iter(splits.values()))))
+    metric_objs = task.resolve_metrics(metrics, targets)
     job = EvalJob(
         model=model,
         basis=curve.as_point_basis(bufs),
         datasets=splits,
         metrics=tuple(metric_objs),
         batch_size=batch_size,
-        dtype=DTYPES[dtype],
+        dtype=to_dtype(dtype),
         device=device,
         bn_policy=bn_policy,
         bn_data=bn_list,
         bn_batches=bn_batches,
         strategy=strategy,
+        task=task,
     )
     t0 = time.perf_counter()
     result = evaluate_points(job, curve.coeffs(ts), chunk_size=chunk_size, progress=progress)
@@ -598,6 +660,8 @@ def evaluate_curve(
         "include_line": include_line,
         "length": f"piecewise-linear over {length_num} points, Euclidean norm of all parameters",
         "buffers": "given" if buffers is not None else "the model's",
+        "device": str(device),
+        "task": task.describe(),
     }
     ds = xr.Dataset(
         {name: (("t",), v) for name, v in result.values.items()},
@@ -627,18 +691,19 @@ def evaluate_curve(
         line = interpolate(
             base,
             curve.endpoints[1],
-            data,
+            splits,
             alphas=ts,
             bn_policy=bn_policy,
-            bn_data=bn_data if bn_policy == "recompute" else None,
+            bn_data=bn_list if bn_policy == "recompute" else None,
             bn_batches=bn_batches,
-            metrics=metrics,
+            metrics=tuple(metric_objs),
             batch_size=batch_size,
             dtype=dtype,
             device=device,
             chunk_size=chunk_size,
             strategy=strategy,
             progress=progress,
+            task=task,
         ).dataset
         evaluation["line_strategy"] = line.attrs.get("strategy")
     names = [m if isinstance(m, str) else None for m in metrics]
@@ -679,6 +744,7 @@ def curve(
     metadata: Mapping[str, Any] | None = None,
     progress: bool = False,
     say: Callable[[str], None] | None = None,
+    task: Task | None = None,
 ) -> CurveResult:
     """Train a curve between two models and evaluate it next to the line (what
     ``basinscope curve`` runs).
@@ -689,7 +755,8 @@ def curve(
     BatchNorm statistics re-estimated from ``data``; the evaluation is the result's
     ``metrics``. With ``curve_file`` the trained curve is first written there
     (:func:`save_curve`, with ``metadata``). ``labels`` name the two models; ``say`` is
-    told each step before it runs.
+    told each step before it runs. ``task`` (:class:`~basinscope.engine.Task`) says how the
+    model is run and what the loss is, in the training and in the evaluation.
     """
     labels = (str(labels[0]), str(labels[1]))
     spec = CurveSpec() if spec is None else spec
@@ -700,11 +767,19 @@ def curve(
         f"training a {spec.kind} curve ({degree}) between {labels[0]} and {labels[1]}: "
         f"{spec.steps} updates"
     )
-    trained = train_curve(model_a, model_b, data, spec=spec, labels=labels, progress=progress)
+    trained = train_curve(
+        model_a, model_b, data, spec=spec, labels=labels, progress=progress, task=task
+    )
     if curve_file is not None:
         curve_file = str(save_curve(curve_file, trained.curve, metadata=metadata))
     tell(f"evaluating {evaluation.points} points on the curve and on the line ...")
     ev = evaluate_curve(
-        model_a, trained.curve, eval_data, spec=evaluation, bn_data=data, progress=progress
+        model_a,
+        trained.curve,
+        eval_data,
+        spec=evaluation,
+        bn_data=data,
+        progress=progress,
+        task=task,
     )
     return replace(trained, metrics=ev, curve_file=curve_file)

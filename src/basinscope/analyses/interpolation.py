@@ -23,7 +23,6 @@ from torch import Tensor, nn
 
 from basinscope._checks import check_seed
 from basinscope.analyses.landscape import (
-    DTYPES,
     Landscape,
     LandscapeSpec,
     bias_policy_option,
@@ -31,7 +30,8 @@ from basinscope.analyses.landscape import (
     grid_option,
     normalization_option,
 )
-from basinscope.engine import warn_stored_bn
+from basinscope.engine import Task, warn_stored_bn
+from basinscope.engine.precision import storage_dtype
 from basinscope.geometry import (
     check_directions_fit,
     direction_between,
@@ -93,6 +93,7 @@ def interpolate(
     *,
     alphas=None,
     bn_policy: str = "stored",
+    task: Task | None = None,
     **kwargs: Any,
 ) -> Landscape:
     """Metrics along :math:`(1 - \\alpha)\\theta_A + \\alpha\\theta_B` (default :math:`\\alpha \\in [-0.5, 1.5]`, 41 points).
@@ -101,13 +102,16 @@ def interpolate(
     ``bn_policy="stored"`` BatchNorm running statistics are interpolated with the same
     :math:`\\alpha` (and a :class:`~basinscope.engine.BatchNormWarning` says why that can
     mislead); with ``"recompute"`` they are re-estimated at every point from ``bn_data``.
-    Other keyword arguments go to :func:`~basinscope.analyses.landscape.compute_landscape`;
+    ``task`` (:class:`~basinscope.engine.Task`) says how the model is run on a batch and
+    what the loss is (default ``model(x)`` and cross-entropy). Other keyword arguments go
+    to :func:`~basinscope.analyses.landscape.compute_landscape`;
     ``spec=InterpolationSpec(...)`` gives the settings at once.
     """
     alphas = np.linspace(-0.5, 1.5, 41) if alphas is None else np.asarray(alphas, dtype=np.float64)
     # both ends in the evaluation dtype *before* subtracting: a float64 run must evaluate
     # theta_A + alpha (theta_B - theta_A) exactly, not theta_A + alpha fl32(theta_B - theta_A)
-    dtype = DTYPES.get(kwargs.get("dtype", "float32"))
+    # (bfloat16/float16 are autocast over float32 parameters)
+    dtype, _ = storage_dtype(kwargs.get("dtype", "float32"))
     pa, ba = _params_and_buffers(model_a, dtype)
     pb, bb = _params_and_buffers(model_b, dtype)
     direction = direction_between(pa, pb)
@@ -129,6 +133,7 @@ def interpolate(
         buffer_directions=buffer_dirs,
         bn_policy=bn_policy,
         settings=InterpolationSpec(alphas=_grid(alphas)),
+        task=task,
         **kwargs,
     )
 
@@ -143,10 +148,12 @@ def random_line(
     bias_policy: str = "zero",
     alphas=None,
     direction: Mapping[str, Tensor] | None = None,
+    task: Task | None = None,
     **kwargs: Any,
 ) -> Landscape:
     """Metrics along :math:`\\theta + \\alpha d` for a normalized random direction :math:`d`
     (default :math:`\\alpha \\in [-1, 1]`, 41 points), or along a given ``direction``;
+    ``task`` says how the model is run and what the loss is (:func:`interpolate`);
     ``spec=RandomLineSpec(...)`` gives the settings at once."""
     alphas = np.linspace(-1, 1, 41) if alphas is None else np.asarray(alphas, dtype=np.float64)
     params = get_params(model)
@@ -173,6 +180,7 @@ def random_line(
         kind="random_line",
         attrs=attrs,
         settings=settings,
+        task=task,
         **kwargs,
     )
 

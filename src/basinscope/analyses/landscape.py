@@ -15,6 +15,7 @@ interrupted run resumes bit for bit) and completes the folder with
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,8 +29,18 @@ from torch import Tensor, nn
 
 from basinscope._checks import at_least, grid_range, safe_name, split_names
 from basinscope._memory import check_memory
-from basinscope.engine import EvalJob, LocalExecutor, PointBasis, as_batches, evaluate_points
-from basinscope.engine.metrics import Metric, resolve_metrics
+from basinscope.engine import (
+    EvalJob,
+    LocalExecutor,
+    PointBasis,
+    StreamingBatches,
+    as_batches,
+    evaluate_points,
+    num_examples,
+)
+from basinscope.engine.metrics import Metric
+from basinscope.engine.precision import storage_dtype, to_dtype
+from basinscope.engine.task import Task, as_task, inputs_to
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import ParamDict, get_buffers
 from basinscope.geometry.normalization import BIAS_POLICIES, NORMALIZATIONS
@@ -43,16 +54,19 @@ __all__ = [
     "LandscapeSpec",
     "TrajectoryProjection",
     "as_splits",
+    "basis_on",
+    "batches_on",
     "bias_policy_option",
     "check_grid_memory",
     "compute_landscape",
+    "dtype_name",
+    "eval_batches",
+    "fingerprint_batches",
     "grid_coeffs",
     "grid_option",
     "normalization_option",
     "splits_option",
 ]
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 #: What each kind of landscape evaluates (``attrs["kind"]`` -> its formula and source).
 LANDSCAPE_DEFINITIONS: dict[str, str] = {
@@ -175,7 +189,8 @@ class Landscape(Result, kind="landscape"):
 
     ``dataset`` holds the values (see the module docstring); ``directions`` and ``center``
     the parameter dicts of the grid (stored as safetensors); ``evaluation`` the engine's
-    strategy, speed and counts; ``run_dir`` the run folder (``None`` without one);
+    strategy, speed and counts, the device and the task (``evaluation["task"]``: how the
+    model was run and what its loss is, :meth:`~basinscope.engine.Task.describe`); ``run_dir`` the run folder (``None`` without one);
     ``trajectories`` paths projected onto a plane (``basinscope surface --trajectory``).
     ``definition`` is the kind of landscape (``dataset.attrs["kind"]``) and
     ``definition_formula`` what it evaluates (:data:`LANDSCAPE_DEFINITIONS`).
@@ -220,15 +235,74 @@ class Landscape(Result, kind="landscape"):
 
 
 def as_splits(data: Any) -> dict[str, Any]:
-    """``{"train": data}`` unless ``data`` is already a mapping of split name to data."""
+    """``{"train": data}`` unless ``data`` is already a mapping of split name to data.
+
+    A dict of tensors (``{"x": ..., "y": ...}``, ``{"input_ids": ..., "labels": ...}``) is
+    one dataset, not a mapping of splits."""
     if (
         isinstance(data, Mapping)
         and data
         and all(isinstance(k, str) for k in data)
         and not ({"x", "y"} <= set(data) or {"input", "target"} <= set(data))
+        and not any(isinstance(v, Tensor) for v in data.values())
     ):
         return dict(data)
     return {"train": data}
+
+
+def dtype_name(dtype: Any) -> str:
+    """The name of an evaluation precision given by name or as a ``torch.dtype``
+    (``"float32"``, ``"float64"``, or ``"bfloat16"``/``"float16"``: autocast over float32
+    parameters, :mod:`basinscope.engine.precision`); an unknown one is refused."""
+    return str(to_dtype(dtype)).removeprefix("torch.")
+
+
+def batches_on(
+    batches: Any, device: Any, dtype: Any = "float32", limit: int | None = None
+) -> list | StreamingBatches:
+    """Batches of :func:`~basinscope.engine.as_batches` prepared for an evaluation on
+    ``device`` in ``dtype``: batches in memory are moved there once, floating inputs in
+    the dtype parameters are stored in (float32 for the autocast precisions); streamed
+    batches stay streamed (each pass moves one batch at a time). ``limit`` keeps the first
+    batches only."""
+    storage, _ = storage_dtype(dtype)
+    if isinstance(batches, StreamingBatches):
+        stream = StreamingBatches(batches.source, device=device, dtype=storage, task=batches.task)
+        limit = batches.limit if limit is None else limit
+        return stream if limit is None else stream[:limit]
+    chosen = batches if limit is None else batches[:limit]
+    return [(inputs_to(x, device, storage), y.to(device)) for x, y in chosen]
+
+
+def eval_batches(
+    data: Any,
+    *,
+    batch_size: int,
+    device: Any = "cpu",
+    dtype: Any = "float32",
+    task: Task | None = None,
+    limit: int | None = None,
+) -> list | StreamingBatches:
+    """``data`` read once for the engine: data in memory as a list of batches on
+    ``device`` (:func:`batches_on`), a DataLoader (or any re-iterable of batches) streamed
+    batch by batch on every pass, never held in memory whole."""
+    return batches_on(
+        as_batches(data, batch_size=batch_size, task=as_task(task)), device, dtype, limit
+    )
+
+
+def fingerprint_batches(batches: Any) -> str:
+    """:func:`~basinscope.store.fingerprint_tensors` of a list of ``(inputs, targets)``
+    batches, read one batch at a time (streamed batches are read once); dict inputs are
+    fingerprinted by their keys and tensors."""
+    h = hashlib.sha256()
+    for x, y in batches:
+        h.update(
+            fingerprint_tensors(
+                [fingerprint_tensors(x) if isinstance(x, Mapping) else x, y]
+            ).encode()
+        )
+    return h.hexdigest()[:16]
 
 
 def grid_coeffs(coords: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -299,6 +373,7 @@ def compute_landscape(
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
     make_job: Callable[[PointBasis], Any] | None = None,
+    task: Task | None = None,
 ) -> Landscape:
     """Evaluate ``metrics`` on the grid ``center + sum_d coords_d * directions_d``.
 
@@ -313,20 +388,33 @@ def compute_landscape(
     ``make_job(basis)`` replaces the metric evaluation by any other per-point computation
     with the engine's job protocol (e.g. Hessian eigenvalues), keeping the grid, chunks,
     resume and storage.
+
+    ``task`` (:class:`~basinscope.engine.Task`) says how the model is called on a batch and
+    what ``loss`` is (default: ``model(x)`` and cross-entropy); it is recorded in
+    ``evaluation["task"]``. ``data`` (and ``bn_data``) in memory is put on ``device`` once;
+    a DataLoader is streamed batch by batch on every pass. ``dtype`` is ``"float32"``,
+    ``"float64"``, or ``"bfloat16"``/``"float16"`` (autocast over float32 parameters).
     """
-    if dtype not in DTYPES:
-        raise BasinscopeError(f"unknown dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    dtype, device = dtype_name(dtype), str(device)  # "cuda:0" for torch.device("cuda:0")
+    task = as_task(task)
     if len(directions) != len(coords):
         raise ValueError(f"{len(directions)} directions but {len(coords)} coordinates")
     coeffs = grid_coeffs(coords)  # first: a grid too large for memory is refused up front
-    torch_dtype = DTYPES[dtype]
-    splits = {
-        safe_name("split name", name): as_batches(d, batch_size=batch_size, device="cpu")
+    # the data as given (views, for the fingerprints), then once on the evaluation device;
+    # a job of its own (make_job) reads its own data: these are for the fingerprints only
+    read = {
+        safe_name("split name", name): as_batches(d, batch_size=batch_size, task=task)
         for name, d in as_splits(data).items()
     }
-    for name in splits:
+    for name in read:
         safe_component(name, "split name")
-    bn_list = as_batches(bn_data, batch_size=128, device="cpu") if bn_data is not None else None
+    bn_read = as_batches(bn_data, batch_size=128, task=task) if bn_data is not None else None
+    splits, bn_list = read, bn_read
+    if make_job is None:
+        splits = {name: batches_on(b, device, dtype) for name, b in read.items()}
+        # the statistics' batches on the device when they are re-estimated, the first only
+        recompute = bn_read is not None and bn_policy == "recompute"
+        bn_list = batches_on(bn_read, device, dtype, limit=bn_batches) if recompute else None
     buffers = dict(center_buffers) if center_buffers is not None else get_buffers(model)
     basis = PointBasis(
         origin={k: v.detach() for k, v in center.items()},
@@ -334,24 +422,30 @@ def compute_landscape(
         buffers={k: v.detach() for k, v in buffers.items()},
         buffer_basis=tuple(buffer_directions) if buffer_directions is not None else None,
     )
-    metric_objs = resolve_metrics(metrics) if make_job is None else []
+    if make_job is None:
+        _, first_targets = next(iter(next(iter(splits.values()))))
+        metric_objs = task.resolve_metrics(metrics, first_targets)
+    else:
+        metric_objs = []
     for m in metric_objs:
         safe_component(m.name, "metric name")
+    engine_basis = basis_on(basis, device)
     job = (
-        make_job(basis)
+        make_job(engine_basis)
         if make_job is not None
         else EvalJob(
             model=model,
-            basis=basis,
+            basis=engine_basis,
             datasets=splits,
             metrics=tuple(metric_objs),
             batch_size=batch_size,
-            dtype=torch_dtype,
+            dtype=to_dtype(dtype),
             device=device,
             bn_policy=bn_policy,
             bn_data=bn_list,
             bn_batches=bn_batches,
             strategy=strategy,
+            task=task,
         )
     )
     # after the engine's own checks: the spec names the settings the run was made with
@@ -365,14 +459,12 @@ def compute_landscape(
         strategy=strategy,
         chunk_size=chunk_size,
     )
-    all_attrs = {
+    base_attrs = {
         "kind": kind,
         "bn_policy": bn_policy,
         "bn_batches": bn_batches if bn_policy == "recompute" else 0,
         "dtype": dtype,
         **{f"metric_{m.name}": m.definition for m in metric_objs},
-        **{f"n_{s}": sum(len(y) for _, y in b) for s, b in splits.items()},
-        **(attrs or {}),
     }
     store = None
     try:
@@ -388,6 +480,8 @@ def compute_landscape(
                 "chunk_size": chunk_size,
                 "strategy": strategy,
                 "attrs": dict(attrs or {}),
+                # a task other than the default identifies the run (older runs stay found)
+                **({} if task.default else {"task": task.describe()}),
                 **(spec or {}),
                 **(identity or {}),
             }
@@ -396,10 +490,10 @@ def compute_landscape(
                     {**basis.origin, **{f"buffer/{k}": v for k, v in basis.buffers.items()}}
                 ),
                 "directions": fingerprint_tensors([fingerprint_tensors(d) for d in basis.basis]),
-                "data": {s: fingerprint_tensors(b) for s, b in splits.items()},
+                "data": {s: fingerprint_batches(b) for s, b in read.items()},
             }
-            if bn_list is not None and bn_policy == "recompute":
-                fps["bn_data"] = fingerprint_tensors(bn_list)
+            if bn_read is not None and bn_policy == "recompute":
+                fps["bn_data"] = fingerprint_batches(bn_read)
             done = RunStore.find_complete(run_dir, "landscape", full_spec, fps, [paths.RESULT])
             if done is not None:  # finished: loaded without a lock, nothing is written
                 return _finished(done.path)
@@ -420,10 +514,18 @@ def compute_landscape(
             on_chunk=on_chunk,
         )
         shape = tuple(len(np.asarray(v)) for v in coords.values())
+        # the example counts after the evaluation: a streamed split has been read by then
+        counts = {f"n_{s}": num_examples(b) for s, b in splits.items()}
         ds = xr.Dataset(
             {name: (tuple(coords), v.reshape(shape)) for name, v in result.values.items()},
             coords={k: np.asarray(v, dtype=np.float64) for k, v in coords.items()},
-            attrs={**all_attrs, "strategy": result.strategy, "chunk_size": chunk_size},
+            attrs={
+                **base_attrs,
+                **counts,
+                **(attrs or {}),
+                "strategy": result.strategy,
+                "chunk_size": chunk_size,
+            },
         )
         evaluation = {
             "strategy": result.strategy,
@@ -435,6 +537,8 @@ def compute_landscape(
             "points_per_second": result.points_per_second,
             "nonfinite": result.nonfinite,
             "executor": (executor or LocalExecutor()).name,
+            "device": str(device),
+            "task": task.describe(),
         }
         if store is not None:
             evaluation = {**store.manifest.get("evaluation", {}), **evaluation}
@@ -456,6 +560,25 @@ def compute_landscape(
     finally:
         if store is not None:
             store.close()  # the folder's lock (a caller that holds it keeps it)
+
+
+def basis_on(basis: PointBasis, device: Any) -> PointBasis:
+    """``basis`` with its tensors on ``device`` (the engine combines them there chunk by
+    chunk; nothing moves back and forth per point)."""
+    if torch.device(device).type == "cpu":
+        return basis
+
+    def move(d: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return {k: v.to(device) for k, v in d.items()}
+
+    return PointBasis(
+        origin=move(basis.origin),
+        basis=tuple(move(d) for d in basis.basis),
+        buffers=move(basis.buffers),
+        buffer_basis=tuple(move(d) for d in basis.buffer_basis)
+        if basis.buffer_basis is not None
+        else None,
+    )
 
 
 def _finished(run_dir: Path) -> Landscape:

@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from basinscope.analyses.distance import MODULES_HELP, group_by_module
-from basinscope.analyses.landscape import as_splits
-from basinscope.engine import EvalJob, PointBasis, as_batches, evaluate_points
-from basinscope.engine.metrics import Metric, resolve_metrics
+from basinscope.analyses.landscape import as_splits, basis_on, dtype_name, eval_batches
+from basinscope.engine import EvalJob, PointBasis, Task, as_task, evaluate_points
+from basinscope.engine.metrics import Metric
+from basinscope.engine.precision import PRECISIONS, to_dtype
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, get_buffers, get_params
 from basinscope.result import Result, fmt
@@ -29,11 +30,12 @@ from basinscope.spec import STRATEGIES, Spec, group, option, takes_spec
 __all__ = ["REWIND_DEFINITION", "EngineOptions", "RewindResult", "RewindSpec", "rewind"]
 
 REWIND_DEFINITION = "change = metric(module rewound to init, rest final) - metric(final)"
-DTYPE_NAMES = ("float32", "float64")
+DTYPE_NAMES = PRECISIONS
 
 
 def _torch_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    """A precision by name or as a torch dtype (bfloat16/float16: autocast)."""
+    return to_dtype(dtype)
 
 
 def _init_params(model_init, final: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -85,10 +87,10 @@ class EngineOptions(Spec):
     chunk_size: int = option(64, "Points per engine call.", low=1, cli=False)
 
     def check(self) -> None:
-        if not isinstance(getattr(torch, self.dtype, None), torch.dtype):
+        if self.dtype not in DTYPE_NAMES:
             raise BasinscopeError(
-                f"{self.name_of('dtype')} {self.dtype!r} is not a torch dtype: expected e.g. "
-                f"{' or '.join(DTYPE_NAMES)}"
+                f"{self.name_of('dtype')} {self.dtype!r} is not a torch dtype of an evaluation: "
+                f"expected one of {', '.join(DTYPE_NAMES)}"
             )
 
     @classmethod
@@ -101,7 +103,7 @@ class EngineOptions(Spec):
         chunk_size: int,
     ) -> EngineOptions:
         """The options of a call (``dtype`` a torch dtype or its name)."""
-        name = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+        name = dtype_name(dtype)
         return cls(
             batch_size=batch_size,
             dtype=name,
@@ -136,7 +138,9 @@ class RewindSpec(Spec):
 
 @dataclass(frozen=True)
 class RewindResult(Result, kind="rewind"):
-    """Metrics with one module rewound at a time, against the final model's."""
+    """Metrics with one module rewound at a time, against the final model's. ``task``
+    records how the model was run and what the loss is (:meth:`basinscope.engine.Task.describe`;
+    ``None`` in results of older versions)."""
 
     baseline: dict[str, float]
     rewound: dict[str, dict[str, float]]
@@ -144,18 +148,24 @@ class RewindResult(Result, kind="rewind"):
     split: str
     definition: str = REWIND_DEFINITION
     spec: RewindSpec | None = None
+    task: dict[str, Any] | None = None
 
     def summary(self) -> list[str]:
-        """The final model's metrics, then each rewound module's and its accuracy drop."""
+        """The final model's metrics, then each rewound module's and its accuracy drop
+        (the metrics measured: a regression loss has no accuracy)."""
         base = self.baseline
+        names = list(base)
+        drop = "accuracy" in base
         lines = [
-            f"final model on {self.split}: loss {fmt(base['loss'])}, accuracy "
-            f"{fmt(base['accuracy'])}",
-            f"{'module rewound':<20} {'loss':>10} {'accuracy':>10} {'acc. drop':>10}",
+            f"final model on {self.split}: " + ", ".join(f"{n} {fmt(base[n])}" for n in names),
+            f"{'module rewound':<20} "
+            + " ".join(f"{n:>10}" for n in names)
+            + (f" {'acc. drop':>10}" if drop else ""),
         ]
         return lines + [
-            f"{m:<20} {fmt(v['loss']):>10} {fmt(v['accuracy']):>10} "
-            f"{fmt(-self.change[m]['accuracy']):>10}"
+            f"{m:<20} "
+            + " ".join(f"{fmt(v[n]):>10}" for n in names)
+            + (f" {fmt(-self.change[m]['accuracy']):>10}" if drop else "")
             for m, v in self.rewound.items()
         ]
 
@@ -174,15 +184,20 @@ def rewind(
     device: str = "cpu",
     strategy: str = "auto",
     chunk_size: int = 64,
+    task: Task | None = None,
 ) -> RewindResult:
     """Rewind each module to ``model_init``'s values (rest final) and evaluate; see module doc.
 
     One engine call evaluates the final model and every rewound model; inputs are never
     mutated. Buffers stay at the final model's values. ``modules`` as in
     :func:`~basinscope.analyses.distance.group_by_module`; ``dtype`` a torch dtype or its
-    name (``"float64"``).
+    name (``"float64"``; ``"bfloat16"``/``"float16"``: autocast). ``task``
+    (:class:`~basinscope.engine.Task`) says how the model is run on a batch and what the
+    loss is; it is recorded in the result. The data in memory is put on ``device`` once; a
+    DataLoader is streamed.
     """
     dtype = _torch_dtype(dtype)
+    task = as_task(task)
     final = get_params(model_final)
     init = _init_params(model_init, final)
     groups = group_by_module(list(final), modules)
@@ -193,19 +208,23 @@ def rewind(
         get_buffers(model_final),
     )
     split, d = _one_split(data, split)
+    batches = eval_batches(d, batch_size=batch_size, device=device, dtype=dtype, task=task)
+    _, targets = next(iter(batches))
+    resolved = task.resolve_metrics(metrics, targets)
     job = EvalJob(
         model_final,
-        basis,
-        {split: as_batches(d, batch_size=batch_size, device="cpu")},
-        metrics=tuple(resolve_metrics(metrics)),
+        basis_on(basis, device),
+        {split: batches},
+        metrics=tuple(resolved),
         batch_size=batch_size,
         dtype=dtype,
         device=device,
         strategy=strategy,
+        task=task,
     )
     coeffs = np.vstack([np.zeros((1, len(groups))), np.eye(len(groups))])
     res = evaluate_points(job, coeffs, chunk_size=chunk_size)
-    names = [m.name for m in resolve_metrics(metrics)]
+    names = [m.name for m in resolved]
     baseline = {n: float(res.values[f"{split}_{n}"][0]) for n in names}
     rewound = {
         m: {n: float(res.values[f"{split}_{n}"][1 + j]) for n in names}
@@ -218,4 +237,11 @@ def rewind(
         split=split,
         engine=EngineOptions.of(batch_size, dtype, device, strategy, chunk_size),
     )
-    return RewindResult(baseline=baseline, rewound=rewound, change=change, split=split, spec=spec)
+    return RewindResult(
+        baseline=baseline,
+        rewound=rewound,
+        change=change,
+        split=split,
+        spec=spec,
+        task=task.describe(),
+    )

@@ -34,7 +34,7 @@ from basinscope.analyses.landscape import (
     grid_option,
     normalization_option,
 )
-from basinscope.engine import warn_stored_bn
+from basinscope.engine import Task, warn_stored_bn
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import (
     check_checkpoints_fit,
@@ -138,10 +138,14 @@ def random_surface(
     directions: Sequence[Mapping[str, Tensor]] | None = None,
     alphas=None,
     betas=None,
+    task: Task | None = None,
     **kwargs: Any,
 ) -> Landscape:
     """The plane around ``model`` through two normalized random directions (or given ones);
-    ``spec=RandomSurfaceSpec(...)`` gives the settings at once."""
+    ``task`` (:class:`~basinscope.engine.Task`) says how the model is run on a batch and
+    what the loss is; other keyword arguments go to
+    :func:`~basinscope.analyses.compute_landscape`; ``spec=RandomSurfaceSpec(...)`` gives
+    the settings at once."""
     params = get_params(model)
     if directions is not None:
         if len(directions) != 2:
@@ -170,7 +174,16 @@ def random_surface(
         orthogonal=orthogonal,
     )
     return compute_landscape(
-        model, params, dirs, coords, data, kind="surface", attrs=attrs, settings=settings, **kwargs
+        model,
+        params,
+        dirs,
+        coords,
+        data,
+        kind="surface",
+        attrs=attrs,
+        settings=settings,
+        task=task,
+        **kwargs,
     )
 
 
@@ -207,14 +220,16 @@ def pca_surface(
     betas=None,
     n: int = 21,
     margin: float = 0.2,
+    task: Task | None = None,
     **kwargs: Any,
 ) -> tuple[Landscape, TrajectoryProjection]:
     """The plane of the top two PCA directions of ``trajectory``, centred at ``model``.
 
     ``model`` should hold the trajectory's final point. The PCA directions are unit vectors,
     so the coordinates are distances in parameter space; by default the grid covers the
-    projected trajectory with a ``margin`` on each side. ``spec=PCASurfaceSpec(...)`` gives
-    the settings at once.
+    projected trajectory with a ``margin`` on each side. ``task`` says how the model is run
+    and what the loss is (:func:`random_surface`). ``spec=PCASurfaceSpec(...)`` gives the
+    settings at once.
     """
     params = get_params(model)
     pts = (
@@ -253,6 +268,7 @@ def pca_surface(
         kind="pca_surface",
         attrs=attrs,
         settings=settings,
+        task=task,
         **kwargs,
     )
     steps = (
@@ -275,10 +291,12 @@ def plane_surface(
     betas=None,
     n: int = 21,
     margin: float = 0.25,
+    task: Task | None = None,
     **kwargs: Any,
 ) -> tuple[Landscape, np.ndarray]:
     """The plane through three models, centred at ``model_a``; returns it and the models' (3, 2)
-    coordinates. ``spec=PlaneSurfaceSpec(...)`` gives the settings at once."""
+    coordinates. ``task`` says how the model is run and what the loss is
+    (:func:`random_surface`). ``spec=PlaneSurfaceSpec(...)`` gives the settings at once."""
     pa = get_params(model_a)
     pb = get_params(model_b) if isinstance(model_b, nn.Module) else dict(model_b)
     pc = get_params(model_c) if isinstance(model_c, nn.Module) else dict(model_c)
@@ -316,6 +334,7 @@ def plane_surface(
         kind="plane_surface",
         attrs=attrs,
         settings=settings,
+        task=task,
         **kwargs,
     )
     return land, pos
