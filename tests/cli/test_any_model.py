@@ -50,7 +50,10 @@ def regression(tmp_path, monkeypatch):
     with torch.no_grad():
         for p in b.parameters():
             p.add_(0.3 * torch.randn_like(p))
-    files = [save_weights(a, tmp_path / "a.safetensors"), save_weights(b, tmp_path / "b.safetensors")]
+    files = [
+        save_weights(a, tmp_path / "a.safetensors"),
+        save_weights(b, tmp_path / "b.safetensors"),
+    ]
     model = ["--model", "regnet:make", "--data", "reg.npz", "--loss", "mse"]
     return {"model": model, "files": files, "make": regnet.make, "tmp": tmp_path}
 
@@ -123,7 +126,7 @@ def test_regression_interpolate_surface_hessian_barrier(cli, regression):
 
     dense = torch.autograd.functional.hessian(loss, theta)
     top = torch.linalg.eigvalsh(dense).flip(0)[:2].numpy()
-    np.testing.assert_allclose(sorted(hess["top_eigenvalues"], reverse=True), top, rtol=1e-6)
+    np.testing.assert_allclose(sorted(hess["top"]["eigenvalues"], reverse=True), top, rtol=1e-6)
     # the barrier of the MSE on test between A and B
     bar = _json(cli, "barrier", *r["model"], "--weights", a_file, "--weights", b_file,
                 "--metric", "loss", "--definition", "linear", "--num-points", "11", "--no-refine", "--split", "test",
@@ -158,7 +161,7 @@ def test_regression_similarity_and_finetune(cli, regression):
     assert torch.equal(lp[0].weight, start[0].weight) and torch.equal(lp[0].bias, start[0].bias)
     assert not torch.equal(lp[2].weight, start[2].weight)
     assert not torch.equal(full[0].weight, start[0].weight)
-    assert set(ft["strategies"]) == {"lp", "ft"}
+    assert [s["strategy"] for s in ft["strategies"]] == ["lp", "ft"]
 
 
 # -- a Hugging Face transformer ------------------------------------------------------------
@@ -172,7 +175,10 @@ def bert(tmp_path):
     kw = KW
     a = build_model("bert", kw, init_seed=0)
     b = build_model("bert", kw, init_seed=1)
-    files = [save_weights(a, tmp_path / "a.safetensors"), save_weights(b, tmp_path / "b.safetensors")]
+    files = [
+        save_weights(a, tmp_path / "a.safetensors"),
+        save_weights(b, tmp_path / "b.safetensors"),
+    ]
     return {"files": files, "kw": kw, "tmp": tmp_path}
 
 
@@ -228,7 +234,7 @@ def test_bert_surface_barrier_similarity_hessian_and_finetune(cli, bert):
     assert np.asarray(sim["matrix"])[0, 0] == pytest.approx(1.0, abs=1e-6)
     hess = _json(cli, "hessian", *BERT, *data, "--weights", a_file, "--top", "1", "--subset",
                  "32", "--max-iter", "30", "--out", tmp / "hess")  # fmt: skip
-    assert np.isfinite(hess["top_eigenvalues"][0])
+    assert np.isfinite(hess["top"]["eigenvalues"][0])
     ft = _json(cli, "finetune", *BERT, *data, "--weights", a_file, "--strategy", "lp",
                "--strategy", "ft", "--steps", "2", "--head", "classifier", "--out",
                tmp / "ft")  # fmt: skip
@@ -238,4 +244,4 @@ def test_bert_surface_barrier_similarity_hessian_and_finetune(cli, bert):
     sa, sl = dict(start.named_parameters()), dict(lp.named_parameters())
     assert all(torch.equal(sa[k], sl[k]) for k in frozen)
     assert not torch.equal(sa["classifier.weight"], sl["classifier.weight"])
-    assert set(ft["strategies"]) == {"lp", "ft"}
+    assert [s["strategy"] for s in ft["strategies"]] == ["lp", "ft"]

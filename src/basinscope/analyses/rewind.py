@@ -25,7 +25,7 @@ from basinscope.engine.precision import PRECISIONS, to_dtype
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, get_buffers, get_params
 from basinscope.result import Result, fmt
-from basinscope.spec import STRATEGIES, Spec, group, option, takes_spec
+from basinscope.spec import EVAL_DTYPES, STRATEGIES, EvalOptions, Spec, group, option, takes_spec
 
 __all__ = ["REWIND_DEFINITION", "EngineOptions", "RewindResult", "RewindSpec", "rewind"]
 
@@ -79,19 +79,19 @@ class EngineOptions(Spec):
     model's buffers are kept: there is no BatchNorm re-estimation to set)."""
 
     batch_size: int = option(1024, "Examples per forward pass.", low=1)
-    dtype: str = option("float32", "Precision of the evaluation.", cli=False)
-    device: str = option("cpu", "torch device of the evaluation.", cli=False)
+    dtype: str = option(
+        "float32",
+        "float32, float64, or mixed precision bfloat16/float16 (autocast over float32 weights).",
+        choices=EVAL_DTYPES,
+    )
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
     strategy: str = option(
         "auto", "Evaluation engine: auto (time both), vmap or loop.", choices=STRATEGIES
     )
     chunk_size: int = option(64, "Points per engine call.", low=1, cli=False)
 
     def check(self) -> None:
-        if self.dtype not in DTYPE_NAMES:
-            raise BasinscopeError(
-                f"{self.name_of('dtype')} {self.dtype!r} is not a torch dtype of an evaluation: "
-                f"expected one of {', '.join(DTYPE_NAMES)}"
-            )
+        EvalOptions(device=self.device)  # the device exists here (named --device)
 
     @classmethod
     def of(

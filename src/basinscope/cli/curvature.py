@@ -38,7 +38,7 @@ def run_hessian(cmd: HessianCommand, ctx: Context):
     if cmd.curvature_map:  # a landscape, stored (and resumed) in the run folder by the engine
         ctx.say(f"|lambda_min/lambda_max| map of the {spec.split} loss over {len(ds)} examples ...")
         xs, ys = grid_range(cmd.xrange, "--xrange"), grid_range(cmd.yrange, "--yrange")
-        ids = {"model": cmd.model.to_dict(), "data": cmd.data.to_dict()}
+        ids = {"model": cmd.model.to_dict(), "data": cmd.data.to_dict(), "task": cmd.task.to_dict()}
         return hessian_map(
             net,
             ds,

@@ -25,6 +25,7 @@ def _inputs(cmd: Any, ctx: Context) -> tuple[Any, dict[str, Any], dict[str, Any]
     net = load_model(m.model, m.model_kwargs, m.weights)
     data = {s: cmd.data.load(s) for s in cmd.data.splits(cmd.splits)}
     identity = {**model_spec(m.model, m.model_kwargs, m.weights), **cmd.data.to_dict()}
+    identity["task"] = cmd.task.to_dict()  # another loss is another landscape
     bn_data = data["train"] if "train" in data else cmd.data.load("train")
     kw = dict(bn_data=bn_data, run_dir=ctx.out, progress=ctx.progress, task=cmd.task.build())
     return net, data, {**kw, "identity": {**identity, "splits": list(data)}}
