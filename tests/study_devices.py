@@ -8,9 +8,8 @@ from pathlib import Path
 
 from basinscope.store import paths
 
-# Stages that compute on the CPU whatever the study's device (the library functions they
-# call take no device yet): fine-tuning, CKA and the curvature maps.
-CPU_ONLY = ("finetune", "similarity", "curvature-map")
+# Stages that compute on the CPU whatever the study's device: the curvature maps.
+CPU_ONLY = ("curvature-map",)
 
 # The stage folders of each study's default smoke run, ``run_study(NAME, root,
 # make_config(NAME, smoke=True))``, as basinscope named them at commit d20fd4f, before device

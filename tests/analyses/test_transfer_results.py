@@ -170,7 +170,7 @@ def test_an_infeasible_module_round_trips_with_infinite_mu(data, tmp_path):
         ({"samples": 3}, r"samples must be an even number >= 2 \(antithetic pairs\), got 3"),
         ({"sigmas": (0.0, 1.0)}, r"every sigma must be > 0 \(mu divides by sigma\^2\)"),
         ({"noise_variant": "huge"}, r"unknown noise_variant 'huge': expected one of absolute"),
-        ({"dtype": "float99"}, r"dtype 'float99' is not a torch dtype"),
+        ({"dtype": "float99"}, r"unknown dtype 'float99': expected one of float32, float64"),
         ({"strategy": "fast"}, r"unknown strategy 'fast': expected one of auto, vmap, loop"),
     ],
 )

@@ -245,6 +245,7 @@ class Evaluator:
             for x, y in batches:
                 if self.strategy == "vmap":
                     outs = self._forward_vmap(params, bufs, x)
+                    outs = outs[0] if isinstance(outs, tuple) else outs  # the prediction
                     flat = outs.reshape(k * outs.shape[1], *outs.shape[2:])
                     yy = y.unsqueeze(0).expand(k, *y.shape).reshape(k * y.shape[0], *y.shape[1:])
                     for m in self.metrics:
@@ -253,6 +254,7 @@ class Evaluator:
                     vals: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
                     for i in range(k):
                         o = self._forward_one(params, bufs, i, x)
+                        o = o[0] if isinstance(o, tuple) else o
                         for m in self.metrics:
                             vals[m.name].append(m.fn(o, y).double())
                     for m in self.metrics:

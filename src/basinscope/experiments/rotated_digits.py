@@ -441,7 +441,9 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             dist = parameter_distance(pre.model, ft)
             cka = {}
             for split in ("tgt_test", "src_test"):
-                res = cka_matrix(pre.model, ft, data[split], method="linear", split=split)
+                res = cka_matrix(
+                    pre.model, ft, data[split], method="linear", split=split, device=cfg.device
+                )
                 cka[split] = res.diagonal()
             out[key] = {"distance": dist.to_dict(), "cka": cka}
         return out
@@ -449,7 +451,11 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
     sim, _ = cached_stage(
         root,
         "similarity",
-        {"pre": pre.run_dir.name, "runs": [runs[k][0].run_dir.name for k in runs]},
+        {
+            "pre": pre.run_dir.name,
+            "runs": [runs[k][0].run_dir.name for k in runs],
+            **placement(cfg, dtype=False),  # CKA in float64, on the study's device
+        },
         similarity,
         log=log,
     )
@@ -528,6 +534,7 @@ def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data
         "data": data["tgt_train"].name,
         "config": tcfg.to_dict(),
         **kwargs,
+        **placement(cfg, dtype=False),  # the device counts only when not the CPU
     }
 
     def compute():
@@ -537,8 +544,10 @@ def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data
             config=tcfg,
             source_data=data["src_test"],
             eval_target=data["tgt_test"],
+            device=cfg.device,
             **kwargs,
         )
+        res.model.cpu()  # saved and used from the CPU
         info = res.to_dict()
         info.pop("history")
         info["final_train_loss"] = res.history["loss"][-1] if res.history["loss"] else None
