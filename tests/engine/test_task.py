@@ -17,32 +17,7 @@ from basinscope.engine import EvalJob, PointBasis, Task, as_batches, evaluate_mo
 from basinscope.engine.batches import StreamingBatches
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params
-
-
-class TokenNet(nn.Module):
-    """A keyword model like a Hugging Face classifier: ids + mask (+ labels) -> .logits/.loss."""
-
-    def __init__(self, vocab=11, dim=6, classes=3):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, input_ids, attention_mask, labels=None):
-        h = self.emb(input_ids) * attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
-        logits = self.head(h.sum(1) / attention_mask.sum(1, keepdim=True))
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = F.cross_entropy(logits, labels)
-        return out
-
-
-def token_data(n=37, seq=5, vocab=11, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (n, seq), generator=g)
-    lengths = torch.randint(1, seq + 1, (n,), generator=g)
-    mask = (torch.arange(seq)[None] < lengths[:, None]).long()
-    labels = torch.randint(0, classes, (n,), generator=g)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+from task_models import TokenNet, token_data
 
 
 def dict_batches(d, size):
@@ -229,7 +204,7 @@ def test_a_user_loss_per_example_or_batch_mean():
     assert per["train_loss"] == pytest.approx(ref, abs=1e-9)
     assert mean["train_loss"] == pytest.approx(ref, abs=1e-9)  # 2 * mean over 2 outputs
     with pytest.raises(
-        BasinscopeError, match=r"returned shape \(7, 2\): return one value per example"
+        BasinscopeError, match=r"returned shape \(4, 2\): return one value per example"
     ):
         evaluate_model(model, (x, y), task=Task(loss=lambda p, t: (p - t) ** 2), **kw)
 
@@ -362,3 +337,22 @@ def test_mixed_precision_evaluates_near_float32_and_keeps_float32_weights(dtype)
     )
     ev = job.build()
     assert ev.dtype == torch.float32 and ev.autocast == dtype
+
+
+def test_a_loss_that_does_not_fit_the_targets_is_named_before_any_work():
+    from basinscope.engine import check_model_data
+
+    x, labels = torch.randn(6, 4), torch.arange(6) % 3
+    with pytest.raises(
+        BasinscopeError,
+        match=r"the loss mse cannot compare the model's prediction \(shape \(4, 3\)\) with the "
+        r"targets of the data \(shape \(4,\), torch.int64\): .*class labels take --loss "
+        r"cross_entropy",
+    ):
+        check_model_data(nn.Linear(4, 3), (x, labels), task=Task(loss="mse"))
+    with pytest.raises(
+        BasinscopeError,
+        match=r"floating-point targets of shape \(6, 3\) \(regression targets\), but the loss "
+        r"is cross-entropy on class labels: pass --loss mse",
+    ):
+        check_model_data(nn.Linear(4, 3), (x, torch.randn(6, 3)))

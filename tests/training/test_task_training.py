@@ -31,34 +31,9 @@ from basinscope.training import (
     update_bn,
 )
 from basinscope.training._data import epoch_permutation
+from task_models import TokenNet, token_data
 
 # -- models and data (TokenNet and token_data as in tests/engine/test_task.py) ------------
-
-
-class TokenNet(nn.Module):
-    """A keyword model like a Hugging Face classifier: ids + mask (+ labels) -> .logits/.loss."""
-
-    def __init__(self, vocab=11, dim=6, classes=3):
-        super().__init__()
-        self.emb = nn.Embedding(vocab, dim)
-        self.head = nn.Linear(dim, classes)
-
-    def forward(self, input_ids, attention_mask, labels=None):
-        h = self.emb(input_ids) * attention_mask.unsqueeze(-1).to(self.emb.weight.dtype)
-        logits = self.head(h.sum(1) / attention_mask.sum(1, keepdim=True))
-        out = {"logits": logits}
-        if labels is not None:
-            out["loss"] = F.cross_entropy(logits, labels)
-        return out
-
-
-def token_data(n=37, seq=5, vocab=11, classes=3, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, vocab, (n, seq), generator=g)
-    lengths = torch.randint(1, seq + 1, (n,), generator=g)
-    mask = (torch.arange(seq)[None] < lengths[:, None]).long()
-    labels = torch.randint(0, classes, (n,), generator=g)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 def token_net(seed=0):
@@ -462,7 +437,7 @@ def test_a_dict_batch_without_a_target_key_is_refused(streamed):
 
 def test_a_user_loss_of_the_wrong_shape_and_an_empty_loader_are_refused():
     model, x, y = regression()
-    with pytest.raises(BasinscopeError, match=r"returned shape \(29, 2\): return one value per"):
+    with pytest.raises(BasinscopeError, match=r"returned shape \(4, 2\): return one value per"):
         train(model, (x, y), sgd(), task=Task(loss=lambda p, t: (p - t) ** 2))
     empty = DataLoader(
         CountingDicts(subset(token_data(), slice(0, 3))), batch_size=8, drop_last=True

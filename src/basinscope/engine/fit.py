@@ -50,6 +50,30 @@ def _first_batch(data: Any, task: Any) -> tuple[Any, Tensor, Tensor] | None:
     return None
 
 
+def _check_loss(task: Any, pred: Tensor, y: Tensor, what: str) -> None:
+    """The task's loss of the probe batch: a loss that cannot compare this prediction with
+    these targets (MSE on class labels, say) is named before any work."""
+    y = torch.as_tensor(y).to(pred.device)
+    try:
+        with torch.no_grad():
+            task.loss_metric().fn(pred, y)
+    except BasinscopeError:
+        raise
+    except Exception as e:
+        text = " ".join(str(e).split())[:200]
+        hint = (
+            "class labels take --loss cross_entropy"
+            if not y.is_floating_point()
+            else "regression targets take --loss mse"
+        )
+        raise BasinscopeError(
+            f"the loss {task.loss_name} cannot compare the model's prediction (shape "
+            f"{tuple(pred.shape)}) with the targets of {what} (shape {tuple(y.shape)}, "
+            f"{y.dtype}): {type(e).__name__}: {text}. Pick the loss of these targets "
+            f"({hint}), or a module:attr loss of (prediction, targets)"
+        ) from None
+
+
 def _describe(model: nn.Module) -> str:
     n = sum(p.numel() for p in model.parameters())
     return f"{type(model).__name__} ({n:,} parameters)"
@@ -121,6 +145,8 @@ def check_model_data(
     out = task.prediction(raw)
     if task.model_loss:
         task.own_loss(raw)
+    if task.loss not in ("cross_entropy", "model"):  # (cross-entropy: the checks below)
+        _check_loss(task, out, first[1], what)  # the loss that will be measured
     if classification and task.loss == "cross_entropy" and labels.is_floating_point():
         raise BasinscopeError(
             f"{what} has floating-point targets of shape {tuple(labels.shape)} (regression "
