@@ -31,8 +31,15 @@ from torch.func import functional_call, vmap
 
 from basinscope.engine.batches import Batches, as_batches
 from basinscope.engine.bn import BN_POLICIES, has_batchnorm
+from basinscope.engine.first_layer import FIRST_LAYER_MODES, FirstLayer, split_first_layer
 from basinscope.engine.fit import check_model_data
-from basinscope.engine.metrics import BUILTIN_METRICS, Metric, batch_values
+from basinscope.engine.metrics import (
+    BUILTIN_METRICS,
+    Metric,
+    batch_values,
+    class_major_sums,
+    class_major_values,
+)
 from basinscope.engine.points import PointBasis, as_coeff_matrix, chunk_slices, points_dict
 from basinscope.engine.precision import autocast, storage_dtype
 from basinscope.engine.task import Task, as_task, first_examples, functional_args
@@ -52,6 +59,17 @@ __all__ = [
 STRATEGIES = ("auto", "vmap", "loop")
 TRIAL_POINTS = 16
 TRIAL_EXAMPLES = 512
+#: Timed runs of each strategy in the trial (alternating, after one warm-up each); the
+#: medians decide, so one slow run caused by another process does not.
+TRIAL_ROUNDS = 5
+#: The first layer's outputs on the basis are kept per batch (data in memory) up to this
+#: many bytes; past it they are computed again for every chunk.
+FIRST_LAYER_CACHE_BYTES = 256 * 2**20
+#: ``vmap`` evaluates a batch in blocks of examples whose widest activation, over all the
+#: chunk's points, holds at most this many values (8 MiB in float32): the block stays in
+#: the CPU's cache between layers. For the 64-128-10 MLP on digits that is 256 examples
+#: per block of 64 points, 2x faster than whole 1,024-example batches.
+VMAP_BLOCK_VALUES = 2**21
 
 
 @dataclass(frozen=True)
@@ -76,6 +94,11 @@ class EvalJob:
     per_example: Callable[[np.ndarray, dict[str, np.ndarray]], None] | None = None
     #: How the model is run on a batch and what "loss" means (:class:`~basinscope.engine.task.Task`).
     task: Task = field(default_factory=Task)
+    #: ``"basis"``: evaluate the first Linear/Conv2d layer once per direction and batch and
+    #: combine per point (:mod:`basinscope.engine.first_layer`); ``"plain"``: the whole
+    #: model per point; ``"auto"``: ``"basis"`` wherever it applies. The path taken, and
+    #: why ``auto`` did not take it, are recorded in the trial info.
+    first_layer: str = "auto"
 
     def __post_init__(self) -> None:
         if self.bn_policy not in BN_POLICIES:
@@ -85,6 +108,11 @@ class EvalJob:
         if self.strategy not in STRATEGIES:
             raise BasinscopeError(
                 f"unknown strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}"
+            )
+        if self.first_layer not in FIRST_LAYER_MODES:
+            raise BasinscopeError(
+                f"unknown first_layer {self.first_layer!r}: expected one of "
+                f"{', '.join(FIRST_LAYER_MODES)}"
             )
         if self.bn_policy == "recompute" and has_batchnorm(self.model) and self.bn_data is None:
             raise BasinscopeError(
@@ -152,6 +180,37 @@ class Evaluator:
             }
         self.strategy = job.strategy if job.strategy != "auto" else None
         self.trial: dict[str, Any] = {}
+        self.first = self._plan_first_layer()
+        self.widest = _widest_activation(model, self.splits, self.task)
+        self._first_cache: dict[tuple[str, int], Tensor] = {}
+        self._first_cache_bytes = 0
+
+    def _plan_first_layer(self) -> FirstLayer | None:
+        """The model cut after its first layer when the basis path is taken (recorded in
+        ``trial["first_layer"]``, with the reason when ``auto`` does not take it)."""
+        mode = self.job.first_layer
+        first, why = None, ""
+        if mode != "plain":
+            x0, _ = next(iter(next(iter(self.splits.values()))))
+            if self.autocast is not None:
+                why = "the precision is autocast (bfloat16/float16): the combination would round in it"
+            elif not isinstance(x0, Tensor) or self.task.call == "keywords":
+                why = "the model is not called on one input tensor"
+            else:
+                first, why = split_first_layer(self.model)
+        if first is None and mode == "basis":
+            raise BasinscopeError(
+                f"first_layer='basis' needs a model whose input goes into one Linear or "
+                f"Conv2d layer, but {why}: use first_layer='auto' or 'plain'"
+            )
+        self.trial["first_layer"] = "plain" if first is None else "basis"
+        if first is None and mode == "auto":
+            self.trial["first_layer_reason"] = why
+        if first is None:
+            return None
+        self.tail_params = {n for n, _ in first.tail.named_parameters()}
+        self.tail_buffers = {n for n, _ in first.tail.named_buffers()}
+        return first
 
     @property
     def names(self) -> list[str]:
@@ -164,9 +223,10 @@ class Evaluator:
         The trial is at most ``TRIAL_POINTS`` points of the first chunk (and at most an
         eighth of the job's ``total_points``, so a small job is not dominated by it) on at most
         ``TRIAL_EXAMPLES`` examples of the first batch (BatchNorm statistics, when
-        re-estimated, from one batch): one untimed warm-up of each strategy, then two
-        alternating timed runs, keeping each strategy's best. It costs a small fraction of a
-        surface (0.1 s of a LeNet surface's 1.5 s in ``benchmarks/bench_surface.py``).
+        re-estimated, from one batch), on the same first-layer path as the chunks: one
+        untimed warm-up of each strategy, then ``TRIAL_ROUNDS`` alternating timed runs of
+        each. The medians decide, and every timing is recorded in ``trial``
+        (``<strategy>_seconds`` the median, ``<strategy>_runs`` all of them).
         """
         if self.strategy is not None:
             return self.strategy
@@ -175,40 +235,41 @@ class Evaluator:
         first = next(iter(self.splits))
         x0, y0 = next(iter(self.splits[first]))
         batches = [(first_examples(x0, TRIAL_EXAMPLES), y0[:TRIAL_EXAMPLES])]
-        timings: dict[str, float] = {}
+        runs: dict[str, list[float]] = {}
         all_bn = self.bn_batches
         self.bn_batches = all_bn[
             :1
         ]  # statistics from one batch are enough to time the forward passes
         try:
             with autocast(self.device, self.autocast):
-                self._time_strategies(c, {first: batches}, timings)
+                self._time_strategies(c, {first: batches}, runs)
         finally:
             self.bn_batches = all_bn
-        if not timings:
+        if not runs:
             raise RuntimeError(f"neither evaluation strategy works for this model: {self.trial}")
+        timings = {name: float(np.median(r)) for name, r in runs.items()}
         self.strategy = min(timings, key=timings.get)
         self.trial.update({f"{k}_seconds": v for k, v in timings.items()})
+        self.trial.update({f"{k}_runs": list(r) for k, r in runs.items()})
         self.trial["trial_points"] = int(c.shape[0])
+        self.trial["trial_examples"] = int(y0[:TRIAL_EXAMPLES].shape[0])
         return self.strategy
 
     def _time_strategies(
-        self, c: Tensor, splits: Mapping[str, Batches], timings: dict[str, float]
+        self, c: Tensor, splits: Mapping[str, Batches], runs: dict[str, list[float]]
     ) -> None:
         working = []
         for name in ("vmap", "loop"):
             try:
-                self._run(c, splits, name)  # warm-up
+                self._run(c, splits, name, cache=False)  # warm-up
                 working.append(name)
             except Exception as e:  # vmap can fail on exotic modules; the loop always works
                 self.trial[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
-        for _ in range(
-            2
-        ):  # alternate the timings and keep each strategy's best: robust to load spikes
+        for _ in range(TRIAL_ROUNDS):  # alternating: a load spike hits both, medians decide
             for name in working:
                 t0 = time.perf_counter()
-                self._run(c, splits, name)
-                timings[name] = min(timings.get(name, float("inf")), time.perf_counter() - t0)
+                self._run(c, splits, name, cache=False)
+                runs.setdefault(name, []).append(time.perf_counter() - t0)
 
     # -- evaluation -----------------------------------------------------------------
     def evaluate_chunk(self, coeffs: np.ndarray) -> dict[str, np.ndarray]:
@@ -242,21 +303,26 @@ class Evaluator:
         out: dict[str, np.ndarray] = {}
         for split, batches in self.splits.items():
             cols: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
-            for x, y in batches:
+            for index, (x, y) in enumerate(batches):
+                inp = self._batch_inputs(split, index, x, cache=True)
                 if self.strategy == "vmap":
-                    outs = self._forward_vmap(params, bufs, x)
+                    outs = self._forward_vmap(params, bufs, inp, c)
                     outs = outs[0] if isinstance(outs, tuple) else outs  # the prediction
                     flat = outs.reshape(k * outs.shape[1], *outs.shape[2:])
                     yy = y.unsqueeze(0).expand(k, *y.shape).reshape(k * y.shape[0], *y.shape[1:])
                     for m in self.metrics:
-                        cols[m.name].append(m.fn(flat, yy).reshape(k, -1).double())
+                        v = class_major_values(m, outs, y)
+                        v = m.fn(flat, yy).reshape(k, -1) if v is None else v
+                        cols[m.name].append(v.double())
                 else:
                     vals: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
+                    rows = c.tolist()
                     for i in range(k):
-                        o = self._forward_one(params, bufs, i, x)
+                        o = self._forward_one(params, bufs, i, inp, rows[i])
                         o = o[0] if isinstance(o, tuple) else o
                         for m in self.metrics:
-                            vals[m.name].append(m.fn(o, y).double())
+                            v = class_major_values(m, o.unsqueeze(0), y) if o.ndim == 2 else None
+                            vals[m.name].append((m.fn(o, y) if v is None else v[0]).double())
                     for m in self.metrics:
                         cols[m.name].append(torch.stack(vals[m.name]))
             for m in self.metrics:
@@ -265,10 +331,11 @@ class Evaluator:
 
     @torch.no_grad()
     def _run(
-        self, c: Tensor, splits: Mapping[str, Batches], strategy: str
+        self, c: Tensor, splits: Mapping[str, Batches], strategy: str, cache: bool = True
     ) -> dict[str, np.ndarray]:
         params, moving = self.job.basis.stacked(c, self.dtype, self.device)
         k = c.shape[0]
+        rows = c.tolist()
         if self.recompute_bn:
             bufs = self._recompute_stats(params, moving, k, strategy)
         else:
@@ -278,45 +345,96 @@ class Evaluator:
             # sums stay on the device: one transfer per split and chunk, not per batch
             sums = torch.zeros(len(self.metrics), k, dtype=torch.float64, device=self.device)
             n = 0
-            for x, y in batches:
+            for index, (x, y) in enumerate(batches):
                 n += y.shape[0]
+                inp = self._batch_inputs(split, index, x, cache)
                 if strategy == "vmap":
-                    outs = self._forward_vmap(params, bufs, x)
-                    pred, own = outs if isinstance(outs, tuple) else (outs, None)
-                    for j, m in enumerate(self.metrics):
-                        if self.own_loss[j]:
-                            sums[j] += own.double() * y.shape[0]
-                        else:
-                            sums[j] += self._metric_stacked(m, pred, y)
+                    for xb, yb in self._blocks(inp, y, k):
+                        outs = self._forward_vmap(params, bufs, xb, c)
+                        pred, own = outs if isinstance(outs, tuple) else (outs, None)
+                        for j, m in enumerate(self.metrics):
+                            if self.own_loss[j]:
+                                sums[j] += own.double() * yb.shape[0]
+                            else:
+                                sums[j] += self._metric_stacked(m, pred, yb)
                 else:
                     for i in range(k):
-                        o = self._forward_one(params, bufs, i, x)
+                        o = self._forward_one(params, bufs, i, inp, rows[i])
                         pred, own = o if isinstance(o, tuple) else (o, None)
                         for j, m in enumerate(self.metrics):
                             if self.own_loss[j]:
                                 sums[j, i] += own.double() * y.shape[0]
                             else:
-                                sums[j, i] += batch_values(m, pred, y)
+                                sums[j, i] += self._metric_one(m, pred, y)
             sums = sums.cpu()
             for j, m in enumerate(self.metrics):
                 out[f"{split}_{m.name}"] = (sums[j] / n).numpy()
         return out
 
+    def _batch_inputs(self, split: str, index: int, x, cache: bool):
+        """What the per-point forward passes read for a batch: its inputs, or on the basis
+        path the first layer's outputs on the basis (kept for data in memory, up to
+        ``FIRST_LAYER_CACHE_BYTES``)."""
+        if self.first is None:
+            return x
+        key = (split, index)
+        if key in self._first_cache and cache:
+            return self._first_cache[key]
+        outputs = self.first.basis_outputs(self.job.basis, x, self.dtype)
+        size = outputs.numel() * outputs.element_size()
+        in_memory = isinstance(self.splits.get(split), list)
+        if cache and in_memory and self._first_cache_bytes + size <= FIRST_LAYER_CACHE_BYTES:
+            self._first_cache[key] = outputs
+            self._first_cache_bytes += size
+        return outputs
+
+    def _blocks(self, inp, y: Tensor, k: int) -> list[tuple[Any, Tensor]]:
+        """The batch in blocks of examples for ``vmap`` (``VMAP_BLOCK_VALUES``); the whole
+        batch when the model reads its own loss (one mean per call) or the inputs are not
+        one tensor."""
+        n = y.shape[0]
+        size = max(16, VMAP_BLOCK_VALUES // max(1, k * self.widest))
+        if size >= n or any(self.own_loss) or not isinstance(inp, Tensor):
+            return [(inp, y)]
+        if self.first is not None:  # the first layer's outputs: (dim + 1, N, ...)
+            return [(inp[:, s : s + size], y[s : s + size]) for s in range(0, n, size)]
+        return [(inp[s : s + size], y[s : s + size]) for s in range(0, n, size)]
+
     def _call(self, p, b, x):
         args, kwargs = functional_args(x)
         return self.task.head(functional_call(self.model, (p, b), args, kwargs))
 
-    def _forward_one(self, params, bufs, i: int, x):
+    def _call_tail(self, p, b, h: Tensor):
+        p = {k: v for k, v in p.items() if k in self.tail_params}
+        b = {k: v for k, v in b.items() if k in self.tail_buffers}
+        return self.task.head(functional_call(self.first.tail, (p, b), (h,)))
+
+    def _forward_one(self, params, bufs, i: int, x, coeffs: list[float]):
         b = points_dict(bufs, i) if bufs is not None else self.buffers
+        if self.first is not None:  # x: the first layer's outputs on the basis
+            return self._call_tail(points_dict(params, i), b, FirstLayer.combine_one(x, coeffs))
         return self._call(points_dict(params, i), b, x)
 
-    def _forward_vmap(self, params, bufs, x):
+    def _forward_vmap(self, params, bufs, x, c: Tensor):
+        if self.first is not None:  # x: the first layer's outputs on the basis
+            h = FirstLayer.combine(x, c.to(device=x.device))
+            if bufs is None:
+                return vmap(lambda p, h: self._call_tail(p, self.buffers, h))(params, h)
+            return vmap(lambda p, b, h: self._call_tail(p, b, h))(params, bufs, h)
         if bufs is None:
             return vmap(lambda p: self._call(p, self.buffers, x))(params)
         return vmap(lambda p, b: self._call(p, b, x))(params, bufs)
 
     @staticmethod
+    def _metric_one(m: Metric, pred: Tensor, y: Tensor) -> Tensor:
+        fast = class_major_sums(m, pred.unsqueeze(0), y) if pred.ndim == 2 else None
+        return fast[0] if fast is not None else batch_values(m, pred, y)
+
+    @staticmethod
     def _metric_stacked(m: Metric, outs: Tensor, y: Tensor) -> Tensor:
+        fast = class_major_sums(m, outs, y)
+        if fast is not None:
+            return fast
         k, b = outs.shape[0], outs.shape[1]
         if m.per_example:
             yy = y.unsqueeze(0).expand(k, *y.shape).reshape(k * b, *y.shape[1:])
@@ -352,6 +470,30 @@ class Evaluator:
             for m in self.bn_modules:
                 m.eval()
         return bufs
+
+
+def _widest_activation(model: nn.Module, splits: Mapping[str, Any], task: Task) -> int:
+    """The most values any module outputs for one example (one forward pass on the
+    first example of the first split), which sizes ``vmap``'s blocks of examples."""
+    x0, _ = next(iter(next(iter(splits.values()))))
+    widest = 1
+
+    def hook(_module, _inputs, output) -> None:
+        nonlocal widest
+        if isinstance(output, Tensor) and output.ndim >= 1 and output.shape[0] == 1:
+            widest = max(widest, output.numel())
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    try:
+        with torch.no_grad():
+            args, kwargs = functional_args(first_examples(x0, 1))
+            model(*args, **kwargs)
+    except Exception:  # sizing is an optimization: a model that needs more than one
+        pass  # example (BatchNorm in train mode, ...) keeps whole batches
+    finally:
+        for h in handles:
+            h.remove()
+    return widest
 
 
 class ChunkJournal(Protocol):

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from basinscope.errors import BasinscopeError
 
-__all__ = ["BUILTIN_METRICS", "Metric", "resolve_metrics"]
+__all__ = ["BUILTIN_METRICS", "Metric", "class_major_sums", "class_major_values", "resolve_metrics"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,38 @@ def _correct(out: Tensor, y: Tensor) -> Tensor:
 
 def _wrong(out: Tensor, y: Tensor) -> Tensor:
     return (out.argmax(dim=-1) != y).to(out.dtype)
+
+
+def class_major_values(metric: Metric, outs: Tensor, y: Tensor) -> Tensor | None:
+    """``(K, B)`` per-example values of a built-in classification metric, computed on the
+    logits laid out class-major; ``None`` for any other metric or shape.
+
+    ``outs`` are ``(K, B, C)`` logits of ``K`` points on ``B`` examples, ``y`` the ``(B,)``
+    labels. PyTorch's softmax and arg-max over a last dimension of a few classes run one
+    short row at a time; over the middle dimension of the ``(K, C, B)`` view they run
+    along the examples, about 2x faster for 10 classes. The values agree with the
+    row-major ones to rounding (float32: about 1e-7).
+    """
+    if (
+        metric.fn not in (_cross_entropy, _correct, _wrong)
+        or outs.ndim != 3
+        or y.ndim != 1
+        or y.dtype not in (torch.int64, torch.int32)
+        or outs.shape[1] != y.shape[0]
+    ):
+        return None
+    k, b = outs.shape[0], outs.shape[1]
+    t = outs.transpose(1, 2)  # (K, C, B), a view
+    if metric.fn is _cross_entropy:
+        return F.cross_entropy(t, y.long().expand(k, b), reduction="none")
+    hits = t.argmax(dim=1) == y
+    return (~hits if metric.fn is _wrong else hits).to(outs.dtype)
+
+
+def class_major_sums(metric: Metric, outs: Tensor, y: Tensor) -> Tensor | None:
+    """``(K,)`` float64 sums over the batch of :func:`class_major_values` (or ``None``)."""
+    v = class_major_values(metric, outs, y)
+    return None if v is None else v.sum(dim=1, dtype=torch.float64)
 
 
 BUILTIN_METRICS: dict[str, Metric] = {
