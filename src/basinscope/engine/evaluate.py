@@ -196,6 +196,8 @@ class Evaluator:
                 why = "the precision is autocast (bfloat16/float16): the combination would round in it"
             elif not isinstance(x0, Tensor) or self.task.call == "keywords":
                 why = "the model is not called on one input tensor"
+            elif self.model._forward_hooks or self.model._forward_pre_hooks:
+                why = "the model has forward hooks, which run on whole forward passes only"
             else:
                 first, why = split_first_layer(self.model)
         if first is None and mode == "basis":

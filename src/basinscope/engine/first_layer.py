@@ -15,6 +15,12 @@ evaluations of the first layer per batch (``basis_outputs``), combined per point
 forward FLOPs. The rest of the network (``tail``) is the model's own graph, cut after the
 first layer with :func:`torch.fx.symbolic_trace`.
 
+The tail is a traced copy of ``forward``: Python side effects in ``forward`` itself
+(counters, prints) run once, at tracing, not per point, and forward hooks on the model or
+the first layer do not run (``first_layer="auto"`` keeps the plain path for a model with
+hooks; pass ``first_layer="plain"`` for one whose ``forward`` has side effects). Hooks on
+the other submodules run as usual.
+
 The combination is exact in real arithmetic; in floating point it rounds differently from
 the plain forward pass (float32: relative differences of about 1e-7, the same size as the
 differences between the ``vmap`` and ``loop`` strategies).
@@ -128,6 +134,8 @@ def split_first_layer(model: nn.Module) -> tuple[FirstLayer | None, str]:
         if type(mod) is nn.Linear or (type(mod) is nn.Conv2d and mod.padding_mode == "zeros"):
             if len(user.args) != 1 or user.kwargs:
                 return None, "the first layer is called with more than its input"
+            if mod._forward_hooks or mod._forward_pre_hooks:
+                return None, "the first layer has forward hooks"
             break
         what = f"module {type(mod).__name__}" if mod is not None else f"{user.op} {user.target}"
         return None, f"the input first goes into {what}, not a Linear or Conv2d layer"
