@@ -9,8 +9,13 @@ For every chunk of ``K`` points the engine reads each data batch once and evalua
           state-dict loads: fast for convolutions, which ``vmap`` turns into grouped
           convolutions that are slow on CPUs).
 
-``strategy="auto"`` times both on a trial chunk and keeps the faster; the choice and the
-timings are recorded in the result (and in a run's manifest, where a resumed run reuses
+On either strategy the first Linear/Conv2d layer is, where it applies, evaluated once on
+the origin and each direction and combined per point (``first_layer``,
+:mod:`basinscope.engine.first_layer`), and ``vmap`` runs a batch in blocks of examples that
+stay in the CPU's cache (``VMAP_BLOCK_VALUES``).
+
+``strategy="auto"`` times both on a trial chunk and keeps the faster (medians of
+``TRIAL_ROUNDS`` alternating runs); the choice and the timings are recorded in the result (and in a run's manifest, where a resumed run reuses
 it). The two strategies agree to rounding, not bit for bit: pin ``strategy`` to compare two
 separate runs bitwise. The caller's model is never touched: the engine works
 on a private copy. Non-finite values are recorded as they are.
