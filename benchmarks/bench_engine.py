@@ -71,7 +71,7 @@ NAIVE_BATCH = 128  # the naive loop's DataLoader batch size
 ENGINE_BATCH = 1024  # engine defaults: examples per batch, points per chunk
 ENGINE_CHUNK = 64
 REPEATS = 3  # clean timed runs per method (--quick: 1)
-MAX_ROUNDS = 6  # at most this many rounds to get them (--quick: 2)
+MAX_ROUNDS = 4  # at most this many rounds to get them (--quick: 2)
 PROCESS_REPEATS = 3  # whole-process runs per command (--quick: 1); medians, no cleanliness wait
 QUIET_WAIT = 30.0  # seconds to wait for a quiet machine before each in-process run
 CONTENDED_CORES = 0.2  # a run is clean if other processes used at most this many cores
@@ -315,10 +315,10 @@ def main() -> None:
 
     matmul = matmul_rounds()
     models = setups(args.mnist)
-    results = {
-        name: bench_model(name, model, data, grid, repeats, max_rounds)
-        for name, (model, data) in models.items()
-    }
+    results = {}
+    for name, (model, data) in models.items():
+        results[name] = bench_model(name, model, data, grid, repeats, max_rounds)
+        print(f"{name}: done ({results[name]['methods']['engine']['seconds']:.3f} s)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         weights = save_weights(models["mlp"][0], work / "mlp.safetensors")
