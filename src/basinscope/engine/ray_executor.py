@@ -1,0 +1,318 @@
+"""A Ray executor: the engine's chunks on Ray actors, a study's stages as Ray tasks.
+
+``RayExecutor(workers=N)`` starts a local Ray cluster with ``N`` worker slots;
+``RayExecutor(address="ray://head:10001")`` (or ``"auto"``) joins an existing cluster and
+uses all of it. On the command line: ``--executor ray [--workers N | --address A]``.
+
+**Chunks.** :meth:`RayExecutor.run` puts the evaluation job (model, basis, data, task) in
+Ray's object store once and starts one actor per worker slot; each actor builds the job
+(:meth:`EvalJob.build`: a private model copy, the data on its device) once, with the
+strategy the driver chose, and then evaluates chunks. Each actor has two chunks in flight
+so it never waits for the driver. Results come back as they finish and the driver writes
+each to the run's journal (:func:`~basinscope.engine.evaluate_points`), so a run whose
+driver is killed resumes from the journal, with either executor.
+
+**Failures.** A worker that dies (killed, out of memory, its node lost) fails the chunks it
+held; each is queued again and a replacement actor is started, so the run completes with
+the same arrays. A chunk that fails ``max_retries`` times is reported with the last cause
+(a :class:`~basinscope.errors.BasinscopeError`). An error raised by the computation itself
+(bad data, a model that fails) is not retried: it is re-raised on the driver as it was.
+
+**Equality.** Every chunk is the same computation on the same rows as with
+:class:`~basinscope.engine.executors.LocalExecutor`: same strategy, same chunk boundaries,
+same code. On the CPUs tested, float32 matmuls and convolutions give the same bits at any
+thread count, so the arrays are equal bit for bit (``tests/engine/test_ray_executor.py``).
+
+**Resources.** Each actor asks Ray for ``threads_per_worker`` CPUs (default 1, and torch
+uses that many threads) and, when the job's device is CUDA, one GPU (the actor then sees
+that GPU as ``cuda:0``, so a job on ``cuda`` runs on each actor's own GPU).
+
+**Stages.** :meth:`RayExecutor.run_tasks` runs independent callables (a study's stages) as
+Ray tasks; the stage folders must be on a filesystem every node sees (one machine, or a
+shared mount). A task that fails with anything but a
+:class:`~basinscope.errors.BasinscopeError` is retried up to ``task_retries`` times; a worker
+that dies is retried by Ray. Then the failure is reported with the stage's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from basinscope.errors import BasinscopeError
+
+if TYPE_CHECKING:
+    from basinscope.engine.evaluate import Evaluator
+
+__all__ = ["RAY_HINT", "RayExecutor", "import_ray"]
+
+RAY_HINT = 'pip install "basinscope[ray]" "torch==<your torch version>"'
+IN_FLIGHT = 2  # chunks queued on each actor
+T = TypeVar("T")
+
+
+def import_ray() -> Any:
+    """``ray``, or a :class:`BasinscopeError` with the install hint."""
+    try:
+        import ray
+    except ImportError:
+        raise BasinscopeError(
+            "--executor ray needs the ray package, which is not installed here: "
+            f"{RAY_HINT} (pinning torch keeps the one you have), or use --executor local"
+        ) from None
+    return ray
+
+
+class _Collect:
+    """A job's ``per_example`` on an actor: keeps each chunk's per-example values, which
+    go back to the driver with the chunk and are handed to the real ``per_example`` there."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[np.ndarray, dict[str, np.ndarray]]] = []
+
+    def __call__(self, coeffs: np.ndarray, values: dict[str, np.ndarray]) -> None:
+        self.items.append((coeffs, values))
+
+
+class _ChunkWorker:
+    """The actor: builds the job once, then evaluates chunks."""
+
+    def __init__(self, job: Any, strategy: str, trial: dict[str, Any], threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        self.evaluator = job.build()
+        self.evaluator.strategy = strategy
+        self.evaluator.trial = dict(trial)
+        self.collect = getattr(job, "per_example", None)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def evaluate(self, index: int, coeffs: np.ndarray) -> tuple[int, dict[str, np.ndarray], list]:
+        values = self.evaluator.evaluate_chunk(coeffs)
+        items: list = []
+        if isinstance(self.collect, _Collect):
+            items, self.collect.items = self.collect.items, []
+        return index, values, items
+
+
+def _run_call(call: Callable[[], Any]) -> tuple[bool, Any]:
+    """A stage in a Ray task: ``(True, value)``, or ``(False, exception)`` so that the
+    driver decides whether to retry (user errors are not retried)."""
+    try:
+        return True, call()
+    except BaseException as e:  # reported on the driver
+        return False, e
+
+
+class RayExecutor:
+    """Chunks on Ray actors and stages as Ray tasks (see the module docstring).
+
+    ``address``: an existing cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
+    ``None`` connects to the session this process already has, or starts a local cluster.
+    ``workers``: actors (and task slots); default: as many as the cluster has CPUs (GPUs
+    for a CUDA job) divided by ``threads_per_worker``. ``max_retries``: attempts per chunk
+    after a worker dies. ``init_kwargs`` go to ``ray.init`` (e.g. ``object_store_memory``).
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        *,
+        threads_per_worker: int = 1,
+        max_retries: int = 3,
+        task_retries: int = 2,
+        init_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        if workers is not None and workers < 1:
+            raise BasinscopeError(f"workers must be at least 1, got {workers}")
+        if threads_per_worker < 1:
+            raise BasinscopeError(
+                f"threads_per_worker must be at least 1, got {threads_per_worker}"
+            )
+        self.address = address
+        self.workers = workers
+        self.threads_per_worker = threads_per_worker
+        self.max_retries = max_retries
+        self.task_retries = task_retries
+        self.init_kwargs = dict(init_kwargs or {})
+        self._started = False
+        self.replaced = 0  # actors started again after one died (all runs)
+        self.retried = 0  # chunks and tasks run again after a failure (all runs)
+        self.actors: list[Any] = []  # the actors of the run in progress (tests kill one)
+
+    # -- the cluster --------------------------------------------------------------------
+    def connect(self) -> Any:
+        """``ray``, initialised: joins ``address``, reuses this process's session, or starts
+        a local cluster with ``workers * threads_per_worker`` CPUs."""
+        ray = import_ray()
+        if ray.is_initialized():
+            return ray
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": "ERROR",
+            **self.init_kwargs,
+        }
+        if self.address is not None:
+            kwargs["address"] = self.address
+        elif self.workers is not None:
+            kwargs.setdefault("num_cpus", self.workers * self.threads_per_worker)
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:
+            raise BasinscopeError(
+                f"could not connect to the Ray cluster at {self.address!r}: {e}. Start it "
+                "(`ray start --head`), check the address, or leave --address out to start a "
+                "local cluster"
+            ) from None
+        self._started = True
+        return ray
+
+    def _slots(self, ray: Any, gpu: bool) -> int:
+        if self.workers is not None:
+            return self.workers
+        res = ray.cluster_resources()
+        if gpu:
+            return max(1, int(res.get("GPU", 0)))
+        return max(1, int(res.get("CPU", 1)) // self.threads_per_worker)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "executor": self.name,
+            "address": self.address,
+            "workers": self.workers,
+            "threads_per_worker": self.threads_per_worker,
+        }
+
+    def close(self) -> None:
+        """Shut down the Ray session this executor started (a joined cluster stays up)."""
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+
+    # -- chunks -------------------------------------------------------------------------
+    def run(
+        self, evaluator: Evaluator, tasks: Iterable[tuple[int, np.ndarray]]
+    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        pending = deque(tasks)
+        if not pending:
+            return
+        ray = self.connect()
+        job = evaluator.job
+        per_example = getattr(job, "per_example", None)
+        shipped = dataclasses.replace(job, per_example=_Collect()) if per_example else job
+        gpu = str(getattr(job, "device", "cpu")).startswith("cuda")
+        n = min(self._slots(ray, gpu), len(pending))
+        actor_cls = ray.remote(num_cpus=self.threads_per_worker, num_gpus=1 if gpu else 0)(
+            _ChunkWorker
+        )
+        job_ref = ray.put(shipped)
+
+        def start() -> Any:
+            return actor_cls.remote(
+                job_ref, evaluator.strategy, evaluator.trial, self.threads_per_worker
+            )
+
+        actors = self.actors = [start() for _ in range(n)]
+        generation = [0] * n
+        inflight: dict[Any, tuple[int, int, int, np.ndarray]] = {}
+        attempts: dict[int, int] = {}
+
+        def submit(slot: int) -> None:
+            index, coeffs = pending.popleft()
+            ref = actors[slot].evaluate.remote(index, coeffs)
+            inflight[ref] = (slot, generation[slot], index, coeffs)
+
+        try:
+            for slot in range(n):
+                for _ in range(IN_FLIGHT):
+                    if pending:
+                        submit(slot)
+            while inflight:
+                (ref,), _ = ray.wait(list(inflight), num_returns=1)
+                slot, gen, index, coeffs = inflight.pop(ref)
+                try:
+                    _, values, collected = ray.get(ref)
+                except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                    attempts[index] = attempts.get(index, 0) + 1
+                    if attempts[index] > self.max_retries:
+                        raise BasinscopeError(
+                            f"chunk {index} failed {attempts[index]} times, each time because "
+                            f"its Ray worker died (last: {type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:300]}). The chunks finished so far are "
+                            "in the run's journal; fix the cause (memory?) and run the same "
+                            "command again to resume"
+                        ) from None
+                    self.retried += 1
+                    pending.appendleft((index, coeffs))
+                    if gen == generation[slot]:  # first news of this actor's death
+                        ray.kill(actors[slot], no_restart=True)
+                        actors[slot] = start()
+                        generation[slot] += 1
+                        self.replaced += 1
+                    while pending and sum(1 for v in inflight.values() if v[0] == slot) < IN_FLIGHT:
+                        submit(slot)
+                    continue
+                except ray.exceptions.RayTaskError as e:
+                    raise e.as_instanceof_cause() from None
+                for rows, per in collected:
+                    per_example(rows, per)
+                yield index, values
+                if pending:
+                    submit(slot)
+        finally:
+            for actor in actors:
+                ray.kill(actor, no_restart=True)
+
+    # -- stages -------------------------------------------------------------------------
+    def run_tasks(
+        self, calls: Sequence[Callable[[], T]], *, names: Sequence[str] | None = None
+    ) -> list[T]:
+        """Run ``calls`` as Ray tasks, in parallel; their results in order."""
+        if not calls:
+            return []
+        ray = self.connect()
+        names = list(names) if names is not None else [f"task {i}" for i in range(len(calls))]
+        remote = ray.remote(num_cpus=self.threads_per_worker, max_retries=self.task_retries)(
+            _run_call
+        )
+        refs = {remote.remote(call): i for i, call in enumerate(calls)}
+        tries = [1] * len(calls)
+        out: list[Any] = [None] * len(calls)
+        while refs:
+            (ref,), _ = ray.wait(list(refs), num_returns=1)
+            i = refs.pop(ref)
+            try:
+                ok, value = ray.get(ref)
+            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
+                ok, value = False, e  # Ray's own retries are spent
+                tries[i] = self.task_retries + 1
+            if ok:
+                out[i] = value
+                continue
+            if isinstance(value, BasinscopeError):
+                raise value
+            if tries[i] <= self.task_retries:
+                tries[i] += 1
+                self.retried += 1
+                refs[remote.remote(calls[i])] = i
+                continue
+            raise BasinscopeError(
+                f"{names[i]} failed {tries[i]} times on the Ray cluster (last: "
+                f"{type(value).__name__}: {' '.join(str(value).split())[:300]}). Stages that "
+                "finished are kept; run the same command again to retry the rest"
+            ) from value
+        return out
