@@ -5,9 +5,10 @@
 uses all of it. On the command line: ``--executor ray [--workers N | --address A]``.
 
 **Chunks.** :meth:`RayExecutor.run` puts the evaluation job (model, basis, data, task) in
-Ray's object store once and starts one actor per worker slot; each actor builds the job
-(:meth:`EvalJob.build`: a private model copy, the data on its device) once, with the
-strategy the driver chose, and then evaluates chunks. Each actor has two chunks in flight
+Ray's object store once per run; one actor per worker slot (started at the first run and
+kept until :meth:`RayExecutor.close`) builds it (:meth:`EvalJob.build`: a private model
+copy, the data on its device) once, with the strategy the driver chose, and then evaluates
+chunks. Each actor has two chunks in flight
 so it never waits for the driver. Results come back as they finish and the driver writes
 each to the run's journal (:func:`~basinscope.engine.evaluate_points`), so a run whose
 driver is killed resumes from the journal, with either executor.
@@ -80,18 +81,22 @@ class _Collect:
 
 
 class _ChunkWorker:
-    """The actor: builds the job once, then evaluates chunks."""
+    """The actor: builds each run's job once (:meth:`load`), then evaluates its chunks."""
 
-    def __init__(self, job: Any, strategy: str, trial: dict[str, Any], threads: int) -> None:
+    def __init__(self, threads: int) -> None:
         import torch
 
         torch.set_num_threads(threads)
+        self.evaluator: Any = None
+        self.collect: Any = None
+
+    def load(self, job: Any, strategy: str, trial: dict[str, Any]) -> int:
+        """Build ``job`` with the driver's strategy; returns this worker's process id."""
+        self.evaluator = None  # the previous run's model and data are released first
         self.evaluator = job.build()
         self.evaluator.strategy = strategy
         self.evaluator.trial = dict(trial)
         self.collect = getattr(job, "per_example", None)
-
-    def pid(self) -> int:
         return os.getpid()
 
     def evaluate(self, index: int, coeffs: np.ndarray) -> tuple[int, dict[str, np.ndarray], list]:
@@ -148,7 +153,9 @@ class RayExecutor:
         self._started = False
         self.replaced = 0  # actors started again after one died (all runs)
         self.retried = 0  # chunks and tasks run again after a failure (all runs)
-        self.actors: list[Any] = []  # the actors of the run in progress (tests kill one)
+        self.actors: list[Any] = []  # the chunk workers, kept between runs
+        self.pids: list[int] = []  # their process ids in the last run
+        self._gpu: bool | None = None
 
     # -- the cluster --------------------------------------------------------------------
     def connect(self) -> Any:
@@ -196,7 +203,9 @@ class RayExecutor:
         }
 
     def close(self) -> None:
-        """Shut down the Ray session this executor started (a joined cluster stays up)."""
+        """Stop the actors, and shut down the Ray session this executor started (a joined
+        cluster stays up)."""
+        self._stop_actors()
         if self._started:
             import ray
 
@@ -207,6 +216,11 @@ class RayExecutor:
     def run(
         self, evaluator: Evaluator, tasks: Iterable[tuple[int, np.ndarray]]
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Evaluate the chunks ``tasks`` on the actors; ``(index, values)`` as they finish.
+
+        The actors stay up between runs (a basin's Monte Carlo or a barrier's refinement
+        makes many small runs): each run ships its job once and every actor it uses builds
+        it once."""
         pending = deque(tasks)
         if not pending:
             return
@@ -215,18 +229,16 @@ class RayExecutor:
         per_example = getattr(job, "per_example", None)
         shipped = dataclasses.replace(job, per_example=_Collect()) if per_example else job
         gpu = str(getattr(job, "device", "cpu")).startswith("cuda")
+        if self._gpu is not gpu:  # a pool for the other kind of device
+            self._stop_actors()
+            self._gpu = gpu
         n = min(self._slots(ray, gpu), len(pending))
-        actor_cls = ray.remote(num_cpus=self.threads_per_worker, num_gpus=1 if gpu else 0)(
-            _ChunkWorker
-        )
         job_ref = ray.put(shipped)
-
-        def start() -> Any:
-            return actor_cls.remote(
-                job_ref, evaluator.strategy, evaluator.trial, self.threads_per_worker
-            )
-
-        actors = self.actors = [start() for _ in range(n)]
+        load = (job_ref, evaluator.strategy, evaluator.trial)
+        while len(self.actors) < n:
+            self.actors.append(self._start_actor(ray, gpu))
+        actors = self.actors[:n]
+        self.pids = self._load(ray, actors, load)
         generation = [0] * n
         inflight: dict[Any, tuple[int, int, int, np.ndarray]] = {}
         attempts: dict[int, int] = {}
@@ -236,6 +248,7 @@ class RayExecutor:
             ref = actors[slot].evaluate.remote(index, coeffs)
             inflight[ref] = (slot, generation[slot], index, coeffs)
 
+        finished = False
         try:
             for slot in range(n):
                 for _ in range(IN_FLIGHT):
@@ -258,12 +271,13 @@ class RayExecutor:
                         ) from None
                     self.retried += 1
                     pending.appendleft((index, coeffs))
-                    if gen == generation[slot]:  # first news of this actor's death
+                    if gen == generation[slot]:  # the first news of this actor's death
                         ray.kill(actors[slot], no_restart=True)
-                        actors[slot] = start()
+                        actors[slot] = self.actors[slot] = self._start_actor(ray, gpu)
+                        self.pids[slot] = self._load(ray, [actors[slot]], load)[0]
                         generation[slot] += 1
                         self.replaced += 1
-                    while pending and sum(1 for v in inflight.values() if v[0] == slot) < IN_FLIGHT:
+                    while pending and sum(v[0] == slot for v in inflight.values()) < IN_FLIGHT:
                         submit(slot)
                     continue
                 except ray.exceptions.RayTaskError as e:
@@ -273,9 +287,29 @@ class RayExecutor:
                 yield index, values
                 if pending:
                     submit(slot)
+            finished = True
         finally:
-            for actor in actors:
+            if not finished:  # interrupted: the actors' queued chunks are not wanted
+                for ref in inflight:
+                    ray.cancel(ref)
+
+    def _start_actor(self, ray: Any, gpu: bool) -> Any:
+        cls = ray.remote(num_cpus=self.threads_per_worker, num_gpus=1 if gpu else 0)(_ChunkWorker)
+        return cls.remote(self.threads_per_worker)
+
+    def _load(self, ray: Any, actors: list[Any], load: tuple) -> list[int]:
+        try:
+            return ray.get([a.load.remote(*load) for a in actors])
+        except ray.exceptions.RayTaskError as e:  # the job cannot be built there
+            raise e.as_instanceof_cause() from None
+
+    def _stop_actors(self) -> None:
+        if self.actors:
+            import ray
+
+            for actor in self.actors:
                 ray.kill(actor, no_restart=True)
+        self.actors, self.pids = [], []
 
     # -- stages -------------------------------------------------------------------------
     def run_tasks(
