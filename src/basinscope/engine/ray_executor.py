@@ -187,12 +187,34 @@ class RayExecutor:
         return ray
 
     def _slots(self, ray: Any, gpu: bool) -> int:
-        if self.workers is not None:
-            return self.workers
+        """Actors for a run: ``workers``, at most what the cluster can hold at once (an actor
+        that cannot be placed would wait forever)."""
         res = ray.cluster_resources()
-        if gpu:
-            return max(1, int(res.get("GPU", 0)))
-        return max(1, int(res.get("CPU", 1)) // self.threads_per_worker)
+        what, have = ("GPUs", res.get("GPU", 0)) if gpu else ("CPUs", res.get("CPU", 0))
+        capacity = int(have) if gpu else int(have) // self.threads_per_worker
+        if capacity < 1:
+            need = "1 GPU" if gpu else f"{self.threads_per_worker} CPUs"
+            raise BasinscopeError(
+                f"the Ray cluster has {have:g} {what}, and each worker needs {need}: "
+                + (
+                    "add GPU nodes, or use --device cpu"
+                    if gpu
+                    else "add CPUs to the cluster, or lower threads_per_worker"
+                )
+            )
+        if self.workers is None:
+            return capacity
+        if self.workers > capacity:
+            import warnings
+
+            warnings.warn(
+                f"--workers {self.workers}, but the Ray cluster holds only {capacity} workers "
+                f"at once ({have:g} {what}): using {capacity}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return capacity
+        return self.workers
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -319,6 +341,7 @@ class RayExecutor:
         if not calls:
             return []
         ray = self.connect()
+        self._stop_actors()  # idle chunk workers would hold the CPUs the tasks need
         names = list(names) if names is not None else [f"task {i}" for i in range(len(calls))]
         remote = ray.remote(num_cpus=self.threads_per_worker, max_retries=self.task_retries)(
             _run_call
