@@ -293,6 +293,10 @@ def test_without_ray_installed_the_error_gives_the_install_hint(monkeypatch):
         BasinscopeError, match=r'needs the ray package.*pip install "basinscope\[ray\]"'
     ):
         RayExecutor(workers=1).connect()
+    with pytest.raises(
+        BasinscopeError, match=r'needs the ray package.*pip install "basinscope\[ray\]"'
+    ):
+        make_executor("ray")
 
 
 def test_the_command_line_runs_on_ray_and_records_it(cluster, cli, tmp_path):

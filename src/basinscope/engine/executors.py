@@ -143,6 +143,7 @@ def make_executor(
                 "runs in this process: add --executor ray, or leave them out"
             )
         return LocalExecutor()
-    from basinscope.engine.ray_executor import RayExecutor
+    from basinscope.engine.ray_executor import RayExecutor, import_ray
 
+    import_ray()  # not installed: the install hint now, before any work
     return RayExecutor(address=address, workers=workers)
