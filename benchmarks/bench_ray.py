@@ -195,7 +195,9 @@ def main() -> None:
         },
         "cases": {},
     }
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    # 3 logical CPUs: the 1-worker and the 2-worker executors keep their actors between the
+    # interleaved runs (an idle actor uses no core; at most 2 compute at once, on 2 cores)
+    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:
         executors = {w: RayExecutor(workers=w) for w in (1, 2)}
         for name, (job, coeffs, chunk) in jobs.items():

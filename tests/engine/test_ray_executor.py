@@ -258,15 +258,26 @@ def test_tasks_run_in_parallel_keep_their_order_and_retry_then_report(ex, tmp_pa
 def test_more_workers_than_the_cluster_holds_are_capped_with_a_warning(cluster, data):
     ex = RayExecutor(workers=5)  # the module's cluster has 2 CPUs: 3 actors could never start
     try:
-        with pytest.warns(RuntimeWarning, match="--workers 5, but the Ray cluster holds only 2"):
+        with pytest.warns(
+            RuntimeWarning, match="--workers 5, but the Ray cluster holds only 2 more"
+        ):
             random_surface(mlp(), data, alphas=[0, 1], betas=[0, 1], chunk_size=1, executor=ex)
         assert len(ex.pids) == 2
         assert ex.run_tasks([lambda: 1, lambda: 2, lambda: 3]) == [1, 2, 3]  # actors released
     finally:
         ex.close()
-    gpu = RayExecutor(workers=1)
+    busy = RayExecutor(workers=2)  # another executor's idle actors hold both CPUs
+    try:
+        random_surface(mlp(), data, alphas=[0, 1], betas=[0, 1], chunk_size=1, executor=busy)
+        with pytest.raises(BasinscopeError, match="has 0 CPUs free, and each worker needs 1 CPUs"):
+            random_surface(
+                mlp(), data, alphas=[0, 1], betas=[0, 1], executor=RayExecutor(workers=1)
+            )
+    finally:
+        busy.close()
+    gpu = RayExecutor(workers=1, placement_wait=0.5)
     with pytest.raises(
-        BasinscopeError, match="the Ray cluster has 0 GPUs, and each worker needs 1 GPU"
+        BasinscopeError, match="the Ray cluster has 0 GPUs free, and each worker needs 1 GPU"
     ):
         gpu._slots(ray, gpu=True)
 

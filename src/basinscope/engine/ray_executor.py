@@ -122,7 +122,8 @@ class RayExecutor:
     ``address``: an existing cluster (``"auto"``, ``"ray://host:10001"``, ``"host:6379"``);
     ``None`` connects to the session this process already has, or starts a local cluster.
     ``workers``: actors (and task slots); default: as many as the cluster has CPUs (GPUs
-    for a CUDA job) divided by ``threads_per_worker``. ``max_retries``: attempts per chunk
+    for a CUDA job) divided by ``threads_per_worker``, and never more than it can place now
+    (waiting up to ``placement_wait`` seconds for resources being released). ``max_retries``: attempts per chunk
     after a worker dies. ``init_kwargs`` go to ``ray.init`` (e.g. ``object_store_memory``).
     """
 
@@ -136,6 +137,7 @@ class RayExecutor:
         threads_per_worker: int = 1,
         max_retries: int = 3,
         task_retries: int = 2,
+        placement_wait: float = 10.0,
         init_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if workers is not None and workers < 1:
@@ -149,6 +151,7 @@ class RayExecutor:
         self.threads_per_worker = threads_per_worker
         self.max_retries = max_retries
         self.task_retries = task_retries
+        self.placement_wait = placement_wait
         self.init_kwargs = dict(init_kwargs or {})
         self._started = False
         self.replaced = 0  # actors started again after one died (all runs)
@@ -187,15 +190,27 @@ class RayExecutor:
         return ray
 
     def _slots(self, ray: Any, gpu: bool) -> int:
-        """Actors for a run: ``workers``, at most what the cluster can hold at once (an actor
-        that cannot be placed would wait forever)."""
-        res = ray.cluster_resources()
-        what, have = ("GPUs", res.get("GPU", 0)) if gpu else ("CPUs", res.get("CPU", 0))
-        capacity = int(have) if gpu else int(have) // self.threads_per_worker
+        """Actors for a run: ``workers``, at most what the cluster can place now (an actor
+        that cannot be placed would wait forever). Resources of actors just stopped come
+        back a moment later, so a shortfall is re-checked for up to ``placement_wait`` s."""
+        import time
+
+        key, what = ("GPU", "GPUs") if gpu else ("CPU", "CPUs")
+        per = 1 if gpu else self.threads_per_worker
+        wanted = self.workers or 1
+        deadline = time.monotonic() + self.placement_wait
+        while True:
+            # free now, plus what this executor's own actors hold (other drivers' and
+            # executors' actors keep theirs)
+            have = ray.available_resources().get(key, 0) + len(self.actors) * per
+            capacity = int(have) // per
+            if capacity >= wanted or time.monotonic() >= deadline:
+                break
+            time.sleep(0.2)
         if capacity < 1:
             need = "1 GPU" if gpu else f"{self.threads_per_worker} CPUs"
             raise BasinscopeError(
-                f"the Ray cluster has {have:g} {what}, and each worker needs {need}: "
+                f"the Ray cluster has {have:g} {what} free, and each worker needs {need}: "
                 + (
                     "add GPU nodes, or use --device cpu"
                     if gpu
@@ -208,8 +223,8 @@ class RayExecutor:
             import warnings
 
             warnings.warn(
-                f"--workers {self.workers}, but the Ray cluster holds only {capacity} workers "
-                f"at once ({have:g} {what}): using {capacity}",
+                f"--workers {self.workers}, but the Ray cluster holds only {capacity} more "
+                f"workers now ({have:g} {what} free): using {capacity}",
                 RuntimeWarning,
                 stacklevel=3,
             )
