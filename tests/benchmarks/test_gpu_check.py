@@ -136,7 +136,7 @@ def test_quick_cpu_run_passes_every_check(tmp_path):
         assert c["error"] is None and c["compared_values"] > 0, name
     for dtype in ("bfloat16", "float32"):
         s = report["surface"][dtype]
-        assert s["error"] is None and s["grid"] == [5, 5] and not s["partial"]
+        assert s["error"] is None and s["grid"] == [3, 3] and not s["partial"]
         assert s["gpu_seconds_per_point"] > 0 and math.isfinite(s["loss_at_center"])
         assert 0 < s["fraction_of_matmul_limit"]
     assert "1. every command on cpu" in proc.stdout and "GPU-s/pt" in proc.stdout
