@@ -641,8 +641,27 @@ def run_surface(device: str, peak: dict[str, float], report: dict[str, Any], sav
             flush=True,
         )
         save()
-    if any(out[d].get("partial") for d in DTYPES if "error" not in out[d]):
+    if any(out[d].get("partial") for d in DTYPES):
         print("  * extrapolated from the partial grid's seconds per point")
+
+
+def run_parts_2_and_3(device: str, report: dict[str, Any], save: Callable[[], None]) -> None:
+    """The device's matmul rates, then the ResNet-56 surface in each dtype."""
+    print(f"\n2. matmul rate of {device} ({MATMUL_N}x{MATMUL_N}, TFLOP/s)")
+    peak = {
+        "float32": matmul_tflops(device, torch.float32),
+        "tf32": matmul_tflops(device, torch.float32, tf32=True),
+        "bfloat16": matmul_tflops(device, torch.bfloat16),
+    }
+    print("  " + ", ".join(f"{k} {v:.3g}" for k, v in peak.items()))
+    report["matmul_tflops"] = peak
+    save()
+    print(
+        f"\n3. {GRID}x{GRID} {NORMALIZATION}-normalized surface of a ResNet-"
+        f"{RESNET['depth']} on {IMAGES:,} synthetic {RESNET['in_channels']}x"
+        f"{RESNET['image_size']}x{RESNET['image_size']} images, bn {BN_POLICY}"
+    )
+    run_surface(device, peak, report, save)
 
 
 # -----------------------------------------------------------------------------------------
@@ -722,24 +741,16 @@ def main() -> None:
     save()
 
     if not args.no_surface:
-        print(f"\n2. matmul rate of {device} ({MATMUL_N}x{MATMUL_N}, TFLOP/s)")
-        peak = {
-            "float32": matmul_tflops(device, torch.float32),
-            "tf32": matmul_tflops(device, torch.float32, tf32=True),
-            "bfloat16": matmul_tflops(device, torch.bfloat16),
-        }
-        print("  " + ", ".join(f"{k} {v:.3g}" for k, v in peak.items()))
-        report["matmul_tflops"] = peak
-        save()
-        print(
-            f"\n3. {GRID}x{GRID} {NORMALIZATION}-normalized surface of a ResNet-"
-            f"{RESNET['depth']} on {IMAGES:,} synthetic {RESNET['in_channels']}x"
-            f"{RESNET['image_size']}x{RESNET['image_size']} images, bn {BN_POLICY}"
-        )
-        run_surface(device, peak, report, save)
+        try:
+            run_parts_2_and_3(device, report, save)
+        except Exception as e:  # e.g. out of memory making the data: keep part 1's results
+            report["surface_error"] = f"{type(e).__name__}: {e}"
+            report["surface_traceback"] = traceback.format_exc()
+            print(f"  FAILED: {report['surface_error']}", flush=True)
 
     failed = [n for n, c in report["checks"].items() if not c["ok"]]
     failed += [f"surface[{d}]" for d in DTYPES if report.get("surface", {}).get(d, {}).get("error")]
+    failed += ["surface"] if report.get("surface_error") else []
     report["failed"] = failed
     report["all_ok"] = not failed
     report["complete"] = True

@@ -114,6 +114,36 @@ def test_compare_reads_every_value_of_a_real_result(gpu_check, small_data):
     assert r["max_abs_diff"] == pytest.approx(1e-3, rel=1e-3)
 
 
+def test_one_failing_check_does_not_stop_the_others(gpu_check, small_data, monkeypatch):
+    from basinscope.models import mlp
+
+    torch.manual_seed(0)
+    model = mlp(hidden=(8,)).eval()
+
+    def boom(s, dev):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    def drift(s, dev):  # a device that is 10% off
+        return {"loss": 1.0 if s["reference"] else 1.1}
+
+    checks = {
+        "boom": (boom, (1e-4, 1e-5)),
+        "drift": (drift, (1e-4, 1e-5)),
+        "surface": gpu_check.CHECKS["surface"],
+    }
+    monkeypatch.setattr(gpu_check, "CHECKS", checks)
+    monkeypatch.setattr(gpu_check, "GRID_SMALL", 3)
+    monkeypatch.setattr(gpu_check, "small_setup", lambda: {"data": small_data, "mlp_a": model})
+    out = gpu_check.run_checks("cpu", None)
+    assert not out["boom"]["ok"]
+    assert (
+        out["boom"]["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    )
+    assert not out["drift"]["ok"] and out["drift"]["error"] is None
+    assert out["drift"]["max_abs_diff"] == pytest.approx(0.1)
+    assert out["surface"]["ok"] and out["surface"]["compared_values"] >= 2 * 9
+
+
 @pytest.mark.slow
 def test_quick_cpu_run_passes_every_check(tmp_path):
     """The whole script, shrunk: every check ok, both surfaces timed, JSON under $OUT."""
