@@ -92,7 +92,7 @@ CURVATURE_GRID = 3  # curvature map: 3 x 3 points (--quick: 2 x 2)
 CURVATURE_TOL = 1e-6  # Lanczos residual tolerance per point of the curvature map
 CURVATURE_MAX_ITER = 100  # Lanczos steps per point of the curvature map (--quick: 10)
 # tolerances (rtol, atol): |device - cpu| <= atol + rtol * |cpu|, elementwise
-TOL_FLOAT32 = (1e-4, 1e-5)  # float32 evaluations (losses, accuracies, CKA, distances)
+TOL_FLOAT32 = (1e-4, 1e-5)  # float32 evaluations (losses, accuracies, barriers, distances)
 TOL_FLOAT64 = (1e-6, 1e-8)  # float64 sharpness (ascent steps) and CKA
 # float64 Lanczos (eigenvalues, Hutch++ trace, SLQ density; full reorthogonalization): a
 # residual tolerance of 1e-6 bounds a converged eigenvalue's error by ~1e-6 relative on
@@ -125,12 +125,12 @@ IGNORED_KEYS = frozenset(
     }
 )
 
-# part 2: the ResNet-56 surface on CIFAR-10-sized synthetic data
+# parts 2 and 3: the matmul rates, and the ResNet-56 surface on CIFAR-10-sized synthetic data
 RESNET = {"depth": 56, "width": 16, "in_channels": 3, "image_size": 32}  # 855,770 params
 IMAGES = 50_000  # synthetic 3 x 32 x 32 images (CIFAR-10's training set size)
 GRID = 51  # 51 x 51 = 2,601 points, alpha and beta in [-1, 1]
 RANGE = (-1.0, 1.0)
-NORMALIZATION = "filter"  # Li et al. 2018, biases and BN parameters get a zero direction
+NORMALIZATION = "filter"  # Li et al. 2018; biases get a zero direction (bias_policy "zero")
 BN_POLICY = "stored"  # as Li et al.'s evaluation (net.eval()): the stored BN statistics
 DTYPES = ("bfloat16", "float32")  # bfloat16 autocast first: it is the headline number
 BATCH_SIZE = 1024  # engine batch (examples) and chunk (points): the engine's defaults
