@@ -352,7 +352,9 @@ class RayExecutor:
     def run_tasks(
         self, calls: Sequence[Callable[[], T]], *, names: Sequence[str] | None = None
     ) -> list[T]:
-        """Run ``calls`` as Ray tasks, in parallel; their results in order."""
+        """Run ``calls`` as Ray tasks, in parallel; their results in order. When one fails
+        for good, the others still run to the end (their stages are kept, and no task is
+        left running behind the error) before the failure is raised."""
         if not calls:
             return []
         ray = self.connect()
@@ -364,6 +366,7 @@ class RayExecutor:
         refs = {remote.remote(call): i for i, call in enumerate(calls)}
         tries = [1] * len(calls)
         out: list[Any] = [None] * len(calls)
+        failure: BaseException | None = None  # the first task that failed for good
         while refs:
             (ref,), _ = ray.wait(list(refs), num_returns=1)
             i = refs.pop(ref)
@@ -376,15 +379,20 @@ class RayExecutor:
                 out[i] = value
                 continue
             if isinstance(value, BasinscopeError):
-                raise value
+                failure = failure or value
+                continue
             if tries[i] <= self.task_retries:
                 tries[i] += 1
                 self.retried += 1
                 refs[remote.remote(calls[i])] = i
                 continue
-            raise BasinscopeError(
-                f"{names[i]} failed {tries[i]} times on the Ray cluster (last: "
-                f"{type(value).__name__}: {' '.join(str(value).split())[:300]}). Stages that "
-                "finished are kept; run the same command again to retry the rest"
-            ) from value
+            if failure is None:
+                failure = BasinscopeError(
+                    f"{names[i]} failed {tries[i]} times on the Ray cluster (last: "
+                    f"{type(value).__name__}: {' '.join(str(value).split())[:300]}). Stages "
+                    "that finished are kept; run the same command again to retry the rest"
+                )
+                failure.__cause__ = value
+        if failure is not None:
+            raise failure
         return out
