@@ -32,7 +32,8 @@ that GPU as ``cuda:0``, so a job on ``cuda`` runs on each actor's own GPU).
 Ray tasks; the stage folders must be on a filesystem every node sees (one machine, or a
 shared mount). A task that fails with anything but a
 :class:`~basinscope.errors.BasinscopeError` is retried up to ``task_retries`` times; a worker
-that dies is retried by Ray. Then the failure is reported with the stage's name.
+that dies is retried by Ray. Then the failure is reported with the stage's name, once the
+other tasks have finished (their stages are kept).
 """
 
 from __future__ import annotations

@@ -27,6 +27,11 @@ setting recomputes only the stages that depend on it. A run folder and every sta
 computed are locked (:mod:`basinscope.store.lock`): a second process aimed at them stops
 with a message naming the holder, or waits with ``wait=True`` (``--wait``).
 
+Independent stages (those whose upstream stages are finished) are handed together to
+:meth:`StudyContext.run_stages`, which runs them on the current executor: in order in this
+process, or as Ray tasks in parallel (``--executor ray``, ``run_study(executor=...)``).
+Folders, hashes and results are the same with either.
+
 Where a study computes is two settings every built-in study has: ``device`` (cpu, cuda,
 cuda:N or mps; ``--device``) and ``dtype``, the precision of its evaluations (float32 or
 float64; ``--dtype``). They are checked before anything runs (an absent device is refused
