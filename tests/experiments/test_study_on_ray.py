@@ -38,19 +38,11 @@ NAME = "rotated-digits"
 
 @pytest.fixture(scope="module", autouse=True)
 def cluster():
-    """One local Ray session for the module; every RayExecutor(workers=2) joins it. The
-    driver computes with two torch threads here (the suite's default is one, as is a Ray
-    worker's): float32 training differs in its last bits between one and two threads, so
-    the stages' tasks must take the driver's count for the folders to be equal."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
+    """One local Ray session for the module; every RayExecutor(workers=2) joins it."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield
     ray.shutdown()
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +149,9 @@ def test_stages_as_ray_tasks_give_the_local_folders_and_results(local, cfg, tmp_
 
 
 def test_a_stage_task_computes_with_the_drivers_torch_threads(tmp_path):
+    """float32 training differs in its last bits between one and two threads, so a stage's
+    task must take the driver's count for its folder to be the local run's (the suite runs
+    with one thread, as a Ray worker does by default: two here)."""
     import torch
 
     from basinscope.experiments.registry import StageCall, StudyContext
@@ -164,8 +159,13 @@ def test_a_stage_task_computes_with_the_drivers_torch_threads(tmp_path):
 
     ctx = StudyContext(tmp_path, tmp_path / "stages", StageLog(), say=lambda m: None)
     stage = StageCall(tmp_path / "stages" / "threads", lambda log: torch.get_num_threads())
-    with use_executor(RayExecutor(workers=2)):
-        assert ctx.run_stages([stage]) == [2]  # a Ray worker's own default is 1
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with use_executor(RayExecutor(workers=2)):
+            assert ctx.run_stages([stage]) == [2]
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _without(local_root: Path, root: Path, prefixes: tuple[str, ...]) -> list[str]:
@@ -242,3 +242,19 @@ def test_study_refuses_workers_without_the_ray_executor(tmp_path):
     assert code != 0
     assert "--address and --workers are options of --executor ray" in err
     assert not (tmp_path / "x").exists()  # refused before anything ran
+
+
+@pytest.mark.parametrize("name", ["flatness-vs-batch-size", "skip-connections"])
+def test_the_other_studies_give_the_local_folders_and_results_on_ray(name, tmp_path):
+    cfg = make_config(name, smoke=True)
+    local = run_study(name, tmp_path / "local", cfg, say=lambda m: None, report=False)
+    executor = Spy()
+    res = run_study(
+        name, tmp_path / "ray", cfg, say=lambda m: None, report=False, executor=executor
+    )
+    # every stage went to Ray (the trainings first), and the log is the sequential run's
+    assert sorted(executor.names) == sorted(f"stage {r['stage']}" for r in local["stages"])
+    assert all(n.split()[-1].startswith("train-") for n in executor.names[:2])
+    assert [r["stage"] for r in res["stages"]] == [r["stage"] for r in local["stages"]]
+    assert reproducible_part(res) == reproducible_part(local)
+    assert_same_stages(tmp_path / "local", tmp_path / "ray")
