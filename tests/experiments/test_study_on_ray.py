@@ -5,7 +5,8 @@ The smoke rotated-digits study runs once with the local executor; with
 leave the same stage folders (tensors equal bit for bit, JSON equal apart from the volatile
 fields and the root's path) and the same result.json apart from timings. A stage that fails
 once is retried; one that always fails is reported by its folder's name after the other
-stages finished, and a rerun reuses them. ``basinscope demo --executor ray`` works through
+stages finished, and a rerun reuses them. A stage named twice (a repeated angle) is never
+given to two tasks at once. The other two studies leave the local folders and results too. ``basinscope demo --executor ray`` works through
 the command line. Pre-training runs on the driver with either executor (it is the stage
 every other one waits for), so the Ray runs start from a copy of the local run's
 pre-training folder; everything after it is computed in Ray tasks.
@@ -64,10 +65,12 @@ class Spy(RayExecutor):
     def __init__(self, marks: Path | None = None, fail=(), times: int = 0) -> None:
         super().__init__(workers=2)
         self.names: list[str] = []
+        self.waves: list[list[str]] = []  # the names of each call of run_tasks
         self.marks, self.fail, self.times = marks, set(fail), times
 
     def run_tasks(self, calls, *, names=None):
         self.names += names
+        self.waves.append(list(names))
         calls = [
             _failing(c, self.marks / n.split()[-1], self.times) if n.split()[-1] in self.fail else c
             for c, n in zip(calls, names, strict=True)
@@ -258,3 +261,25 @@ def test_the_other_studies_give_the_local_folders_and_results_on_ray(name, tmp_p
     assert [r["stage"] for r in res["stages"]] == [r["stage"] for r in local["stages"]]
     assert reproducible_part(res) == reproducible_part(local)
     assert_same_stages(tmp_path / "local", tmp_path / "ray")
+
+
+def test_two_tasks_never_need_one_stage_folder(local, tmp_path):
+    """A repeated angle names every stage of the angle twice: the repeats wait for a second
+    wave and reuse what the first computed, instead of meeting its folder locks."""
+    local_root, local_res = local
+    root = tmp_path / "twice"
+    shutil.copytree(local_root / "stages", root / "stages")
+    finetunes = [r["stage"] for r in local_res["stages"] if r["stage"].startswith("finetune-")]
+    for name in finetunes:
+        shutil.rmtree(root / "stages" / name)
+    cfg = make_config(NAME, smoke=True, sets=["angles=[60, 60]"])
+    executor = Spy()
+    res = run_study(NAME, root, cfg, say=lambda m: None, report=False, executor=executor)
+    assert [r["stage"] for r in res["stages"] if not r["reused"]] == finetunes
+    assert [r["stage"] for r in res["stages"]] == [r["stage"] for r in local_res["stages"]] + [
+        r["stage"] for r in local_res["stages"][1:]
+    ]
+    # the six fine-tunings, then their repeats in a wave of their own
+    assert executor.waves[:2] == [[f"stage {n}" for n in finetunes]] * 2
+    assert res["angles"]["60"] == json.loads(json.dumps(local_res["angles"]["60"]))
+    assert_same_stages(local_root, root)
