@@ -6,10 +6,11 @@ leave the same stage folders (tensors equal bit for bit, JSON equal apart from t
 fields and the root's path) and the same result.json apart from timings. A stage that fails
 once is retried; one that always fails is reported by its folder's name after the other
 stages finished, and a rerun reuses them. A stage named twice (a repeated angle) is never
-given to two tasks at once. The other two studies leave the local folders and results too. ``basinscope demo --executor ray`` works through
-the command line. Pre-training runs on the driver with either executor (it is the stage
-every other one waits for), so the Ray runs start from a copy of the local run's
-pre-training folder; everything after it is computed in Ray tasks.
+given to two tasks at once. ``basinscope demo --executor ray`` works through the command
+line, and the other two studies leave the local folders and results too. Pre-training runs
+on the driver with either executor (it is the stage every other one waits for), so the Ray
+runs of rotated-digits start from a copy of the local run's pre-training folder; everything
+after it is computed in Ray tasks.
 
 Failures are injected on the driver's side of the executor (a task wrapper that raises
 ``OSError`` before the stage starts), counted in files that the worker processes share.
