@@ -594,11 +594,11 @@ def run_study(
     :class:`~basinscope.store.FolderBusyError`, or waits with ``wait``.
 
     ``executor`` (``--executor``; default: the current one,
-    :func:`~basinscope.engine.current_executor`) is where the study's independent stages
-    (:meth:`StudyContext.run_stages`) and the chunks of the stages run here compute, e.g.
-    ``RayExecutor(workers=4)``; it is closed when the study ends. It changes where, never
-    what: the configuration, the folders' digests and the results are the same with any
-    executor, which the run's manifest records (``executor``).
+    :func:`~basinscope.engine.current_executor`), e.g. ``RayExecutor(workers=4)``, runs the
+    study's independent stages (:meth:`StudyContext.run_stages`) and the chunks of the
+    stages the driver computes itself; it is closed when the study ends. It changes where,
+    never what: the configuration, the folders' digests and the results are the same with
+    any executor. The run's manifest records it (``executor``).
     """
     from basinscope.engine.executors import use_executor
     from basinscope.store.results import old_layout
