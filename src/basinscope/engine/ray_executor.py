@@ -21,8 +21,12 @@ the same arrays. A chunk that fails ``max_retries`` times is reported with the l
 
 **Equality.** Every chunk is the same computation on the same rows as with
 :class:`~basinscope.engine.executors.LocalExecutor`: same strategy, same chunk boundaries,
-same code. On the CPUs tested, float32 matmuls and convolutions give the same bits at any
-thread count, so the arrays are equal bit for bit (``tests/engine/test_ray_executor.py``).
+same code. On the CPUs tested, the forward passes of the evaluation (float32 matmuls and
+convolutions) give the same bits at 1 and at 2 threads, so the arrays are equal bit for bit
+although an actor uses ``threads_per_worker`` threads (``tests/engine/test_ray_executor.py``).
+Training is not like that (gradients add in an order that depends on the thread count), so a
+study's stage task computes with the driver's thread count
+(:meth:`~basinscope.experiments.registry.StudyContext.run_stages`).
 
 **Resources.** Each actor asks Ray for ``threads_per_worker`` CPUs (default 1, and torch
 uses that many threads) and, when the job's device is CUDA, one GPU (the actor then sees
