@@ -256,7 +256,9 @@ def test_tasks_run_in_parallel_keep_their_order_and_retry_then_report(ex, tmp_pa
 
 
 def test_more_workers_than_the_cluster_holds_are_capped_with_a_warning(cluster, data):
-    ex = RayExecutor(workers=5)  # the module's cluster has 2 CPUs: 3 actors could never start
+    ex = RayExecutor(
+        workers=5, placement_wait=1.0
+    )  # the module's cluster has 2 CPUs: 3 actors could never start
     try:
         with pytest.warns(
             RuntimeWarning, match="--workers 5, but the Ray cluster holds only 2 more"
