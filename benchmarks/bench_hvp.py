@@ -24,7 +24,7 @@ after waiting (up to ``QUIET_WAIT`` s) for other processes to go quiet; each rec
 many cores other processes used meanwhile (``/proc/stat``) and a run is *clean* under
 ``CONTENDED_CORES`` (see ``_timing.py``).
 
-Run:  .venv/bin/python benchmarks/bench_hvp.py [--quick] [--out PATH]
+Run:  .venv/bin/python benchmarks/bench_hvp.py [--quick] [--out PATH] [--models mlp lenet]
 """
 
 from __future__ import annotations
@@ -201,12 +201,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one timed round of 2 calls")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
+    parser.add_argument(
+        "--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="models to run"
+    )
     args = parser.parse_args()
     repeats, reps = (1, 2) if args.quick else (REPEATS, REPS)
 
     data = load_digits(SPLIT)
     peak = matmul_gflops(MATMUL_REPS)
-    results = {name: bench_model(name, data, repeats, reps) for name in MODELS}
+    results = {name: bench_model(name, data, repeats, reps) for name in args.models}
 
     print(
         f"\nbasinscope HVP benchmark: digits {SPLIT} ({len(data)} images, one batch), float64, "
