@@ -93,7 +93,9 @@ class BatchSizeConfig:
     fn_directions: int = 10  # random filter-normalized directions averaged
     threads: int = 1  # torch CPU threads during the run (restored after; tiny models: 1)
     eval_strategy: str = "vmap"  # engine: "vmap" (fast for MLPs) or "loop" (CNNs); never timed
-    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    hvp_method: str = (
+        "double-backward"  # or "forward-over-reverse", "reverse-over-forward"; never timed
+    )
     device: str = DEFAULT_DEVICE  # where every stage computes: cpu, cuda, cuda:N or mps
     # precision of the evaluations (accuracies, line, surfaces, sharpness): float32 or
     # float64; Hessians are always float64, training is float32

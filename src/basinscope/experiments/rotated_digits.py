@@ -102,7 +102,9 @@ class RotatedDigitsConfig:
     criticality_samples: int = 2  # noise draws per (alpha, sigma)
     criticality_examples: int = 512  # target training examples for module criticality
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slower for this CNN), never timed
-    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    hvp_method: str = (
+        "double-backward"  # or "forward-over-reverse", "reverse-over-forward"; never timed
+    )
     # where pre-training, the landscapes, barriers, criticality and Hessians compute (cpu,
     # cuda, cuda:N, mps); fine-tuning and CKA run on the CPU
     device: str = DEFAULT_DEVICE

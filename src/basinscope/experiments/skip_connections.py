@@ -78,7 +78,9 @@ class SkipConfig:
     hessian_tol: float = 1e-2  # Lanczos: relative residual tolerance of each eigenpair
     hessian_max_iter: int = 60  # Lanczos: at most this many steps per point
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slow for convolutions); never timed
-    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    hvp_method: str = (
+        "double-backward"  # or "forward-over-reverse", "reverse-over-forward"; never timed
+    )
     # where training, evaluations, surfaces and Hessians at the solutions compute (cpu, cuda,
     # cuda:N, mps); the curvature maps run on the CPU
     device: str = DEFAULT_DEVICE
