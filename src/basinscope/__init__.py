@@ -62,6 +62,10 @@ _API: dict[str, tuple[str, str]] = {
     # running any model: the task adapter and the engine
     "Task": ("basinscope.engine", "Task"),
     "evaluate_model": ("basinscope.engine", "evaluate_model"),
+    # where chunks and stages run: this process, or a Ray cluster
+    "LocalExecutor": ("basinscope.engine", "LocalExecutor"),
+    "RayExecutor": ("basinscope.engine.ray_executor", "RayExecutor"),
+    "use_executor": ("basinscope.engine", "use_executor"),
     # training, models, data
     "train": ("basinscope.training", "train"),
     "TrainConfig": ("basinscope.training", "TrainConfig"),

@@ -171,7 +171,9 @@ def result_class(kind: str) -> type[Result]:
         import importlib
 
         for module in _BUILTIN:
-            importlib.import_module(module)
+            imported = importlib.import_module(module)
+            if hasattr(imported, "import_all"):  # a package whose modules load lazily
+                imported.import_all()
     if kind not in RESULTS:
         raise BasinscopeError(
             f"unknown result kind {kind!r}: expected one of {', '.join(sorted(RESULTS))}"

@@ -29,18 +29,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import typer.main
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from basinscope.cli.main import app
+from basinscope.cli.main import COMMANDS as LISTED
+from basinscope.cli.main import load_command
 from basinscope.models import build_model, save_weights
 from untrusted import evil_checkpoint
 
 EXAMPLE_SECONDS = 30
 # more examples for a deeper search on a workstation: BASINSCOPE_FUZZ_EXAMPLES=200
 EXAMPLES_PER_COMMAND = int(os.environ.get("BASINSCOPE_FUZZ_EXAMPLES", "8"))
-COMMANDS = typer.main.get_command(app).commands
+COMMANDS = {name: load_command(name) for name in LISTED}
 
 
 class _TooSlow(BaseException):

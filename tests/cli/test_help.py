@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 
 import pytest
@@ -14,25 +15,26 @@ from basinscope.result import _stored
 
 COMMANDS = [
     c
-    for mod in (
-        cli_main.train,
-        cli_main.landscape,
-        cli_main.curvature,
-        cli_main.barrier,
-        cli_main.dynamics,
-        cli_main.curves,
-        cli_main.transfer,
-    )
-    for c in vars(mod).values()
-    if isinstance(c, Command)
+    for module, attr, _ in cli_main.COMMANDS.values()
+    if isinstance(c := getattr(importlib.import_module(module), attr), Command)
 ]
 
 
 def test_every_command_is_registered_once():
     names = [c.name for c in COMMANDS]
     assert len(names) == len(set(names)) == 16
-    registered = {c.name for c in cli_main.app.registered_commands}
-    assert set(names) <= registered
+    assert set(names) <= set(cli_main.COMMANDS)
+    assert all(cli_main.COMMANDS[c.name][1] for c in COMMANDS)
+
+
+@pytest.mark.parametrize("name", list(cli_main.COMMANDS))
+def test_the_listed_summary_is_the_start_of_the_commands_own_help(name):
+    """`basinscope --help` lists each command without importing it: its summary must be
+    the first sentence(s) of the help the command shows itself."""
+    summary = cli_main.COMMANDS[name][2]
+    help_text = " ".join(inspect.cleandoc(cli_main.load_command(name).help or "").split())
+    assert help_text.startswith(summary), (summary, help_text[: len(summary) + 40])
+    assert summary.endswith((".", ")", "?"))  # whole sentences, not a cut
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: c.name)

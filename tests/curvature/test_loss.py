@@ -34,7 +34,7 @@ def test_value_gradient_and_hvp_match_float64_references(name, xy):
     assert loss.num_evaluations == 3
     h = dense_hessian(model, x, y)
     v = torch.randn(loss.n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    for method in ("forward-over-reverse", "double-backward"):
+    for method in ("forward-over-reverse", "reverse-over-forward", "double-backward"):
         torch.testing.assert_close(loss.hvp(v, method), h @ v, rtol=1e-10, atol=1e-12)
         vs = torch.stack([v, 2 * v, -v], 1)
         torch.testing.assert_close(loss.hvp_batched(vs, method), h @ vs, rtol=1e-10, atol=1e-12)

@@ -15,7 +15,9 @@ def xy(digits_xy):
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "bn_eval"])
-@pytest.mark.parametrize("method", ["forward-over-reverse", "double-backward"])
+@pytest.mark.parametrize(
+    "method", ["forward-over-reverse", "reverse-over-forward", "double-backward"]
+)
 def test_hvp_matches_dense_float64_hessian(name, method, xy):
     model = tiny_models()[name]
     x, y = xy
@@ -28,7 +30,9 @@ def test_hvp_matches_dense_float64_hessian(name, method, xy):
 
 
 @pytest.mark.parametrize("name", ["mlp", "bn_eval"])
-@pytest.mark.parametrize("method", ["forward-over-reverse", "double-backward"])
+@pytest.mark.parametrize(
+    "method", ["forward-over-reverse", "reverse-over-forward", "double-backward"]
+)
 def test_batched_hvps_equal_single_ones(xy, name, method):
     op = HessianOperator(tiny_models()[name], xy, method=method, weight_decay=0.01)
     vs = torch.randn(op.n, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -65,8 +69,8 @@ def test_hvp_is_symmetric(xy):
 
 def test_auto_method_is_recorded(xy):
     op = HessianOperator(tiny_models()["mlp"], xy)
-    assert op.method in ("forward-over-reverse", "double-backward")
-    assert set(op.trial) == {"forward-over-reverse", "double-backward"}
+    assert op.method in ("forward-over-reverse", "reverse-over-forward", "double-backward")
+    assert set(op.trial) == {"forward-over-reverse", "reverse-over-forward", "double-backward"}
 
 
 def test_weight_decay_adds_lambda_identity(xy):
@@ -131,13 +135,12 @@ def test_subset_and_bad_options(xy):
     assert HessianOperator(model, xy, subset=25).num_examples == 25
     with pytest.raises(BasinscopeError, match="unknown HVP method 'fast'"):
         HessianOperator(model, xy, method="fast")
-    with pytest.raises(
-        BasinscopeError,
-        match="forward-over-reverse HVPs do not support BatchNorm with batch statistics",
-    ):
-        HessianOperator(
-            tiny_models()["bn_eval"], xy, bn_mode="train", method="forward-over-reverse"
-        )
+    for method in ("forward-over-reverse", "reverse-over-forward"):
+        with pytest.raises(
+            BasinscopeError,
+            match=f"{method} HVPs do not support BatchNorm with batch statistics",
+        ):
+            HessianOperator(tiny_models()["bn_eval"], xy, bn_mode="train", method=method)
     with pytest.raises(BasinscopeError, match="unknown bn_mode 'batch'"):
         HessianOperator(model, xy, bn_mode="batch")
     op = HessianOperator(tiny_models()["bn_eval"], xy, bn_mode="train")
@@ -152,3 +155,14 @@ def test_caller_model_untouched(xy):
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k])
     assert next(model.parameters()).dtype == torch.float32
+
+
+def test_a_bad_method_is_refused_by_the_loss_too(xy):
+    from basinscope.curvature.loss import EmpiricalLoss
+
+    loss = EmpiricalLoss(tiny_models()["mlp"], xy)
+    v = torch.ones(loss.n, dtype=torch.float64)
+    with pytest.raises(BasinscopeError, match="unknown HVP method 'fast': expected one of"):
+        loss.hvp(v, "fast")
+    with pytest.raises(BasinscopeError, match="unknown HVP method 'fast': expected one of"):
+        loss.hvp_batched(torch.stack([v, v], 1), "fast")

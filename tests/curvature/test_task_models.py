@@ -30,7 +30,7 @@ from basinscope.engine import StreamingBatches, Task
 from basinscope.errors import BasinscopeError
 from task_models import TokenNet, token_data
 
-METHODS = ("forward-over-reverse", "double-backward")
+METHODS = ("forward-over-reverse", "reverse-over-forward", "double-backward")
 
 
 # -- the models and data (as in tests/engine/test_task.py) -----------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,3 +76,37 @@ def test_mnist5k_file_missing(monkeypatch, tmp_path):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: FakeSpec())
     with pytest.raises(BasinscopeError, match=r"mnist_5k\.csv\.gz was not found"):
         mnist5k_path()
+
+
+def test_digits_equal_scikit_learns_load_and_split_without_importing_it():
+    """The csv is read and split without scikit-learn (its import costs a second): the
+    arrays must be scikit-learn's load_digits + train_test_split(stratify) exactly."""
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    from basinscope.data.digits import stratified_split
+
+    bunch = sk_load_digits()
+    x = (bunch.images.astype(np.float32) / np.float32(16.0))[:, None]
+    y = bunch.target.astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
+    for split, (xs, ys) in {"train": (x_tr, y_tr), "test": (x_te, y_te), "all": (x, y)}.items():
+        d = load_digits(split)
+        np.testing.assert_array_equal(d.x.numpy(), xs)
+        np.testing.assert_array_equal(d.y.numpy(), ys)
+    # other seeds and fractions: the same indices as scikit-learn's, in the same order
+    idx = np.arange(len(y))
+    for seed, size in ((1, 0.25), (7, 0.3), (0, 0.5), (0, 1000), (3, 450)):  # MNIST-5k: 1000
+        tr, te = train_test_split(idx, test_size=size, random_state=seed, stratify=y)
+        ours = stratified_split(y, test_size=size, seed=seed)
+        np.testing.assert_array_equal(ours[0], tr)
+        np.testing.assert_array_equal(ours[1], te)
+    code = (
+        "import sys; from basinscope.data import load_digits; load_digits(); "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

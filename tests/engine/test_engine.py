@@ -289,6 +289,9 @@ class ReversedExecutor:
         for index, coeffs in reversed(list(tasks)):
             yield index, worker.evaluate_chunk(coeffs)
 
+    def describe(self):
+        return {"executor": self.name}
+
 
 def test_executor_seam_accepts_out_of_order_workers(digits_xy, tmp_path):
     x, y = digits_xy

@@ -132,7 +132,7 @@ def test_the_report_is_rebuilt_without_recomputing(runs, monkeypatch):
         (curvature, ("HessianOperator", "lanczos_eigenpairs", "hutchinson_trace")),
         (engine, ("evaluate_model", "evaluate_points")),
         (training, ("train",)),
-        (study, ("_run", "_solution", "landscape_stage")),
+        (study, ("_run", "_train_call", "_measure_calls", "landscape_stage")),
     ):
         for name in names:
             monkeypatch.setattr(mod, name, boom)

@@ -54,3 +54,29 @@ def test_bad_formats_raise(tmp_path: Path) -> None:
     with pytest.raises(BasinscopeError, match="at least one format"):
         save_figure(_small_figure(), tmp_path / "fig", formats=())
     assert not list(tmp_path.iterdir())
+
+
+def _laid_out_figure() -> Figure:
+    fig = Figure(figsize=(3.0, 2.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot([0, 1], [1, 0])
+    ax.set_title("a title that constrained layout makes room for")
+    fig.colorbar(ax.imshow([[0, 1], [1, 0]]), ax=ax)
+    return fig
+
+
+def test_formats_after_the_first_keep_its_layout_and_the_engine_is_restored(tmp_path):
+    import numpy as np
+    from matplotlib.image import imread
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    fig = _laid_out_figure()
+    png, pdf = save_figure(fig, tmp_path / "both")
+    assert isinstance(fig.get_layout_engine(), ConstrainedLayoutEngine)
+    assert pdf.read_bytes().startswith(b"%PDF")
+    # the first format is drawn exactly as alone (constrained layout, tight box)
+    (alone,) = save_figure(_laid_out_figure(), tmp_path / "alone", formats=("png",))
+    np.testing.assert_array_equal(imread(png), imread(alone))
+    # a later format keeps that layout and gets its own tight box, reproducibly
+    pdf2 = save_figure(_laid_out_figure(), tmp_path / "again")[1]
+    assert pdf2.read_bytes() == pdf.read_bytes()

@@ -157,13 +157,15 @@ def test_enospc_while_writing_figures_is_one_line_and_the_command_then_resumes(
     assert code == 2, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: could not write the figure "), err
-    assert "figures/landscape.png" in lines[0]  # the first figure: the result's own
+    # the first figure drawn: the contour of the first loss (the result's own figure, the
+    # same image, is copied from it afterwards)
+    assert "figures/train_loss_contour.png" in lines[0]
     assert "no space left on the device (ENOSPC)" in lines[0]
     assert "run the same command again" in lines[0]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["status"] == "complete"  # the grid was finished before the figures
     assert not [p for p in out.rglob("*") if is_temp_name(p.name)]
-    assert not (out / "figures" / "landscape.png").exists()
+    assert not (out / "figures" / "train_loss_contour.png").exists()
 
     monkeypatch.setattr(Figure, "savefig", real_savefig)
     code, out_text, err = invoke(*args, "--json")

@@ -1,226 +1,156 @@
-"""Analyses: each a function that returns a frozen result."""
+"""Analyses: each a function that returns a frozen result.
 
-from basinscope.analyses.alignment import (
-    AlignmentResult,
-    AlignSpec,
-    BarrierComparison,
-    PermutationSpec,
-    activation_matching,
-    align,
-    apply_permutation,
-    barrier_before_after,
-    permutation_spec,
-    random_permutation,
-    repair,
-    weight_matching,
-)
-from basinscope.analyses.barrier import (
-    BARRIER_DEFINITIONS,
-    BARRIER_METRICS,
-    BarrierResult,
-    barrier,
-    barrier_from_curve,
-    barrier_matrix,
-    refine_worst,
-)
-from basinscope.analyses.basin import BasinResult, BasinSpec, ConditionEstimate, basin_test
-from basinscope.analyses.criticality import (
-    CriticalityResult,
-    CriticalitySpec,
-    ModuleCriticality,
-    RewindResult,
-    RewindSpec,
-    criticality_along_path,
-    module_criticality,
-    rewind,
-)
-from basinscope.analyses.curves import (
-    CURVE_KINDS,
-    Curve,
-    CurveEvalSpec,
-    CurveEvaluation,
-    CurveResult,
-    CurveSpec,
-    evaluate_curve,
-    init_curve,
-    load_curve,
-    save_curve,
-    train_curve,
-)
-from basinscope.analyses.distance import (
-    DistanceAndMistakes,
-    DistanceResult,
-    DistanceSpec,
-    MistakeResult,
-    MistakeSpec,
-    mistake_analysis,
-    parameter_distance,
-)
-from basinscope.analyses.ensembles import (
-    EnsembleResult,
-    EnsembleSpec,
-    ensemble,
-    ensemble_metrics,
-    fge,
-    independent_ensemble,
-    swa,
-)
-from basinscope.analyses.hessian import HessianReport, HessianSpec, hessian_analysis
-from basinscope.analyses.instability import (
-    InstabilityResult,
-    InstabilitySpec,
-    InstabilitySweep,
-    TransferInstabilityResult,
-    instability,
-    instability_sweep,
-    transfer_instability,
-)
-from basinscope.analyses.interpolation import (
-    InterpolationSpec,
-    RandomLineSpec,
-    interpolate,
-    line_from_files,
-    random_line,
-)
-from basinscope.analyses.landscape import Landscape, LandscapeSpec, compute_landscape, grid_coeffs
-from basinscope.analyses.sharpness import (
-    SHARPNESS_MEASURES,
-    SharpnessResult,
-    adaptive_sharpness,
-    average_sharpness,
-    filter_normalized_sharpness,
-    m_sharpness,
-    sharpness,
-    worst_case_sharpness,
-)
-from basinscope.analyses.sharpness_measures import SharpnessMeasures, sharpness_measures
-from basinscope.analyses.sharpness_spec import SharpnessSpec
-from basinscope.analyses.similarity import (
-    CKA_ESTIMATORS,
-    CKAResult,
-    CKASpec,
-    MinibatchCKA,
-    cka_matrix,
-    debiased_cka,
-    linear_cka,
-    rbf_cka,
-)
-from basinscope.analyses.surface import (
-    PCASurfaceSpec,
-    PlaneSurfaceSpec,
-    RandomSurfaceSpec,
-    SurfaceFiles,
-    TrajectoryProjection,
-    pca_surface,
-    plane_surface,
-    project_trajectory,
-    random_surface,
-    surface_from_files,
-)
+The names below are imported from their modules on first use (PEP 562), so importing one
+analysis (``basinscope surface`` imports the landscape modules) does not import the others
+and what they need (scipy for alignment and the basin test, ...).
+"""
 
-__all__ = [
-    "BARRIER_DEFINITIONS",
-    "BARRIER_METRICS",
-    "CKA_ESTIMATORS",
-    "CURVE_KINDS",
-    "SHARPNESS_MEASURES",
-    "AlignSpec",
-    "AlignmentResult",
-    "BarrierComparison",
-    "BarrierResult",
-    "BasinResult",
-    "BasinSpec",
-    "CKAResult",
-    "CKASpec",
-    "ConditionEstimate",
-    "CriticalityResult",
-    "CriticalitySpec",
-    "Curve",
-    "CurveEvalSpec",
-    "CurveEvaluation",
-    "CurveResult",
-    "CurveSpec",
-    "DistanceAndMistakes",
-    "DistanceResult",
-    "DistanceSpec",
-    "EnsembleResult",
-    "EnsembleSpec",
-    "HessianReport",
-    "HessianSpec",
-    "InstabilityResult",
-    "InstabilitySpec",
-    "InstabilitySweep",
-    "InterpolationSpec",
-    "Landscape",
-    "LandscapeSpec",
-    "MinibatchCKA",
-    "MistakeResult",
-    "MistakeSpec",
-    "ModuleCriticality",
-    "PCASurfaceSpec",
-    "PermutationSpec",
-    "PlaneSurfaceSpec",
-    "RandomLineSpec",
-    "RandomSurfaceSpec",
-    "RewindResult",
-    "RewindSpec",
-    "SharpnessMeasures",
-    "SharpnessResult",
-    "SharpnessSpec",
-    "SurfaceFiles",
-    "TrajectoryProjection",
-    "TransferInstabilityResult",
-    "activation_matching",
-    "adaptive_sharpness",
-    "align",
-    "apply_permutation",
-    "average_sharpness",
-    "barrier",
-    "barrier_before_after",
-    "barrier_from_curve",
-    "barrier_matrix",
-    "basin_test",
-    "cka_matrix",
-    "compute_landscape",
-    "criticality_along_path",
-    "debiased_cka",
-    "ensemble",
-    "ensemble_metrics",
-    "evaluate_curve",
-    "fge",
-    "filter_normalized_sharpness",
-    "grid_coeffs",
-    "hessian_analysis",
-    "independent_ensemble",
-    "init_curve",
-    "instability",
-    "instability_sweep",
-    "interpolate",
-    "line_from_files",
-    "linear_cka",
-    "load_curve",
-    "m_sharpness",
-    "mistake_analysis",
-    "module_criticality",
-    "parameter_distance",
-    "pca_surface",
-    "permutation_spec",
-    "plane_surface",
-    "project_trajectory",
-    "random_line",
-    "random_permutation",
-    "random_surface",
-    "rbf_cka",
-    "refine_worst",
-    "repair",
-    "rewind",
-    "save_curve",
-    "sharpness",
-    "sharpness_measures",
-    "surface_from_files",
-    "swa",
-    "train_curve",
-    "transfer_instability",
-    "weight_matching",
-    "worst_case_sharpness",
-]
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import Any
+
+#: public name -> the module of this package that defines it
+_WHERE: dict[str, str] = {
+    "AlignSpec": "alignment",
+    "AlignmentResult": "alignment",
+    "BarrierComparison": "alignment",
+    "PermutationSpec": "alignment",
+    "activation_matching": "alignment",
+    "align": "alignment",
+    "apply_permutation": "alignment",
+    "barrier_before_after": "alignment",
+    "permutation_spec": "alignment",
+    "random_permutation": "alignment",
+    "repair": "alignment",
+    "weight_matching": "alignment",
+    "BARRIER_DEFINITIONS": "barrier",
+    "BARRIER_METRICS": "barrier",
+    "BarrierResult": "barrier",
+    "barrier": "barrier",
+    "barrier_from_curve": "barrier",
+    "barrier_matrix": "barrier",
+    "refine_worst": "barrier",
+    "BasinResult": "basin",
+    "BasinSpec": "basin",
+    "ConditionEstimate": "basin",
+    "basin_test": "basin",
+    "CriticalityResult": "criticality",
+    "CriticalitySpec": "criticality",
+    "ModuleCriticality": "criticality",
+    "RewindResult": "criticality",
+    "RewindSpec": "criticality",
+    "criticality_along_path": "criticality",
+    "module_criticality": "criticality",
+    "rewind": "criticality",
+    "CURVE_KINDS": "curves",
+    "Curve": "curves",
+    "CurveEvalSpec": "curves",
+    "CurveEvaluation": "curves",
+    "CurveResult": "curves",
+    "CurveSpec": "curves",
+    "evaluate_curve": "curves",
+    "init_curve": "curves",
+    "load_curve": "curves",
+    "save_curve": "curves",
+    "train_curve": "curves",
+    "DistanceAndMistakes": "distance",
+    "DistanceResult": "distance",
+    "DistanceSpec": "distance",
+    "MistakeResult": "distance",
+    "MistakeSpec": "distance",
+    "mistake_analysis": "distance",
+    "parameter_distance": "distance",
+    "EnsembleResult": "ensembles",
+    "EnsembleSpec": "ensembles",
+    "ensemble": "ensembles",
+    "ensemble_metrics": "ensembles",
+    "fge": "ensembles",
+    "independent_ensemble": "ensembles",
+    "swa": "ensembles",
+    "HessianReport": "hessian",
+    "HessianSpec": "hessian",
+    "hessian_analysis": "hessian",
+    "InstabilityResult": "instability",
+    "InstabilitySpec": "instability",
+    "InstabilitySweep": "instability",
+    "TransferInstabilityResult": "instability",
+    "instability": "instability",
+    "instability_sweep": "instability",
+    "transfer_instability": "instability",
+    "InterpolationSpec": "interpolation",
+    "RandomLineSpec": "interpolation",
+    "interpolate": "interpolation",
+    "line_from_files": "interpolation",
+    "random_line": "interpolation",
+    "Landscape": "landscape",
+    "LandscapeSpec": "landscape",
+    "compute_landscape": "landscape",
+    "grid_coeffs": "landscape",
+    "SHARPNESS_MEASURES": "sharpness",
+    "SharpnessResult": "sharpness",
+    "adaptive_sharpness": "sharpness",
+    "average_sharpness": "sharpness",
+    "filter_normalized_sharpness": "sharpness",
+    "m_sharpness": "sharpness",
+    "sharpness": "sharpness",
+    "worst_case_sharpness": "sharpness",
+    "SharpnessMeasures": "sharpness_measures",
+    "sharpness_measures": "sharpness_measures",
+    "SharpnessSpec": "sharpness_spec",
+    "CKAResult": "similarity",
+    "CKASpec": "similarity",
+    "CKA_ESTIMATORS": "similarity",
+    "MinibatchCKA": "similarity",
+    "cka_matrix": "similarity",
+    "debiased_cka": "similarity",
+    "linear_cka": "similarity",
+    "rbf_cka": "similarity",
+    "PCASurfaceSpec": "surface",
+    "PlaneSurfaceSpec": "surface",
+    "RandomSurfaceSpec": "surface",
+    "SurfaceFiles": "surface",
+    "TrajectoryProjection": "surface",
+    "pca_surface": "surface",
+    "plane_surface": "surface",
+    "project_trajectory": "surface",
+    "random_surface": "surface",
+    "surface_from_files": "surface",
+}
+
+#: Names that are also modules of this package: the attribute stays the function (as the
+#: eager imports of earlier versions left it), not the module that importing it sets.
+_SHADOWED = frozenset(["barrier", "instability", "rewind", "sharpness", "sharpness_measures"])
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def import_all() -> None:
+    """Import every analysis module now (what registers each result kind for
+    :func:`basinscope.result.result_class`)."""
+    for module in sorted(set(_WHERE.values())):
+        importlib.import_module(f"{__name__}.{module}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_WHERE})
+
+
+class _Package(types.ModuleType):
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _SHADOWED and isinstance(value, types.ModuleType):
+            return  # the import system binding a submodule: keep the function's name free
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -114,7 +114,10 @@ class HessianSpec(Spec):
         choices=BN_MODES,
     )
     method: str = option(
-        "auto", "auto, forward-over-reverse or double-backward.", flag="--hvp", choices=HVP_METHODS
+        "auto",
+        "auto, forward-over-reverse, reverse-over-forward or double-backward.",
+        flag="--hvp",
+        choices=HVP_METHODS,
     )
     dtype: str = option("float64", "float64 (default) or float32.", choices=DTYPES)
     device: str = option("cpu", "torch device, e.g. cpu or cuda.")

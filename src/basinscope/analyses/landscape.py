@@ -31,10 +31,11 @@ from basinscope._checks import at_least, grid_range, safe_name, split_names
 from basinscope._memory import check_memory
 from basinscope.engine import (
     EvalJob,
-    LocalExecutor,
+    Executor,
     PointBasis,
     StreamingBatches,
     as_batches,
+    current_executor,
     evaluate_points,
     num_examples,
 )
@@ -369,7 +370,7 @@ def compute_landscape(
     identity: Mapping[str, Any] | None = None,
     settings: LandscapeSpec | None = None,
     extra_tensors: Mapping[str, Mapping[str, Tensor]] | None = None,
-    executor: LocalExecutor | None = None,
+    executor: Executor | None = None,
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
     make_job: Callable[[PointBasis], Any] | None = None,
@@ -503,6 +504,7 @@ def compute_landscape(
             for name, t in (extra_tensors or {}).items():
                 store.save_tensors(name, t)
         journal = store.journal(len(coeffs), chunk_size) if store is not None else None
+        executor = executor or current_executor()
         t0 = time.perf_counter()
         result = evaluate_points(
             job,
@@ -536,7 +538,7 @@ def compute_landscape(
             "seconds": round(time.perf_counter() - t0, 4),
             "points_per_second": result.points_per_second,
             "nonfinite": result.nonfinite,
-            "executor": (executor or LocalExecutor()).name,
+            **executor.describe(),  # "executor": local or ray (and the Ray workers)
             "device": str(device),
             "task": task.describe(),
         }

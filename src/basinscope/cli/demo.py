@@ -12,6 +12,8 @@ from typing import Any
 import typer
 
 from basinscope.cli.common import WAIT_OPT, emit_json, info
+from basinscope.cli.generate import executor_options
+from basinscope.engine.executors import make_executor
 from basinscope.experiments import registry
 from basinscope.experiments.results import StudyResult
 from basinscope.store import paths
@@ -41,11 +43,16 @@ RUN += [("device", str, None, "--device"), ("dtype", str, None, "--dtype")]
 STUDY = [("name", str, None, "NAME"), ("list_", bool, False, "--list")]
 STUDY += [("show_config", bool, False, "--show-config"), *RUN]
 REPORT = [("run_dir", Path, ..., "RUN_DIR"), ("json_out", bool, False, "--json")]
+# --executor, --address, --workers: where the stages run (the same options as every command's)
+EXECUTOR = executor_options()
 
 
-def _command(fn: Any, params: list[tuple[str, Any, Any, str]], about: str) -> None:
-    """Make ``fn(**kwargs)`` a typer command: its ``params`` and --wait; --help is ``about``
-    and then ``fn``'s docstring, which lists the examples (one command line each)."""
+def _command(
+    fn: Any, params: list[tuple[str, Any, Any, str]], about: str, extra: dict | None = None
+) -> None:
+    """Make ``fn(**kwargs)`` a typer command: its ``params``, the ``extra`` options (name ->
+    (annotation, typer option)) and --wait; --help is ``about`` and then ``fn``'s docstring,
+    which lists the examples (one command line each)."""
 
     def option(d: Any, flag: str) -> Any:  # flags in capitals name arguments
         if flag.isupper():
@@ -53,6 +60,7 @@ def _command(fn: Any, params: list[tuple[str, Any, Any, str]], about: str) -> No
         return typer.Option(d, flag, help=HELP[flag])
 
     sig = [P(n, P.KEYWORD_ONLY, default=option(d, f), annotation=t) for n, t, d, f in params]
+    sig += [P(n, P.KEYWORD_ONLY, default=o, annotation=t) for n, (t, o) in (extra or {}).items()]
     sig.append(P("wait", P.KEYWORD_ONLY, default=WAIT_OPT, annotation=bool))
     fn.__signature__ = inspect.Signature(sig)
     fn.__annotations__ = {p.name: p.annotation for p in sig}
@@ -72,6 +80,9 @@ def _run(
     device,
     dtype,
     wait,
+    executor="local",
+    address=None,
+    workers=None,
     show_config=False,
 ):
     cfg = registry.make_config(
@@ -88,9 +99,10 @@ def _run(
         return emit_json(settings)
     if show_config:
         return typer.echo("\n".join(f"{k} = {v!r}" for k, v in settings.items()))
+    runner = make_executor(executor, address=address, workers=workers)  # checked up front
     check_writable_folder(out)
     say, progress = (lambda m: info(m, json_out)), progress and not json_out
-    res = registry.run_study(name, out, cfg, progress=progress, say=say, wait=wait)
+    res = registry.run_study(name, out, cfg, progress=progress, say=say, wait=wait, executor=runner)
     emit_json(res) if json_out else info("\n" + "\n".join(StudyResult(res).summary()))
 
 
@@ -100,6 +112,7 @@ def study_cmd(name, list_, show_config, **run) -> None:
     study rotated-digits --quick --set angles=[0,90] --set grid=11
     study flatness-vs-batch-size --device cuda --dtype float64
     study flatness-vs-batch-size --config my-settings.toml
+    study rotated-digits --executor ray --workers 8
     study skip-connections --show-config"""
     studies = registry.list_studies()
     if list_ and run["json_out"]:
@@ -113,7 +126,8 @@ def study_cmd(name, list_, show_config, **run) -> None:
 def demo_cmd(**run) -> None:
     """demo
     demo --quick
-    demo --set angles=[0,45,90] --out runs/demo"""
+    demo --set angles=[0,45,90] --out runs/demo
+    demo --executor ray --address auto"""
     _run(registry.DEMO, **run)
 
 
@@ -124,9 +138,12 @@ def report_cmd(run_dir: Path, json_out: bool, wait: bool) -> None:
     emit_json({"report": str(path)}) if json_out else info(f"report: {path}")
 
 
-_command(study_cmd, STUDY, registry.ABOUT)
+_command(study_cmd, STUDY, registry.ABOUT, EXECUTOR)
 demo = registry.get_study(registry.DEMO)
 _command(
-    demo_cmd, RUN, f"The main job: `basinscope study {demo.name}` with its defaults. {demo.about}"
+    demo_cmd,
+    RUN,
+    f"The main job: `basinscope study {demo.name}` with its defaults. {demo.about}",
+    EXECUTOR,
 )
 _command(report_cmd, REPORT, inspect.getdoc(registry.build_report))

@@ -119,10 +119,20 @@ def run_command(
     progress: bool = True,
     plot: bool = True,
     wait: bool = False,
+    executor: str = "local",
+    address: str | None = None,
+    workers: int | None = None,
 ) -> Any:
-    """Run ``cmd`` with ``spec`` end to end (see the module docstring); returns the result."""
+    """Run ``cmd`` with ``spec`` end to end (see the module docstring); returns the result.
+
+    ``executor``, ``address`` and ``workers`` say where the command's chunks run
+    (:func:`basinscope.engine.make_executor`); they change where, not what, so they are not
+    part of the spec or of the run folder's digest."""
     from basinscope.cli.common import emit_json, hold_out_folder, info
+    from basinscope.engine.executors import make_executor, use_executor
     from basinscope.store import paths, save
+
+    runner = make_executor(executor, address=address, workers=workers)  # checked up front
 
     out = Path(out or paths.default_run_dir(cmd.name, spec_hash(cmd.name, spec)))
     existed = out.exists() and any(out.iterdir())
@@ -131,14 +141,15 @@ def run_command(
         cmd.name, spec, out, progress=progress and not json_out, quiet=json_out or not progress
     )
     notes: list[str] = []
-    with _warnings_as_notes(notes, info):
+    with _warnings_as_notes(notes, info), use_executor(runner):
         try:
             result = cmd.run(spec, ctx)
         except BasinscopeError:
             if not existed:  # a corrected command must not meet a half-made folder
                 _clear(out)
             raise
-    save(result, out, extra={"command": {"name": cmd.name, **spec.to_dict()}, "warnings": notes})
+    extra = {"command": {"name": cmd.name, **spec.to_dict()}, "warnings": notes}
+    save(result, out, extra={**extra, "executor": runner.describe()})
     figures = (cmd.figures or default_figures)(result, spec, out) if plot else []
     if json_out:
         emit_json(result.to_dict())
@@ -291,6 +302,45 @@ def _output_options() -> dict[str, tuple[Any, Any]]:
             typer.Option(True, "--plot/--no-plot", help="Draw the result into RUN/figures."),
         ),
         "wait": (bool, WAIT_OPT),
+        **executor_options(),
+    }
+
+
+def executor_options() -> dict[str, tuple[Any, Any]]:
+    """``--executor``, ``--address`` and ``--workers``: where a command's chunks (and a
+    study's stages) run; every command and study has them (:mod:`basinscope.engine.executors`)."""
+    from basinscope.engine.executors import EXECUTORS
+
+    return {
+        "executor": (
+            str,
+            typer.Option(
+                "local",
+                "--executor",
+                help="Where chunked work runs (surfaces, lines, curvature maps, criticality "
+                "grids, barriers, basin Monte Carlo, a study's stages): local (this process) "
+                "or ray (Ray actors; needs the ray extra). Results are the same bit for bit. "
+                f"One of: {', '.join(EXECUTORS)}.",
+            ),
+        ),
+        "address": (
+            str | None,
+            typer.Option(
+                None,
+                "--address",
+                help="With --executor ray: an existing Ray cluster (auto, HOST:6379 or "
+                "ray://HOST:10001); default: start a local one.",
+            ),
+        ),
+        "workers": (
+            int | None,
+            typer.Option(
+                None,
+                "--workers",
+                help="With --executor ray: the number of Ray workers (actors); default: one "
+                "per CPU of the cluster (per GPU for a CUDA device).",
+            ),
+        ),
     }
 
 

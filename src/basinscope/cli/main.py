@@ -2,18 +2,164 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 import traceback
+from typing import Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
-from basinscope.cli import barrier, curvature, curves, dynamics, landscape, plot, train, transfer
-from basinscope.cli import demo as demo_cmd
-from basinscope.cli.generate import typer_command
 from basinscope.errors import internal_error_note, user_message
+
+#: Every command: name -> (module, attribute, the summary ``basinscope --help`` lists). A
+#: command's module (and with it torch and the analysis it runs) is imported only when the
+#: command runs or shows its own --help, so ``basinscope --help`` starts fast; the attribute
+#: is a generated :class:`~basinscope.cli.generate.Command` or a typer callback. Each
+#: summary is the first sentence of the command's own help (a test checks that).
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": (
+        "basinscope.cli.train",
+        "TRAIN",
+        "Train a model deterministically and save its weights and trajectory.",
+    ),
+    "interpolate": (
+        "basinscope.cli.landscape",
+        "INTERPOLATE",
+        "The 1D landscape between two models, or along a random normalized direction.",
+    ),
+    "surface": (
+        "basinscope.cli.landscape",
+        "SURFACE",
+        "The 2D landscape f(alpha, beta) = L(theta* + alpha delta + beta eta).",
+    ),
+    "hessian": (
+        "basinscope.cli.curvature",
+        "HESSIAN",
+        "Hessian spectrum of the mean training loss: both ends, trace, density, per layer.",
+    ),
+    "sharpness": (
+        "basinscope.cli.curvature",
+        "SHARPNESS",
+        "Sharpness of a minimum, by named measures, each with its definition recorded.",
+    ),
+    "barrier": (
+        "basinscope.cli.barrier",
+        "BARRIER",
+        "The loss or error barrier on the straight line between trained models.",
+    ),
+    "instability": (
+        "basinscope.cli.dynamics",
+        "INSTABILITY",
+        "Instability analysis (Frankle et al. 2020): are children of one parent linearly "
+        "connected?",
+    ),
+    "basin": (
+        "basinscope.cli.barrier",
+        "BASIN",
+        "Is the convex hull of the solutions an (epsilon, delta)-basin? (Monte Carlo test)",
+    ),
+    "curve": (
+        "basinscope.cli.curves",
+        "CURVE",
+        "Train a low-loss curve between two models (Garipov et al. 2018) and compare it with "
+        "the line.",
+    ),
+    "align": (
+        "basinscope.cli.curves",
+        "ALIGN",
+        "Permute the hidden units of model B to align it with model A, and the barrier it removes.",
+    ),
+    "ensemble": (
+        "basinscope.cli.dynamics",
+        "ENSEMBLE",
+        "Ensembles from one run (FGE, SWA) or independent ensembles, with their budget.",
+    ),
+    "similarity": (
+        "basinscope.cli.transfer",
+        "SIMILARITY",
+        "CKA similarity between the layers of two models.",
+    ),
+    "distance": (
+        "basinscope.cli.transfer",
+        "DISTANCE",
+        "Parameter distance between two models, per module; optionally their shared mistakes.",
+    ),
+    "rewind": (
+        "basinscope.cli.transfer",
+        "REWIND",
+        "Rewind one module at a time to its initial value and measure the damage.",
+    ),
+    "criticality": (
+        "basinscope.cli.transfer",
+        "CRITICALITY",
+        "Module criticality and network criticality (Chatterji, Neyshabur & Sedghi 2020).",
+    ),
+    "finetune": (
+        "basinscope.cli.transfer",
+        "FINETUNE",
+        "Fine-tune a pretrained model on a shifted target; forgetting and adaptation.",
+    ),
+    "plot": (
+        "basinscope.cli.plot",
+        "plot_cmd",
+        "Draw the figures of a finished run from its stored result.",
+    ),
+    "demo": (
+        "basinscope.cli.demo",
+        "demo_cmd",
+        "The main job: `basinscope study rotated-digits` with its defaults.",
+    ),
+    "study": (
+        "basinscope.cli.demo",
+        "study_cmd",
+        "Run a registered study: every stage is stored under --out/stages (folders named by "
+        "a hash of their settings) and reused when a study runs again, so an interrupted "
+        "study resumes and a changed setting recomputes only what depends on it.",
+    ),
+    "report": (
+        "basinscope.cli.demo",
+        "report_cmd",
+        "Write report.html for a finished run folder from its stored results; nothing is "
+        "recomputed.",
+    ),
+}
+
+
+def load_command(name: str) -> Any:
+    """The click command ``name`` (of :data:`COMMANDS`), its module imported now."""
+    from basinscope.cli.generate import Command, typer_command
+
+    module, attr, _ = COMMANDS[name]
+    obj = getattr(importlib.import_module(module), attr)
+    one = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+    one.command(name)(typer_command(obj) if isinstance(obj, Command) else obj)
+    return typer.main.get_command(one)  # a typer app of one command is that command
+
+
+class LazyCommands(TyperGroup):
+    """The ``basinscope`` group: it lists :data:`COMMANDS` from their summaries and imports
+    a command's module only to run it (or to show its own --help)."""
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        if cmd_name in self.commands or cmd_name not in COMMANDS:
+            return self.commands.get(cmd_name)
+        # for the listing of `basinscope --help`: the summary, nothing imported
+        return TyperCommand(cmd_name, help=COMMANDS[cmd_name][2])
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, cmd, rest = super().resolve_command(ctx, args)
+        if name in COMMANDS and name not in self.commands:
+            self.commands[name] = load_command(name)
+        return name, self.commands.get(name, cmd), rest
+
 
 app = typer.Typer(
     name="basinscope",
+    cls=LazyCommands,
     help=(
         "See, measure and compare the loss landscapes of neural networks: lines and planes "
         "through parameter space, with the definitions stated and every run resumable.\n\n"
@@ -25,29 +171,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-for cmd in (
-    train.TRAIN,
-    landscape.INTERPOLATE,
-    landscape.SURFACE,
-    curvature.HESSIAN,
-    curvature.SHARPNESS,
-    barrier.BARRIER,
-    dynamics.INSTABILITY,
-    barrier.BASIN,
-    curves.CURVE,
-    curves.ALIGN,
-    dynamics.ENSEMBLE,
-    transfer.SIMILARITY,
-    transfer.DISTANCE,
-    transfer.REWIND,
-    transfer.CRITICALITY,
-    transfer.FINETUNE,
-):
-    app.command(cmd.name)(typer_command(cmd))
-app.command("plot")(plot.plot_cmd)
-app.command("demo")(demo_cmd.demo_cmd)
-app.command("study")(demo_cmd.study_cmd)
-app.command("report")(demo_cmd.report_cmd)
+
+
+@app.callback()
+def _group() -> None:
+    """The group itself takes no options (typer needs a callback for a group whose
+    commands it does not hold)."""
 
 
 INTERRUPTED = (

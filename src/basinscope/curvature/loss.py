@@ -32,9 +32,13 @@ time (:class:`~basinscope.engine.batches.StreamingBatches`), and ``subset`` keep
 first examples without reading the rest. Sums over batches stay on the device; only the
 scalars a method returns leave it.
 
-Hessian-vector products (Pearlmutter 1994) by one of two methods: forward-over-reverse
-(``jvp`` of ``grad``, :mod:`torch.func`) or double backward (the gradient of
-:math:`\\nabla L^\\top v`); both also for many vectors at once (:meth:`EmpiricalLoss.hvp_batched`).
+Hessian-vector products (Pearlmutter 1994) by one of three methods: forward-over-reverse
+(``jvp`` of ``grad``, :mod:`torch.func`), reverse-over-forward (``grad`` of the directional
+derivative :math:`\\nabla L^\\top v` taken by ``jvp``: the gradient :math:`\\nabla L`
+itself, which the product does not need, is never formed) or double backward (the gradient
+of :math:`\\nabla L^\\top v`, the inner gradient by autograd); all also for many vectors at
+once (:meth:`EmpiricalLoss.hvp_batched`). ``benchmarks/bench_hvp.py`` times each against
+one gradient.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from basinscope.errors import BasinscopeError
 __all__ = [
     "BN_MODES",
     "CURVATURE_DTYPES",
+    "FORWARD_MODE_METHODS",
     "HVP_METHODS",
     "EmpiricalLoss",
     "curvature_dtype",
@@ -65,8 +70,10 @@ __all__ = [
     "select_params",
 ]
 
-#: How products with the Hessian are formed ("auto": the faster, by a timed trial).
-HVP_METHODS = ("auto", "forward-over-reverse", "double-backward")
+#: How products with the Hessian are formed ("auto": the fastest, by a timed trial).
+HVP_METHODS = ("auto", "forward-over-reverse", "reverse-over-forward", "double-backward")
+#: The methods that take forward-mode derivatives (no BatchNorm with batch statistics).
+FORWARD_MODE_METHODS = ("forward-over-reverse", "reverse-over-forward")
 #: BatchNorm during the loss: stored statistics (eval) or those of each batch (train).
 BN_MODES = ("eval", "train")
 #: The precisions curvature is computed in.
@@ -378,30 +385,46 @@ class EmpiricalLoss:
     def hvp(
         self, v: Tensor, method: str = "forward-over-reverse", batches: Batches | None = None
     ) -> Tensor:
-        """:math:`\\nabla^2 L\\, v` at the model's parameters (``method``: forward-over-reverse
-        or double-backward; over ``batches`` instead of the data when given)."""
+        """:math:`\\nabla^2 L\\, v` at the model's parameters (``method``: one of
+        :data:`HVP_METHODS` but "auto"; over ``batches`` instead of the data when given)."""
         batches = self.batches if batches is None else batches
-        if method == "forward-over-reverse":
-            out = self._fwd_rev(v, batches)
-        elif method == "double-backward":
+        if method == "double-backward":
             out = self._double_backward(v, batches)
         else:
-            raise BasinscopeError(
-                f"unknown HVP method {method!r}: expected forward-over-reverse or double-backward"
-            )
+            one = self._product(method)
+            vd = self.unflatten(v)
+            out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
+            n = 0
+            for x, y in batches:
+                out += self.flatten(one(vd, x, y)) * len(y)
+                n += len(y)
+            out /= _nonempty(n)
         return out + self.weight_decay * v if self.weight_decay else out
 
-    def _fwd_rev(self, v: Tensor, batches: Batches) -> Tensor:
+    def _product(self, method: str) -> Callable[[dict[str, Tensor], Any, Tensor], dict]:
+        """The Hessian-vector product of one batch's mean loss by a ``torch.func`` method:
+        ``one(v, x, y)`` with ``v`` a parameter dict (``vmap`` can batch it over ``v``)."""
         forward_mode_ready()
-        vd = self.unflatten(v)
-        out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
-        n = 0
-        for x, y in batches:
-            g = grad(lambda p, x=x, y=y: self.batch_loss(p, x, y))
-            _, hv = jvp(g, (self.params,), (vd,))
-            out += self.flatten(hv) * y.shape[0]
-            n += y.shape[0]
-        return out / _nonempty(n)
+        params = self.params
+        if method == "forward-over-reverse":
+
+            def one(v, x, y):
+                g = grad(lambda p: self.batch_loss(p, x, y))
+                return jvp(g, (params,), (v,))[1]
+
+        elif method == "reverse-over-forward":
+
+            def one(v, x, y):
+                def directional(p):  # nabla L(p)^T v, by one forward-mode pass
+                    return jvp(lambda q: self.batch_loss(q, x, y), (p,), (v,))[1]
+
+                return grad(directional)(params)
+
+        else:
+            raise BasinscopeError(
+                f"unknown HVP method {method!r}: expected one of {', '.join(HVP_METHODS[1:])}"
+            )
+        return one
 
     def _double_backward(self, v: Tensor, batches: Batches) -> Tensor:
         vd = self.unflatten(v)
@@ -421,30 +444,28 @@ class EmpiricalLoss:
 
     def hvp_batched(self, vs: Tensor, method: str) -> Tensor | None:
         """:math:`\\nabla^2 L\\, V` for the columns of ``vs`` (shape ``(n, k)``) at once:
-        ``vmap`` over the ``jvp`` (forward-over-reverse), or the second backward pass with
-        ``is_grads_batched`` (double backward, the first pass shared by the columns).
-        ``None`` when a module has no batching rule (then take one product at a time)."""
-        if method == "forward-over-reverse":
-            forward_mode_ready()
-            out = torch.zeros_like(vs.T)
-            n = 0
-            for x, y in self.batches:
-                g = grad(lambda p, x=x, y=y: self.batch_loss(p, x, y))
-
-                def one(v, g=g):
-                    return self.flatten(jvp(g, (self.params,), (self.unflatten(v),))[1])
-
-                out += vmap(one)(vs.T) * y.shape[0]
-                n += y.shape[0]
-            out = (out / _nonempty(n)).T
-        elif method == "double-backward":
+        ``vmap`` over the product of a ``torch.func`` method (forward-over-reverse,
+        reverse-over-forward), or the second backward pass with ``is_grads_batched``
+        (double backward, the first pass shared by the columns). ``None`` when a module
+        has no batching rule (then take one product at a time)."""
+        if method == "double-backward":
             out = self._double_backward_batched(vs)
             if out is None:
                 return None
         else:
-            raise BasinscopeError(
-                f"unknown HVP method {method!r}: expected forward-over-reverse or double-backward"
-            )
+            one = self._product(method)
+            k = vs.shape[1]
+            rows = {
+                name: vs[i : i + s].T.reshape(k, *shape)
+                for name, (i, s, shape) in zip(self.names, self.slices())
+            }
+            out = torch.zeros(k, self.n, dtype=self.dtype, device=self.device)
+            n = 0
+            for x, y in self.batches:
+                hv = vmap(one, in_dims=(0, None, None))(rows, x, y)
+                out += torch.cat([hv[name].reshape(k, -1) for name in self.names], 1) * len(y)
+                n += len(y)
+            out = (out / _nonempty(n)).T
         return out + self.weight_decay * vs if self.weight_decay else out
 
     def _double_backward_batched(self, vs: Tensor) -> Tensor | None:

@@ -8,8 +8,9 @@ The loss is the mean over all :math:`N` examples of the dataset (or a fixed subs
 so each batch's product is weighted by its size: :math:`Hv = \\sum_b \\frac{|b|}{N} H_b v`.
 Three operators (all symmetric, acting on flat vectors over the selected parameters):
 
-``HessianOperator``  :math:`\\nabla^2 L`; forward-over-reverse (``jvp`` of ``grad``) or
-                     double backward, the faster chosen per model by a timed trial,
+``HessianOperator``  :math:`\\nabla^2 L`; forward-over-reverse (``jvp`` of ``grad``),
+                     reverse-over-forward (``grad`` of ``jvp``) or double backward, the
+                     fastest chosen per model by a timed trial,
 ``GGNOperator``      the generalized Gauss-Newton :math:`\\frac1N\\sum J_n^\\top H^{\\ell}_n J_n`
                      (positive semi-definite for convex losses),
 ``EFOperator``       the empirical Fisher :math:`\\frac1N\\sum g_n g_n^\\top` from per-example
@@ -41,6 +42,7 @@ from torch import Tensor, nn
 from torch.func import grad, jvp, vjp, vmap
 
 from basinscope.curvature.loss import (
+    FORWARD_MODE_METHODS,
     HVP_METHODS,
     Batches,
     EmpiricalLoss,
@@ -199,9 +201,9 @@ class HessianOperator(CurvatureOperator):
             raise BasinscopeError(
                 f"unknown HVP method {method!r}: expected one of {', '.join(HVP_METHODS)}"
             )
-        if self.bn_mode == "train" and method == "forward-over-reverse":
+        if self.bn_mode == "train" and method in FORWARD_MODE_METHODS:
             raise BasinscopeError(
-                "forward-over-reverse HVPs do not support BatchNorm with batch statistics (bn_mode='train'); "
+                f"{method} HVPs do not support BatchNorm with batch statistics (bn_mode='train'); "
                 "use method='double-backward' or bn_mode='eval'"
             )
         self.trial: dict[str, float] = {}
@@ -209,17 +211,22 @@ class HessianOperator(CurvatureOperator):
             method = "double-backward" if self.bn_mode == "train" else self._choose()
         self.method = method
 
-    def _choose(self) -> str:
-        """Time both methods on the first batch; the faster one wins."""
+    def _choose(self, repeats: int = 2) -> str:
+        """Time every method on the first batch (after one warm-up product, the fastest of
+        ``repeats`` products, so one slow moment of a shared machine does not decide);
+        the fastest method wins."""
         loss = self.empirical_loss
         v = torch.ones(self.n, dtype=self.dtype, device=self.device)
         first = loss.batches[:1]
-        for name in ("forward-over-reverse", "double-backward"):
+        for name in HVP_METHODS[1:]:
             try:
                 loss.hvp(v, name, batches=first)
-                t0 = time.perf_counter()
-                loss.hvp(v, name, batches=first)
-                self.trial[name] = time.perf_counter() - t0
+                times = []
+                for _ in range(repeats):
+                    t0 = time.perf_counter()
+                    loss.hvp(v, name, batches=first)
+                    times.append(time.perf_counter() - t0)
+                self.trial[name] = min(times)
             except Exception:  # e.g. a module without a forward-mode rule
                 continue
         if not self.trial:

@@ -52,14 +52,14 @@ def mnist5k_path() -> Path:
 
 @functools.cache
 def _mnist_arrays(path: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import train_test_split
+    from basinscope.data.digits import stratified_split
 
     with gzip.open(path, "rt") as f:
         table = np.loadtxt(f, delimiter=",", dtype=np.float32)
     x = (table[:, :-1] / np.float32(255.0)).reshape(-1, 1, 28, 28)
     y = table[:, -1].astype(np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=1000, random_state=0, stratify=y)
-    out = {"train": (x_tr, y_tr), "test": (x_te, y_te), "all": (x, y)}
+    train, test = stratified_split(y, test_size=1000, seed=0)  # train_test_split's, exactly
+    out = {"train": (x[train], y[train]), "test": (x[test], y[test]), "all": (x, y)}
     for pair in out.values():
         for a in pair:
             a.flags.writeable = False

@@ -8,9 +8,16 @@ from basinscope.engine.evaluate import (
     EvalJob,
     EvalResult,
     Evaluator,
-    LocalExecutor,
     evaluate_model,
     evaluate_points,
+)
+from basinscope.engine.executors import (
+    EXECUTORS,
+    Executor,
+    LocalExecutor,
+    current_executor,
+    make_executor,
+    use_executor,
 )
 from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import BUILTIN_METRICS, Metric, resolve_metrics
@@ -20,6 +27,7 @@ from basinscope.engine.task import LOSSES, Task, as_task
 __all__ = [
     "BN_POLICIES",
     "BUILTIN_METRICS",
+    "EXECUTORS",
     "LOSSES",
     "STRATEGIES",
     "BatchNormWarning",
@@ -27,6 +35,7 @@ __all__ = [
     "EvalJob",
     "EvalResult",
     "Evaluator",
+    "Executor",
     "LocalExecutor",
     "Metric",
     "PointBasis",
@@ -36,11 +45,14 @@ __all__ = [
     "as_task",
     "check_model_data",
     "chunk_slices",
+    "current_executor",
     "evaluate_model",
     "evaluate_points",
     "has_batchnorm",
+    "make_executor",
     "num_examples",
     "resolve_metrics",
     "unpack_batch",
+    "use_executor",
     "warn_stored_bn",
 ]

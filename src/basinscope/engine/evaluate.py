@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,6 +36,7 @@ from torch.func import functional_call, vmap
 
 from basinscope.engine.batches import Batches, as_batches
 from basinscope.engine.bn import BN_POLICIES, has_batchnorm
+from basinscope.engine.executors import Executor, LocalExecutor, current_executor
 from basinscope.engine.first_layer import FIRST_LAYER_MODES, FirstLayer, split_first_layer
 from basinscope.engine.fit import check_model_data
 from basinscope.engine.metrics import (
@@ -513,27 +514,6 @@ class ChunkJournal(Protocol):
     def record_strategy(self, info: Mapping[str, Any]) -> None: ...
 
 
-class LocalExecutor:
-    """Runs chunks in this process, in order.
-
-    The executor seam: ``run(evaluator, tasks)`` receives the driver's evaluator (whose
-    ``job`` is the picklable description of the work and whose ``strategy`` is already
-    fixed) and ``(chunk index, coefficient rows)`` tasks, and yields ``(index, values)``
-    in any order. A distributed executor (Ray: one actor per GPU or core, each building
-    ``job.build()`` once with the driver's strategy) implements the same method;
-    :func:`evaluate_points` writes each result to the journal as it arrives, so
-    out-of-order completion and interruption are both safe.
-    """
-
-    name = "local"
-
-    def run(
-        self, evaluator: Evaluator, tasks: Iterable[tuple[int, np.ndarray]]
-    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        for index, coeffs in tasks:
-            yield index, evaluator.evaluate_chunk(coeffs)
-
-
 @dataclass(frozen=True)
 class EvalResult:
     """Metric values at every point, with how they were computed."""
@@ -557,7 +537,7 @@ def evaluate_points(
     coeffs,
     *,
     chunk_size: int = 64,
-    executor: LocalExecutor | None = None,
+    executor: Executor | None = None,
     journal: ChunkJournal | None = None,
     progress: bool = False,
     on_chunk: Callable[[int, int], None] | None = None,
@@ -568,6 +548,11 @@ def evaluate_points(
     chunks already in the journal are skipped, so an interrupted run resumes at the first
     unfinished chunk; the strategy recorded by the first run is reused so the numbers are
     bit-for-bit those of an uninterrupted run.
+
+    ``executor`` (default: the current one, :func:`~basinscope.engine.executors.use_executor`)
+    runs the chunks: in this process, or on Ray actors
+    (:class:`~basinscope.engine.ray_executor.RayExecutor`); the strategy is chosen here, on
+    the driver, before any chunk is handed out.
     """
     c = as_coeff_matrix(coeffs, job.basis.dim)
     slices = chunk_slices(len(c), chunk_size)
@@ -587,7 +572,7 @@ def evaluate_points(
             values[name] = np.array(arr, dtype=np.float64)
     todo = [(i, c[s]) for i, s in enumerate(slices) if i not in done]
     bar = _progress(len(slices), len(done), progress)
-    executor = executor or LocalExecutor()
+    executor = executor or current_executor()
     t0 = time.perf_counter()
     evaluated = 0
     try:

@@ -35,10 +35,11 @@ import numpy as np
 
 from basinscope._checks import MAX_POINTS, at_least, check_seed, finite_float, positive_float
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.registry import Study, StudyContext, register
+from basinscope.experiments.registry import StageCall, Study, StudyContext, register
 from basinscope.experiments.stages import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    StageLog,
     cached_stage,
     landscape_stage,
     placement,
@@ -92,7 +93,9 @@ class BatchSizeConfig:
     fn_directions: int = 10  # random filter-normalized directions averaged
     threads: int = 1  # torch CPU threads during the run (restored after; tiny models: 1)
     eval_strategy: str = "vmap"  # engine: "vmap" (fast for MLPs) or "loop" (CNNs); never timed
-    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    hvp_method: str = (
+        "double-backward"  # or "forward-over-reverse", "reverse-over-forward"; never timed
+    )
     device: str = DEFAULT_DEVICE  # where every stage computes: cpu, cuda, cuda:N or mps
     # precision of the evaluations (accuracies, line, surfaces, sharpness): float32 or
     # float64; Hessians are always float64, training is float32
@@ -262,11 +265,10 @@ RATIOS = ("lambda_max", "trace", "sharpness_keskar", "sharpness_worst_l2")
 RATIOS += ("sharpness_adaptive", "sharpness_filter_normalized")
 
 
-def _solution(cfg: BatchSizeConfig, ctx: StudyContext, batch: int, init, splits) -> tuple:
-    """Train one run and measure its solution: (model, numbers, details, stage folders)."""
+def _train_call(cfg: BatchSizeConfig, ctx: StudyContext, batch: int, init, train_data, log):
+    """The training stage of the run with batch size ``batch`` (a TrainedStage)."""
     from basinscope.training import TrainConfig
 
-    train_data = splits["train"]
     tc = TrainConfig(
         steps=cfg.steps,
         batch_size=batch,
@@ -280,26 +282,50 @@ def _solution(cfg: BatchSizeConfig, ctx: StudyContext, batch: int, init, splits)
     spec["data"] = train_data.name
     on = placement(cfg, dtype=False)  # training and Hessians: the device only
     folder = stage_dir(ctx.stages_root, "train", {**spec, **tc.to_dict(), **on})
-    st = train_stage(
-        folder, init, train_data, tc, spec, progress=ctx.progress, log=ctx.log, device=cfg.device
-    )
-    up = {"train": st.run_dir.name}
+    progress = ctx.progress
 
-    def stage(name: str, settings: dict, compute: Callable) -> tuple[dict, Path]:
-        return cached_stage(ctx.stages_root, name, {**up, **settings}, compute, log=ctx.log)
+    def call(lg):
+        return train_stage(
+            folder, init, train_data, tc, spec, progress=progress, log=lg, device=cfg.device
+        )
 
-    ev, ev_dir = stage("evaluate", placement(cfg), lambda d: _evaluate(st.model, init, splits, cfg))
-    hs, hs_dir = stage(
-        "hessian",
-        {**{k: getattr(cfg, k) for k in HESSIAN_SETTINGS}, **on},
-        lambda d: _hessian(st.model, train_data, cfg),
-    )
-    sh, sh_dir = stage(
-        "sharpness",
-        {**{k: getattr(cfg, k) for k in SHARPNESS_SETTINGS}, **placement(cfg)},
-        lambda d: _sharpness(st.model, train_data, cfg),
-    )
-    n = len(train_data.y)
+    return StageCall(folder, call, log)
+
+
+def _measure_calls(cfg: BatchSizeConfig, ctx: StudyContext, st, init, splits, log) -> list:
+    """The stages that measure the solution of train stage ``st``: evaluate, hessian,
+    sharpness (each a ``(value, folder)``)."""
+    root, train_data = ctx.stages_root, splits["train"]
+    model, up = st.model, {"train": st.run_dir.name}
+    on = placement(cfg, dtype=False)  # training and Hessians: the device only
+
+    def stage(name: str, settings: dict, compute: Callable) -> StageCall:
+        settings = {**up, **settings}
+
+        def call(lg):
+            return cached_stage(root, name, settings, compute, log=lg)
+
+        return StageCall(stage_dir(root, name, settings), call, log)
+
+    return [
+        stage("evaluate", placement(cfg), lambda d: _evaluate(model, init, splits, cfg)),
+        stage(
+            "hessian",
+            {**{k: getattr(cfg, k) for k in HESSIAN_SETTINGS}, **on},
+            lambda d: _hessian(model, train_data, cfg),
+        ),
+        stage(
+            "sharpness",
+            {**{k: getattr(cfg, k) for k in SHARPNESS_SETTINGS}, **placement(cfg)},
+            lambda d: _sharpness(model, train_data, cfg),
+        ),
+    ]
+
+
+def _numbers(cfg: BatchSizeConfig, batch: int, n: int, st, measured) -> tuple:
+    """A solution's (numbers, details, stage folders) from its train stage and the values
+    of its measuring stages."""
+    (ev, ev_dir), (hs, hs_dir), (sh, sh_dir) = measured
     numbers = {
         "batch_size": batch,
         "epochs": cfg.steps * min(batch, n) / n,
@@ -312,7 +338,7 @@ def _solution(cfg: BatchSizeConfig, ctx: StudyContext, batch: int, init, splits)
     }
     folders = {"train": st.run_dir.name, "evaluate": ev_dir.name}
     folders.update(hessian=hs_dir.name, sharpness=sh_dir.name)
-    return st.model, numbers, {"hessian": hs, "sharpness": sh}, folders
+    return numbers, {"hessian": hs, "sharpness": sh}, folders
 
 
 def _kwargs(cfg: BatchSizeConfig) -> dict[str, Any]:
@@ -335,73 +361,106 @@ def _run(cfg: BatchSizeConfig, ctx: StudyContext) -> dict[str, Any]:
         if has_bn
         else "the model has no BatchNorm layers, so no statistics policy applies"
     )
+    root, progress = ctx.stages_root, ctx.progress
+    batches = {"small": cfg.small_batch, "large": cfg.large_batch}
+    # the stages of each run, then those of both, logged in the order of a run step by step
+    logs = {"small": StageLog(), "large": StageLog(), "both": StageLog()}
 
-    # -- 1. train both runs from the same initialization; measure each solution -------------
-    models, numbers, details, stages = {}, {}, {}, {}
-    for i, (key, batch) in enumerate((("small", cfg.small_batch), ("large", cfg.large_batch))):
-        ctx.say(f"[{i + 1}/4] batch size {batch}: training ({cfg.steps} steps) and measuring")
-        models[key], numbers[key], details[key], stages[key] = _solution(
-            cfg, ctx, batch, init, splits
-        )
-
-    # -- 2. the raw line through both solutions ---------------------------------------------
-    ctx.say(f"[3/4] the line through both solutions ({cfg.line_points} points)")
-    alphas = np.linspace(*cfg.line_range, cfg.line_points)
-    line = landscape_stage(
-        ctx.stages_root,
-        "interpolation",
-        {
-            "a": stages["small"]["train"],
-            "b": stages["large"]["train"],
-            "alphas": alphas.tolist(),
-            "strategy": cfg.eval_strategy,
-            **placement(cfg),
-        },
-        lambda d: interpolate(
-            models["small"],
-            models["large"],
-            splits,
-            alphas=alphas,
-            run_dir=d,
-            attrs={"label_a": f"B={cfg.small_batch}", "label_b": f"B={cfg.large_batch}"},
-            strategy=cfg.eval_strategy,
-            progress=ctx.progress,
-            **placement(cfg),
-        ),
-        log=ctx.log,
+    # -- 1. train both runs from the same initialization (at once) --------------------------
+    trained = ctx.run_stages(
+        [_train_call(cfg, ctx, b, init, splits["train"], logs[k]) for k, b in batches.items()],
+        what=f"[1/2] training with batch sizes {cfg.small_batch} and {cfg.large_batch} "
+        f"({cfg.steps} steps each)",
     )
-    ds = line.dataset
+    runs = dict(zip(batches, trained, strict=True))
+    models = {k: st.model for k, st in runs.items()}
 
-    # -- 3. filter-normalized planes around each solution (the same direction seed) ---------
-    ctx.say(f"[4/4] filter-normalized surfaces ({cfg.grid}x{cfg.grid} points each)")
-    axis = np.linspace(-cfg.surface_range, cfg.surface_range, cfg.grid)
-    surfaces, c = {}, cfg.grid // 2
-    for key in ("small", "large"):
-        surf = landscape_stage(
-            ctx.stages_root,
-            "surface",
-            {
-                "train": stages[key]["train"],
-                "seed": cfg.direction_seed,
-                "axis": axis.tolist(),
-                "strategy": cfg.eval_strategy,
-                **placement(cfg),
-            },
-            lambda d, m=models[key]: random_surface(
-                m,
+    # -- 2. measure each solution; the line through both; a plane around each (at once) -----
+    calls = [c for k in batches for c in _measure_calls(cfg, ctx, runs[k], init, splits, logs[k])]
+    alphas = np.linspace(*cfg.line_range, cfg.line_points)
+    line_settings = {
+        "a": runs["small"].run_dir.name,
+        "b": runs["large"].run_dir.name,
+        "alphas": alphas.tolist(),
+        "strategy": cfg.eval_strategy,
+        **placement(cfg),
+    }
+
+    def line_call(lg):
+        return landscape_stage(
+            root,
+            "interpolation",
+            line_settings,
+            lambda d: interpolate(
+                models["small"],
+                models["large"],
                 splits,
-                seed=cfg.direction_seed,
-                normalization="filter",
-                bias_policy="zero",
-                alphas=axis,
-                betas=axis,
+                alphas=alphas,
                 run_dir=d,
+                attrs={"label_a": f"B={cfg.small_batch}", "label_b": f"B={cfg.large_batch}"},
                 strategy=cfg.eval_strategy,
-                progress=ctx.progress,
+                progress=progress,
                 **placement(cfg),
             ),
-            log=ctx.log,
+            log=lg,
         )
+
+    calls.append(
+        StageCall(stage_dir(root, "interpolation", line_settings), line_call, logs["both"])
+    )
+    axis = np.linspace(-cfg.surface_range, cfg.surface_range, cfg.grid)
+    for key in batches:
+        settings = {
+            "train": runs[key].run_dir.name,
+            "seed": cfg.direction_seed,
+            "axis": axis.tolist(),
+            "strategy": cfg.eval_strategy,
+            **placement(cfg),
+        }
+
+        def surface_call(lg, m=models[key], settings=settings):
+            return landscape_stage(
+                root,
+                "surface",
+                settings,
+                lambda d: random_surface(
+                    m,
+                    splits,
+                    seed=cfg.direction_seed,
+                    normalization="filter",
+                    bias_policy="zero",
+                    alphas=axis,
+                    betas=axis,
+                    run_dir=d,
+                    strategy=cfg.eval_strategy,
+                    progress=progress,
+                    **placement(cfg),
+                ),
+                log=lg,
+            )
+
+        folder = stage_dir(root, "surface", settings)
+        calls.append(StageCall(folder, surface_call, logs["both"]))
+    done = ctx.run_stages(
+        calls,
+        what=f"[2/2] Hessians and sharpness of both solutions, the line through them "
+        f"({cfg.line_points} points) and filter-normalized surfaces ({cfg.grid}x{cfg.grid} "
+        "points each)",
+    )
+    for log in logs.values():
+        ctx.log.extend(log)
+    numbers, details, stages = {}, {}, {}
+    n = len(splits["train"].y)
+    for i, (key, batch) in enumerate(batches.items()):
+        numbers[key], details[key], stages[key] = _numbers(
+            cfg, batch, n, runs[key], done[3 * i : 3 * i + 3]
+        )
+    line, surfs = done[6], dict(zip(batches, done[7:], strict=True))
+    ds = line.dataset
+
+    surfaces, c = {}, cfg.grid // 2
+    for key in batches:
+        surf = surfs[key]
         sd = surf.dataset
         surfaces[key] = {
             "stage": surf.run_dir.name,

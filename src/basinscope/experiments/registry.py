@@ -27,6 +27,11 @@ setting recomputes only the stages that depend on it. A run folder and every sta
 computed are locked (:mod:`basinscope.store.lock`): a second process aimed at them stops
 with a message naming the holder, or waits with ``wait=True`` (``--wait``).
 
+Independent stages (those whose upstream stages are finished) are handed together to
+:meth:`StudyContext.run_stages`, which runs them on the current executor: in order in this
+process, or as Ray tasks in parallel (``--executor ray``, ``run_study(executor=...)``).
+Folders, hashes and results are the same with either.
+
 Where a study computes is two settings every built-in study has: ``device`` (cpu, cuda,
 cuda:N or mps; ``--device``) and ``dtype``, the precision of its evaluations (float32 or
 float64; ``--dtype``). They are checked before anything runs (an absent device is refused
@@ -59,7 +64,7 @@ import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomllib
 
@@ -70,10 +75,14 @@ from basinscope.experiments.results import StudyResult
 from basinscope.experiments.stages import StageLog, identity
 from basinscope.store import atomic_write_json, lock_folder, paths, waiting
 
+if TYPE_CHECKING:
+    from basinscope.engine.executors import Executor
+
 __all__ = [
     "ABOUT",
     "DEMO",
     "STUDIES",
+    "StageCall",
     "Study",
     "StudyContext",
     "build_report",
@@ -108,6 +117,22 @@ DEMO = "rotated-digits"  # the study `basinscope demo` runs
 
 
 @dataclass(frozen=True)
+class StageCall:
+    """One stage for :meth:`StudyContext.run_stages`: the ``folder`` it computes or reuses,
+    and ``compute(log)``, which computes or reuses it (a stage function of
+    :mod:`basinscope.experiments.stages` called with ``log=log``) and returns its value.
+
+    ``compute`` may run in another process (a Ray task), so it must be picklable by
+    cloudpickle and must not use the study's context (its log, ``say``): it gets what it
+    needs (models, data, settings, the stages root) in its closure. ``log`` is where the
+    stage's row goes (default: the study's log)."""
+
+    folder: Path
+    compute: Callable[[StageLog], Any]
+    log: StageLog | None = None
+
+
+@dataclass(frozen=True)
 class StudyContext:
     """What a study's ``run`` gets besides its configuration."""
 
@@ -116,6 +141,92 @@ class StudyContext:
     log: StageLog
     progress: bool = False
     say: Callable[[str], None] = print
+
+    def run_stages(self, stages: Sequence[StageCall], *, what: str = "") -> list[Any]:
+        """Compute (or reuse) independent stages on the current executor
+        (:func:`basinscope.engine.current_executor`, ``--executor``); their values in order.
+
+        The caller submits together only stages whose upstream stages are finished (the
+        folders named in their settings), so the dependency order is that of the stage
+        hashes. With :class:`~basinscope.engine.LocalExecutor` they run here, in order, as a
+        sequential study would run them; with a
+        :class:`~basinscope.engine.ray_executor.RayExecutor` as Ray tasks, in parallel
+        (retried on failure, then reported with the stage's folder name). Each stage is
+        computed under its folder's lock by the process that runs it; two stages of one call
+        that name the same folder (a repeated setting) are never run at once: the repeat
+        runs after the first finished, and reuses it. Each stage records itself in a log of
+        its own, which comes back with its value; the rows go to the stage's ``log`` (default:
+        the study's) in the order of ``stages``, whichever finished first. ``what`` (e.g.
+        ``"fine-tuning"``) is said before they start."""
+        from basinscope.engine.executors import current_executor
+
+        executor = current_executor()
+        if what:
+            how = "" if executor.name == "local" else f", as {executor.name} tasks"
+            self.say(f"{what}: {len(stages)} stage{'s' if len(stages) != 1 else ''}{how}")
+        values: list[Any] = [None] * len(stages)
+        logs: list[Any] = [None] * len(stages)
+        pending = list(range(len(stages)))
+        while pending:  # one wave per repeat of a folder (almost always one wave)
+            wave, later, seen = [], [], set()
+            for i in pending:
+                key = stages[i].folder.absolute()
+                (later if key in seen else wave).append(i)
+                seen.add(key)
+            done = executor.run_tasks(
+                [_StageTask(stages[i].compute, self.run_dir) for i in wave],
+                names=[f"stage {stages[i].folder.name}" for i in wave],
+            )
+            for i, (value, stage_log) in zip(wave, done, strict=True):
+                values[i], logs[i] = value, stage_log
+            pending = later
+        for stage, stage_log in zip(stages, logs, strict=True):
+            (self.log if stage.log is None else stage.log).extend(stage_log)
+        return values
+
+
+class _StageTask:
+    """A :class:`StageCall`'s ``compute`` as an executor's task: ``(value, its log)``.
+
+    The task computes with as many torch threads as the driver has (float32 convolutions
+    and their gradients add in an order that depends on the thread count, so a stage
+    computed with another count would differ in its last bits from the sequential run's).
+    In a Ray task on another machine the stage folders must be where the driver has them
+    (a shared filesystem, at the same path): the study's run folder, which the driver
+    created, is looked for first, so a node that does not see it fails with the fix
+    instead of writing stages nobody reads."""
+
+    def __init__(self, compute: Callable[[StageLog], Any], run_dir: Path) -> None:
+        import torch
+
+        self.compute = compute
+        self.run_dir = run_dir
+        self.threads = torch.get_num_threads()
+
+    def __call__(self) -> tuple[Any, StageLog]:
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._run()
+        finally:
+            torch.set_num_threads(before)
+
+    def _run(self) -> tuple[Any, StageLog]:
+        if not self.run_dir.is_dir():
+            import os
+            import socket
+
+            raise BasinscopeError(
+                f"a study stage runs on {socket.gethostname()} (in {os.getcwd()}), where the "
+                f"study's run folder {str(self.run_dir)!r} does not exist: the stage folders "
+                "must be on a filesystem every node of the Ray cluster sees at the same path. "
+                "Pass --out as an absolute path on a shared filesystem, or run the study with "
+                "--executor local"
+            )
+        log = StageLog()
+        return self.compute(log), log
 
 
 @dataclass(frozen=True)
@@ -426,7 +537,7 @@ def _check_figure_formats(formats: Sequence[str]) -> None:
 # The choices a study pins instead of timing them (the settings eval_strategy and hvp_method).
 PINNED = {
     "eval_strategy": ("loop", "vmap"),  # the engine's; "auto" would time both
-    "hvp_method": ("double-backward", "forward-over-reverse"),  # "auto" would time both
+    "hvp_method": ("double-backward", "forward-over-reverse", "reverse-over-forward"),  # not "auto"
 }
 
 
@@ -470,6 +581,7 @@ def run_study(
     say: Callable[[str], None] = print,
     report: bool = True,
     wait: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Run study ``name`` with ``cfg`` (default: its defaults) under ``root``.
 
@@ -480,7 +592,15 @@ def run_study(
     :func:`rebuild_report` draws them later from the stored results. The run folder and
     each stage being computed are locked; if another process holds one, this raises
     :class:`~basinscope.store.FolderBusyError`, or waits with ``wait``.
+
+    ``executor`` (``--executor``; default: the current one,
+    :func:`~basinscope.engine.current_executor`), e.g. ``RayExecutor(workers=4)``, runs the
+    study's independent stages (:meth:`StudyContext.run_stages`) and the chunks of the
+    stages the driver computes itself; it is closed when the study ends. It changes where,
+    never what: the configuration, the folders' digests and the results are the same with
+    any executor. The run's manifest records it (``executor``).
     """
+    from basinscope.engine.executors import use_executor
     from basinscope.store.results import old_layout
 
     study = get_study(name)
@@ -495,12 +615,13 @@ def run_study(
     old = old_layout(run_dir)
     if old is not None:
         raise old
-    with waiting(wait), lock_folder(run_dir, what="study run folder", say=say):
-        return _run_locked(study, cfg, root, run_dir, progress, say, report)
+    with use_executor(executor) as runner, waiting(wait):
+        with lock_folder(run_dir, what="study run folder", say=say):
+            return _run_locked(study, cfg, root, run_dir, progress, say, report, runner)
 
 
 def _run_locked(
-    study: Study, cfg: Any, root: Path, run_dir: Path, progress, say, report: bool
+    study: Study, cfg: Any, root: Path, run_dir: Path, progress, say, report: bool, runner
 ) -> dict:
     from basinscope.store.results import FORMAT
     from basinscope.store.run import versions
@@ -524,16 +645,19 @@ def _run_locked(
         "stages": log.rows(root),
         "run_dir": str(run_dir),
     }
-    _write_results(run_dir, results)
+    where = runner.describe()
+    _write_results(run_dir, results, where)
     if not report:
         return {**results, "report": None}
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
-    _write_results(run_dir, results)
+    _write_results(run_dir, results, where)
     return results
 
 
-def _write_results(run_dir: Path, results: dict[str, Any]) -> None:
+def _write_results(
+    run_dir: Path, results: dict[str, Any], executor: dict[str, Any] | None = None
+) -> None:
     """result.json (a StudyResult), and its digest in the manifest: :func:`rebuild_report`
     tells an edited result.json (the user's to fix) from one as written (a report that
     fails is a bug)."""
@@ -542,7 +666,10 @@ def _write_results(run_dir: Path, results: dict[str, Any]) -> None:
     result = StudyResult(results)
     # the bytes store.save writes (json.dumps(to_dict(), indent=1)); checked on reading
     text = json.dumps(result.to_dict(), indent=1)
-    save(result, run_dir, extra={"results_sha256": hashlib.sha256(text.encode()).hexdigest()})
+    extra: dict[str, Any] = {"results_sha256": hashlib.sha256(text.encode()).hexdigest()}
+    if executor is not None:  # where the stages ran (not part of the results)
+        extra["executor"] = executor
+    save(result, run_dir, extra=extra)
 
 
 def _results_as_written(run_dir: Path) -> bool:

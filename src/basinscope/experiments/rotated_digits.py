@@ -37,10 +37,11 @@ from basinscope._checks import (
     positive_float,
 )
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.registry import Study, StudyContext, register
+from basinscope.experiments.registry import StageCall, Study, StudyContext, register
 from basinscope.experiments.stages import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    StageLog,
     cached_stage,
     landscape_stage,
     model_stage,
@@ -101,7 +102,9 @@ class RotatedDigitsConfig:
     criticality_samples: int = 2  # noise draws per (alpha, sigma)
     criticality_examples: int = 512  # target training examples for module criticality
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slower for this CNN), never timed
-    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    hvp_method: str = (
+        "double-backward"  # or "forward-over-reverse", "reverse-over-forward"; never timed
+    )
     # where pre-training, the landscapes, barriers, criticality and Hessians compute (cpu,
     # cuda, cuda:N, mps); fine-tuning and CKA run on the CPU
     device: str = DEFAULT_DEVICE
@@ -291,17 +294,56 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
         pre.model, {"source_train": src_train, "source_test": src_test}, **where
     )
 
-    angles: dict[str, Any] = {}
+    targets = []
     for angle in cfg.angles:
-        say(f"target: digits rotated by {angle:g} degrees")
         tgt_train = TensorData(
             rotate(src_train.x, angle), src_train.y, f"digits-train-rot{angle:g}"
         )
         tgt_test = TensorData(rotate(src_test.x, angle), src_test.y, f"digits-test-rot{angle:g}")
         data = {"src_train": src_train, "src_test": src_test}
         data.update(tgt_train=tgt_train, tgt_test=tgt_test)
-        angles[f"{angle:g}"] = _run_angle(cfg, ctx, angle, pre, random_init, data)
+        targets.append((angle, data))
+    # each angle's stages are logged together, in the order a run angle by angle lists them
+    logs = [StageLog() for _ in targets]
 
+    # -- fine-tuning: every angle, strategy, start and copy at once (each needs only the
+    # pre-trained model); every strategy from the pre-trained start, FT from a random start
+    plan = [("pre-trained", s, pre.model, pre.run_dir.name) for s in cfg.strategies]
+    plan.append(("random", "ft", random_init, f"random-init-seed{cfg.random_start_seed}"))
+    calls, slots = [], []
+    for i, (_, data) in enumerate(targets):
+        for start, strategy, model, start_name in plan:
+            lr = cfg.finetune_lr if start == "pre-trained" else cfg.random_start_lr
+            for seed in range(cfg.copies):
+                calls.append(
+                    _finetune_call(cfg, root, start_name, model, strategy, lr, seed, data, logs[i])
+                )
+                slots.append((i, f"{start}/{strategy}"))
+    angle_list = ", ".join(f"{a:g}" for a in cfg.angles)
+    done = ctx.run_stages(calls, what=f"fine-tuning on the digits rotated by {angle_list} degrees")
+    runs: list[dict[str, list]] = [{} for _ in targets]
+    for (i, key), stage in zip(slots, done, strict=True):
+        runs[i].setdefault(key, []).append(stage)
+
+    # -- the analyses of every angle at once (each needs only its fine-tuned models) ---------
+    calls, slots = [], []
+    for i, (_, data) in enumerate(targets):
+        for what, call in _analysis_calls(cfg, ctx, pre, random_init, runs[i], data, logs[i]):
+            calls.append(call)
+            slots.append((i, what))
+    done = ctx.run_stages(
+        calls, what="analyses (lines, surfaces, barriers, CKA, criticality, Hessians)"
+    )
+    values: list[list[tuple[str, Any]]] = [[] for _ in targets]
+    for (i, what), value in zip(slots, done, strict=True):
+        values[i].append((what, value))
+    for log in logs:
+        ctx.log.extend(log)
+
+    angles = {
+        f"{angle:g}": _angle_result(angle, runs[i], values[i])
+        for i, (angle, _) in enumerate(targets)
+    }
     return {
         "definitions": definitions(cfg),
         "pretrained": {
@@ -315,73 +357,99 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
     }
 
 
-def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
-    root, log = ctx.stages_root, ctx.log
-    where = placement(cfg)  # device and dtype of every evaluation
+def _angle_result(angle: float, runs: dict[str, list], values: list[tuple[str, Any]]) -> dict:
+    """One angle's results from its fine-tuning runs and its analysis stages' values."""
+    out: dict[str, Any] = {"lines": {}, "surfaces": {}, "criticality": {}, "curvature": {}}
+    for what, value in values:
+        group, _, key = what.partition("/")
+        if group == "connectivity":
+            out["connectivity"], out["connectivity_stage"] = value[0], value[1].name
+        elif group == "similarity":
+            out["similarity"] = value[0]
+        elif group == "criticality":
+            out["criticality"][key] = value[0]
+        else:  # lines, surfaces, curvature: the stage's value
+            out[group][key] = value
+    return {
+        "angle": angle,
+        "finetune": {k: [r.info for r in v] for k, v in runs.items()},
+        "finetune_stages": {k: [r.run_dir.name for r in v] for k, v in runs.items()},
+        "lines": out["lines"],
+        "surfaces": out["surfaces"],
+        "connectivity": out["connectivity"],
+        "connectivity_stage": out["connectivity_stage"],
+        "similarity": out["similarity"],
+        "criticality": out["criticality"],
+        "curvature": out["curvature"],
+    }
 
-    # -- fine-tuning: every strategy from the pre-trained start, FT from a random start ----
-    runs: dict[str, list] = {}
-    plan = [("pre-trained", s, pre.model, pre.run_dir.name) for s in cfg.strategies]
-    plan.append(("random", "ft", random_init, f"random-init-seed{cfg.random_start_seed}"))
-    for start, strategy, model, start_name in plan:
-        key = f"{start}/{strategy}"
-        lr = cfg.finetune_lr if start == "pre-trained" else cfg.random_start_lr
-        runs[key] = [
-            _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data)
-            for seed in range(cfg.copies)
-        ]
 
-    def model_of(key: str, copy: int = 0):
-        return runs[key][copy].model
+def _analysis_calls(cfg, ctx, pre, random_init, runs, data, log) -> list[tuple[str, StageCall]]:
+    """The analysis stages of one angle, ``(what, stage)`` in the order they are logged.
 
-    # -- the straight path pre-trained -> fine-tuned, extrapolated --------------------------
+    Each stage's ``compute`` may run in a Ray task: it closes over the models, data and
+    settings it needs, never over ``ctx``."""
     from basinscope.analyses import interpolate
 
+    root, progress = ctx.stages_root, ctx.progress
+    where = placement(cfg)  # device and dtype of every evaluation
+    pre_model, pre_name = pre.model, pre.run_dir.name
+    models = {k: [r.model for r in v] for k, v in runs.items()}  # what the stages need of runs
+    calls: list[tuple[str, StageCall]] = []
+
+    # -- the straight path pre-trained -> fine-tuned, extrapolated --------------------------
     tests = {"source": data["src_test"], "target": data["tgt_test"]}
-    lines = {}
     for strategy in cfg.strategies:
         ft = runs[f"pre-trained/{strategy}"][0]
-        settings = {"a": pre.run_dir.name, "b": ft.run_dir.name, "n": cfg.line_points}
+        settings = {"a": pre_name, "b": ft.run_dir.name, "n": cfg.line_points}
         settings.update(strategy=cfg.eval_strategy, **where)
-        land = landscape_stage(
-            root,
-            "line",
-            settings,
-            lambda d, ft=ft, strategy=strategy: interpolate(
-                pre.model,
-                ft.model,
-                tests,
-                alphas=np.linspace(-1, 2, cfg.line_points),
-                run_dir=d,
-                attrs={"label_a": "pre-trained", "label_b": f"fine-tuned ({strategy})"},
-                strategy=cfg.eval_strategy,
-                progress=ctx.progress,
-                **where,
-            ),
-            log=log,
-        )
-        lines[strategy] = {"stage": land.run_dir.name, "strategy": land.evaluation.get("strategy")}
+
+        def line(lg, ft_model=ft.model, strategy=strategy, settings=settings) -> dict[str, Any]:
+            land = landscape_stage(
+                root,
+                "line",
+                settings,
+                lambda d: interpolate(
+                    pre_model,
+                    ft_model,
+                    tests,
+                    alphas=np.linspace(-1, 2, cfg.line_points),
+                    run_dir=d,
+                    attrs={"label_a": "pre-trained", "label_b": f"fine-tuned ({strategy})"},
+                    strategy=cfg.eval_strategy,
+                    progress=progress,
+                    **where,
+                ),
+                log=lg,
+            )
+            return {"stage": land.run_dir.name, "strategy": land.evaluation.get("strategy")}
+
+        calls.append((f"lines/{strategy}", StageCall(stage_dir(root, "line", settings), line, log)))
 
     # -- 2D landscapes around each start, with the copies' trajectories --------------------
-    surfaces = {}
     trains = {"source": data["src_train"], "target": data["tgt_train"]}
-    for start, start_model in (("pre-trained", pre.model), ("random", random_init)):
-        copies = runs[f"{start}/ft"]
+    for start, start_model in (("pre-trained", pre_model), ("random", random_init)):
+        copies = [(c.run_dir.name, c.checkpoints) for c in runs[f"{start}/ft"]]
         settings = {
             "start": start,
-            "copies": [c.run_dir.name for c in copies],
+            "copies": [name for name, _ in copies],
             "grid": cfg.grid,
             "margin": cfg.surface_margin,
             "strategy": cfg.eval_strategy,
             **where,
         }
-        surfaces[start] = landscape_stage(
-            root,
-            "surface",
-            settings,
-            lambda d, m=start_model, c=copies: _surface(cfg, ctx, d, m, c, trains),
-            log=log,
-        )
+
+        def surface(lg, settings=settings, m=start_model, copies=copies) -> dict[str, Any]:
+            return landscape_stage(
+                root,
+                "surface",
+                settings,
+                lambda d: _surface(cfg, progress, d, m, [c for _, c in copies], trains),
+                log=lg,
+            )
+
+        folder = stage_dir(root, "surface", settings)
+        calls.append((f"surfaces/{start}", StageCall(folder, surface, log)))
 
     # -- connectivity: barriers between copies and on the path pre-trained -> fine-tuned ----
     def connectivity(_d: Path) -> dict[str, Any]:
@@ -402,30 +470,33 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
             )
 
         out: dict[str, Any] = {}
-        for key in runs:
-            c = b(model_of(key, 0), model_of(key, 1), "tgt_test", ("copy 0", "copy 1"))
+        for key, (m0, m1, *_) in models.items():
+            c = b(m0, m1, "tgt_test", ("copy 0", "copy 1"))
             row = {"copies": c.to_dict()}
             if key.startswith("pre-trained"):
                 for split in ("tgt_test", "src_test"):
-                    p = b(pre.model, model_of(key), split, ("pre-trained", "fine-tuned"))
+                    p = b(pre_model, m0, split, ("pre-trained", "fine-tuned"))
                     row[f"path_{split}"] = p.to_dict()
             out[key] = row
         return out
 
-    conn, conn_dir = cached_stage(
-        root,
-        "connectivity",
-        {
-            "runs": {k: [r.run_dir.name for r in v] for k, v in runs.items()},
-            "pre": pre.run_dir.name,
-            "n": cfg.barrier_points,
-            "metric": cfg.barrier_metric,
-            "definition": cfg.barrier_definition,
-            "strategy": cfg.eval_strategy,
-            **where,
-        },
-        connectivity,
-        log=log,
+    calls.append(
+        _cached_call(
+            "connectivity",
+            root,
+            "connectivity",
+            {
+                "runs": {k: [r.run_dir.name for r in v] for k, v in runs.items()},
+                "pre": pre_name,
+                "n": cfg.barrier_points,
+                "metric": cfg.barrier_metric,
+                "definition": cfg.barrier_definition,
+                "strategy": cfg.eval_strategy,
+                **where,
+            },
+            connectivity,
+            log,
+        )
     )
 
     # -- representations and parameters: distance and per-layer CKA to the pre-trained model
@@ -434,44 +505,46 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
         from basinscope.analyses.similarity import cka_matrix
 
         out = {}
-        for key in runs:
+        for key in models:
             if not key.startswith("pre-trained"):
                 continue
-            ft = model_of(key)
-            dist = parameter_distance(pre.model, ft)
+            ft = models[key][0]
+            dist = parameter_distance(pre_model, ft)
             cka = {}
             for split in ("tgt_test", "src_test"):
                 res = cka_matrix(
-                    pre.model, ft, data[split], method="linear", split=split, device=cfg.device
+                    pre_model, ft, data[split], method="linear", split=split, device=cfg.device
                 )
                 cka[split] = res.diagonal()
             out[key] = {"distance": dist.to_dict(), "cka": cka}
         return out
 
-    sim, _ = cached_stage(
-        root,
-        "similarity",
-        {
-            "pre": pre.run_dir.name,
-            "runs": [runs[k][0].run_dir.name for k in runs],
-            **placement(cfg, dtype=False),  # CKA in float64, on the study's device
-        },
-        similarity,
-        log=log,
+    calls.append(
+        _cached_call(
+            "similarity",
+            root,
+            "similarity",
+            {
+                "pre": pre_name,
+                "runs": [runs[k][0].run_dir.name for k in runs],
+                **placement(cfg, dtype=False),  # CKA in float64, on the study's device
+            },
+            similarity,
+            log,
+        )
     )
 
     # -- module criticality (Chatterji et al.) of full fine-tuning from each start ---------
-    crit = {}
     n_crit = min(cfg.criticality_examples, len(data["tgt_train"].y))
     sub = (data["tgt_train"].x[:n_crit], data["tgt_train"].y[:n_crit])
-    for start, init in (("pre-trained", pre.model), ("random", random_init)):
+    for start, init in (("pre-trained", pre_model), ("random", random_init)):
         ft = runs[f"{start}/ft"][0]
 
-        def criticality(_d: Path, ft=ft, init=init) -> Any:
+        def criticality(_d: Path, final=ft.model, init=init) -> Any:
             from basinscope.analyses.criticality import module_criticality
 
             return module_criticality(
-                ft.model,
+                final,
                 init,
                 sub,
                 alphas=np.linspace(0, 1, cfg.criticality_points),
@@ -481,44 +554,44 @@ def _run_angle(cfg, ctx, angle, pre, random_init, data) -> dict[str, Any]:
                 **where,
             )  # stored as the CriticalityResult itself; the stage's value is its dict
 
-        crit[start], _ = cached_stage(
-            root,
-            "criticality",
-            {
-                "final": ft.run_dir.name,
-                "init": pre.run_dir.name if start == "pre-trained" else cfg.random_start_seed,
-                "points": cfg.criticality_points,
-                "samples": cfg.criticality_samples,
-                "examples": n_crit,
-                "strategy": cfg.eval_strategy,
-                **where,
-            },
-            criticality,
-            log=log,
+        settings = {
+            "final": ft.run_dir.name,
+            "init": pre_name if start == "pre-trained" else cfg.random_start_seed,
+            "points": cfg.criticality_points,
+            "samples": cfg.criticality_samples,
+            "examples": n_crit,
+            "strategy": cfg.eval_strategy,
+            **where,
+        }
+        calls.append(
+            _cached_call(f"criticality/{start}", root, "criticality", settings, criticality, log)
         )
 
     # -- curvature of each solution on the target training loss ----------------------------
     n_h = min(cfg.hessian_examples, len(data["tgt_train"].y))
     hsub = (data["tgt_train"].x[:n_h], data["tgt_train"].y[:n_h])
-    curv = {"pre-trained (start)": _hessian_stage(cfg, ctx, pre.model, pre.run_dir.name, hsub)}
+    calls.append(
+        ("curvature/pre-trained (start)", _hessian_call(cfg, root, pre_model, pre_name, hsub, log))
+    )
     for key in runs:
-        curv[key] = _hessian_stage(cfg, ctx, model_of(key), runs[key][0].run_dir.name, hsub)
-
-    return {
-        "angle": angle,
-        "finetune": {k: [r.info for r in v] for k, v in runs.items()},
-        "finetune_stages": {k: [r.run_dir.name for r in v] for k, v in runs.items()},
-        "lines": lines,
-        "surfaces": surfaces,
-        "connectivity": conn,
-        "connectivity_stage": conn_dir.name,
-        "similarity": sim,
-        "criticality": crit,
-        "curvature": curv,
-    }
+        call = _hessian_call(cfg, root, models[key][0], runs[key][0].run_dir.name, hsub, log)
+        calls.append((f"curvature/{key}", call))
+    return calls
 
 
-def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data):
+def _cached_call(what, root, name, settings, compute, log) -> tuple[str, StageCall]:
+    """``(what, a stage that runs cached_stage(root, name, settings, compute))``; its value
+    is ``(value, folder)``."""
+
+    def call(lg):
+        return cached_stage(root, name, settings, compute, log=lg)
+
+    return what, StageCall(stage_dir(root, name, settings), call, log)
+
+
+def _finetune_call(cfg, root, start_name, model, strategy, lr, seed, data, log) -> StageCall:
+    """The fine-tuning stage of ``model`` with ``strategy`` and SGD seed ``seed`` on the
+    target; its value is a :class:`~basinscope.experiments.stages.ModelStage`."""
     from basinscope.training.finetune import finetune
 
     tcfg = _train_config(cfg.finetune_steps, lr, cfg, cfg.checkpoint_every, data_seed=seed)
@@ -553,15 +626,19 @@ def _finetune_stage(cfg, ctx, angle, start_name, model, strategy, lr, seed, data
         info["final_train_loss"] = res.history["loss"][-1] if res.history["loss"] else None
         return res.model, res.runs[-1].checkpoints, info
 
-    return model_stage(ctx.stages_root, "finetune", settings, model, compute, log=ctx.log)
+    def call(lg):
+        return model_stage(root, "finetune", settings, model, compute, log=lg)
+
+    return StageCall(stage_dir(root, "finetune", settings), call, log)
 
 
-def _surface(cfg, ctx, d: Path, start_model, copies, trains):
-    """The PCA plane of both copies' trajectories, centred at their common start."""
+def _surface(cfg, progress: bool, d: Path, start_model, copies, trains):
+    """The PCA plane of both copies' trajectories (their checkpoints, one dict per copy),
+    centred at their common start."""
     from basinscope.analyses import TrajectoryProjection, pca_surface
     from basinscope.store import save
 
-    traj = [c.checkpoints[s] for c in copies for s in sorted(c.checkpoints)]
+    traj = [c[s] for c in copies for s in sorted(c)]
     land, proj = pca_surface(
         start_model,
         traj,
@@ -571,12 +648,12 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
         run_dir=d,
         attrs={"center": "start of fine-tuning"},
         strategy=cfg.eval_strategy,
-        progress=ctx.progress,
+        progress=progress,
         **placement(cfg),
     )
     out, i = [], 0
     for k, c in enumerate(copies):
-        steps = sorted(c.checkpoints)
+        steps = sorted(c)
         j = i + len(steps)
         out.append(
             TrajectoryProjection(
@@ -598,10 +675,10 @@ def _surface(cfg, ctx, d: Path, start_model, copies, trains):
     }
 
 
-def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any]:
+def _hessian_call(cfg, root, model, model_stage_name: str, sub, log) -> StageCall:
     """lambda_max and trace on ``sub``; the stage is keyed by the model's stage and a
     fingerprint of the examples (a 90-degree rotation keeps pixel sums: names or sums would
-    not do)."""
+    not do). Its value is the numbers' dict."""
     from basinscope.store import fingerprint_tensors
 
     def compute(_d: Path) -> dict[str, Any]:
@@ -631,22 +708,20 @@ def _hessian_stage(cfg, ctx, model, model_stage_name: str, sub) -> dict[str, Any
             "seconds": rep.seconds,
         }
 
-    res, _ = cached_stage(
-        ctx.stages_root,
-        "hessian",
-        {
-            "model": model_stage_name,
-            "examples": len(sub[1]),
-            "data": fingerprint_tensors({"x": sub[0], "y": sub[1]}),
-            "tol": cfg.hessian_tol,
-            "probes": cfg.trace_probes,
-            "hvp_method": cfg.hvp_method,
-            **placement(cfg, dtype=False),
-        },
-        compute,
-        log=ctx.log,
-    )
-    return res
+    settings = {
+        "model": model_stage_name,
+        "examples": len(sub[1]),
+        "data": fingerprint_tensors({"x": sub[0], "y": sub[1]}),
+        "tol": cfg.hessian_tol,
+        "probes": cfg.trace_probes,
+        "hvp_method": cfg.hvp_method,
+        **placement(cfg, dtype=False),
+    }
+
+    def call(lg) -> dict[str, Any]:
+        return cached_stage(root, "hessian", settings, compute, log=lg)[0]
+
+    return StageCall(stage_dir(root, "hessian", settings), call, log)
 
 
 def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:

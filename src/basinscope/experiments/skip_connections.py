@@ -26,6 +26,8 @@ report from the stored results.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +36,11 @@ import numpy as np
 
 from basinscope._checks import at_least, check_seed, finite_float, positive_float
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.registry import Study, StudyContext, register
+from basinscope.experiments.registry import StageCall, Study, StudyContext, register
 from basinscope.experiments.stages import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
+    StageLog,
     cached_stage,
     landscape_stage,
     placement,
@@ -75,7 +78,9 @@ class SkipConfig:
     hessian_tol: float = 1e-2  # Lanczos: relative residual tolerance of each eigenpair
     hessian_max_iter: int = 60  # Lanczos: at most this many steps per point
     eval_strategy: str = "loop"  # engine: "loop" or "vmap" (slow for convolutions); never timed
-    hvp_method: str = "double-backward"  # or "forward-over-reverse"; never timed
+    hvp_method: str = (
+        "double-backward"  # or "forward-over-reverse", "reverse-over-forward"; never timed
+    )
     # where training, evaluations, surfaces and Hessians at the solutions compute (cpu, cuda,
     # cuda:N, mps); the curvature maps run on the CPU
     device: str = DEFAULT_DEVICE
@@ -219,9 +224,26 @@ def nonconvex_fraction(loss: np.ndarray, alpha: np.ndarray, beta: np.ndarray) ->
 
 
 def run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
-    with warnings.catch_warnings():  # torch's vmap fallback for pooling warns once per call
-        warnings.filterwarnings("ignore", message="There is a performance drop")
+    with _quiet():
         return _run(cfg, ctx)
+
+
+@contextmanager
+def _quiet() -> Iterator[None]:
+    """torch's vmap fallback for pooling warns once per call: not a warning to the user."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="There is a performance drop")
+        yield
+
+
+def _quietly(compute: Callable) -> Callable:
+    """``compute`` under :func:`_quiet`, also in a process of its own (a Ray task)."""
+
+    def call(*args: Any) -> Any:
+        with _quiet():
+            return compute(*args)
+
+    return call
 
 
 def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
@@ -230,7 +252,7 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
     from basinscope.data import load_digits
     from basinscope.training import TrainConfig
 
-    root = ctx.stages_root
+    root, progress = ctx.stages_root, ctx.progress
     train, test = load_digits("train"), load_digits("test")
     surf_data = _first(train, cfg.surface_examples, "first")
     hess_data = _first(train, cfg.hessian_examples, "first")
@@ -250,41 +272,51 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
     hess = {"examples": len(hess_data), "tol": cfg.hessian_tol, "max_iter": cfg.hessian_max_iter}
     hess["hvp_method"] = cfg.hvp_method
     where, on_device = placement(cfg), placement(cfg, dtype=False)
-    rows = []
-    n_models, k = 2 * len(cfg.depths), 0
-    for skip in (True, False):
-        for depth in cfg.depths:
-            k += 1
-            tag = f"resnet{depth}-{'skip' if skip else 'noskip'}-w{cfg.width}"
-            ctx.say(f"[{k}/{n_models}] {tag}: training, Hessian at the solution, surface")
-            model, kwargs = _model(depth, skip, cfg)
-            spec = {"model": "resnet", "model_kwargs": kwargs, "init": cfg.init}
-            spec.update(init_seed=cfg.init_seed, data=train.name)
-            trained = train_stage(
-                stage_dir(root, f"train-{tag}", {**spec, **tcfg.to_dict(), **on_device}),
-                model,
-                train,
-                tcfg,
-                spec,
-                progress=ctx.progress,
-                log=ctx.log,
-                device=cfg.device,
+    models = [(skip, depth) for skip in (True, False) for depth in cfg.depths]
+    tags = [f"resnet{d}-{'skip' if s else 'noskip'}-w{cfg.width}" for s, d in models]
+    # each model's stages are logged together, in the order of a run model by model
+    logs = [StageLog() for _ in models]
+
+    # -- 1. train every model (at once) -----------------------------------------------------
+    calls = []
+    for (skip, depth), tag, log in zip(models, tags, logs, strict=True):
+        model, kwargs = _model(depth, skip, cfg)
+        spec = {"model": "resnet", "model_kwargs": kwargs, "init": cfg.init}
+        spec.update(init_seed=cfg.init_seed, data=train.name)
+        folder = stage_dir(root, f"train-{tag}", {**spec, **tcfg.to_dict(), **on_device})
+
+        def train_call(lg, folder=folder, model=model, spec=spec):
+            return train_stage(
+                folder, model, train, tcfg, spec, progress=progress, log=lg, device=cfg.device
             )
-            up = trained.run_dir.name
-            center, center_dir = cached_stage(
-                root,
-                f"center-{tag}",
-                {"train": up, **hess, "seed": cfg.direction_seed, **where},
-                lambda d, m=trained.model: _center(m, train, test, hess_data, cfg),
-                log=ctx.log,
-            )
-            surface = landscape_stage(
-                ctx.stages_root,
-                f"surface-{tag}",
-                {"train": up, "grid": cfg.grid, "span": cfg.span, "examples": len(surf_data)}
-                | plane
-                | {"strategy": cfg.eval_strategy, **where},
-                lambda d, m=trained.model: random_surface(
+
+        calls.append(StageCall(folder, _quietly(train_call), log))
+    depths = ", ".join(map(str, cfg.depths))
+    trained = ctx.run_stages(
+        calls, what=f"[1/2] training the ResNets of depth {depths}, with and without skips"
+    )
+
+    # -- 2. each solution's Hessian, its surface and (some depths) its curvature map --------
+    calls = []
+    for i, ((_, depth), tag, log) in enumerate(zip(models, tags, logs, strict=True)):
+        m, up = trained[i].model, trained[i].run_dir.name
+        settings = {"train": up, **hess, "seed": cfg.direction_seed, **where}
+
+        def center_call(lg, name=f"center-{tag}", settings=settings, m=m):
+            def compute(d):
+                return _center(m, train, test, hess_data, cfg)
+
+            return cached_stage(root, name, settings, compute, log=lg)
+
+        calls.append(
+            StageCall(stage_dir(root, f"center-{tag}", settings), _quietly(center_call), log)
+        )
+        settings = {"train": up, "grid": cfg.grid, "span": cfg.span, "examples": len(surf_data)}
+        settings |= plane | {"strategy": cfg.eval_strategy, **where}
+
+        def surface_call(lg, name=f"surface-{tag}", settings=settings, m=m):
+            def compute(d):
+                return random_surface(
                     m,
                     surf_data,
                     **plane,
@@ -294,35 +326,19 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                     attrs={"label_center": "trained solution"},
                     strategy=cfg.eval_strategy,
                     **where,
-                ),
-                log=ctx.log,
-            )
-            ds = surface.dataset
-            loss = ds["train_loss"].values
-            row = {
-                "label": f"ResNet-{depth} {'with' if skip else 'without'} skips",
-                "depth": depth,
-                "width": cfg.width,
-                "skip": skip,
-                "parameters": sum(p.numel() for p in trained.model.parameters()),
-                **center,
-                "surface_center_loss": float(loss[cfg.grid // 2, cfg.grid // 2])
-                if cfg.grid % 2
-                else None,
-                "surface_max_loss": float(np.nanmax(loss)),
-                "surface_nonconvex_fraction": nonconvex_fraction(loss, axis, axis),
-                "surface_strategy": surface.evaluation.get("strategy"),
-                "stages": {"train": up, "center": center_dir.name, "surface": surface.run_dir.name},
-            }
-            row.update(dict.fromkeys(("map_ratio_mean", "map_ratio_median"), None))
-            row.update(dict.fromkeys(("map_convex_fraction", "map_converged_fraction"), None))
-            if depth in map_depths:
-                ctx.say(f"    curvature map of {tag} ({cfg.map_grid}x{cfg.map_grid} points)")
-                cmap = landscape_stage(
-                    ctx.stages_root,
-                    f"curvature-map-{tag}",
-                    {"train": up, "grid": cfg.map_grid, "span": cfg.span, **plane, **hess},
-                    lambda d, m=trained.model: curvature_map(
+                )
+
+            return landscape_stage(root, name, settings, compute, log=lg)
+
+        calls.append(
+            StageCall(stage_dir(root, f"surface-{tag}", settings), _quietly(surface_call), log)
+        )
+        if depth in map_depths:
+            settings = {"train": up, "grid": cfg.map_grid, "span": cfg.span, **plane, **hess}
+
+            def map_call(lg, name=f"curvature-map-{tag}", settings=settings, m=m):
+                def compute(d):
+                    return curvature_map(
                         m,
                         hess_data,
                         **plane,
@@ -332,18 +348,60 @@ def _run(cfg: SkipConfig, ctx: StudyContext) -> dict[str, Any]:
                         max_iter=cfg.hessian_max_iter,
                         hvp_method=cfg.hvp_method,
                         run_dir=d,
-                    ),
-                    log=ctx.log,
-                )
-                ratio = cmap.dataset["train_ratio"].values
-                row.update(
-                    map_ratio_mean=float(np.mean(ratio)),
-                    map_ratio_median=float(np.median(ratio)),
-                    map_convex_fraction=float(np.mean(ratio < 0.1)),
-                    map_converged_fraction=float(cmap.dataset["train_converged"].values.mean()),
-                )
-                row["stages"]["map"] = cmap.run_dir.name
-            rows.append(row)
+                    )
+
+                return landscape_stage(root, name, settings, compute, log=lg)
+
+            folder = stage_dir(root, f"curvature-map-{tag}", settings)
+            calls.append(StageCall(folder, _quietly(map_call), log))
+    maps = ", ".join(t for (_, d), t in zip(models, tags, strict=True) if d in map_depths)
+    done = iter(
+        ctx.run_stages(
+            calls,
+            what=f"[2/2] Hessians at the solutions, surfaces ({cfg.grid}x{cfg.grid} points) and "
+            f"curvature maps of {maps} ({cfg.map_grid}x{cfg.map_grid} points)",
+        )
+    )
+    for log in logs:
+        ctx.log.extend(log)
+
+    rows = []
+    for i, (skip, depth) in enumerate(models):  # the values in the order of the calls
+        (center, center_dir), surface = next(done), next(done)
+        cmap = next(done) if depth in map_depths else None
+        ds = surface.dataset
+        loss = ds["train_loss"].values
+        row = {
+            "label": f"ResNet-{depth} {'with' if skip else 'without'} skips",
+            "depth": depth,
+            "width": cfg.width,
+            "skip": skip,
+            "parameters": sum(p.numel() for p in trained[i].model.parameters()),
+            **center,
+            "surface_center_loss": float(loss[cfg.grid // 2, cfg.grid // 2])
+            if cfg.grid % 2
+            else None,
+            "surface_max_loss": float(np.nanmax(loss)),
+            "surface_nonconvex_fraction": nonconvex_fraction(loss, axis, axis),
+            "surface_strategy": surface.evaluation.get("strategy"),
+            "stages": {
+                "train": trained[i].run_dir.name,
+                "center": center_dir.name,
+                "surface": surface.run_dir.name,
+            },
+        }
+        row.update(dict.fromkeys(("map_ratio_mean", "map_ratio_median"), None))
+        row.update(dict.fromkeys(("map_convex_fraction", "map_converged_fraction"), None))
+        if cmap is not None:
+            ratio = cmap.dataset["train_ratio"].values
+            row.update(
+                map_ratio_mean=float(np.mean(ratio)),
+                map_ratio_median=float(np.median(ratio)),
+                map_convex_fraction=float(np.mean(ratio < 0.1)),
+                map_converged_fraction=float(cmap.dataset["train_converged"].values.mean()),
+            )
+            row["stages"]["map"] = cmap.run_dir.name
+        rows.append(row)
     return {
         "definitions": DEFINITIONS,
         "policies": {

@@ -97,6 +97,10 @@ class StageLog:
             {"stage": Path(path).name, "path": Path(path), "reused": reused, "seconds": seconds}
         )
 
+    def extend(self, other: StageLog) -> None:
+        """Append ``other``'s rows (a stage's own log, from the process that ran it)."""
+        self._rows.extend(other._rows)
+
     def rows(self, root: str | Path | None = None) -> list[dict[str, Any]]:
         out = []
         for r in self._rows:

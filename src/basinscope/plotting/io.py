@@ -53,7 +53,9 @@ def save_figure(
     Raises:
         BasinscopeError: When ``formats`` is empty or names a format matplotlib cannot write.
 
-    Figures are saved with ``bbox_inches="tight"``; PDFs carry no creation date so that
+    Figures are saved with ``bbox_inches="tight"``, laid out (constrained layout) by the
+    first format's save and kept so for the others (one layout pass instead of one per
+    format; the layout engine is restored afterwards); PDFs carry no creation date so that
     re-running an experiment produces byte-identical files.
     """
     fmts = [f.lower().lstrip(".") for f in formats]
@@ -73,14 +75,21 @@ def save_figure(
     stem.parent.mkdir(parents=True, exist_ok=True)
 
     written: list[Path] = []
-    for fmt in fmts:
-        path = stem.parent / f"{stem.name}.{fmt}"
-        kwargs: dict[str, object] = {"format": fmt, "bbox_inches": "tight"}
-        if fmt == "pdf":
-            kwargs["metadata"] = {"Creator": "basinscope", "CreationDate": None}
-        if fmt not in _VECTOR_FORMATS:
-            kwargs["dpi"] = dpi
-        with atomic_path(path, "figure") as tmp, timing_independent():
-            fig.savefig(tmp, **kwargs)
-        written.append(path)
+    engine = fig.get_layout_engine()
+    try:
+        for i, fmt in enumerate(fmts):
+            path = stem.parent / f"{stem.name}.{fmt}"
+            kwargs: dict[str, object] = {"format": fmt, "bbox_inches": "tight"}
+            if fmt == "pdf":
+                kwargs["metadata"] = {"Creator": "basinscope", "CreationDate": None}
+            if fmt not in _VECTOR_FORMATS:
+                kwargs["dpi"] = dpi
+            with atomic_path(path, "figure") as tmp, timing_independent():
+                fig.savefig(tmp, **kwargs)
+            written.append(path)
+            if i == 0 and engine is not None:
+                fig.set_layout_engine("none")  # laid out by the first save: keep that layout
+    finally:
+        if engine is not None:
+            fig.set_layout_engine(engine)
     return written

@@ -151,15 +151,45 @@ def render_landscape(
     of every kind; with ``variables`` or ``kinds``, only the figures asked for."""
     from basinscope.plotting.io import save_figure
 
-    written: list[Path] = []
-    if not variables and not kinds:
-        from basinscope.plotting.dispatch import plot
-
-        fig, _ = plot(land)
-        written += save_figure(fig, Path(folder) / land.kind, formats)
-    return written + landscape_figures(
+    others = landscape_figures(
         land, folder, variables=variables, kinds=kinds or SURFACE_KINDS, log=log, formats=formats
     )
+    if variables or kinds:
+        return others
+    stem = Path(folder) / land.kind
+    same = _same_figure(land, Path(folder), log)
+    if same is not None:  # drawn already: copy its files instead of drawing it again
+        return _copy_figure(same, stem, formats) + others
+    from basinscope.plotting.dispatch import plot
+
+    fig, _ = plot(land)
+    return save_figure(fig, stem, formats) + others
+
+
+def _same_figure(land: Any, folder: Path, log: bool) -> Path | None:
+    """The stem of a figure of :func:`landscape_figures` that is the landscape's own
+    figure (``plot(land)``) exactly, or None: a plane's own figure is the contour of its
+    first loss with the trajectories, a line's the line plot, both without ``log``."""
+    if land.kind != "landscape" or log:
+        return None
+    ds = land.dataset
+    if "beta" not in ds.dims:
+        return folder / "line"
+    return folder / f"{default_variables(ds)[0]}_contour"
+
+
+def _copy_figure(source: Path, stem: Path, formats: Sequence[str]) -> list[Path]:
+    import shutil
+
+    from basinscope.store.atomic import atomic_path
+
+    written = []
+    for fmt in (f.lower().lstrip(".") for f in formats):
+        path = stem.parent / f"{stem.name}.{fmt}"
+        with atomic_path(path, "figure") as tmp:
+            shutil.copyfile(source.parent / f"{source.name}.{fmt}", tmp)
+        written.append(path)
+    return written
 
 
 def render_run(
