@@ -230,3 +230,53 @@ def test_trial_records_every_timing_and_decides_by_the_median(digits_xy):
         assert ev.trial[f"{s}_seconds"] == pytest.approx(float(np.median(runs)), rel=1e-4)
     assert chosen == min(("vmap", "loop"), key=lambda s: ev.trial[f"{s}_seconds"])
     assert ev.trial["trial_points"] == 16 and ev.trial["trial_examples"] == 200
+
+
+class _MemoryJournal:
+    """A journal that recorded a strategy (as a run of an earlier version would have)."""
+
+    def __init__(self, recorded):
+        self.recorded, self.chunks = recorded, {}
+
+    def done_chunks(self):
+        return set(self.chunks)
+
+    def write_chunk(self, index, rows, values):
+        self.chunks[index] = values
+
+    def read_values(self):
+        return {}
+
+    def recorded_strategy(self):
+        return self.recorded
+
+    def record_strategy(self, info):
+        self.recorded = dict(info)
+
+
+@pytest.mark.parametrize("path", ["plain", "basis"])
+def test_a_resumed_run_computes_as_its_journal_recorded(digits_xy, path):
+    """A journal from before the first-layer path (no ``first_layer`` in its trial) resumes
+    plainly, so its chunks and the new ones round alike; one that took the path keeps it."""
+    from basinscope.engine import EvalJob, PointBasis, evaluate_points
+    from basinscope.geometry import get_params
+    from basinscope.models import mlp
+
+    x, y = digits_xy
+    torch.manual_seed(0)
+    model = mlp()
+    params = get_params(model)
+    basis = PointBasis(params, ({k: torch.randn_like(v) for k, v in params.items()},))
+    coeffs = np.linspace(-1, 1, 6)[:, None]
+
+    def job(first_layer):
+        data = {"train": (x[:200], y[:200])}
+        return EvalJob(model, basis, data, strategy="vmap", first_layer=first_layer)
+
+    expected = evaluate_points(job(path), coeffs, chunk_size=2).values
+    trial = {} if path == "plain" else {"first_layer": "basis"}
+    journal = _MemoryJournal({"strategy": "vmap", "trial": trial})
+    resumed = evaluate_points(job("auto"), coeffs, chunk_size=2, journal=journal)
+    for name, v in expected.items():
+        assert resumed.values[name].tobytes() == v.tobytes(), name
+    assert journal.recorded["trial"] == trial  # the recorded trial is kept, not re-made

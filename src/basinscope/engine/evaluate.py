@@ -220,6 +220,16 @@ class Evaluator:
         self.tail_buffers = {n for n, _ in first.tail.named_buffers()}
         return first
 
+    def adopt(self, strategy: str, trial: Mapping[str, Any]) -> None:
+        """Compute as ``trial`` records (a resumed run's journal, or the driver's choice
+        on a Ray worker): its strategy, and the first-layer path only where it was taken.
+        A journal written before the first-layer path existed has no ``first_layer``
+        entry: its chunks were computed plainly, so the rest are too (no mixed rounding)."""
+        self.strategy = strategy
+        self.trial = dict(trial)
+        if self.trial.get("first_layer", "plain") != "basis":
+            self.first = None
+
     @property
     def names(self) -> list[str]:
         return [f"{s}_{m.name}" for s in self.splits for m in self.metrics]
@@ -559,8 +569,7 @@ def evaluate_points(
     evaluator = job.build()
     recorded = journal.recorded_strategy() if journal is not None else None
     if recorded:
-        evaluator.strategy = recorded["strategy"]
-        evaluator.trial = dict(recorded.get("trial", {}))
+        evaluator.adopt(recorded["strategy"], recorded.get("trial", {}))
     else:
         evaluator.choose_strategy(c[slices[0]], total_points=len(c))
         if journal is not None:

@@ -99,8 +99,12 @@ class _ChunkWorker:
         """Build ``job`` with the driver's strategy; returns this worker's process id."""
         self.evaluator = None  # the previous run's model and data are released first
         self.evaluator = job.build()
-        self.evaluator.strategy = strategy
-        self.evaluator.trial = dict(trial)
+        adopt = getattr(self.evaluator, "adopt", None)
+        if adopt is not None:  # the engine's evaluator: strategy and first-layer path
+            adopt(strategy, trial)
+        else:  # another job's worker (a curvature map)
+            self.evaluator.strategy = strategy
+            self.evaluator.trial = dict(trial)
         self.collect = getattr(job, "per_example", None)
         return os.getpid()
 
