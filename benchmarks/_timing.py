@@ -22,7 +22,20 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["is_clean", "median_seconds", "timed", "wait_for_quiet"]
+__all__ = ["is_clean", "machine", "median_seconds", "timed", "wait_for_quiet"]
+
+
+def machine(**extra: Any) -> dict[str, Any]:
+    """What every benchmark's JSON records about the machine (``extra`` adds to it)."""
+    import platform
+
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        **extra,
+    }
 
 
 def _cpu_ticks() -> tuple[int, int] | None:

@@ -32,8 +32,6 @@ import copy
 import dataclasses
 import datetime
 import json
-import os
-import platform
 import statistics
 import time
 import warnings
@@ -48,7 +46,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import basinscope
-from _timing import is_clean, median_seconds, timed, wait_for_quiet
+from _timing import is_clean, machine, median_seconds, timed, wait_for_quiet
 from basinscope.analyses.barrier import BARRIER_DEFINITIONS, barrier, barrier_from_curve
 from basinscope.data import load_digits
 from basinscope.models import resnet
@@ -311,12 +309,7 @@ def main() -> None:
         "torch": torch.__version__,
         "basinscope": basinscope.__version__,
         "threads": torch.get_num_threads(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "settings": {
             "model": f"resnet(depth={DEPTH}, width={WIDTH})",
             "parameters": sum(p.numel() for p in model_a.parameters()),

@@ -32,8 +32,6 @@ import dataclasses
 import datetime
 import json
 import math
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -48,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 import basinscope
-from _timing import is_clean, median_seconds, timed, wait_for_quiet
+from _timing import is_clean, machine, median_seconds, timed, wait_for_quiet
 from basinscope.analyses.similarity import _default_layers, cka_matrix
 from basinscope.data import load_digits
 from basinscope.models import lenet
@@ -288,12 +286,7 @@ def main() -> None:
         "torch": torch.__version__,
         "basinscope": basinscope.__version__,
         "threads": torch.get_num_threads(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "settings": {
             "model": "lenet()",
             "parameters": sum(p.numel() for p in models[0].parameters()),

@@ -34,7 +34,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import basinscope
-from _timing import is_clean, median_seconds, timed, wait_for_quiet
+from _timing import is_clean, machine, median_seconds, timed, wait_for_quiet
 from basinscope.analyses.surface import random_surface
 from basinscope.data import load_digits, load_mnist5k
 from basinscope.engine import evaluate as engine_module
@@ -392,13 +391,7 @@ def main() -> None:
             Path(engine_module.__file__).read_bytes()
         ).hexdigest()[:16],
         "threads": torch.get_num_threads(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "loadavg_at_end": os.getloadavg(),
-        },
+        "machine": machine(loadavg_at_end=os.getloadavg()),
         "settings": {
             "grid": [grid, grid],
             "range": list(RANGE),

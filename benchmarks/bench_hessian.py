@@ -34,8 +34,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -47,7 +45,7 @@ import torch.nn.functional as F
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 
-from _timing import median_seconds, timed, wait_for_quiet
+from _timing import machine, median_seconds, timed, wait_for_quiet
 from basinscope.curvature.lanczos import lanczos_both_ends, lanczos_eigenpairs
 from basinscope.curvature.operators import HVP_METHODS, HessianOperator
 from basinscope.curvature.power import power_iteration
@@ -325,12 +323,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "settings": {
             "data": f"digits-{SPLIT}",
             "examples": len(data),

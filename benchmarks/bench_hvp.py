@@ -32,8 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,7 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from _timing import median_seconds, timed, wait_for_quiet
+from _timing import machine, median_seconds, timed, wait_for_quiet
 from basinscope.curvature.operators import HVP_METHODS, HessianOperator
 from basinscope.data import load_digits
 from basinscope.models import lenet, mlp
@@ -247,13 +245,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "float64_matmul_gflops": peak,
-        },
+        "machine": machine(float64_matmul_gflops=peak),
         "settings": {
             "data": f"digits-{SPLIT}",
             "examples": len(data),

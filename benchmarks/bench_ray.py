@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -44,7 +43,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _timing import timed, wait_for_quiet
+from _timing import machine, timed, wait_for_quiet
 from basinscope.data import load_digits
 from basinscope.engine import EvalJob, PointBasis, evaluate_points
 from basinscope.engine.ray_executor import RayExecutor
@@ -180,13 +179,7 @@ def main() -> None:
     data = (digits.x[:1347], digits.y[:1347])
     jobs = {"surface": (*surface_job(data), CHUNK), "tiny": (*tiny_job(data), TINY_CHUNK)}
     report: dict[str, Any] = {
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "ray": ray.__version__,
-            "python": platform.python_version(),
-        },
+        "machine": machine(torch=torch.__version__, ray=ray.__version__),
         "settings": {
             "grid": GRID,
             "chunk": CHUNK,

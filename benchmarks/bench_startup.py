@@ -30,7 +30,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _timing import wait_for_quiet
+from _timing import machine, wait_for_quiet
 
 # -----------------------------------------------------------------------------------------
 # 1. Settings
@@ -255,12 +254,7 @@ def main() -> None:
     report = {
         "benchmark": "bench_startup",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-        },
+        "machine": machine(),
         "settings": {
             "grid": GRID,
             "hidden": HIDDEN,

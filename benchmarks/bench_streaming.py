@@ -43,7 +43,6 @@ import datetime
 import hashlib
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -58,7 +57,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import basinscope
-from _timing import is_clean, median_seconds, timed, wait_for_quiet
+from _timing import is_clean, machine, median_seconds, timed, wait_for_quiet
 from basinscope.analyses import landscape as landscape_module
 from basinscope.analyses.interpolation import random_line
 from basinscope.engine import EvalJob, PointBasis, as_batches, evaluate_points
@@ -494,13 +493,9 @@ def main() -> None:
             "analyses/landscape.py": _sha(landscape_module),
         },
         "threads": torch.get_num_threads(),
-        "machine": {
-            "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(),
-            "python": platform.python_version(),
-            "memory_total_mib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB,
-        },
+        "machine": machine(
+            memory_total_mib=os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / MIB
+        ),
         "settings": {
             "model": f"mlp(in_features={FEATURES}, hidden={HIDDEN}, num_classes={CLASSES})",
             "parameters": sum(p.numel() for p in model.parameters()),
