@@ -40,7 +40,9 @@ MAP_VARIABLES = ("lambda_max", "lambda_min", "ratio", "residual_max", "residual_
 
 @dataclass(frozen=True)
 class CurvatureMapJob:
-    """The per-point work of a curvature map (the engine's job protocol: ``basis`` and ``build()``)."""
+    """The per-point work of a curvature map (the engine's job protocol: ``basis`` and
+    ``build()``, whose worker has ``names``, ``strategy``, ``trial``, ``choose_strategy``,
+    ``adopt`` and ``evaluate_chunk``)."""
 
     model: nn.Module
     basis: PointBasis
@@ -94,6 +96,12 @@ class _CurvatureWorker:
             self.trial = dict(op.trial)
             self.strategy = f"lanczos/{op.method}"
         return self.strategy
+
+    def adopt(self, strategy: str, trial: Mapping[str, Any]) -> None:
+        """Compute as recorded (a resumed map's journal, or the driver's choice on a Ray
+        worker): the HVP method of ``strategy`` and its trial."""
+        self.strategy = strategy
+        self.trial = dict(trial)
 
     def _loss_kwargs(self) -> dict[str, Any]:
         return {

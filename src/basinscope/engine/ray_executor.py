@@ -99,12 +99,7 @@ class _ChunkWorker:
         """Build ``job`` with the driver's strategy; returns this worker's process id."""
         self.evaluator = None  # the previous run's model and data are released first
         self.evaluator = job.build()
-        adopt = getattr(self.evaluator, "adopt", None)
-        if adopt is not None:  # the engine's evaluator: strategy and first-layer path
-            adopt(strategy, trial)
-        else:  # another job's worker (a curvature map)
-            self.evaluator.strategy = strategy
-            self.evaluator.trial = dict(trial)
+        self.evaluator.adopt(strategy, trial)  # the driver's strategy (and first-layer path)
         self.collect = getattr(job, "per_example", None)
         return os.getpid()
 
