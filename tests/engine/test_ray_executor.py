@@ -329,3 +329,30 @@ def test_the_command_line_runs_on_ray_and_records_it(cluster, cli, tmp_path):
     bad = cli("surface", "--model", "mlp", "--workers", "2", "--out", str(tmp_path / "b"))
     assert bad.code != 0 and "--address and --workers are options of --executor ray" in bad.err
     assert "Traceback" not in bad.err
+
+
+def _alone(path):
+    """True when no other task held ``path``'s lock while this one ran."""
+
+    def call():
+        import fcntl
+        import time
+
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            time.sleep(0.3)  # a window for an overlapping task to find the lock taken
+            fcntl.flock(f, fcntl.LOCK_UN)
+        return True
+
+    return call
+
+
+def test_tasks_reserve_the_cpus_they_compute_with(ex, tmp_path):
+    """Two tasks of 2 CPUs each on the 2-CPU cluster never run at once (no shared cores);
+    more CPUs than the cluster has are capped, so a task can still start."""
+    lock = str(tmp_path / "lock")
+    assert ex.run_tasks([_alone(lock), _alone(lock), _alone(lock)], cpus=2) == [True] * 3
+    assert ex.run_tasks([lambda: 1], cpus=64) == [1]

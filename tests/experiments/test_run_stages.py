@@ -19,9 +19,9 @@ class Recording(LocalExecutor):
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
 
-    def run_tasks(self, calls, *, names=None):
+    def run_tasks(self, calls, *, names=None, cpus=None):
         self.calls.append(list(names))
-        return super().run_tasks(calls, names=names)
+        return super().run_tasks(calls, names=names, cpus=cpus)
 
 
 def _stage(root, n: int, computed: list[int], log=None) -> StageCall:

@@ -69,14 +69,14 @@ class Spy(RayExecutor):
         self.waves: list[list[str]] = []  # the names of each call of run_tasks
         self.marks, self.fail, self.times = marks, set(fail), times
 
-    def run_tasks(self, calls, *, names=None):
+    def run_tasks(self, calls, *, names=None, cpus=None):
         self.names += names
         self.waves.append(list(names))
         calls = [
             _failing(c, self.marks / n.split()[-1], self.times) if n.split()[-1] in self.fail else c
             for c, n in zip(calls, names, strict=True)
         ]
-        return super().run_tasks(calls, names=names)
+        return super().run_tasks(calls, names=names, cpus=cpus)
 
 
 def _failing(call, mark: Path, times: int):

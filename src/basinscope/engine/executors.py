@@ -9,8 +9,8 @@ driver's evaluator (whose ``job`` is the picklable description of the work and w
 journal as it arrives, so out-of-order completion and interruption are both safe, and a
 resumed run skips the chunks the journal holds whichever executor computed them.
 
-``executor.run_tasks(calls)`` runs independent no-argument callables (a study's stages)
-and returns their results in order.
+``executor.run_tasks(calls, cpus=N)`` runs independent no-argument callables (a study's
+stages, each computing with ``N`` threads) and returns their results in order.
 
 - :class:`LocalExecutor` runs everything in this process, in order (the default).
 - :class:`~basinscope.engine.ray_executor.RayExecutor` runs chunks on Ray actors (each
@@ -62,7 +62,11 @@ class Executor(Protocol):
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]: ...
 
     def run_tasks(
-        self, calls: Sequence[Callable[[], T]], *, names: Sequence[str] | None = None
+        self,
+        calls: Sequence[Callable[[], T]],
+        *,
+        names: Sequence[str] | None = None,
+        cpus: int | None = None,
     ) -> list[T]: ...
 
     def describe(self) -> dict[str, Any]: ...
@@ -80,7 +84,11 @@ class LocalExecutor:
             yield index, evaluator.evaluate_chunk(coeffs)
 
     def run_tasks(
-        self, calls: Sequence[Callable[[], T]], *, names: Sequence[str] | None = None
+        self,
+        calls: Sequence[Callable[[], T]],
+        *,
+        names: Sequence[str] | None = None,
+        cpus: int | None = None,
     ) -> list[T]:
         return [call() for call in calls]
 

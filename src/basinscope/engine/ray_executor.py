@@ -354,19 +354,28 @@ class RayExecutor:
 
     # -- stages -------------------------------------------------------------------------
     def run_tasks(
-        self, calls: Sequence[Callable[[], T]], *, names: Sequence[str] | None = None
+        self,
+        calls: Sequence[Callable[[], T]],
+        *,
+        names: Sequence[str] | None = None,
+        cpus: int | None = None,
     ) -> list[T]:
         """Run ``calls`` as Ray tasks, in parallel; their results in order. When one fails
         for good, the others still run to the end (their stages are kept, and no task is
-        left running behind the error) before the failure is raised."""
+        left running behind the error) before the failure is raised.
+
+        ``cpus``: the CPUs each task computes with (a study's stage: the driver's torch
+        threads), reserved from Ray so that tasks never share cores (default
+        ``threads_per_worker``; at most the cluster's CPUs, or a task could never start).
+        Lower the driver's threads (``OMP_NUM_THREADS``) to run more stages at once."""
         if not calls:
             return []
         ray = self.connect()
         self._stop_actors()  # idle chunk workers would hold the CPUs the tasks need
         names = list(names) if names is not None else [f"task {i}" for i in range(len(calls))]
-        remote = ray.remote(num_cpus=self.threads_per_worker, max_retries=self.task_retries)(
-            _run_call
-        )
+        total = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        cpus = min(cpus or self.threads_per_worker, total)
+        remote = ray.remote(num_cpus=cpus, max_retries=self.task_retries)(_run_call)
         refs = {remote.remote(call): i for i, call in enumerate(calls)}
         tries = [1] * len(calls)
         out: list[Any] = [None] * len(calls)

@@ -173,9 +173,11 @@ class StudyContext:
                 key = stages[i].folder.absolute()
                 (later if key in seen else wave).append(i)
                 seen.add(key)
+            tasks = [_StageTask(stages[i].compute, self.run_dir) for i in wave]
             done = executor.run_tasks(
-                [_StageTask(stages[i].compute, self.run_dir) for i in wave],
+                tasks,
                 names=[f"stage {stages[i].folder.name}" for i in wave],
+                cpus=tasks[0].threads,  # each computes with the driver's threads: reserve them
             )
             for i, (value, stage_log) in zip(wave, done, strict=True):
                 values[i], logs[i] = value, stage_log
