@@ -51,3 +51,19 @@ def test_a_commands_help_imports_no_plotting_library(name):
 
 def test_the_probe_sees_a_heavy_import():  # so the checks above can fail
     assert "xarray" in _loaded("import xarray")
+
+
+def test_a_fresh_process_loads_a_landscape_with_its_own_spec(tmp_path, digits_xy):
+    """The landscape specs live in modules imported on first use: a process that did not
+    compute the landscape (a study's driver after Ray tasks did, a report) still reads its
+    spec as the function's own (here RandomSurfaceSpec), not as the base LandscapeSpec."""
+    from basinscope.analyses import random_surface
+    from basinscope.models import mlp
+
+    x, y = digits_xy
+    run = tmp_path / "surface"
+    random_surface(mlp(), (x[:40], y[:40]), alphas=[0, 1], betas=[0, 1], run_dir=run)
+    code = f"from basinscope.store import load\nprint(type(load({str(run)!r}).spec).__name__)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "RandomSurfaceSpec"

@@ -163,6 +163,9 @@ class LandscapeSpec(Spec):
         """The spec of ``data``; on ``LandscapeSpec`` itself, the landscape spec whose
         settings are exactly ``data``'s keys (a result's ``spec`` may be any of them)."""
         if cls is LandscapeSpec and isinstance(data, Mapping):
+            from basinscope.analyses import import_all
+
+            import_all()  # the subclasses live in modules imported on first use
             todo = list(cls.__subclasses__())
             while todo:
                 sub = todo.pop()
