@@ -63,7 +63,10 @@ def test_a_fresh_process_loads_a_landscape_with_its_own_spec(tmp_path, digits_xy
     x, y = digits_xy
     run = tmp_path / "surface"
     random_surface(mlp(), (x[:40], y[:40]), alphas=[0, 1], betas=[0, 1], run_dir=run)
-    code = f"from basinscope.store import load\nprint(type(load({str(run)!r}).spec).__name__)"
+    code = (  # the landscape module, as a study's report imports it, but not surface.py
+        "import basinscope.analyses.landscape\nfrom basinscope.store import load\n"
+        f"print(type(load({str(run)!r}).spec).__name__)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "RandomSurfaceSpec"
