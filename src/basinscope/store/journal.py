@@ -39,6 +39,7 @@ class Journal:
         self.chunk_size = chunk_size
         self.n_chunks = -(-n_points // chunk_size)
         self._values: dict[str, np.ndarray] | None = None
+        self._open: dict[str | None, Any] = {}  # arrays opened for writing, kept for later chunks
 
     def _array(self, name: str, *, dtype, fill, chunks: int, shape: int, create: bool):
         import zarr
@@ -85,6 +86,7 @@ class Journal:
     def done_chunks(self) -> set[int]:
         """Chunks whose flag is set and whose values all read back (see the module doc)."""
         self._values = {}
+        self._open = {}  # the journal may be dropped below: open the arrays afresh
         try:
             done_arr = self._done_array(create=False)
             if done_arr is None:
@@ -103,12 +105,22 @@ class Journal:
             bad |= bad_values  # value chunks are aligned with the journal's chunks
         return {int(i) for i in np.flatnonzero(flags)} - bad
 
+    def _writable(self, name: str | None) -> Any:
+        """The array of metric ``name`` (``None``: the done flags), opened (or created) once
+        per journal: opening reads the array's metadata, most of a chunk's write cost."""
+        if name not in self._open:
+            self._open[name] = (
+                self._done_array(create=True)
+                if name is None
+                else self._values_array(safe_component(name, "metric name"), create=True)
+            )
+        return self._open[name]
+
     def write_chunk(self, index: int, rows: slice, values: Mapping[str, np.ndarray]) -> None:
         with output_errors(self.root, "journal"):
             for name, v in values.items():
-                arr = self._values_array(safe_component(name, "metric name"), create=True)
-                arr[rows] = np.asarray(v, dtype=np.float64)
-            self._done_array(create=True)[index] = True
+                self._writable(name)[rows] = np.asarray(v, dtype=np.float64)
+            self._writable(None)[index] = True
 
     def read_values(self) -> dict[str, np.ndarray]:
         """Every metric's values (NaN where not finished or unreadable)."""
