@@ -280,3 +280,53 @@ def test_a_resumed_run_computes_as_its_journal_recorded(digits_xy, path):
     for name, v in expected.items():
         assert resumed.values[name].tobytes() == v.tobytes(), name
     assert journal.recorded["trial"] == trial  # the recorded trial is kept, not re-made
+
+
+@pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
+def test_the_loop_with_channels_last_weights_matches_the_float64_reference(
+    digits_xy, memory_format
+):
+    """LeNet in float64 through the loop, its convolution weights re-strided per point or
+    not: each point's loss and accuracy are the brute-force reference's."""
+    x, y = digits_xy
+    x, y = x[:120], y[:120]
+    torch.manual_seed(0)
+    model = lenet().double()
+    params, buffers = get_params(model), get_buffers(model)
+    dirs = random_directions(params, 0, 2, "filter", "zero")
+    job = EvalJob(
+        model,
+        PointBasis(params, tuple(dirs)),
+        {"train": (x, y)},
+        strategy="loop",
+        dtype=torch.float64,
+        first_layer="plain",
+        memory_format=memory_format,
+    )
+    coeffs = np.array([[0.0, 0.0], [0.5, -0.25], [-1.0, 1.0]])
+    res = evaluate_points(job, coeffs, chunk_size=2)
+    assert res.trial["memory_format"] == memory_format
+    for i, (a, b) in enumerate(coeffs):
+        p = {
+            k: params[k].double() + a * dirs[0][k].double() + b * dirs[1][k].double()
+            for k in params
+        }
+        loss, acc = reference_metrics(model, p, buffers, x, y)
+        assert res.values["train_loss"][i] == pytest.approx(loss, rel=1e-9, abs=1e-12)
+        assert res.values["train_accuracy"][i] == pytest.approx(acc, abs=1e-12)
+
+
+def test_memory_format_auto_is_channels_last_for_convolutions_on_the_cpu(digits_xy):
+    x, y = digits_xy
+    data = {"train": (x[:64], y[:64])}
+    for make, expected in ((lenet, "channels_last"), (mlp, "contiguous")):
+        model = make()
+        job = EvalJob(model, PointBasis(get_params(model), ()), data, strategy="loop")
+        ev = job.build()
+        assert ev.trial["memory_format"] == expected and ev.channels_last == (
+            expected == "channels_last"
+        )
+        ev.adopt("loop", {})  # a journal from before the option: computed as stored
+        assert not ev.channels_last
+    with pytest.raises(BasinscopeError, match="unknown memory_format 'nhwc': expected one of"):
+        EvalJob(mlp(), PointBasis(get_params(mlp()), ()), data, memory_format="nhwc")

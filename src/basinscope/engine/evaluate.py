@@ -52,6 +52,7 @@ from basinscope.engine.task import Task, as_task, first_examples, functional_arg
 from basinscope.errors import BasinscopeError
 
 __all__ = [
+    "MEMORY_FORMATS",
     "STRATEGIES",
     "ChunkJournal",
     "EvalJob",
@@ -63,6 +64,7 @@ __all__ = [
 ]
 
 STRATEGIES = ("auto", "vmap", "loop")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 TRIAL_POINTS = 16
 TRIAL_EXAMPLES = 512
 #: Timed runs of each strategy in the trial (alternating, after one warm-up each); the
@@ -105,6 +107,11 @@ class EvalJob:
     #: model per point; ``"auto"``: ``"basis"`` wherever it applies. The path taken, and
     #: why ``auto`` did not take it, are recorded in the trial info.
     first_layer: str = "auto"
+    #: The loop strategy's convolution weights: ``"channels_last"`` (re-strided per point,
+    #: ~1.9x faster oneDNN convolutions for LeNet-28 on a CPU), ``"contiguous"`` (as stored),
+    #: or ``"auto"``: channels-last for a model with 2-D convolutions on the CPU. Recorded in
+    #: the trial info (``memory_format``); results differ from ``"contiguous"`` by rounding.
+    memory_format: str = "auto"
 
     def __post_init__(self) -> None:
         if self.bn_policy not in BN_POLICIES:
@@ -114,6 +121,11 @@ class EvalJob:
         if self.strategy not in STRATEGIES:
             raise BasinscopeError(
                 f"unknown strategy {self.strategy!r}: expected one of {', '.join(STRATEGIES)}"
+            )
+        if self.memory_format not in MEMORY_FORMATS:
+            raise BasinscopeError(
+                f"unknown memory_format {self.memory_format!r}: expected one of "
+                f"{', '.join(MEMORY_FORMATS)}"
             )
         if self.first_layer not in FIRST_LAYER_MODES:
             raise BasinscopeError(
@@ -187,6 +199,11 @@ class Evaluator:
         self.strategy = job.strategy if job.strategy != "auto" else None
         self.trial: dict[str, Any] = {}
         self.first = self._plan_first_layer()
+        convs = any(isinstance(m, nn.Conv2d) for m in model.modules())
+        self.channels_last = job.memory_format == "channels_last" or (
+            job.memory_format == "auto" and convs and self.device.type == "cpu"
+        )
+        self.trial["memory_format"] = "channels_last" if self.channels_last else "contiguous"
         self.widest = _widest_activation(model, self.splits, self.task)
         self._first_cache: dict[tuple[str, int], Tensor] = {}
         self._first_cache_bytes = 0
@@ -229,6 +246,7 @@ class Evaluator:
         self.trial = dict(trial)
         if self.trial.get("first_layer", "plain") != "basis":
             self.first = None
+        self.channels_last = self.trial.get("memory_format", "contiguous") == "channels_last"
 
     @property
     def names(self) -> list[str]:
@@ -427,11 +445,21 @@ class Evaluator:
         b = {k: v for k, v in b.items() if k in self.tail_buffers}
         return self.task.head(functional_call(self.first.tail, (p, b), (h,)))
 
+    def _point(self, params, i: int) -> dict[str, Tensor]:
+        """Point ``i``'s parameters for the loop; 4-D (convolution) weights re-strided to
+        channels-last when chosen (``clone``: ``contiguous`` keeps NCHW strides on a weight
+        with one input channel, and oneDNN then takes its slow path)."""
+        p = points_dict(params, i)
+        if not self.channels_last:
+            return p
+        cl = torch.channels_last
+        return {k: v.clone(memory_format=cl) if v.dim() == 4 else v for k, v in p.items()}
+
     def _forward_one(self, params, bufs, i: int, x, coeffs: list[float]):
         b = points_dict(bufs, i) if bufs is not None else self.buffers
         if self.first is not None:  # x: the first layer's outputs on the basis
-            return self._call_tail(points_dict(params, i), b, FirstLayer.combine_one(x, coeffs))
-        return self._call(points_dict(params, i), b, x)
+            return self._call_tail(self._point(params, i), b, FirstLayer.combine_one(x, coeffs))
+        return self._call(self._point(params, i), b, x)
 
     def _forward_vmap(self, params, bufs, x, c: Tensor):
         if self.first is not None:  # x: the first layer's outputs on the basis
@@ -483,7 +511,7 @@ class Evaluator:
                     vmap(lambda p, b, x=x: self._call(p, b, x))(params, bufs)
                 else:
                     for i in range(k):
-                        self._call(points_dict(params, i), points_dict(bufs, i), x)
+                        self._call(self._point(params, i), points_dict(bufs, i), x)
         finally:
             for m in self.bn_modules:
                 m.eval()
