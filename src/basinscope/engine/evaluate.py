@@ -325,7 +325,7 @@ class Evaluator:
     def per_example_values(self, c: Tensor) -> dict[str, np.ndarray]:
         """``{split_metric: (K, N) float64}``: each metric of each example at each point (the
         metrics must be per-example ones, like loss and error)."""
-        params, moving = self.job.basis.stacked(c, self.dtype, self.device)
+        params, moving = self._stacked(c, self.strategy)
         k = c.shape[0]
         bufs = (
             self._recompute_stats(params, moving, k, self.strategy) if self.recompute_bn else moving
@@ -369,7 +369,7 @@ class Evaluator:
     def _run(
         self, c: Tensor, splits: Mapping[str, Batches], strategy: str, cache: bool = True
     ) -> dict[str, np.ndarray]:
-        params, moving = self.job.basis.stacked(c, self.dtype, self.device)
+        params, moving = self._stacked(c, strategy)
         k = c.shape[0]
         rows = c.tolist()
         if self.recompute_bn:
@@ -445,21 +445,22 @@ class Evaluator:
         b = {k: v for k, v in b.items() if k in self.tail_buffers}
         return self.task.head(functional_call(self.first.tail, (p, b), (h,)))
 
-    def _point(self, params, i: int) -> dict[str, Tensor]:
-        """Point ``i``'s parameters for the loop; 4-D (convolution) weights re-strided to
-        channels-last when chosen (``clone``: ``contiguous`` keeps NCHW strides on a weight
-        with one input channel, and oneDNN then takes its slow path)."""
-        p = points_dict(params, i)
-        if not self.channels_last:
-            return p
-        cl = torch.channels_last
-        return {k: v.clone(memory_format=cl) if v.dim() == 4 else v for k, v in p.items()}
+    def _stacked(self, c: Tensor, strategy: str):
+        """The chunk's stacked parameters and moving buffers. For the loop with channels-last
+        chosen, each stacked convolution weight ``(K, O, I, kh, kw)`` is laid out once per
+        chunk so that every point's slice has channels-last strides (what
+        ``w.clone(memory_format=torch.channels_last)`` gives; ``contiguous`` would keep NCHW
+        strides on a weight with one input channel, and oneDNN would take its slow path)."""
+        params, moving = self.job.basis.stacked(c, self.dtype, self.device)
+        if self.channels_last and strategy == "loop":
+            params = {k: _channels_last_stack(v) if v.dim() == 5 else v for k, v in params.items()}
+        return params, moving
 
     def _forward_one(self, params, bufs, i: int, x, coeffs: list[float]):
         b = points_dict(bufs, i) if bufs is not None else self.buffers
         if self.first is not None:  # x: the first layer's outputs on the basis
-            return self._call_tail(self._point(params, i), b, FirstLayer.combine_one(x, coeffs))
-        return self._call(self._point(params, i), b, x)
+            return self._call_tail(points_dict(params, i), b, FirstLayer.combine_one(x, coeffs))
+        return self._call(points_dict(params, i), b, x)
 
     def _forward_vmap(self, params, bufs, x, c: Tensor):
         if self.first is not None:  # x: the first layer's outputs on the basis
@@ -511,7 +512,7 @@ class Evaluator:
                     vmap(lambda p, b, x=x: self._call(p, b, x))(params, bufs)
                 else:
                     for i in range(k):
-                        self._call(self._point(params, i), points_dict(bufs, i), x)
+                        self._call(points_dict(params, i), points_dict(bufs, i), x)
         finally:
             for m in self.bn_modules:
                 m.eval()
@@ -540,6 +541,16 @@ def _widest_activation(model: nn.Module, splits: Mapping[str, Any], task: Task) 
         for h in handles:
             h.remove()
     return widest
+
+
+def _channels_last_stack(v: Tensor) -> Tensor:
+    """``v`` (``(K, O, I, kh, kw)``) copied so that each ``v[i]`` has the strides of
+    ``v[i].clone(memory_format=torch.channels_last)``, size-1 dimensions included."""
+    _, o, i, kh, kw = v.shape
+    out = torch.empty_strided(
+        v.shape, (o * i * kh * kw, i * kh * kw, 1, kw * i, i), dtype=v.dtype, device=v.device
+    )
+    return out.copy_(v)
 
 
 class ChunkJournal(Protocol):
