@@ -59,6 +59,13 @@ _API: dict[str, tuple[str, str]] = {
     "rewind": ("basinscope.analyses", "rewind"),
     "finetune": ("basinscope.training", "finetune"),
     "compare_strategies": ("basinscope.training", "compare_strategies"),
+    # merging
+    "merge": ("basinscope.analyses.merging", "merge"),
+    "merge_all": ("basinscope.analyses.merging", "merge_all"),
+    "merge_decomposition": ("basinscope.analyses.merging", "merge_decomposition"),
+    "merge_plane": ("basinscope.analyses.merging", "merge_plane"),
+    "MergeSpec": ("basinscope.analyses.merging", "MergeSpec"),
+    "diagonal_fisher": ("basinscope.curvature.fisher", "diagonal_fisher"),
     # running any model: the task adapter and the engine
     "Task": ("basinscope.engine", "Task"),
     "evaluate_model": ("basinscope.engine", "evaluate_model"),

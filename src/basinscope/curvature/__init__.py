@@ -1,6 +1,7 @@
 """Curvature of the full-dataset loss: the loss (value, gradient, Hessian-vector products),
 operators, eigenpairs, traces, spectral densities."""
 
+from basinscope.curvature.fisher import FISHERS, diagonal_fisher
 from basinscope.curvature.lanczos import Eigenpairs, lanczos_both_ends, lanczos_eigenpairs
 from basinscope.curvature.loss import EmpiricalLoss
 from basinscope.curvature.operators import (
@@ -17,6 +18,7 @@ from basinscope.curvature.slq import SpectralDensity, spectral_density
 from basinscope.curvature.trace import TraceEstimate, hutch_plus_plus_trace, hutchinson_trace
 
 __all__ = [
+    "FISHERS",
     "HVP_METHODS",
     "POWER_RULES",
     "CurvatureOperator",
@@ -28,6 +30,7 @@ __all__ = [
     "ModuleCurvature",
     "SpectralDensity",
     "TraceEstimate",
+    "diagonal_fisher",
     "hutch_plus_plus_trace",
     "hutchinson_trace",
     "lanczos_both_ends",

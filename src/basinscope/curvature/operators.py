@@ -361,18 +361,21 @@ class EFOperator(CurvatureOperator):
             rows.append(L.flatten(g(L.params)))
         return torch.stack(rows)
 
+    def per_example_gradients(self, x: Any, y: Tensor) -> Tensor:
+        """The per-example gradients ``(B, n)`` of a batch's loss at targets ``y``: by
+        ``vmap``, else (from the first failure on) one example at a time."""
+        if self.per_example == "vmap":
+            try:
+                return self._grads_vmap(x, y)
+            except Exception:  # no batching rule, data-dependent control flow, ...
+                self.per_example = "loop"
+        return self._grads_loop(x, y)
+
     def _matvec(self, v: Tensor) -> Tensor:
         out = torch.zeros(self.n, dtype=self.dtype, device=self.device)
         n = 0
         for x, y in self.empirical_loss.batches:
-            g = None
-            if self.per_example == "vmap":
-                try:
-                    g = self._grads_vmap(x, y)
-                except Exception:  # no batching rule, data-dependent control flow, ...
-                    self.per_example = "loop"
-            if g is None:
-                g = self._grads_loop(x, y)
+            g = self.per_example_gradients(x, y)
             out += g.T @ (g @ v)
             n += y.shape[0]
         return out / n
