@@ -72,6 +72,10 @@ _API: dict[str, tuple[str, str]] = {
     "fit_temperature": ("basinscope.analyses.calibration", "fit_temperature"),
     "fit_power_law": ("basinscope.analyses.scaling", "fit_power_law"),
     "memory_split": ("basinscope.analyses.scaling", "memory_split"),
+    # training dynamics
+    "Tracker": ("basinscope.analyses.tracking", "Tracker"),
+    "label_noise": ("basinscope.data", "label_noise"),
+    "patch_data": ("basinscope.data", "patch_data"),
     # running any model: the task adapter and the engine
     "Task": ("basinscope.engine", "Task"),
     "evaluate_model": ("basinscope.engine", "evaluate_model"),
