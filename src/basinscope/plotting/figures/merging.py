@@ -217,20 +217,18 @@ def _singular_values(result: Any, ax: Any) -> tuple[Any, Any]:
 # -- the decomposition of the merging error ---------------------------------------------------
 @plots("merge_decomposition")
 def plot_merge_decomposition(result: Any, ax: Any = None) -> tuple[Any, Any]:
-    """Against the rank of the subspace, averaged over tasks: the predicted and the measured
-    loss increase of the merge, one colour per geometry (curvature, flat, ...); a new figure
-    also shows the terms of the prediction (the Frechet variance inside the subspace and the
-    residual energy outside it)."""
+    """Against the rank of the subspace, averaged over tasks: the measured loss increase of
+    the merge and the quadratic model's prediction, one colour per geometry (curvature,
+    flat); a new figure also shows the prediction's terms, the Fréchet variance inside the
+    subspace per geometry and the residual energy outside it (the same for every geometry)."""
     table = result.table
     if ax is not None:
-        fig, first = ax.figure, ax
-        second = None
+        fig, first, second = ax.figure, ax, None
     else:
-        fig = new_figure((9.6, 3.7))
+        fig = new_figure((9.8, 3.8))
         first, second = fig.subplots(1, 2)
     ranks = np.asarray(table["rank"].values, dtype=np.float64)
-    geometries = [str(g) for g in table["geometry"].values]
-    for g in geometries:
+    for g in [str(g) for g in table["geometry"].values]:
         color = _GEOMETRY_COLOR.get(g, "0.3")
         sel = table.sel(geometry=g)
         measured = sel["measured"].mean("task").values
@@ -238,38 +236,25 @@ def plot_merge_decomposition(result: Any, ax: Any = None) -> tuple[Any, Any]:
         first.plot(ranks, measured, "o-", ms=4, lw=1.5, color=color, label=f"{g}: measured")
         first.plot(ranks, predicted, "x--", ms=5, lw=1.2, color=color, label=f"{g}: predicted")
         if second is not None:
-            second.plot(
-                ranks,
-                sel["variance"].mean("task").values,
-                "o-",
-                ms=4,
-                color=color,
-                label=f"{g}: variance (inside)",
-            )
-            second.plot(
-                ranks,
-                sel["residual"].mean("task").values,
-                "s:",
-                ms=4,
-                color=color,
-                label=f"{g}: residual (outside)",
-            )
+            variance = sel["variance"].mean("task").values
+            second.plot(ranks, variance, "o-", ms=4, lw=1.5, color=color, label=f"{g}: variance")
     curv = getattr(result, "curvature", "")
-    first.set_xlabel("rank of the task-vector subspace", fontsize=LABEL_SIZE)
+    first.set_title(f"loss increase of the merge ({curv} quadratic model)", fontsize=LABEL_SIZE)
     first.set_ylabel("loss increase (mean over tasks)", fontsize=LABEL_SIZE)
-    first.set_title(f"merging error, {curv} metric", fontsize=LABEL_SIZE)
-    first.legend(fontsize=LEGEND_SIZE)
-    first.grid(alpha=0.3)
-    _integer_ticks(first, ranks)
-    style_axes(first)
+    panels = [first]
     if second is not None:
-        second.set_xlabel("rank of the task-vector subspace", fontsize=LABEL_SIZE)
-        second.set_ylabel("term of the prediction", fontsize=LABEL_SIZE)
-        second.set_title("Frechet variance and residual energy", fontsize=LABEL_SIZE)
-        second.legend(fontsize=LEGEND_SIZE)
-        second.grid(alpha=0.3)
-        _integer_ticks(second, ranks)
-        style_axes(second)
+        # the residual depends on the subspace only: one line for every geometry
+        residual = table["residual"].isel(geometry=0).mean("task").values
+        second.plot(ranks, residual, "s:", ms=4, lw=1.5, color="0.3", label="residual energy")
+        second.set_title("Fréchet variance (inside) and residual (outside)", fontsize=LABEL_SIZE)
+        second.set_ylabel("term of the prediction (mean over tasks)", fontsize=LABEL_SIZE)
+        panels.append(second)
+    for p in panels:
+        p.set_xlabel("rank of the task-vector subspace", fontsize=LABEL_SIZE)
+        p.legend(fontsize=LEGEND_SIZE)
+        p.grid(alpha=0.3)
+        _integer_ticks(p, ranks)
+        style_axes(p)
     return fig, first
 
 
