@@ -218,6 +218,9 @@ _KIND_BY_NAME = {
     "--splits": "split",
     "--split": "split",
     "--eval-split": "split",
+    "--base": "weights",
+    "--task-data": "data",
+    "--val-data": "data",
 }
 
 
@@ -410,6 +413,7 @@ def _base(name: str, p: dict[str, Path], d: Path) -> list[str]:
             *q,
         ],
         "finetune": ["finetune", *m, "--weights", a, "--steps", "2", *q],
+        "merge": ["merge", *m, "--base", a, "--weights", b, "--val-data", "digits", *q],
         "plot": ["plot", str(d / "surface-run"), "--kind", "contour", "--format", "png"],
         "study": ["study", "rotated-digits", "--show-config"],
         "demo": ["demo", "--set", "grid=1", *q],
@@ -501,6 +505,7 @@ def test_every_command_is_fuzzed():
             "rewind",
             "criticality",
             "finetune",
+            "merge",
             "plot",
             "study",
             "report",

@@ -100,6 +100,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "FINETUNE",
         "Fine-tune a pretrained model on a shifted target; forgetting and adaptation.",
     ),
+    "merge": (
+        "basinscope.cli.merging",
+        "MERGE",
+        "Merge models fine-tuned from one base, with a named method (the formula is recorded).",
+    ),
     "plot": (
         "basinscope.cli.plot",
         "plot_cmd",
