@@ -280,3 +280,55 @@ def test_missing_data_files_are_named(cli, files, tmp_path):
     res = cli("merge", *MLP, *args, "--task-data", "no.npz", "--out", tmp_path / "r")
     assert_one_line(res, r"data file 'no\.npz' does not exist")
     assert not (tmp_path / "r" / "model.safetensors").exists()
+
+
+# -- merge-decomposition -------------------------------------------------------------------
+def test_the_decomposition_equals_the_librarys(cli, files, tmp_path):
+    from basinscope.analyses.merging import merge_decomposition
+    from basinscope.data import load_npz
+    from basinscope.store import load
+
+    out = tmp_path / "run"
+    args = [*_w(files, *TASKS), "--base", files["base"], "--examples", "64", "--ranks", "1,2"]
+    res = cli(
+        "merge-decomposition",
+        *MLP,
+        *args,
+        *_data(files, "--task-data", "train"),
+        "--out",
+        out,
+        "--json",
+    )
+    assert res.code == 0, res.err
+    d = json.loads(res.out)
+    assert d["kind"] == "merge_decomposition" and d["labels"] == list(TASKS)
+    base, nets = _models(files)
+    data = [load_npz(str(files[f"{n}-train"]), "train") for n in TASKS]
+    want = merge_decomposition(base, nets, data, ranks=(1, 2), examples=64, labels=list(TASKS))
+    got = load(out)
+    assert list(got.table["rank"].values) == [1, 2]
+    assert list(got.table["geometry"].values) == ["curvature", "flat"]
+    for v in ("variance", "residual", "cross", "predicted", "measured"):
+        np.testing.assert_allclose(got.table[v].values, want.table[v].values, rtol=1e-12)
+    assert (out / "figures" / "merge_decomposition.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("extra", "patterns"),
+    [
+        (["--weights", "A", "--task-data", "a.npz"], [r"--base is required", r"--base base\."]),
+        (
+            ["--weights", "A", "--weights", "B", "--base", "C", "--task-data", "a.npz"],
+            [r"--task-data is given 1 time for 2 --weights", r"once per --weights"],
+        ),
+        (
+            ["--weights", "A", "--base", "C", "--task-data", "a", "--labels", "x", "--labels", "y"],
+            [r"--labels must name each of the 1 tasks once"],
+        ),
+    ],
+    ids=["no-base", "data-count", "labels"],
+)
+def test_decomposition_user_errors(cli, tmp_path, extra, patterns):
+    res = cli("merge-decomposition", *MLP, *extra, "--out", tmp_path / "run")
+    assert_one_line(res, *patterns)
+    assert not (tmp_path / "run").exists()

@@ -23,4 +23,20 @@ COMMANDS = {
         ],
         "merge",
     ),
+    "merge-decomposition": (
+        lambda w: [
+            "merge-decomposition",
+            *MLP,
+            "--base",
+            str(w[0]),
+            *_w(w[1:]),
+            "--task-data",
+            "digits",
+            "--task-data",
+            "digits",
+            "--examples",
+            "64",
+        ],
+        "merge_decomposition",
+    ),
 }

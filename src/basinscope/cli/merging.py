@@ -10,14 +10,27 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from basinscope.analyses.merging import MergeResult, MergeSpec, merge
+from basinscope.analyses.merging import (
+    MergeDecomposition,
+    MergeDecompositionSpec,
+    MergeResult,
+    MergeSpec,
+    merge,
+    merge_decomposition,
+)
 from basinscope.cli.generate import Command, Context
 from basinscope.errors import BasinscopeError
 from basinscope.inputs import DataOptions, ModelsOptions, TaskOptions, fingerprints, load_model
 from basinscope.spec import Spec, group, option, with_defaults
 from basinscope.store import paths
 
-__all__ = ["MERGE", "MergeCommand", "load_datasets"]
+__all__ = [
+    "MERGE",
+    "MERGE_DECOMPOSITION",
+    "MergeCommand",
+    "MergeDecompositionCommand",
+    "load_datasets",
+]
 
 _FineTuned = with_defaults(
     ModelsOptions,
@@ -91,7 +104,7 @@ class MergeCommand(Spec):
             if n not in (0, k):
                 flag = self.name_of(name)
                 raise BasinscopeError(
-                    f"{flag} is given {n} time{'s' if n != 1 else ''} for {k} {weights}: "
+                    f"{flag} is given {_times(n)} for {k} {weights}: "
                     f"pass it once per {weights}, in the same order (the i-th {flag} belongs "
                     f"to the i-th {weights})"
                 )
@@ -118,6 +131,10 @@ class MergeCommand(Spec):
     def task_labels(self) -> tuple[str, ...]:
         """``--labels``, or the weight files' names."""
         return tuple(self.labels) or tuple(self.models.labels())
+
+
+def _times(n: int) -> str:
+    return f"{n} time{'s' if n != 1 else ''}"
 
 
 def _needs_task_data(spec: MergeSpec) -> str:
@@ -181,3 +198,82 @@ basinscope merge --base base.safetensors --weights t1.safetensors --weights t2.s
 basinscope surface --weights runs/merged/model.safetensors --xrange -1:1:21 --yrange -1:1:21
 """
 MERGE = Command("merge", MergeCommand, run_merge, EXAMPLES, MergeSpec, MergeResult)
+
+
+DECOMPOSITION_DATA_HELP = (
+    "A task's data, for its curvature and its measured loss increase (the train split: "
+    "x/y or x_train/y_train of an .npz, digits, mnist or module:attr, read as --data); "
+    "repeat, once per --weights, in their order."
+)
+
+
+@dataclass(frozen=True)
+class MergeDecompositionCommand(Spec):
+    models: _FineTuned = group(_FineTuned)
+    base: Path | None = option(None, "Weights of the base model the fine-tuned ones start from.")
+    task_data: tuple[str, ...] = option((), DECOMPOSITION_DATA_HELP, metavar="DATA")
+    labels: tuple[str, ...] = option(
+        (), "A task's name; repeat, once per --weights (default: the weights' file names)."
+    )
+    task: TaskOptions = group(TaskOptions)
+    decomposition: MergeDecompositionSpec = group(MergeDecompositionSpec)
+
+    def check(self) -> None:
+        weights, k = self.models.name_of("weights"), len(self.models.weights)
+        base, data = self.name_of("base"), self.name_of("task_data")
+        if k == 0:
+            raise BasinscopeError(
+                f"the decomposition needs the fine-tuned models: pass {weights} once per task, "
+                f"e.g. {weights} task1.safetensors {weights} task2.safetensors"
+            )
+        if self.base is None:
+            raise BasinscopeError(
+                f"{base} is required: the weights the fine-tuned models start from (the task "
+                f"vectors span the subspace), e.g. {base} base.safetensors"
+            )
+        if len(self.task_data) != k:
+            raise BasinscopeError(
+                f"{data} is given {_times(len(self.task_data))} for {k} {weights}: each task's "
+                f"curvature and loss are measured on its data; pass {data} once per {weights}, "
+                f"in the same order, e.g. {data} task1.npz"
+            )
+        if len(self.labels) not in (0, k) or len(set(self.labels)) != len(self.labels):
+            flag = self.name_of("labels")
+            raise BasinscopeError(
+                f"{flag} must name each of the {k} tasks once, got {list(self.labels)}: pass "
+                f"{flag} once per {weights}, all different"
+            )
+
+
+def run_merge_decomposition(cmd: MergeDecompositionCommand, ctx: Context) -> MergeDecomposition:
+    m, spec = cmd.models, cmd.decomposition
+    labels = tuple(cmd.labels) or tuple(m.labels())
+    nets = m.load(1, "the decomposition")
+    base = load_model(m.model, m.model_kwargs, cmd.base)
+    task_data = load_datasets(cmd.task_data, "train")
+    ctx.open(fingerprints([base, *nets], {f"task_data:{t}": d for t, d in zip(labels, task_data)}))
+    ctx.say(
+        f"the {spec.curvature} decomposition of {' and '.join(spec.geometries)} subspace merges "
+        f"of {len(nets)} models ..."
+    )
+    return merge_decomposition(
+        base, nets, task_data, labels=labels, task=cmd.task.build(), spec=spec
+    )
+
+
+DECOMPOSITION_EXAMPLES = """
+basinscope merge-decomposition --model mlp --base base.safetensors --weights t1.safetensors \\
+    --weights t2.safetensors --task-data t1.npz --task-data t2.npz
+
+basinscope merge-decomposition --base base.safetensors --weights t1.safetensors \\
+    --weights t2.safetensors --weights t3.safetensors --task-data t1.npz --task-data t2.npz \\
+    --task-data t3.npz --ranks 1,2 --curvature hessian --examples 512 --json
+"""
+MERGE_DECOMPOSITION = Command(
+    "merge-decomposition",
+    MergeDecompositionCommand,
+    run_merge_decomposition,
+    DECOMPOSITION_EXAMPLES,
+    MergeDecompositionSpec,
+    MergeDecomposition,
+)
