@@ -108,11 +108,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "merge-decomposition": (
         "basinscope.cli.merging",
         "MERGE_DECOMPOSITION",
-        "The loss increase of subspace merges per task and rank, split into the Fréchet "
-        "variance inside the subspace, the residual energy outside it and their cross term "
-        "(the quadratic model at each θi with the --curvature Hi), next to the measured "
-        "increase Li(θ*) − Li(θi) on each task's data, for the curvature-aware and the flat "
-        "merge.",
+        "The error decomposition of subspace merges per task and rank.",
     ),
     "plot": (
         "basinscope.cli.plot",

@@ -5,7 +5,6 @@ the run folder gets ``model.safetensors``: the merged model's state dict, which
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -149,11 +148,6 @@ def _needs_task_data(spec: MergeSpec) -> str:
     return ""
 
 
-def _settings(spec: MergeSpec) -> dict[str, Any]:
-    """The spec's fields as :func:`merge`'s keyword arguments."""
-    return {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
-
-
 def run_merge(cmd: MergeCommand, ctx: Context) -> MergeResult:
     m, spec, labels = cmd.models, cmd.merge, cmd.task_labels()
     nets = m.load(1, "merging")
@@ -172,7 +166,7 @@ def run_merge(cmd: MergeCommand, ctx: Context) -> MergeResult:
         val_data=val_data,
         labels=labels,
         task=cmd.task.build(),
-        **_settings(spec),
+        spec=spec,
     )
     from basinscope.models import save_weights
 
