@@ -13,8 +13,20 @@ from basinscope.training.schedules import check_schedule
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
 BN_MODES: tuple[str, ...] = ("train", "eval")
+SHARPNESS_AWARE: tuple[str, ...] = ("none", "sam", "asam", "cflat")
+PENALTIES: tuple[str, ...] = ("none", "l2sp", "ewc")
+# fields added after the first studies: left out of to_dict() at their defaults, so the
+# digests of stored stages (a hash of the config's dict) stay what they were
+_LATER_FIELDS = {
+    "sharpness_aware": "none",
+    "sam_rho": 0.05,
+    "asam_eta": 0.01,
+    "cflat_lambda": 0.2,
+    "penalty": "none",
+    "penalty_strength": 0.0,
+}
 
-__all__ = ["BN_MODES", "OPTIMIZERS", "TrainConfig"]
+__all__ = ["BN_MODES", "OPTIMIZERS", "PENALTIES", "SHARPNESS_AWARE", "TrainConfig"]
 
 _TUPLE_FIELDS = ("betas", "milestones", "checkpoint_steps", "frozen", "trainable")
 
@@ -51,6 +63,23 @@ class TrainConfig:
         bn_mode: ``"train"`` (BatchNorm uses and updates batch statistics, as usual) or
             ``"eval"`` (BatchNorm keeps its running statistics frozen; useful for linear
             probing). Other layers (dropout) are in training mode either way.
+        sharpness_aware: ``"none"``, ``"sam"`` (Foret et al. 2021: the gradient at
+            :math:`w + \rho g/\\lVert g\rVert`), ``"asam"`` (Kwon et al. 2021: the
+            perturbation :math:`\rho T_w^2 g / \\lVert T_w g\rVert`,
+            :math:`T_w = |w| + \\eta`) or ``"cflat"`` (Bian et al. 2024: SAM's gradient plus
+            ``cflat_lambda`` times the gradient of the first-order flatness
+            :math:`\rho \\max_{\\lVert\\epsilon\rVert \\le \rho}
+            \\lVert\nabla L(w + \\epsilon)\rVert`, as GAM: Zhang et al. 2023). The
+            optimizer then steps with that gradient from :math:`w`. BatchNorm statistics are
+            updated by the first (unperturbed) forward pass only, as the SAM authors do.
+        sam_rho, asam_eta, cflat_lambda: :math:`\rho`, :math:`\\eta` and :math:`\\lambda`.
+        penalty: ``"none"``, ``"l2sp"`` (Li et al. 2018: :math:`\frac{\alpha}{2}\\lVert w -
+            w^0\rVert^2` toward the anchor, by default the starting weights) or ``"ewc"``
+            (Kirkpatrick et al. 2017: :math:`\frac{\alpha}{2}\\sum_j F_j (w_j - w^0_j)^2`
+            with the ``importance`` passed to :func:`~basinscope.training.train`, e.g. the
+            source loss's diagonal Fisher), added to every minibatch's loss, over the
+            trained parameters.
+        penalty_strength: :math:`\alpha`.
     """
 
     steps: int = 500
@@ -74,6 +103,12 @@ class TrainConfig:
     eval_every: int = 0
     grad_clip: float | None = None
     bn_mode: str = "train"
+    sharpness_aware: str = "none"
+    sam_rho: float = 0.05
+    asam_eta: float = 0.01
+    cflat_lambda: float = 0.2
+    penalty: str = "none"
+    penalty_strength: float = 0.0
 
     def __post_init__(self) -> None:
         for name in _TUPLE_FIELDS:
@@ -155,12 +190,28 @@ class TrainConfig:
                 f"unknown bn_mode {self.bn_mode!r}; valid modes are "
                 f"{', '.join(repr(m) for m in BN_MODES)}."
             )
+        if self.sharpness_aware not in SHARPNESS_AWARE:
+            raise BasinscopeError(
+                f"unknown sharpness_aware {self.sharpness_aware!r}; valid values are "
+                f"{', '.join(repr(m) for m in SHARPNESS_AWARE)}."
+            )
+        if self.penalty not in PENALTIES:
+            raise BasinscopeError(
+                f"unknown penalty {self.penalty!r}; valid penalties are "
+                f"{', '.join(repr(m) for m in PENALTIES)}."
+            )
+        positive_float("TrainConfig.sam_rho", self.sam_rho)
+        finite_float("TrainConfig.asam_eta", self.asam_eta, low=0)
+        finite_float("TrainConfig.cflat_lambda", self.cflat_lambda, low=0)
+        finite_float("TrainConfig.penalty_strength", self.penalty_strength, low=0)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists)."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in _LATER_FIELDS and value == _LATER_FIELDS[f.name]:
+                continue
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
 

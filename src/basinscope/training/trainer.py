@@ -43,6 +43,7 @@ from basinscope.training._data import (
 from basinscope.training._task import Objective, dtype_name, resolve_device, resolve_precision
 from basinscope.training.config import TrainConfig
 from basinscope.training.schedules import lr_at
+from basinscope.training.sharpness_aware import penalty_term, sharpness_aware_gradient
 from basinscope.training.trajectory import load_trajectory, trajectory_to_safetensors
 
 Callback = Callable[[int, nn.Module, dict[str, Any]], None]
@@ -246,6 +247,36 @@ def _evaluate(
     return total / n, (correct / n if classify else None)
 
 
+def _penalty_inputs(
+    config: TrainConfig,
+    named: Mapping[str, nn.Parameter],
+    anchor: Mapping[str, Tensor] | None,
+    importance: Mapping[str, Tensor] | None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor] | None]:
+    """The anchor (default: the starting weights) and importance of ``config.penalty``."""
+    if config.penalty == "none":
+        return {}, None
+    for what, d in (("anchor", anchor), ("importance", importance)):
+        if d is None:
+            continue
+        missing = [k for k in named if k not in d]
+        bad = [k for k in named if k in d and tuple(d[k].shape) != tuple(named[k].shape)]
+        if missing or bad:
+            raise BasinscopeError(
+                f"the {config.penalty} penalty's {what} does not fit the trained parameters: "
+                f"missing {missing[:5]}, wrong shapes {bad[:5]}; pass a parameter dict of "
+                "this model (e.g. get_params(source_model))"
+            )
+    if config.penalty == "ewc" and importance is None:
+        raise BasinscopeError(
+            "penalty='ewc' weights (w - w0)^2 by a per-parameter importance: pass "
+            "importance= (e.g. basinscope.curvature.diagonal_fisher(source_model, source_data))"
+        )
+    a = {k: (anchor[k] if anchor is not None else p).detach().clone() for k, p in named.items()}
+    imp = {k: importance[k].detach().clone() for k in named} if importance is not None else None
+    return a, imp
+
+
 def optimizer_step(opt: torch.optim.Optimizer, step: int, lr: float, weight_decay: float) -> None:
     """``opt.step()``; an update too large for the parameters' dtype is the user's setting."""
     try:
@@ -272,6 +303,8 @@ def train(
     progress: bool = False,
     task: Task | str | None = None,
     dtype: str | torch.dtype | None = None,
+    anchor: Mapping[str, Tensor] | None = None,
+    importance: Mapping[str, Tensor] | None = None,
 ) -> TrainResult:
     """Train a deep copy of ``model`` on ``data``; the caller's model is never touched.
 
@@ -327,6 +360,11 @@ def train(
             mixed precision: float32 weights, the forward pass and the loss under
             ``torch.autocast``, and for float16 on CUDA a ``torch.amp.GradScaler`` (an
             update whose gradients overflow is skipped and the scale lowered).
+        anchor: the weights :math:`w^0` of ``config.penalty`` (a parameter dict with at
+            least the trained parameters; default: the starting weights).
+        importance: the per-parameter weights :math:`F` of the ``"ewc"`` penalty (a
+            parameter dict, e.g. :func:`~basinscope.curvature.diagonal_fisher` of the source
+            task); required by it.
 
     Returns:
         A :class:`TrainResult`.
@@ -364,6 +402,14 @@ def train(
         p.requires_grad_(n in chosen)
         if n in chosen:
             params.append(p)
+
+    named_trained = {n: p for n, p in net.named_parameters() if n in chosen}
+    anchor_d, importance_d = _penalty_inputs(config, named_trained, anchor, importance)
+    if config.sharpness_aware != "none" and amp == torch.float16 and dev.type == "cuda":
+        raise BasinscopeError(
+            f"sharpness_aware={config.sharpness_aware!r} does not combine with float16 loss "
+            "scaling; train in bfloat16, float32 or float64"
+        )
 
     float_dtype = _float_dtype(net)
     precision = dtype_name(dtype) if dtype is not None else dtype_name(float_dtype or "float32")
@@ -450,12 +496,35 @@ def train(
             if streamed:
                 yb = targets_to(yb, None, float_dtype)
             opt.zero_grad(set_to_none=True)
+
+            def minibatch_loss(xb=xb, yb=yb) -> Tensor:
+                with autocast(dev, amp):
+                    value = objective(call_model(net, xb), yb)
+                pen = penalty_term(
+                    config.penalty, named_trained, anchor_d, importance_d, config.penalty_strength
+                )
+                return value if pen is None else value + pen
+
             with autocast(dev, amp):
                 loss = objective(call_model(net, xb), yb)
+            pen = penalty_term(
+                config.penalty, named_trained, anchor_d, importance_d, config.penalty_strength
+            )
+            total = loss if pen is None else loss + pen
             if scaler is not None:
-                scaler.scale(loss).backward()
+                scaler.scale(total).backward()
             else:
-                loss.backward()
+                total.backward()
+            if config.sharpness_aware != "none":
+                sharpness_aware_gradient(
+                    config.sharpness_aware,
+                    net,
+                    params,
+                    minibatch_loss,
+                    rho=config.sam_rho,
+                    eta=config.asam_eta,
+                    lam=config.cflat_lambda,
+                )
             loss_value = float(loss.detach())
             if not math.isfinite(loss_value):
                 raise BasinscopeError(
