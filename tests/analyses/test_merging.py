@@ -506,3 +506,26 @@ def test_grids_and_devices_are_checked_with_their_flags():
     for cls in (M.MergeSpec, M.MergeDecompositionSpec):
         with pytest.raises(BasinscopeError, match="'bogus' is not available here"):
             cls(device="bogus")
+
+
+def test_merge_all_drops_the_selection_a_method_lacks():
+    base, models = family()
+    out = M.merge_all(
+        base,
+        models,
+        methods=["uniform", "task_arithmetic"],
+        val_data=datasets(),
+        select=("lam",),
+        lams=(0.5, 1.0),
+    )
+    assert out["uniform"].selected == () and out["task_arithmetic"].selected == ("lam",)
+    assert len(out["task_arithmetic"].selection) == 2
+
+
+def test_plane_projection_ignores_the_key_order_of_the_merge():
+    base, models = family()
+    ta = M.task_arithmetic(base, models, 0.5)
+    shuffled = dict(sorted(ta.items(), reverse=True))  # e.g. read back from safetensors
+    land = M.merge_plane(base, models, {"a": ta, "b": shuffled}, {"x": datasets()[0]}, n=3)
+    pts = land.dataset.attrs["merged_points"]
+    assert pts["a"] == pytest.approx(pts["b"], rel=1e-12)

@@ -1055,9 +1055,15 @@ def merge_all(
     out = {}
     for entry in methods:
         name, changes = (entry, {}) if isinstance(entry, str) else entry
-        s = base_spec.replace(method=name, **changes)
         # the grid-selection names a method lacks are dropped for it (matched budgets)
-        s = s.replace(select=tuple(x for x in s.select if x in METHOD_HYPER[name]))
+        select = changes.get("select", base_spec.select)
+        s = base_spec.replace(
+            **{
+                **changes,
+                "method": name,
+                "select": tuple(x for x in select if x in METHOD_HYPER[name]),
+            }
+        )
         merger.spec = s
         key = name if name != "subspace" else f"subspace/{s.geometry}"
         out[key] = merger.run(name)

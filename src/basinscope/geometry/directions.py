@@ -183,7 +183,8 @@ def project_onto_plane(
 
     Exact for non-orthogonal directions (solves the 2x2 normal equations in float64).
     """
-    a = torch.stack([flatten(d1).double().cpu(), flatten(d2).double().cpu()], dim=1)
+    keys = list(center)  # every dict flattened in the center's key order
+    a = torch.stack([flatten(d1, keys).double().cpu(), flatten(d2, keys).double().cpu()], dim=1)
     gram = a.T @ a
     if float(torch.linalg.det(gram)) <= 1e-300:
         raise BasinscopeError("the two directions are parallel (or zero): they span no plane")
@@ -191,7 +192,7 @@ def project_onto_plane(
     alphas, betas, dists = [], [], []
     for p in points:
         check_same_keys(center, p, "trajectory checkpoint and plane center")
-        r = flatten(p).double().cpu() - c
+        r = flatten(p, keys).double().cpu() - c
         coef = torch.linalg.solve(gram, a.T @ r)
         resid = r - a @ coef
         alphas.append(float(coef[0]))
