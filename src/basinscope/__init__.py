@@ -66,6 +66,16 @@ _API: dict[str, tuple[str, str]] = {
     "merge_plane": ("basinscope.analyses.merging", "merge_plane"),
     "MergeSpec": ("basinscope.analyses.merging", "MergeSpec"),
     "diagonal_fisher": ("basinscope.curvature.fisher", "diagonal_fisher"),
+    # calibration and scaling laws
+    "calibrate": ("basinscope.analyses.calibration", "calibrate"),
+    "CalibrationSpec": ("basinscope.analyses.calibration", "CalibrationSpec"),
+    "fit_temperature": ("basinscope.analyses.calibration", "fit_temperature"),
+    "fit_power_law": ("basinscope.analyses.scaling", "fit_power_law"),
+    "memory_split": ("basinscope.analyses.scaling", "memory_split"),
+    # training dynamics
+    "Tracker": ("basinscope.analyses.tracking", "Tracker"),
+    "label_noise": ("basinscope.data", "label_noise"),
+    "patch_data": ("basinscope.data", "patch_data"),
     # running any model: the task adapter and the engine
     "Task": ("basinscope.engine", "Task"),
     "evaluate_model": ("basinscope.engine", "evaluate_model"),

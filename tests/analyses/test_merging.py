@@ -472,3 +472,37 @@ def test_bad_input_is_refused_with_what_and_how():
     with pytest.raises(BasinscopeError, match="needs a cross-entropy loss"):
         x = datasets(1)[0][0]
         diagonal_fisher(base, (x, torch.zeros(len(x), 3)), fisher="true", task=Task(loss="mse"))
+
+
+def test_a_spec_passes_every_setting():
+    base, models = family(k=4)
+    spec = M.MergeSpec(method="ties", lam=0.5, density=0.5)
+    r = M.merge(base, models, spec=spec)
+    np.testing.assert_allclose(
+        flat(r.merged), flat(M.ties_merge(base, models, 0.5, 0.5)), atol=1e-14
+    )
+    assert r.hyper == {"lam": 0.5, "density": 0.5} and r.spec == spec
+
+
+def test_float32_merges_and_decompositions_agree_with_float64():
+    base, models, data, _ = linear_family()
+    kw = {"task": Task(loss="mse"), "examples": 1000}
+    d64 = M.merge_decomposition(base, models, data, **kw)
+    d32 = M.merge_decomposition(base, models, data, dtype="float32", **kw)
+    np.testing.assert_allclose(d32.table["predicted"], d64.table["predicted"], rtol=1e-4, atol=1e-5)
+    r32 = M.merge(base, models, method="subspace", task_data=data, dtype="float32", **kw)
+    r64 = M.merge(base, models, method="subspace", task_data=data, **kw)
+    np.testing.assert_allclose(flat(r32.merged), flat(r64.merged), rtol=1e-4, atol=1e-5)
+
+
+def test_grids_and_devices_are_checked_with_their_flags():
+    lams = next(f for f in M.MergeSpec.__dataclass_fields__.values() if f.name == "lams")
+    with pytest.raises(BasinscopeError, match=r"--lams must be comma-separated numbers, e\.g\."):
+        lams.metadata["parse"]("bogus")
+    ranks = M.MergeDecompositionSpec.__dataclass_fields__["ranks"].metadata["parse"]
+    assert ranks("1, 3") == (1, 3)
+    with pytest.raises(BasinscopeError, match="--ranks must be comma-separated integers"):
+        ranks("1.5")
+    for cls in (M.MergeSpec, M.MergeDecompositionSpec):
+        with pytest.raises(BasinscopeError, match="'bogus' is not available here"):
+            cls(device="bogus")

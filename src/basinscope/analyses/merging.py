@@ -69,7 +69,7 @@ from torch import Tensor, nn
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys
 from basinscope.result import Result, fmt, tensors
-from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
+from basinscope.spec import EvalOptions, Spec, option, takes_spec
 
 __all__ = [
     "CURVATURES",
@@ -105,6 +105,7 @@ ParamDict = dict[str, Tensor]
 MERGE_METHODS = ("uniform", "task_arithmetic", "ties", "dare", "fisher", "subspace")
 GEOMETRIES = ("curvature", "flat", "spectral")
 CURVATURES = ("ggn", "hessian", "empirical_fisher")
+PRECISIONS = ("float64", "float32")
 FISHERS = ("empirical", "true")
 MEANS = ("projected", "quadratic")
 SELECT_METRICS = ("mean_accuracy", "worst_accuracy", "mean_loss")
@@ -143,12 +144,22 @@ SELECT_HELP = (
 )
 
 
-def _floats(text: str) -> tuple[float, ...]:
-    return tuple(float(t) for t in text.replace(",", " ").split())
+def _number_list(flag: str, kind: type, example: str) -> Any:
+    """The command-line parser of a comma-separated list of numbers."""
 
+    def parse(text: str) -> tuple[Any, ...]:
+        try:
+            values = tuple(kind(t) for t in text.replace(",", " ").split())
+        except ValueError:
+            what = "integers" if kind is int else "numbers"
+            raise BasinscopeError(
+                f"{flag} must be comma-separated {what}, e.g. {flag} {example}; got {text!r}"
+            ) from None
+        if not values:
+            raise BasinscopeError(f"{flag} needs at least one value, e.g. {flag} {example}")
+        return values
 
-def _ints(text: str) -> tuple[int, ...]:
-    return tuple(int(t) for t in text.replace(",", " ").split())
+    return parse
 
 
 # -- parameter dicts ---------------------------------------------------------------------------
@@ -508,13 +519,14 @@ def subspace_metrics(
     examples: int | None = 256,
     task: Any = None,
     batch_size: int = 256,
+    dtype: str | torch.dtype = "float64",
     device: str = "cpu",
     with_products: bool = False,
 ) -> Tensor | tuple[Tensor, list[Tensor], list[Any]]:
     """:math:`G_i = U^\\top H_i U` (K, r, r) for every task: the curvature (``ggn``,
     ``hessian`` or ``empirical_fisher``) of task ``i``'s mean loss on ``task_data[i]``
     (its first ``examples`` examples, float64, BatchNorm in eval mode) at
-    :math:`\\theta_i`, by ``r`` matrix-vector products per task. ``model`` gives the
+    :math:`\\theta_i`, by ``r`` matrix-vector products per task, in ``dtype``. ``model`` gives the
     architecture (and the buffers). With ``with_products`` also the products
     :math:`H_i U` (n, r) and each task's operator."""
     if len(task_data) != len(models):
@@ -532,7 +544,7 @@ def subspace_metrics(
             task=task,
             subset=examples,
             batch_size=batch_size,
-            dtype=torch.float64,
+            dtype=dtype,
             device=device,
         )
         if tuple(op.names) != subspace.keys:
@@ -540,9 +552,9 @@ def subspace_metrics(
                 "the model's parameters do not match the task vectors' "
                 f"({len(op.names)} vs {len(subspace.keys)} tensors)"
             )
-        basis = subspace.basis.to(op.device)
+        basis = subspace.basis.to(device=op.device, dtype=op.dtype)
         hu = op.matmat(basis)  # (n, r)
-        g = basis.T @ hu
+        g = (basis.T @ hu).double()
         gs.append(0.5 * (g + g.T))
         hus.append(hu)
         ops.append(op)
@@ -605,24 +617,27 @@ class MergeSpec(Spec):
     select: tuple[str, ...] = option((), SELECT_HELP, choices=HYPER)
     lams: tuple[float, ...] = option(
         (0.2, 0.4, 0.6, 0.8, 1.0, 1.2),
-        "The grid of λ for --select lam.",
-        parse=_floats,
+        "The grid of λ for --select lam (default 0.2,0.4,0.6,0.8,1.0,1.2).",
+        parse=_number_list("--lams", float, "0.3,0.6,1"),
         metavar="L1,L2,...",
     )
     densities: tuple[float, ...] = option(
         (0.1, 0.2, 0.5, 1.0),
-        "The grid of densities for --select density.",
-        parse=_floats,
+        "The grid of densities for --select density (default 0.1,0.2,0.5,1.0).",
+        parse=_number_list("--densities", float, "0.1,0.2,0.5"),
         metavar="D1,D2,...",
     )
     drop_rates: tuple[float, ...] = option(
         (0.0, 0.5, 0.9),
-        "The grid of drop rates for --select drop_rate.",
-        parse=_floats,
+        "The grid of drop rates for --select drop_rate (default 0,0.5,0.9).",
+        parse=_number_list("--drop-rates", float, "0,0.5,0.9"),
         metavar="P1,P2,...",
     )
     ranks: tuple[int, ...] = option(
-        (), "The grid of ranks for --select rank (default 1..K).", parse=_ints, metavar="R1,..."
+        (),
+        "The grid of ranks for --select rank (default 1..K).",
+        parse=_number_list("--ranks", int, "1,2,4"),
+        metavar="R1,...",
     )
     select_metric: str = option(
         "mean_accuracy",
@@ -630,9 +645,16 @@ class MergeSpec(Spec):
         choices=SELECT_METRICS,
     )
     seed: int = option(0, "dare: the seed of the drop masks.", low=0)
-    eval: EvalOptions = group(EvalOptions)
+    dtype: str = option(
+        "float64",
+        "Precision of the Fisher, the curvature products and the validation (float32 or float64).",
+        choices=PRECISIONS,
+    )
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
+    batch_size: int = option(256, "Examples per forward pass.", low=1)
 
     def check(self) -> None:
+        EvalOptions(device=self.device)  # an unavailable device, refused with the fix
         if self.density <= 0:
             raise BasinscopeError(f"{self.name_of('density')} must be in (0, 1], got 0")
         if self.drop_rate >= 1:
@@ -774,7 +796,7 @@ def _evaluate(
     buffers: Mapping[str, Tensor],
     val: Mapping[str, Any],
     task: Any,
-    ev: EvalOptions,
+    spec: Any,
 ) -> dict[str, dict[str, float]]:
     from basinscope.engine import evaluate_model
 
@@ -789,9 +811,9 @@ def _evaluate(
         m,
         dict(val),
         metrics=("loss", "accuracy"),
-        batch_size=ev.batch_size,
-        dtype=ev.dtype,
-        device=ev.device,
+        batch_size=spec.batch_size,
+        dtype=spec.dtype,
+        device=spec.device,
         task=task,
     )
     return {t: {"loss": vals[f"{t}_loss"], "accuracy": vals[f"{t}_accuracy"]} for t in val}
@@ -847,8 +869,9 @@ class _Merger:
                     fisher=kind,
                     task=self.task,
                     examples=self.spec.examples,
-                    batch_size=min(self.spec.eval.batch_size, 256),
-                    device=self.spec.eval.device,
+                    batch_size=self.spec.batch_size,
+                    dtype=self.spec.dtype,
+                    device=self.spec.device,
                 )
                 for m, d in zip(self.models, data)
             ]
@@ -870,8 +893,9 @@ class _Merger:
                 curvature=curvature,
                 examples=self.spec.examples,
                 task=self.task,
-                batch_size=min(self.spec.eval.batch_size, 256),
-                device=self.spec.eval.device,
+                batch_size=self.spec.batch_size,
+                dtype=self.spec.dtype,
+                device=self.spec.device,
             )
         return self._metrics[curvature]
 
@@ -948,7 +972,7 @@ class _Merger:
         for h in candidates:
             merged, info = self.point(method, h)
             metrics = (
-                _evaluate(self.base, merged, self.buffers, self.val, self.task, s.eval)
+                _evaluate(self.base, merged, self.buffers, self.val, self.task, s)
                 if self.val is not None
                 else {}
             )
@@ -985,7 +1009,7 @@ class _Merger:
         )
 
 
-@takes_spec(MergeSpec)
+@takes_spec(MergeSpec, forward=True)
 def merge(
     base: nn.Module,
     models: Sequence[nn.Module | Mapping[str, Tensor]],
@@ -1043,10 +1067,12 @@ def merge_all(
 # -- the error decomposition ----------------------------------------------------------------
 @dataclass(frozen=True)
 class MergeDecompositionSpec(Spec):
-    """The loss increase of subspace merges per task and rank, split into the Fréchet
+    """The error decomposition of subspace merges per task and rank.
+
+    The loss increase of the curvature-aware and the flat merge is split into the Fréchet
     variance inside the subspace, the residual energy outside it and their cross term (the
     quadratic model at each θi with the --curvature Hi), next to the measured increase
-    Li(θ*) − Li(θi) on each task's data, for the curvature-aware and the flat merge.
+    Li(θ*) − Li(θi) on each task's data (--task-data).
 
     For the merge θ* = θ0 + U c* at rank r: variance = ½ (c* − ci)ᵀ Gi (c* − ci), residual =
     ½ riᵀ Hi ri (ri = τi − U ci), cross = −(c* − ci)ᵀ Uᵀ Hi ri, predicted = their sum
@@ -1062,7 +1088,7 @@ class MergeDecompositionSpec(Spec):
     ranks: tuple[int, ...] = option(
         (),
         "Ranks of the subspace (default 1..rank of the task vectors).",
-        parse=_ints,
+        parse=_number_list("--ranks", int, "1,2,4"),
         metavar="R1,...",
     )
     curvature: str = option("ggn", "The curvature Hi of each task.", choices=CURVATURES)
@@ -1075,7 +1101,13 @@ class MergeDecompositionSpec(Spec):
         ("curvature", "flat"), "Merges compared (curvature, flat).", choices=("curvature", "flat")
     )
     examples: int = option(256, "Examples of each task's data.", low=1)
-    device: str = option("cpu", "torch device of the curvature products.")
+    dtype: str = option(
+        "float64", "Precision of the curvature products and losses.", choices=PRECISIONS
+    )
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
+
+    def check(self) -> None:
+        EvalOptions(device=self.device)  # an unavailable device, refused with the fix
 
 
 @dataclass(frozen=True)
@@ -1126,6 +1158,7 @@ def merge_decomposition(
     mean: str = "projected",
     geometries: Sequence[str] = ("curvature", "flat"),
     examples: int = 256,
+    dtype: str = "float64",
     device: str = "cpu",
     labels: Sequence[str] | None = None,
     task: Any = None,
@@ -1153,9 +1186,11 @@ def merge_decomposition(
         curvature=curvature,
         examples=examples,
         task=task,
+        dtype=dtype,
         device=device,
         with_products=True,
     )
+    gs = gs.double()
     k, full = len(ps), sub.rank
     coords = sub.coords  # (K, full); tau_i = U c_i + r_full_i with r_full_i = 0 up to rounding
     shape = (len(geometries), len(ranks), k)
@@ -1170,7 +1205,7 @@ def merge_decomposition(
             theta_star = _flat(b, sub.keys).double() + sub.basis[:, :r] @ c_star
             for i in range(k):
                 d = c_star - coords[i, :r]
-                hu = hus[i].cpu()
+                hu = hus[i].cpu().double()
                 var = 0.5 * float(d @ gs[i, :r, :r] @ d)
                 # H_i r_i = H_i U[:, r:] c_i[r:]: the residual lies in the span of the
                 # remaining directions (the task vectors' full subspace)
@@ -1185,7 +1220,8 @@ def merge_decomposition(
                 out["predicted"][gi, ri, i] = var + resid - cross
                 op = ops[i]
                 out["measured"][gi, ri, i] = (
-                    float(op.empirical_loss.value(theta_star.to(op.device))) - base_loss[i]
+                    float(op.empirical_loss.value(theta_star.to(device=op.device, dtype=op.dtype)))
+                    - base_loss[i]
                 )
                 frac[gi, ri, i] = float((tail**2).sum() / sub.tau_sq[i].clamp(min=1e-300))
     dims = ("geometry", "rank", "task")
@@ -1209,6 +1245,7 @@ def merge_decomposition(
         mean=mean,
         geometries=tuple(geometries),
         examples=examples,
+        dtype=dtype,
         device=device,
     )
     return MergeDecomposition(table=table, curvature=curvature, labels=names, spec=spec)

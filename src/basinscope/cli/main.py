@@ -100,6 +100,20 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "FINETUNE",
         "Fine-tune a pretrained model on a shifted target; forgetting and adaptation.",
     ),
+    "merge": (
+        "basinscope.cli.merging",
+        "MERGE",
+        "Merge models fine-tuned from one base, with a named method (the formula is recorded).",
+    ),
+    "merge-decomposition": (
+        "basinscope.cli.merging",
+        "MERGE_DECOMPOSITION",
+        "The loss increase of subspace merges per task and rank, split into the Fréchet "
+        "variance inside the subspace, the residual energy outside it and their cross term "
+        "(the quadratic model at each θi with the --curvature Hi), next to the measured "
+        "increase Li(θ*) − Li(θi) on each task's data, for the curvature-aware and the flat "
+        "merge.",
+    ),
     "plot": (
         "basinscope.cli.plot",
         "plot_cmd",

@@ -13,6 +13,7 @@ shifted variants (rotation, block shuffling, noise) used to study fine-tuning un
 distribution shift.
 """
 
+from basinscope.data.corruptions import label_noise, patch_data, patch_only_images
 from basinscope.data.dictdata import DictData
 from basinscope.data.digits import DIGITS_SPLITS, load_digits
 from basinscope.data.loaders import (
@@ -50,6 +51,7 @@ __all__ = [
     "block_permutation",
     "block_shuffle",
     "data_splits",
+    "label_noise",
     "label_subset",
     "load_digits",
     "load_mnist5k",
@@ -57,6 +59,8 @@ __all__ = [
     "load_object",
     "load_tokens",
     "mnist5k_path",
+    "patch_data",
+    "patch_only_images",
     "resolve_data",
     "rotate",
 ]

@@ -121,8 +121,9 @@ class MergingConfig:
     # where pre-training, the merges, planes and barriers compute (cpu, cuda, cuda:N, mps);
     # fine-tuning runs on the CPU
     device: str = DEFAULT_DEVICE
-    # precision of the evaluations (accuracies, selection, planes, barriers): float32 or
-    # float64; Fishers and curvatures are float64, training and fine-tuning float32
+    # precision of the evaluations (test accuracies, planes, barriers): float32 or float64;
+    # Fishers, curvatures and the validation scores of the selection are float64, training
+    # and fine-tuning float32
     dtype: str = DEFAULT_DTYPE
     figure_formats: tuple[str, ...] = ("png", "pdf")  # files of each report figure
 
@@ -492,8 +493,8 @@ def _merge_call(cfg, root, family, base, start_name, runs, tasks) -> StageCall:
         "mean": cfg.mean,
         "fisher": cfg.fisher,
         "examples": cfg.examples,
-        "strategy": cfg.eval_strategy,
-        **where,
+        "merge_dtype": "float64",
+        **where,  # the test metrics of the merges in the study's precision
     }
     models = [r.model for r in runs]
 
@@ -502,7 +503,6 @@ def _merge_call(cfg, root, family, base, start_name, runs, tasks) -> StageCall:
 
         from basinscope.analyses.merging import METHOD_HYPER, merge_all
         from basinscope.engine import evaluate_model
-        from basinscope.spec import EvalOptions
 
         def test_metrics(model) -> dict[str, dict[str, float]]:
             out = {}
@@ -536,7 +536,8 @@ def _merge_call(cfg, root, family, base, start_name, runs, tasks) -> StageCall:
             mean=cfg.mean,
             fisher=cfg.fisher,
             examples=cfg.examples,
-            eval=EvalOptions(strategy=cfg.eval_strategy, **where),
+            dtype="float64",  # the Fishers, curvature products and the validation scores
+            device=cfg.device,
         )
         rows = {}
         for name, _, _ in _variants(cfg):
@@ -844,7 +845,7 @@ def definitions(cfg: MergingConfig) -> dict[str, str]:
         "barrier": f"{cfg.barrier_definition}: {FORMULAS[cfg.barrier_definition]}; f = test {cfg.barrier_metric} of the task at (1 - alpha) theta_i + alpha theta_merge, {cfg.barrier_points} points on [0, 1] refined around the maximum; theta_i is the task's fine-tuned model",
         "plane": f"the plane through the start theta_0 and the fine-tuned models of tasks {cfg.plane_tasks[0]} and {cfg.plane_tasks[1]} (orthonormal axes), a {cfg.grid}x{cfg.grid} grid with margin {cfg.plane_margin:g}; each merge is drawn at its projection, with its distance from the plane",
         "decomposition": f"merge_decomposition with the {cfg.curvature} metric on {cfg.examples} training examples per task, ranks {_ranks(cfg)}: variance 1/2 (c* - c_i)^T G_i (c* - c_i) inside the subspace, residual 1/2 r_i^T H_i r_i outside it, their cross term, predicted = their sum, measured = L_i(theta*) - L_i(theta_i) on the same examples",
-        "precision": f"accuracies, selection, planes and barriers in {cfg.dtype} on {cfg.device}; Fishers, curvatures and the decomposition in float64; pre-training in float32 on {cfg.device}; fine-tuning (float32) on the CPU",
+        "precision": f"test accuracies, planes and barriers in {cfg.dtype} on {cfg.device}; Fishers, curvatures, the validation scores of the selection and the decomposition in float64 on {cfg.device}; pre-training in float32 on {cfg.device}; fine-tuning (float32) on the CPU",
     }
 
 
