@@ -15,7 +15,7 @@ from basinscope.experiments.registry import (
 
 def test_builtin_studies_are_registered_with_frozen_configs():
     names = {s.name for s in list_studies()}
-    assert {"rotated-digits", "flatness-vs-batch-size", "skip-connections"} <= names
+    assert {"rotated-digits", "flatness-vs-batch-size", "skip-connections", "merging"} <= names
     for s in list_studies():
         cfg = s.config()
         with pytest.raises(dataclasses.FrozenInstanceError):
@@ -85,7 +85,7 @@ def test_figure_formats_are_checked_and_the_default_writes_pdfs():
     from basinscope.errors import BasinscopeError
     from basinscope.experiments.registry import make_config
 
-    for name in ("rotated-digits", "flatness-vs-batch-size", "skip-connections"):
+    for name in ("rotated-digits", "flatness-vs-batch-size", "skip-connections", "merging"):
         assert make_config(name).figure_formats == ("png", "pdf")
         assert make_config(name, smoke=True).figure_formats == ("png",)
         with pytest.raises(

@@ -65,7 +65,7 @@ def test_identity_leaves_out_device_and_dtype_only_at_their_defaults():
     assert (stages.DEFAULT_DEVICE, stages.DEFAULT_DTYPE) == ("cpu", "float32")
 
 
-@pytest.mark.parametrize("name", STUDIES)
+@pytest.mark.parametrize("name", sorted(DIGESTS_BEFORE))
 def test_every_shipped_configuration_keeps_the_run_folder_digest_it_had(name):
     """The defaults, --quick and --smoke of every study name their run folders as before
     device and dtype were settings; another device or dtype names another folder."""
@@ -87,6 +87,16 @@ def test_every_shipped_configuration_keeps_the_run_folder_digest_it_had(name):
     ]
     digests = {config_hash(name, c) for c in others}
     assert len(digests) == 2 and expected["smoke"] not in digests
+
+
+@pytest.mark.parametrize("name", [s for s in STUDIES if s not in DIGESTS_BEFORE])
+def test_a_newer_study_leaves_the_default_device_and_dtype_out_of_its_digest(name):
+    smoke = make_config(name, smoke=True)
+    explicit = make_config(name, smoke=True, device="cpu", dtype="float32")
+    assert config_hash(name, explicit) == config_hash(name, smoke)
+    assert config_hash(name, dataclasses.replace(smoke, dtype="float64")) != config_hash(
+        name, smoke
+    )
 
 
 @pytest.mark.parametrize("name", STUDIES)
