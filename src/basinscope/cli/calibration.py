@@ -63,11 +63,10 @@ class CalibrateCommand(Spec):
             )
 
 
-def _splits_checked(cmd: CalibrateCommand) -> None:
-    """Refuse a --val-split the built-in data lacks (with the fix), and warn when the
-    temperature is fitted where it is evaluated or where the model was trained."""
-    val, test = cmd.val_split, cmd.split
-    flag, tflag = cmd.name_of("val_split"), cmd.name_of("split")
+def _load_val(cmd: CalibrateCommand) -> Any:
+    """The split the temperature is fitted on; a --val-split the data lacks is refused
+    with the fix."""
+    val, flag = cmd.val_split, cmd.name_of("val_split")
     have = _BUILTIN_SPLITS.get(cmd.data.data)
     if have is not None and val not in have:
         raise BasinscopeError(
@@ -77,6 +76,19 @@ def _splits_checked(cmd: CalibrateCommand) -> None:
             "held-out validation split (a .npz with x_val/y_val beside x_train/y_train and "
             f"x_test/y_test, then {flag} val)"
         )
+    try:
+        return cmd.data.load(val)
+    except BasinscopeError as e:
+        raise BasinscopeError(
+            f"{flag} {val} (the split the temperature is fitted on): {e}"
+        ) from None
+
+
+def _warn_about_splits(cmd: CalibrateCommand) -> None:
+    """Warn when the temperature is fitted where it is evaluated or where the model was
+    trained."""
+    val, test = cmd.val_split, cmd.split
+    flag, tflag = cmd.name_of("val_split"), cmd.name_of("split")
     if val == test:
         warnings.warn(
             f"{flag} and {tflag} are both {val!r}: the temperature is fitted on the data it is "
@@ -95,21 +107,20 @@ def _splits_checked(cmd: CalibrateCommand) -> None:
         )
 
 
-def _load_val(cmd: CalibrateCommand) -> Any:
-    try:
-        return cmd.data.load(cmd.val_split)
-    except BasinscopeError as e:
-        raise BasinscopeError(
-            f"{cmd.name_of('val_split')} {cmd.val_split} (the split the temperature is fitted "
-            f"on): {e}"
-        ) from None
-
-
 def run_calibrate(cmd: CalibrateCommand, ctx: Context) -> CalibrationResult:
-    _splits_checked(cmd)
     nets = cmd.models.load(1, "calibration")
     val = _load_val(cmd)
     test = val if cmd.split == cmd.val_split else cmd.data.load(cmd.split)
+    for name, d in ((cmd.val_split, val), (cmd.split, test)):
+        if getattr(d, "regression", False) is True:  # TensorData with float targets
+            y = d.y
+            raise BasinscopeError(
+                f"calibration scales a classifier's probabilities: the {name} split of "
+                f"{cmd.data.data} has regression targets ({str(y.dtype).replace('torch.', '')} "
+                f"y of shape {tuple(y.shape)}); calibrate a classifier, on data whose y are "
+                "integer class labels"
+            )
+    _warn_about_splits(cmd)
     ctx.open(fingerprints(nets, {cmd.val_split: val, cmd.split: test}))
     what = "one model" if len(nets) == 1 else f"an ensemble of {len(nets)} (and each member)"
     ctx.say(
