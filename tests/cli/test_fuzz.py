@@ -218,6 +218,7 @@ _KIND_BY_NAME = {
     "--splits": "split",
     "--split": "split",
     "--eval-split": "split",
+    "--val-split": "split",
 }
 
 
@@ -389,6 +390,7 @@ def _base(name: str, p: dict[str, Path], d: Path) -> list[str]:
             "3",
             *q,
         ],
+        "calibrate": ["calibrate", *m, *two, "--val-split", "train", "--bins", "5", *q],
         "similarity": ["similarity", *m, *two, "--max-examples", "64", *q],
         "distance": ["distance", *m, *two, "--mistakes", *q],
         "rewind": ["rewind", *m, "--weights", a, "--init", b, "--strategy", "loop", *q],
@@ -496,6 +498,7 @@ def test_every_command_is_fuzzed():
             "curve",
             "align",
             "ensemble",
+            "calibrate",
             "similarity",
             "distance",
             "rewind",

@@ -107,6 +107,14 @@ def _warn_about_splits(cmd: CalibrateCommand) -> None:
         )
 
 
+def _size(data: Any) -> str:
+    """`` (N examples)``, or nothing for data streamed without a length."""
+    try:
+        return f" ({len(data)} examples)"
+    except TypeError:
+        return ""
+
+
 def run_calibrate(cmd: CalibrateCommand, ctx: Context) -> CalibrationResult:
     nets = cmd.models.load(1, "calibration")
     val = _load_val(cmd)
@@ -120,14 +128,15 @@ def run_calibrate(cmd: CalibrateCommand, ctx: Context) -> CalibrationResult:
                 f"y of shape {tuple(y.shape)}); calibrate a classifier, on data whose y are "
                 "integer class labels"
             )
-    _warn_about_splits(cmd)
     ctx.open(fingerprints(nets, {cmd.val_split: val, cmd.split: test}))
     what = "one model" if len(nets) == 1 else f"an ensemble of {len(nets)} (and each member)"
     ctx.say(
-        f"temperature scaling of {what}: fitted on {cmd.val_split} ({len(val)} examples), "
-        f"reported on {cmd.split} ({len(test)} examples) ..."
+        f"temperature scaling of {what}: fitted on {cmd.val_split}{_size(val)}, reported on "
+        f"{cmd.split}{_size(test)} ..."
     )
-    return calibrate(nets, val, test, spec=cmd.calibration, task=cmd.task.build())
+    res = calibrate(nets, val, test, spec=cmd.calibration, task=cmd.task.build())
+    _warn_about_splits(cmd)  # about the result: after any error, which is the one line shown
+    return res
 
 
 CALIBRATE_EX = """
