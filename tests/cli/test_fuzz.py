@@ -221,6 +221,7 @@ _KIND_BY_NAME = {
     "--base": "weights",
     "--task-data": "data",
     "--val-data": "data",
+    "--val-split": "split",
 }
 
 
@@ -392,6 +393,7 @@ def _base(name: str, p: dict[str, Path], d: Path) -> list[str]:
             "3",
             *q,
         ],
+        "calibrate": ["calibrate", *m, *two, "--val-split", "train", "--bins", "5", *q],
         "similarity": ["similarity", *m, *two, "--max-examples", "64", *q],
         "distance": ["distance", *m, *two, "--mistakes", *q],
         "rewind": ["rewind", *m, "--weights", a, "--init", b, "--strategy", "loop", *q],
@@ -513,6 +515,7 @@ def test_every_command_is_fuzzed():
             "curve",
             "align",
             "ensemble",
+            "calibrate",
             "similarity",
             "distance",
             "rewind",

@@ -22,7 +22,7 @@ COMMANDS = [
 
 def test_every_command_is_registered_once():
     names = [c.name for c in COMMANDS]
-    assert len(names) == len(set(names)) == 18
+    assert len(names) == len(set(names)) == 19
     assert set(names) <= set(cli_main.COMMANDS)
     assert all(cli_main.COMMANDS[c.name][1] for c in COMMANDS)
 

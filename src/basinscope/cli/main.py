@@ -75,6 +75,12 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "ENSEMBLE",
         "Ensembles from one run (FGE, SWA) or independent ensembles, with their budget.",
     ),
+    "calibrate": (
+        "basinscope.cli.calibration",
+        "CALIBRATE",
+        "Temperature scaling of a model or an ensemble, with NLL, accuracy, ECE, Brier score "
+        "and classwise ECE before and after.",
+    ),
     "similarity": (
         "basinscope.cli.transfer",
         "SIMILARITY",
