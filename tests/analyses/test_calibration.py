@@ -153,3 +153,34 @@ def test_bad_input_is_refused():
         C.CalibrationSpec(binning="x")
     with pytest.raises(BasinscopeError, match="at least one model"):
         C.calibrate([], (torch.zeros(1, 2), torch.zeros(1)), (torch.zeros(1, 2), torch.zeros(1)))
+
+
+def test_cross_validation_calibrates_each_half_with_the_other():
+    z, y = logits(n=101, seed=5)
+    r = C.calibrate_log_probs(None, None, z, y, bins=5, repeats=1, seed=7)
+    perm = np.random.default_rng(7).permutation(101)
+    a, b = perm[:50], perm[50:]
+    cal = np.empty_like(z)
+    taus = []
+    for fit, held in ((a, b), (b, a)):
+        t = C.fit_temperature(z[fit], y[fit]).tau
+        taus.append(t)
+        cal[held] = C.apply_temperature(z[held], t)
+    assert r.temperatures == pytest.approx(taus, rel=1e-12)
+    assert r.after == pytest.approx(C.calibration_metrics(cal, y, bins=5), rel=1e-10)
+    assert r.before == pytest.approx(C.calibration_metrics(z, y, bins=5), rel=1e-12)
+    assert r.protocol.startswith("test-time cross-validation") and r.n_test == 101
+    many = C.calibrate_log_probs(None, None, z, y, repeats=4)
+    assert len(many.temperatures) == 8 and many.temperature == pytest.approx(
+        np.median(many.temperatures)
+    )
+
+
+def test_regression_is_refused_by_name():
+    model = nn.Linear(3, 2)
+    x = torch.randn(6, 3)
+    with pytest.raises(
+        BasinscopeError,
+        match=r"calibration scales a classifier's probabilities over classes, got float32 targets of shape \(6, 2\)",
+    ):
+        C.calibrate(model, None, (x, torch.randn(6, 2)))

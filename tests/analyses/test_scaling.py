@@ -113,3 +113,14 @@ def test_bad_input_is_refused():
         memory_split(laws_table(), {4: 100, 8: 300, 16: 1000}, [50])
     with pytest.raises(BasinscopeError, match="params lacks the widths"):
         memory_split(laws_table(), {4: 100}, [1000])
+
+
+def test_the_band_holds_the_draws_curves():
+    rng = np.random.default_rng(3)
+    y = 0.3 + 1.5 * X**-0.7 + 0.01 * rng.normal(size=len(X))
+    f = fit_power_law(X, y, bootstrap=100)
+    assert f.draws.shape == (100 - f.failed_bootstraps, 3)
+    lo, hi = f.band(X)
+    assert (lo <= f.predict(X) + 1e-9).all() and (hi >= f.predict(X) - 1e-9).all()
+    assert (hi - lo).max() > 0
+    assert np.isnan(fit_power_law(X, y, bootstrap=0).band(X)[0]).all()

@@ -1,8 +1,8 @@
 """``basinscope calibrate`` through the real entry point.
 
 Two tiny MLPs (hidden width 16) trained for 20 steps on 300 digits from different seeds;
-the digits again as a ``.npz`` with a validation split (half of the test images), so the
-defaults (--val-split val, --split test) apply. The --json output equals the library's
+the digits again as a ``.npz`` with a validation split (half of the test images), fitted
+with --val-split val; without --val-split, test-time cross-validation on --split. The --json output equals the library's
 result; every user error by its message (exit 2, ``error:`` on stderr, no traceback).
 """
 
@@ -91,12 +91,15 @@ def test_one_model_json_is_the_library_result_and_the_run_folder(capsys, weights
     from basinscope.store import load
 
     out = tmp_path / "run"
-    code, io = run(capsys, *BASE, "--weights", weights[0], "--data", npz, "--out", out, "--json")
+    args = ("--weights", weights[0], "--data", npz, "--val-split", "val")
+    code, io = run(capsys, *BASE, *args, "--out", out, "--json")
     assert code == 0, io.err
     assert "warning" not in io.err, io.err
     printed = json.loads(io.out)
     val, test = resolve_data(str(npz), "val"), resolve_data(str(npz), "test")
-    assert printed == library(weights[:1], val, test)
+    names = {"labels": ("m0",), "split": "test", "val_split": "val"}
+    assert printed == library(weights[:1], val, test, **names)
+    assert printed["protocol"] == "validation split"
     assert printed["kind"] == "calibration" and len(printed["members"]) == 1
     assert printed["n_val"] == 225 and printed["n_test"] == 225
     assert printed["members_calibrated"] == {}
@@ -118,7 +121,9 @@ def test_an_ensemble_of_two_on_the_digits_fitted_on_train_warns(capsys, weights,
     assert code == 0, io.err
     assert "warning: --val-split train: the temperature is fitted on the training data" in io.err
     printed = json.loads(io.out)
-    assert printed == library(weights, load_digits("train"), load_digits("test"), bins=10)
+    names = {"labels": ("m0", "m1"), "split": "test", "val_split": "train"}
+    ref = library(weights, load_digits("train"), load_digits("test"), bins=10, **names)
+    assert printed == ref
     assert len(printed["members"]) == 2 and set(printed["members_calibrated"]) >= {"nll", "ece"}
     assert printed["n_val"] == 1347 and printed["n_test"] == 450
     assert len(printed["reliability_after"]["count"]) == 10
@@ -151,13 +156,28 @@ def test_without_weights(capsys, tmp_path):
     )
 
 
-def test_data_without_a_validation_split(capsys, weights, tmp_path):
+def test_without_a_validation_split_tau_is_cross_validated(capsys, weights, tmp_path):
+    from basinscope.data import load_digits
+
+    out = tmp_path / "run"
+    args = ("--weights", weights[0], "--repeats", "3", "--out", out, "--json", "--no-plot")
+    code, io = run(capsys, *BASE, *args)
+    assert code == 0, io.err
+    assert "warning" not in io.err
+    printed = json.loads(io.out)
+    names = {"labels": ("m0",), "split": "test", "val_split": "(cross-validation)"}
+    assert printed == library(weights[:1], None, load_digits("test"), repeats=3, **names)
+    assert printed["protocol"].startswith("test-time cross-validation (3 random halvings)")
+    assert len(printed["temperatures"]) == 6
+
+
+def test_data_without_the_named_validation_split(capsys, weights, tmp_path):
     out = tmp_path / "run"
     assert_error(
         capsys,
-        [*BASE, "--weights", weights[0], "--out", out],
+        [*BASE, "--weights", weights[0], "--val-split", "val", "--out", out],
         re.escape("digits has no split 'val' to fit the temperature on (its splits: train, test"),
-        re.escape("pass --val-split train"),
+        re.escape("leave --val-split out (test-time cross-validation on --split)"),
         re.escape("a .npz with x_val/y_val"),
     )
     assert not out.exists()
@@ -165,7 +185,7 @@ def test_data_without_a_validation_split(capsys, weights, tmp_path):
     np.savez(plain, x=np.zeros((20, 64), np.float32), y=np.arange(20) % 10)
     assert_error(
         capsys,
-        [*BASE, "--weights", weights[0], "--data", plain, "--out", out],
+        [*BASE, "--weights", weights[0], "--data", plain, "--val-split", "val", "--out", out],
         re.escape("--val-split val (the split the temperature is fitted on): "),
         r"has no val arrays",
         r"x_val/y_val",
@@ -184,7 +204,17 @@ def test_a_regression_task_is_refused(capsys, weights, tmp_path):
     np.savez(reg, x_train=x, y_train=x[:, 0], x_val=x, y_val=x[:, 0], x_test=x, y_test=x[:, 0])
     assert_error(
         capsys,
-        [*BASE, "--weights", weights[0], "--data", reg, "--out", tmp_path / "run2"],
+        [
+            *BASE,
+            "--weights",
+            weights[0],
+            "--data",
+            reg,
+            "--val-split",
+            "val",
+            "--out",
+            tmp_path / "run2",
+        ],
         re.escape("calibration scales a classifier's probabilities: the val split of "),
         re.escape("has regression targets (float32 y of shape (40,)); calibrate a classifier"),
     )
@@ -193,10 +223,7 @@ def test_a_regression_task_is_refused(capsys, weights, tmp_path):
 @pytest.mark.parametrize(
     ("extra", "patterns"),
     [
-        (
-            ["--bn", "recompute"],
-            [re.escape("calibration evaluates each model with its stored BatchNorm statistics")],
-        ),
+        (["--device", "bogus"], [r"--device 'bogus' is not available here"]),
         (["--binning", "quantile"], [r"unknown --binning 'quantile': expected one of equal_width"]),
         (["--bins", "0"], [r"--bins"]),
         (["--split", "../x"], [r"split name '\.\./x' cannot be used"]),

@@ -90,7 +90,7 @@ def test_power_law_on_log_log_axes_with_its_band_and_asymptote(law):
     assert ax.get_ylabel() == "y − c"
     labels = _legend(ax)
     assert labels[1].startswith(f"fit: a = {r.a:.3g} [{r.ci['a'][0]:.3g}")
-    assert labels[2] == "a, b within their 95% bootstrap intervals"
+    assert labels[2] == "pointwise 95% bootstrap band"
     # the points are y - c; the line is b x^-a, straight on these axes
     pts, line = ax.get_lines()[:2]
     assert pts.get_ydata() == pytest.approx(r.y - r.c)

@@ -49,7 +49,7 @@ from torch import nn
 
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result, fmt
-from basinscope.spec import EvalOptions, Spec, group, option, takes_spec
+from basinscope.spec import EVAL_DTYPES, EvalOptions, Spec, option, takes_spec
 
 __all__ = [
     "BINNINGS",
@@ -251,7 +251,6 @@ def log_probabilities(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Every model's log-softmax over ``data``: ``(M, N, C)`` float64 and the labels
     ``(N,)``. Models run in eval mode (left as they were), through the ``task``."""
-    from basinscope.analyses.ensembles import _check_classification
     from basinscope.analyses.similarity import evaluated
     from basinscope.engine import as_batches
     from basinscope.engine.task import as_task
@@ -260,13 +259,13 @@ def log_probabilities(
     if not models:
         raise BasinscopeError("calibration needs at least one model, got none")
     task = as_task(task)
-    _check_classification(task)
+    _check_classifier(task)
     out: list[list[np.ndarray]] = [[] for _ in models]
     labels = []
     with evaluated(models, device, dtype) as ev, torch.no_grad():
         for x, y in as_batches(data, batch_size=batch_size, task=task):
             y = torch.as_tensor(y)
-            _check_classification(task, y)
+            _check_classifier(task, y)
             x = ev.inputs(x)
             for i, net in enumerate(ev.models):
                 z = task.prediction(ev.run(net, x))
@@ -277,6 +276,21 @@ def log_probabilities(
                 out[i].append(F.log_softmax(z.double(), dim=1).cpu().numpy())
             labels.append(y.cpu().numpy())
     return np.stack([np.concatenate(o) for o in out]), np.concatenate(labels)
+
+
+def _check_classifier(task: Any, y: Any = None) -> None:
+    """Refuse a regression task (by its loss, or by the first batch's targets)."""
+    found = ""
+    if task.loss == "mse":
+        found = "the loss mse (a regression loss)"
+    elif y is not None and (y.is_floating_point() or y.ndim != 1):
+        found = f"{str(y.dtype).replace('torch.', '')} targets of shape {tuple(y.shape)}"
+    if found:
+        raise BasinscopeError(
+            f"calibration scales a classifier's probabilities over classes, got {found}: "
+            "calibrate a classifier whose targets are integer class labels (loss "
+            "cross_entropy)"
+        )
 
 
 def _average(log_probs: np.ndarray) -> np.ndarray:
@@ -293,7 +307,9 @@ class CalibrationSpec(Spec):
 
     p_cal = softmax(log p / τ) with τ = argmax log p(D_val | τ), solved exactly (the
     validation NLL is convex in 1/τ). τ is fitted on --val-split and every metric reported
-    on --split. More than one --weights is an ensemble: its averaged probabilities get one
+    on --split; without --val-split, by test-time cross-validation (Ashukha et al. 2020): the
+    --split data is halved at random, τ fitted on each half and applied to the other, and
+    the calibrated metrics averaged over --repeats halvings. More than one --weights is an ensemble: its averaged probabilities get one
     τ ("average", Ashukha et al. 2020's calibrated log-likelihood), and each member its
     own τ before averaging ("members"); each member's own metrics are reported too. ECE
     bins the top-1 confidence into --bins bins, equal_width (intervals of [0, 1]) or
@@ -307,7 +323,24 @@ class CalibrationSpec(Spec):
 
     bins: int = option(15, "Bins of the ECE and the reliability diagram.", low=1, high=10_000)
     binning: str = option("equal_width", "How confidences are binned.", choices=BINNINGS)
-    eval: EvalOptions = group(EvalOptions)
+    repeats: int = option(
+        5,
+        "Without a validation split: random halvings of the test data (test-time "
+        "cross-validation).",
+        low=1,
+        high=1000,
+    )
+    seed: int = option(0, "Seed of the halvings.", low=0)
+    dtype: str = option(
+        "float32",
+        "Precision the models run in (their log-softmax is float64).",
+        choices=EVAL_DTYPES,
+    )
+    device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
+    batch_size: int = option(1024, "Examples per forward pass.", low=1)
+
+    def check(self) -> None:
+        EvalOptions(device=self.device)  # an unavailable device, refused with the fix
 
 
 @dataclass(frozen=True)
@@ -317,7 +350,13 @@ class CalibrationResult(Result, kind="calibration"):
     with it; ``val_before``/``val_after`` on the validation data; ``members`` one entry per
     member (``temperature``, ``before``, ``after``); ``members_calibrated`` the metrics of
     the average of the calibrated members (ensembles only); ``reliability_before``/``_after``
-    the reliability diagram's bins (:func:`reliability`)."""
+    the reliability diagram's bins (:func:`reliability`). ``protocol`` says where τ was
+    fitted: ``"validation split"``, or ``"test-time cross-validation"`` (the test data
+    halved at random ``repeats`` times, τ fitted on each half and applied to the other:
+    ``after`` and ``members_calibrated`` are then the held-out predictions' metrics averaged
+    over the halvings, ``temperature`` the median of ``temperatures``, ``val_*`` the fitting
+    halves' metrics averaged). ``split``, ``val_split`` and ``labels`` (of the members)
+    name the inputs."""
 
     temperature: float
     before: dict[str, float]
@@ -333,6 +372,11 @@ class CalibrationResult(Result, kind="calibration"):
     binning: str = "equal_width"
     n_val: int = 0
     n_test: int = 0
+    protocol: str = "validation split"
+    temperatures: list[float] = field(default_factory=list)
+    split: str = ""
+    val_split: str = ""
+    labels: tuple[str, ...] = ()
     definition: str = CALIBRATION_DEFINITION
     spec: CalibrationSpec | None = None
 
@@ -353,6 +397,20 @@ class CalibrationResult(Result, kind="calibration"):
         return lines
 
 
+def _fit_and_apply(
+    zv: np.ndarray, yv: np.ndarray, zt: np.ndarray
+) -> tuple[list[Temperature], list[np.ndarray], Temperature, np.ndarray]:
+    """Each member's and the average's temperature fitted on ``zv``, applied to ``zt``."""
+    temps = [fit_temperature(mv, yv) for mv in zv]
+    members = [apply_temperature(mt, t.tau) for mt, t in zip(zt, temps)]
+    t = fit_temperature(_average(zv), yv)
+    return temps, members, t, apply_temperature(_average(zt), t.tau)
+
+
+def _mean_metrics(rows: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
 def calibrate_log_probs(
     val_log_probs: Any,
     val_labels: Any,
@@ -361,56 +419,126 @@ def calibrate_log_probs(
     *,
     bins: int = 15,
     binning: str = "equal_width",
+    repeats: int = 5,
+    seed: int = 0,
 ) -> CalibrationResult:
     """:func:`calibrate` on precomputed log-probabilities, ``(N, C)`` for one model or
-    ``(M, N, C)`` for an ensemble of ``M`` members."""
-    zv = np.asarray(val_log_probs, dtype=np.float64)
+    ``(M, N, C)`` for an ensemble of ``M`` members. ``val_log_probs=None`` (and
+    ``val_labels=None``): test-time cross-validation over ``repeats`` random halvings of
+    the test data (seeded by ``seed``)."""
     zt = np.asarray(test_log_probs, dtype=np.float64)
-    if zv.ndim == 2:
-        zv, zt = zv[None], zt[None]
+    zt = zt[None] if zt.ndim == 2 else zt
+    yt = np.asarray(test_labels)
+    kw = {"bins": bins, "binning": binning}
+    if val_log_probs is None:
+        return _cross_validated(zt, yt, repeats, seed, kw)
+    zv = np.asarray(val_log_probs, dtype=np.float64)
+    zv = zv[None] if zv.ndim == 2 else zv
     if zv.ndim != 3 or zt.ndim != 3 or zv.shape[0] != zt.shape[0] or zv.shape[2] != zt.shape[2]:
         raise BasinscopeError(
             "validation and test log-probabilities must be (N, C) or (M, N, C) with the same "
             f"members and classes, got {zv.shape} and {zt.shape}"
         )
-    kw = {"bins": bins, "binning": binning}
-    members = []
-    cal_val, cal_test = [], []
-    for mv, mt in zip(zv, zt):
-        t = fit_temperature(mv, val_labels)
-        cv, ct = apply_temperature(mv, t.tau), apply_temperature(mt, t.tau)
-        cal_val.append(cv)
-        cal_test.append(ct)
-        members.append(
-            {
-                "temperature": t.tau,
-                "at_bound": t.at_bound,
-                "before": calibration_metrics(mt, test_labels, **kw),
-                "after": calibration_metrics(ct, test_labels, **kw),
-            }
-        )
+    temps, cal, t, after = _fit_and_apply(zv, np.asarray(val_labels), zt)
     av, at = _average(zv), _average(zt)
-    t = fit_temperature(av, val_labels)
-    after = apply_temperature(at, t.tau)
+    members = [
+        {
+            "temperature": tm.tau,
+            "at_bound": tm.at_bound,
+            "before": calibration_metrics(mt, yt, **kw),
+            "after": calibration_metrics(ct, yt, **kw),
+        }
+        for tm, mt, ct in zip(temps, zt, cal)
+    ]
     return CalibrationResult(
         temperature=t.tau,
-        before=calibration_metrics(at, test_labels, **kw),
-        after=calibration_metrics(after, test_labels, **kw),
+        before=calibration_metrics(at, yt, **kw),
+        after=calibration_metrics(after, yt, **kw),
         val_before=calibration_metrics(av, val_labels, **kw),
         val_after=calibration_metrics(apply_temperature(av, t.tau), val_labels, **kw),
         members=members,
         members_calibrated=(
-            calibration_metrics(_average(np.stack(cal_test)), test_labels, **kw)
-            if len(members) > 1
-            else {}
+            calibration_metrics(_average(np.stack(cal)), yt, **kw) if len(members) > 1 else {}
         ),
-        reliability_before=reliability(np.exp(at), test_labels, **kw),
-        reliability_after=reliability(np.exp(after), test_labels, **kw),
+        reliability_before=reliability(np.exp(at), yt, **kw),
+        reliability_after=reliability(np.exp(after), yt, **kw),
         at_bound=t.at_bound,
         bins=bins,
         binning=binning,
         n_val=int(zv.shape[1]),
         n_test=int(zt.shape[1]),
+        protocol="validation split",
+        temperatures=[t.tau],
+    )
+
+
+def _cross_validated(
+    zt: np.ndarray, yt: np.ndarray, repeats: int, seed: int, kw: dict[str, Any]
+) -> CalibrationResult:
+    """Test-time cross-validation (Ashukha et al. 2020): per random halving, each half's
+    predictions calibrated with the temperatures fitted on the other half."""
+    n = zt.shape[1]
+    if n < 4:
+        raise BasinscopeError(
+            f"test-time cross-validation halves the test data: it needs at least 4 examples, "
+            f"got {n}; pass a validation split"
+        )
+    if repeats < 1:
+        raise BasinscopeError(f"repeats must be at least 1, got {repeats}")
+    rng = np.random.default_rng(seed)
+    taus: list[float] = []
+    after_rows, members_rows, val_before, val_after = [], [], [], []
+    member_taus: list[list[float]] = [[] for _ in range(zt.shape[0])]
+    member_after: list[list[dict[str, float]]] = [[] for _ in range(zt.shape[0])]
+    first_after = None
+    for _ in range(repeats):
+        perm = rng.permutation(n)
+        halves = (perm[: n // 2], perm[n // 2 :])
+        cal_avg = np.empty(zt.shape[1:])
+        cal_members = np.empty(zt.shape)
+        for fit, held in (halves, halves[::-1]):
+            temps, cal, t, after = _fit_and_apply(zt[:, fit], yt[fit], zt[:, held])
+            cal_avg[held] = after
+            for i, (tm, c) in enumerate(zip(temps, cal)):
+                cal_members[i][held] = c
+                member_taus[i].append(tm.tau)
+            taus.append(t.tau)
+            av = _average(zt[:, fit])
+            val_before.append(calibration_metrics(av, yt[fit], **kw))
+            val_after.append(calibration_metrics(apply_temperature(av, t.tau), yt[fit], **kw))
+        after_rows.append(calibration_metrics(cal_avg, yt, **kw))
+        members_rows.append(calibration_metrics(_average(cal_members), yt, **kw))
+        for i in range(zt.shape[0]):
+            member_after[i].append(calibration_metrics(cal_members[i], yt, **kw))
+        if first_after is None:
+            first_after = cal_avg
+    at = _average(zt)
+    members = [
+        {
+            "temperature": float(np.median(member_taus[i])),
+            "at_bound": "",
+            "before": calibration_metrics(zt[i], yt, **kw),
+            "after": _mean_metrics(member_after[i]),
+        }
+        for i in range(zt.shape[0])
+    ]
+    assert first_after is not None
+    return CalibrationResult(
+        temperature=float(np.median(taus)),
+        before=calibration_metrics(at, yt, **kw),
+        after=_mean_metrics(after_rows),
+        val_before=_mean_metrics(val_before),
+        val_after=_mean_metrics(val_after),
+        members=members,
+        members_calibrated=_mean_metrics(members_rows) if len(members) > 1 else {},
+        reliability_before=reliability(np.exp(at), yt, **kw),
+        reliability_after=reliability(np.exp(first_after), yt, **kw),
+        bins=kw["bins"],
+        binning=kw["binning"],
+        n_val=n - n // 2,
+        n_test=n,
+        protocol=f"test-time cross-validation ({repeats} random halvings)",
+        temperatures=taus,
     )
 
 
@@ -422,16 +550,36 @@ def calibrate(
     *,
     bins: int = 15,
     binning: str = "equal_width",
-    eval: EvalOptions | None = None,
+    repeats: int = 5,
+    seed: int = 0,
+    dtype: str = "float32",
+    device: str = "cpu",
+    batch_size: int = 1024,
     task: Any = None,
+    labels: Sequence[str] = (),
+    split: str = "",
+    val_split: str = "",
 ) -> CalibrationResult:
     """Temperature-scale a model (or an ensemble: a sequence of models) on ``val_data`` and
-    report on ``test_data`` (see :class:`CalibrationSpec` and the module docstring)."""
-    ev = eval or EvalOptions()
+    report on ``test_data``; ``val_data=None`` is test-time cross-validation on
+    ``test_data`` (see :class:`CalibrationSpec` and the module docstring). ``labels``,
+    ``split`` and ``val_split`` name the members and the data in the result."""
     models = [models] if isinstance(models, nn.Module) else list(models)
-    kw = {"task": task, "batch_size": ev.batch_size, "device": ev.device, "dtype": ev.dtype}
-    zv, yv = log_probabilities(models, val_data, **kw)
+    kw = {"task": task, "batch_size": batch_size, "device": device, "dtype": dtype}
     zt, yt = log_probabilities(models, test_data, **kw)
-    res = calibrate_log_probs(zv, yv, zt, yt, bins=bins, binning=binning)
-    spec = CalibrationSpec(bins=bins, binning=binning, eval=ev)
-    return dataclasses.replace(res, spec=spec)
+    zv, yv = log_probabilities(models, val_data, **kw) if val_data is not None else (None, None)
+    res = calibrate_log_probs(
+        zv, yv, zt, yt, bins=bins, binning=binning, repeats=repeats, seed=seed
+    )
+    spec = CalibrationSpec(
+        bins=bins,
+        binning=binning,
+        repeats=repeats,
+        seed=seed,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+    )
+    return dataclasses.replace(
+        res, spec=spec, labels=tuple(labels), split=split, val_split=val_split
+    )

@@ -55,7 +55,8 @@ A_MAX = 20.0  # exponents beyond this are flat to double precision on any useful
 class PowerLawFit(Result, kind="power_law"):
     """A fitted :math:`y = c + b x^{-a}`: the estimates, their bootstrap percentile
     intervals ``ci[name] = [low, high]`` at ``level`` (empty without a bootstrap), the
-    points, the robust ``loss`` and its ``f_scale``, and how the bootstrap resampled."""
+    points, the robust ``loss`` and its ``f_scale``, how the bootstrap resampled, and its
+    ``draws`` (one row (a, b, c) per successful resample; :meth:`band`)."""
 
     a: float
     b: float
@@ -70,7 +71,22 @@ class PowerLawFit(Result, kind="power_law"):
     loss: str = "soft_l1"
     f_scale: float = 1.0
     rmse: float = math.nan
+    draws: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    seed: int = 0
     definition: str = POWER_LAW_DEFINITION
+
+    def band(self, x: Any, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The pointwise bootstrap band of :meth:`predict` at ``x`` (percentiles of the
+        draws' curves at ``level``, default the fit's); NaN without draws."""
+        x = np.asarray(x, dtype=np.float64)
+        if len(self.draws) == 0:
+            nan = np.full(x.shape, np.nan)
+            return nan, nan
+        a, b, c = self.draws[:, :1], self.draws[:, 1:2], self.draws[:, 2:]
+        curves = c + b * x.reshape(1, -1) ** (-a)
+        lv = self.level if level is None else level
+        lo, hi = np.percentile(curves, [(1 - lv) / 2 * 100, (1 + lv) / 2 * 100], axis=0)
+        return lo.reshape(x.shape), hi.reshape(x.shape)
 
     def predict(self, x: Any) -> np.ndarray:
         """:math:`c + b x^{-a}` at ``x``."""
@@ -198,6 +214,7 @@ def fit_power_law(
     rmse = float(np.sqrt(np.mean(_residual(p, x, y) ** 2)))
     ci: dict[str, list[float]] = {}
     failed, resample = 0, ""
+    d = np.zeros((0, 3))
     if bootstrap:
         resample = "samples" if samples is not None else "pairs"
         if resample == "pairs" and len(x) < 4:
@@ -247,6 +264,8 @@ def fit_power_law(
         loss=loss,
         f_scale=float(f_scale),
         rmse=rmse,
+        draws=d,
+        seed=seed,
     )
 
 
@@ -259,13 +278,15 @@ class MemorySplit(Result, kind="memory_split"):
     per-width laws' best among the same measured candidates, and its predicted NLL),
     ``measured_at_predicted`` (the measured NLL of that split), ``agree``, and
     ``extrapolated_width``/``extrapolated_n``/``extrapolated`` (the laws' best over every n
-    the budget allows, measured or not). ``laws`` are the per-width fits NLL_w(n) and
-    ``envelope`` the power law of the measured lower envelope in the budget."""
+    the budget allows, measured or not). ``laws`` are the per-width fits NLL_w(n) (keys:
+    the widths as text), ``envelope`` the power law of the measured lower envelope in the
+    budget and ``nll`` the measured grid (width, n) it was computed from."""
 
     table: xr.Dataset
     params: dict[str, int]
     laws: dict[str, PowerLawFit]
     envelope: PowerLawFit | None = None
+    nll: xr.DataArray | None = None
     definition: str = (
         "feasible: n * params(width) <= budget; best = argmin NLL; predicted by NLL_w(n) = "
         "c_w + b_w n^-a_w fitted per width"
@@ -399,4 +420,5 @@ def memory_split(
         params={str(w): int(params[w]) for w in widths},
         laws={str(w): f for w, f in fitted.items()},
         envelope=envelope,
+        nll=nll.assign_coords(width=[str(w) for w in widths]),
     )

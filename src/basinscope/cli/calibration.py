@@ -36,7 +36,9 @@ class CalibrateCommand(Spec):
     task: TaskOptions = group(TaskOptions)
     split: str = option("test", "Split every metric is reported on.")
     val_split: str = option(
-        "val", "Split the temperature is fitted on (held out from training and from --split)."
+        "",
+        "Split the temperature is fitted on (held out from training and from --split); "
+        "default: test-time cross-validation on --split (halved at random --repeats times).",
     )
     calibration: CalibrationSpec = group(CalibrationSpec)
 
@@ -54,27 +56,21 @@ class CalibrateCommand(Spec):
                 "mse is a regression loss; calibrate a classifier (cross_entropy, model, or a "
                 "loss of integer class labels)"
             )
-        bn = self.calibration.eval
-        if bn.bn_policy != "stored":
-            raise BasinscopeError(
-                f"calibration evaluates each model with its stored BatchNorm statistics, got "
-                f"{bn.name_of('bn_policy')} {bn.bn_policy}: pass {bn.name_of('bn_policy')} "
-                "stored (or leave it out)"
-            )
 
 
 def _load_val(cmd: CalibrateCommand) -> Any:
-    """The split the temperature is fitted on; a --val-split the data lacks is refused
-    with the fix."""
+    """The split the temperature is fitted on (None: cross-validation on --split); a
+    --val-split the data lacks is refused with the fix."""
     val, flag = cmd.val_split, cmd.name_of("val_split")
+    if not val:
+        return None
     have = _BUILTIN_SPLITS.get(cmd.data.data)
     if have is not None and val not in have:
         raise BasinscopeError(
             f"{cmd.data.data} has no split {val!r} to fit the temperature on (its splits: "
-            f"{', '.join(have)}): pass {flag} train (the training data: the fitted "
-            "temperature then comes out too low for a model that fits it), or data with a "
-            "held-out validation split (a .npz with x_val/y_val beside x_train/y_train and "
-            f"x_test/y_test, then {flag} val)"
+            f"{', '.join(have)}): leave {flag} out (test-time cross-validation on "
+            f"{cmd.name_of('split')}), or use data with a held-out validation split (a .npz "
+            f"with x_val/y_val beside x_train/y_train and x_test/y_test, then {flag} val)"
         )
     try:
         return cmd.data.load(val)
@@ -89,11 +85,14 @@ def _warn_about_splits(cmd: CalibrateCommand) -> None:
     trained."""
     val, test = cmd.val_split, cmd.split
     flag, tflag = cmd.name_of("val_split"), cmd.name_of("split")
+    if not val:
+        return
     if val == test:
         warnings.warn(
             f"{flag} and {tflag} are both {val!r}: the temperature is fitted on the data it is "
             "evaluated on, so the calibrated metrics are optimistic; fit it on a held-out "
-            f"split ({flag} val with a .npz holding x_val/y_val)",
+            f"split ({flag} val with a .npz holding x_val/y_val), or leave {flag} out for "
+            "test-time cross-validation",
             UserWarning,
             stacklevel=2,
         )
@@ -120,6 +119,8 @@ def run_calibrate(cmd: CalibrateCommand, ctx: Context) -> CalibrationResult:
     val = _load_val(cmd)
     test = val if cmd.split == cmd.val_split else cmd.data.load(cmd.split)
     for name, d in ((cmd.val_split, val), (cmd.split, test)):
+        if d is None:
+            continue
         if getattr(d, "regression", False) is True:  # TensorData with float targets
             y = d.y
             raise BasinscopeError(
@@ -128,13 +129,25 @@ def run_calibrate(cmd: CalibrateCommand, ctx: Context) -> CalibrationResult:
                 f"y of shape {tuple(y.shape)}); calibrate a classifier, on data whose y are "
                 "integer class labels"
             )
-    ctx.open(fingerprints(nets, {cmd.val_split: val, cmd.split: test}))
+    data = {cmd.split: test} | ({cmd.val_split: val} if val is not None else {})
+    ctx.open(fingerprints(nets, data))
     what = "one model" if len(nets) == 1 else f"an ensemble of {len(nets)} (and each member)"
-    ctx.say(
-        f"temperature scaling of {what}: fitted on {cmd.val_split}{_size(val)}, reported on "
-        f"{cmd.split}{_size(test)} ..."
+    where = (
+        f"fitted on {cmd.val_split}{_size(val)}"
+        if val is not None
+        else f"fitted by test-time cross-validation ({cmd.calibration.repeats} halvings)"
     )
-    res = calibrate(nets, val, test, spec=cmd.calibration, task=cmd.task.build())
+    ctx.say(f"temperature scaling of {what}: {where}, reported on {cmd.split}{_size(test)} ...")
+    res = calibrate(
+        nets,
+        val,
+        test,
+        spec=cmd.calibration,
+        task=cmd.task.build(),
+        labels=tuple(cmd.models.labels()),
+        split=cmd.split,
+        val_split=cmd.val_split or "(cross-validation)",
+    )
     _warn_about_splits(cmd)  # about the result: after any error, which is the one line shown
     return res
 
@@ -142,8 +155,8 @@ def run_calibrate(cmd: CalibrateCommand, ctx: Context) -> CalibrationResult:
 CALIBRATE_EX = """
 basinscope calibrate --model mlp --weights model.safetensors --data data.npz
 
-basinscope calibrate --model mlp --weights model.safetensors --val-split train --bins 10 \\
-    --binning equal_mass --json
+basinscope calibrate --model mlp --weights model.safetensors --bins 10 --binning equal_mass \\
+    --repeats 10 --json
 
 basinscope calibrate --model lenet --weights s1.safetensors --weights s2.safetensors \\
     --weights s3.safetensors --data data.npz --val-split val --split test --out runs/calibration

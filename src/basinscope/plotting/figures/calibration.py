@@ -150,7 +150,13 @@ def _loglog(ax: Any, r: Any, color: str = AFTER, label: str = "measured") -> str
     xs = np.geomspace(lo / 1.15, hi * 1.15, 200)
     ax.plot(xs, abs(r.b) * xs ** (-r.a), "-", color="0.15", lw=1.4,
             label=f"fit: a = {_g(r.a)}{_interval(r, 'a')}")  # fmt: skip
-    if "a" in r.ci and "b" in r.ci:
+    if len(getattr(r, "draws", ())):
+        blo, bhi = r.band(xs)
+        ends = np.sort(np.stack([s * (blo - r.c), s * (bhi - r.c)]), axis=0)
+        ax.fill_between(xs, np.clip(ends[0], 1e-300, None), np.clip(ends[1], 1e-300, None),
+                        color="0.15", alpha=0.13, lw=0,
+                        label=f"pointwise {r.level:.0%} bootstrap band")  # fmt: skip
+    elif "a" in r.ci and "b" in r.ci:  # a result without its draws: a and b's box
         corners = np.array(
             [s * b * xs ** (-a) for a in r.ci["a"] for b in r.ci["b"]], dtype=np.float64
         )
@@ -186,6 +192,10 @@ def plot_power_law(r: Any, ax: Any = None) -> tuple[Any, Any]:
     xs = np.geomspace(float(x.min()) / 1.15, float(x.max()) * 1.15, 200)
     second.plot(x, y, "o", ms=5, color=AFTER, label="measured", zorder=3)
     second.plot(xs, r.predict(xs), "-", color="0.15", lw=1.4, label="fit")
+    if len(getattr(r, "draws", ())):
+        blo, bhi = r.band(xs)
+        second.fill_between(xs, blo, bhi, color="0.15", alpha=0.13, lw=0,
+                            label=f"pointwise {r.level:.0%} bootstrap band")  # fmt: skip
     second.axhline(r.c, ls="--", color=GAP, lw=1.2, label=f"asymptote c = {_g(r.c)}")
     if "c" in r.ci:
         second.axhspan(*r.ci["c"], color=GAP, alpha=0.12, lw=0,
