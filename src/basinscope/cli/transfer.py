@@ -176,6 +176,9 @@ class FinetuneCommand(FinetuneComparisonSpec):
         source = DataOptions(data=target.data, rotation=self.source_rotation)
         train, tgt, src = target.load("train"), target.load(split), source.load(split)
         data = {"target_train": train, f"target_{split}": tgt, f"source_{split}": src}
+        src_train = None
+        if {"ewc", "trust-region"} & set(self.strategies):  # they measure the source loss
+            src_train = data["source_train"] = source.load("train")
         ctx.open(fingerprints([net], data))
         about = {"source": source.to_dict(), "target": target.to_dict(), "say": ctx.say}
         out = ctx.out / paths.MODELS
@@ -185,6 +188,7 @@ class FinetuneCommand(FinetuneComparisonSpec):
             spec=self,
             eval_source=src,
             eval_target=tgt,
+            source_data=src_train,
             save_dir=out,
             task=self.task.build(),
             **about,

@@ -6,6 +6,7 @@ The entry point is :func:`train`, a plain function of a model, data and a frozen
 
 from basinscope.training.callbacks import FGE, SWA, update_bn
 from basinscope.training.config import BN_MODES, OPTIMIZERS, TrainConfig
+from basinscope.training.constraints import TrustRegion, mask_scores, top_mask
 from basinscope.training.finetune import (
     FinetuneComparison,
     FinetuneComparisonSpec,
@@ -38,6 +39,7 @@ __all__ = [
     "TrainResult",
     "TrainRun",
     "TrainSpec",
+    "TrustRegion",
     "check_schedule",
     "compare_strategies",
     "finetune",
@@ -45,9 +47,11 @@ __all__ = [
     "history_dataset",
     "load_trajectory",
     "lr_at",
+    "mask_scores",
     "module_ranking",
     "select_trainable",
     "spawn",
+    "top_mask",
     "train",
     "trajectory_to_safetensors",
     "update_bn",

@@ -13,6 +13,19 @@ update (its ``trainable`` patterns); the rest stay bit-identical.
 * ``"dfr"``: deep feature reweighting, last-layer retraining on a small held-out set
   ``dfr_data`` only (Kirichenko et al. 2022). The head is re-initialised
   (``reset_parameters()``, seeded by ``config.data_seed``) unless ``dfr_reinit=False``.
+* ``"l2sp"`` / ``"ewc"``: full fine-tuning with a penalty toward the pre-trained weights,
+  :math:`\\frac{\\alpha}{2}\\lVert w - w_0\\rVert^2` (Li et al. 2018, *Explicit inductive
+  bias for transfer learning*) or :math:`\\frac{\\alpha}{2}\\sum_j F_j (w_j - w_{0,j})^2`
+  with the source loss's diagonal empirical Fisher :math:`F` on ``source_data``
+  (Kirkpatrick et al. 2017); :math:`\\alpha` is ``penalty_strength``.
+* ``"trust-region"``: full fine-tuning that keeps the source-loss barrier on the segment
+  from the pre-trained weights below ``trust_epsilon``, checked every ``trust_every``
+  steps and enforced by projection along the segment
+  (:class:`~basinscope.training.constraints.TrustRegion`; its checks are in ``history``).
+* ``"mask"``: the top ``mask_fraction`` of all parameter entries by ``mask_signal`` on the
+  target data (:func:`~basinscope.training.constraints.mask_scores`: gradient, Fisher
+  diagonal, Hutchinson Hessian diagonal, relative change under a short probe, or random),
+  the others exactly frozen.
 * ``"guided"``: landscape-guided surgical fine-tuning: every module that owns parameters
   (the head included) is ranked by a signal on the target data, and the top
   ``guided_top_k`` are tuned surgically. Signals:
@@ -69,7 +82,7 @@ from basinscope.training._task import (
     resolve_device,
     resolve_precision,
 )
-from basinscope.training.config import OPTIMIZERS, TrainConfig
+from basinscope.training.config import OPTIMIZERS, SHARPNESS_AWARE, TrainConfig
 from basinscope.training.trainer import TrainResult, train
 
 #: The fine-tuning strategies: name -> which parameters are trained, and the paper.
@@ -81,6 +94,13 @@ STRATEGY_DEFINITIONS: dict[str, str] = {
     "dfr": "deep feature reweighting: the re-initialised head on a small held-out set "
     "(Kirichenko et al. 2022)",
     "guided": "the top-k modules ranked by a landscape signal on the target data, surgically",
+    "l2sp": "every parameter, with the penalty alpha/2 ||w - w_pre||^2 (Li et al. 2018)",
+    "ewc": "every parameter, with the penalty alpha/2 sum F (w - w_pre)^2, F the source "
+    "loss's diagonal empirical Fisher (Kirkpatrick et al. 2017)",
+    "trust-region": "every parameter, projected back along the segment from w_pre whenever "
+    "the source-loss barrier on it (rise: max_alpha L_s - L_s(w_pre)) exceeds epsilon",
+    "mask": "the top fraction of parameter entries by a landscape signal on the target data "
+    "(gradient, fisher, hessian, probe or random), the rest exactly frozen",
 }
 STRATEGIES: tuple[str, ...] = tuple(STRATEGY_DEFINITIONS)
 GUIDED_SIGNALS: tuple[str, ...] = ("gradient_norm", "relative_gradient_norm", "curvature")
@@ -114,7 +134,10 @@ class FinetuneSpec(Spec):
     kind: ClassVar[str] = "finetune"
 
     strategy: str = option(
-        "ft", "ft, lp, lp-ft, surgical, dfr or guided.", choices=STRATEGIES, cli=False
+        "ft",
+        "ft, lp, lp-ft, surgical, dfr, guided, l2sp, ewc, trust-region or mask.",
+        choices=STRATEGIES,
+        cli=False,
     )
     blocks: tuple[str, ...] = option((), "fnmatch pattern of modules for surgical; repeat.")
     head: str | None = option(None, "Head module (default: the last Linear).")
@@ -126,6 +149,20 @@ class FinetuneSpec(Spec):
         choices=GUIDED_SIGNALS,
     )
     guided_top_k: int = option(1, "guided: modules tuned.", low=1)
+    penalty_strength: float = option(0.01, "l2sp, ewc: the penalty's strength alpha.", low=0.0)
+    fisher_examples: int = option(256, "ewc: source examples of the Fisher diagonal.", low=1)
+    trust_epsilon: float = option(
+        0.05, "trust-region: the largest source-loss barrier allowed.", low=0.0
+    )
+    trust_every: int = option(10, "trust-region: steps between checks.", low=1)
+    mask_signal: str = option(
+        "fisher",
+        "mask: the per-entry signal.",
+        choices=("gradient", "fisher", "hessian", "probe", "random"),
+    )
+    mask_fraction: float = option(
+        0.05, "mask: the fraction of parameter entries trained.", low=0.0, high=1.0
+    )
     device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
     dtype: str = option(
         "float32",
@@ -149,6 +186,12 @@ class FinetuneTraining(Spec):
     momentum: float = option(0.9, "SGD momentum.")
     weight_decay: float = option(0.0, "Weight decay.")
     seed: int = option(0, "Seed of the batch order (and dfr's head init).", low=0, high=MAX_SEED)
+    sharpness_aware: str = option(
+        "none",
+        "none, sam, asam or cflat: the sharpness-aware gradient every step uses.",
+        choices=SHARPNESS_AWARE,
+    )
+    sam_rho: float = option(0.05, "sam, asam, cflat: the perturbation radius rho.")
 
     def check(self) -> None:
         if not self.lr > 0:
@@ -166,6 +209,8 @@ class FinetuneTraining(Spec):
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             data_seed=self.seed,
+            sharpness_aware=self.sharpness_aware,
+            sam_rho=self.sam_rho,
         )
 
 
@@ -180,8 +225,17 @@ class FinetuneComparisonSpec(Spec):
     target's train split: ft (all parameters), lp (the head only, BatchNorm frozen), lp-ft
     (--lp-steps of LP, then FT; Kumar et al. 2022), surgical (the modules matching --blocks,
     fnmatch patterns; Lee et al. 2022), dfr (the re-initialised head on the last
-    --dfr-examples of the target's train split; Kirichenko et al. 2022) or guided (the top
-    --guided-top-k modules by --guided-signal on the target). Source and target accuracy are
+    --dfr-examples of the target's train split; Kirichenko et al. 2022), guided (the top
+    --guided-top-k modules by --guided-signal on the target), l2sp (all parameters with the
+    penalty --penalty-strength/2 ||w - w_pre||²; Li et al. 2018), ewc (the same weighted by
+    the source loss's diagonal Fisher on --fisher-examples source training examples;
+    Kirkpatrick et al. 2017), trust-region (all parameters, projected back toward w_pre
+    whenever the source-loss barrier on the segment from w_pre exceeds --trust-epsilon,
+    checked every --trust-every steps) or mask (the top --mask-fraction of parameter
+    entries by --mask-signal on the target: gradient, fisher, hessian (Hutchinson), probe
+    (relative change under a short probe) or random; the rest frozen exactly).
+    --sharpness-aware sam, asam or cflat trains any strategy with that optimizer's gradient
+    (radius --sam-rho). Source and target accuracy are
     measured on --eval-split before and after: forgetting = source accuracy before - after,
     adaptation = target accuracy after - before. Each strategy's weights are saved as
     RUN/models/<strategy>.safetensors; figures/finetune_comparison shows forgetting and
@@ -196,7 +250,8 @@ class FinetuneComparisonSpec(Spec):
 
     strategies: tuple[str, ...] = option(
         (),
-        "ft, lp, lp-ft, surgical, dfr or guided; repeat (default: ft).",
+        "ft, lp, lp-ft, surgical, dfr, guided, l2sp, ewc, trust-region or mask; repeat "
+        "(default: ft).",
         flag="--strategy",
         choices=STRATEGIES,
     )
@@ -557,6 +612,12 @@ def finetune(
     dfr_reinit: bool = True,
     guided_signal: str = "gradient_norm",
     guided_top_k: int = 1,
+    penalty_strength: float = 0.01,
+    fisher_examples: int = 256,
+    trust_epsilon: float = 0.05,
+    trust_every: int = 10,
+    mask_signal: str = "fisher",
+    mask_fraction: float = 0.05,
     source_data: Any = None,
     eval_target: Any = None,
     eval_source: Any = None,
@@ -603,8 +664,15 @@ def finetune(
     def cfg(trainable: Sequence[str], **kw: Any) -> TrainConfig:
         return dataclasses.replace(config, frozen=(), trainable=_escape(trainable), **kw)
 
-    def fit(start: nn.Module, data: Any, c: TrainConfig) -> TrainResult:
-        return train(start, data, c, task=task, device=dev, dtype=dtype)
+    def fit(start: nn.Module, data: Any, c: TrainConfig, **kw: Any) -> TrainResult:
+        return train(start, data, c, task=task, device=dev, dtype=dtype, **kw)
+
+    if strategy in ("ewc", "trust-region") and source_data is None:
+        raise BasinscopeError(
+            f"strategy={strategy!r} measures the source loss: pass source_data= (the "
+            "source distribution's training data)"
+        )
+    trust = None
 
     all_params = [n for n, _ in model.named_parameters()]
     ranking = signal = None
@@ -644,6 +712,37 @@ def finetune(
                 torch.manual_seed(config.data_seed)
                 dict(start.named_modules())[head_name].reset_parameters()
         runs.append(fit(start, dfr_data, cfg(trainable, bn_mode="eval")))
+    elif strategy == "l2sp":
+        trainable = all_params
+        runs.append(
+            fit(
+                model,
+                target_data,
+                cfg(trainable, penalty="l2sp", penalty_strength=penalty_strength),
+            )
+        )
+    elif strategy == "ewc":
+        from basinscope.curvature.fisher import diagonal_fisher
+
+        trainable = all_params
+        fisher = diagonal_fisher(
+            model, source_data, task=task, examples=fisher_examples, device=dev
+        )
+        c = cfg(trainable, penalty="ewc", penalty_strength=penalty_strength)
+        runs.append(fit(model, target_data, c, importance=fisher))
+    elif strategy == "trust-region":
+        from basinscope.training.constraints import TrustRegion
+
+        trainable = all_params
+        trust = TrustRegion(source_data, trust_epsilon, every=trust_every, task=task)
+        runs.append(fit(model, target_data, cfg(trainable), callbacks=[trust]))
+    elif strategy == "mask":
+        from basinscope.training.constraints import mask_scores, top_mask
+
+        trainable = all_params
+        scores = mask_scores(model, target_data, mask_signal, task=task, seed=config.data_seed)
+        masks = top_mask(scores, mask_fraction)
+        runs.append(fit(model, target_data, cfg(trainable), masks=masks))
     else:  # guided
         if guided_top_k < 1:
             raise BasinscopeError(f"guided_top_k must be >= 1, got {guided_top_k}.")
@@ -657,6 +756,10 @@ def finetune(
         runs.append(fit(model, target_data, cfg(trainable)))
 
     history: dict[str, list[float]] = {"step": [], "loss": [], "lr": [], "phase": []}
+    if trust is not None:
+        history["trust_step"] = [r["step"] for r in trust.history]
+        history["trust_barrier"] = [r["barrier"] for r in trust.history]
+        history["trust_scale"] = [r["scale"] for r in trust.history]
     offset = 0
     for phase, run in enumerate(runs):
         history["step"] += [s + offset for s in run.history["step"]]
@@ -685,7 +788,11 @@ def finetune(
         adaptation=delta("target", -1.0),
         config=config,
         history=history,
-        trainable_params=int(sum(params[n].numel() for n in trainable)),
+        trainable_params=(
+            int(sum(int(m.sum()) for m in masks.values()))
+            if strategy == "mask"
+            else int(sum(params[n].numel() for n in trainable))
+        ),
         spec=FinetuneSpec(
             strategy=strategy,
             blocks=(blocks,) if isinstance(blocks, str) else tuple(blocks),
@@ -694,6 +801,12 @@ def finetune(
             dfr_reinit=dfr_reinit,
             guided_signal=guided_signal,
             guided_top_k=guided_top_k,
+            penalty_strength=penalty_strength,
+            fisher_examples=fisher_examples,
+            trust_epsilon=trust_epsilon,
+            trust_every=trust_every,
+            mask_signal=mask_signal,
+            mask_fraction=mask_fraction,
             device=runs[-1].device,
             dtype=runs[-1].dtype,
         ),

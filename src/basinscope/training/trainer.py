@@ -277,6 +277,30 @@ def _penalty_inputs(
     return a, imp
 
 
+def _masked_entries(
+    named: Mapping[str, nn.Parameter], masks: Mapping[str, Tensor] | None
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per masked trained parameter: its mask on the device and its starting values."""
+    if not masks:
+        return {}
+    unknown = sorted(set(masks) - set(named))
+    if unknown:
+        raise BasinscopeError(
+            f"masks name parameters that are not trained: {unknown[:5]}; mask only parameters "
+            "the config trains (see frozen/trainable)"
+        )
+    out = {}
+    for k, m in masks.items():
+        p = named[k]
+        if tuple(m.shape) != tuple(p.shape) or m.dtype != torch.bool:
+            raise BasinscopeError(
+                f"the mask of {k} must be a bool tensor of shape {tuple(p.shape)}, got "
+                f"{str(m.dtype).replace('torch.', '')} {tuple(m.shape)}"
+            )
+        out[k] = (m.to(p.device), p.detach().clone())
+    return out
+
+
 def optimizer_step(opt: torch.optim.Optimizer, step: int, lr: float, weight_decay: float) -> None:
     """``opt.step()``; an update too large for the parameters' dtype is the user's setting."""
     try:
@@ -305,6 +329,7 @@ def train(
     dtype: str | torch.dtype | None = None,
     anchor: Mapping[str, Tensor] | None = None,
     importance: Mapping[str, Tensor] | None = None,
+    masks: Mapping[str, Tensor] | None = None,
 ) -> TrainResult:
     """Train a deep copy of ``model`` on ``data``; the caller's model is never touched.
 
@@ -365,6 +390,11 @@ def train(
         importance: the per-parameter weights :math:`F` of the ``"ewc"`` penalty (a
             parameter dict, e.g. :func:`~basinscope.curvature.diagonal_fisher` of the source
             task); required by it.
+        masks: boolean tensors by parameter name: only the True entries of a trained
+            parameter change (the others are restored after every update, so they keep their
+            values exactly, momentum and weight decay notwithstanding); a parameter without
+            a mask is trained whole.
+        callbacks with a ``start(model)`` method have it called before the first update.
 
     Returns:
         A :class:`TrainResult`.
@@ -405,6 +435,7 @@ def train(
 
     named_trained = {n: p for n, p in net.named_parameters() if n in chosen}
     anchor_d, importance_d = _penalty_inputs(config, named_trained, anchor, importance)
+    kept = _masked_entries(named_trained, masks)
     if config.sharpness_aware != "none" and amp == torch.float16 and dev.type == "cuda":
         raise BasinscopeError(
             f"sharpness_aware={config.sharpness_aware!r} does not combine with float16 loss "
@@ -477,6 +508,9 @@ def train(
         if isinstance(stream, LoaderStream):  # read (and check) the loader's first batch
             check([stream.first()], "the training data")
         _set_mode(net, config.bn_mode)
+        for cb in callbacks:
+            if hasattr(cb, "start"):
+                cb.start(net)
         record(0)
         for step in tqdm(range(1, config.steps + 1), disable=not progress, desc="train"):
             lr = lr_at(
@@ -540,6 +574,10 @@ def train(
                 scaler.update()
             else:
                 optimizer_step(opt, step, lr, config.weight_decay)
+            if kept:
+                with torch.no_grad():
+                    for name, (mask, values) in kept.items():
+                        named_trained[name].copy_(torch.where(mask, named_trained[name], values))
             history["step"].append(float(step))
             history["loss"].append(loss_value)
             history["lr"].append(lr)
