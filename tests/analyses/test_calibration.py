@@ -184,3 +184,16 @@ def test_regression_is_refused_by_name():
         match=r"calibration scales a classifier's probabilities over classes, got float32 targets of shape \(6, 2\)",
     ):
         C.calibrate(model, None, (x, torch.randn(6, 2)))
+
+
+def test_the_average_alone_is_the_same_calibration():
+    members = np.stack([logits(n=120, seed=s, scale=2 + s)[0] for s in range(3)])
+    y = logits(n=120, seed=0)[1]
+    full = C.calibrate_log_probs(members[:, :60], y[:60], members[:, 60:], y[60:])
+    avg = C.calibrate_log_probs(members[:, :60], y[:60], members[:, 60:], y[60:], members=False)
+    assert avg.after == full.after and avg.members == [] and avg.members_calibrated == {}
+    cv = C.calibrate_log_probs(None, None, members, y, members=False, repeats=2)
+    assert (
+        cv.members == []
+        and cv.after == C.calibrate_log_probs(None, None, members, y, repeats=2).after
+    )

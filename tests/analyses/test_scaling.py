@@ -124,3 +124,27 @@ def test_the_band_holds_the_draws_curves():
     assert (lo <= f.predict(X) + 1e-9).all() and (hi >= f.predict(X) - 1e-9).all()
     assert (hi - lo).max() > 0
     assert np.isnan(fit_power_law(X, y, bootstrap=0).band(X)[0]).all()
+
+
+def test_joint_columns_keep_the_points_correlations():
+    rng = np.random.default_rng(4)
+    truth = 0.3 + 1.5 * X**-0.7
+    # every column shifted as a whole: a correlated replicate of all the points
+    samples = truth[:, None] + 0.05 * rng.normal(size=(1, 30))
+    f = fit_power_law(X, samples.mean(1), y_samples=samples, joint=True, bootstrap=60)
+    g = fit_power_law(X, samples.mean(1), y_samples=samples, bootstrap=60)
+    assert f.resample == "columns" and g.resample == "samples"
+    # a common shift moves c only: the exponent's interval stays tight when kept joint
+    assert f.ci["a"][1] - f.ci["a"][0] < 1e-6 < f.ci["c"][1] - f.ci["c"][0]
+    assert f.a == pytest.approx(0.7, rel=1e-6)
+
+
+def test_an_exact_three_point_fit_is_quick_and_exact():
+    x = np.array([1.0, 2.0, 4.0])
+    f = fit_power_law(
+        x,
+        0.3 + 1.5 * x**-0.7,
+        y_samples=np.tile((0.3 + 1.5 * x**-0.7)[:, None], (1, 3)) + np.array([[0, 1e-3, -1e-3]]),
+        bootstrap=20,
+    )
+    assert f.a == pytest.approx(0.7, rel=1e-6) and f.f_scale > 1e-6

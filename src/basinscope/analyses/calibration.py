@@ -398,10 +398,11 @@ class CalibrationResult(Result, kind="calibration"):
 
 
 def _fit_and_apply(
-    zv: np.ndarray, yv: np.ndarray, zt: np.ndarray
+    zv: np.ndarray, yv: np.ndarray, zt: np.ndarray, members: bool = True
 ) -> tuple[list[Temperature], list[np.ndarray], Temperature, np.ndarray]:
-    """Each member's and the average's temperature fitted on ``zv``, applied to ``zt``."""
-    temps = [fit_temperature(mv, yv) for mv in zv]
+    """Each member's (unless not ``members``) and the average's temperature fitted on
+    ``zv``, applied to ``zt``."""
+    temps = [fit_temperature(mv, yv) for mv in zv] if members else []
     members = [apply_temperature(mt, t.tau) for mt, t in zip(zt, temps)]
     t = fit_temperature(_average(zv), yv)
     return temps, members, t, apply_temperature(_average(zt), t.tau)
@@ -421,17 +422,19 @@ def calibrate_log_probs(
     binning: str = "equal_width",
     repeats: int = 5,
     seed: int = 0,
+    members: bool = True,
 ) -> CalibrationResult:
     """:func:`calibrate` on precomputed log-probabilities, ``(N, C)`` for one model or
     ``(M, N, C)`` for an ensemble of ``M`` members. ``val_log_probs=None`` (and
     ``val_labels=None``): test-time cross-validation over ``repeats`` random halvings of
-    the test data (seeded by ``seed``)."""
+    the test data (seeded by ``seed``). ``members=False`` calibrates the average only
+    (``members`` and ``members_calibrated`` are then empty)."""
     zt = np.asarray(test_log_probs, dtype=np.float64)
     zt = zt[None] if zt.ndim == 2 else zt
     yt = np.asarray(test_labels)
     kw = {"bins": bins, "binning": binning}
     if val_log_probs is None:
-        return _cross_validated(zt, yt, repeats, seed, kw)
+        return _cross_validated(zt, yt, repeats, seed, kw, members)
     zv = np.asarray(val_log_probs, dtype=np.float64)
     zv = zv[None] if zv.ndim == 2 else zv
     if zv.ndim != 3 or zt.ndim != 3 or zv.shape[0] != zt.shape[0] or zv.shape[2] != zt.shape[2]:
@@ -439,7 +442,7 @@ def calibrate_log_probs(
             "validation and test log-probabilities must be (N, C) or (M, N, C) with the same "
             f"members and classes, got {zv.shape} and {zt.shape}"
         )
-    temps, cal, t, after = _fit_and_apply(zv, np.asarray(val_labels), zt)
+    temps, cal, t, after = _fit_and_apply(zv, np.asarray(val_labels), zt, members)
     av, at = _average(zv), _average(zt)
     members = [
         {
@@ -458,7 +461,7 @@ def calibrate_log_probs(
         val_after=calibration_metrics(apply_temperature(av, t.tau), val_labels, **kw),
         members=members,
         members_calibrated=(
-            calibration_metrics(_average(np.stack(cal)), yt, **kw) if len(members) > 1 else {}
+            calibration_metrics(_average(np.stack(cal)), yt, **kw) if len(cal) > 1 else {}
         ),
         reliability_before=reliability(np.exp(at), yt, **kw),
         reliability_after=reliability(np.exp(after), yt, **kw),
@@ -473,7 +476,12 @@ def calibrate_log_probs(
 
 
 def _cross_validated(
-    zt: np.ndarray, yt: np.ndarray, repeats: int, seed: int, kw: dict[str, Any]
+    zt: np.ndarray,
+    yt: np.ndarray,
+    repeats: int,
+    seed: int,
+    kw: dict[str, Any],
+    with_members: bool = True,
 ) -> CalibrationResult:
     """Test-time cross-validation (Ashukha et al. 2020): per random halving, each half's
     predictions calibrated with the temperatures fitted on the other half."""
@@ -497,7 +505,7 @@ def _cross_validated(
         cal_avg = np.empty(zt.shape[1:])
         cal_members = np.empty(zt.shape)
         for fit, held in (halves, halves[::-1]):
-            temps, cal, t, after = _fit_and_apply(zt[:, fit], yt[fit], zt[:, held])
+            temps, cal, t, after = _fit_and_apply(zt[:, fit], yt[fit], zt[:, held], with_members)
             cal_avg[held] = after
             for i, (tm, c) in enumerate(zip(temps, cal)):
                 cal_members[i][held] = c
@@ -507,9 +515,10 @@ def _cross_validated(
             val_before.append(calibration_metrics(av, yt[fit], **kw))
             val_after.append(calibration_metrics(apply_temperature(av, t.tau), yt[fit], **kw))
         after_rows.append(calibration_metrics(cal_avg, yt, **kw))
-        members_rows.append(calibration_metrics(_average(cal_members), yt, **kw))
-        for i in range(zt.shape[0]):
-            member_after[i].append(calibration_metrics(cal_members[i], yt, **kw))
+        if with_members:
+            members_rows.append(calibration_metrics(_average(cal_members), yt, **kw))
+            for i in range(zt.shape[0]):
+                member_after[i].append(calibration_metrics(cal_members[i], yt, **kw))
         if first_after is None:
             first_after = cal_avg
     at = _average(zt)
@@ -520,7 +529,7 @@ def _cross_validated(
             "before": calibration_metrics(zt[i], yt, **kw),
             "after": _mean_metrics(member_after[i]),
         }
-        for i in range(zt.shape[0])
+        for i in range(zt.shape[0] if with_members else 0)
     ]
     assert first_after is not None
     return CalibrationResult(

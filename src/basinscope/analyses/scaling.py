@@ -147,10 +147,10 @@ def _solve(
             f_scale=f_scale,
             bounds=(lo, hi),
             x_scale="jac",
-            xtol=1e-15,
-            ftol=1e-15,
-            gtol=1e-15,
-            max_nfev=5000,
+            xtol=1e-12,
+            ftol=1e-12,
+            gtol=1e-12,
+            max_nfev=2000,
         )
     return res.x
 
@@ -182,12 +182,18 @@ def fit_power_law(
     bootstrap: int = 1000,
     level: float = 0.95,
     seed: int = 0,
+    joint: bool = False,
 ) -> PowerLawFit:
     """Fit :math:`y = c + b x^{-a}` (see the module docstring).
 
     ``y_samples`` (shape ``(len(x), R)``): repeated measurements of every point; the
     bootstrap then draws one of them per point (``resample="samples"``) instead of
-    resampling the points (``"pairs"``, which needs at least 4 points). ``bootstrap=0``
+    resampling the points (``"pairs"``, which needs at least 4 points). With ``joint``,
+    a draw takes one whole column (``resample="columns"``): column ``r`` is one joint
+    replicate of every point (e.g. the ensembles of every size built from the ``r``-th
+    resample of the members), so correlations between the points are kept. ``f_scale``
+    (the robust loss's inlier scale) defaults to the residuals' MAD, floored at 10⁻³ of
+    the spread of ``y`` so that an exact fit does not make every residual an outlier. ``bootstrap=0``
     skips the intervals. Bootstrap fits that fail are counted in ``failed_bootstraps``.
     """
     if loss not in LOSSES:
@@ -209,14 +215,15 @@ def fit_power_law(
     if f_scale is None:
         r = _residual(plain, x, y)
         mad = 1.4826 * float(np.median(np.abs(r - np.median(r))))
-        f_scale = max(mad, 1e-12 * max(1.0, float(np.abs(y).max())))
+        spread = float(y.max() - y.min()) or max(1.0, float(np.abs(y).max()))
+        f_scale = max(mad, 1e-3 * spread)
     p = plain if loss == "linear" else _solve(x, y, plain, loss, f_scale)
     rmse = float(np.sqrt(np.mean(_residual(p, x, y) ** 2)))
     ci: dict[str, list[float]] = {}
     failed, resample = 0, ""
     d = np.zeros((0, 3))
     if bootstrap:
-        resample = "samples" if samples is not None else "pairs"
+        resample = "pairs" if samples is None else ("columns" if joint else "samples")
         if resample == "pairs" and len(x) < 4:
             raise BasinscopeError(
                 f"bootstrapping the points of a 3-parameter law needs at least 4 points, got "
@@ -225,7 +232,10 @@ def fit_power_law(
         rng = np.random.default_rng(seed)
         draws = []
         for _ in range(bootstrap):
-            if resample == "samples":
+            if resample == "columns":
+                assert samples is not None
+                yb, xb = samples[:, rng.integers(0, samples.shape[1])], x
+            elif resample == "samples":
                 assert samples is not None
                 yb, xb = samples[np.arange(len(x)), rng.integers(0, samples.shape[1], len(x))], x
             else:
