@@ -7,6 +7,8 @@ check every stage, figure and file of the same studies in seconds.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from basinscope.experiments.registry import make_config, run_study
@@ -54,3 +56,22 @@ def test_resnets_learn_and_every_hessian_converges(tmp_path):
         assert row["lambda_max"] > 0 and row["hessian_converged"] == 1
     # the models learned something even in the quick version
     assert max(r["test_accuracy"] for r in rows) > 0.5
+
+
+def test_calibrated_ensembles_improve_with_size_along_decreasing_power_laws(tmp_path):
+    # the quick configuration (4 widths x 4 members): every added member lowers the mean
+    # calibrated NLL at every width, and the laws in n and in width decrease
+    _, res = _quick("ensembles-and-width", tmp_path)
+    for row in res["widths"]:
+        nll = [x["nll_cal_mean"] for x in row["by_n"]]
+        assert all(b < a for a, b in itertools.pairwise(nll)), (row["width"], nll)
+        for x in row["by_n"]:  # the temperature is fitted on the validation digits
+            assert x["val_nll_cal_mean"] <= x["val_nll_mean"] + 1e-12
+        law = res["fits"]["n"][str(row["width"])]["nll_cal"]
+        assert law["a"] > 0 and law["b"] > 0 and law["c"] < nll[-1], (row["width"], law)
+    law = res["fits"]["width"]["nll_cal"]
+    assert law["a"] > 0 and law["b"] > 0 and not law["degenerate"]
+    # the smallest networks gain most from ensembling; the members learned
+    gain = [r["by_n"][0]["nll_cal_mean"] - r["by_n"][-1]["nll_cal_mean"] for r in res["widths"]]
+    assert gain[0] == max(gain)
+    assert max(r["by_n"][0]["error_mean"] for r in res["widths"][1:]) < 0.15
