@@ -7,6 +7,8 @@ check every stage, figure and file of the same studies in seconds.
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 
 from basinscope.experiments.registry import make_config, run_study
@@ -80,3 +82,22 @@ def test_merging_works_from_the_pre_trained_start_and_better_than_from_a_random_
         word = "works" if v["works"] else "fails"
         assert f"From the {f} start" in res["conclusion"]
         assert f"merging {word}" in res["conclusion"].split(f"From the {f} start")[1]
+
+
+def test_calibrated_ensembles_improve_with_size_along_decreasing_power_laws(tmp_path):
+    # the quick configuration (4 widths x 4 members): every added member lowers the mean
+    # calibrated NLL at every width, and the laws in n and in width decrease
+    _, res = _quick("ensembles-and-width", tmp_path)
+    for row in res["widths"]:
+        nll = [x["nll_cal_mean"] for x in row["by_n"]]
+        assert all(b < a for a, b in itertools.pairwise(nll)), (row["width"], nll)
+        for x in row["by_n"]:  # the temperature is fitted on the validation digits
+            assert x["val_nll_cal_mean"] <= x["val_nll_mean"] + 1e-12
+        law = res["fits"]["n"][str(row["width"])]["nll_cal"]
+        assert law["a"] > 0 and law["b"] > 0 and law["c"] < nll[-1], (row["width"], law)
+    law = res["fits"]["width"]["nll_cal"]
+    assert law["a"] > 0 and law["b"] > 0 and not law["degenerate"]
+    # the smallest networks gain most from ensembling; the members learned
+    gain = [r["by_n"][0]["nll_cal_mean"] - r["by_n"][-1]["nll_cal_mean"] for r in res["widths"]]
+    assert gain[0] == max(gain)
+    assert max(r["by_n"][0]["error_mean"] for r in res["widths"][1:]) < 0.15

@@ -264,7 +264,13 @@ def register(study: Study) -> Study:
     return study
 
 
-BUILTIN = ("rotated_digits", "batch_size", "skip_connections", "merging")
+BUILTIN = (
+    "rotated_digits",
+    "batch_size",
+    "skip_connections",
+    "merging",
+    "ensembles_and_width",
+)
 
 
 def _load_builtin() -> None:
