@@ -264,7 +264,7 @@ def register(study: Study) -> Study:
     return study
 
 
-BUILTIN = ("rotated_digits", "batch_size", "skip_connections")
+BUILTIN = ("rotated_digits", "batch_size", "skip_connections", "lr_and_width")
 
 
 def _load_builtin() -> None:
