@@ -65,7 +65,8 @@ def test_identity_leaves_out_device_and_dtype_only_at_their_defaults():
     assert (stages.DEFAULT_DEVICE, stages.DEFAULT_DTYPE) == ("cpu", "float32")
 
 
-@pytest.mark.parametrize("name", STUDIES)
+# the studies that existed before device and dtype were settings (later ones have no old names)
+@pytest.mark.parametrize("name", list(DIGESTS_BEFORE))
 def test_every_shipped_configuration_keeps_the_run_folder_digest_it_had(name):
     """The defaults, --quick and --smoke of every study name their run folders as before
     device and dtype were settings; another device or dtype names another folder."""
