@@ -270,6 +270,7 @@ BUILTIN = (
     "skip_connections",
     "merging",
     "ensembles_and_width",
+    "minefield",
 )
 
 
