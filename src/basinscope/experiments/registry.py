@@ -271,6 +271,7 @@ BUILTIN = (
     "merging",
     "ensembles_and_width",
     "lr_and_width",
+    "minefield",
 )
 
 
