@@ -187,7 +187,38 @@ def test_tracker_refuses_bad_settings():
         Tracker([1], measures=("loss",))
     with pytest.raises(BasinscopeError, match="unknown tracked measures"):
         Tracker([1], measures=("norms",))
-    with pytest.raises(BasinscopeError, match="at least 1"):
-        Tracker([0], measures=("weight_norm",))
+    with pytest.raises(BasinscopeError, match="at least 0"):
+        Tracker([-1], measures=("weight_norm",))
     with pytest.raises(BasinscopeError, match="unknown sharpness"):
         Tracker([1], measures=("weight_norm",), sharpness="sam")
+
+
+def test_noisy_patches_differ_per_example_around_the_class_patch():
+    data = load_digits("train")
+    p = patch_data(data, patch_only=0.5, image_only=0.0, noise=0.3, seed=2)
+    only = torch.nonzero(p.group == 1)[:, 0]
+    stamped = p.data.x[only, :, :3, :3]
+    clean = p.patches[data.y[only]].to(stamped.dtype)
+    resid = stamped - clean
+    assert 0.25 < float(resid.std()) < 0.35  # each example's own noise
+    assert not torch.equal(stamped[0], stamped[1]) or data.y[only[0]] != data.y[only[1]]
+    po = patch_only_images(load_digits("test"), p, noise=0.3)
+    assert float((po.x[:, :, :3, :3] - p.patches[load_digits("test").y]).std()) > 0.25
+    with pytest.raises(BasinscopeError, match="patch noise must be >= 0"):
+        patch_data(data, noise=-1.0)
+
+
+def test_step_zero_and_named_eval_sets_are_tracked():
+    data = load_digits("train").subset(torch.arange(64))
+    extra = load_digits("test").subset(torch.arange(30))
+    tracker = Tracker(
+        [0, 2], train_data=data, eval_data={"extra": extra}, measures=("loss", "weight_norm")
+    )
+    model = bn_mlp()
+    train(model, data, TrainConfig(steps=2, lr=0.05, batch_size=16), callbacks=[tracker])
+    d = tracker.result().dataset
+    assert d.step.values.tolist() == [0, 2]
+    ev = evaluate_model(model, {"extra": extra})
+    assert float(d["extra_loss"].sel(step=0)) == pytest.approx(ev["extra_loss"], rel=1e-6)
+    with pytest.raises(BasinscopeError, match="taken by train_data/test_data"):
+        Tracker([1], train_data=data, eval_data={"test": extra})

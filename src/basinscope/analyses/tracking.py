@@ -135,7 +135,9 @@ class Tracking(Result, kind="tracking"):
 class Tracker:
     """A training callback that records :data:`TRACK_MEASURES` at ``steps`` (see the module
     docstring). ``train_data`` is needed for loss, hessian, sharpness and noise_scale,
-    ``test_data`` adds the test loss. ``examples`` first training examples serve the
+    ``test_data`` adds the test loss and error, ``eval_data`` (``{name: data}``) the loss and
+    error of other sets (``<name>_loss``, ``<name>_error``). Step 0 (the model before the
+    first update) is recorded through the trainer's ``start`` call. ``examples`` first training examples serve the
     Hessian, the sharpness and the noise scale; ``sharpness`` names the scale-invariant
     measure (``sharpness_kwargs`` go to it: ``alpha``, ``num_directions``, ``rho``, ...).
     """
@@ -146,6 +148,7 @@ class Tracker:
         *,
         train_data: Any = None,
         test_data: Any = None,
+        eval_data: Mapping[str, Any] | None = None,
         measures: Sequence[str] = TRACK_MEASURES,
         task: Any = None,
         examples: int = 256,
@@ -171,13 +174,21 @@ class Tracker:
             raise BasinscopeError(
                 f"tracking {', '.join(needs)} needs train_data (the data the loss is measured on)"
             )
-        if any(int(s) < 1 for s in steps):
+        if any(int(s) < 0 for s in steps):
             raise BasinscopeError(
-                f"tracked steps must be at least 1 (callbacks run after an update), got {sorted(steps)}"
+                f"tracked steps must be at least 0 (0: the model before the first update), "
+                f"got {sorted(steps)}"
+            )
+        clash = {"train", "test"} & set(eval_data or {})
+        if clash:
+            raise BasinscopeError(
+                f"eval_data names {sorted(clash)} are taken by train_data/test_data: name them "
+                "otherwise"
             )
         self.steps = sorted({int(s) for s in steps})
         self.measures = tuple(measures)
         self.train_data, self.test_data = train_data, test_data
+        self.eval_data = dict(eval_data or {})
         self.task = task
         self.examples = int(examples)
         self.batch_size = int(batch_size)
@@ -196,8 +207,14 @@ class Tracker:
             self._subset = first_examples(self.train_data, self.examples)
         return self._subset
 
+    def start(self, model: nn.Module) -> None:
+        """Called by the trainer before the first update: records step 0 when tracked (its
+        learning rate is unknown here: NaN, so effective_lr is NaN at step 0)."""
+        if 0 in self.steps:
+            self.rows.append(self.measure(0, model, math.nan))
+
     def __call__(self, step: int, model: nn.Module, info: Mapping[str, Any] | None = None) -> None:
-        if step not in self.steps:
+        if step not in self.steps or step == 0:
             return
         self.rows.append(self.measure(step, model, float((info or {}).get("lr", math.nan))))
 
@@ -236,6 +253,7 @@ class Tracker:
         splits = {"train": self.train_data}
         if self.test_data is not None:
             splits["test"] = self.test_data
+        splits.update(self.eval_data)
         dtype = next((p.dtype for p in model.parameters()), torch.float32)
         vals = evaluate_model(
             model,

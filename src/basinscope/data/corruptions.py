@@ -117,6 +117,7 @@ def patch_data(
     size: int = 3,
     corner: tuple[int, int] = (0, 0),
     scale: float = 1.0,
+    noise: float = 0.0,
     seed: int = 0,
     patches: Tensor | None = None,
 ) -> PatchData:
@@ -124,7 +125,9 @@ def patch_data(
     examples keep only their class's ``size x size`` patch (the image zeroed), exactly
     ``round(image_only * N)`` only the image, the rest both. Patches are Gaussian with
     standard deviation ``scale`` per class (seeded), or the given ``patches`` (e.g. the
-    training set's, for its test set)."""
+    training set's, for its test set). ``noise`` adds to every example's patch its own
+    Gaussian noise of that standard deviation (seeded): Li, Wei & Ma's patches are noisy, so
+    the patch is easy to fit but its noise is what a small learning rate memorises."""
     _check_images(data.x)
     if patch_only < 0 or image_only < 0 or patch_only + image_only > 1:
         raise BasinscopeError(
@@ -150,17 +153,32 @@ def patch_data(
     group[order[:k_patch]] = 1
     group[order[k_patch : k_patch + k_image]] = 2
     x = data.x.clone()
-    stamped = _stamp(torch.zeros_like(x), patches, data.y.cpu(), corner)
-    both = _stamp(x, patches, data.y.cpu(), corner)
+    per = _noisy(patches, data.y.cpu(), noise, int(seed) + 2_000_003)
+    stamped = _stamp(torch.zeros_like(x), per, torch.arange(n), corner)
+    both = _stamp(x, per, torch.arange(n), corner)
     g = group.to(x.device)[:, None, None, None]
     x = torch.where(g == 1, stamped, torch.where(g == 2, x, both))
     name = f"{data.name or 'data'}-patch{patch_only:g}-image{image_only:g}-seed{seed}"
     return PatchData(TensorData(x, data.y, name=name), group, patches, tuple(corner), int(seed))
 
 
-def patch_only_images(data: TensorData, patched: PatchData) -> TensorData:
-    """``data``'s labels with only their class's patch of ``patched`` (blank images): the
-    evaluation set of what the patch alone predicts."""
+def _noisy(patches: Tensor, y: Tensor, noise: float, seed: int) -> Tensor:
+    """One patch per example: its class's, plus its own Gaussian noise of std ``noise``."""
+    if noise < 0:
+        raise BasinscopeError(f"patch noise must be >= 0, got {noise}")
+    per = patches[y].clone()
+    if noise:
+        per += noise * torch.randn(per.shape, generator=torch.Generator().manual_seed(seed))
+    return per
+
+
+def patch_only_images(
+    data: TensorData, patched: PatchData, *, noise: float = 0.0, seed: int = 1
+) -> TensorData:
+    """``data``'s labels with only their class's patch of ``patched`` (blank images), each
+    with its own Gaussian noise of std ``noise`` (seeded): the evaluation set of what the
+    patch alone predicts."""
     _check_images(data.x)
-    x = _stamp(torch.zeros_like(data.x), patched.patches, data.y.cpu(), patched.corner)
+    per = _noisy(patched.patches, data.y.cpu(), noise, seed)
+    x = _stamp(torch.zeros_like(data.x), per, torch.arange(len(data.y)), patched.corner)
     return TensorData(x, data.y, name=f"{data.name or 'data'}-patch-only")
