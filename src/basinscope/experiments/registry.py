@@ -264,7 +264,7 @@ def register(study: Study) -> Study:
     return study
 
 
-BUILTIN = ("rotated_digits", "batch_size", "skip_connections", "merging")
+BUILTIN = ("rotated_digits", "batch_size", "skip_connections", "merging", "double_descent")
 
 
 def _load_builtin() -> None:
