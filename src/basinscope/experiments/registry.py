@@ -272,6 +272,7 @@ BUILTIN = (
     "ensembles_and_width",
     "lr_and_width",
     "minefield",
+    "double_descent",
 )
 
 
