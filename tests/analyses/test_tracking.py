@@ -126,7 +126,13 @@ def test_tracked_values_equal_direct_computations_at_a_checkpoint():
     ref = float((gs - mean).pow(2).sum()) / 39 / float(mean.pow(2).sum())
     assert float(d["noise_scale"]) == pytest.approx(ref, rel=1e-8)
     ref = filter_normalized_sharpness(
-        m, small.subset(torch.arange(40)), alpha=(0.05,), num_directions=2, seed=0, strategy="loop"
+        m,
+        small.subset(torch.arange(40)),
+        alpha=(0.05,),
+        num_directions=2,
+        seed=0,
+        strategy="loop",
+        dtype=torch.float64,
     )
     assert float(d["sharpness"]) == pytest.approx(ref.value, rel=1e-9)
     assert len(names) == 6

@@ -298,7 +298,11 @@ class Tracker:
             if self.sharpness == "filter_normalized"
             else adaptive_sharpness
         )
-        kw = {"seed": self.seed, **self.sharpness_kwargs}
+        first = next(model.parameters(), None)
+        where = {} if first is None else {"device": str(first.device)}
+        if first is not None and first.dtype in (torch.float32, torch.float64):
+            where["dtype"] = first.dtype  # the model's own precision and device by default
+        kw = {"seed": self.seed, **where, **self.sharpness_kwargs}
         return float(fn(model, self._first(), task=self.task, strategy="loop", **kw).value)
 
     def _noise_scale(self, model: nn.Module) -> float:
