@@ -274,6 +274,7 @@ BUILTIN = (
     "minefield",
     "double_descent",
     "dln_saddles",
+    "relu_conservation",
 )
 
 
