@@ -34,6 +34,12 @@ from basinscope.data.shifts import (
     label_subset,
     rotate,
 )
+from basinscope.data.synthetic import (
+    LinearTeacher,
+    gaussian_inputs,
+    low_rank_teacher,
+    teacher_data,
+)
 from basinscope.data.tensordata import TensorData
 from basinscope.data.tokens import TOKENS_SPLITS, load_tokens
 
@@ -43,6 +49,7 @@ __all__ = [
     "MNIST5K_SPLITS",
     "TOKENS_SPLITS",
     "DictData",
+    "LinearTeacher",
     "TensorData",
     "add_noise",
     "apply_shift",
@@ -51,6 +58,7 @@ __all__ = [
     "block_permutation",
     "block_shuffle",
     "data_splits",
+    "gaussian_inputs",
     "label_noise",
     "label_subset",
     "load_digits",
@@ -58,9 +66,11 @@ __all__ = [
     "load_npz",
     "load_object",
     "load_tokens",
+    "low_rank_teacher",
     "mnist5k_path",
     "patch_data",
     "patch_only_images",
     "resolve_data",
     "rotate",
+    "teacher_data",
 ]

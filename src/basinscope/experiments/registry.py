@@ -273,6 +273,8 @@ BUILTIN = (
     "lr_and_width",
     "minefield",
     "double_descent",
+    "dln_saddles",
+    "relu_conservation",
 )
 
 

@@ -17,16 +17,28 @@ from basinscope.models.loading import (
     load_weights,
     save_weights,
 )
+from basinscope.models.solvable import (
+    conserved_quantities,
+    deep_linear,
+    end_to_end,
+    soft_committee,
+    two_layer_relu,
+)
 from basinscope.models.zoo import MODELS, lenet, mlp, resnet
 
 __all__ = [
     "MODELS",
     "bert",
     "build_model",
+    "conserved_quantities",
+    "deep_linear",
+    "end_to_end",
     "lenet",
     "load_state_dict_file",
     "load_weights",
     "mlp",
     "resnet",
     "save_weights",
+    "soft_committee",
+    "two_layer_relu",
 ]

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from basinscope._checks import positive_int
 from basinscope.errors import BasinscopeError
 from basinscope.models.hf import bert
+from basinscope.models.solvable import deep_linear, two_layer_relu
 
 __all__ = ["MODELS", "BasicBlock", "LeNet", "ResNet", "bert", "lenet", "mlp", "resnet"]
 
@@ -247,4 +248,6 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "lenet": lenet,
     "resnet": resnet,
     "bert": bert,
+    "deep_linear": deep_linear,
+    "two_layer_relu": two_layer_relu,
 }
