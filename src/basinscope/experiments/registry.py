@@ -169,16 +169,30 @@ class StudyContext:
         runs after the first finished, and reuses it. Each stage records itself in a log of
         its own, which comes back with its value; the rows go to the stage's ``log`` (default:
         the study's) in the order of ``stages``, whichever finished first. ``what`` (e.g.
-        ``"fine-tuning"``) is said before they start."""
+        ``"fine-tuning"``) is said before they start.
+
+        Progress: one line per stage, ``[k/N] <stage folder>`` (`` (reused)`` when it was
+        finished before): said as each stage starts when they run here, and as each wave
+        ends for another executor (whose tasks run elsewhere)."""
         from basinscope.engine.executors import current_executor
 
         executor = current_executor()
+        local = executor.name == "local"
         if what:
-            how = "" if executor.name == "local" else f", as {executor.name} tasks"
+            how = "" if local else f", as {executor.name} tasks"
             self.say(f"{what}: {len(stages)} stage{'s' if len(stages) != 1 else ''}{how}")
         values: list[Any] = [None] * len(stages)
         logs: list[Any] = [None] * len(stages)
         pending = list(range(len(stages)))
+        said = [0]  # stages announced so far
+
+        def announce(folder: Path, reused: bool | None = None) -> None:
+            said[0] += 1
+            if reused is None:
+                reused = _finished(folder)
+            mark = " (reused)" if reused else ""
+            self.say(f"[{said[0]}/{len(stages)}] {folder.name}{mark}")
+
         while pending:  # one wave per repeat of a folder (almost always one wave)
             wave, later, seen = [], [], set()
             for i in pending:
@@ -186,6 +200,9 @@ class StudyContext:
                 (later if key in seen else wave).append(i)
                 seen.add(key)
             tasks = [_StageTask(stages[i].compute, self.run_dir) for i in wave]
+            if local:  # said in this process as each starts (never pickled)
+                for i, task in zip(wave, tasks, strict=True):
+                    task.announce = lambda f=stages[i].folder: announce(f)
             done = executor.run_tasks(
                 tasks,
                 names=[f"stage {stages[i].folder.name}" for i in wave],
@@ -193,10 +210,21 @@ class StudyContext:
             )
             for i, (value, stage_log) in zip(wave, done, strict=True):
                 values[i], logs[i] = value, stage_log
+                if not local:
+                    rows = stage_log.rows()
+                    announce(stages[i].folder, bool(rows) and all(r["reused"] for r in rows))
             pending = later
         for stage, stage_log in zip(stages, logs, strict=True):
             (self.log if stage.log is None else stage.log).extend(stage_log)
         return values
+
+
+def _finished(folder: Path) -> bool:
+    """Whether the stage folder holds a finished stage (its manifest says complete)."""
+    try:
+        return json.loads((folder / paths.MANIFEST).read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _StageTask:
@@ -216,10 +244,13 @@ class _StageTask:
         self.compute = compute
         self.run_dir = run_dir
         self.threads = torch.get_num_threads()
+        self.announce: Callable[[], None] | None = None  # the progress line (local only)
 
     def __call__(self) -> tuple[Any, StageLog]:
         import torch
 
+        if self.announce is not None:
+            self.announce()
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
