@@ -79,3 +79,13 @@ def test_trace_density_and_per_layer_progress_on_stderr_same_numbers(capsys):
     err = capsys.readouterr().err
     assert [m.top_eigenvalue for m in loud] == [m.top_eigenvalue for m in quiet]
     assert "per-layer: 100%" in err and "2/2" in err and "\r" not in err
+
+
+def test_a_postfix_in_a_log_waits_for_the_next_line():
+    log = io.StringIO()
+    bar = progress_bar(total=100, desc="lanczos", file=log)
+    for i in range(100):
+        bar.update(1)
+        bar.set_postfix(residual=f"{1.0 / (i + 1):.1e}")  # refresh=True by default
+    bar.close()
+    assert len(log.getvalue().splitlines()) <= 3

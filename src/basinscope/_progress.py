@@ -41,6 +41,24 @@ class _Lines:
         return False
 
 
+def _log_bar_class() -> type:
+    """tqdm for a log: a new postfix or description waits for the next line instead of
+    writing one at once (a bar whose postfix changes every step would write every step)."""
+    from tqdm import tqdm
+
+    class LogBar(tqdm):  # type: ignore[misc]
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+        def set_postfix_str(self, s="", refresh=True):
+            super().set_postfix_str(s, refresh=False)
+
+        def set_description(self, desc=None, refresh=True):
+            super().set_description(desc, refresh=False)
+
+    return LogBar
+
+
 def progress_bar(
     iterable: Iterable[Any] | None = None,
     *,
@@ -56,7 +74,6 @@ def progress_bar(
     plain lines at most every :data:`LOG_INTERVAL` seconds elsewhere (see the module
     docstring). ``leave``: whether a terminal keeps the finished bar (a log always keeps
     its last line). ``disable``: no output at all."""
-    from tqdm import tqdm as plain
     from tqdm.auto import tqdm
 
     stream = file if file is not None else sys.stderr
@@ -67,7 +84,7 @@ def progress_bar(
     if callable(isatty) and isatty():
         return tqdm(iterable, file=stream, leave=leave, **kwargs)
     kwargs.pop("dynamic_ncols")
-    return plain(
+    return _log_bar_class()(
         iterable,
         file=_Lines(stream),
         leave=True,

@@ -310,7 +310,7 @@ def _lanczos(
                 )
                 if progress:
                     worst = float(np.max(est[idx] / np.maximum(scale[idx], np.finfo(float).tiny)))
-                    bar.set_postfix(max_rel_res=f"{worst:.1e}")
+                    bar.set_postfix(max_rel_res=f"{worst:.1e}", refresh=False)
                 if m == n:
                     stop, stopped_by = True, "space exhausted"
                 elif breakdown:

@@ -354,7 +354,16 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
         },
         "angles": angles,
         "summary": summary_rows(cfg, angles),
+        "figures": _figure_data(root, angles),  # the curves the report draws from stages
     }
+
+
+def _figure_data(root: Path, angles: dict[str, Any]) -> dict[str, Any]:
+    """The report's curves that live in stage folders (paths, trajectories), for
+    result.json: :func:`basinscope.experiments.rotated_digits_report.figure_data`."""
+    from basinscope.experiments.rotated_digits_report import figure_data
+
+    return figure_data(root, {"angles": angles})
 
 
 def _angle_result(angle: float, runs: dict[str, list], values: list[tuple[str, Any]]) -> dict:
