@@ -514,6 +514,16 @@ def test_plot_only_the_kinds_and_variables_asked_for(random_surface, run_cli):
         "run_dir": str(out),
         "figures": [str(figures / "test_loss_heatmap.png")],
     }
+    # --log writes beside the linear-scale files (a -log suffix), never over them
+    linear = (figures / "train_loss_contour.png").read_bytes()
+    listed = one_json(
+        run_cli("plot", out, "--kind", "contour", "--var", "train_loss", "--log", "--json")
+    )
+    assert listed["figures"] == [
+        str(figures / "train_loss_contour-log.png"),
+        str(figures / "train_loss_contour-log.pdf"),
+    ]
+    assert (figures / "train_loss_contour.png").read_bytes() == linear
 
 
 # -- help -----------------------------------------------------------------------------

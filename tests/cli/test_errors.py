@@ -611,6 +611,17 @@ def test_train_errors(cli, tmp_path, flags, patterns):
             [r"unknown study 'rotated-digit'", r"Did you mean 'rotated-digits'\?"],
         ),
         (["study"], [r"which study\?", r"rotated-digits"]),
+        (
+            ["demo", "--threads", "0"],
+            [r"threads must be a whole number from 1 to 1,024 \(torch CPU threads\), got 0"],
+        ),
+        (
+            ["study", "flatness-vs-batch-size", "--threads", "2"],
+            [
+                r"study 'flatness-vs-batch-size' sets its threads in its settings \(threads=1",
+                r"use --set threads=2 instead",
+            ],
+        ),
         (["report", "nowhere"], [r"'nowhere' is not a folder: pass the run folder \(--out\)"]),
     ],
 )

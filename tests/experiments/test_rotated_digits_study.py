@@ -122,6 +122,44 @@ def test_the_report_is_self_contained_and_has_every_figure(quick):
         assert "BatchNorm" in caption, caption[:80]
 
 
+def test_every_curve_the_report_draws_from_a_stage_is_in_result_json(quick):
+    import basinscope
+
+    root, cfg, _ = quick
+    saved = json.loads((root / f"{NAME}-{_hash(cfg)}" / "result.json").read_text())
+    figures = saved["figures"]
+    for a, angle in saved["angles"].items():
+        for strategy in cfg.strategies:
+            curve = figures["paths"][a][strategy]
+            ds = basinscope.load(root / "stages" / angle["lines"][strategy]["stage"]).dataset
+            assert curve["alpha"] == ds.alpha.values.tolist() and len(curve["alpha"]) == (
+                cfg.line_points
+            )
+            for var in ("source_loss", "target_loss", "source_accuracy", "target_accuracy"):
+                assert curve[var] == ds[var].values.tolist()
+        for start in ("random", "pre-trained"):
+            trajs = figures["trajectories"][a][start]
+            assert [t["label"] for t in trajs][:2] == ["copy 0 (SGD seed 0)", "copy 1 (SGD seed 1)"]
+            assert all(len(t["alpha"]) == len(t["beta"]) == len(t["steps"]) > 1 for t in trajs)
+
+
+def test_the_summary_table_fits_the_page_and_formats_its_numbers(quick):
+    root, cfg, _ = quick
+    html = (root / f"{NAME}-{_hash(cfg)}" / "report.html").read_text()
+    tables = re.findall(r'<div class="table"><table>(.*?)</table></div>', html, re.S)
+    summary = tables[0]
+    assert "significant digits" in summary and "shown as 0" in summary
+    cells = re.findall(r"<td>(.*?)</td>", summary)
+    assert cells and "None" not in cells and "nan" not in cells
+    assert "—" in cells  # the random start's undefined path numbers
+    for c in cells:  # 3 significant digits, and never rounding noise such as 6.9e-18
+        if re.fullmatch(r"-?[0-9.]+(e[-+][0-9]+)?", c):
+            mantissa = c.split("e")[0].lstrip("-").replace(".", "").lstrip("0")
+            assert len(mantissa) <= 3, c
+            assert not re.search(r"e-(0[7-9]|[1-9][0-9])", c), c
+    assert "overflow-x:auto" in html
+
+
 def test_the_report_opens_in_headless_chromium_without_errors(quick):
     from browser import check_report, chromium_path
 

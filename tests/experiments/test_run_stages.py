@@ -55,7 +55,13 @@ def test_run_stages_computes_each_folder_once_and_logs_in_the_order_given(tmp_pa
     assert executor.calls == [[f"stage {first}", f"stage {second}"], [f"stage {first}"]]
     assert [(r["stage"], r["reused"]) for r in ctx.log.rows()] == [(first, False), (first, True)]
     assert [(r["stage"], r["reused"]) for r in other.rows()] == [(second, False)]
-    assert said == ["squares: 3 stages"]
+    # one progress line per stage as it starts: [k/N] and its folder, (reused) when finished
+    assert said == [
+        "squares: 3 stages",
+        f"[1/3] {first}",
+        f"[2/3] {second}",
+        f"[3/3] {first} (reused)",
+    ]
 
     again = StudyContext(run_dir, root, StageLog(), say=said.append)
     assert again.run_stages(stages[:2]) == [9, 4] and computed == [3, 2]

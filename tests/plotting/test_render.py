@@ -22,9 +22,18 @@ def test_the_landscapes_own_figure_is_the_drawn_one(tmp_path, request, shape):
         assert copied.read_bytes() == fresh.read_bytes()
 
 
-def test_with_log_the_own_figure_is_drawn(tmp_path, bowl):
-    land = Landscape(bowl, [], {})
-    written = render_landscape(land, tmp_path, log=True)
-    own, contour = tmp_path / "landscape.png", tmp_path / "train_loss_contour.png"
-    assert own in written and contour in written
-    assert own.read_bytes() != contour.read_bytes()  # log-scaled contour: another figure
+@pytest.mark.parametrize("shape", ["bowl", "line"])
+def test_log_figures_go_beside_the_linear_ones_with_a_log_suffix(tmp_path, request, shape):
+    land = Landscape(request.getfixturevalue(shape), [], {})
+    linear = render_landscape(land, tmp_path)
+    before = {p: p.read_bytes() for p in linear}
+    logged = render_landscape(land, tmp_path, log=True)
+    assert logged and all(p.stem.endswith("-log") for p in logged)
+    assert not set(logged) & set(linear)
+    assert {p: p.read_bytes() for p in linear} == before  # the linear files are untouched
+    if shape == "bowl":
+        assert tmp_path / "train_loss_contour-log.png" in logged
+        assert tmp_path / "train_loss_surface-log.html" in logged
+        assert tmp_path / "train_loss-log.vtp" in logged
+    else:
+        assert {p.name for p in logged} == {"line-log.png", "line-log.pdf", "line-log.html"}

@@ -222,3 +222,28 @@ def test_side_by_side_separate_scales_and_errors(bowl: xr.Dataset, tmp_path: Pat
         plot_side_by_side([bowl, steep], titles=["one"])
     with pytest.raises(BasinscopeError, match="at least one"):
         plot_side_by_side([])
+
+
+@pytest.mark.parametrize("kind", ["contour", "filled", "heatmap"])
+def test_quantile_levels_hold_as_many_points_each_and_are_named(bowl: xr.Dataset, kind: str):
+    from matplotlib.colors import BoundaryNorm
+
+    fig, ax = plot_contour(bowl, kind=kind, levels="quantile")  # type: ignore[arg-type]
+    mappable = ax.images[0] if kind == "heatmap" else _contour_set(ax)
+    assert isinstance(mappable.norm, BoundaryNorm)
+    bounds = np.asarray(mappable.norm.boundaries)
+    values = bowl["train_loss"].values.ravel()
+    assert bounds[0] == values.min() and bounds[-1] == values.max()
+    counts = np.histogram(values, bounds)[0]
+    assert counts.max() <= 3 * values.size / (len(bounds) - 1)  # not crowded at the walls
+    assert fig.axes[1].get_ylabel() == "train loss (quantile levels)"
+
+
+def test_quantile_levels_are_shared_side_by_side_and_a_bad_choice_is_refused(bowl):
+    steep = bowl.assign(train_loss=3.0 * bowl["train_loss"])
+    fig = plot_side_by_side([bowl, steep], kind="filled", levels="quantile")
+    a, b = (_contour_set(ax) for ax in fig.axes[:2])
+    assert list(a.levels) == list(b.levels) and a.norm is b.norm
+    assert fig.axes[2].get_ylabel() == "train loss (quantile levels)"
+    with pytest.raises(BasinscopeError, match=r"levels='quantiles': expected a number of levels"):
+        plot_contour(bowl, levels="quantiles")

@@ -271,7 +271,9 @@ def hessian_analysis(
         density: also estimate the spectral density by stochastic Lanczos quadrature
             (``density_runs`` runs of ``density_steps`` steps).
         per_module: also the top eigenvalue and trace of each module's diagonal block.
-        progress: show the Lanczos iterations on stderr.
+        progress: show the Lanczos iterations, the trace's probes, the spectral density's
+            steps and the per-layer blocks on stderr (bars on a terminal, plain lines in a
+            log).
         subset, batch_size, weight_decay, bn_mode, dtype, device: the loss
             (:class:`~basinscope.curvature.loss.EmpiricalLoss`); ``dtype`` a torch dtype or
             ``"float32"``/``"float64"`` (mixed precision is refused); the operator, its
@@ -351,9 +353,13 @@ def hessian_analysis(
             op, k_bottom, "smallest", tol=tol, max_iter=max_iter, seed=seed, progress=progress
         )
     if trace == "hutch++":
-        tr = hutch_plus_plus_trace(op, rtol=trace_rtol, seed=seed, **(trace_kwargs or {}))
+        tr = hutch_plus_plus_trace(
+            op, rtol=trace_rtol, seed=seed, progress=progress, **(trace_kwargs or {})
+        )
     elif trace == "hutchinson":
-        tr = hutchinson_trace(op, rtol=trace_rtol, seed=seed, **(trace_kwargs or {}))
+        tr = hutchinson_trace(
+            op, rtol=trace_rtol, seed=seed, progress=progress, **(trace_kwargs or {})
+        )
     elif trace == "exact":
         if op.n > 5000:
             raise BasinscopeError(
@@ -375,7 +381,11 @@ def hessian_analysis(
         )
     if density:
         sd = spectral_density(
-            op, num_runs=density_runs, lanczos_steps=min(density_steps, op.n), seed=seed
+            op,
+            num_runs=density_runs,
+            lanczos_steps=min(density_steps, op.n),
+            seed=seed,
+            progress=progress,
         )
     modules = []
     if per_module:
@@ -387,6 +397,7 @@ def hessian_analysis(
             tol=max(tol, 1e-6),
             seed=seed,
             trace_rtol=trace_rtol,
+            progress=progress,
             **kwargs,
         )
     semantics = {**op.semantics, "num_matvecs": op.num_matvecs, "tol": tol, "seed": seed}

@@ -33,6 +33,7 @@ HELP = {  # each option's help, by flag (arguments by name)
     "--progress/--no-progress": "Show progress bars on stderr.",
     "--device": "Torch device of the study's computations: cpu, cuda, cuda:N or mps (the setting device; default cpu).",
     "--dtype": "Precision of the evaluations: float32 or float64 (the setting dtype; default float32; Hessians stay float64).",
+    "--threads": "Torch CPU threads the stages compute with (default: OMP_NUM_THREADS, else the cores this process may use, at most 4; recorded in the manifest, not part of any folder's digest; float32 training may differ in its last bits at another count).",
 }
 # (parameter, type, default, flag): the options of study and demo (RUN), study's own, report's
 RUN = [("out", Path, Path(paths.DEFAULT_ROOT), "--out"), ("sets", list[str], None, "--set")]
@@ -40,6 +41,7 @@ RUN += [("config", Path, None, "--config"), ("quick", bool, False, "--quick")]
 RUN += [("smoke", bool, False, "--smoke"), ("json_out", bool, False, "--json")]
 RUN += [("progress", bool, True, "--progress/--no-progress")]
 RUN += [("device", str, None, "--device"), ("dtype", str, None, "--dtype")]
+RUN += [("threads", int, None, "--threads")]
 STUDY = [("name", str, None, "NAME"), ("list_", bool, False, "--list")]
 STUDY += [("show_config", bool, False, "--show-config"), *RUN]
 REPORT = [("run_dir", Path, ..., "RUN_DIR"), ("json_out", bool, False, "--json")]
@@ -79,6 +81,7 @@ def _run(
     progress,
     device,
     dtype,
+    threads,
     wait,
     executor="local",
     address=None,
@@ -99,10 +102,15 @@ def _run(
         return emit_json(settings)
     if show_config:
         return typer.echo("\n".join(f"{k} = {v!r}" for k, v in settings.items()))
+    registry.check_threads(name, cfg, threads)
+    if threads is None and getattr(cfg, "threads", None) is None:  # else the study's setting
+        threads = registry.default_threads()
     runner = make_executor(executor, address=address, workers=workers)  # checked up front
     check_writable_folder(out)
     say, progress = (lambda m: info(m, json_out)), progress and not json_out
-    res = registry.run_study(name, out, cfg, progress=progress, say=say, wait=wait, executor=runner)
+    res = registry.run_study(
+        name, out, cfg, progress=progress, say=say, wait=wait, executor=runner, threads=threads
+    )
     emit_json(res) if json_out else info("\n" + "\n".join(StudyResult(res).summary()))
 
 
@@ -113,6 +121,7 @@ def study_cmd(name, list_, show_config, **run) -> None:
     study flatness-vs-batch-size --device cuda --dtype float64
     study flatness-vs-batch-size --config my-settings.toml
     study rotated-digits --executor ray --workers 8
+    study rotated-digits --threads 2
     study skip-connections --show-config"""
     studies = registry.list_studies()
     if list_ and run["json_out"]:
@@ -127,6 +136,7 @@ def demo_cmd(**run) -> None:
     """demo
     demo --quick
     demo --set angles=[0,45,90] --out runs/demo
+    demo --threads 1
     demo --executor ray --address auto"""
     _run(registry.DEMO, **run)
 

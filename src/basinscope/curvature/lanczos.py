@@ -78,8 +78,8 @@ import numpy as np
 import torch
 from scipy.linalg import eigh_tridiagonal
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from basinscope._progress import progress_bar
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result, encode, tensors
 
@@ -274,7 +274,7 @@ def _lanczos(
     snapshot: np.ndarray | None = None
     theta = s_mat = None
     stopped_by = "max_iter"
-    bar = tqdm(total=max_iter, disable=not progress, desc="lanczos", leave=False)
+    bar = progress_bar(total=max_iter, disable=not progress, desc="lanczos")
     try:
         for j in range(max_iter):
             qj, qs = basis[:, j], basis[:, : j + 1]
@@ -310,7 +310,7 @@ def _lanczos(
                 )
                 if progress:
                     worst = float(np.max(est[idx] / np.maximum(scale[idx], np.finfo(float).tiny)))
-                    bar.set_postfix(max_rel_res=f"{worst:.1e}")
+                    bar.set_postfix(max_rel_res=f"{worst:.1e}", refresh=False)
                 if m == n:
                     stop, stopped_by = True, "space exhausted"
                 elif breakdown:

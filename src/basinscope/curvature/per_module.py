@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from basinscope._progress import progress_bar
 from basinscope.curvature.operators import EFOperator, GGNOperator, HessianOperator
 from basinscope.curvature.trace import TraceEstimate, _semantics, hutchinson_trace
 from basinscope.errors import BasinscopeError
@@ -131,6 +132,7 @@ def per_module_curvature(
     exact_trace_max_params: int = 2000,
     trace_rtol: float = 1e-2,
     trace_max_samples: int = 1000,
+    progress: bool = False,
     **operator_kwargs: Any,
 ) -> list[ModuleCurvature]:
     """Top eigenvalue and trace of each module's diagonal curvature block.
@@ -153,7 +155,8 @@ def per_module_curvature(
     ``operator`` is ``"hessian"``, ``"ggn"`` or ``"ef"``; ``operator_kwargs`` go to its
     constructor (``task``, ``loss_fn``, ``batch_size``, ``subset``, ``weight_decay``,
     ``bn_mode``, ``dtype``, ``device``, ``method``, ...); a DataLoader is read again for
-    every block. Results follow the order of ``modules``.
+    every block. Results follow the order of ``modules``. ``progress``: a bar of the
+    modules on stderr (named by the module being measured).
     """
     if operator not in OPERATORS:
         raise BasinscopeError(
@@ -171,7 +174,10 @@ def per_module_curvature(
         from basinscope.curvature.lanczos import lanczos_eigenpairs
     cls = OPERATORS[operator]
     results = []
-    for module, names in module_blocks(model, modules).items():
+    blocks = module_blocks(model, modules)
+    bar = progress_bar(total=len(blocks), disable=not progress, desc="per-layer", unit="module")
+    for module, names in blocks.items():
+        bar.set_postfix_str(module, refresh=False)
         op = cls(model, data, params=[glob.escape(n) for n in names], **operator_kwargs)
         top_value = top_residual = top_converged = None
         if lanczos_eigenpairs is not None:
@@ -198,4 +204,6 @@ def per_module_curvature(
                 parameters=tuple(names),
             )
         )
+        bar.update(1)
+    bar.close()
     return results

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from basinscope._progress import progress_bar
 from basinscope.curvature.trace import _dtype_device, _semantics, apply_columns, draw_probes
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result
@@ -123,7 +124,7 @@ class SpectralDensity(Result, kind="spectral_density"):
 
 
 def lanczos_tridiagonal(
-    op: Any, v0: Tensor, steps: int, *, batch: int | None = None
+    op: Any, v0: Tensor, steps: int, *, batch: int | None = None, progress: bool = False
 ) -> tuple[list[np.ndarray], list[np.ndarray], int]:
     """Lanczos tridiagonalization from each column of ``v0`` (shape ``(n, R)``), in parallel.
 
@@ -133,7 +134,8 @@ def lanczos_tridiagonal(
     :data:`BREAKDOWN_RTOL` times the largest :math:`\\lVert Av_j\\rVert` so far (an
     invariant subspace: its quadrature is then exact for every polynomial). The columns of
     ``v0`` are normalized. Returns ``(alphas, betas, num_matvecs)`` with per-run diagonals
-    of length :math:`j` and off-diagonals of length :math:`j-1`.
+    of length :math:`j` and off-diagonals of length :math:`j-1`. ``progress``: a bar of the
+    steps on stderr.
     """
     n, runs = v0.shape
     steps = min(int(steps), n)
@@ -144,9 +146,11 @@ def lanczos_tridiagonal(
     scale = [0.0] * runs
     active = list(range(runs))
     matvecs = 0
+    bar = progress_bar(total=steps, disable=not progress, desc="spectral density", unit="step")
     for j in range(steps):
         if not active:
             break
+        bar.update(1)
         cur = basis[active, j].T  # (n, len(active))
         w_all = apply_columns(op, cur, batch or len(active))
         matvecs += len(active)
@@ -165,6 +169,7 @@ def lanczos_tridiagonal(
                 basis[r, j + 1] = w / b
                 still.append(r)
         active = still
+    bar.close()
     return [np.array(a) for a in alphas], [np.array(b) for b in betas], matvecs
 
 
@@ -184,6 +189,7 @@ def spectral_density(
     distribution: str = "rademacher",
     start_vectors: Tensor | np.ndarray | None = None,
     batch: int | None = None,
+    progress: bool = False,
 ) -> SpectralDensity:
     """Stochastic Lanczos quadrature of ``op`` (see the module docstring).
 
@@ -194,7 +200,7 @@ def spectral_density(
     runs advance together, one ``op.matmat`` block per step (in chunks of ``batch``
     columns, default all runs). Float64 with full reorthogonalization, as in
     Ghorbani et al. (2019, App. A), which the authors found necessary for accurate
-    densities.
+    densities. ``progress``: a bar of the Lanczos steps on stderr.
     """
     if num_runs < 1:
         raise BasinscopeError(f"num_runs must be at least 1, got {num_runs}")
@@ -224,7 +230,7 @@ def spectral_density(
             )
         distribution = "given"
     steps = min(int(lanczos_steps), n)
-    alphas, betas, matvecs = lanczos_tridiagonal(op, v0, steps, batch=batch)
+    alphas, betas, matvecs = lanczos_tridiagonal(op, v0, steps, batch=batch, progress=progress)
     nodes = np.zeros((num_runs, steps))
     weights = np.zeros((num_runs, steps))
     for r, (a, b) in enumerate(zip(alphas, betas)):

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from basinscope._progress import progress_bar
 from basinscope.errors import BasinscopeError
 from basinscope.result import Result
 
@@ -168,6 +169,7 @@ def hutchinson_trace(
     batch: int = 8,
     distribution: str = "rademacher",
     seed: int = 0,
+    progress: bool = False,
 ) -> TraceEstimate:
     """Hutchinson's estimator :math:`\\operatorname{tr}(A) \\approx \\frac1m \\sum_{i=1}^m
     z_i^\\top A z_i` with i.i.d. probes, :math:`\\mathbb E[z z^\\top] = I`.
@@ -178,7 +180,8 @@ def hutchinson_trace(
     :math:`2\\lVert A\\rVert_F^2`). They are drawn in blocks of ``batch`` and applied with
     ``op.matmat``; after each block (and at least ``min_samples`` samples) the stopping rule
     of the module docstring is checked, and after ``max_samples`` the estimate is returned
-    with ``converged=False``. ``num_matvecs == num_samples``.
+    with ``converged=False``. ``num_matvecs == num_samples``. ``progress``: a bar of the
+    probes on stderr (up to ``max_samples``; it stops early when the rule holds).
     """
     _check_common(rtol, atol, confidence, min_samples, distribution)
     if max_samples < min_samples:
@@ -193,16 +196,20 @@ def hutchinson_trace(
     samples = torch.empty(0, dtype=torch.float64)
     converged = False
     mean, se = 0.0, math.inf
-    while samples.numel() < max_samples:
-        k = min(batch, max_samples - samples.numel())
-        vs = draw_probes(op.n, k, distribution, gen, dtype, device)
-        new = (vs * apply_columns(op, vs, batch)).sum(0).to("cpu", torch.float64)
-        samples = torch.cat([samples, new])
-        if samples.numel() >= min_samples:
-            mean, se = _mean_se(samples)
-            if z * se <= max(atol, rtol * abs(mean)):
-                converged = True
-                break
+    bar = progress_bar(total=max_samples, disable=not progress, desc="trace", unit="probe")
+    with bar:
+        while samples.numel() < max_samples:
+            k = min(batch, max_samples - samples.numel())
+            vs = draw_probes(op.n, k, distribution, gen, dtype, device)
+            new = (vs * apply_columns(op, vs, batch)).sum(0).to("cpu", torch.float64)
+            samples = torch.cat([samples, new])
+            bar.update(k)
+            if samples.numel() >= min_samples:
+                mean, se = _mean_se(samples)
+                bar.set_postfix(rel_ci=f"{z * se / max(abs(mean), 1e-300):.1e}", refresh=False)
+                if z * se <= max(atol, rtol * abs(mean)):
+                    converged = True
+                    break
     mean, se = _mean_se(samples)
     return TraceEstimate(
         estimate=mean,
@@ -313,6 +320,7 @@ def hutch_plus_plus_trace(
     batch: int = 8,
     distribution: str = "rademacher",
     seed: int = 0,
+    progress: bool = False,
 ) -> TraceEstimate:
     """Hutch++: exact trace on a sketched top subspace plus Hutchinson on the rest.
 
@@ -348,6 +356,7 @@ def hutch_plus_plus_trace(
 
     ``num_samples`` is :math:`l`; ``num_matvecs`` counts every product (:math:`AS`,
     :math:`AQ`, :math:`AG`). Once :math:`Q` spans the whole space the estimate is exact.
+    ``progress``: a bar of the products on stderr (up to the budget).
     """
     _check_common(rtol, atol, confidence, min_samples, distribution)
     if batch < 1:
@@ -370,28 +379,37 @@ def hutch_plus_plus_trace(
         est = exact + mean
         return est, se, z * se <= max(atol, rtol * abs(est))
 
-    if num_matvecs is not None:
-        k = num_matvecs // 3
-        state.grow_sketch(k)
-        state.grow_probes(num_matvecs - 2 * k)
-        exact, samples = state.estimate()
-        est, se, converged = criterion(exact, samples)
-    else:
-        k = num_probes = min_samples
-        state.grow_sketch(k)
-        state.grow_probes(num_probes)
-        while True:
+    budget = num_matvecs if num_matvecs is not None else max_matvecs
+    bar = progress_bar(total=budget, disable=not progress, desc="trace (hutch++)", unit="matvec")
+
+    def advance() -> None:
+        bar.update(state.num_matvecs - bar.n)
+
+    with bar:
+        if num_matvecs is not None:
+            k = num_matvecs // 3
+            state.grow_sketch(k)
+            state.grow_probes(num_matvecs - 2 * k)
             exact, samples = state.estimate()
             est, se, converged = criterion(exact, samples)
-            if converged:
-                break
-            # next round doubles both; its cost is at most 2 * (new sketch) + new probes
-            add_k = min(k, op.n - state.sketch_size)
-            if state.num_matvecs + 2 * add_k + num_probes > max_matvecs:
-                break
-            state.grow_sketch(add_k)
+            advance()
+        else:
+            k = num_probes = min_samples
+            state.grow_sketch(k)
             state.grow_probes(num_probes)
-            k, num_probes = k + add_k, 2 * num_probes
+            while True:
+                exact, samples = state.estimate()
+                est, se, converged = criterion(exact, samples)
+                advance()
+                if converged:
+                    break
+                # next round doubles both; its cost is at most 2 * (new sketch) + new probes
+                add_k = min(k, op.n - state.sketch_size)
+                if state.num_matvecs + 2 * add_k + num_probes > max_matvecs:
+                    break
+                state.grow_sketch(add_k)
+                state.grow_probes(num_probes)
+                k, num_probes = k + add_k, 2 * num_probes
     return TraceEstimate(
         estimate=est,
         std_error=se,

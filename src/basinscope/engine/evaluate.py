@@ -657,9 +657,9 @@ def evaluate_points(
 def _progress(total: int, initial: int, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
+    from basinscope._progress import progress_bar
 
-    return tqdm(total=total, initial=initial, desc="chunks", unit="chunk", leave=False)
+    return progress_bar(total=total, initial=initial, desc="chunks", unit="chunk")
 
 
 def evaluate_model(

@@ -50,10 +50,21 @@ stage results, so two runs of a study give the same numbers: everything in resul
 except the fields named in :data:`VOLATILE_FIELDS` (see :func:`reproducible_part`). On a
 GPU this also needs PyTorch's deterministic kernels (``torch.use_deterministic_algorithms``,
 which the studies do not switch on): some CUDA kernels add in a varying order.
+
+How many CPU threads torch computes with is not a setting: ``run_study(threads=N)``
+(``--threads``; the command line's default is :func:`default_threads`) sets it for the
+run, the run's manifest records it (``threads``, as it records the executor), and it is in
+no folder's digest, so a study resumes and reuses its stages at any thread count. Every
+stage computes with the driver's count (:meth:`StudyContext.run_stages`), and each stage's
+manifest records the count it was computed with: float32 training and convolutions add in
+an order that depends on it, so a stage computed at another count may differ in its last
+bits (float64 measurements agree to rounding). Studies that have a ``threads`` setting
+(flatness-vs-batch-size, ensembles-and-width) pin it in their configuration instead.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import hashlib
@@ -61,7 +72,7 @@ import json
 import time
 import types
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,6 +99,7 @@ __all__ = [
     "build_report",
     "check_config",
     "config_hash",
+    "default_threads",
     "get_study",
     "list_studies",
     "load_run",
@@ -157,16 +169,30 @@ class StudyContext:
         runs after the first finished, and reuses it. Each stage records itself in a log of
         its own, which comes back with its value; the rows go to the stage's ``log`` (default:
         the study's) in the order of ``stages``, whichever finished first. ``what`` (e.g.
-        ``"fine-tuning"``) is said before they start."""
+        ``"fine-tuning"``) is said before they start.
+
+        Progress: one line per stage, ``[k/N] <stage folder>`` (`` (reused)`` when it was
+        finished before): said as each stage starts when they run here, and as each wave
+        ends for another executor (whose tasks run elsewhere)."""
         from basinscope.engine.executors import current_executor
 
         executor = current_executor()
+        local = executor.name == "local"
         if what:
-            how = "" if executor.name == "local" else f", as {executor.name} tasks"
+            how = "" if local else f", as {executor.name} tasks"
             self.say(f"{what}: {len(stages)} stage{'s' if len(stages) != 1 else ''}{how}")
         values: list[Any] = [None] * len(stages)
         logs: list[Any] = [None] * len(stages)
         pending = list(range(len(stages)))
+        said = [0]  # stages announced so far
+
+        def announce(folder: Path, reused: bool | None = None) -> None:
+            said[0] += 1
+            if reused is None:
+                reused = _finished(folder)
+            mark = " (reused)" if reused else ""
+            self.say(f"[{said[0]}/{len(stages)}] {folder.name}{mark}")
+
         while pending:  # one wave per repeat of a folder (almost always one wave)
             wave, later, seen = [], [], set()
             for i in pending:
@@ -174,6 +200,9 @@ class StudyContext:
                 (later if key in seen else wave).append(i)
                 seen.add(key)
             tasks = [_StageTask(stages[i].compute, self.run_dir) for i in wave]
+            if local:  # said in this process as each starts (never pickled)
+                for i, task in zip(wave, tasks, strict=True):
+                    task.announce = lambda f=stages[i].folder: announce(f)
             done = executor.run_tasks(
                 tasks,
                 names=[f"stage {stages[i].folder.name}" for i in wave],
@@ -181,10 +210,21 @@ class StudyContext:
             )
             for i, (value, stage_log) in zip(wave, done, strict=True):
                 values[i], logs[i] = value, stage_log
+                if not local:
+                    rows = stage_log.rows()
+                    announce(stages[i].folder, bool(rows) and all(r["reused"] for r in rows))
             pending = later
         for stage, stage_log in zip(stages, logs, strict=True):
             (self.log if stage.log is None else stage.log).extend(stage_log)
         return values
+
+
+def _finished(folder: Path) -> bool:
+    """Whether the stage folder holds a finished stage (its manifest says complete)."""
+    try:
+        return json.loads((folder / paths.MANIFEST).read_text()).get("status") == "complete"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _StageTask:
@@ -204,10 +244,13 @@ class _StageTask:
         self.compute = compute
         self.run_dir = run_dir
         self.threads = torch.get_num_threads()
+        self.announce: Callable[[], None] | None = None  # the progress line (local only)
 
     def __call__(self) -> tuple[Any, StageLog]:
         import torch
 
+        if self.announce is not None:
+            self.announce()
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
@@ -582,6 +625,54 @@ def config_hash(name: str, cfg: Any) -> str:
     return paths.digest({"study": name, "config": identity(config_dict(cfg))})
 
 
+# -- threads -------------------------------------------------------------------------------
+
+#: The most threads :func:`default_threads` gives.
+MAX_DEFAULT_THREADS = 4
+
+
+def default_threads() -> int:
+    """The torch CPU threads a study computes with unless told (``--threads``).
+
+    ``OMP_NUM_THREADS`` when it is set to a positive number (the user chose), else the
+    number of cores this process may run on (``os.sched_getaffinity``: a container's or
+    ``taskset``'s share, not the machine's cores; ``os.cpu_count()`` where there is no
+    affinity), at most :data:`MAX_DEFAULT_THREADS`. Why the cap: the studies' models are
+    small (LeNets and MLPs on 8x8 digits), so their operations gain little from more than
+    a few threads, and OpenMP threads that outnumber the free cores spin-wait against each
+    other and against every other process (a demo of three minutes took over two hours on a
+    loaded machine with torch's default of one thread per physical core)."""
+    import os
+
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_THREADS))
+
+
+def check_threads(name: str, cfg: Any, threads: int | None) -> None:
+    """Refuse a thread count that is not a positive number, and one given to a study that
+    pins its threads in its settings."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= 1024:
+        raise BasinscopeError(
+            f"threads must be a whole number from 1 to 1,024 (torch CPU threads), got "
+            f"{threads!r}; e.g. --threads 2"
+        )
+    pinned = getattr(cfg, "threads", None)
+    if pinned is not None and pinned != threads:
+        raise BasinscopeError(
+            f"study {name!r} sets its threads in its settings (threads={pinned}, part of its "
+            f"folders' digest), so --threads {threads} does not apply to it; use --set "
+            f"threads={threads} instead"
+        )
+
+
 # -- running and reporting -----------------------------------------------------------------
 
 
@@ -595,6 +686,7 @@ def run_study(
     report: bool = True,
     wait: bool = False,
     executor: Executor | None = None,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Run study ``name`` with ``cfg`` (default: its defaults) under ``root``.
 
@@ -612,6 +704,11 @@ def run_study(
     stages the driver computes itself; it is closed when the study ends. It changes where,
     never what: the configuration, the folders' digests and the results are the same with
     any executor. The run's manifest records it (``executor``).
+
+    ``threads`` (``--threads``): the torch CPU threads the study computes with (restored
+    when it ends; default: the current count, ``torch.get_num_threads()``). Like the
+    executor it is recorded in the manifest (``threads``) and is in no digest; see the
+    module's documentation for what it may change (the last bits of float32 training).
     """
     from basinscope.engine.executors import use_executor
     from basinscope.store.results import old_layout
@@ -619,6 +716,7 @@ def run_study(
     study = get_study(name)
     cfg = cfg if cfg is not None else study.config()
     check_config(cfg)
+    check_threads(name, cfg, threads)
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise BasinscopeError(
@@ -628,9 +726,32 @@ def run_study(
     old = old_layout(run_dir)
     if old is not None:
         raise old
-    with use_executor(executor) as runner, waiting(wait):
+    with use_executor(executor) as runner, waiting(wait), _torch_threads(threads):
         with lock_folder(run_dir, what="study run folder", say=say):
             return _run_locked(study, cfg, root, run_dir, progress, say, report, runner)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """torch computes with ``threads`` CPU threads in the block (None: as it does)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_threads(cfg: Any) -> int:
+    """The torch threads the study's stages compute with: its ``threads`` setting where it
+    has one (it sets them itself), else the driver's."""
+    import torch
+
+    pinned = getattr(cfg, "threads", None)
+    return int(pinned) if pinned is not None else torch.get_num_threads()
 
 
 def _run_locked(
@@ -642,6 +763,7 @@ def _run_locked(
     name, spec = study.name, study_spec(study.name, cfg)
     manifest = {"format": FORMAT, "kind": "study", "spec": spec, "versions": versions()}
     manifest.update(created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"), status="running")
+    manifest["threads"] = threads = _run_threads(cfg)  # how, not what: in no digest
     atomic_write_json(
         run_dir / paths.MANIFEST, manifest, "study manifest", indent=2, sort_keys=True
     )
@@ -659,17 +781,20 @@ def _run_locked(
         "run_dir": str(run_dir),
     }
     where = runner.describe()
-    _write_results(run_dir, results, where)
+    _write_results(run_dir, results, where, threads)
     if not report:
         return {**results, "report": None}
     say("writing the report")
     results["report"] = str(study.report(run_dir, results))
-    _write_results(run_dir, results, where)
+    _write_results(run_dir, results, where, threads)
     return results
 
 
 def _write_results(
-    run_dir: Path, results: dict[str, Any], executor: dict[str, Any] | None = None
+    run_dir: Path,
+    results: dict[str, Any],
+    executor: dict[str, Any] | None = None,
+    threads: int | None = None,
 ) -> None:
     """result.json (a StudyResult), and its digest in the manifest: :func:`rebuild_report`
     tells an edited result.json (the user's to fix) from one as written (a report that
@@ -682,6 +807,8 @@ def _write_results(
     extra: dict[str, Any] = {"results_sha256": hashlib.sha256(text.encode()).hexdigest()}
     if executor is not None:  # where the stages ran (not part of the results)
         extra["executor"] = executor
+    if threads is not None:  # the torch threads they computed with (neither)
+        extra["threads"] = threads
     save(result, run_dir, extra=extra)
 
 

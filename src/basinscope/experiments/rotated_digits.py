@@ -354,7 +354,16 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
         },
         "angles": angles,
         "summary": summary_rows(cfg, angles),
+        "figures": _figure_data(root, angles),  # the curves the report draws from stages
     }
+
+
+def _figure_data(root: Path, angles: dict[str, Any]) -> dict[str, Any]:
+    """The report's curves that live in stage folders (paths, trajectories), for
+    result.json: :func:`basinscope.experiments.rotated_digits_report.figure_data`."""
+    from basinscope.experiments.rotated_digits_report import figure_data
+
+    return figure_data(root, {"angles": angles})
 
 
 def _angle_result(angle: float, runs: dict[str, list], values: list[tuple[str, Any]]) -> dict:
@@ -570,11 +579,11 @@ def _analysis_calls(cfg, ctx, pre, random_init, runs, data, log) -> list[tuple[s
     # -- curvature of each solution on the target training loss ----------------------------
     n_h = min(cfg.hessian_examples, len(data["tgt_train"].y))
     hsub = (data["tgt_train"].x[:n_h], data["tgt_train"].y[:n_h])
-    calls.append(
-        ("curvature/pre-trained (start)", _hessian_call(cfg, root, pre_model, pre_name, hsub, log))
-    )
+    pre_call = _hessian_call(cfg, root, pre_model, pre_name, hsub, log, progress)
+    calls.append(("curvature/pre-trained (start)", pre_call))
     for key in runs:
-        call = _hessian_call(cfg, root, models[key][0], runs[key][0].run_dir.name, hsub, log)
+        name = runs[key][0].run_dir.name
+        call = _hessian_call(cfg, root, models[key][0], name, hsub, log, progress)
         calls.append((f"curvature/{key}", call))
     return calls
 
@@ -675,7 +684,9 @@ def _surface(cfg, progress: bool, d: Path, start_model, copies, trains):
     }
 
 
-def _hessian_call(cfg, root, model, model_stage_name: str, sub, log) -> StageCall:
+def _hessian_call(
+    cfg, root, model, model_stage_name: str, sub, log, progress: bool = False
+) -> StageCall:
     """lambda_max and trace on ``sub``; the stage is keyed by the model's stage and a
     fingerprint of the examples (a 90-degree rotation keeps pixel sums: names or sums would
     not do). Its value is the numbers' dict."""
@@ -695,6 +706,7 @@ def _hessian_call(cfg, root, model, model_stage_name: str, sub, log) -> StageCal
             trace_kwargs={"min_samples": min(8, cfg.trace_probes), "max_samples": cfg.trace_probes},
             method=cfg.hvp_method,
             device=cfg.device,  # in float64 (hessian_analysis's default), whatever cfg.dtype
+            progress=progress,
         )
         tr = rep.trace.to_dict()
         return {

@@ -3,6 +3,7 @@ built from ``result.json`` and the stored stage folders only (nothing is recompu
 
 from __future__ import annotations
 
+import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,21 @@ import numpy as np
 import basinscope
 from basinscope.experiments.rotated_digits import STRATEGY_NAMES
 from basinscope.plotting import line_figure, plot_contour, surface_figure
-from basinscope.plotting._common import new_figure, style_axes
+from basinscope.plotting._common import LEGEND_SIZE, new_figure, style_axes
 from basinscope.plotting.run import load_trajectories
 from basinscope.report import Report
+from basinscope.report.html import MISSING
 from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
 
-__all__ = ["write_report"]
+__all__ = ["TABLE_DIGITS", "TABLE_PRECISION", "figure_data", "write_report"]
+
+#: The summary table's numbers: significant digits, and the magnitude below which a
+#: number is shown as 0 (barriers and accuracy differences below it are rounding).
+TABLE_DIGITS = 3
+TABLE_PRECISION = 1e-6
+#: The lines' variables kept in result.json (``figures.paths``): every curve drawn.
+PATH_VARIABLES = ("source_loss", "target_loss", "source_accuracy", "target_accuracy")
 
 NO_BN = "LeNet has no BatchNorm, so no statistics policy applies"
 COLORS = {
@@ -61,8 +70,53 @@ def _cell(key: str, value: Any) -> Any:
     if key == "angle":
         return f"{value:g}°"
     if key == "in_pretrained_basin":
-        return {True: "yes", False: "no", None: "–"}[value]
+        return {True: "yes", False: "no", None: MISSING}[value]
     return value
+
+
+def figure_data(stages: Path, results: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of the report's curves that live in stage folders, for result.json
+    (``figures``): per angle, each strategy's path pre-trained -> fine-tuned (``alpha`` and
+    the loss and accuracy on the source and target test splits) and each start's projected
+    fine-tuning trajectories (``alpha``, ``beta``, ``steps`` per copy). The surfaces'
+    grids stay in their stage folders (``angles.<a>.surfaces.<start>.stage``)."""
+    out: dict[str, Any] = {"paths": {}, "trajectories": {}}
+    for a, res in results["angles"].items():
+        paths_a = {}
+        for strategy, line in res["lines"].items():
+            ds = _open(stages, line["stage"])
+            curve = {"alpha": [float(x) for x in ds.alpha.values]}
+            for var in PATH_VARIABLES:
+                if var in ds.data_vars:
+                    curve[var] = [float(x) for x in ds[var].values]
+            paths_a[strategy] = curve
+        out["paths"][a] = paths_a
+        out["trajectories"][a] = {
+            start: [
+                {
+                    "label": t.label,
+                    "steps": [int(x) for x in t.steps],
+                    "alpha": [float(x) for x in t.alpha],
+                    "beta": [float(x) for x in t.beta],
+                }
+                for t in load_trajectories(stages / surface["stage"])
+            ]
+            for start, surface in res["surfaces"].items()
+        }
+    return out
+
+
+def _legend_outside(fig, ax, **kwargs) -> None:
+    """``ax``'s legend to the right of the figure's panels, off the data (constrained
+    layout makes room for it)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="outside right upper", fontsize=LEGEND_SIZE, **kwargs)
+
+
+def _wrap(title: str, width: int = 42) -> str:
+    """A panel title broken into lines of at most ``width`` characters (never clipped)."""
+    return textwrap.fill(title, width)
 
 
 def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
@@ -73,6 +127,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     angles = list(results["angles"])
     strategies = list(cfg["strategies"])
     defs = results["definitions"]
+    # every drawn curve is in result.json (figures); a result.json without it: the stages
+    curves = results.get("figures") or figure_data(stages, results)
     rep = Report(
         "Fine-tuning on rotated digits: does it stay in the pre-trained basin?",
         f"basinscope {basinscope.__version__} · study rotated-digits · {time.strftime('%Y-%m-%d %H:%M')} · "
@@ -94,11 +150,19 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     # -- the summary ------------------------------------------------------------------------
     rep.heading("Summary")
     rep.table(
-        [{SUMMARY_COLUMNS[k]: _cell(k, v) for k, v in r.items()} for r in results["summary"]],
+        [
+            {SUMMARY_COLUMNS.get(k, k.replace("_", " ")): _cell(k, v) for k, v in r.items()}
+            for r in results["summary"]
+        ],
         "Per target angle and (start, strategy); accuracies are means over the copies on the test "
-        f"splits. Stayed in the pre-trained basin: {defs['stayed in the pre-trained basin']}. "
+        f"splits. Numbers to {TABLE_DIGITS} significant digits; magnitudes below "
+        f"{TABLE_PRECISION:g} are shown as 0; {MISSING}: not defined (the path from the "
+        "pre-trained model, its distance and CKA, and the basin verdict, for the random start). "
+        f"Stayed in the pre-trained basin: {defs['stayed in the pre-trained basin']}. "
         f"Barriers: {defs['barrier']}. λ_max and trace: {defs['lambda_max']}; {defs['trace']}. "
         f"CKA fc1: {defs['cka']}, at the penultimate layer on the target test split.",
+        digits=TABLE_DIGITS,
+        precision=TABLE_PRECISION,
     )
 
     # -- adaptation vs. forgetting -------------------------------------------------------------
@@ -123,7 +187,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         }
         rep.figure(
             fig,
-            f"Target {a}°. Mean cross-entropy (log colour scale) on the source training images (top) and "
+            f"Target {a}°. Mean cross-entropy (log colour scale, log-spaced contour levels, one scale "
+            "per row shared by its two panels) on the source training images (top) and "
             f"on the target training images rotated by {a}° (bottom), on a {cfg['grid']}x{cfg['grid']} grid "
             "in the plane of the top two principal components of the fine-tuning trajectories of both "
             "copies (full fine-tuning), centred at their start: the random initialization (left) and "
@@ -152,7 +217,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     # -- the path pre-trained -> fine-tuned ----------------------------------------------------------
     rep.heading("The straight path from pre-trained to fine-tuned, extrapolated")
     rep.figure(
-        _paths_figure(stages, results, angles, strategies),
+        _paths_figure(curves, angles, strategies),
         "Mean cross-entropy (log scale) along f(α) = L((1−α)θ_pre + αθ_ft) for α in [−1, 2] "
         f"({cfg['line_points']} points) on the source test split (top) and the target test split "
         "(bottom), one column per angle and one curve per strategy (copy 0); α = 0 is the pre-trained "
@@ -219,8 +284,9 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "over all examples. Every stage (pre-training, each fine-tuning, each analysis) is stored in its own "
         "folder under stages/, named by a hash of its settings, which include the folders it depends on: "
         "running the study again reuses them, and a changed setting recomputes only what depends on it. "
-        "result.json next to this report holds every number shown; `basinscope report RUN_DIR` rebuilds "
-        "this page from it."
+        "result.json next to this report holds every number shown (the curves of the paths and the "
+        "projected trajectories under figures; the surfaces' grids in the stage folders it names); "
+        "`basinscope report RUN_DIR` rebuilds this page from it."
     )
     rep.table(
         [{"setting": k, "value": v} for k, v in cfg.items()],
@@ -240,6 +306,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
             for r in results["stages"]
         ],
         "Stages of the last run.",
+        digits=TABLE_DIGITS,
     )
     return atomic_write_text(Path(run_dir) / paths.REPORT, rep.render(), "report")
 
@@ -249,8 +316,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
 
 def _accuracy_figure(results, angles, strategies):
     """From the summary rows (means over the copies)."""
-    fig = new_figure((11, 4))
-    axes = fig.subplots(1, 2)
+    fig = new_figure((12, 4))
+    axes = fig.subplots(1, 2, sharey=True)
     x = [float(a) for a in angles]
     rows = {(r["angle"], r["start"], r["strategy"]): r for r in results["summary"]}
 
@@ -269,44 +336,62 @@ def _accuracy_figure(results, angles, strategies):
         ax.set_ylim(0, 1.02)
         ax.set_title(f"{side} ({'adaptation' if side == 'target' else 'forgetting'})")
         style_axes(ax)
-    axes[0].legend(fontsize=8)
+    _legend_outside(fig, axes[0])
     return fig
 
 
 def _surface_panels(stages: Path, res, a):
-    fig = new_figure((11, 9))
+    """Two rows (source and target loss) of two panels (random and pre-trained start); the
+    two panels of a row share one log colour scale and its colorbar."""
+    from matplotlib import colormaps
+    from matplotlib.cm import ScalarMappable
+
+    from basinscope.plotting._grid import color_scale, surface_grid
+    from basinscope.plotting.surfaces import _add_colorbar
+
+    fig = new_figure((11.5, 9))
     axes = fig.subplots(2, 2)
-    for col, start in enumerate(("random", "pre-trained")):
-        name = res["surfaces"][start]["stage"]
-        ds = _open(stages, name)
-        trajs = load_trajectories(stages / name)
-        for row, (var, what) in enumerate(
-            (("source_loss", "source loss (upright)"), ("target_loss", f"target loss ({a}°)"))
-        ):
-            ax = axes[row, col]
+    starts = ("random", "pre-trained")
+    data = {s: _open(stages, res["surfaces"][s]["stage"]) for s in starts}
+    trajs = {s: load_trajectories(stages / res["surfaces"][s]["stage"]) for s in starts}
+    rows = (("source_loss", "source loss (upright)"), ("target_loss", f"target loss ({a}°)"))
+    for row, (var, what) in enumerate(rows):
+        grids = [surface_grid(data[s], var, log=True)[2] for s in starts]
+        chunks = [np.ma.compressed(g) for g in grids if np.ma.count(g)]
+        lo_hi = (float(min(c.min() for c in chunks)), float(max(c.max() for c in chunks)))
+        norm, _ = color_scale(lo_hi if chunks else None, levels=30, log=True)
+        for col, start in enumerate(starts):
             plot_contour(
-                ds,
+                data[start],
                 var,
                 kind="filled",
                 log=True,
-                trajectories=trajs,
-                ax=ax,
-                title=f"{what}, {start} start",
+                trajectories=trajs[start],
+                ax=axes[row, col],
+                title=_wrap(f"{what}, {start} start"),
+                vmin=float(norm.vmin),
+                vmax=float(norm.vmax),
+                colorbar=False,
             )
+        mappable = ScalarMappable(norm=norm, cmap=colormaps["viridis"])
+        _add_colorbar(fig, mappable, list(axes[row]), f"{what} (log scale)")
     fig.suptitle(f"target: digits rotated by {a}°")
     return fig
 
 
-def _paths_figure(stages: Path, results, angles, strategies):
-    fig = new_figure((3.2 * len(angles) + 1, 6.5))
-    axes = np.atleast_2d(fig.subplots(2, len(angles), sharey="row", squeeze=False))
+def _paths_figure(curves, angles, strategies):
+    """From result.json's ``figures.paths``: every curve drawn is a list there."""
+    from matplotlib.ticker import FuncFormatter
+
+    fig = new_figure((3.2 * len(angles) + 2.5, 6.5))
+    axes = np.atleast_2d(fig.subplots(2, len(angles), sharey="row", sharex=True, squeeze=False))
     for j, a in enumerate(angles):
         for s in strategies:
-            ds = _open(stages, results["angles"][a]["lines"][s]["stage"])
+            curve = curves["paths"][a][s]
             for i, side in enumerate(("source", "target")):
                 axes[i, j].semilogy(
-                    ds.alpha.values,
-                    ds[f"{side}_loss"].values,
+                    curve["alpha"],
+                    curve[f"{side}_loss"],
                     color=COLORS[s],
                     label=STRATEGY_NAMES[s],
                 )
@@ -315,15 +400,17 @@ def _paths_figure(stages: Path, results, angles, strategies):
             for x in (0, 1):
                 ax.axvline(x, color="grey", lw=0.6, ls=":")
             ax.set_title(f"{a}°: {side} test loss", fontsize=10)
-            ax.set_xlabel("α (0: pre-trained, 1: fine-tuned)")
+            ax.set_xlabel(_wrap("α (0: pre-trained, 1: fine-tuned)", 24))
+            for axis_ticks in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+                axis_ticks(FuncFormatter(lambda v, _: f"{v:.3g}"))  # not 2.25 x 10^0
             style_axes(ax)
-    axes[0, 0].legend(fontsize=7)
+    _legend_outside(fig, axes[0, 0])
     return fig
 
 
 def _barrier_figure(results, angles, strategies, cfg):
-    fig = new_figure((11, 4))
-    axes = fig.subplots(1, 2)
+    fig = new_figure((12, 4))
+    axes = fig.subplots(1, 2, sharey=True)  # the same metric: one scale
     keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft"]
     width = 0.8 / len(keys)
     x = np.arange(len(angles))
@@ -349,12 +436,12 @@ def _barrier_figure(results, angles, strategies, cfg):
         ax.set_ylabel(f"{cfg['barrier_metric']} barrier ({cfg['barrier_definition']})")
         ax.set_title(title)
         style_axes(ax)
-    axes[0].legend(fontsize=7)
+    _legend_outside(fig, axes[0])
     return fig
 
 
 def _similarity_figure(results, angles, strategies):
-    fig = new_figure((11, 4))
+    fig = new_figure((12, 4))
     axes = fig.subplots(1, 2)
     sims = [results["angles"][a]["similarity"]["pre-trained/ft"] for a in angles]
     modules = list(sims[0]["distance"]["per_module"])
@@ -382,7 +469,7 @@ def _similarity_figure(results, angles, strategies):
     axes[1].set_title("representations (target test split)")
     for ax in axes:
         style_axes(ax)
-        ax.legend(fontsize=7, title="target")
+    _legend_outside(fig, axes[1], title="target")
     return fig
 
 
@@ -401,7 +488,7 @@ def _mu(v) -> float:
 
 
 def _criticality_figure(results, angles):
-    fig = new_figure((11, 4))
+    fig = new_figure((12, 4))
     axes = fig.subplots(1, 2, sharey=True)
     cmap = _angle_colors(len(angles))
     for ax, start in zip(axes, ("pre-trained", "random"), strict=True):
@@ -422,12 +509,12 @@ def _criticality_figure(results, angles):
         ax.set_title(f"{start} start")
         ax.set_ylabel("module criticality μ")
         style_axes(ax)
-    axes[0].legend(fontsize=7, title="target")
+    _legend_outside(fig, axes[0], title="target")
     return fig
 
 
 def _curvature_figure(results, angles, strategies):
-    fig = new_figure((11, 4))
+    fig = new_figure((12, 4))
     axes = fig.subplots(1, 2)
     x = [float(a) for a in angles]
     keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft", "pre-trained (start)"]
@@ -456,5 +543,5 @@ def _curvature_figure(results, angles, strategies):
         ax.set_xlabel("rotation of the target (degrees)")
         ax.set_yscale("log")
         style_axes(ax)
-    axes[0].legend(fontsize=7)
+    _legend_outside(fig, axes[0])
     return fig

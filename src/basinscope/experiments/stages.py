@@ -142,14 +142,18 @@ def _check_layout(d: Path) -> None:
 
 def _begin(d: Path, name: str, settings: dict[str, Any]) -> None:
     """Write the manifest of stage folder ``d`` (under its lock, before computing): its
-    identity (kind ``stage``, its name, its settings as the spec), versions, ``running``."""
+    identity (kind ``stage``, its name, its settings as the spec), versions, the torch
+    threads it computes with (in no digest: see :mod:`basinscope.experiments.registry`),
+    ``running``."""
+    import torch
+
     from basinscope.jsonable import jsonable
     from basinscope.store.results import FORMAT
     from basinscope.store.run import versions
 
     manifest = {"format": FORMAT, "kind": "stage", "stage": name, "spec": settings}
     manifest.update(versions=versions(), created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-    manifest["status"] = "running"
+    manifest.update(threads=torch.get_num_threads(), status="running")
     atomic_write_json(
         d / paths.MANIFEST, jsonable(manifest), "stage manifest", indent=2, sort_keys=True
     )
@@ -328,6 +332,8 @@ def train_stage(
     While it trains, the folder is locked; ``wait`` says whether another process writing it
     is waited for (default: :func:`basinscope.store.lock.default_wait`).
     """
+    import torch
+
     from basinscope.models import load_weights, save_weights
     from basinscope.store import load, save
     from basinscope.training import TrainRun, load_trajectory, train, trajectory_to_safetensors
@@ -348,7 +354,7 @@ def train_stage(
         with RunStore.open(run_dir, "train", spec, fps, wait=wait) as store:
             if not (store.manifest.get("status") == "complete" and all(map(Path.is_file, files))):
                 t0 = time.perf_counter()
-                store.update_manifest(device=str(device))
+                store.update_manifest(device=str(device), threads=torch.get_num_threads())
                 result = train(
                     model, data, config, progress=progress, device=device, dtype=dtype, task=task
                 )

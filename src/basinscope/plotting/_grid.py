@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import xarray as xr
-from matplotlib.colors import LogNorm, Normalize
+from matplotlib.colors import BoundaryNorm, LogNorm, Normalize
 from matplotlib.ticker import MaxNLocator
 
 from basinscope.errors import BasinscopeError
@@ -106,3 +106,41 @@ def colorbar_extend(data_range: tuple[float, float] | None, norm: Normalize) -> 
     return {(True, True): "both", (True, False): "min", (False, True): "max"}.get(
         (below, above), "neither"
     )
+
+
+#: ``levels="quantile"``: contour levels at evenly spaced quantiles of the values.
+QUANTILE = "quantile"
+#: How many quantile levels (at most; equal quantiles merge).
+QUANTILE_LEVELS = 21
+
+
+def is_quantile(levels: object) -> bool:
+    """Whether ``levels`` asks for quantile levels (the string ``"quantile"``)."""
+    if isinstance(levels, str):
+        if levels != QUANTILE:
+            raise BasinscopeError(
+                f"levels={levels!r}: expected a number of levels, the level values, or "
+                f"{QUANTILE!r} (levels at evenly spaced quantiles of the values)"
+            )
+        return True
+    return False
+
+
+def quantile_scale(
+    grids: Sequence[np.ma.MaskedArray], n: int = QUANTILE_LEVELS
+) -> tuple[Normalize, np.ndarray]:
+    """Levels at ``n`` evenly spaced quantiles (0, 5%, ..., 100%) of the unmasked values of
+    ``grids``, and a :class:`~matplotlib.colors.BoundaryNorm` that gives each band between
+    two levels its own colour: every band holds about as many grid points, so the low
+    region of a loss surface (its basin) is resolved as finely as its walls, whatever the
+    loss's range. Equal quantiles (a flat region) merge."""
+    chunks = [np.ma.compressed(g) for g in grids]
+    chunks = [c for c in chunks if c.size]
+    if not chunks:
+        lv = np.linspace(0.0, 1.0, n)
+    else:
+        lv = np.unique(np.quantile(np.concatenate(chunks), np.linspace(0.0, 1.0, n)))
+        if lv.size < 2:
+            lo = float(lv[0])
+            lv = np.array([lo, lo + max(abs(lo), 1.0) * 1e-3 + 1e-12])
+    return BoundaryNorm(lv, ncolors=256), lv

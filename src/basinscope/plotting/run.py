@@ -17,7 +17,9 @@ from typing import Any
 from basinscope.errors import BasinscopeError
 
 __all__ = [
+    "LOG_SUFFIX",
     "SURFACE_KINDS",
+    "default_levels",
     "default_variables",
     "landscape_figures",
     "line_groups",
@@ -29,6 +31,17 @@ __all__ = [
 ]
 
 SURFACE_KINDS = ("contour", "filled", "heatmap", "3d", "html", "vtp")
+#: Appended to the name of every log-scaled figure (``train_loss_contour-log.png``), so
+#: that ``basinscope plot --log`` writes beside the linear-scale files, never over them.
+LOG_SUFFIX = "-log"
+
+
+def default_levels(var: str, log: bool) -> int | str:
+    """The contour levels of ``var``'s 2D figures: a loss without ``log`` gets quantile
+    levels (a loss surface spans orders of magnitude: 30 evenly spaced levels crowd its
+    walls and leave its basin one colour); ``log`` gets log-spaced levels; other
+    variables 30 evenly spaced ones. The colorbar's label names the choice."""
+    return "quantile" if var.endswith("_loss") and not log else 30
 
 
 def trajectories_of(land: Any) -> list[Any]:
@@ -84,7 +97,9 @@ def landscape_figures(
     1D landscapes: ``line.<format>`` and ``line.html``. 2D landscapes: for each of
     ``variables`` (default: :func:`default_variables`) and each of ``kinds``,
     ``<var>_<kind>.<format>`` (contour, filled, heatmap, 3d), ``<var>_surface.html`` (html)
-    and ``<var>.vtp`` (vtp).
+    and ``<var>.vtp`` (vtp). With ``log`` every name ends in :data:`LOG_SUFFIX`
+    (``line-log.png``, ``train_loss_contour-log.png``): the linear-scale files stay. Loss
+    contours have :func:`default_levels`.
     """
     from basinscope.plotting.interactive import line_figure, surface_html
     from basinscope.plotting.io import save_figure
@@ -105,11 +120,12 @@ def landscape_figures(
         where = getattr(land, "run_dir", None) or "the landscape"
         raise BasinscopeError(f"{where} has no variables {missing}; it has {sorted(ds.data_vars)}")
     written: list[Path] = []
+    sfx = LOG_SUFFIX if log else ""
     if "beta" not in ds.dims:
         splits, metrics = line_groups(ds)
         fig, _ = plot_line(ds, metrics=metrics, splits=splits, log=log)
-        written += save_figure(fig, out / "line", formats)
-        html = out / "line.html"
+        written += save_figure(fig, out / f"line{sfx}", formats)
+        html = out / f"line{sfx}.html"
         with atomic_path(html, "figure") as tmp:
             line_figure(ds, metrics=metrics, splits=splits, log=log).write_html(
                 tmp, include_plotlyjs=True, full_html=True
@@ -119,9 +135,16 @@ def landscape_figures(
     trajectories = trajectories_of(land)
     for var in names:
         for kind in kinds:
-            stem = out / f"{var}_{kind}"
+            stem = out / f"{var}_{kind}{sfx}"
             if kind in ("contour", "filled", "heatmap"):
-                fig, _ = plot_contour(ds, var, kind=kind, log=log, trajectories=trajectories)
+                fig, _ = plot_contour(
+                    ds,
+                    var,
+                    kind=kind,
+                    log=log,
+                    levels=default_levels(var, log),
+                    trajectories=trajectories,
+                )
                 written += save_figure(fig, stem, formats)
             elif kind == "3d":
                 fig, _ = plot_surface3d(ds, var, log=log)
@@ -129,11 +152,15 @@ def landscape_figures(
             elif kind == "html":
                 written.append(
                     surface_html(
-                        ds, var, out / f"{var}_surface.html", log=log, trajectories=trajectories
+                        ds,
+                        var,
+                        out / f"{var}_surface{sfx}.html",
+                        log=log,
+                        trajectories=trajectories,
                     )
                 )
             elif kind == "vtp":
-                written.append(write_vtp(ds, var, out / f"{var}.vtp", log=log))
+                written.append(write_vtp(ds, var, out / f"{var}{sfx}.vtp", log=log))
     return written
 
 
@@ -148,13 +175,15 @@ def render_landscape(
 ) -> list[Path]:
     """Every figure of the landscape ``land`` in ``folder``: the result's own figure
     (:func:`basinscope.plotting.plot`, ``landscape.<format>``) and :func:`landscape_figures`
-    of every kind; with ``variables`` or ``kinds``, only the figures asked for."""
+    of every kind; with ``variables`` or ``kinds``, only the figures asked for. With
+    ``log``, only the log-scaled figures (named ``...-log``; the own figure has no log
+    scale, and the linear-scale files are left as they are)."""
     from basinscope.plotting.io import save_figure
 
     others = landscape_figures(
         land, folder, variables=variables, kinds=kinds or SURFACE_KINDS, log=log, formats=formats
     )
-    if variables or kinds:
+    if variables or kinds or log:
         return others
     stem = Path(folder) / land.kind
     same = _same_figure(land, Path(folder), log)
@@ -206,9 +235,12 @@ def render_run(
     (`basinscope interpolate`, `surface`, `hessian --map`) also get, as their commands draw
     them: 1D, loss and accuracy on twin axes (train solid, test dashed) and an interactive HTML
     version; 2D, per variable, contour, filled contour, heatmap, 3D surface, an interactive
-    plotly surface (.html) and a ParaView .vtp file, with projected trajectories drawn. --var
-    and --kind (`variables`, `kinds`) draw only the landscape figures asked for. Files go to
-    RUN_DIR/figures; their paths are returned.
+    plotly surface (.html) and a ParaView .vtp file, with projected trajectories drawn;
+    loss contours have quantile levels (each colour band holds about as many grid points).
+    --var and --kind (`variables`, `kinds`) draw only the landscape figures asked for. --log
+    (`log`) draws the landscape figures with log-scaled values and log-spaced levels into
+    files named with a -log suffix (line-log.png, train_loss_contour-log.png), beside the
+    linear-scale ones, which stay. Files go to RUN_DIR/figures; their paths are returned.
     """
     from basinscope.store import load, paths
 

@@ -11,7 +11,7 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.cm import ScalarMappable
 from matplotlib.colorbar import Colorbar
-from matplotlib.colors import LogNorm
+from matplotlib.colors import BoundaryNorm, LogNorm, Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, MaxNLocator, NullLocator
 
@@ -30,7 +30,14 @@ from basinscope.plotting._common import (
     style_axes,
     var_label,
 )
-from basinscope.plotting._grid import color_scale, colorbar_extend, is_uniform, surface_grid
+from basinscope.plotting._grid import (
+    color_scale,
+    colorbar_extend,
+    is_quantile,
+    is_uniform,
+    quantile_scale,
+    surface_grid,
+)
 from basinscope.plotting.trajectory import TRAJECTORY_COLORS, Trajectory, draw_trajectory
 
 __all__ = ["ContourKind", "plot_contour", "plot_side_by_side", "plot_surface3d"]
@@ -45,7 +52,7 @@ def _draw_contour(
     var: str,
     *,
     kind: str,
-    levels: int | Sequence[float],
+    levels: int | Sequence[float] | str,
     log: bool,
     trajectories: Sequence[Trajectory],
     center_marker: bool,
@@ -53,6 +60,7 @@ def _draw_contour(
     vmin: float | None,
     vmax: float | None,
     cmap: str,
+    shared_norm: Normalize | None = None,
 ) -> tuple[ScalarMappable | None, str]:
     """Draw the panel of :func:`plot_contour` on ``ax``.
 
@@ -63,7 +71,12 @@ def _draw_contour(
         raise BasinscopeError(f"kind must be one of {_KINDS}, got {kind!r}.")
     alpha, beta, z, n_bad, n_nonpos = surface_grid(ds, var, log=log)
     data_range = finite_range([z])
-    norm, lv = color_scale(data_range, levels=levels, log=log, vmin=vmin, vmax=vmax)
+    if shared_norm is not None:  # plot_side_by_side's panels: one scale for all
+        norm, lv = shared_norm, np.asarray(levels, dtype=float)
+    elif is_quantile(levels):
+        norm, lv = quantile_scale([z])
+    else:
+        norm, lv = color_scale(data_range, levels=levels, log=log, vmin=vmin, vmax=vmax)
     cm = colormaps[cmap].with_extremes(bad="0.85")
     extend = colorbar_extend(data_range, norm)
 
@@ -140,7 +153,13 @@ def _add_colorbar(
     powers of ten, written plainly (``0.2``, ``5``, ``100``) instead of the level values.
     """
     cbar = fig.colorbar(mappable, ax=ax, shrink=shrink, extend=extend)
-    if isinstance(mappable.norm, LogNorm):
+    if isinstance(mappable.norm, BoundaryNorm):  # quantile levels: a readable subset
+        bounds = np.asarray(mappable.norm.boundaries)
+        step = max(1, int(np.ceil(len(bounds) / 8)))
+        cbar.set_ticks(bounds[::step])
+        cbar.formatter = FormatStrFormatter("%.3g")
+        cbar.minorlocator = NullLocator()
+    elif isinstance(mappable.norm, LogNorm):
         cbar.locator = LogLocator(subs=(1.0, 2.0, 5.0))
         cbar.formatter = FormatStrFormatter("%g")
         cbar.minorlocator = NullLocator()
@@ -154,7 +173,7 @@ def plot_contour(
     var: str = "train_loss",
     *,
     kind: ContourKind = "contour",
-    levels: int | Sequence[float] = 30,
+    levels: int | Sequence[float] | str = 30,
     log: bool = False,
     trajectories: Sequence[Trajectory] = (),
     center_marker: bool = True,
@@ -173,7 +192,10 @@ def plot_contour(
         var: Variable to plot, e.g. ``"train_loss"``.
         kind: ``"contour"`` (lines), ``"filled"`` (``contourf``) or ``"heatmap"`` (one cell
             per grid point; ``imshow`` on uniform grids, ``pcolormesh`` otherwise).
-        levels: Number of contour levels or explicit level values (ignored by heat maps).
+        levels: Number of contour levels, explicit level values, or ``"quantile"``: levels
+            at evenly spaced quantiles of the values, each band its own colour, so a basin
+            is resolved as finely as its walls (the colorbar label says so). Heat maps use
+            the levels only through ``"quantile"``'s banded colours.
         log: Log-spaced levels and a :class:`~matplotlib.colors.LogNorm` over the finite,
             positive values (as Li et al. do for loss surfaces).
         trajectories: Paths to overlay (see :class:`~basinscope.plotting.Trajectory`).
@@ -214,9 +236,15 @@ def plot_contour(
         cmap=cmap,
     )
     if colorbar and mappable is not None:
-        label = var_label(ds, var) + (" (log scale)" if log else "")
-        _add_colorbar(fig, mappable, ax, label, extend)
+        _add_colorbar(fig, mappable, ax, scale_label(ds, var, log, levels), extend)
     return fig, ax
+
+
+def scale_label(ds: xr.Dataset, var: str, log: bool, levels: object) -> str:
+    """The colorbar's label: the variable and the colour scale's choice (log scale,
+    quantile levels), so that a caption or reader can name it."""
+    choices = [c for c, on in (("log scale", log), ("quantile levels", is_quantile(levels))) if on]
+    return var_label(ds, var) + (f" ({', '.join(choices)})" if choices else "")
 
 
 def plot_surface3d(
@@ -297,7 +325,7 @@ def plot_side_by_side(
     kind: ContourKind = "contour",
     shared_levels: bool = True,
     *,
-    levels: int | Sequence[float] = 30,
+    levels: int | Sequence[float] | str = 30,
     log: bool = False,
     vmax: float | None = None,
     cmap: str = "viridis",
@@ -332,17 +360,22 @@ def plot_side_by_side(
         )
     fig = new_figure((4.6 * n + 1.0, 4.4))
     axes = list(fig.subplots(1, n, squeeze=False)[0])
-    panel_levels: int | Sequence[float] = levels
+    panel_levels: int | Sequence[float] | str = levels
     vmin = None
     shared: ScalarMappable | None = None
+    shared_norm: Normalize | None = None
     if shared_levels:
         grids = [surface_grid(d, var, log=log)[2] for d in datasets]
         data_range = finite_range(grids)
-        norm, lv = color_scale(data_range, levels=levels, log=log, vmax=vmax)
+        if is_quantile(levels):
+            norm, lv = quantile_scale(grids)
+            shared_norm = norm
+        else:
+            norm, lv = color_scale(data_range, levels=levels, log=log, vmax=vmax)
         panel_levels, vmin, vmax = lv, float(norm.vmin), float(norm.vmax)  # type: ignore[arg-type]
         shared = ScalarMappable(norm=norm, cmap=colormaps[cmap])
         shared_extend = colorbar_extend(data_range, norm)
-    label = var_label(datasets[0], var) + (" (log scale)" if log else "")
+    label = scale_label(datasets[0], var, log, levels)
     drawn = []
     for ax, d, t, tr in zip(axes, datasets, titles_, trajs_):
         m, extend = _draw_contour(
@@ -358,6 +391,7 @@ def plot_side_by_side(
             vmin=vmin,
             vmax=vmax,
             cmap=cmap,
+            shared_norm=shared_norm,
         )
         if m is not None:
             drawn.append(m)

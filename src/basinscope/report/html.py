@@ -15,15 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Report"]
+__all__ = ["MISSING", "Report", "format_number"]
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{font-size:1.7em;margin-bottom:.2em} h2{font-size:1.3em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
 figure{margin:1.2em 0} figure img{max-width:100%;height:auto;border:1px solid #eee}
 figcaption{font-size:.92em;color:#444;margin-top:.4em}
-table{border-collapse:collapse;font-size:.9em;margin:1em 0} th,td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
-th{background:#f4f4f4} td:first-child,th:first-child{text-align:left}
+.table{overflow-x:auto;max-width:100%;margin:1em 0}
+table{border-collapse:collapse;font-size:.85em} th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right}
+td{white-space:nowrap;font-variant-numeric:tabular-nums} caption{text-align:left;font-size:.92em;color:#444;padding-bottom:.4em}
+th{background:#f4f4f4;vertical-align:bottom} td:first-child,th:first-child{text-align:left}
 .meta{font-size:.85em;color:#666} code{background:#f5f5f5;padding:0 .2em}
 """
 
@@ -88,18 +90,28 @@ class Report:
         rows: Sequence[dict[str, Any]],
         caption: str = "",
         columns: Sequence[str] | None = None,
+        *,
+        digits: int = 4,
+        precision: float | None = None,
     ) -> None:
+        """A table that scrolls sideways inside the page when it is wider than the page.
+        Numbers are written by :func:`format_number` with ``digits`` significant digits and
+        ``precision`` (say it in the caption); a missing value (None) is ``—``."""
         if not rows:
             return
         cols = list(columns or rows[0].keys())
         head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cols)
+
+        def cell(v: Any) -> str:
+            return html.escape(format_number(v, digits=digits, precision=precision))
+
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c, '')))}</td>" for c in cols) + "</tr>"
-            for r in rows
+            "<tr>" + "".join(f"<td>{cell(r.get(c, ''))}</td>" for c in cols) + "</tr>" for r in rows
         )
         cap = f"<caption>{html.escape(caption)}</caption>" if caption else ""
         self.parts.append(
-            f"<table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            f'<div class="table"><table>{cap}<thead><tr>{head}</tr></thead><tbody>{body}'
+            "</tbody></table></div>"
         )
 
     def render(self) -> str:
@@ -121,7 +133,29 @@ class Report:
         return atomic_write_text(path, self.render(), "report")
 
 
+#: What a table shows for a missing value.
+MISSING = "—"
+
+
+def format_number(v: Any, *, digits: int = 4, precision: float | None = None) -> str:
+    """A table cell: a float with ``digits`` significant digits (``0.0431``, ``1.23e+04``),
+    ``0`` when its magnitude is below ``precision`` (rounding noise such as ``6.9e-18``
+    where the numbers are known to that precision), ``—`` for None and NaN, ``∞``/``−∞``
+    for infinities; anything else as ``str``."""
+    import math
+
+    if v is None:
+        return MISSING
+    if isinstance(v, bool) or not isinstance(v, float):
+        return str(v)
+    if math.isnan(v):
+        return MISSING
+    if math.isinf(v):
+        return "∞" if v > 0 else "−∞"
+    if precision is not None and abs(v) < precision:
+        return "0"
+    return f"{v:.{digits}g}"
+
+
 def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return str(v)
+    return format_number(v)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
+from basinscope._progress import progress_bar
 from basinscope.engine.batches import StreamingBatches, streams
 from basinscope.engine.fit import check_model_data
 from basinscope.engine.precision import autocast
@@ -512,7 +512,10 @@ def train(
             if hasattr(cb, "start"):
                 cb.start(net)
         record(0)
-        for step in tqdm(range(1, config.steps + 1), disable=not progress, desc="train"):
+        steps = range(1, config.steps + 1)
+        for step in progress_bar(
+            steps, disable=not progress, desc="train", unit="step", leave=True
+        ):
             lr = lr_at(
                 step - 1,
                 config.steps,

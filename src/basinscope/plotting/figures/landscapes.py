@@ -14,7 +14,12 @@ import numpy as np
 from basinscope.plotting._common import LABEL_SIZE, LEGEND_SIZE, new_figure, style_axes
 from basinscope.plotting.dispatch import plots
 from basinscope.plotting.lines import plot_line
-from basinscope.plotting.run import default_variables, line_groups, trajectories_of
+from basinscope.plotting.run import (
+    default_levels,
+    default_variables,
+    line_groups,
+    trajectories_of,
+)
 from basinscope.plotting.surfaces import plot_contour
 
 __all__ = ["plot_landscape", "plot_train"]
@@ -30,7 +35,10 @@ def plot_landscape(r: Any, ax: Any = None) -> tuple[Any, Any]:
         splits, metrics = line_groups(ds)
         return plot_line(ds, metrics=metrics, splits=splits, ax=ax)
     var = default_variables(ds)[0]
-    return plot_contour(ds, var, kind="contour", trajectories=trajectories_of(r), ax=ax)
+    levels = default_levels(var, log=False)
+    return plot_contour(
+        ds, var, kind="contour", levels=levels, trajectories=trajectories_of(r), ax=ax
+    )
 
 
 @plots("train")
