@@ -273,6 +273,7 @@ BUILTIN = (
     "lr_and_width",
     "minefield",
     "double_descent",
+    "continual_shifts",
 )
 
 
