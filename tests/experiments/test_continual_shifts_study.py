@@ -124,7 +124,7 @@ def _method(forget, learn, sharp, strategy="ft"):
         "learning_accuracy": _spread(*learn),
         "mean_sharpness": _spread(*sharp),
         "mean_barrier": _spread(0.1, 0.1),
-        "runs": [{}, {}],
+        "runs": [{"stages": [{}, {"barrier": 0.0, "barrier_ci": [0.0, 0.01]}]}] * 2,
     }
 
 
@@ -172,6 +172,7 @@ def test_the_verdict_follows_the_numbers():
     assert "Flatter solutions did not bring less forgetting" in text
     assert "beat random ones in every seed: gradient" in text
     assert "Below random on average: fisher" in text
+    assert v["barrier_max"] == 0.0 and "stays linearly connected" in text
 
 
 def test_running_again_reuses_every_stage_and_gives_the_same_numbers(smoke_run):

@@ -745,7 +745,19 @@ def verdict(
             "best": best,
             "best_gain": rows[best]["target_gain"],
         }
+    barriers = [
+        st["barrier"] for c in continual.values() for r in c["runs"] for st in r["stages"][1:]
+    ]
+    highs = [
+        st["barrier_ci"][1]
+        for c in continual.values()
+        for r in c["runs"]
+        for st in r["stages"][1:]
+        if st.get("barrier_ci") is not None
+    ]
     return {
+        "barrier_max": float(max(barriers)),
+        "barrier_ci_high_max": float(max(highs)) if highs else None,
         "forgetting_order": order,
         "least_forgetting": least,
         "least_forgetting_cost": methods[least]["adaptation_cost"],

@@ -341,6 +341,18 @@ def findings(v: dict[str, Any]) -> str:
         if clear
         else f"No method forgets less than ft with SGD in every seed ({v['seeds']} seeds)."
     )
+    hi = v.get("barrier_ci_high_max")
+    parts.append(
+        f"Barriers: the largest barrier between consecutive solutions, over every method, "
+        f"seed and transition, is {v['barrier_max']:.3g}"
+        + ("" if hi is None else f" (the highest bootstrap CI bound {hi:.3g})")
+        + (
+            ": each stage's solution stays linearly connected to the previous one on both "
+            "tasks (the loss on the segment never rises above the chord), whatever the method."
+            if v["barrier_max"] <= 1e-6
+            else "."
+        )
+    )
     for r in v["sharpness_aware"].values():
         flat = (
             "clearly flatter (every seed)"
