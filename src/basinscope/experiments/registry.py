@@ -318,6 +318,7 @@ BUILTIN = (
     "double_descent",
     "dln_saddles",
     "relu_conservation",
+    "continual_shifts",
 )
 
 
