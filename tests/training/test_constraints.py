@@ -146,6 +146,16 @@ def test_top_mask_counts_and_bad_input():
     assert m["a"].tolist() == [True, False, False] and m["b"].tolist() == [[False, True]]
     with pytest.raises(BasinscopeError, match=r"fraction must be in \(0, 1\]"):
         top_mask(scores, 0.0)
+    exact = top_mask(scores, count=3)
+    assert sum(int(v.sum()) for v in exact.values()) == 3 and exact["a"].tolist() == [
+        True,
+        False,
+        True,
+    ]
+    with pytest.raises(BasinscopeError, match="either fraction= or count="):
+        top_mask(scores, 0.5, count=2)
+    with pytest.raises(BasinscopeError, match="between 1 and the 5 entries, got 6"):
+        top_mask(scores, count=6)
     with pytest.raises(BasinscopeError, match="unknown mask signal 'snip'"):
         mask_scores(mlp(), None, "snip")
     with pytest.raises(BasinscopeError, match="pass source_data="):

@@ -192,8 +192,10 @@ def mask_scores(
     probe_steps: int = 20,
     probe_lr: float = 0.01,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Tensor]:
-    """A score per parameter entry of ``model`` on ``data`` (module docstring), float64."""
+    """A score per parameter entry of ``model`` on ``data`` (module docstring), float64 on
+    the CPU; the curvature and the probe run on ``device``."""
     if signal not in MASK_SIGNALS:
         raise BasinscopeError(
             f"unknown mask signal {signal!r}: expected one of {', '.join(MASK_SIGNALS)}"
@@ -207,9 +209,9 @@ def mask_scores(
         from basinscope.training.trainer import train
 
         cfg = TrainConfig(steps=probe_steps, lr=probe_lr, batch_size=64, data_seed=seed)
-        probed = dict(train(model, data, cfg, task=task).model.named_parameters())
+        probed = dict(train(model, data, cfg, task=task, device=device).model.named_parameters())
         return {
-            k: ((probed[k].detach() - p).abs() / (p.abs() + 1e-12)).double().cpu()
+            k: ((probed[k].detach().cpu() - p.cpu()).abs() / (p.cpu().abs() + 1e-12)).double()
             for k, p in params.items()
         }
     from basinscope.curvature import EFOperator, HessianOperator
@@ -217,15 +219,17 @@ def mask_scores(
 
     sub = first_examples(data, examples)
     if signal in ("gradient", "fisher"):
-        op = EFOperator(model, sub, task=task, dtype=torch.float64)
+        op = EFOperator(model, sub, task=task, dtype=torch.float64, device=device)
         if signal == "gradient":
-            flat = op.gradient().abs()
+            flat = op.gradient().abs().cpu()
         else:
             rows = [op.per_example_gradients(x, y) for x, y in op.empirical_loss.batches]
             g = torch.cat(rows)
-            flat = (g * g).mean(0)
+            flat = (g * g).mean(0).cpu()
         return {k: v.clone().cpu() for k, v in op.unflatten(flat).items()}
-    op = HessianOperator(model, sub, task=task, method="double-backward", dtype=torch.float64)
+    op = HessianOperator(
+        model, sub, task=task, method="double-backward", dtype=torch.float64, device=device
+    )
     gen = torch.Generator().manual_seed(seed)
     acc = torch.zeros(op.n, dtype=torch.float64)
     for _ in range(probes):
@@ -234,14 +238,27 @@ def mask_scores(
     return {k: v.abs().clone() for k, v in op.unflatten(acc / probes).items()}
 
 
-def top_mask(scores: Mapping[str, Tensor], fraction: float) -> dict[str, Tensor]:
-    """Boolean masks of the top ``fraction`` of all entries by score (ties broken by
-    position): exactly ``ceil(fraction * N)`` entries are True."""
-    if not 0 < fraction <= 1:
-        raise BasinscopeError(f"the trainable fraction must be in (0, 1], got {fraction}")
+def top_mask(
+    scores: Mapping[str, Tensor], fraction: float | None = None, *, count: int | None = None
+) -> dict[str, Tensor]:
+    """Boolean masks of the top entries of all ``scores`` (ties broken by position):
+    exactly ``count`` of them, or ``ceil(fraction * N)`` (give one of the two; ``count``
+    matches another subnetwork's trainable-parameter count exactly)."""
     keys = list(scores)
     flat = torch.cat([scores[k].reshape(-1).double() for k in keys])
-    k = math.ceil(fraction * flat.numel())
+    if (fraction is None) == (count is None):
+        raise BasinscopeError("top_mask takes either fraction= or count=, not both or neither")
+    if count is not None:
+        if not 1 <= count <= flat.numel():
+            raise BasinscopeError(
+                f"the trainable count must be between 1 and the {flat.numel()} entries, got {count}"
+            )
+        k = int(count)
+    else:
+        assert fraction is not None
+        if not 0 < fraction <= 1:
+            raise BasinscopeError(f"the trainable fraction must be in (0, 1], got {fraction}")
+        k = math.ceil(fraction * flat.numel())
     keep = torch.zeros(flat.numel(), dtype=torch.bool)
     keep[torch.topk(flat, k, sorted=False).indices] = True
     out, i = {}, 0

@@ -740,7 +740,9 @@ def finetune(
         from basinscope.training.constraints import mask_scores, top_mask
 
         trainable = all_params
-        scores = mask_scores(model, target_data, mask_signal, task=task, seed=config.data_seed)
+        scores = mask_scores(
+            model, target_data, mask_signal, task=task, seed=config.data_seed, device=dev
+        )
         masks = top_mask(scores, mask_fraction)
         runs.append(fit(model, target_data, cfg(trainable), masks=masks))
     else:  # guided
