@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 
@@ -12,8 +13,11 @@ import torch
 # One torch thread for the whole suite: its models and matrices are tiny, where OpenMP
 # threads only spin against each other, against the other xdist worker (make test runs one
 # per core) and against anything else on a shared 2-core machine; and one thread gives the
-# same float reductions on every machine.
+# same float reductions on every machine. OMP_NUM_THREADS says the same to the studies'
+# --threads default and to every subprocess a test starts, so a study run through the
+# command line computes (and names its stages' float results) as one run in-process.
 torch.set_num_threads(1)
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

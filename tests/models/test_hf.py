@@ -13,7 +13,9 @@ from basinscope.models import MODELS, bert, build_model
 
 def test_bert_is_a_built_in_model():
     assert MODELS["bert"] is bert
-    with pytest.raises(BasinscopeError, match=r"expected a built-in name \(bert, lenet, mlp"):
+    with pytest.raises(
+        BasinscopeError, match=r"expected a built-in name \(bert, deep_linear, lenet, mlp"
+    ):
         build_model("bret")
 
 
