@@ -19,6 +19,8 @@ from basinscope.experiments.registry import make_config, run_study
 from basinscope.experiments.teacher_student import (
     cluster_minima,
     hessian_modes,
+    merge_path,
+    merged,
     sharing,
     student_model,
 )
@@ -55,6 +57,23 @@ def test_the_hessian_matches_finite_differences_and_counts_the_split_unit_zero_m
     # K = M at the teacher: none
     assert hessian_modes(v, x, y, rel_tol=1e-2)["zero"] == 0
     assert sharing(np.array([[0.3, 0], [0, 1], [0.7, 0]]), np.eye(2)) == (1, 2)
+
+
+def test_the_merge_path_folds_parallel_units_at_zero_loss():
+    rng = np.random.default_rng(1)
+    d = 3
+    x = rng.standard_normal((100, d)) / np.sqrt(d)
+    v = np.eye(d)[:2] * np.sqrt(d)
+    y = np.maximum(x @ v.T, 0).sum(1, keepdims=True)
+    wa = np.stack([0.4 * v[0], v[1], 0.6 * v[0]])  # unit 2 shares teacher unit 0
+    wb = np.stack([v[0], 0.2 * v[1], 0.8 * v[1]])  # unit 2 shares teacher unit 1
+    ra, rb = wa @ v.T / d, wb @ v.T / d
+    np.testing.assert_allclose(merged(wa, ra, [0, 1, -1]), np.stack([v[0], v[1], 0 * v[0]]))
+    path = merge_path(wa, ra, [0, 1, -1], wb, rb, [0, 1, -1], x, y)
+    assert len(path) == 33 and max(path) < 1e-24
+    # the straight line between them climbs: the zero-loss set is not convex
+    mid = 0.5 * (wa + wb)
+    assert np.mean((np.maximum(x @ mid.T, 0).sum(1, keepdims=True) - y) ** 2) > 1e-3
 
 
 def test_clusters_are_cut_at_the_threshold_in_the_chebyshev_distance():
@@ -98,6 +117,7 @@ def test_smoke_run_stores_every_student_and_analyses_every_width(smoke_run):
             assert m["hessian"]["zero"] >= 0 and m["hessian"]["lambda_max"] > 0
         for p in w["pairs"]:
             assert p["barrier"] >= 0 and p["curve"]["max_loss"] >= 0
+            assert len(p["merge_path"]) == 33
     for key in ("distinct", "barrier", "curve", "zero_modes"):
         assert saved["definitions"][key]
     assert saved["conclusions"]

@@ -31,6 +31,7 @@ loss) and be positive between distinct isolated minima.
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,6 +134,8 @@ DEFINITIONS = {
     "lambda_max",
     "negative_modes": "Hessian eigenvalues below -hessian_rel_tol x lambda_max",
     "predicted_zero_modes": "d (K - M) at a zero-loss minimum (parallel units share J)",
+    "merge_path": "A -> merged(A) -> merged(B) -> B in straight segments, merged(.) folding "
+    "every unmatched unit into the matched unit of its best teacher unit (w_k += w_j, w_j = 0)",
 }
 
 
@@ -289,6 +292,36 @@ def sharing(aligned_R: Any, T: Any) -> tuple[int, ...]:
     return tuple(sorted(int(c) for c in counts))
 
 
+def merged(w_aligned: Any, aligned_R: Any, matched: Any) -> np.ndarray:
+    """The minimum with every unmatched unit folded into the matched unit of its best
+    teacher unit (``w_k += w_j``, ``w_j = 0``): the same function when the folded units are
+    parallel (relu is positively homogeneous), reached along a straight zero-loss segment."""
+    w, R = np.array(w_aligned, dtype=np.float64), np.asarray(aligned_R)
+    where = {int(m): i for i, m in enumerate(matched) if m >= 0}
+    for j, m in enumerate(matched):
+        if m < 0 and int(np.argmax(R[j])) in where:
+            w[where[int(np.argmax(R[j]))]] += w[j]
+            w[j] = 0.0
+    return w
+
+
+def merge_path(wa: Any, ra: Any, ma: Any, wb: Any, rb: Any, mb: Any, x, y, points: int = 11):
+    """The loss along A -> merged(A) -> merged(B) -> B (three straight segments,
+    ``points`` values each): a path the theory says stays at zero loss when K > M."""
+    import torch
+
+    loss = _loss_fn(
+        torch.as_tensor(x, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)
+    )
+    nodes = [np.asarray(wa), merged(wa, ra, ma), merged(wb, rb, mb), np.asarray(wb)]
+    ts = np.linspace(0.0, 1.0, points)
+    out = []
+    for a, b in itertools.pairwise(nodes):
+        for t in ts:
+            out.append(float(loss(torch.as_tensor((1 - t) * a + t * b))))
+    return out
+
+
 def _aligned(run: dict, teacher) -> tuple[Any, Any]:
     from basinscope.analyses.order_parameters import order_parameters
 
@@ -320,6 +353,7 @@ def analyse_width(cfg, data, teacher, runs: list[dict], width: int) -> dict[str,
                 "converged": bool(r["grad_norm"] < cfg.grad_tol),
                 "aligned_R": op.aligned_R.tolist(),
                 "aligned_Q": op.aligned_Q.tolist(),
+                "matched": list(op.matched),
                 "vector": op.vector().tolist(),
                 "sharing": list(sharing(op.aligned_R, op.T)),
                 "w_aligned": w_al.tolist(),
@@ -371,7 +405,26 @@ def analyse_width(cfg, data, teacher, runs: list[dict], width: int) -> dict[str,
             "line_alphas": np.asarray(br.alphas).tolist(),
             "line_loss": np.asarray(br.values).tolist(),
             "curve": None,
+            "merge_path": merge_path(
+                *(minima[i][k] for i in (a,) for k in ("w_aligned", "aligned_R", "matched")),
+                *(minima[i][k] for i in (b,) for k in ("w_aligned", "aligned_R", "matched")),
+                x,
+                y,
+            ),
+            "same_sharing": [
+                int(np.argmax(np.asarray(minima[i]["aligned_R"])[j]))
+                for i in (a,)
+                for j, m in enumerate(minima[i]["matched"])
+                if m < 0
+            ]
+            == [
+                int(np.argmax(np.asarray(minima[i]["aligned_R"])[j]))
+                for i in (b,)
+                for j, m in enumerate(minima[i]["matched"])
+                if m < 0
+            ],
         }
+        row["merge_path_max"] = max(row["merge_path"])
         if cfg.curve_steps:
             tr = train_curve(
                 ma,
@@ -409,7 +462,8 @@ def analyse_width(cfg, data, teacher, runs: list[dict], width: int) -> dict[str,
         pairs.append(row)
     for m in minima:
         del m["vector"]
-    return {"width": width, "minima": minima, "pairs": pairs}
+    zero_fn = float(np.mean(y**2))  # the loss of the zero function, a scale for the rest
+    return {"width": width, "minima": minima, "pairs": pairs, "loss_at_zero": zero_fn}
 
 
 # -- the study ------------------------------------------------------------------------------
@@ -497,6 +551,8 @@ def _summary_row(w: dict, cfg: TeacherStudentConfig) -> dict[str, Any]:
         "negative_modes": sorted(set(neg)),
         "max_barrier": max((p["barrier"] for p in pairs), default=None),
         "max_curve_loss": max(curves, default=None),
+        "max_merge_path_loss": max((p["merge_path_max"] for p in pairs), default=None),
+        "loss_at_zero": w["loss_at_zero"],
         "pairs": len(pairs),
     }
 
@@ -524,8 +580,10 @@ def conclusions(res: dict[str, Any], cfg: TeacherStudentConfig) -> list[str]:
             )
         if r["max_barrier"] is not None:
             text += f"; the largest loss barrier between aligned minima is {r['max_barrier']:.2e}"
+            text += f" ({r['max_barrier'] / r['loss_at_zero']:.1%} of the zero function's loss)"
             if r["max_curve_loss"] is not None:
-                text += f" (Bezier curve: max loss {r['max_curve_loss']:.2e})"
+                text += f", on the Bezier curve the loss stays below {r['max_curve_loss']:.2e}"
+            text += f", on the path through the merged minima below {r['max_merge_path_loss']:.2e}"
         out.append(text + ".")
     well = next((r for r in rows if r["width"] == m), None)
     over = [r for r in rows if r["width"] > m]
@@ -548,28 +606,34 @@ def conclusions(res: dict[str, Any], cfg: TeacherStudentConfig) -> list[str]:
     if over:
         spread = all(r["distinct"] > 1 for r in over if r["runs"] > 1)
         flat = all(r["zero_modes"] == [r["predicted_zero_modes"]] for r in over)
-        low = all(
-            r["max_barrier"] is None
-            or r["max_barrier"] < 1e-3 * max(1.0, r["max_loss"])
-            or r["max_barrier"] < 1e-6
-            for r in over
-        )
-        out.append(
+        path = [r["max_merge_path_loss"] for r in over if r["max_merge_path_loss"] is not None]
+        line = [r["max_barrier"] / r["loss_at_zero"] for r in over if r["max_barrier"] is not None]
+        connected = bool(path) and max(path) < 1e-6 * min(r["loss_at_zero"] for r in over)
+        text = (
             f"Over-parameterised (K > {m}): the minima reached "
             + ("spread over many distinct order parameters" if spread else "do NOT spread")
-            + ", the Hessian has "
+            + ", and the Hessian has "
             + (
                 "d (K - M) zero modes at each, as predicted"
                 if flat
                 else "NOT the predicted d (K - M) zero modes everywhere"
             )
-            + ", and the barriers between them are "
-            + (
-                "negligible: connected by flat directions, as the theory says."
-                if low
-                else "NOT negligible: not all are connected on the straight line."
-            )
         )
+        if path:
+            text += (
+                ". They are "
+                + (
+                    f"connected at zero loss (max {max(path):.1e} on the path through the "
+                    "merged minima), as the theory says"
+                    if connected
+                    else f"NOT connected at zero loss on the merge path (max {max(path):.2e}), "
+                    "against the theory"
+                )
+                + f"; the straight line between them is not flat (barriers up to "
+                f"{max(line):.1%} of the zero function's loss where different teacher units "
+                "are shared), so the flat set is curved, not convex"
+            )
+        out.append(text + ".")
         if not cfg.curve_steps:
             out.append("The Bezier curves were not trained (curve_steps = 0): straight line only.")
     return out

@@ -71,6 +71,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
                 "negative modes": ", ".join(map(str, r["negative_modes"])),
                 "max barrier": r["max_barrier"],
                 "max Bezier loss": r["max_curve_loss"],
+                "max merge-path loss": r["max_merge_path_loss"],
+                "loss of f = 0": r["loss_at_zero"],
             }
             for r in rows
         ],
@@ -91,9 +93,13 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     rep.figure(
         _paths(results),
         f"Loss on the straight line (solid; {defs['barrier']}) and on the Bezier curve "
-        f"(dashed; {defs['curve']}) between permutation-aligned minima of each width. Theory: "
-        "zero on both at K > M (connected at zero loss); between distinct isolated minima the "
-        "line climbs. "
+        f"(dashed; {defs['curve']}) between permutation-aligned minima of each width, and on "
+        f"the merge path (dotted, plotted against its fraction of points; {defs['merge_path']}"
+        "; floored at 1e-18). Theory: at K > M the minima are connected at zero loss through "
+        "flat directions; the merge path is such a connection when the folded units are "
+        "parallel, while the straight line may still climb when the two minima share "
+        "different teacher units (the zero-loss set is not convex). Between distinct isolated "
+        "minima every path climbs. "
         + (
             ""
             if cfg["curve_steps"]
@@ -182,6 +188,8 @@ def _paths(results):
         for j, p in enumerate(w["pairs"]):
             lab = f"K = {w['width']}" if j == 0 else None
             ax.plot(p["line_alphas"], np.maximum(p["line_loss"], 1e-18), "-", color=col, label=lab)
+            mp = np.asarray(p["merge_path"])
+            ax.plot(np.linspace(0, 1, len(mp)), np.maximum(mp, 1e-18), ":", color=col)
             if p["curve"] is not None:
                 c = p["curve"]
                 ax.plot(c["t"], np.maximum(c["loss"], 1e-18), "--", color=col)
