@@ -634,6 +634,36 @@ def conclusions(res: dict[str, Any], cfg: TeacherStudentConfig) -> list[str]:
                 "are shared), so the flat set is curved, not convex"
             )
         out.append(text + ".")
+    zs = [x["hessian"]["largest_zero_rel"] for w in res["widths"] for x in w["minima"]]
+    ps = [x["hessian"]["smallest_positive_rel"] for w in res["widths"] for x in w["minima"]]
+    zs, ps = [z for z in zs if z is not None], [p for p in ps if p is not None]
+    if ps:
+        out.append(
+            f"The zero-mode tolerance ({cfg.hessian_rel_tol:g} lambda_max) "
+            + (
+                f"sits in a gap of the spectrum: eigenvalues counted as zero are at most "
+                f"{max(zs, default=0):.1e} lambda_max, the others at least {min(ps):.1e} "
+                "lambda_max."
+                if max(zs, default=0) < cfg.hessian_rel_tol / 2
+                and min(ps) > 2 * cfg.hessian_rel_tol
+                else f"is NOT in a clear gap (zero-counted up to {max(zs, default=0):.1e}, "
+                f"others from {min(ps):.1e} lambda_max): the counts depend on it."
+            )
+        )
+    worse = [
+        r["width"]
+        for r in rows
+        if r["max_curve_loss"] is not None
+        and r["max_barrier"] is not None
+        and r["max_curve_loss"] > r["max_barrier"]
+    ]
+    if worse:
+        out.append(
+            f"At K = {', '.join(map(str, worse))} the trained Bezier curve ends higher than the straight line: its "
+            "control point starts on a line that is already flat, and stochastic training over "
+            "t only moves it off; the curve is a poor probe there."
+        )
+    if over:
         if not cfg.curve_steps:
             out.append("The Bezier curves were not trained (curve_steps = 0): straight line only.")
     return out
