@@ -206,3 +206,20 @@ def test_anchored_methods_forget_less_and_sharpness_aware_solutions_are_flatter(
     assert conv2["surgical"]["beats_random_clearly"]
     for sig in ("fisher", "hessian", "probe"):
         assert conv2[sig]["beats_random"], sig
+
+
+def test_teacher_student_minima_are_isolated_at_k_equal_m_and_flat_connected_above(tmp_path):
+    """teacher-student, quick (measured: K = 4: 1 minimum of 6 seeds, 0 zero modes; K = 5
+    and 6: 6 distinct minima each, exactly 8 and 16 = d (K - M) zero modes, no negative
+    mode; merge-path loss <= 4e-12 while the straight line climbs to 1e-2)."""
+    cfg, res = _quick("teacher-student", tmp_path)
+    m, d = cfg.teacher_units, cfg.in_features
+    rows = {r["width"]: r for r in res["summary"]}
+    well = rows[m]
+    assert well["distinct"] == 1 and well["zero_modes"] == [0] and well["negative_modes"] == [0]
+    for k, r in rows.items():
+        assert r["zero_loss"] == r["runs"] and r["negative_modes"] == [0]
+        if k > m:
+            assert r["distinct"] >= r["runs"] // 2
+            assert r["zero_modes"] == [d * (k - m)]
+            assert r["max_merge_path_loss"] < 1e-8 * r["loss_at_zero"]

@@ -81,6 +81,9 @@ _WHERE: dict[str, str] = {
     "instability_sweep": "instability",
     "transfer_instability": "instability",
     "InterpolationSpec": "interpolation",
+    "OrderParameterSpec": "order_parameters",
+    "OrderParameters": "order_parameters",
+    "order_parameters": "order_parameters",
     "RandomLineSpec": "interpolation",
     "interpolate": "interpolation",
     "line_from_files": "interpolation",
@@ -161,7 +164,9 @@ _WHERE: dict[str, str] = {
 
 #: Names that are also modules of this package: the attribute stays the function (as the
 #: eager imports of earlier versions left it), not the module that importing it sets.
-_SHADOWED = frozenset(["barrier", "instability", "rewind", "sharpness", "sharpness_measures"])
+_SHADOWED = frozenset(
+    ["barrier", "instability", "order_parameters", "rewind", "sharpness", "sharpness_measures"]
+)
 
 __all__ = sorted(_WHERE)
 

@@ -319,6 +319,7 @@ BUILTIN = (
     "dln_saddles",
     "relu_conservation",
     "continual_shifts",
+    "teacher_student",
 )
 
 
