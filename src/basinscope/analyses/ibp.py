@@ -297,12 +297,16 @@ def ibp_train(
     data_seed: int = 0,
     data_range: tuple[float, float] | None = None,
     record_every: int = 1,
+    record_eps: float | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place with Adam on ``kappa_t * natural + (1 - kappa_t) * IBP(eps_t)``
     (:func:`ibp_schedule`; ``eps = 0``: standard training with the same batches). Batches:
     a seeded permutation of the examples per epoch (``data_seed``), the last partial batch
     dropped. Returns the history every ``record_every`` steps: step, eps, kappa, the
-    minibatch's natural loss and IBP loss (the latter at the step's eps)."""
+    minibatch's natural loss and IBP loss (the latter at the step's eps, or, with
+    ``record_eps``, at the eps the schedule would have with ``eps = record_eps``: standard
+    training monitored at an IBP run's radii).
+    """
     if eps < 0 or not math.isfinite(eps):
         raise BasinscopeError(f"eps must be a finite number >= 0, got {eps!r}")
     if not 0.0 <= kappa <= 1.0:
@@ -333,6 +337,9 @@ def ibp_train(
         loss.backward()
         opt.step()
         if step % record_every == 0 or step == steps - 1:
+            if record_eps is not None:
+                e = ibp_schedule(step, eps=record_eps, kappa=kappa, warmup=warmup, ramp=ramp)[0]
+                rob = None
             if rob is None:
                 with torch.no_grad():
                     rob = ibp_loss(model, xb, yb, e, data_range=data_range)

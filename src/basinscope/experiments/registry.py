@@ -275,6 +275,7 @@ BUILTIN = (
     "double_descent",
     "dln_saddles",
     "relu_conservation",
+    "certified_training",
 )
 
 
