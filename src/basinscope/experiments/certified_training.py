@@ -73,11 +73,11 @@ class CertifiedConfig:
     ramp: int = 500  # steps of the linear eps / kappa ramp
     # radii of the certified accuracy (test digits, IBP bounds, ball clipped to [0, 1])
     epsilons: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2)
-    grid: int = 21  # points per axis of each 2D surface of the natural loss
+    grid: int = 25  # points per axis of each 2D surface of the natural loss
     span: float = 0.5  # surfaces and maps cover [-span, span]^2 in filter-normalized units
     direction_seed: int = 0  # seed of the two random directions (and of Lanczos, sharpness)
     surface_examples: int = 512  # first N training digits for the surfaces (0: all 1,347)
-    map_grid: int = 5  # points per axis of the |lambda_min/lambda_max| maps (0: no map)
+    map_grid: int = 7  # points per axis of the |lambda_min/lambda_max| maps (0: no map)
     hessian_examples: int = 128  # first N training digits for every Hessian eigenvalue
     hessian_tol: float = 1e-2  # Lanczos: relative residual tolerance of each eigenpair
     hessian_max_iter: int = 60  # Lanczos: at most this many steps per point
