@@ -55,9 +55,28 @@ def _samples(x: torch.Tensor, eps: float, n: int, gen: torch.Generator, data_ran
     return pts
 
 
+def _conv_variants(seed: int) -> nn.Module:
+    """Grouped, dilated and 'same'-padded convolutions, no biases."""
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding="same", bias=False),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2),
+        nn.ReLU(),
+        nn.Identity(),
+        nn.Flatten(),
+        nn.Linear(4 * 4 * 4, 3),
+    ).double()
+
+
 @pytest.mark.parametrize(
     "make, shape, clip",
-    [(_mlp, (2, 3), None), (_cnn, (1, 4, 4), None), (_cnn, (1, 4, 4), (0.0, 1.0))],
+    [
+        (_mlp, (2, 3), None),
+        (_cnn, (1, 4, 4), None),
+        (_cnn, (1, 4, 4), (0.0, 1.0)),
+        (_conv_variants, (2, 4, 4), None),
+    ],
 )
 @pytest.mark.parametrize("seed", [0, 1])
 def test_bounds_contain_10000_sampled_perturbed_outputs(make, shape, clip, seed):

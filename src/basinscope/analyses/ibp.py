@@ -84,8 +84,6 @@ def _propagate(m: nn.Module, lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor]:
     if isinstance(m, nn.Conv2d):
         if m.padding_mode != "zeros":
             raise _refuse(m, f" with padding_mode={m.padding_mode!r}")
-        if isinstance(m.padding, str):
-            raise _refuse(m, f" with padding={m.padding!r} (give the padding as numbers)")
         mid, rad = (hi + lo) / 2, (hi - lo) / 2
         conv = dict(stride=m.stride, padding=m.padding, dilation=m.dilation, groups=m.groups)
         mid = F.conv2d(mid, m.weight, m.bias, **conv)
