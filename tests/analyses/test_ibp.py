@@ -215,6 +215,26 @@ def test_schedule_and_training():
         return model, h
 
     (m0, h0), (m0b, _) = run(0.0), run(0.0)
+    ckpts: dict = {}
+    short = _mlp(0).float()
+    ibp_train(short, x, y, steps=10, batch_size=16, lr=0.01, eps=0.0, warmup=5, ramp=10)
+    again = _mlp(0).float()
+    ibp_train(
+        again,
+        x,
+        y,
+        steps=12,
+        batch_size=16,
+        lr=0.01,
+        eps=0.0,
+        warmup=5,
+        ramp=10,
+        checkpoint_steps=(0, 10, 12),
+        checkpoints=ckpts,
+    )
+    assert sorted(ckpts) == [0, 10, 12]
+    assert all(torch.equal(v, short.state_dict()[k]) for k, v in ckpts[10].items())
+    assert all(torch.equal(v, _mlp(0).float().state_dict()[k]) for k, v in ckpts[0].items())
     assert all(torch.equal(a, b) for a, b in zip(m0.parameters(), m0b.parameters()))
     m1, h1 = run(0.1)
     assert h1["eps"][-1] == pytest.approx(0.1) and h0["eps"][-1] == 0.0

@@ -39,7 +39,7 @@ def test_results_hold_every_number_with_its_definition(smoke_run):
     _, cfg, _, run_dir = smoke_run
     saved = json.loads((run_dir / "result.json").read_text())
     rows, defs = saved["models"], saved["definitions"]
-    assert set(rows) == {"standard", "ibp"}
+    assert set(rows) == {"standard", "ibp", "matched"}
     for row in rows.values():
         for key, value in row.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -55,6 +55,22 @@ def test_results_hold_every_number_with_its_definition(smoke_run):
     assert rows["ibp"]["eps_train"] == cfg.eps_train and rows["standard"]["eps_train"] == 0.0
     hist = rows["ibp"]["history"]
     assert hist["eps"][-1] == pytest.approx(cfg.eps_train) and hist["eps"][0] == 0.0
+
+
+def test_the_matched_checkpoint_is_the_standard_run_at_the_ibp_loss_level(smoke_run):
+    from basinscope.experiments.certified_training import checkpoint_steps, matched_step
+
+    _, cfg, results, _ = smoke_run
+    mt = results["matched"]
+    assert [int(k) for k in mt["losses"]] == list(checkpoint_steps(cfg))
+    gaps = {int(k): abs(math.log(v / mt["target"])) for k, v in mt["losses"].items()}
+    assert gaps[mt["step"]] == min(gaps.values())
+    assert results["models"]["matched"]["checkpoint_step"] == mt["step"]
+    assert matched_step({1: 1.0, 2: 0.1, 3: 0.01}, 0.05) == 2
+    assert checkpoint_steps(make_config(STUDY, sets=["checkpoints=4"])) == (250, 500, 750, 1000)
+    # the matched model's stages are its own, its training the standard run's
+    m, s = results["models"]["matched"]["stages"], results["models"]["standard"]["stages"]
+    assert m["train"] == s["train"] and m["center"] != s["center"]
 
 
 def test_the_comparison_is_computed_from_the_numbers(smoke_run):
@@ -75,6 +91,7 @@ def test_the_comparison_is_computed_from_the_numbers(smoke_run):
     for key in comp["measures"]:
         fake["ibp"][key] = 3.0
     assert not compare(fake, cfg)["ibp_flatter_overall"]
+    assert comp["matched"]["measures"]["lambda_max"]["standard"] == rows["matched"]["lambda_max"]
 
 
 def test_the_findings_say_where_the_measurement_disagrees(smoke_run):

@@ -296,6 +296,8 @@ def ibp_train(
     data_range: tuple[float, float] | None = None,
     record_every: int = 1,
     record_eps: float | None = None,
+    checkpoint_steps: Sequence[int] = (),
+    checkpoints: dict[int, dict[str, Tensor]] | None = None,
 ) -> dict[str, list[float]]:
     """Train ``model`` in place with Adam on ``kappa_t * natural + (1 - kappa_t) * IBP(eps_t)``
     (:func:`ibp_schedule`; ``eps = 0``: standard training with the same batches). Batches:
@@ -303,7 +305,9 @@ def ibp_train(
     dropped. Returns the history every ``record_every`` steps: step, eps, kappa, the
     minibatch's natural loss and IBP loss (the latter at the step's eps, or, with
     ``record_eps``, at the eps the schedule would have with ``eps = record_eps``: standard
-    training monitored at an IBP run's radii).
+    training monitored at an IBP run's radii). With ``checkpoints`` (a dict), the parameters
+    after each of ``checkpoint_steps`` updates (0: the initial ones) are stored in it, on the
+    CPU, by step.
     """
     if eps < 0 or not math.isfinite(eps):
         raise BasinscopeError(f"eps must be a finite number >= 0, got {eps!r}")
@@ -316,7 +320,14 @@ def ibp_train(
     model.train()
     hist: dict[str, list[float]] = {k: [] for k in ("step", "eps", "kappa", "natural", "ibp")}
     order, pos = torch.randperm(n, generator=gen), 0
+    keep = set(checkpoint_steps) if checkpoints is not None else set()
+
+    def save(step: int) -> None:
+        if step in keep:
+            checkpoints[step] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
     for step in range(steps):
+        save(step)
         if pos + bs > n:
             order, pos = torch.randperm(n, generator=gen), 0
         idx = order[pos : pos + bs]
@@ -346,5 +357,6 @@ def ibp_train(
             hist["kappa"].append(k)
             hist["natural"].append(float(nat.detach()))
             hist["ibp"].append(float(rob.detach()))
+    save(steps)
     model.eval()
     return hist

@@ -71,6 +71,10 @@ class CertifiedConfig:
     kappa: float = 0.5  # final weight of the natural loss in the IBP objective
     warmup: int = 100  # natural-loss steps before the ramp
     ramp: int = 500  # steps of the linear eps / kappa ramp
+    # control for the loss level: the standard run keeps this many evenly spaced checkpoints,
+    # and the one whose natural training loss is closest to the IBP model's is measured too
+    # (0: no control)
+    checkpoints: int = 20
     # radii of the certified accuracy (test digits, IBP bounds, ball clipped to [0, 1])
     epsilons: tuple[float, ...] = (0.0, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2)
     grid: int = 25  # points per axis of each 2D surface of the natural loss
@@ -101,7 +105,7 @@ class CertifiedConfig:
         for key in ("batch_size", "hessian_examples", "hessian_max_iter", "sharpness_steps"):
             at_least(key, getattr(self, key), 1)
         at_least("fn_directions", self.fn_directions, 1)
-        for key in ("warmup", "ramp", "surface_examples", "sharpness_examples"):
+        for key in ("warmup", "ramp", "surface_examples", "sharpness_examples", "checkpoints"):
             at_least(key, getattr(self, key), 0)
         at_least("grid", self.grid, 3, high=201, high_why=" points per axis")
         if self.map_grid:
@@ -128,7 +132,9 @@ class CertifiedConfig:
 
 DEFINITIONS = {
     "parameters": "number of trainable parameters",
-    "train_seconds": "wall-clock seconds of training",
+    "train_seconds": "wall-clock seconds of training (null for the matched-loss checkpoint)",
+    "checkpoint_step": "matched-loss control: the step of the standard run whose natural "
+    "training loss is closest (in log) to the IBP model's",
     "train_loss": "mean cross-entropy on the 1,347 training digits at the solution",
     "train_accuracy": "fraction of the 1,347 training digits classified correctly",
     "test_loss": "mean cross-entropy on the 450 test digits",
@@ -192,7 +198,7 @@ def _first(data, n: int, tag: str):
     return data if n <= 0 or n >= len(data) else data.subset(range(n), f"{data.name}-{tag}{n}")
 
 
-def _train(model, train, cfg: CertifiedConfig, eps: float):
+def _train(model, train, cfg: CertifiedConfig, eps: float, keep: tuple[int, ...] = ()):
     from basinscope.analyses.ibp import ibp_train
 
     t0 = time.perf_counter()
@@ -212,9 +218,43 @@ def _train(model, train, cfg: CertifiedConfig, eps: float):
         data_range=DATA_RANGE,
         record_every=max(1, cfg.steps // 200),
         record_eps=cfg.eps_train,  # both models' IBP loss recorded at the IBP run's radii
+        checkpoint_steps=keep,
+        checkpoints=(ckpts := {}),
     )
     model.cpu()
-    return model, {}, {"history": hist, "train_seconds": time.perf_counter() - t0}
+    return model, ckpts, {"history": hist, "train_seconds": time.perf_counter() - t0}
+
+
+def checkpoint_steps(cfg: CertifiedConfig) -> tuple[int, ...]:
+    """The standard run's checkpoints for the matched-loss control (evenly spaced, 1..steps)."""
+    if not cfg.checkpoints:
+        return ()
+    return tuple(
+        sorted(
+            {max(1, round(cfg.steps * (i + 1) / cfg.checkpoints)) for i in range(cfg.checkpoints)}
+        )
+    )
+
+
+def _load(template, state: dict):
+    import copy
+
+    model = copy.deepcopy(template)
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _natural_loss(model, data) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    with torch.no_grad():
+        return float(F.cross_entropy(model(data.x), data.y))
+
+
+def matched_step(losses: dict[int, float], target: float) -> int:
+    """The step whose loss is closest to ``target`` in log (ties: the earliest)."""
+    return min(sorted(losses), key=lambda s: abs(np.log(losses[s]) - np.log(target)))
 
 
 def _center(model, train, test, hess_data, sharp_data, cfg: CertifiedConfig) -> dict[str, Any]:
@@ -307,15 +347,18 @@ def run(cfg: CertifiedConfig, ctx: StudyContext) -> dict[str, Any]:
     # -- 1. train both models ---------------------------------------------------------------
     calls = []
     for name in MODELS:
+        keep = () if name == "ibp" else checkpoint_steps(cfg)
         settings = {**train_settings, **(ibp if name == "ibp" else {"eps_train": 0.0})}
+        if keep:
+            settings["checkpoint_steps"] = list(keep)
 
-        def train_call(lg, name=name, settings=settings):
+        def train_call(lg, name=name, settings=settings, keep=keep):
             return model_stage(
                 root,
                 f"train-{name}",
                 settings,
                 template,
-                lambda: _train(build_cnn(cfg), train, cfg, eps_of[name]),
+                lambda: _train(build_cnn(cfg), train, cfg, eps_of[name], keep),
                 log=lg,
             )
 
@@ -328,6 +371,22 @@ def run(cfg: CertifiedConfig, ctx: StudyContext) -> dict[str, Any]:
         )
     )
 
+    # the matched-loss control: the standard checkpoint at the IBP model's training loss
+    entries = [(name, trained[name].model, trained[name].run_dir.name) for name in MODELS]
+    matched = None
+    if trained["standard"].checkpoints:
+        target = _natural_loss(trained["ibp"].model, train)
+        losses = {
+            int(st): _natural_loss(_load(template, ck), train)
+            for st, ck in trained["standard"].checkpoints.items()
+        }
+        step = matched_step(losses, target)
+        matched = {"step": step, "losses": {str(k): v for k, v in sorted(losses.items())}}
+        matched["target"] = target
+        up = f"{trained['standard'].run_dir.name}@{step}"
+        entries.append(("matched", _load(template, trained["standard"].checkpoints[step]), up))
+        logs["matched"] = StageLog()
+
     # -- 2. each solution: accuracies, certified accuracy, Hessian, sharpness, surface, map --
     axis = np.linspace(-cfg.span, cfg.span, cfg.grid)
     map_axis = np.linspace(-cfg.span, cfg.span, max(cfg.map_grid, 1))
@@ -335,8 +394,7 @@ def run(cfg: CertifiedConfig, ctx: StudyContext) -> dict[str, Any]:
     hess = {"examples": len(hess_data), "tol": cfg.hessian_tol, "max_iter": cfg.hessian_max_iter}
     where = placement(cfg)
     calls = []
-    for name in MODELS:
-        m, up = trained[name].model, trained[name].run_dir.name
+    for name, m, up in entries:
         settings = {"train": up, **hess, "seed": cfg.direction_seed, **where}
         settings |= {
             "epsilons": list(cfg.epsilons),
@@ -408,24 +466,27 @@ def run(cfg: CertifiedConfig, ctx: StudyContext) -> dict[str, Any]:
             + (f" and curvature maps ({cfg.map_grid}x{cfg.map_grid})" if cfg.map_grid else ""),
         )
     )
-    for name in MODELS:
+    for name, _, _ in entries:
         log.extend(logs[name])
 
     rows = {}
-    for name in MODELS:
+    for name, m, _ in entries:
         (center, center_dir), surface = next(done), next(done)
         cmap = next(done) if cfg.map_grid else None
         loss = surface.dataset["train_loss"].values
         c0 = float(loss[cfg.grid // 2, cfg.grid // 2]) if cfg.grid % 2 else float(np.nanmin(loss))
-        info = trained[name].info
+        info = trained["standard" if name == "matched" else name].info
+        label = {
+            "standard": "standard training",
+            "ibp": f"IBP training (eps {cfg.eps_train:g})",
+            "matched": f"standard, step {matched and matched['step']} (IBP's loss level)",
+        }[name]
         row = {
             "model": name,
-            "label": "standard training"
-            if name == "standard"
-            else f"IBP training (eps {cfg.eps_train:g})",
-            "eps_train": eps_of[name],
-            "parameters": sum(p.numel() for p in trained[name].model.parameters()),
-            "train_seconds": info["train_seconds"],
+            "label": label,
+            "eps_train": eps_of.get(name, 0.0),
+            "parameters": sum(p.numel() for p in m.parameters()),
+            "train_seconds": None if name == "matched" else info["train_seconds"],
             **center,
             "surface_center_loss": c0,
             "surface_mean_rise": float(np.nanmean(loss) - c0),
@@ -436,7 +497,7 @@ def run(cfg: CertifiedConfig, ctx: StudyContext) -> dict[str, Any]:
             "map_converged_fraction": None,
             "history": info["history"],
             "stages": {
-                "train": trained[name].run_dir.name,
+                "train": trained["standard" if name == "matched" else name].run_dir.name,
                 "center": center_dir.name,
                 "surface": surface.run_dir.name,
             },
@@ -449,6 +510,9 @@ def run(cfg: CertifiedConfig, ctx: StudyContext) -> dict[str, Any]:
                 map_converged_fraction=float(cmap.dataset["train_converged"].values.mean()),
             )
             row["stages"]["map"] = cmap.run_dir.name
+        if name == "matched":
+            row["checkpoint_step"] = matched["step"]
+            row["history"] = None  # the standard run's
         rows[name] = row
     return {
         "definitions": DEFINITIONS,
@@ -473,14 +537,29 @@ def run(cfg: CertifiedConfig, ctx: StudyContext) -> dict[str, Any]:
             f"in float64, on {cfg.device}; the curvature maps in float64 on the CPU",
         },
         "epsilons": list(cfg.epsilons),
+        "matched": matched,
         "models": rows,
         "comparison": compare(rows, cfg),
     }
 
 
 def compare(rows: dict[str, dict[str, Any]], cfg: CertifiedConfig) -> dict[str, Any]:
-    """Which flatness measures are lower for the IBP model, and the certified accuracies."""
+    """Which flatness measures are lower for the IBP model than for the standard one (and
+    than for the standard checkpoint at the IBP model's loss level, ``matched``), and the
+    certified accuracies."""
     std, ibp = rows["standard"], rows["ibp"]
+    i_train = min(range(len(cfg.epsilons)), key=lambda i: abs(cfg.epsilons[i] - cfg.eps_train))
+    return {
+        **_pair(std, ibp),
+        "eps_closest_to_train": cfg.epsilons[i_train],
+        "certified_standard": std["certified_accuracy"][i_train],
+        "certified_ibp": ibp["certified_accuracy"][i_train],
+        "clean_accuracy_cost": std["test_accuracy"] - ibp["test_accuracy"],
+        "matched": _pair(rows["matched"], ibp) if "matched" in rows else None,
+    }
+
+
+def _pair(std: dict[str, Any], ibp: dict[str, Any]) -> dict[str, Any]:
     measures = {}
     for key in FLATNESS_MEASURES:
         a, b = std.get(key), ibp.get(key)
@@ -495,7 +574,6 @@ def compare(rows: dict[str, dict[str, Any]], cfg: CertifiedConfig) -> dict[str, 
         }
     flatter = sum(m["verdict"] == "flatter" for m in measures.values())
     sharper = sum(m["verdict"] == "sharper" for m in measures.values())
-    i_train = min(range(len(cfg.epsilons)), key=lambda i: abs(cfg.epsilons[i] - cfg.eps_train))
     return {
         "measures": measures,
         "ibp_flatter_count": flatter,
@@ -503,10 +581,6 @@ def compare(rows: dict[str, dict[str, Any]], cfg: CertifiedConfig) -> dict[str, 
         "measure_count": len(measures),
         # flatter by more measures than it is sharper by (ties count for neither)
         "ibp_flatter_overall": flatter > sharper,
-        "eps_closest_to_train": cfg.epsilons[i_train],
-        "certified_standard": std["certified_accuracy"][i_train],
-        "certified_ibp": ibp["certified_accuracy"][i_train],
-        "clean_accuracy_cost": std["test_accuracy"] - ibp["test_accuracy"],
     }
 
 
@@ -544,6 +618,7 @@ STUDY = register(
             "steps": 20,
             "warmup": 2,
             "ramp": 10,
+            "checkpoints": 4,
             "epsilons": (0.0, 0.05, 0.1),
             "grid": 3,
             "surface_examples": 32,

@@ -28,7 +28,7 @@ LABELS = {
     "surface_mean_rise": "mean rise of the surface",
     "surface_nonconvex_fraction": "surface non-convex fraction",
 }
-COLORS = {"standard": "#1f77b4", "ibp": "#d62728"}
+COLORS = {"standard": "#1f77b4", "ibp": "#d62728", "matched": "#7f7f7f"}
 
 
 def _stage_paths(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
@@ -93,6 +93,15 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
 
     std, ibp = rows["standard"], rows["ibp"]
     comp = results["comparison"]
+    mt = results.get("matched")
+    matched_text = (
+        ""
+        if mt is None
+        else f" Third row: the standard run's checkpoint at step {mt['step']}, whose natural "
+        f"training loss ({mt['losses'][str(mt['step'])]:.3g}) is the closest of its "
+        f"{len(mt['losses'])} checkpoints to the IBP model's ({mt['target']:.3g}): a control "
+        "for the loss level, since the curvature of the cross-entropy shrinks with the loss."
+    )
     rep.heading("Models and certified accuracy")
     rep.table(
         [
@@ -102,7 +111,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
                 "train acc.": r["train_accuracy"],
                 "test acc.": r["test_accuracy"],
                 **{f"certified @ ε={e:g}": c for e, c in zip(eps, r["certified_accuracy"])},
-                "train s": round(r["train_seconds"], 1),
+                "train s": _fmt(r["train_seconds"], ".1f"),
             }
             for r in rows.values()
         ],
@@ -110,7 +119,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "test digits whose true class's IBP lower bound is above every other class's upper "
         "bound over the L∞ ball of radius ε (pixels in [0, 1], ball clipped to [0, 1]); a "
         "certified digit is classified correctly at every point of the ball. The IBP bounds are "
-        "checked against 10,000 sampled perturbations in tests/analyses/test_ibp.py.",
+        "checked against 10,000 sampled perturbations in tests/analyses/test_ibp.py."
+        + matched_text,
     )
     rep.figure(
         _certified(rows, eps, cfg),
@@ -132,30 +142,34 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
 
     rep.heading("Loss surfaces of the natural loss")
     rep.figure(
-        _surface_pair(surfaces),
+        _surface_pair(surfaces, rows),
         f"Natural training loss f(α, β) = L(θ* + αδ + βη) (mean cross-entropy on "
         f"{pol['surface_data']}, log colour scale shared by both panels) on a {grid}x{grid} "
         f"grid over [−{span:g}, {span:g}]², centred at each solution θ* (+). δ, η: {plane}. "
         f"Mean rise of the surface above its centre: standard {std['surface_mean_rise']:.3g}, "
         f"IBP {ibp['surface_mean_rise']:.3g}; non-convex fraction "
         f"{std['surface_nonconvex_fraction']:.2f} vs {ibp['surface_nonconvex_fraction']:.2f}. "
-        f"{claim} " + _agree(comp, ("surface_mean_rise", "surface_nonconvex_fraction")),
+        f"{claim} "
+        + _agree(comp, ("surface_mean_rise", "surface_nonconvex_fraction"))
+        + _agree_matched(comp, ("surface_mean_rise", "surface_nonconvex_fraction")),
         save_as=figs / "surfaces",
     )
     if maps:
         mg = cfg["map_grid"]
         rep.figure(
-            _map_pair(maps),
+            _map_pair(maps, rows),
             f"|λmin/λmax| of the Hessian of the natural training loss on {pol['hessian_data']} "
             f"at each point of a {mg}x{mg} grid over [−{span:g}, {span:g}]² in the same planes as "
             f"the surfaces (Lanczos in float64, tolerance {cfg['hessian_tol']:g}). Near 0: no "
             "significant negative curvature (locally convex). Mean over the map: standard "
             f"{_fmt(std['map_ratio_mean'])}, IBP {_fmt(ibp['map_ratio_mean'])}. "
-            + _agree(comp, ("map_ratio_mean",)),
+            + _agree(comp, ("map_ratio_mean",))
+            + _agree_matched(comp, ("map_ratio_mean",)),
             save_as=figs / "curvature_maps",
         )
 
     rep.heading("Flatness measures side by side")
+    cm = (comp.get("matched") or {}).get("measures", {})
     rep.table(
         [
             {
@@ -164,6 +178,14 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
                 "IBP": m["ibp"],
                 "IBP / standard": _fmt(m["ratio"]),
                 "IBP is": m["verdict"],
+                **(
+                    {
+                        "standard at IBP's loss": _fmt(cm[k]["standard"]),
+                        "IBP is (vs that)": cm[k]["verdict"],
+                    }
+                    if k in cm
+                    else {}
+                ),
             }
             for k, m in comp["measures"].items()
         ],
@@ -173,13 +195,18 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         f"({cfg['sharpness_steps']} ascent steps, {pol['sharpness_data']}); filter-normalized "
         f"sharpness: mean loss increase at step {cfg['fn_alpha']:g} along "
         f"{cfg['fn_directions']} filter-normalized random directions. Both are invariant to "
-        "layer-wise rescaling of the ReLU network. " + claim + " " + _agree(comp, None),
+        "layer-wise rescaling of the ReLU network. "
+        + claim
+        + " "
+        + _agree(comp, None)
+        + _agree_matched(comp, None),
     )
     rep.figure(
         _bars(comp),
-        "The flatness measures of the table, IBP divided by standard (log scale); below 1 "
+        "The flatness measures of the table, IBP divided by standard (solid) and by the standard "
+        "checkpoint at the IBP model's loss level (hatched, where measured), log scale; below 1 "
         "(left of the line) the IBP model is flatter by that measure. Surfaces: filter-normalized "
-        "random directions as above.",
+        "random directions as above. " + _agree(comp, None) + _agree_matched(comp, None),
         save_as=figs / "flatness",
     )
     rep.heading("What the numbers show")
@@ -233,6 +260,18 @@ def _agree(comp: dict[str, Any], keys) -> str:
     )
 
 
+def _agree_matched(comp: dict[str, Any], keys) -> str:
+    """The same comparison against the standard checkpoint at the IBP model's loss level."""
+    if not comp.get("matched"):
+        return ""
+    text = _agree(comp["matched"], keys)
+    return (
+        " Against the standard checkpoint at the IBP model's loss level: "
+        + text[0].lower()
+        + text[1:]
+    )
+
+
 def findings(results: dict[str, Any]) -> str:
     comp, rows = results["comparison"], results["models"]
     std, ibp = rows["standard"], rows["ibp"]
@@ -273,6 +312,20 @@ def findings(results: dict[str, Any]) -> str:
         "measures. And the talk compares the landscapes of the certified training objectives "
         "of several relaxation methods, not the natural loss of an IBP and a standard model."
     )
+    cm = comp.get("matched")
+    if cm:
+        mt = results["matched"]
+        verdict += (
+            f"\n\nControl for the loss level: against the standard run's checkpoint at step "
+            f"{mt['step']} (natural training loss {mt['losses'][str(mt['step'])]:.3g}, the IBP "
+            f"model's {mt['target']:.3g}), the IBP model is flatter by {cm['ibp_flatter_count']} "
+            f"of {cm['measure_count']} measures and sharper by {cm['ibp_sharper_count']}"
+            + (
+                ": at equal loss the IBP landscape is the flatter one, as the talk predicts."
+                if cm["ibp_flatter_overall"]
+                else ": at equal loss too, the measurement does not support the smoothness claim."
+            )
+        )
     return "\n\n".join([*parts, verdict])
 
 
@@ -305,6 +358,8 @@ def _training(rows):
     axes = fig.subplots(1, 2)
     for name, r in rows.items():
         h = r["history"]
+        if h is None:  # the matched checkpoint: the standard run's curves
+            continue
         axes[0].plot(h["step"], _smooth(h["natural"]), color=COLORS[name], label=r["label"])
         axes[1].plot(h["step"], _smooth(h["ibp"]), color=COLORS[name], label=r["label"])
     axes[0].set_ylabel("natural loss (minibatch)")
@@ -316,7 +371,7 @@ def _training(rows):
     return fig
 
 
-def _surface_pair(surfaces):
+def _surface_pair(surfaces, rows):
     from matplotlib import colormaps
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import LogNorm
@@ -330,7 +385,7 @@ def _surface_pair(surfaces):
     if hi <= lo:
         hi = lo * 1.01
     levels = np.geomspace(lo, hi, 30)
-    fig = new_figure((9.6, 4.0))
+    fig = new_figure((4.8 * len(surfaces), 4.0))
     axes = fig.subplots(1, len(surfaces), squeeze=False)[0]
     for ax, (name, ds) in zip(axes, surfaces.items()):
         plot_contour(
@@ -343,7 +398,7 @@ def _surface_pair(surfaces):
             vmax=hi,
             ax=ax,
             colorbar=False,
-            title="standard training" if name == "standard" else "IBP training",
+            title=rows[name]["label"],
         )
         if ax.get_legend() is not None:
             ax.get_legend().remove()
@@ -352,11 +407,11 @@ def _surface_pair(surfaces):
     return fig
 
 
-def _map_pair(maps):
+def _map_pair(maps, rows):
     from basinscope.plotting import plot_contour
     from basinscope.plotting._common import new_figure
 
-    fig = new_figure((9.6, 4.0))
+    fig = new_figure((4.8 * len(maps), 4.0))
     axes = fig.subplots(1, len(maps), squeeze=False)[0]
     for ax, (name, ds) in zip(axes, maps.items()):
         ratio = ds["train_ratio"].values
@@ -369,7 +424,7 @@ def _map_pair(maps):
             vmax=1.0,
             cmap="viridis",
             ax=ax,
-            title=f"{'standard' if name == 'standard' else 'IBP'}: mean {np.mean(ratio):.2f}",
+            title=f"{rows[name]['label']}: mean {np.mean(ratio):.2f}",
         )
     return fig
 
@@ -377,13 +432,19 @@ def _map_pair(maps):
 def _bars(comp):
     from basinscope.plotting._common import new_figure
 
+    cm = (comp.get("matched") or {}).get("measures", {})
     items = [(k, m) for k, m in comp["measures"].items() if m["ratio"] and m["ratio"] > 0]
-    fig = new_figure((6.4, 0.5 * max(len(items), 1) + 1.2))
+    fig = new_figure((6.4, 0.7 * max(len(items), 1) + 1.2))
     ax = fig.subplots()
     y = np.arange(len(items))
+    h = 0.4 if cm else 0.8
     ratios = [m["ratio"] for _, m in items]
-    ax.barh(y, ratios, color=["#2ca02c" if r < 1 else "#d62728" for r in ratios])
-    ax.set_yticks(y, [LABELS[k] for k, _ in items])
+    ax.barh(y, ratios, height=h, color=["#2ca02c" if r < 1 else "#d62728" for r in ratios])
+    if cm:
+        r2 = [cm[k]["ratio"] if cm.get(k, {}).get("ratio") else np.nan for k, _ in items]
+        colors = ["#2ca02c" if r < 1 else "#d62728" for r in r2]
+        ax.barh(y + h, r2, height=h, color=colors, hatch="//", alpha=0.6)
+    ax.set_yticks(y + (h / 2 if cm else 0), [LABELS[k] for k, _ in items])
     ax.axvline(1.0, color="k", lw=1)
     ax.set_xscale("log")
     ax.set_xlabel("IBP / standard (below 1: IBP flatter)")
