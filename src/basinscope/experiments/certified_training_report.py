@@ -325,6 +325,9 @@ def findings(results: dict[str, Any]) -> str:
                 if cm["ibp_flatter_overall"]
                 else ": at equal loss too, the measurement does not support the smoothness claim."
             )
+            + " (The checkpoint is a point on the standard run's path, not a minimum: its "
+            "gradient is not zero, and curvature early in training need not be that of a "
+            "solution.)"
         )
     return "\n\n".join([*parts, verdict])
 
