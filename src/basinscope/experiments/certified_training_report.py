@@ -442,11 +442,26 @@ def _bars(comp):
     y = np.arange(len(items))
     h = 0.4 if cm else 0.8
     ratios = [m["ratio"] for _, m in items]
-    ax.barh(y, ratios, height=h, color=["#2ca02c" if r < 1 else "#d62728" for r in ratios])
+    ax.barh(
+        y,
+        ratios,
+        height=h,
+        color=["#2ca02c" if r < 1 else "#d62728" for r in ratios],
+        label="IBP / standard",
+    )
     if cm:
         r2 = [cm[k]["ratio"] if cm.get(k, {}).get("ratio") else np.nan for k, _ in items]
         colors = ["#2ca02c" if r < 1 else "#d62728" for r in r2]
-        ax.barh(y + h, r2, height=h, color=colors, hatch="//", alpha=0.6)
+        ax.barh(
+            y + h,
+            r2,
+            height=h,
+            color=colors,
+            hatch="//",
+            alpha=0.6,
+            label="IBP / standard at IBP's loss",
+        )
+        ax.legend(fontsize=8)
     ax.set_yticks(y + (h / 2 if cm else 0), [LABELS[k] for k, _ in items])
     ax.axvline(1.0, color="k", lw=1)
     ax.set_xscale("log")
