@@ -320,6 +320,7 @@ BUILTIN = (
     "relu_conservation",
     "continual_shifts",
     "teacher_student",
+    "certified_training",
 )
 
 
