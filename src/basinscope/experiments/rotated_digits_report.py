@@ -384,7 +384,7 @@ def _accuracy_figure(results, angles, strategies):
                 yerr=err(start, "ft", after),
                 fmt=fmt,
                 color="black",
-                label=f"{START_NAMES[start]} (FT)",
+                label=f"{START_NAMES[start]}, FT",
                 capsize=2,
             )
         before = col("pre-trained", "ft", f"{side}_acc_before")
@@ -466,7 +466,7 @@ def _barrier_figure(results, angles, strategies, cfg):
     for k, key in enumerate(keys):
         start, s = key.split("/")
         color = {"random": "black", "random-independent": "grey"}.get(start, COLORS[s])
-        label = f"{START_NAMES[start]} (FT)" if start != "pre-trained" else STRATEGY_NAMES[s]
+        label = f"{START_NAMES[start]}, FT" if start != "pre-trained" else STRATEGY_NAMES[s]
         sel = [rows[(float(a), start, STRATEGY_NAMES[s])] for a in angles]
         cols = [("barrier_copies", axes[0])]
         if start == "pre-trained":
@@ -487,6 +487,7 @@ def _barrier_figure(results, angles, strategies, cfg):
         style_axes(ax)
     axes[0].set_ylabel(f"{cfg['barrier_metric']} barrier ({cfg['barrier_definition']})")
     axes[1].set_ylabel(f"{cfg['barrier_metric']} excess over max(f(0), f(1))")
+    axes[1].set_ylim(bottom=0)
     axes[0].legend(fontsize=7)
     return fig
 
