@@ -46,10 +46,14 @@ def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
         "criticality",
         "hessian",
     }
-    n_runs = len(cfg.strategies) + 1  # every strategy from the pre-trained start, FT from random
+    # every strategy from the pre-trained start, FT from the shared and the independent
+    # random starts, in every seed
+    n_runs = len(cfg.strategies) + 2
+    assert cfg.seeds == 2
     assert sum(r["stage"].startswith("finetune") for r in res["stages"]) == (
-        len(cfg.angles) * n_runs * cfg.copies
+        len(cfg.angles) * n_runs * cfg.copies * cfg.seeds
     )
+    assert sum(r["stage"].startswith("pretrain") for r in res["stages"]) == cfg.seeds
     assert len(res["summary"]) == len(cfg.angles) * n_runs
     rows = {(r["angle"], r["start"], r["strategy"]): r for r in res["summary"]}
     big = max(cfg.angles)
@@ -57,12 +61,76 @@ def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
     lp = res["angles"][f"{big:g}"]["similarity"]["pre-trained/lp"]
     assert lp["cka"]["tgt_test"]["conv1"] == pytest.approx(1.0, abs=1e-9)
     assert lp["distance"]["per_module"]["conv1"]["l2"] == 0.0
-    # random-start rows carry no basin verdict; curvature is positive and finite
-    assert rows[(big, "random", "FT")]["in_pretrained_basin"] is None
+    # random-start rows carry no basin verdict and no forgetting (N/A with the reason);
+    # curvature is positive and finite
+    for start in ("random", "random-independent"):
+        row = rows[(big, start, "FT")]
+        assert row["in_pretrained_basin"] is None and row["seeds"] == cfg.seeds
+        assert row["forgetting"] is None and row["forgetting_ci"] is None
+        assert row["forgetting_note"].startswith("N/A: forgetting is defined for the pre-trained")
+    assert "plateau_gain" in rows[(big, "random-independent", "FT")]
     for r in res["summary"]:
         assert np.isfinite(r["lambda_max"]) and np.isfinite(r["trace"])
     for term in ("barrier", "stayed in the pre-trained basin", "lambda_max", "cka"):
         assert res["definitions"][term]
+    assert res["definitions"]["path criterion"].startswith("endpoint-max: ")
+
+
+def test_rows_are_means_over_seeds_with_cis_and_verdicts_follow_the_path_criterion(quick):
+    from basinscope.experiments.rotated_digits import mean_ci, path_excess
+
+    _, cfg, res = quick
+    big = f"{max(cfg.angles):g}"
+    per = res["angles"][big]["per_seed"]
+    rows = {(r["start"], r["strategy"]): r for r in res["summary"]}
+    ft = rows[("pre-trained", "FT")]
+    seeds = per["pre-trained/ft"]
+    assert [r["seed"] for r in seeds] == list(range(cfg.seeds))
+    mean, ci = mean_ci([r["barrier_copies"] for r in seeds], 0.0)
+    assert ft["barrier_copies"] == mean and ft["barrier_copies_ci"] == ci
+    assert ci[0] <= mean <= ci[1] and ci[0] >= 0.0
+    # each seed's verdict: the copies barrier and the path excess (over max(f(0), f(1)))
+    for k, r in enumerate(seeds):
+        conn = res["angles"][big]["seeds"][k]["connectivity"]["pre-trained/ft"]
+        assert r["path_excess_target"] == path_excess(conn["path_tgt_test"])
+        assert r["in_pretrained_basin"] == (
+            max(r["barrier_copies"], r["path_excess_target"]) <= cfg.basin_epsilon
+        )
+        lo, hi = r["barrier_copies_ci"]  # the bootstrap CI over the test examples
+        assert lo <= r["barrier_copies"] <= hi
+    assert ft["seeds_in_basin"] == sum(r["in_pretrained_basin"] for r in seeds)
+    assert ft["in_pretrained_basin"] == (ft["seeds_in_basin"] == cfg.seeds)
+    # a monotone curve has no excess; a bump above both ends does
+    curve = {"values": [0.5, 0.4, 0.3], "f0": 0.5, "f1": 0.3}
+    assert path_excess(curve) == 0.0
+    assert path_excess({"values": [0.3, 0.6, 0.4], "f0": 0.3, "f1": 0.4}) == pytest.approx(0.2)
+    assert mean_ci([0.5]) == (0.5, None) and mean_ci([None]) == (None, None)
+
+
+def test_the_conclusion_and_the_criticality_grid_follow_the_numbers(quick):
+    from basinscope.experiments.rotated_digits import criticality_sigmas
+
+    _, cfg, res = quick
+    sig = criticality_sigmas(cfg)
+    assert len(sig) == cfg.criticality_sigmas
+    assert sig[0] == pytest.approx(cfg.criticality_sigma_range[0])
+    assert np.allclose(np.diff(np.log(sig)), np.log(sig[1] / sig[0]))  # log-spaced
+    found = res["conclusion"]["findings"]
+    grid = res["angles"][f"{max(cfg.angles):g}"]["criticality_grid"]
+    crit = res["angles"][f"{max(cfg.angles):g}"]["criticality"]
+    for start, g in grid.items():
+        for m, v in g["modules"].items():
+            mu = crit[start]["modules"][m]
+            if v["on_edge"] == "smallest":
+                assert v["sigma_star"] == pytest.approx(sig[0]) and mu["alpha_star"] > 0
+            assert v["feasible_points"] == int(np.sum(mu["feasible"]))
+    assert found["criticality"]["on_edge"] == sum(g["n_on_edge"] for g in grid.values())
+    text = " ".join(res["conclusion"]["text"])
+    for name, b in found["basin"].items():
+        assert text.count(f"{name} ") >= 1 and sorted(b["in"] + b["out"] + b["mixed"]) == sorted(
+            cfg.angles
+        )
+    assert f"in {found['criticality']['on_edge']} of {found['criticality']['entries']}" in text
 
 
 def test_result_json_holds_every_number_and_each_barrier_names_its_definition(quick):
@@ -72,6 +140,7 @@ def test_result_json_holds_every_number_and_each_barrier_names_its_definition(qu
     conn = saved["angles"][f"{max(cfg.angles):g}"]["connectivity"]["pre-trained/ft"]
     for b in (conn["copies"], conn["path_tgt_test"], conn["path_src_test"]):
         assert b["definition"] == cfg.barrier_definition and b["metric"] == cfg.barrier_metric
+        assert b["bootstrap_samples"] == cfg.bootstrap and len(b["ci"]) == 2
         assert b["alphas"][0] == 0.0 and b["alphas"][-1] == 1.0
     assert saved["config"]["angles"] == list(cfg.angles)
 
@@ -98,7 +167,11 @@ def test_the_run_folder_and_every_stage_folder_load_as_typed_results(quick):
         assert not (folder / "settings.json").exists()
         kinds[r["stage"].split("-")[0]] = basinscope.load(folder)
     assert isinstance(kinds["connectivity"], StageResult)
-    assert kinds["connectivity"].value == res["angles"]["60"]["connectivity"]
+    # seed 0's barriers, and every seed's in its own stage
+    for sd in res["angles"]["60"]["seeds"]:
+        stage = basinscope.load(root / "stages" / sd["connectivity_stage"])
+        assert stage.value == sd["connectivity"]
+    assert res["angles"]["60"]["seeds"][0]["connectivity"] == res["angles"]["60"]["connectivity"]
     assert kinds["criticality"].kind == "criticality"
     assert kinds["pretrain"].kind == "train" and kinds["surface"].kind == "landscape"
 
@@ -209,7 +282,7 @@ def test_an_interrupted_study_resumes_with_the_finished_stages(quick, tmp_path, 
     # copy the pre-training, the fine-tuning and the landscapes only, as if interrupted there
     fresh = tmp_path / "runs"
     (fresh / "stages").mkdir(parents=True)
-    n_keep = 1 + (len(cfg.strategies) + 1) * cfg.copies + 4
+    n_keep = cfg.seeds * (1 + (len(cfg.strategies) + 2) * cfg.copies) + 4
     kept = [r["path"] for r in first["stages"][:n_keep]]
     assert {Path(p).name.split("-")[0] for p in kept[-4:]} == {"line", "surface"}
     for p in kept:
@@ -304,7 +377,10 @@ def test_a_run_on_another_device_computes_its_stages_there_with_the_same_numbers
     # every stage computes on the device, fine-tuning included: none is reused
     assert not any(r["reused"] for r in res["stages"])
     assert res["summary"] == first["summary"]
-    drop = ("stage",)
-    assert {k: v for k, v in res["pretrained"].items() if k not in drop} == {
-        k: v for k, v in first["pretrained"].items() if k not in drop
-    }
+
+    def numbers(pre):  # the pre-trained models' numbers, without their stage folders' names
+        out = {k: v for k, v in pre.items() if k not in ("stage", "seeds")}
+        out["seeds"] = [{k: v for k, v in s.items() if k != "stage"} for s in pre["seeds"]]
+        return out
+
+    assert numbers(res["pretrained"]) == numbers(first["pretrained"])

@@ -29,11 +29,33 @@ def test_rotated_digits_fine_tuning_adapts_forgets_and_stays_in_the_basin_at_zer
     # the rotated target is hard for the pre-trained model; fine-tuning adapts and forgets
     assert ft["target_acc_before"] < 0.5 < ft["target_acc_after"]
     assert ft["forgetting"] > 0.1
-    # at 0 degrees the target is the source: nothing to forget, and no barrier anywhere
+    # at 0 degrees the target is the source: no barrier anywhere, in every seed
     same = rows[(0.0, "pre-trained", "FT")]
     assert same["barrier_copies"] < 0.02 and same["in_pretrained_basin"] is True
+    assert same["seeds_in_basin"] == cfg.seeds == 3
     for r in res["summary"]:
         assert r["lambda_max"] > 0 and r["trace"] == pytest.approx(r["trace"])
+    _pre_trained_copies_are_connected_and_independent_ones_are_not(cfg, res)
+
+
+def _pre_trained_copies_are_connected_and_independent_ones_are_not(cfg, res):
+    """Measured on the quick configuration (3 seeds): the FT copies' error barrier is 0.001
+    [0.000, 0.005] (0 degrees) and 0.012 [0.000, 0.034] (60) from the pre-trained start, and
+    0.47 [0.20, 0.74] and 0.55 [0.25, 0.85] between independently initialized runs, which reach
+    target accuracy 0.97 and 0.95. Not robust at this scale, so reported, not asserted: the
+    talk's shared-init random copies (barrier 0.009 and 0.023, CIs overlapping the pre-trained
+    start's; they reach only 0.27 and 0.16 target accuracy in 30 steps), and which strategies
+    stay in the basin at 60 degrees (2 of 3 seeds for FT)."""
+    rows = {(r["angle"], r["start"], r["strategy"]): r for r in res["summary"]}
+    contrast = res["conclusion"]["findings"]["contrast"]["random-independent"]
+    assert contrast["pretrained_lower"] == list(cfg.angles)
+    for a in cfg.angles:
+        ind = rows[(a, "random-independent", "FT")]
+        assert ind["target_acc_after"] > 0.85 and ind["barrier_copies"] > 0.1
+        assert ind["forgetting"] is None and ind["forgetting_note"].startswith("N/A")
+        pre = rows[(a, "pre-trained", "FT")]
+        assert pre["barrier_copies_ci"][1] < ind["barrier_copies_ci"][0]
+    assert "better connected" in " ".join(res["conclusion"]["text"])
 
 
 def test_the_large_batch_minimum_is_sharper_in_curvature(tmp_path):

@@ -140,11 +140,12 @@ def test_stages_as_ray_tasks_give_the_local_folders_and_results(local, cfg, tmp_
 
     # every stage after pre-training went to Ray: the fine-tunings, then the analyses
     rows = res["stages"]
+    n_pre = cfg.seeds  # one pre-training per seed, in the driver
     assert [r["stage"] for r in rows] == [r["stage"] for r in local_res["stages"]]
-    assert sorted(executor.names) == sorted(f"stage {r['stage']}" for r in rows[1:])
+    assert sorted(executor.names) == sorted(f"stage {r['stage']}" for r in rows[n_pre:])
     assert [n.split()[-1].split("-")[0] for n in executor.names[:6]] == ["finetune"] * 6
-    assert [r["reused"] for r in rows] == [True] + [False] * (len(rows) - 1)
-    assert all(r["seconds"] > 0 for r in rows[1:])  # each task reported its row back
+    assert [r["reused"] for r in rows] == [True] * n_pre + [False] * (len(rows) - n_pre)
+    assert all(r["seconds"] > 0 for r in rows[n_pre:])  # each task reported its row back
     assert executor.retried == 0
     assert reproducible_part(res) == reproducible_part(local_res)
     assert_same_stages(local_root, root)
@@ -226,8 +227,10 @@ def test_demo_on_ray_through_the_command_line(local, tmp_path):
     args = ("demo", "--smoke", "--executor", "ray", "--workers", "2", "--out", out)
     code, _, err = invoke(*args, "--no-progress")
     assert code == 0, err
+    # seed 0's 13 analyses (2 lines, 2 surfaces, barriers, CKA, 2 criticality, 5 Hessians)
+    # and seed 1's barriers
     assert (
-        "analyses (lines, surfaces, barriers, CKA, criticality, Hessians): 12 stages, as ray "
+        "analyses (lines, surfaces, barriers, CKA, criticality, Hessians): 14 stages, as ray "
         "tasks" in err
     )
     (run_dir,) = out.glob(f"{NAME}-*")
@@ -278,9 +281,9 @@ def test_two_tasks_never_need_one_stage_folder(local, tmp_path):
     res = run_study(NAME, root, cfg, say=lambda m: None, report=False, executor=executor)
     assert [r["stage"] for r in res["stages"] if not r["reused"]] == finetunes
     assert [r["stage"] for r in res["stages"]] == [r["stage"] for r in local_res["stages"]] + [
-        r["stage"] for r in local_res["stages"][1:]
+        r["stage"] for r in local_res["stages"][cfg.seeds :]
     ]
-    # the six fine-tunings, then their repeats in a wave of their own
+    # the fine-tunings, then their repeats in a wave of their own
     assert executor.waves[:2] == [[f"stage {n}" for n in finetunes]] * 2
     assert res["angles"]["60"] == json.loads(json.dumps(local_res["angles"]["60"]))
     assert_same_stages(local_root, root)

@@ -11,7 +11,11 @@ from typing import Any
 import numpy as np
 
 import basinscope
-from basinscope.experiments.rotated_digits import STRATEGY_NAMES
+from basinscope.experiments.rotated_digits import (
+    SEED_MEANS,
+    START_NAMES,
+    STRATEGY_NAMES,
+)
 from basinscope.plotting import line_figure, plot_contour, surface_figure
 from basinscope.plotting._common import LEGEND_SIZE, new_figure, style_axes
 from basinscope.plotting.run import load_trajectories
@@ -50,16 +54,19 @@ SUMMARY_COLUMNS = {
     "angle": "angle",
     "start": "start",
     "strategy": "strategy",
+    "seeds": "seeds",
     "target_acc_before": "target acc. before",
     "target_acc_after": "target acc. after",
     "source_acc_before": "source acc. before",
     "source_acc_after": "source acc. after",
     "forgetting": "forgetting",
     "barrier_copies": "barrier copies",
-    "relative_distance": "relative distance",
-    "barrier_path_target": "barrier path (target)",
-    "barrier_path_source": "barrier path (source)",
+    "path_excess_target": "path excess (target)",
+    "path_excess_source": "path excess (source)",
+    "seeds_in_basin": "seeds in basin",
     "in_pretrained_basin": "in pre-trained basin",
+    "relative_distance": "relative distance",
+    "plateau_gain": "plateau gain",
     "cka_fc1_target": "CKA fc1 (target)",
     "lambda_max": "lambda_max",
     "trace": "trace",
@@ -142,25 +149,27 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         f"It is then fine-tuned for {cfg['finetune_steps']} gradient steps on the same digits rotated by "
         f"{', '.join(angles)} degrees (the targets) with each strategy "
         f"({', '.join(STRATEGY_NAMES[s] for s in strategies)}), and, for comparison, trained for the same "
-        f"number of steps from a random initialization; {cfg['copies']} copies of each with different SGD "
-        "noise (data order). The question: does fine-tuning from the pre-trained start stay in the "
+        f"number of steps from a random initialization shared by the copies (the talk's control) and for "
+        f"{cfg['independent_steps']} steps (to a plateau) from independent random initializations; "
+        f"{cfg['copies']} copies of each with different SGD noise (data order), and the whole study "
+        f"repeated for {cfg['seeds']} seeds. The question: does fine-tuning from the pre-trained start stay in the "
         "pre-trained basin, how far does it move, what does it forget, and how sharp is where it lands?"
     )
+
+    _conclusion_section(rep, results)
 
     # -- the summary ------------------------------------------------------------------------
     rep.heading("Summary")
     rep.table(
-        [
-            {SUMMARY_COLUMNS.get(k, k.replace("_", " ")): _cell(k, v) for k, v in r.items()}
-            for r in results["summary"]
-        ],
+        _summary_table(results["summary"]),
         "Per target angle and (start, strategy); accuracies are means over the copies on the test "
-        f"splits. Numbers to {TABLE_DIGITS} significant digits; magnitudes below "
-        f"{TABLE_PRECISION:g} are shown as 0; {MISSING}: not defined (the path from the "
-        "pre-trained model, its distance and CKA, and the basin verdict, for the random start). "
-        f"Stayed in the pre-trained basin: {defs['stayed in the pre-trained basin']}. "
-        f"Barriers: {defs['barrier']}. λ_max and trace: {defs['lambda_max']}; {defs['trace']}. "
-        f"CKA fc1: {defs['cka']}, at the penultimate layer on the target test split.",
+        f"splits; columns with an interval: {defs['mean and CI over seeds']}. Seeds: {defs['seeds']}. "
+        f"Starts: {defs['random starts']}. Stayed in the pre-trained basin: "
+        f"{defs['stayed in the pre-trained basin']}. Path criterion: {defs['path criterion']}. "
+        f"Barriers: {defs['barrier']}. Forgetting: {defs['forgetting']}. λ_max and trace: "
+        f"{defs['lambda_max']}; {defs['trace']}. CKA fc1: {defs['cka']}, at the penultimate layer "
+        f"on the target test split. Numbers to {TABLE_DIGITS} significant digits; magnitudes "
+        f"below {TABLE_PRECISION:g} are shown as 0; {MISSING}: not defined.",
         digits=TABLE_DIGITS,
         precision=TABLE_PRECISION,
     )
@@ -170,9 +179,10 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     rep.figure(
         _accuracy_figure(results, angles, strategies),
         "Test accuracy after fine-tuning on the target (left) and on the source (right) against the "
-        "rotation angle, per strategy from the pre-trained start (solid) and from a random start "
-        f"(black dashed); grey dotted: the pre-trained model before fine-tuning. Means over {cfg['copies']} "
-        f"copies; {defs['accuracy']}. {NO_BN}.",
+        "rotation angle, per strategy from the pre-trained start (solid) and from the random starts "
+        "(black dashed: shared init; black dotted: independent inits); grey dotted: the pre-trained "
+        f"model before fine-tuning. Means over {cfg['copies']} copies, then over {cfg['seeds']} seeds, "
+        f"with error bars: {defs['mean and CI over seeds']}; {defs['accuracy']}. {NO_BN}.",
         save_as=figs / "accuracy_vs_angle",
     )
 
@@ -238,12 +248,15 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     rep.figure(
         _barrier_figure(results, angles, strategies, cfg),
         f"Left: the {cfg['barrier_metric']} barrier between the two fine-tuned copies on the target test "
-        "split, full fine-tuning from the pre-trained start (blue) and from a random start (black), and for "
-        "the other strategies from the pre-trained start. Right: the barrier on the path pre-trained → "
-        f"fine-tuned on the target test split. Dashed: basin_epsilon = {cfg['basin_epsilon']:g}. "
-        f"{defs['barrier']}. {NO_BN}.",
+        "split, full fine-tuning from the pre-trained start (blue), from a random start shared by the "
+        "copies (black) and from independent random starts (grey), and for the other strategies from the "
+        "pre-trained start. Right: the path criterion's excess on the path pre-trained → fine-tuned on "
+        f"the target test split ({defs['path criterion']}). Dashed: basin_epsilon = "
+        f"{cfg['basin_epsilon']:g}. Bars: means over {cfg['seeds']} seeds, error bars: "
+        f"{defs['mean and CI over seeds']}. {defs['barrier']}. {NO_BN}.",
         save_as=figs / "barriers",
     )
+    _barrier_seed_table(rep, results)
 
     # -- representations and parameters ----------------------------------------------------------
     rep.heading("How far did fine-tuning move? Distance and per-layer CKA")
@@ -261,11 +274,12 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         _criticality_figure(results, angles),
         "Module criticality μ_i per layer of full fine-tuning (copy 0), from the pre-trained start "
         f"(θ⁰ = pre-trained; left) and from a random start (θ⁰ = the random initialization; right); "
-        f"{defs['module criticality']}; {cfg['criticality_points']}x{cfg['criticality_points']} "
+        f"{defs['module criticality']}; {cfg['criticality_points']}x{cfg['criticality_sigmas']} "
         f"(α, σ) grid, {cfg['criticality_samples']} noise draws each, the first {cfg['criticality_examples']} "
         f"target training images; ε = final loss + 0.1. 0: the module can be rewound all the way to θ⁰ within ε; ∞: no feasible point on the grid. Symmetric-log scale. {NO_BN}.",
         save_as=figs / "criticality",
     )
+    _criticality_edge_table(rep, results)
 
     # -- curvature ------------------------------------------------------------------------------
     rep.heading("How sharp is where fine-tuning lands? Hessian")
@@ -311,6 +325,89 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     return atomic_write_text(Path(run_dir) / paths.REPORT, rep.render(), "report")
 
 
+# -- the numbers of the study's science: conclusion, CIs, grid edges ------------------------
+
+
+def _ci_text(mean, ci) -> str:
+    if mean is None:
+        return "N/A"
+    return f"{mean:.3f}" + ("" if ci is None else f" [{ci[0]:.3f}, {ci[1]:.3f}]")
+
+
+def _summary_table(rows: list[dict]) -> list[dict]:
+    """The summary rows for the table: each mean over seeds with its CI in one cell, N/A where
+    a value is not defined (forgetting from a random start)."""
+    out = []
+    for r in rows:
+        cells = {}
+        for k, header in SUMMARY_COLUMNS.items():
+            if k not in r:
+                continue
+            if k in SEED_MEANS or k == "plateau_gain":
+                cells[header] = _ci_text(r[k], r.get(f"{k}_ci"))
+            elif k == "start":
+                cells[header] = START_NAMES[r[k]]
+            else:
+                cells[header] = _cell(k, r[k])
+        out.append(cells)
+    return out
+
+
+def _conclusion_section(rep, results) -> None:
+    """What the data show: the sentences the study computed from its numbers."""
+    rep.heading("Conclusion")
+    for sentence in results["conclusion"]["text"]:
+        rep.text(sentence)
+
+
+def _barrier_seed_table(rep, results) -> None:
+    """Every seed's copies barrier and path excess, with the barrier's bootstrap CI."""
+    defs = results["definitions"]
+    rows = []
+    for a, res in results["angles"].items():
+        for key, per in res["per_seed"].items():
+            start, s = key.split("/")
+            row = {"angle": f"{a}°", "start": START_NAMES[start], "strategy": STRATEGY_NAMES[s]}
+            row["barrier copies per seed (bootstrap CI)"] = "; ".join(
+                _ci_text(r["barrier_copies"], r["barrier_copies_ci"]) for r in per
+            )
+            row["path excess per seed"] = (
+                "; ".join(f"{r['path_excess_target']:.3f}" for r in per)
+                if start == "pre-trained"
+                else "N/A"
+            )
+            rows.append(row)
+    rep.table(
+        rows,
+        f"Per seed (0, 1, ...): the barrier between the copies on the target test split with its "
+        f"bootstrap CI ({defs['barrier']}), and the path excess ({defs['path criterion']}).",
+    )
+
+
+def _criticality_edge_table(rep, results) -> None:
+    """Where sigma* sits on the sigma grid, per angle, start and module (seed 0)."""
+    rows = []
+    for a, res in results["angles"].items():
+        for start, g in res["criticality_grid"].items():
+            for m, v in g["modules"].items():
+                rows.append(
+                    {
+                        "angle": f"{a}°",
+                        "start": start,
+                        "module": m,
+                        "sigma*": "–" if v["sigma_star"] is None else f"{v['sigma_star']:.3g}",
+                        "feasible points": v["feasible_points"],
+                        "on the grid's edge": v["on_edge"] or "no",
+                    }
+                )
+    rep.table(
+        rows,
+        "Module criticality's minimiser on the log-spaced σ grid: σ* at the grid's smallest or "
+        "largest value is flagged (μ is then bounded by the grid, not found); 'none feasible': no "
+        "grid point within ε; μ = 0 (α* = 0) is not flagged, since σ* means nothing there.",
+    )
+
+
 # -- figures ---------------------------------------------------------------------------------
 
 
@@ -324,11 +421,34 @@ def _accuracy_figure(results, angles, strategies):
     def col(start, strategy, column):
         return [rows[(a, start, STRATEGY_NAMES[strategy])][column] for a in x]
 
+    def err(start, strategy, column):
+        return _yerr(
+            col(start, strategy, column),
+            [rows[(a, start, STRATEGY_NAMES[strategy])].get(f"{column}_ci") for a in x],
+        )
+
     for ax, side in zip(axes, ("target", "source"), strict=True):
         after = f"{side}_acc_after"
         for s in strategies:
-            ax.plot(x, col("pre-trained", s, after), "o-", color=COLORS[s], label=STRATEGY_NAMES[s])
-        ax.plot(x, col("random", "ft", after), "s--", color="black", label="random start (FT)")
+            ax.errorbar(
+                x,
+                col("pre-trained", s, after),
+                yerr=err("pre-trained", s, after),
+                fmt="o-",
+                color=COLORS[s],
+                label=STRATEGY_NAMES[s],
+                capsize=2,
+            )
+        for start, fmt in (("random", "s--"), ("random-independent", "d:")):
+            ax.errorbar(
+                x,
+                col(start, "ft", after),
+                yerr=err(start, "ft", after),
+                fmt=fmt,
+                color="black",
+                label=f"{START_NAMES[start]}, FT",
+                capsize=2,
+            )
         before = col("pre-trained", "ft", f"{side}_acc_before")
         ax.plot(x, before, ":", color="grey", label="pre-trained, before")
         ax.set_xlabel("rotation of the target (degrees)")
@@ -408,34 +528,48 @@ def _paths_figure(curves, angles, strategies):
     return fig
 
 
+def _yerr(means, cis) -> np.ndarray | None:
+    """Asymmetric error bars from CIs (``None`` where a CI is missing: no bar)."""
+    if all(c is None for c in cis):
+        return None
+    lo = [0.0 if c is None else m - c[0] for m, c in zip(means, cis, strict=True)]
+    hi = [0.0 if c is None else c[1] - m for m, c in zip(means, cis, strict=True)]
+    return np.array([lo, hi])
+
+
 def _barrier_figure(results, angles, strategies, cfg):
-    fig = new_figure((12, 4))
-    axes = fig.subplots(1, 2, sharey=True)  # the same metric: one scale
-    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft"]
+    """Means over seeds with their CIs, from the summary rows."""
+    fig = new_figure((11, 4))
+    axes = fig.subplots(1, 2)  # the copies' barrier and the path excess: own scales
+    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft", "random-independent/ft"]
+    rows = {(r["angle"], r["start"], r["strategy"]): r for r in results["summary"]}
     width = 0.8 / len(keys)
     x = np.arange(len(angles))
     for k, key in enumerate(keys):
         start, s = key.split("/")
-        color = "black" if start == "random" else COLORS[s]
-        label = "random start (FT)" if start == "random" else STRATEGY_NAMES[s]
-        vals = [results["angles"][a]["connectivity"][key]["copies"]["value"] for a in angles]
-        axes[0].bar(x + k * width, vals, width, color=color, label=label)
+        color = {"random": "black", "random-independent": "grey"}.get(start, COLORS[s])
+        label = f"{START_NAMES[start]}, FT" if start != "pre-trained" else STRATEGY_NAMES[s]
+        sel = [rows[(float(a), start, STRATEGY_NAMES[s])] for a in angles]
+        cols = [("barrier_copies", axes[0])]
         if start == "pre-trained":
-            vals = [
-                results["angles"][a]["connectivity"][key]["path_tgt_test"]["value"] for a in angles
-            ]
-            axes[1].bar(x + k * width, vals, width, color=color, label=label)
+            cols.append(("path_excess_target", axes[1]))
+        for column, ax in cols:
+            vals = [r[column] for r in sel]
+            yerr = _yerr(vals, [r[f"{column}_ci"] for r in sel])
+            ax.bar(x + k * width, vals, width, color=color, label=label, yerr=yerr, capsize=2)
     for ax, title in zip(
         axes,
-        ("between the two fine-tuned copies", "on the path pre-trained → fine-tuned"),
+        ("between the two fine-tuned copies", "path excess pre-trained → fine-tuned"),
         strict=True,
     ):
         ax.axhline(cfg["basin_epsilon"], color="grey", ls="--", lw=1)
         ax.set_xticks(x + 0.4 - width / 2)
         ax.set_xticklabels([f"{a}°" for a in angles])
-        ax.set_ylabel(f"{cfg['barrier_metric']} barrier ({cfg['barrier_definition']})")
         ax.set_title(title)
         style_axes(ax)
+    axes[0].set_ylabel(f"{cfg['barrier_metric']} barrier ({cfg['barrier_definition']})")
+    axes[1].set_ylabel(f"{cfg['barrier_metric']} excess over max(f(0), f(1))")
+    axes[1].set_ylim(bottom=0)
     _legend_outside(fig, axes[0])
     return fig
 
