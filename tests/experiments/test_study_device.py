@@ -101,9 +101,7 @@ def test_a_newer_study_leaves_the_default_device_and_dtype_out_of_its_digest(nam
     explicit = make_config(name, smoke=True, device="cpu", dtype=smoke.dtype)
     assert config_hash(name, explicit) == config_hash(name, smoke)
     other = "float32" if smoke.dtype == "float64" else "float64"
-    assert config_hash(name, dataclasses.replace(smoke, dtype=other)) != config_hash(
-        name, smoke
-    )
+    assert config_hash(name, dataclasses.replace(smoke, dtype=other)) != config_hash(name, smoke)
 
 
 @pytest.mark.parametrize("name", STUDIES)

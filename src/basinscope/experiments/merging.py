@@ -337,6 +337,8 @@ def _finetune_settings(cfg: MergingConfig) -> types.SimpleNamespace:
         checkpoint_every=cfg.finetune_steps,
         batch_size=cfg.batch_size,
         momentum=cfg.momentum,
+        finetune_lr=cfg.finetune_lr,  # from the pre-trained start
+        random_start_lr=cfg.random_start_lr,  # from the random start
         device=DEFAULT_DEVICE,  # fine-tuning runs on the CPU
     )
 
@@ -382,10 +384,14 @@ def run(cfg: MergingConfig, ctx: StudyContext) -> dict[str, Any]:
     ft_cfg = _finetune_settings(cfg)
     calls = []
     for family in FAMILIES:
-        model, start_name, lr = starts[family]
+        model, start_name, _ = starts[family]
         for t in tasks:
             data = {"tgt_train": t.train, "tgt_test": t.test, "src_test": src_test}
-            calls.append(_finetune_call(ft_cfg, root, start_name, model, "ft", lr, 0, data, None))
+            calls.append(
+                _finetune_call(
+                    ft_cfg, root, start_name, model, "ft", data, None, start=family, data_seed=0
+                )
+            )
     done = ctx.run_stages(
         calls, what=f"fine-tuning on {', '.join(cfg.tasks)} from the pre-trained and a random start"
     )
