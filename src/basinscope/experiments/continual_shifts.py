@@ -842,7 +842,7 @@ def _report(run_dir, results: dict[str, Any]):
 STUDY = register(
     Study(
         name=NAME,
-        summary="issue 17: rotations 0 -> 30 -> 60 -> 90 learned one after another with ft, "
+        summary="Continual learning across shifts: rotations 0 -> 30 -> 60 -> 90 learned one after another with ft, "
         "l2sp, ewc, trust-region, mask and SAM/C-Flat (accuracy matrix, forgetting, "
         "sharpness, barriers); landscape-chosen masks vs surgical vs random at equal counts",
         config=ContinualShiftsConfig,
