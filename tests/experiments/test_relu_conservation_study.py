@@ -14,10 +14,18 @@ import pytest
 
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import make_config, run_study
-from basinscope.experiments.relu_conservation import components, reachable, sign_lower_bound
+from basinscope.experiments.relu_conservation import (
+    components,
+    find_moves,
+    permute,
+    reachable,
+    rescale,
+    rescaled_c,
+    sign_lower_bound,
+)
 
 STUDY = "relu-conservation"
-FIGURES = ("drift", "obstruction")
+FIGURES = ("drift", "obstruction", "moves")
 
 
 def test_components_count_the_neurons_locked_to_a_sign():
@@ -48,6 +56,47 @@ def test_the_sign_bound_is_the_loss_of_the_best_one_signed_output():
     assert sign_lower_bound([-1, -1], [1, -1], y) is None
 
 
+def _f(w, a, x):
+    return np.maximum(x @ w.T, 0.0) @ a
+
+
+def test_rescaling_keeps_the_function_and_moves_c_as_the_formula_says():
+    rng = np.random.default_rng(3)
+    w, a = rng.standard_normal((3, 5)), rng.standard_normal(3)
+    x = rng.standard_normal((200, 5))
+    for j, alpha in ((0, 2.0), (1, 0.37), (2, 5.3)):
+        w2, a2 = rescale(w, a, j, alpha)
+        assert np.max(np.abs(_f(w2, a2, x) - _f(w, a, x))) < 1e-12
+        c2 = (w2**2).sum(1) - a2**2
+        assert c2[j] == pytest.approx(rescaled_c(w[j], a[j], alpha), rel=1e-12, abs=1e-12)
+        assert c2[j] == pytest.approx(alpha**2 * (w[j] ** 2).sum() - a[j] ** 2 / alpha**2)
+        others = [k for k in range(3) if k != j]
+        np.testing.assert_array_equal(c2[others], ((w**2).sum(1) - a**2)[others])
+    wp, ap = permute(w, a, [2, 0, 1])
+    assert np.max(np.abs(_f(wp, ap, x) - _f(w, a, x))) < 1e-12
+
+
+def test_moves_unlock_a_blocked_component_and_find_the_swaps_between_components():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2, 4))
+    w = 0.5 * w / np.linalg.norm(w, axis=1, keepdims=True)  # c_j = 0.25 - 1 = -0.75
+    x = rng.standard_normal((100, 4))
+    mv = find_moves({"w": w.tolist(), "a": [1.0, 1.0]}, [1.0, -1.0], x)
+    assert mv["pattern"] == "++" and mv["components"] == 4
+    for r in mv["rescales"]:
+        assert r["alpha"] == pytest.approx(2.0) and r["alpha_threshold"] == pytest.approx(2**0.5)
+        assert r["c_after"] == pytest.approx(0.75) and r["c_error"] < 1e-12
+        assert r["max_df"] < 1e-12 and r["others_unchanged"]
+    assert mv["unlocked_neurons"] == [0] and mv["unlocked_pattern"] == "0+"
+    assert mv["unlocked_reachable"] and mv["unlocked_max_df"] < 1e-12
+    assert mv["swaps"] == []  # ++ is symmetric: no swap leaves its component
+    mv = find_moves({"w": w.tolist(), "a": [1.0, -1.0]}, [1.0, -1.0], x)
+    assert [(s["swap"], s["to"], s["reachable_after"]) for s in mv["swaps"]] == [
+        ([0, 1], "-+", True)
+    ]
+    assert mv["swaps"][0]["max_df"] < 1e-12
+
+
 def _quiet(_msg: str) -> None:
     pass
 
@@ -63,18 +112,26 @@ def smoke_run(tmp_path_factory):
 def test_smoke_run_stores_every_run_and_judges_every_initialisation(smoke_run):
     root, cfg, res, run_dir = smoke_run
     saved = json.loads((run_dir / "result.json").read_text())
-    n_runs = 2 + len(cfg.drift_lrs) + 1 + cfg.random_inits
+    n_runs = 3 + len(cfg.drift_lrs) + 1 + cfg.random_inits
     assert sum(s["stage"].startswith("relu-") for s in saved["stages"]) == n_runs
     assert set(saved["designed"]) == {"blocked", "reachable"}
     assert saved["designed"]["blocked"]["judged"]["reachable"] is False
     assert saved["designed"]["reachable"]["judged"]["reachable"] is True
     assert len(saved["drift"]["rows"]) == len(cfg.drift_lrs) + 1
     assert len(saved["random"]) == cfg.random_inits
+    moves = saved["moves"]
+    assert moves["blocked"]["unlocked_reachable"] is True
+    assert moves["blocked"]["unlocked_max_df"] < 1e-12
+    assert all(r["c_error"] < 1e-12 for r in moves["blocked"]["rescales"])
+    unlocked = moves["unlocked_run"]["judged"]
+    assert np.isfinite(unlocked["final_loss"])  # reported; the smoke run is too short to assert
+    assert any("unlock" in c for c in saved["conclusions"])
     for key in ("c", "drift", "components", "reachable", "sign_bound"):
         assert saved["definitions"][key]
     again = run_study(STUDY, root, cfg, say=_quiet, report=False)
     assert all(s["reused"] for s in again["stages"])
     assert again["drift"] == res["drift"] and again["random"] == res["random"]
+    assert again["moves"] == res["moves"]
 
 
 def test_the_report_has_every_figure_and_opens_in_headless_chromium(smoke_run):

@@ -193,7 +193,8 @@ def test_relu_conservation_holds_to_first_order_and_the_blocked_init_stays_above
     tmp_path,
 ):
     """relu-conservation, quick (measured: drift ~ lr^1.00; SGD at lr 0.5 drifts 0.82; the
-    blocked init ends at loss 0.218 above its sign bound 0.204, the reachable one at 1e-12)."""
+    blocked init ends at loss 0.218 above its sign bound 0.204, the reachable one at 1e-12;
+    the blocked init with neuron 0 rescaled by alpha = 2, the same function, at 3.9e-12)."""
     _, res = _quick("relu-conservation", tmp_path)
     assert res["drift"]["order"] == pytest.approx(1.0, abs=0.15)
     gd_max = max(r["drift"] for r in res["drift"]["rows"] if r["optimizer"] == "GD")
@@ -201,6 +202,9 @@ def test_relu_conservation_holds_to_first_order_and_the_blocked_init_stays_above
     b, r = res["designed"]["blocked"]["judged"], res["designed"]["reachable"]["judged"]
     assert not b["reachable"] and b["final_loss"] >= b["sign_bound"] > 0.05
     assert r["reachable"] and r["reached"]
+    mv = res["moves"]["blocked"]
+    assert mv["unlocked_reachable"] and mv["unlocked_max_df"] < 1e-12
+    assert res["moves"]["unlocked_run"]["judged"]["reached"]
     for x in res["random"]:
         assert all(x["a_signs_kept"])
         if not x["reachable"]:

@@ -27,8 +27,12 @@ the loss is at least :math:`\\frac{1}{2N}\\sum_n \\min(y_n, 0)^2` (or ``max`` fo
 Measured: the drift of :math:`c_j` under gradient descent at several step sizes over one
 time horizon, and under SGD with a large learning rate; the loss curves of an initialisation
 whose component holds no global optimum next to one whose component does (the same input
-weights, one output sign flipped); and, for random initialisations, the rule's verdict next
-to where gradient descent ends.
+weights, one output sign flipped); the function-preserving moves between components
+(:func:`find_moves`: rescaling a locked neuron by :math:`\\alpha \\ge \\sqrt{|a_j|/
+\\lVert w_j\\rVert}` unlocks it, :math:`c_j \\to \\alpha^2\\lVert w_j\\rVert^2 -
+a_j^2/\\alpha^2`; swapping two neurons of equal :math:`c` maps a sign pattern to the swapped
+one) and gradient descent from the blocked initialisation unlocked; and, for random
+initialisations, the rule's verdict next to where gradient descent ends.
 """
 
 from __future__ import annotations
@@ -57,7 +61,11 @@ __all__ = [
     "STUDY",
     "ReluConservationConfig",
     "components",
+    "find_moves",
+    "permute",
     "reachable",
+    "rescale",
+    "rescaled_c",
     "run",
     "sign_lower_bound",
 ]
@@ -144,6 +152,13 @@ DEFINITIONS = {
     "sign_bound": "when every neuron is locked to one sign s, the output keeps that sign and the "
     "loss is at least (1/2N) sum_n min(s y_n, 0)^2",
     "reached": "final loss below optimum_tol",
+    "rescale": "neuron j by alpha > 0: w_j -> alpha w_j, a_j -> a_j / alpha (f unchanged); "
+    "c_j -> alpha^2 ||w_j||^2 - a_j^2 / alpha^2",
+    "unlock": "alpha* = sqrt(|a_j| / ||w_j||) takes a locked neuron to c_j = 0 (a cone); the "
+    "move used, alpha = |a_j| / ||w_j||, swaps ||w_j|| and |a_j| and takes c_j to -c_j > 0",
+    "permute": "swapping neurons i and k (f unchanged) maps the component with sign pattern s "
+    "to the swapped pattern; it stays in the same invariant set when c_i = c_k",
+    "max_df": "max over the training inputs of |f_moved(x) - f(x)| in float64",
 }
 
 
@@ -177,6 +192,119 @@ def sign_lower_bound(c: Sequence[float], a: Sequence[float], y: Any) -> float | 
     s = signs.pop()
     y = np.asarray(y, dtype=np.float64).ravel()
     return float(0.5 * np.mean(np.minimum(s * y, 0.0) ** 2))
+
+
+# -- moves between components ---------------------------------------------------------------
+
+
+def rescale(w: Any, a: Any, j: int, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+    """Neuron ``j`` rescaled by ``alpha`` > 0: :math:`w_j \\to \\alpha w_j`,
+    :math:`a_j \\to a_j/\\alpha` (copies; the network's function is unchanged)."""
+    positive_float("alpha", alpha)
+    w, a = np.array(w, dtype=np.float64), np.array(a, dtype=np.float64)
+    w[j] *= alpha
+    a[j] /= alpha
+    return w, a
+
+
+def rescaled_c(w_j: Any, a_j: float, alpha: float) -> float:
+    """The conserved quantity after rescaling by ``alpha``:
+    :math:`\\alpha^2\\lVert w_j\\rVert^2 - a_j^2/\\alpha^2`."""
+    return float(alpha**2 * np.sum(np.asarray(w_j, dtype=np.float64) ** 2) - a_j**2 / alpha**2)
+
+
+def permute(w: Any, a: Any, perm: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Neurons reordered (neuron ``k`` of the result is neuron ``perm[k]``); f unchanged."""
+    idx = list(perm)
+    return np.asarray(w, dtype=np.float64)[idx], np.asarray(a, dtype=np.float64)[idx]
+
+
+def _f(w: Any, a: Any, x: np.ndarray) -> np.ndarray:
+    return np.maximum(x @ np.asarray(w, dtype=np.float64).T, 0.0) @ np.asarray(a, np.float64)
+
+
+def _pattern(c: Sequence[float], a: Sequence[float]) -> str:
+    """The component's label: the sign of a_j on locked neurons, '0' on free ones."""
+    return "".join(("+" if aj > 0 else "-") if cj < 0 else "0" for cj, aj in zip(c, a, strict=True))
+
+
+def find_moves(init: dict[str, list], teacher_signs: Sequence[float], x: Any) -> dict[str, Any]:
+    """The function-preserving moves out of ``init``'s component, checked on inputs ``x``.
+
+    Rescalings: for each locked neuron the threshold :math:`\\alpha^* = \\sqrt{|a_j|/
+    \\lVert w_j\\rVert}` (c_j -> 0) and the move :math:`\\alpha = |a_j|/\\lVert w_j
+    \\rVert` (c_j -> -c_j); the fewest such moves (cheapest first) that make the component
+    reachable give the unlocked initialisation. Permutations: every swap of two neurons with
+    equal c (so the invariant set maps to itself) whose locked signs differ, i.e. that maps
+    the component to another one. Each move's max |Delta f| on ``x`` and its c against the
+    formula."""
+    x = np.asarray(x, dtype=np.float64)
+    w, a = np.asarray(init["w"], dtype=np.float64), np.asarray(init["a"], dtype=np.float64)
+    c0 = _c0(init)
+    f0 = _f(w, a, x)
+    rescales = []
+    for j, cj in enumerate(c0):
+        if cj >= 0:
+            continue
+        wn = float(np.linalg.norm(w[j]))
+        alpha = abs(a[j]) / wn
+        w2, a2 = rescale(w, a, j, alpha)
+        c_after = _c0({"w": w2, "a": a2})
+        rescales.append(
+            {
+                "neuron": j,
+                "c": cj,
+                "alpha_threshold": math.sqrt(alpha),
+                "alpha": alpha,
+                "c_predicted": rescaled_c(w[j], a[j], alpha),
+                "c_after": c_after[j],
+                "c_error": abs(c_after[j] - rescaled_c(w[j], a[j], alpha)),
+                "others_unchanged": bool(
+                    all(c_after[k] == c0[k] for k in range(len(c0)) if k != j)
+                ),
+                "max_df": float(np.max(np.abs(_f(w2, a2, x) - f0))),
+            }
+        )
+    chosen: list[int] = []
+    wu, au = w.copy(), a.copy()
+    for r in sorted(rescales, key=lambda r: (r["alpha"], r["neuron"])):
+        if reachable(_c0({"w": wu, "a": au}), au, teacher_signs):
+            break
+        wu, au = rescale(wu, au, r["neuron"], r["alpha"])
+        chosen.append(r["neuron"])
+    cu = _c0({"w": wu, "a": au})
+    tol = 1e-12 * max(1.0, max(abs(c) for c in c0))
+    swaps = []
+    for i in range(len(c0)):
+        for k in range(i + 1, len(c0)):
+            if abs(c0[i] - c0[k]) > tol:
+                continue
+            perm = list(range(len(c0)))
+            perm[i], perm[k] = k, i
+            wp, ap = permute(w, a, perm)
+            cp = _c0({"w": wp, "a": ap})
+            if _pattern(cp, ap) == _pattern(c0, a):
+                continue
+            swaps.append(
+                {
+                    "swap": [i, k],
+                    "to": _pattern(cp, ap),
+                    "reachable_after": reachable(cp, ap, teacher_signs),
+                    "max_df": float(np.max(np.abs(_f(wp, ap, x) - f0))),
+                }
+            )
+    return {
+        "pattern": _pattern(c0, a),
+        "components": components(c0),
+        "rescales": rescales,
+        "unlocked_neurons": chosen,
+        "unlocked": {"w": wu.tolist(), "a": au.tolist()},
+        "unlocked_c": cu,
+        "unlocked_pattern": _pattern(cu, au),
+        "unlocked_reachable": reachable(cu, au, teacher_signs),
+        "unlocked_max_df": float(np.max(np.abs(_f(wu, au, x) - f0))),
+        "swaps": swaps,
+    }
 
 
 # -- data and training ----------------------------------------------------------------------
@@ -327,9 +455,14 @@ def run(cfg: ReluConservationConfig, ctx: StudyContext) -> dict[str, Any]:
     y = data.y.numpy()
     base = {"data": data.name, "width": cfg.width, "records": cfg.records, **placement(cfg)}
     designed = designed_inits(cfg)
+    x64 = data.x.numpy().astype(np.float64)
+    moves = {k: find_moves(v, cfg.teacher_signs, x64) for k, v in designed.items()}
     jobs: list[tuple[str, dict, dict]] = []  # (group, init, train kwargs)
     for label, init in designed.items():
         jobs.append((f"curve-{label}", init, {"lr": cfg.lr, "steps": cfg.steps}))
+    jobs.append(
+        ("curve-unlocked", moves["blocked"]["unlocked"], {"lr": cfg.lr, "steps": cfg.steps})
+    )
     for lr in cfg.drift_lrs:
         steps = round(cfg.drift_time / lr)
         jobs.append((f"drift-gd-lr{lr:g}", designed["reachable"], {"lr": lr, "steps": steps}))
@@ -360,7 +493,7 @@ def run(cfg: ReluConservationConfig, ctx: StudyContext) -> dict[str, Any]:
         calls.append(StageCall(stage_dir(root, name, settings), call))
     done = ctx.run_stages(
         calls,
-        what=f"{len(jobs)} runs: 2 designed initialisations, {len(cfg.drift_lrs)} GD step "
+        what=f"{len(jobs)} runs: 2 designed initialisations and the blocked one unlocked, {len(cfg.drift_lrs)} GD step "
         f"sizes and SGD at lr {cfg.sgd_lr:g} for the drift, {cfg.random_inits} random "
         "initialisations",
     )
@@ -411,6 +544,10 @@ def run(cfg: ReluConservationConfig, ctx: StudyContext) -> dict[str, Any]:
             if k.startswith("drift-")
         },
         "random": randoms,
+        "moves": moves
+        | {
+            "unlocked_run": runs["curve-unlocked"] | {"label": "unlocked", "moved_from": "blocked"},
+        },
     }
     results["conclusions"] = conclusions(results, cfg)
     return results
@@ -459,6 +596,7 @@ def conclusions(res: dict[str, Any], cfg: ReluConservationConfig) -> list[str]:
         + f" and gradient descent ends at {r['final_loss']:.3g}"
         + (" (a global optimum)." if r["reached"] else " (above optimum_tol).")
     )
+    out.append(_moves_conclusion(res, cfg))
     rnd = res["random"]
     if rnd:
         unr = [x for x in rnd if not x["reachable"]]
@@ -482,6 +620,60 @@ def conclusions(res: dict[str, Any], cfg: ReluConservationConfig) -> list[str]:
         )
         out.append(text + ".")
     return out
+
+
+def _moves_conclusion(res: dict[str, Any], cfg: ReluConservationConfig) -> str:
+    mv, blocked = res["moves"], res["designed"]["blocked"]["judged"]
+    b, u = mv["blocked"], mv["unlocked_run"]["judged"]
+    if not b["rescales"]:
+        return "The blocked initialisation has no locked neuron, so no rescaling move is needed."
+    dfs = [r["max_df"] for r in b["rescales"]] + [b["unlocked_max_df"]]
+    dfs += [s["max_df"] for k in ("blocked", "reachable") for s in mv[k]["swaps"]]
+    cerr = max(r["c_error"] for r in b["rescales"])
+    run = mv["unlocked_run"]
+    flips = [
+        f"neuron {j}: {run['init']['a'][j]:.3g} -> {run['final_a'][j]:.3g}"
+        for j in b["unlocked_neurons"]
+        if np.sign(run["final_a"][j]) != np.sign(run["init"]["a"][j])
+    ]
+    text = (
+        "Moves out of the blocked component (pattern "
+        f"{b['pattern']}): rescaling locked neuron j by alpha >= sqrt(|a_j|/||w_j||) unlocks "
+        "it; the moves alpha = |a_j|/||w_j|| = "
+        + ", ".join(f"{r['alpha']:.3g} (neuron {r['neuron']})" for r in b["rescales"])
+        + " each take c_j to -c_j, change f on the data by at most "
+        f"{max(dfs):.2e} and set c_j to the formula alpha^2||w_j||^2 - a_j^2/alpha^2 within "
+        f"{cerr:.1e}. The fewest that make the component reachable, neuron(s) "
+        f"{b['unlocked_neurons']}, give the pattern {b['unlocked_pattern']} ("
+        + ("reachable" if b["unlocked_reachable"] else "still unreachable")
+        + f" by the rule); gradient descent from it ends at loss {u['final_loss']:.3g} against "
+        f"{blocked['final_loss']:.3g} from the blocked start"
+        + (
+            " (a global optimum: the move removed the obstruction"
+            if u["reached"]
+            else f" (above optimum_tol {cfg.optimum_tol:g}"
+        )
+        + (
+            "; the unlocked output weight changed sign, " + ", ".join(flips) + ")"
+            if flips
+            else "; no unlocked output weight changed sign)"
+        )
+        + ". Permutations: "
+    )
+    if b["swaps"]:
+        text += f"{len(b['swaps'])} swaps map the blocked component to another one"
+    else:
+        text += (
+            f"none maps the blocked component elsewhere (its pattern {b['pattern']} is "
+            "symmetric under every swap of neurons with equal c)"
+        )
+    r = mv["reachable"]
+    if r["swaps"]:
+        text += "; from the reachable one, " + ", ".join(
+            f"swapping {s['swap'][0]} and {s['swap'][1]} maps {r['pattern']} to {s['to']}"
+            for s in r["swaps"]
+        )
+    return text + "."
 
 
 def _policies(cfg: ReluConservationConfig) -> dict[str, str]:
@@ -512,7 +704,7 @@ STUDY = register(
         name=NAME,
         summary="Shallow ReLU networks with a scalar output: per-neuron conserved quantities "
         "under GD and SGD, the components of the invariant set, and an initialisation that "
-        "cannot reach the global optimum",
+        "cannot reach the global optimum, and the rescaling and permutation moves between components",
         config=ReluConservationConfig,
         run=run,
         report=_report,

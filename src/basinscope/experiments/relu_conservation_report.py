@@ -91,6 +91,8 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         ],
         f"The designed initialisations. Components: {defs['components']}.",
     )
+    if "moves" in results:
+        _moves_section(rep, results, figs)
     if results["random"]:
         rep.heading("Random initialisations: the rule against where gradient descent ends")
         rep.table(
@@ -126,6 +128,90 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "Stages of this run.",
     )
     return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")
+
+
+def _moves_section(rep, results, figs):
+    mv, defs, d = results["moves"], results["definitions"], results["designed"]
+    b = mv["blocked"]
+    rep.heading("Moves between components: rescaling and permutation")
+    rep.figure(
+        _moves_curves(d["blocked"], mv["unlocked_run"]),
+        "Loss of gradient descent from the blocked initialisation and from the same function "
+        f"moved to another component ('unlocked'). Rescaling: {defs['rescale']}; {defs['unlock']}"
+        ". The rescaling leaves f unchanged but not the conserved quantities, so it jumps "
+        "between invariant sets, which gradient flow cannot do: the moved start is the same "
+        "network in a component whose rule verdict is "
+        + ("reachable" if b["unlocked_reachable"] else "unreachable")
+        + f". Permutation: {defs['permute']}. Right: the output weights a_j; an unlocked "
+        "neuron's a_j may cross zero.",
+        save_as=figs / "moves",
+    )
+    rows = [
+        {
+            "move": f"rescale neuron {r['neuron']}",
+            "c_j before": r["c"],
+            "alpha* (c_j = 0)": r["alpha_threshold"],
+            "alpha used": r["alpha"],
+            "c_j after": r["c_after"],
+            "formula": r["c_predicted"],
+            "max |Δf|": r["max_df"],
+        }
+        for r in b["rescales"]
+    ]
+    rows.append(
+        {
+            "move": f"unlock neurons {b['unlocked_neurons']}: {b['pattern']} -> "
+            f"{b['unlocked_pattern']}",
+            "c_j after": ", ".join(f"{c:.3g}" for c in b["unlocked_c"]),
+            "max |Δf|": b["unlocked_max_df"],
+        }
+    )
+    for k in ("blocked", "reachable"):
+        for s in mv[k]["swaps"]:
+            rows.append(
+                {
+                    "move": f"{k}: swap {s['swap'][0]} <-> {s['swap'][1]}: "
+                    f"{mv[k]['pattern']} -> {s['to']}",
+                    "max |Δf|": s["max_df"],
+                }
+            )
+    cols = ["move", "c_j before", "alpha* (c_j = 0)", "alpha used", "c_j after", "formula"]
+    rep.table(
+        rows,
+        columns=[*cols, "max |Δf|"],
+        caption="The moves found from the designed initialisations. Patterns: the sign of a_j on "
+        "locked neurons, 0 on free ones. "
+        + defs["max_df"]
+        + ". Permutations of the blocked "
+        + (
+            "pattern map it to another component."
+            if b["swaps"]
+            else "pattern map it to itself (the pattern is symmetric): no permutation leaves it."
+        ),
+    )
+
+
+def _moves_curves(blocked, unlocked):
+    from basinscope.plotting._common import new_figure
+
+    fig = new_figure((11.0, 4.2))
+    a1, a2 = fig.subplots(1, 2)
+    a2.axhline(0, color="k", lw=0.6)
+    for i, (k, v) in enumerate((("blocked", blocked), ("unlocked", unlocked))):
+        a1.plot(v["steps"], np.maximum(v["loss"], 1e-18), color=COLORS[i], label=k)
+        a2.plot(v["steps"], np.asarray(v["a"]), color=COLORS[i], lw=1.2)
+    b = blocked["judged"]["sign_bound"]
+    if b is not None:
+        a1.axhline(b, color=COLORS[0], ls=":", lw=1.0, label="sign bound (blocked)")
+    a1.set_yscale("log")
+    a1.set_xlabel("step")
+    a1.set_ylabel("loss")
+    a1.legend(fontsize=8)
+    a2.set_xlabel("step")
+    a2.set_ylabel("output weights a_j")
+    for ax in (a1, a2):
+        ax.grid(alpha=0.3)
+    return fig
 
 
 def _drift(results):
