@@ -67,7 +67,7 @@ import xarray as xr
 from torch import Tensor, nn
 
 from basinscope.errors import BasinscopeError
-from basinscope.geometry.params import check_same_keys
+from basinscope.geometry.params import check_same_keys, flatten, unflatten
 from basinscope.result import Result, fmt, tensors
 from basinscope.spec import EvalOptions, Spec, option, takes_spec
 
@@ -226,18 +226,6 @@ def _check_fraction(name: str, value: float, low_open: bool) -> None:
         raise BasinscopeError(f"{name} must be in {rng}, got {value}")
 
 
-def _flat(d: Mapping[str, Tensor], keys: Sequence[str]) -> Tensor:
-    return torch.cat([d[k].reshape(-1) for k in keys])
-
-
-def _unflat(v: Tensor, like: Mapping[str, Tensor]) -> ParamDict:
-    out, i = {}, 0
-    for k, t in like.items():
-        out[k] = v[i : i + t.numel()].view(t.shape)
-        i += t.numel()
-    return out
-
-
 def _trim(tau: Tensor, density: float) -> Tensor:
     """The top ``density`` fraction of ``tau``'s entries by magnitude (ties broken by
     position), the others zero."""
@@ -263,14 +251,14 @@ def ties_merge(
     _check_fraction("density", density, low_open=True)
     b = _params(base, "base")
     keys = list(b)
-    taus = [_flat(t, keys) for t in task_vectors(b, models)]
+    taus = [flatten(t, keys) for t in task_vectors(b, models)]
     trimmed = torch.stack([_trim(t, density) for t in taus])  # (K, n)
     sign = torch.sign(trimmed.sum(0))
     agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
     count = agree.sum(0)
     total = (trimmed * agree).sum(0)
     merged = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
-    tau_m = _unflat(merged, {k: b[k] for k in keys})
+    tau_m = unflatten(merged, {k: b[k] for k in keys})
     return _out({k: _d(b[k]) + lam * tau_m[k] for k in keys}, b)
 
 
@@ -290,11 +278,11 @@ def dare_merge(
     keys = list(b)
     total = torch.zeros(sum(b[k].numel() for k in keys), dtype=torch.float64)
     for i, tau in enumerate(task_vectors(b, models)):
-        flat = _flat(tau, keys).cpu()
+        flat = flatten(tau, keys).cpu()
         gen = torch.Generator().manual_seed(int(seed) + i)
         keep = torch.rand(flat.shape, generator=gen, dtype=torch.float64) >= drop_rate
         total += flat * keep / (1.0 - drop_rate)
-    merged = _unflat(total, {k: b[k] for k in keys})
+    merged = unflatten(total, {k: b[k] for k in keys})
     return _out({k: _d(b[k]) + lam * merged[k].to(b[k].device) for k in keys}, b)
 
 
@@ -372,7 +360,7 @@ def task_subspace(
     :math:`T = [\\tau_1; \\dots; \\tau_K]` (``rank=0``: its numerical rank, at most K)."""
     b = _params(base, "base")
     keys = tuple(b)
-    taus = torch.stack([_flat(t, keys) for t in task_vectors(b, models)])  # (K, n)
+    taus = torch.stack([flatten(t, keys) for t in task_vectors(b, models)])  # (K, n)
     _, s, vh = torch.linalg.svd(taus, full_matrices=False)
     full = numerical_rank(s)
     if full == 0:
@@ -455,7 +443,7 @@ def subspace_merge(
         )
     c_star = frechet_mean(sub.coords, metrics, rank=r, mean=mean)
     cut = sub.truncate(r)
-    delta = _unflat(cut.basis @ c_star, {k: b[k] for k in sub.keys})
+    delta = unflatten(cut.basis @ c_star, {k: b[k] for k in sub.keys})
     return _out({k: _d(b[k]) + lam * delta[k] for k in b}, b), c_star, cut
 
 
@@ -501,11 +489,17 @@ def _operator(curvature: str, model: nn.Module, data: Any, **kw: Any) -> Any:
     return cls[curvature](model, data, **kw)
 
 
-def _with_params(model: nn.Module, params: Mapping[str, Tensor]) -> nn.Module:
+def _with_params(
+    model: nn.Module, params: Mapping[str, Tensor], buffers: Mapping[str, Tensor] | None = None
+) -> nn.Module:
+    """A copy of ``model`` holding ``params`` (and those of ``buffers`` it has)."""
     out = copy.deepcopy(model)
     with torch.no_grad():
         for k, p in out.named_parameters():
             p.copy_(params[k].to(p.dtype))
+        for k, b in out.named_buffers():
+            if buffers is not None and k in buffers:
+                b.copy_(buffers[k].to(b.dtype))
     return out
 
 
@@ -722,20 +716,13 @@ class MergeResult(Result, kind="merge"):
 
     def to_model(self, model: nn.Module) -> nn.Module:
         """A copy of ``model`` (the architecture) holding the merged parameters and buffers."""
-        out = copy.deepcopy(model)
-        missing = sorted(set(dict(out.named_parameters())) - set(self.merged))
+        missing = sorted(set(dict(model.named_parameters())) - set(self.merged))
         if missing:
             raise BasinscopeError(
                 f"the merged parameters do not fit this model: it has {missing[:5]} that the "
                 "merge lacks; pass the architecture the merged models share"
             )
-        with torch.no_grad():
-            for k, p in out.named_parameters():
-                p.copy_(self.merged[k].to(p.dtype))
-            for k, b in out.named_buffers():
-                if k in self.buffers:
-                    b.copy_(self.buffers[k].to(b.dtype))
-        return out
+        return _with_params(model, self.merged, self.buffers)
 
     def summary(self) -> list[str]:
         """The method and its hyper-parameters, then each task's validation metrics."""
@@ -800,15 +787,8 @@ def _evaluate(
 ) -> dict[str, dict[str, float]]:
     from basinscope.engine import evaluate_model
 
-    m = copy.deepcopy(model)
-    with torch.no_grad():
-        for k, p in m.named_parameters():
-            p.copy_(params[k].to(p.dtype))
-        for k, b in m.named_buffers():
-            if k in buffers:
-                b.copy_(buffers[k].to(b.dtype))
     vals = evaluate_model(
-        m,
+        _with_params(model, params, buffers),
         dict(val),
         metrics=("loss", "accuracy"),
         batch_size=spec.batch_size,
@@ -1208,7 +1188,7 @@ def merge_decomposition(
         for ri, r in enumerate(ranks):
             c_star = frechet_mean(coords, gs if geom == "curvature" else None, rank=r, mean=mean)
             coef[gi, ri, :r] = c_star.numpy()
-            theta_star = _flat(b, sub.keys).double() + sub.basis[:, :r] @ c_star
+            theta_star = flatten(b, sub.keys).double() + sub.basis[:, :r] @ c_star
             for i in range(k):
                 d = c_star - coords[i, :r]
                 hu = hus[i].cpu().double()

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 import basinscope
+from basinscope.experiments.stages import stages_table
 from basinscope.report import Report
 from basinscope.store import load, paths
 from basinscope.store.atomic import atomic_write_text
@@ -341,11 +342,5 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         f"eval mode ({bn}). Each stage is stored in its own folder under stages/ (named by a hash of its "
         "settings, which include the folders of the stages it uses); running the study again reuses them."
     )
-    rep.table(
-        [
-            {"stage": s["stage"], "reused": s["reused"], "seconds": s["seconds"]}
-            for s in results.get("stages", [])
-        ],
-        "Stages of this run.",
-    )
+    stages_table(rep, results)
     return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")

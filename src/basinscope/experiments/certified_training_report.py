@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 import basinscope
+from basinscope.experiments.stages import stage_folders, stages_table
 from basinscope.report import Report
 from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
@@ -31,14 +32,6 @@ LABELS = {
 COLORS = {"standard": "#1f77b4", "ibp": "#d62728", "matched": "#7f7f7f"}
 
 
-def _stage_paths(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
-    out = {}
-    for s in results["stages"]:
-        p = Path(s["path"])
-        out[s["stage"]] = p if p.is_absolute() else run_dir.parent / p
-    return out
-
-
 def _open(folders: dict[str, Path], name: str):
     from basinscope.store import load
 
@@ -53,7 +46,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     figs = run_dir / paths.FIGURES
     figs.mkdir(exist_ok=True)
-    stages = _stage_paths(run_dir, results)
+    stages = stage_folders(run_dir, results)
     cfg, pol, rows = results["config"], results["policies"], results["models"]
     eps = results["epsilons"]
     surfaces = {k: _open(stages, r["stages"]["surface"]) for k, r in rows.items()}
@@ -229,13 +222,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "on), so running the study again reuses them. result.json next to this report holds "
         "every number shown, with its definition. Precision and device: " + pol["precision"] + "."
     )
-    rep.table(
-        [
-            {"stage": s["stage"], "reused": s["reused"], "seconds": s["seconds"]}
-            for s in results["stages"]
-        ],
-        "Stages of this run.",
-    )
+    stages_table(rep, results)
     return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 import basinscope
+from basinscope.experiments.stages import stages_table
 from basinscope.report import Report
 from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
@@ -193,13 +194,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         + setup["precision"]
         + "."
     )
-    rep.table(
-        [
-            {"stage": s["stage"], "reused": s["reused"], "seconds": s["seconds"]}
-            for s in results["stages"]
-        ],
-        "Stages of this run.",
-    )
+    stages_table(rep, results)
     return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")
 
 

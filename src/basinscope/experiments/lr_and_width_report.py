@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 import basinscope
+from basinscope.experiments.stages import stage_folders, stages_table
 from basinscope.report import Report
 from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
@@ -23,14 +24,6 @@ __all__ = ["write_report"]
 RUNS = ("small", "large", "annealed")
 COLORS = {"small": "#4c72b0", "large": "#c44e52", "annealed": "#55a868"}
 LABELS = {"small": "small LR", "large": "large LR", "annealed": "large LR, annealed"}
-
-
-def _stage_paths(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
-    out = {}
-    for s in results["stages"]:
-        p = Path(s["path"])
-        out[s["stage"]] = p if p.is_absolute() else run_dir.parent / p
-    return out
 
 
 def _load(folders: dict[str, Path], name: str):
@@ -47,7 +40,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     figs = run_dir / paths.FIGURES
     figs.mkdir(exist_ok=True)
-    stages = _stage_paths(run_dir, results)
+    stages = stage_folders(run_dir, results)
     cfg, pol, sol = results["config"], results["policies"], results["solutions"]
     tracks = {r: _load(stages, results["tracking"][r]) for r in RUNS}
     surfaces = {r: _load(stages, sol[r]["stages"]["surface"]).dataset for r in RUNS}
@@ -220,13 +213,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "result.json next to this report holds every number shown, with its definition. "
         "Precision and device: " + pol["precision"] + "."
     )
-    rep.table(
-        [
-            {"stage": s["stage"], "reused": s["reused"], "seconds": s["seconds"]}
-            for s in results["stages"]
-        ],
-        "Stages of this run.",
-    )
+    stages_table(rep, results)
     return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")
 
 

@@ -11,6 +11,7 @@ import numpy as np
 
 import basinscope
 from basinscope.experiments.merging import CHANCE, FAMILIES
+from basinscope.experiments.stages import stages_table
 from basinscope.report import Report
 from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
@@ -142,13 +143,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         "recomputes only what depends on it. result.json next to this report holds every "
         f"number shown, with its definition. Precision and device: {defs['precision']}."
     )
-    rep.table(
-        [
-            {"stage": s["stage"], "reused": s["reused"], "seconds": s["seconds"]}
-            for s in results["stages"]
-        ],
-        "Stages of this run.",
-    )
+    stages_table(rep, results)
     return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")
 
 

@@ -14,20 +14,12 @@ from typing import Any
 import numpy as np
 
 import basinscope
+from basinscope.experiments.stages import stage_folders, stages_table
 from basinscope.report import Report
 from basinscope.store import paths
 from basinscope.store.atomic import atomic_write_text
 
 __all__ = ["write_report"]
-
-
-def _stage_paths(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
-    """Stage folder by name, from the stage log (paths relative to the output root)."""
-    out = {}
-    for s in results["stages"]:
-        p = Path(s["path"])
-        out[s["stage"]] = p if p.is_absolute() else run_dir.parent / p
-    return out
 
 
 def _open(folders: dict[str, Path], name: str):
@@ -44,7 +36,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     run_dir = Path(run_dir)
     figs = run_dir / paths.FIGURES
     figs.mkdir(exist_ok=True)
-    stages = _stage_paths(run_dir, results)
+    stages = stage_folders(run_dir, results)
     cfg, pol, rows = results["config"], results["policies"], results["models"]
     depths = sorted({r["depth"] for r in rows})
     by = {(r["skip"], r["depth"]): r for r in rows}
@@ -176,13 +168,7 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         + pol.get("precision", "float32 evaluations and float64 Hessians on the CPU")
         + "."
     )
-    rep.table(
-        [
-            {"stage": s["stage"], "reused": s["reused"], "seconds": s["seconds"]}
-            for s in results["stages"]
-        ],
-        "Stages of this run.",
-    )
+    stages_table(rep, results)
     return atomic_write_text(run_dir / paths.REPORT, rep.render(), "report")
 
 

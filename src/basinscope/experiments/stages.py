@@ -51,6 +51,8 @@ __all__ = [
     "model_stage",
     "placement",
     "stage_dir",
+    "stage_folders",
+    "stages_table",
     "train_stage",
     "write_json",
 ]
@@ -381,3 +383,25 @@ def _data_fingerprint(data: Any) -> str:
     if hasattr(data, "x") and hasattr(data, "y"):
         return fingerprint_tensors({"x": data.x, "y": data.y})
     return fingerprint_tensors({"x": data[0], "y": data[1]})
+
+
+# -- what every study report shows of its stages ------------------------------------------------
+def stage_folders(run_dir: Path, results: dict[str, Any]) -> dict[str, Path]:
+    """Each stage's folder by name, from a study's ``results["stages"]`` rows (a relative
+    path is relative to the folder that holds the study's run folder)."""
+    out = {}
+    for s in results["stages"]:
+        p = Path(s["path"])
+        out[s["stage"]] = p if p.is_absolute() else Path(run_dir).parent / p
+    return out
+
+
+def stages_table(rep: Any, results: dict[str, Any], caption: str = "Stages of this run.") -> None:
+    """The report's table of the run's stages: name, reused, seconds."""
+    rep.table(
+        [
+            {"stage": s["stage"], "reused": s["reused"], "seconds": s["seconds"]}
+            for s in results.get("stages", [])
+        ],
+        caption,
+    )
