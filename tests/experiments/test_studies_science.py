@@ -270,3 +270,15 @@ def test_ibp_training_certifies_and_is_flatter_by_adaptive_sharpness_not_by_conv
     for measures in (m, mm):
         assert measures["ratio_center"]["verdict"] == "sharper"
         assert measures["map_ratio_mean"]["verdict"] == "sharper"
+
+
+@pytest.fixture(scope="module")
+def transfer_quick(tmp_path_factory):
+    """One quick run of transfer-methods, shared by its sections' science tests."""
+    return _quick("transfer-methods", tmp_path_factory.mktemp("transfer-methods"))
+
+
+def test_transfer_methods_pretrained_model_learns_the_source_not_the_target(transfer_quick):
+    _, res = transfer_quick
+    pre = res["pretrained"]
+    assert pre["source_accuracy"] > 0.9 and pre["target_accuracy"] < 0.6

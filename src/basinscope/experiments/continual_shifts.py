@@ -45,11 +45,11 @@ from basinscope.experiments.stages import (
     DEFAULT_DEVICE,
     DEFAULT_DTYPE,
     cached_stage,
-    model_stage,
     placement,
     stage_dir,
     train_stage,
 )
+from basinscope.experiments.transfer_common import finetune_call
 
 __all__ = [
     "DEFINITIONS",
@@ -298,57 +298,6 @@ def _strategy_kwargs(cfg: ContinualShiftsConfig, strategy: str) -> dict[str, Any
     return {}
 
 
-def _finetune_call(cfg, root, start, start_name, strategy, kwargs, tc, data, extra) -> StageCall:
-    """A fine-tuning stage from ``start`` on ``data["train"]``; its value is a ModelStage
-    whose info holds the result (before/after on ``data``'s eval sets, trainable count)."""
-    from basinscope.training.finetune import finetune
-
-    settings = {
-        "start": start_name,
-        "data": data["train"].name,
-        "source": data["source"].name,
-        "eval": [data["eval_source"].name, data["eval_target"].name],
-        "strategy": strategy,
-        **kwargs,
-        "config": tc.to_dict(),
-        **extra,
-        **placement(cfg, dtype=False),
-    }
-
-    def compute():
-        res = finetune(
-            start,
-            data["train"],
-            strategy=strategy,
-            config=tc,
-            source_data=data["source"],
-            eval_source=data["eval_source"],
-            eval_target=data["eval_target"],
-            device=cfg.device,
-            **kwargs,
-        )
-        res.model.cpu()
-        h = res.history
-        info = {
-            "strategy": strategy,
-            "trainable_params": res.trainable_params,
-            "forgetting": res.forgetting,
-            "adaptation": res.adaptation,
-            "before": res.before,
-            "after": res.after,
-            "final_train_loss": h["loss"][-1] if h["loss"] else None,
-        }
-        if "trust_barrier" in h:
-            info["trust_checks"] = len(h["trust_barrier"])
-            info["trust_projections"] = sum(s < 1.0 for s in h["trust_scale"])
-        return res.model, {}, info
-
-    def call(lg):
-        return model_stage(root, "finetune", settings, start, compute, log=lg)
-
-    return StageCall(stage_dir(root, "finetune", settings), call)
-
-
 MEASURE_SETTINGS = (
     *("sharpness_rho", "ascent_steps", "ascent_restarts", "sharpness_examples"),
     *("sharpness_seed", "barrier_definition", "barrier_metric", "barrier_points"),
@@ -479,7 +428,7 @@ def run(cfg: ContinualShiftsConfig, ctx: StudyContext) -> dict[str, Any]:
             for s in seeds:
                 start, start_name = chains[(m, s)][-1][:2]
                 calls.append(
-                    _finetune_call(
+                    finetune_call(
                         cfg,
                         root,
                         start,
@@ -507,7 +456,7 @@ def run(cfg: ContinualShiftsConfig, ctx: StudyContext) -> dict[str, Any]:
                 for strategy, kw in plan:
                     for s in seeds:
                         calls.append(
-                            _finetune_call(
+                            finetune_call(
                                 cfg,
                                 root,
                                 pre.model,

@@ -321,6 +321,7 @@ BUILTIN = (
     "continual_shifts",
     "teacher_student",
     "certified_training",
+    "transfer_methods",
 )
 
 
