@@ -15,7 +15,7 @@ from basinscope.experiments.transfer_methods import SECTIONS
 
 
 def test_the_run_has_the_pretrained_model_every_section_and_answer(transfer_smoke):
-    _, cfg, res, run_dir = transfer_smoke
+    _, cfg, _, run_dir = transfer_smoke
     saved = json.loads((run_dir / "result.json").read_text())
     pre = saved["pretrained"]
     assert 0 <= pre["source_accuracy"] <= 1 and 0 <= pre["target_accuracy"] <= 1
