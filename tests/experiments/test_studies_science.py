@@ -285,16 +285,16 @@ def test_transfer_methods_pretrained_model_learns_the_source_not_the_target(tran
 
 
 def test_transfer_fit_pretrained_checkpoints_fit_faster_and_survive_block_shuffling(transfer_quick):
-    """Measured on the quick configuration (2 seeds, 60 fine-tuning steps, 150 for the block
+    """Measured on the quick configuration (2 seeds, 60 fine-tuning steps, 100 for the block
     shuffle): the final target accuracy is 0.84/0.878 from the pre-trained model (step 300),
     0.853/0.869 from step 100 and 0.462/0.544 from the random initialization (step 0); 80%
     is reached at steps 50/40 from step 300 and never from step 0. Block shuffle (8x8, 2x2,
-    1x1 tiles): relative drop 0.147/0.119, 0.130/0.165, 0.132/0.217; the loss-area gap
-    RI-T - P-T 1.15/1.24, 1.07/1.10, 1.09/0.99; steps to 90% of the final accuracy 70/50 vs
-    130/130, 70/70 vs 150/120, 90/90 vs 140/130. Not asserted (2 seeds, Student-t intervals
-    overlap): whether the relative drop shrinks with the block size (its means rise here,
-    0.133 -> 0.175, the reverse of the talk's real-image result), and which checkpoint is
-    the earliest without loss."""
+    1x1 tiles): relative drop 0.251/0.429, 0.343/0.246, 0.492/0.325; the loss-area gap
+    RI-T - P-T 1.29/1.40, 1.14/1.17, 0.88/0.76. Not asserted: whether the relative drop
+    shrinks with the block size (2 seeds: the Student-t intervals overlap), the earliest
+    checkpoint without loss, and the steps to 90% of the final accuracy (60/50 vs 70/50 at
+    8x8: RI-T is still climbing after 100 steps, so 90% of its low final accuracy comes
+    early; at the defaults' 300 steps P-T's are about half of RI-T's)."""
     _, res = transfer_quick
     sec = res["sections"]["fit"]
     first, last = sec["checkpoints"][0], sec["checkpoints"][-1]
@@ -304,9 +304,7 @@ def test_transfer_fit_pretrained_checkpoints_fit_faster_and_survive_block_shuffl
     assert first["steps_to_target"]["values"] == [None] * len(first["final_accuracy"]["values"])
     assert sec["verdict"]["later_faster"] is True
     for r in sec["shuffle"]["blocks"]:
-        # pre-training helps at every tile size, 1x1 (pixels permuted) included: faster
-        # (lower loss area, sooner at 90% of its final accuracy) and more accurate after 150 steps
-        assert min(r["loss_area_gap"]["values"]) > 0.5, r["block"]
-        assert min(r["relative_drop"]["values"]) > 0.05, r["block"]
-        pt, ri = r["P-T"]["steps_to_fraction"]["values"], r["RI-T"]["steps_to_fraction"]["values"]
-        assert None not in pt + ri and max(pt) < min(ri), r["block"]
+        # pre-training helps at every tile size, 1x1 (pixels permuted) included: a lower
+        # training-loss area and a higher final accuracy in every seed
+        assert min(r["loss_area_gap"]["values"]) > 0.4, r["block"]
+        assert min(r["relative_drop"]["values"]) > 0.1, r["block"]

@@ -79,7 +79,7 @@ class Settings:
     fit_speed_fraction: float = 0.9  # steps to reach this fraction of the run's final accuracy
 
 
-QUICK: dict[str, Any] = dict(fit_shuffle_steps=150, fit_blocks=(8, 2, 1), fit_target_accuracy=0.8)
+QUICK: dict[str, Any] = dict(fit_shuffle_steps=100, fit_blocks=(8, 2, 1), fit_target_accuracy=0.8)
 SMOKE: dict[str, Any] = dict(fit_eval_every=4, fit_shuffle_steps=8, fit_blocks=(8, 1))
 
 
@@ -582,7 +582,8 @@ DEFINITIONS = {
     "last) at which the target test accuracy is >= fit_target_accuracy; 'not reached' when "
     "no measurement reaches it (never a number); the mean only when every seed reached it",
     "steps_to_fraction": "block shuffle: the first measured step at which a run's test "
-    "accuracy is >= fit_speed_fraction x its own final accuracy",
+    "accuracy is >= fit_speed_fraction x its own final accuracy (a speed only for runs that "
+    "converged: a run still climbing reaches a fraction of its low final accuracy early)",
     "mean_train_loss": "area under the training-loss curve per step: the mean over the "
     "run's updates of the minibatch cross-entropy (lower: faster convergence)",
     "relative_drop": "(acc(P-T) - acc(RI-T)) / acc(P-T), final accuracies of the same seed "

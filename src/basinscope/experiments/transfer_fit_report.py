@@ -58,7 +58,8 @@ def write_section(rep: Any, section: dict[str, Any], cfg: dict[str, Any], figs: 
         "Which pre-trained checkpoint: each kept pre-training checkpoint (step 0: the random "
         "initialization) fine-tuned on the target. Source accuracy: the checkpoint's own on "
         "the source test digits; target accuracy before: on the target test digits before "
-        f"fine-tuning; final: after fine-tuning (mean [{level} interval]); mean training "
+        f"fine-tuning; final: after the {su['finetune_steps']} fine-tuning steps, converged or "
+        f"not (mean [{level} interval]); mean training "
         "loss: " + DEFINITIONS["mean_train_loss"] + ".",
     )
     rep.figure(
