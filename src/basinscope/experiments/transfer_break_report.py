@@ -35,8 +35,8 @@ def write_section(rep: Any, section: dict[str, Any], cfg: dict[str, Any], figs: 
         "Three sweeps of shift strength away from the source digits (rotation, block "
         "shuffle, Gaussian noise). At every strength the pre-trained model is fine-tuned "
         f"(ft) with {setup['copies']} data orders: the copies. Basin test (Neyshabur et al. "
-        f"2020, Definition 3.1): S = {setup['basin_set']}, the loss is the "
-        f"{setup['basin_loss']}, epsilon the smallest for which condition 1 holds, delta "
+        f"2020, Definition 3.1): S = {setup['basin_set']}; the function tested is the "
+        f"{setup['basin_loss']}; epsilon the smallest for which condition 1 holds, delta "
         f"{setup['delta']:g} (Euclidean over all parameters). Barriers: the "
         f"{setup['barrier_copies']}, and the {setup['barrier_pretrained']}. The basin breaks "
         f"where the mean barrier reaches {setup['threshold']:g}: "
@@ -54,6 +54,9 @@ def write_section(rep: Any, section: dict[str, Any], cfg: dict[str, Any], figs: 
                     "barrier": LABELS[kind],
                     "status": b["status"],
                     "breaking point": b["point"],
+                    "between strengths": "—"
+                    if b["bracket"] is None
+                    else f"{b['bracket'][0]:g} and {b['bracket'][1]:g}",
                     f"{level:.0%} interval": f"[{_end(b['ci'][0], b['ci_ends'][0])}, "
                     f"{_end(b['ci'][1], b['ci_ends'][1])}]",
                     "resamples breaking / never / always": "{breaks:.2f} / {never:.2f} / "
@@ -70,7 +73,9 @@ def write_section(rep: Any, section: dict[str, Any], cfg: dict[str, Any], figs: 
     rep.table(
         rows,
         "Breaking points: the strength (on the axis named in the last column) at which the mean "
-        f"barrier reaches {setup['threshold']:g}, interpolated between the sweep's strengths; "
+        f"barrier reaches {setup['threshold']:g}, interpolated between the sweep's strengths "
+        "(between strengths: the two around it, the sweep's resolution; the interval is that "
+        "of the interpolated crossing); "
         f"'never': no strength reaches it; 'always': the weakest already does. Interval: "
         f"{level:.0%} percentile bootstrap over the copies (or pairs of copies) and the test "
         "digits; an end outside the sweep is named so. Resample fractions: how many resamples "
