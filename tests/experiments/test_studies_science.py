@@ -308,3 +308,40 @@ def test_transfer_fit_pretrained_checkpoints_fit_faster_and_survive_block_shuffl
         # training-loss area and a higher final accuracy in every seed
         assert min(r["loss_area_gap"]["values"]) > 0.4, r["block"]
         assert min(r["relative_drop"]["values"]) > 0.1, r["block"]
+
+
+def test_transfer_breaks_noise_pushes_fine_tuning_out_of_the_source_basin(transfer_quick):
+    """breaks, quick (2 copies, 60 steps): copies fine-tuned on the source itself stay
+    together and in the pre-trained basin (every barrier 0.000); along the noise sweep the
+    linear source-loss barrier pre-trained -> copy is 0.000 at std 0.5 and 0.73 / 0.71 at std
+    1, so the basin breaks between them (interpolated 0.57). (Rotation is seed-dependent: at
+    90 degrees the defaults' three copies give 0.27, 0.09 and 0.00.)"""
+    _, res = transfer_quick
+    fams = res["sections"]["breaks"]["families"]
+    for f in fams.values():
+        first = f["points"][0]
+        assert max(b["value"] for b in first["barrier_copies"] + first["barrier_pretrained"]) < 0.01
+    noise = fams["noise"]
+    strongest = noise["points"][-1]
+    assert min(b["value"] for b in strongest["barrier_pretrained"]) > 0.4
+    b = noise["breaking"]["pretrained"]
+    assert b["status"] == "breaks" and b["bracket"] == [0.5, 1.0]
+
+
+def test_transfer_lambda_max_peaks_early_in_pre_training_below_the_stability_threshold(
+    transfer_quick,
+):
+    """breaks, quick (64 digits, float64 Lanczos): along pre-training lambda_max is 0.62 at
+    init, peaks at step 50 (21.0, 34x) and falls to 1.2 at step 300; the peak is 0.28 of the
+    heavy-ball threshold 2(1+0.9)/0.05 = 76, so no break-even point is reached. Fine-tuning on
+    the 60-degree target starts sharp (58 at step 0) and leaves that region (7.5 at step 10,
+    13.9 at step 60). The defaults agree (19.9 at step 50, 0.26; 88 -> 6.4 -> 13)."""
+    _, res = transfer_quick
+    lam = res["sections"]["breaks"]["lambda_max"]
+    pre, ft = lam["pretrain"], lam["finetune"]
+    v = pre["lambda_max"]
+    peak = pre["break_even"]["peak_step"]
+    assert pre["steps"][0] < peak < pre["steps"][-1]
+    assert max(v) > 10 * v[0] and max(v) > 5 * v[-1]
+    assert pre["break_even"]["peak_ratio"] < 0.6 and not pre["break_even"]["reached"]
+    assert ft["lambda_max"][0] > 3 * ft["lambda_max"][-1]
