@@ -161,6 +161,23 @@ def test_the_answers_follow_the_intervals(transfer_smoke):
     assert tc.answers(m)[1]["supported"] is None
 
 
+def test_the_report_takes_a_section_without_the_control_or_mistakes_to_show(
+    transfer_smoke, tmp_path
+):
+    from basinscope.report import Report
+
+    _, sec, saved = _section(transfer_smoke)
+    sec = copy.deepcopy(sec)
+    sec["pairs"] = [r for r in sec["pairs"] if r["kind"] != tc.OTHER_INITS]
+    del sec["summary"][tc.OTHER_INITS], sec["accuracy"]["RI-T own init"]
+    sec["mistakes"]["examples"]["only_ri_wrong"] = []
+    assert "control" not in tc.answers(sec)[0]["answer"]
+    rep = Report("t", formats=("png",))
+    tc.report(rep, sec, saved["config"], tmp_path)
+    assert "own inits" not in rep.render()
+    assert all((tmp_path / f"{name}.png").is_file() for name in tc.FIGURES)
+
+
 def test_running_again_reuses_every_stage(transfer_smoke):
     root, cfg, results, _ = transfer_smoke
     again = run_study("transfer-methods", root, cfg, say=lambda _m: None, report=False)

@@ -29,7 +29,7 @@ def _pm(s: dict[str, Any]) -> str:
 
 
 def write_section(rep: Any, sec: dict[str, Any], cfg: dict[str, Any], figs: Path) -> None:
-    from basinscope.experiments.transfer_copies import TITLE
+    from basinscope.experiments.transfer_copies import OTHER_INITS, TITLE
 
     tol, lvl = sec["tolerance"], f"{sec['ci_level']:.0%}"
     definition = sec["definition"]
@@ -73,9 +73,9 @@ def write_section(rep: Any, sec: dict[str, Any], cfg: dict[str, Any], figs: Path
         f"Pairs of models on the target test digits: mean ± std over the pairs of the "
         f"{definition} barrier of the test error and of the test loss (along "
         "(1 − α)θ_A + αθ_B, α ∈ [0, 1]), the L2 distance of all parameters and linear CKA "
-        "(Kornblith et al. 2019) of each layer's outputs. P-T & P-T, RI-T & RI-T and the "
-        "control RI-T & RI-T (own inits): every pair of seeds; P-T & P, RI-T & P, P-T & RI-T: "
-        "one per seed (the same seed).",
+        "(Kornblith et al. 2019) of each layer's outputs. P-T & P-T, RI-T & RI-T"
+        + (" and the control RI-T & RI-T (own inits)" if OTHER_INITS in sec["summary"] else "")
+        + ": every pair of seeds; P-T & P, RI-T & P, P-T & RI-T: one per seed (the same seed).",
     )
     rep.table(
         [
