@@ -145,12 +145,6 @@ def check(cfg: Any) -> None:
     """Refuse bad settings of the section, saying the fix."""
     from basinscope.analyses.barrier import BARRIER_DEFINITIONS, BARRIER_METRICS
 
-    if cfg.seeds < 2:
-        raise BasinscopeError(
-            f"seeds={cfg.seeds}: the breaks section compares copies fine-tuned with different "
-            "data orders (their hull and the barriers between them), so it needs seeds >= 2, "
-            "e.g. seeds=3"
-        )
     for a in cfg.break_angles:
         finite_float("break_angles", a, low=0, high=360)
     _increasing("break_angles", cfg.break_angles, "angles", "[0, 45, 90, 135, 180]")

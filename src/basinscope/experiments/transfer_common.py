@@ -97,6 +97,12 @@ class TransferBase:
 def check_base(cfg: TransferBase) -> None:
     at_least("width", cfg.width, 1, high=64)
     at_least("seeds", cfg.seeds, 1, high=100)
+    if cfg.seeds < 2:
+        raise BasinscopeError(
+            f"seeds={cfg.seeds}: the sections compare copies fine-tuned with different data "
+            "orders (barriers between them, their hull, intervals over them), so the study "
+            "needs seeds >= 2, e.g. seeds=3"
+        )
     for key in ("pretrain_steps", "steps"):
         at_least(key, getattr(cfg, key), 1, high=1_000_000)
     for key in ("batch_size", "source_examples"):
