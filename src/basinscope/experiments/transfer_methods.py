@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from basinscope.experiments import transfer_compare
 from basinscope.experiments.registry import Study, StudyContext, register
 from basinscope.experiments.transfer_common import (
     QUESTIONS,
@@ -34,7 +35,7 @@ __all__ = ["DEFINITIONS", "SECTIONS", "STUDY", "TransferMethodsConfig", "run"]
 NAME = "transfer-methods"
 
 #: The section modules, in the report's order.
-SECTIONS: tuple[Any, ...] = ()
+SECTIONS: tuple[Any, ...] = (transfer_compare,)
 
 
 @dataclass(frozen=True)
