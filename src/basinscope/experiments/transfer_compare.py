@@ -515,6 +515,7 @@ def verdict(methods: dict[str, Any]) -> dict[str, Any]:
             "vs": vs,
             "clearly_beaten_by": beaten_by,
             "beats_clearly": [b for b in baselines if vs[b]["clearly_beats"]],
+            "helps": less and vs["ft"]["adaptation_side"] != -1,
             "success": bool(success),
             "failure": bool(failure),
         }
@@ -568,6 +569,20 @@ def _cmp(side: int, higher: str, lower: str) -> str:
     return higher if side == 1 else lower if side == -1 else "not clearly different"
 
 
+def _trade(x: dict[str, Any]) -> str:
+    """A comparison of two methods (:func:`_vs`) in words."""
+    if x["clearly_beats"]:
+        return "clearly better trade-off"
+    if x["clearly_beaten"]:
+        return "clearly worse trade-off"
+    sides = [
+        _cmp(x["adaptation_side"], "clearly higher adaptation", "clearly lower adaptation"),
+        _cmp(x["forgetting_side"], "clearly more forgetting", "clearly less forgetting"),
+    ]
+    sides = [w for w in sides if not w.startswith("not")]
+    return "a trade: " + " and ".join(sides) if sides else "cannot tell (intervals overlap)"
+
+
 def _where(v: dict[str, Any], n: int) -> str:
     return (
         f"in the pre-trained basin in {v['in_basin_seeds']}/{n} seeds (no barrier in "
@@ -586,17 +601,7 @@ def answers(section: dict[str, Any]) -> list[dict[str, Any]]:
     for m in (*REGULARIZERS, *SHARPNESS_AWARE):
         b, x = v["basin"][m], ms[m]
         vs = b["vs"]
-        base = "; ".join(
-            f"vs {ms[k]['label']}: "
-            + (
-                "clearly better trade-off"
-                if vs[k]["clearly_beats"]
-                else "clearly worse trade-off"
-                if vs[k]["clearly_beaten"]
-                else "cannot tell"
-            )
-            for k in ("lp-ft", "surgical")
-        )
+        base = "; ".join(f"vs {ms[k]['label']}: {_trade(vs[k])}" for k in ("lp-ft", "surgical"))
         parts.append(
             f"{b['label']}: forgetting {_ci(x['forgetting'])} vs ft {_ci(ft['forgetting'])} ("
             + _cmp(vs["ft"]["forgetting_side"], "clearly more", "clearly less")
@@ -620,6 +625,19 @@ def answers(section: dict[str, Any]) -> list[dict[str, Any]]:
         "forgets clearly less than ft inside the pre-trained basin and escapes being clearly "
         "beaten by a baseline, yet none clearly fails either."
     )
+    flat = []
+    for m in SHARPNESS_AWARE:
+        b = v["basin"][m]
+        flat.append(
+            f"{b['label']} "
+            + (
+                "helps (forgets clearly less than ft, no clearly lower adaptation)"
+                if b["helps"]
+                else "does not clearly help (it does not forget clearly less than ft without "
+                "a clearly lower adaptation)"
+            )
+        )
+    head += " Flat-minimum optimizers: " + "; ".join(flat) + "."
     pareto = ", ".join(ms[m]["label"] for m in v["pareto"])
     reg = {
         "question": "basin-regularizer",
@@ -638,14 +656,7 @@ def answers(section: dict[str, Any]) -> list[dict[str, Any]]:
             f"{r['label']}: adaptation {_ci(x['adaptation'])}, forgetting "
             f"{_ci(x['forgetting'])}; "
             + "; ".join(
-                f"vs {ref}: "
-                + (
-                    "clearly better"
-                    if vs[ref]["clearly_beats"]
-                    else "clearly worse"
-                    if vs[ref]["clearly_beaten"]
-                    else "cannot tell"
-                )
+                f"vs {ref}: {_trade(vs[ref])}"
                 + f" (adaptation {vs[ref]['adaptation_diff']:+.3f}, forgetting "
                 f"{vs[ref]['forgetting_diff']:+.3f})"
                 for ref in ("random", "surgical")
@@ -669,12 +680,20 @@ def answers(section: dict[str, Any]) -> list[dict[str, Any]]:
         "landscape mask clearly beats both a random mask and surgical fine-tuning, and not "
         "every one is clearly beaten."
     )
+    for ref, name in (("random", "a random mask"), ("surgical", "surgical fine-tuning")):
+        above = [r["label"] for r in v["masks"].values() if r["vs"][ref]["adaptation_side"] == 1]
+        head += (
+            f" Adaptation alone, clearly higher than {name}'s: "
+            + (", ".join(above) if above else "none")
+            + "."
+        )
     subq = {
         "question": "subnetworks",
         "answer": f"{head} ({clear}; 'better' = clearly better on adaptation or forgetting and "
         f"not clearly worse on the other.) Random mask: adaptation {_ci(rnd['adaptation'])}, "
         f"forgetting {_ci(rnd['forgetting'])}; surgical: adaptation {_ci(surg['adaptation'])}, "
-        f"forgetting {_ci(surg['forgetting'])}. " + " ".join(parts),
+        f"forgetting {_ci(surg['forgetting'])}; for scale, ft (every parameter): adaptation "
+        f"{_ci(ft['adaptation'])}. " + " ".join(parts),
         "supported": sup,
         "evidence": "table 'every method' (masks rows), figure 'adaptation vs forgetting'",
     }
