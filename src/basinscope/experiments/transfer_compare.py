@@ -643,7 +643,10 @@ def answers(section: dict[str, Any]) -> list[dict[str, Any]]:
         "question": "basin-regularizer",
         "answer": f"{head} ({clear}; {section['criteria']['in_basin']}.) "
         + " ".join(parts)
-        + f" Not beaten on both means by any other method (Pareto front): {pareto}.",
+        + f" Not beaten on both means by any other method (Pareto front): {pareto}. One "
+        f"strength each (l2sp alpha {ms['l2sp']['settings']['penalty_strength']:g}, ewc alpha "
+        f"{ms['ewc']['settings']['penalty_strength']:g}, trust-region epsilon "
+        f"{ms['trust-region']['settings']['trust_epsilon']:g}): the trade-off moves with them.",
         "supported": sup,
         "evidence": "table 'every method', figures 'adaptation vs forgetting' and 'where each "
         "method lands'",
