@@ -22,9 +22,12 @@ forgetting (source test accuracy before minus after), and where the solution lan
 parameter distance to the pre-trained weights, the ``compare_barrier_definition`` barrier
 (bootstrap CI) of the source test loss on the straight path pre-trained -> fine-tuned, the
 path excess of the rotated-digits study's criterion
-(:data:`~basinscope.experiments.rotated_digits.PATH_CRITERION`) and the source-loss rise
-along the path. A seed's solution is "in the pre-trained basin" when its path excess is at
-most ``compare_basin_epsilon``; a method is, when every seed's is. Means with Student-t
+(:data:`~basinscope.experiments.rotated_digits.PATH_CRITERION`), the source-loss rise along
+the path, and the Definition 3.1 test (:func:`~basinscope.analyses.basin.basin_test`) of the
+segment [pre-trained, solution] for the source test loss. A seed's solution is "in the
+pre-trained basin" when its path excess is at most ``compare_basin_epsilon`` (no barrier)
+and the segment is flat by Definition 3.1's condition 1 at that epsilon (the source loss
+does not climb either); a method is, when every seed's is. Means with Student-t
 intervals over the seeds; "clearly" means non-overlapping intervals. The answers
 (:func:`answers`) are computed from these numbers by :func:`verdict`.
 """
