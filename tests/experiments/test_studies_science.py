@@ -368,3 +368,25 @@ def test_transfer_copies_from_one_start_share_a_basin_copies_from_two_starts_do_
     assert pt["error_barrier"]["max"] < across["error_barrier"]["min"] / 2
     near = max(pt["distance"]["whole"]["max"], ri["distance"]["whole"]["max"])
     assert min(across["distance"]["whole"]["min"], own["distance"]["whole"]["min"]) > 2.5 * near
+
+
+def test_transfer_compare_trust_region_adapts_inside_the_basin_ft_climbs_out(transfer_quick):
+    """transfer-methods "compare", quick (seeds 0, 1; the defaults agree, 3 seeds): the trust
+    region adapts (target gain 0.48 / 0.53; ft 0.62 / 0.66) while forgetting 0.02 / 0.03 of
+    the source digits (ft 0.42 / 0.38); the source loss on the segment pre-trained ->
+    solution stays flat by Definition 3.1's condition 1 (0.005 / 0.007, ft 0.22 / 0.20;
+    defaults 0.014 vs 0.54-0.95), so it lands in the pre-trained basin and ft does not.
+    No method meets a barrier on the source path: the path excess (endpoint-max) is 0 for
+    every method and seed (the source loss climbs monotonically from the pre-trained end)."""
+    cfg, res = transfer_quick
+    sec = res["sections"]["compare"]
+    by = {(r["method"], r["seed"]): r for r in sec["rows"]}
+    eps = cfg.compare_basin_epsilon
+    for s in range(cfg.seeds):
+        tr, ft = by[("trust-region", s)], by[("ft", s)]
+        assert tr["adaptation"] > 0.3 and ft["adaptation"] > 0.5
+        assert tr["forgetting"] < 0.1 < 0.3 < ft["forgetting"]
+        assert tr["flatness"] < eps / 2 and ft["flatness"] > 2 * eps
+        assert tr["in_basin"] and not ft["in_basin"]
+    assert max(r["path_excess"] for r in sec["rows"]) < eps / 5
+    assert sec["verdict"]["basin"]["trust-region"]["forgets_less_than_ft_clearly"]

@@ -265,9 +265,10 @@ def finetune_call(cfg, root, start, start_name, strategy, kwargs, tc, data, extr
     """A fine-tuning stage (:func:`~basinscope.training.finetune.finetune` with ``strategy``
     and its ``kwargs``) from ``start`` (named ``start_name`` in the settings) on
     ``data["train"]``, with ``data["source"]`` as the source data of EWC and the trust region
-    and ``data["eval_source"]``/``data["eval_target"]`` measured before and after. ``extra``
-    settings are added to the stage's (e.g. what a DFR set is). Its value is a
-    :class:`~basinscope.experiments.stages.ModelStage` whose info holds the result: the
+    and ``data["eval_source"]``/``data["eval_target"]`` measured before and after, and
+    ``data["dfr"]`` (optional; its name goes into the settings) as DFR's held-out set
+    (``data["train"]`` may then be None). ``extra`` settings are added to the stage's. Its
+    value is a :class:`~basinscope.experiments.stages.ModelStage` whose info holds the result: the
     strategy, trainable count, forgetting, adaptation, before/after metrics, final training
     loss and the trust region's checks. ``cfg`` gives the device (``placement``)."""
     from basinscope.training.finetune import finetune
@@ -283,6 +284,8 @@ def finetune_call(cfg, root, start, start_name, strategy, kwargs, tc, data, extr
         **extra,
         **placement(cfg, dtype=False),
     }
+    if data.get("dfr") is not None:
+        settings["dfr_data"] = data["dfr"].name
 
     def compute():
         res = finetune(
@@ -293,6 +296,7 @@ def finetune_call(cfg, root, start, start_name, strategy, kwargs, tc, data, extr
             source_data=data["source"],
             eval_source=data["eval_source"],
             eval_target=data["eval_target"],
+            dfr_data=data.get("dfr"),
             device=cfg.device,
             **kwargs,
         )

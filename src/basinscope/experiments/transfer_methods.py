@@ -21,7 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from basinscope.experiments import transfer_break, transfer_copies, transfer_fit
+from basinscope.experiments import (
+    transfer_break,
+    transfer_compare,
+    transfer_copies,
+    transfer_fit,
+)
 from basinscope.experiments.registry import Study, StudyContext, register
 from basinscope.experiments.transfer_common import (
     QUESTIONS,
@@ -35,7 +40,7 @@ __all__ = ["DEFINITIONS", "SECTIONS", "STUDY", "TransferMethodsConfig", "run"]
 NAME = "transfer-methods"
 
 #: The section modules, in the report's order.
-SECTIONS: tuple[Any, ...] = (transfer_fit, transfer_copies, transfer_break)
+SECTIONS: tuple[Any, ...] = (transfer_compare, transfer_fit, transfer_copies, transfer_break)
 
 
 @dataclass(frozen=True)
