@@ -1146,7 +1146,9 @@ def path_excess(b: dict[str, Any]) -> float:
 
 def seed_rows(cfg: RotatedDigitsConfig, seeds: list[dict[str, Any]]) -> dict[str, list[dict]]:
     """Per (start, strategy), one row per seed: accuracies (means over the copies), forgetting,
-    barriers with their bootstrap CIs, the path excess and the seed's basin verdict."""
+    barriers with their bootstrap CIs, the path excess and the seed's basin verdict; the
+    Definition 3.1 test of the copies' hull (:func:`basin_test_columns`) and the barrier
+    verdict it is compared with (``barrier_verdict``)."""
     out: dict[str, list[dict]] = {}
     for sd in seeds:
         for key, infos in sd["finetune"].items():
@@ -1458,14 +1460,31 @@ def basin_test_agreement(angles: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+#: what the failure of each condition of Definition 3.1 says, for the conclusion
+FAILED_CONDITION = {
+    1: "(1) the loss is not flat inside the hull",
+    2: "(2) noise of scale δ where a ray leaves the hull raises the loss by less than 2ε",
+    3: "(3) an outward step of scale δ along the ray raises it by less than 2ε",
+}
+
+
 def _cases_text(cases: list[dict[str, Any]], most: int = 6) -> str:
+    """The cases by name (at most ``most``), with the conditions that failed and how often
+    each failed among them."""
+
     def one(c):
         why = f"fails condition {', '.join(map(str, c['failed']))}" if c["failed"] else "holds"
         sure = "" if c["supported"] else ", not supported by its intervals"
         return f"{c['angle']:g}° {c['strategy']} seed {c['seed']} ({why}{sure})"
 
     shown = "; ".join(one(c) for c in cases[:most])
-    return shown + (f"; and {len(cases) - most} more" if len(cases) > most else "")
+    shown += f"; and {len(cases) - most} more" if len(cases) > most else ""
+    counts = {k: sum(k in c["failed"] for c in cases) for k in FAILED_CONDITION}
+    if any(counts.values()):
+        shown += " — failed: " + "; ".join(
+            f"{FAILED_CONDITION[k]} in {n} of {len(cases)}" for k, n in counts.items() if n
+        )
+    return shown
 
 
 def _basin_test_sentences(cfg: RotatedDigitsConfig, agreement: dict[str, Any]) -> list[str]:
@@ -1533,7 +1552,8 @@ STUDY = register(
 degrees with FT, LP, LP-FT and (landscape-guided) surgical fine-tuning from the pre-trained
 start and from a random start, and writes an HTML report: adaptation vs. forgetting, 2D
 landscapes with the fine-tuning trajectories, the extrapolated path pre-trained ->
-fine-tuned, barriers, distances and CKA, module criticality, and the curvature of each
+fine-tuned, barriers, the Definition 3.1 basin test of the fine-tuned copies' convex hull
+beside the barrier verdict, distances and CKA, module criticality, and the curvature of each
 solution, with a summary table.
 
 Three seeds, with 95% CIs over them and bootstrap CIs on every barrier, and a
