@@ -21,9 +21,10 @@ BEFORE = {
     # rotated-digits: renamed by issue 19's science (seeds, independent random starts,
     # bootstrap CIs, a log-spaced sigma grid); seed 0's pre-training, fine-tuning, lines and
     # surfaces keep the names they had at d20fd4f (the first 8 finetune folders, line-*,
-    # surface-*)
+    # surface-*); issue 17's Definition 3.1 basin tests added settings (a new run-folder
+    # digest) and two basin-* stages, every earlier folder unchanged
     "rotated-digits": (
-        "47affd9dcc",
+        "89184c4de7",
         [
             *("pretrain-339b034cb5", "pretrain-e17b9cf8c2", "finetune-8fdf7c9e8c"),
             *("finetune-1a87793df6", "finetune-1d875bdb76", "finetune-e46428a48f"),
@@ -34,6 +35,7 @@ BEFORE = {
             *("line-c87de981b9", "line-cf7d992852", "surface-9bb6c97ded"),
             *("surface-52b805c062", "connectivity-75bffe58f6", "similarity-3d0cd2d9f1"),
             *("criticality-41166d750a", "criticality-20dfc62506", "connectivity-a2492b7b38"),
+            *("basin-0dfa98a8a7", "basin-771c21bb6e"),
         ],
     ),
     "flatness-vs-batch-size": (

@@ -45,7 +45,12 @@ def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
         "similarity",
         "criticality",
         "hessian",
+        "basin",
     }
+    # one Definition 3.1 basin test stage per angle and seed (every start and strategy)
+    assert sum(r["stage"].startswith("basin") for r in res["stages"]) == (
+        len(cfg.angles) * cfg.seeds
+    )
     # every strategy from the pre-trained start, FT from the shared and the independent
     # random starts, in every seed
     n_runs = len(cfg.strategies) + 2
@@ -71,7 +76,14 @@ def test_every_stage_ran_and_the_results_hold_every_analysis(quick):
     assert "plateau_gain" in rows[(big, "random-independent", "FT")]
     for r in res["summary"]:
         assert np.isfinite(r["lambda_max"]) and np.isfinite(r["trace"])
-    for term in ("barrier", "stayed in the pre-trained basin", "lambda_max", "cka"):
+    for term in (
+        "barrier",
+        "stayed in the pre-trained basin",
+        "lambda_max",
+        "cka",
+        "basin test (Definition 3.1)",
+        "basin test vs. barrier",
+    ):
         assert res["definitions"][term]
     assert res["definitions"]["path criterion"].startswith("endpoint-max: ")
 
@@ -105,6 +117,157 @@ def test_rows_are_means_over_seeds_with_cis_and_verdicts_follow_the_path_criteri
     assert path_excess(curve) == 0.0
     assert path_excess({"values": [0.3, 0.6, 0.4], "f0": 0.3, "f1": 0.4}) == pytest.approx(0.2)
     assert mean_ci([0.5]) == (0.5, None) and mean_ci([None]) == (None, None)
+
+
+def test_each_basin_test_is_definition_3_1_on_the_copies_hull_with_the_barrier_threshold(quick):
+    """Each seed's stage holds, per (start, strategy), basin_test on the convex hull of the
+    copies with epsilon = basin_epsilon on the barrier's metric and split: recomputing one
+    from the stored copies gives the same record, and every row and verdict follows it."""
+    import basinscope
+    from basinscope.analyses.basin import DEFINITION, basin_test
+    from basinscope.data import load_digits, rotate
+    from basinscope.data.tensordata import TensorData
+    from basinscope.experiments.rotated_digits import BASIN_CONDITIONS, basin_record
+    from basinscope.models import build_model, load_weights
+    from basinscope.store import paths
+
+    root, cfg, res = quick
+    big = f"{max(cfg.angles):g}"
+    angle = res["angles"][big]
+    keys = set(angle["per_seed"])
+    assert keys == {"pre-trained/ft", "pre-trained/lp", "random/ft", "random-independent/ft"}
+    for sd in angle["seeds"]:
+        stage = basinscope.load(root / "stages" / sd["basin_test_stage"])
+        assert stage.value == sd["basin_test"] and set(sd["basin_test"]) == keys
+        for rec in sd["basin_test"].values():
+            assert rec["epsilon"] == cfg.basin_epsilon and rec["delta"] == cfg.basin_delta
+            assert rec["definition"] == DEFINITION
+            st = rec["settings"]
+            assert (st["m"], st["samples"], st["pairs"]) == (
+                cfg.copies,
+                cfg.basin_samples,
+                cfg.basin_pairs,
+            )
+            assert st["metric"] == cfg.barrier_metric and st["seed"] == sd["seed"]
+            assert st["confidence"] == cfg.basin_confidence and st["strategy"] == "loop"
+            assert [c["threshold"] for c in rec["conditions"]] == [
+                cfg.basin_epsilon,
+                2 * cfg.basin_epsilon,
+                2 * cfg.basin_epsilon,
+            ]
+            assert rec["holds"] == all(c["holds"] for c in rec["conditions"])
+            assert rec["failed"] == [c["condition"] for c in rec["conditions"] if not c["holds"]]
+            assert rec["labels"] == ["copy 0", "copy 1"] and rec["affine_dimension"] == 1
+    # the same test from the stored copies of seed 1's FT from the pre-trained start
+    names = angle["seeds"][1]["finetune_stages"]["pre-trained/ft"]
+    copies = [
+        load_weights(
+            build_model("lenet", {"width": cfg.width}), root / "stages" / n / paths.WEIGHTS
+        )
+        for n in names
+    ]
+    test = load_digits("test")
+    tgt = TensorData(rotate(test.x, max(cfg.angles)), test.y, "target test")
+    again = basin_test(
+        copies,
+        tgt,
+        epsilon=cfg.basin_epsilon,
+        delta=cfg.basin_delta,
+        samples=cfg.basin_samples,
+        pairs=cfg.basin_pairs,
+        seed=1,
+        metric=cfg.barrier_metric,
+        labels=["copy 0", "copy 1"],
+    )
+    assert (
+        json.loads(json.dumps(basin_record(again)))
+        == angle["seeds"][1]["basin_test"]["pre-trained/ft"]
+    )
+    # each seed's row takes the record's numbers; the summary row counts the seeds
+    for key, per in angle["per_seed"].items():
+        start, strategy = key.split("/")
+        for r in per:
+            rec = angle["seeds"][r["seed"]]["basin_test"][key]
+            assert r["basin_test_holds"] == rec["holds"]
+            assert r["basin_test_supported"] == rec["ci_supports"]
+            for col, c in zip(BASIN_CONDITIONS, rec["conditions"], strict=True):
+                assert r[col] == c["estimate"] and r[f"{col}_mc_ci"] == c["ci"]
+            conn = angle["seeds"][r["seed"]]["connectivity"][key]
+            copies_ok = conn["copies"]["value"] <= cfg.basin_epsilon
+            assert r["barrier_verdict"] == r.get("in_pretrained_basin", copies_ok)
+        row = next(
+            x
+            for x in res["summary"]
+            if f"{x['angle']:g}" == big
+            and x["start"] == start
+            and x["strategy"] == rotated_digits.STRATEGY_NAMES[strategy]
+        )
+        n_holds = sum(r["basin_test_holds"] for r in per)
+        assert row["basin_test_seeds"] == n_holds
+        assert row["basin_test"] == {0: False, cfg.seeds: True}.get(n_holds)
+        assert row["tests_agree_seeds"] == sum(
+            r["basin_test_holds"] == r["barrier_verdict"] for r in per
+        )
+        flat = [r["basin_flatness"] for r in per]
+        assert row["basin_flatness"] == pytest.approx(np.mean(flat))
+        assert row["basin_flatness_ci"][0] >= 0.0
+
+
+def test_the_conclusion_says_whether_the_basin_test_and_the_barrier_agree(quick):
+    _, cfg, res = quick
+    found = res["conclusion"]["findings"]["basin_test"]
+    assert set(found) == {"pre-trained", "random", "random-independent"}
+    text = " ".join(res["conclusion"]["text"])
+    assert f"ε = {cfg.basin_epsilon:g}, δ = {cfg.basin_delta:g}" in text
+    for start, g in found.items():
+        cases = [
+            (a, r)
+            for a, angle in res["angles"].items()
+            for key, per in angle["per_seed"].items()
+            if key.startswith(start + "/")
+            for r in per
+        ]
+        assert g["cases"] == len(cases)
+        assert g["agree"] == sum(r["basin_test_holds"] == r["barrier_verdict"] for _, r in cases)
+        assert g["agree"] + len(g["barrier_only"]) + len(g["basin_test_only"]) == g["cases"]
+        assert g["basin_test"] == sum(r["basin_test_holds"] for _, r in cases)
+        assert g["supported"] == sum(r["basin_test_supported"] for _, r in cases)
+        for c in g["barrier_only"][:6] + g["basin_test_only"][:6]:  # named, at most 6 each
+            assert f"{c['angle']:g}° {c['strategy']} seed {c['seed']}" in text
+        for c in g["barrier_only"][6:] + g["basin_test_only"][6:]:
+            assert f"{c['angle']:g}° {c['strategy']} seed {c['seed']} (" not in text
+        who = rotated_digits.START_NAMES[start]
+        n, k = g["cases"], g["agree"]
+        verb, count = (
+            ("agrees", f"in all {n}")
+            if k == n
+            else ("disagrees", f"in all {n}")
+            if k == 0
+            else ("agrees", f"in {k} of {n}")
+        )
+        sentence = next(t for t in res["conclusion"]["text"] if t.startswith(f"From the {who} "))
+        assert f") {verb} with " in sentence or f"test {verb} with " in sentence
+        assert f"{count} (angle, strategy, seed) cases" in sentence
+        assert (
+            f"it finds a basin in {g['basin_test']} and the barrier criterion in {g['barrier']}"
+            in sentence
+        )
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("basin_delta=0", r"basin_delta must be a positive number, got 0\.0; e\.g\. basin_delta=5"),
+        ("basin_samples=1", r"basin_samples must be an integer >= 2, got 1 \(a Monte Carlo"),
+        ("basin_pairs=100000", r"basin_pairs must be <= 10,000 \(each draw is a pass over"),
+        ("basin_confidence=1", r"basin_confidence must be in \(0, 1\), got 1\.0; e\.g\. basin_"),
+    ],
+)
+def test_bad_basin_test_settings_are_refused_with_the_fix(setting, message):
+    from basinscope.errors import BasinscopeError
+
+    with pytest.raises(BasinscopeError, match=message):
+        make_config(NAME, quick=True, sets=[setting])
 
 
 def test_the_conclusion_and_the_criticality_grid_follow_the_numbers(quick):
@@ -183,7 +346,7 @@ def test_the_report_is_self_contained_and_has_every_figure(quick):
     assert html.startswith("<!DOCTYPE html>")
     assert not re.search(r'<(script|img)[^>]+src="https?://', html)
     stems = ["accuracy_vs_angle", "paths", "barriers", "distance_and_cka", "criticality"]
-    stems += ["curvature"] + [f"surfaces_angle{a:g}" for a in cfg.angles]
+    stems += ["curvature", "basin_test"] + [f"surfaces_angle{a:g}" for a in cfg.angles]
     for stem in stems:
         for ext in cfg.figure_formats:
             assert (run_dir / "figures" / f"{stem}.{ext}").stat().st_size > 1000, stem
@@ -241,7 +404,7 @@ def test_the_report_opens_in_headless_chromium_without_errors(quick):
     root, cfg, _ = quick
     out = check_report(root / f"{NAME}-{_hash(cfg)}" / "report.html", timeout=120)
     assert out["console_errors"] == []
-    assert out["n_figures"] == 6 + len(cfg.angles) + 2
+    assert out["n_figures"] == 7 + len(cfg.angles) + 2
     bad = [f for f in out["figures"] if not f["ok"]]
     assert not bad, bad
 
@@ -262,6 +425,10 @@ def test_a_changed_setting_recomputes_only_what_depends_on_it(quick):
     computed = {r["stage"].split("-")[0] for r in res["stages"] if not r["reused"]}
     assert computed == {"surface"}
     assert res["summary"] == first["summary"]
+    # the basin test's delta recomputes the basin tests only
+    res = _run(root, make_config(NAME, smoke=True, sets=[f"basin_delta={2 * cfg.basin_delta}"]))
+    computed = {r["stage"].split("-")[0] for r in res["stages"] if not r["reused"]}
+    assert computed == {"basin"}
     assert res["run_dir"] != first["run_dir"]  # a new run folder for the new configuration
     # a fine-tuning setting recomputes fine-tuning and everything after it, not pre-training
     changed = make_config(NAME, smoke=True, sets=["finetune_lr=0.03"])

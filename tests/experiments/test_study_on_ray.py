@@ -227,11 +227,11 @@ def test_demo_on_ray_through_the_command_line(local, tmp_path):
     args = ("demo", "--smoke", "--executor", "ray", "--workers", "2", "--out", out)
     code, _, err = invoke(*args, "--no-progress")
     assert code == 0, err
-    # seed 0's 13 analyses (2 lines, 2 surfaces, barriers, CKA, 2 criticality, 5 Hessians)
-    # and seed 1's barriers
+    # seed 0's 13 analyses (2 lines, 2 surfaces, barriers, CKA, 2 criticality, 5 Hessians),
+    # seed 1's barriers and both seeds' basin tests
     assert (
-        "analyses (lines, surfaces, barriers, CKA, criticality, Hessians): 14 stages, as ray "
-        "tasks" in err
+        "analyses (lines, surfaces, barriers, CKA, criticality, Hessians, basin tests): 16 "
+        "stages, as ray tasks" in err
     )
     (run_dir,) = out.glob(f"{NAME}-*")
     res = json.loads((run_dir / "result.json").read_text())

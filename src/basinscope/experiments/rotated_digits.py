@@ -14,7 +14,10 @@ Measured per angle and strategy: source and target accuracy before and after (fo
 vs. adaptation; forgetting is N/A from a random start); the straight path pre-trained ->
 fine-tuned on source and target data, extrapolated to alpha in [-1, 2]; the barrier between
 the fine-tuned copies (pre-trained vs. random starts); the path criterion (the path's excess
-over max(f(0), f(1))) and the verdict "stayed in the pre-trained basin"; parameter distance
+over max(f(0), f(1))) and the verdict "stayed in the pre-trained basin"; beside it, for
+every start, the Monte Carlo test of Definition 3.1 (Neyshabur et al.) on the convex hull of
+the fine-tuned copies, with epsilon = the barrier threshold, its intervals and whether it
+agrees with the barrier verdict; parameter distance
 and per-layer CKA to the pre-trained model; module criticality per layer on a log-spaced
 sigma grid (minimisers on its edge flagged); the top Hessian eigenvalue and trace of each
 solution; and 2D landscapes around each start (source and target loss) with the copies'
@@ -107,6 +110,14 @@ class RotatedDigitsConfig:
     barrier_definition: str = "linear"  # "linear", "mean" or "midpoint" (basinscope barrier)
     bootstrap: int = 200  # resamples of the test examples for each barrier's 95% CI
     basin_epsilon: float = 0.02  # "stayed in the basin": copies barrier and path excess <= this
+    # the Definition 3.1 basin test of the copies' convex hull (epsilon = basin_epsilon, on the
+    # barrier's metric and split): delta in the Euclidean norm over all parameters (the
+    # pre-trained weights' norm is about 11-12), Monte Carlo points of the hull (condition 1),
+    # pairs (conditions 2 and 3) and the level of every interval
+    basin_delta: float = 5.0
+    basin_samples: int = 8
+    basin_pairs: int = 8
+    basin_confidence: float = 0.95
     hessian_examples: int = 512  # target training examples for the Hessian numbers
     hessian_tol: float = 1e-3  # Lanczos relative Ritz-residual tolerance of lambda_max
     trace_probes: int = 64  # Hutchinson probes at most (stops earlier at 5% CI half-width)
@@ -201,6 +212,25 @@ class RotatedDigitsConfig:
         at_least("width", self.width, 1, high=16, high_why=" (the LeNet width multiplier)")
         finite_float("surface_margin", self.surface_margin, low=0)
         finite_float("basin_epsilon", self.basin_epsilon, low=0)
+        positive_float("basin_delta", self.basin_delta, fix="e.g. basin_delta=5")
+        for name in ("basin_samples", "basin_pairs"):
+            at_least(
+                name,
+                getattr(self, name),
+                2,
+                high=10_000,
+                why=" (a Monte Carlo standard error needs two draws)",
+                high_why=" (each draw is a pass over the target test split)",
+            )
+        finite_float(
+            "basin_confidence",
+            self.basin_confidence,
+            low=0,
+            high=1,
+            low_open=True,
+            high_open=True,
+            fix="e.g. basin_confidence=0.95",
+        )
         for name in ("hessian_examples", "criticality_examples"):
             at_least(name, getattr(self, name), 1, high=DIGITS_TRAIN, high_why=_DIGITS_WHY)
         finite_float("hessian_tol", self.hessian_tol, low=0, high=1, low_open=True, high_open=True)
@@ -252,6 +282,8 @@ SMOKE = {
     "seeds": 2,  # two, so that the means and CIs over seeds are exercised
     "independent_steps": 12,
     "bootstrap": 20,
+    "basin_samples": 2,
+    "basin_pairs": 2,
 }
 
 QUICK = {
@@ -269,6 +301,8 @@ QUICK = {
     "criticality_examples": 128,
     "independent_steps": 300,
     "bootstrap": 100,
+    "basin_samples": 6,
+    "basin_pairs": 6,
 }
 
 
@@ -403,8 +437,13 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
             what, call = _connectivity_call(cfg, root, pres[k], runs[i][k], data, logs[i])
             calls.append(call)
             slots.append((i, f"{what}/seed{k}"))
+        for k in range(len(pres)):  # the Definition 3.1 test of every seed's copies
+            what, call = _basin_call(cfg, root, k, runs[i][k], data, logs[i])
+            calls.append(call)
+            slots.append((i, what))
     done = ctx.run_stages(
-        calls, what="analyses (lines, surfaces, barriers, CKA, criticality, Hessians)"
+        calls,
+        what="analyses (lines, surfaces, barriers, CKA, criticality, Hessians, basin tests)",
     )
     values: list[list[tuple[str, Any]]] = [[] for _ in targets]
     for (i, what), value in zip(slots, done, strict=True):
@@ -430,6 +469,7 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
                     "init_seed": _seeded(cfg.init_seed, k),
                     "stage": p.run_dir.name,
                     "source_test_accuracy": e["source_test_accuracy"],
+                    "parameter_norm": _parameter_norm(p.model),
                 }
                 for k, (p, e) in enumerate(zip(pres, pre_evals, strict=True))
             ],
@@ -439,6 +479,11 @@ def run(cfg: RotatedDigitsConfig, ctx: StudyContext) -> dict[str, Any]:
         "conclusion": conclusion(cfg, summary, angles),
         "figures": _figure_data(root, angles),  # the curves the report draws from stages
     }
+
+
+def _parameter_norm(model) -> float:
+    """||theta||_2 over all parameters (the scale basin_delta is measured against)."""
+    return float(np.sqrt(sum(float((p.detach().double() ** 2).sum()) for p in model.parameters())))
 
 
 def _figure_data(root: Path, angles: dict[str, Any]) -> dict[str, Any]:
@@ -473,7 +518,10 @@ def _angle_result(cfg, angle: float, runs: list[dict[str, list]], values) -> dic
         group, _, key = what.partition("/")
         if group == "connectivity":
             k = int(key.removeprefix("seed")) if key else 0
-            conns[k] = {"connectivity": value[0], "connectivity_stage": value[1].name}
+            conns.setdefault(k, {}).update(connectivity=value[0], connectivity_stage=value[1].name)
+        elif group == "basin":
+            k = int(key.removeprefix("seed"))
+            conns.setdefault(k, {}).update(basin_test=value[0], basin_test_stage=value[1].name)
         elif group == "similarity":
             out["similarity"] = value[0]
         elif group == "criticality":
@@ -716,6 +764,102 @@ def _connectivity_call(cfg, root, pre, runs, data, log) -> tuple[str, StageCall]
     )
 
 
+def _basin_call(cfg, root, k: int, runs, data, log) -> tuple[str, StageCall]:
+    """The Definition 3.1 basin test of one seed ``k`` and angle: for every (start, strategy),
+    is the convex hull of its fine-tuned copies an (epsilon, delta)-basin of the target test
+    loss (the barrier's metric and split), with epsilon = ``basin_epsilon``, the barrier
+    threshold of the study's verdict? Random draws use seed ``k``. The value per (start,
+    strategy) is :func:`basin_record` of the test's result."""
+    where = placement(cfg)
+    models = {key: [r.model for r in v] for key, v in runs.items()}
+
+    def basin(_d: Path) -> dict[str, Any]:
+        from basinscope.analyses.basin import basin_test
+
+        return {
+            key: basin_record(
+                basin_test(
+                    copies,
+                    data["tgt_test"],
+                    epsilon=cfg.basin_epsilon,
+                    delta=cfg.basin_delta,
+                    samples=cfg.basin_samples,
+                    pairs=cfg.basin_pairs,
+                    seed=k,
+                    confidence=cfg.basin_confidence,
+                    metric=cfg.barrier_metric,
+                    strategy=cfg.eval_strategy,
+                    labels=[f"copy {c}" for c in range(len(copies))],
+                    **where,
+                )
+            )
+            for key, copies in models.items()
+        }
+
+    return _cached_call(
+        f"basin/seed{k}",
+        root,
+        "basin",
+        {
+            "runs": {key: [r.run_dir.name for r in v] for key, v in runs.items()},
+            "data": data["tgt_test"].name,
+            "metric": cfg.barrier_metric,
+            "epsilon": cfg.basin_epsilon,
+            "delta": cfg.basin_delta,
+            "samples": cfg.basin_samples,
+            "pairs": cfg.basin_pairs,
+            "confidence": cfg.basin_confidence,
+            "seed": k,
+            "strategy": cfg.eval_strategy,
+            **where,
+        },
+        basin,
+        log,
+    )
+
+
+def basin_record(res) -> dict[str, Any]:
+    """What the study keeps of a :class:`~basinscope.analyses.basin.BasinResult`: epsilon,
+    delta, the verdict and whether the intervals support it, the mean loss in the hull, each
+    condition's estimate, threshold, margin and intervals, the point-estimate range of
+    epsilon, the losses drawn, and the definition and settings that produced them."""
+    conds = [
+        {
+            "condition": c.condition,
+            "name": c.name,
+            "statement": c.statement,
+            "estimate": c.estimate,
+            "ci": list(c.ci),
+            "threshold": c.threshold,
+            "margin": c.margin,
+            "margin_ci": list(c.margin_ci),
+            "holds": c.holds,
+            "ci_supports": c.ci_supports,
+        }
+        for c in res.conditions
+    ]
+    return {
+        "epsilon": res.epsilon,
+        "delta": res.delta,
+        "holds": res.holds,
+        "ci_supports": res.ci_supports,
+        "failed": [c["condition"] for c in conds if not c["holds"]],
+        "mean_loss": res.mean_loss,
+        "mean_loss_ci": list(res.mean_loss_ci),
+        "conditions": conds,
+        "epsilon_range": list(res.epsilon_range),
+        "num_params": res.num_params,
+        "affine_dimension": res.affine_dimension,
+        "vertex_losses": list(res.vertex_losses),
+        "inside_losses": list(res.inside_losses),
+        "noise_losses": list(res.noise_losses),
+        "step_losses": list(res.step_losses),
+        "labels": list(res.labels),
+        "definition": res.definition,
+        "settings": {k: v for k, v in res.settings.items() if k != "task"},
+    }
+
+
 def criticality_sigmas(cfg: RotatedDigitsConfig) -> np.ndarray:
     """The sigmas of module criticality: ``criticality_sigmas`` values log-spaced over
     ``criticality_sigma_range``."""
@@ -944,6 +1088,7 @@ FORGETTING_NA = (
 
 def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:
     from basinscope.analyses.barrier import BARRIER_DEFINITIONS as FORMULAS
+    from basinscope.analyses.basin import DEFINITION as BASIN_DEFINITION
     from basinscope.analyses.similarity import CKA_ESTIMATORS
 
     lo, hi = cfg.criticality_sigma_range
@@ -960,6 +1105,8 @@ def definitions(cfg: RotatedDigitsConfig) -> dict[str, str]:
         "path criterion": f"{PATH_CRITERION}: the path excess max over alpha in [0, 1] of f(alpha) - max(f(0), f(1)), f = target test {cfg.barrier_metric} on (1 - alpha) theta_pre + alpha theta_ft (copy 0); 0 when f falls or rises monotonically, positive only for a bump above both ends",
         "path barrier": f"the {cfg.barrier_definition} barrier on the same path (above the chord, so a monotone but convex curve counts), recorded for reference; the verdict uses the path criterion",
         "stayed in the pre-trained basin": f"for one seed: the barrier between copies and the path excess ({PATH_CRITERION}) on the target test split are both at most basin_epsilon = {cfg.basin_epsilon:g} (Neyshabur et al. 2020, Sec. 3.3, use the absence of a performance barrier between fine-tuned copies as their test); for a row: in every seed ({cfg.seeds}). Source forgetting is shown beside it: staying in the basin on the target says nothing about the source",
+        "basin test (Definition 3.1)": f"Neyshabur, Sedghi & Zhang 2020, Definition 3.1, Monte Carlo (basinscope.analyses.basin.basin_test): {BASIN_DEFINITION} Here, per angle, (start, strategy) and seed: S = the convex hull of the {cfg.copies} fine-tuned copies (a segment for 2 copies); l = {cfg.barrier_metric} on the target test split (the barrier's metric and data); epsilon = basin_epsilon = {cfg.basin_epsilon:g}, the barrier threshold of 'stayed in the pre-trained basin'; delta = basin_delta = {cfg.basin_delta:g} in the Euclidean norm over all parameters (pretrained.seeds[k].parameter_norm gives the pre-trained weights' norm for scale); {cfg.basin_samples} uniform points of S for mu and condition 1, {cfg.basin_pairs} pairs for conditions 2 and 3, draws seeded by the seed's index; every interval a normal {cfg.basin_confidence:g} Monte Carlo interval. A seed's verdict: all three point estimates pass; supported: the intervals lie on the verdict's side (a holding verdict: every condition's margin interval >= 0; a failing one: some failing condition's < 0). For a row: a basin in every seed (yes), in none (no), else mixed; the conditions' columns are means over seeds with their CI over seeds",
+        "basin test vs. barrier": f"per (angle, start, strategy, seed), the Definition 3.1 point verdict against the barrier verdict: from the pre-trained start 'stayed in the pre-trained basin' (copies barrier and path excess <= {cfg.basin_epsilon:g}); from a random start, which has no pre-trained model to draw a path from, the copies barrier <= {cfg.basin_epsilon:g}",
         "lambda_max": f"largest Hessian eigenvalue of the mean cross-entropy on the first {cfg.hessian_examples} target training examples (Lanczos, relative Ritz residual <= {cfg.hessian_tol:g}), float64, no BatchNorm; seed 0",
         "trace": f"Hessian trace on the same examples, Hutchinson with Rademacher probes (at most {cfg.trace_probes}, stopping at a 95% CI half-width of 5%); seed 0",
         "cka": f"CKA estimator 'linear': {CKA_ESTIMATORS['linear']}; float64, between the pre-trained and the fine-tuned model's outputs of the same layer on a test split; seed 0",
@@ -999,7 +1146,9 @@ def path_excess(b: dict[str, Any]) -> float:
 
 def seed_rows(cfg: RotatedDigitsConfig, seeds: list[dict[str, Any]]) -> dict[str, list[dict]]:
     """Per (start, strategy), one row per seed: accuracies (means over the copies), forgetting,
-    barriers with their bootstrap CIs, the path excess and the seed's basin verdict."""
+    barriers with their bootstrap CIs, the path excess and the seed's basin verdict; the
+    Definition 3.1 test of the copies' hull (:func:`basin_test_columns`) and the barrier
+    verdict it is compared with (``barrier_verdict``)."""
     out: dict[str, list[dict]] = {}
     for sd in seeds:
         for key, infos in sd["finetune"].items():
@@ -1034,8 +1183,33 @@ def seed_rows(cfg: RotatedDigitsConfig, seeds: list[dict[str, Any]]) -> dict[str
                 )
             if start == "random-independent":
                 row["plateau_gain"] = mean(lambda i: i["plateau"]["gain_second_half"])
+            row.update(basin_test_columns(sd["basin_test"][key]))
+            # the barrier side of the comparison: the study's verdict from the pre-trained
+            # start; from a random start its copies half (no path to a pre-trained model)
+            row["barrier_verdict"] = row.get(
+                "in_pretrained_basin", bool(conn["copies"]["value"] <= cfg.basin_epsilon)
+            )
             out.setdefault(key, []).append(row)
     return out
+
+
+#: the three conditions of Definition 3.1 as summary columns: the estimate of condition 1
+#: (E|l - mu| inside the hull) and the expected rises of conditions 2 and 3
+BASIN_CONDITIONS = ("basin_flatness", "basin_noise_rise", "basin_step_rise")
+
+
+def basin_test_columns(rec: dict[str, Any]) -> dict[str, Any]:
+    """One seed's Definition 3.1 numbers for its row: the point verdict, whether the
+    intervals support it, the failed conditions, and each condition's estimate with its
+    Monte Carlo interval."""
+    row: dict[str, Any] = {
+        "basin_test_holds": rec["holds"],
+        "basin_test_supported": rec["ci_supports"],
+        "basin_test_failed": list(rec["failed"]),
+    }
+    for col, c in zip(BASIN_CONDITIONS, rec["conditions"], strict=True):
+        row[col], row[f"{col}_mc_ci"] = c["estimate"], list(c["ci"])
+    return row
 
 
 #: the columns of a summary row that are means over seeds, each with a ``<name>_ci`` clipped
@@ -1047,6 +1221,9 @@ SEED_MEANS = {
     "barrier_copies": (0.0, None),
     "path_excess_target": (0.0, None),
     "path_excess_source": (0.0, None),
+    "basin_flatness": (0.0, None),
+    "basin_noise_rise": (None, None),
+    "basin_step_rise": (None, None),
 }
 
 
@@ -1097,6 +1274,19 @@ def summary_rows(cfg: RotatedDigitsConfig, angles: dict[str, Any]) -> list[dict[
                 row["plateau_gain"], row["plateau_gain_ci"] = mean_ci(
                     [r["plateau_gain"] for r in per], -1.0, 1.0
                 )
+            n_holds = sum(r["basin_test_holds"] for r in per)
+            row.update(
+                {
+                    "basin_test_seeds": n_holds,
+                    "basin_test_supported_seeds": sum(r["basin_test_supported"] for r in per),
+                    # every seed a basin (True), none (False), the seeds disagree (None)
+                    "basin_test": True if n_holds == len(per) else False if not n_holds else None,
+                    "barrier_seeds": sum(r["barrier_verdict"] for r in per),
+                    "tests_agree_seeds": sum(
+                        r["basin_test_holds"] == r["barrier_verdict"] for r in per
+                    ),
+                }
+            )
             row.update({"lambda_max": curv["lambda_max"], "trace": curv["trace"]})
             rows.append(row)
     return rows
@@ -1211,6 +1401,9 @@ def conclusion(cfg: RotatedDigitsConfig, rows: list[dict], angles: dict[str, Any
         f"At {big:g}° {most} forgets most ({_col(forget[most], 'forgetting')} of source "
         f"accuracy) and {least} least ({_col(forget[least], 'forgetting')})."
     )
+    agreement = basin_test_agreement(angles)
+    findings["basin_test"] = agreement
+    text += _basin_test_sentences(cfg, agreement)
     edges = [
         (a, start, g["n_on_edge"], g["n_modules"])
         for a, res in angles.items()
@@ -1224,6 +1417,115 @@ def conclusion(cfg: RotatedDigitsConfig, rows: list[dict], angles: dict[str, Any
         "grid, not measured."
     )
     return {"text": text, "findings": findings}
+
+
+def basin_test_agreement(angles: dict[str, Any]) -> dict[str, Any]:
+    """The Definition 3.1 verdict against the barrier verdict, per (angle, start, strategy,
+    seed), grouped by start: ``cases``, how many agree, how many Definition 3.1 verdicts
+    their intervals support, and the disagreements either way (``barrier_only``: the barrier
+    criterion says basin and Definition 3.1 does not; ``basin_test_only``: the reverse), each
+    ``{angle, strategy, seed, failed, supported}``."""
+    out: dict[str, Any] = {}
+    for a, res in angles.items():
+        for key, per in res["per_seed"].items():
+            start, strategy = key.split("/")
+            g = out.setdefault(
+                start,
+                {
+                    "cases": 0,
+                    "agree": 0,
+                    "supported": 0,
+                    "barrier": 0,
+                    "basin_test": 0,
+                    "barrier_only": [],
+                    "basin_test_only": [],
+                },
+            )
+            for r in per:
+                b, t = r["barrier_verdict"], r["basin_test_holds"]
+                g["cases"] += 1
+                g["agree"] += b == t
+                g["supported"] += r["basin_test_supported"]
+                g["barrier"] += b
+                g["basin_test"] += t
+                if b != t:
+                    case = {
+                        "angle": float(a),
+                        "strategy": STRATEGY_NAMES[strategy],
+                        "seed": r["seed"],
+                        "failed": r["basin_test_failed"],
+                        "supported": r["basin_test_supported"],
+                    }
+                    g["barrier_only" if b else "basin_test_only"].append(case)
+    return out
+
+
+#: what the failure of each condition of Definition 3.1 says, for the conclusion
+FAILED_CONDITION = {
+    1: "(1) the loss is not flat inside the hull",
+    2: "(2) noise of scale δ where a ray leaves the hull raises the loss by less than 2ε",
+    3: "(3) an outward step of scale δ along the ray raises it by less than 2ε",
+}
+
+
+def _cases_text(cases: list[dict[str, Any]], most: int = 6) -> str:
+    """The cases by name (at most ``most``), with the conditions that failed and how often
+    each failed among them."""
+
+    def one(c):
+        why = f"fails condition {', '.join(map(str, c['failed']))}" if c["failed"] else "holds"
+        sure = "" if c["supported"] else ", not supported by its intervals"
+        return f"{c['angle']:g}° {c['strategy']} seed {c['seed']} ({why}{sure})"
+
+    shown = "; ".join(one(c) for c in cases[:most])
+    shown += f"; and {len(cases) - most} more" if len(cases) > most else ""
+    counts = {k: sum(k in c["failed"] for c in cases) for k in FAILED_CONDITION}
+    if any(counts.values()):
+        shown += " — failed: " + "; ".join(
+            f"{FAILED_CONDITION[k]} in {n} of {len(cases)}" for k, n in counts.items() if n
+        )
+    return shown
+
+
+def _basin_test_sentences(cfg: RotatedDigitsConfig, agreement: dict[str, Any]) -> list[str]:
+    """Whether the Definition 3.1 test and the barrier criterion agree, computed per case."""
+    test = (
+        f"the Definition 3.1 basin test (S = the convex hull of the {cfg.copies} fine-tuned "
+        f"copies, l = target test {cfg.barrier_metric}, ε = {cfg.basin_epsilon:g}, "
+        f"δ = {cfg.basin_delta:g}, {cfg.basin_samples} points and {cfg.basin_pairs} pairs)"
+    )
+    text = []
+    for start, g in agreement.items():
+        n = g["cases"]
+        if start == "pre-trained":
+            side = "the barrier verdict (copies barrier and path excess <= ε)"
+            who = "From the pre-trained start"
+        else:
+            side = "the copies barrier <= ε"
+            who = f"From the {START_NAMES[start]} start"
+        if g["agree"] == n:
+            how = f"agrees with {side} in all {n} (angle, strategy, seed) cases"
+        elif g["agree"] == 0:
+            how = f"disagrees with {side} in all {n} (angle, strategy, seed) cases"
+        else:
+            how = f"agrees with {side} in {g['agree']} of {n} (angle, strategy, seed) cases"
+        sentence = (
+            f"{who}, {test if not text else 'the Definition 3.1 test'} {how}: it finds a basin in "
+            f"{g['basin_test']} and the barrier criterion in {g['barrier']}; "
+            f"{g['supported']} of the {n} Definition 3.1 verdicts are supported by their "
+            f"{cfg.basin_confidence:.0%} intervals"
+        )
+        if g["barrier_only"]:
+            sentence += (
+                f". Basin by the barrier, not by Definition 3.1: {_cases_text(g['barrier_only'])}"
+            )
+        if g["basin_test_only"]:
+            sentence += (
+                f". Basin by Definition 3.1, not by the barrier: "
+                f"{_cases_text(g['basin_test_only'])}"
+            )
+        text.append(sentence + ".")
+    return text
 
 
 def report(run_dir: Path, results: dict[str, Any]) -> Path:
@@ -1250,7 +1552,8 @@ STUDY = register(
 degrees with FT, LP, LP-FT and (landscape-guided) surgical fine-tuning from the pre-trained
 start and from a random start, and writes an HTML report: adaptation vs. forgetting, 2D
 landscapes with the fine-tuning trajectories, the extrapolated path pre-trained ->
-fine-tuned, barriers, distances and CKA, module criticality, and the curvature of each
+fine-tuned, barriers, the Definition 3.1 basin test of the fine-tuned copies' convex hull
+beside the barrier verdict, distances and CKA, module criticality, and the curvature of each
 solution, with a summary table.
 
 Three seeds, with 95% CIs over them and bootstrap CIs on every barrier, and a

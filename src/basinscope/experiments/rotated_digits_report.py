@@ -12,6 +12,7 @@ import numpy as np
 
 import basinscope
 from basinscope.experiments.rotated_digits import (
+    BASIN_CONDITIONS,
     SEED_MEANS,
     START_NAMES,
     STRATEGY_NAMES,
@@ -65,6 +66,11 @@ SUMMARY_COLUMNS = {
     "path_excess_source": "path excess (source)",
     "seeds_in_basin": "seeds in basin",
     "in_pretrained_basin": "in pre-trained basin",
+    "basin_flatness": "Def. 3.1 (1) E|ℓ−μ|",
+    "basin_noise_rise": "Def. 3.1 (2) rise, noise",
+    "basin_step_rise": "Def. 3.1 (3) rise, step",
+    "basin_test": "Def. 3.1 basin (seeds; CI-supported)",
+    "tests_agree_seeds": "Def. 3.1 = barrier (seeds)",
     "relative_distance": "relative distance",
     "plateau_gain": "plateau gain",
     "cka_fc1_target": "CKA fc1 (target)",
@@ -166,6 +172,9 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
         f"splits; columns with an interval: {defs['mean and CI over seeds']}. Seeds: {defs['seeds']}. "
         f"Starts: {defs['random starts']}. Stayed in the pre-trained basin: "
         f"{defs['stayed in the pre-trained basin']}. Path criterion: {defs['path criterion']}. "
+        f"Def. 3.1 columns: {defs['basin test (Definition 3.1)']}; 'Def. 3.1 basin' gives the "
+        "seeds where the hull is a basin and the seeds whose intervals support their verdict; "
+        f"'Def. 3.1 = barrier': the seeds where both verdicts agree ({defs['basin test vs. barrier']}). "
         f"Barriers: {defs['barrier']}. Forgetting: {defs['forgetting']}. λ_max and trace: "
         f"{defs['lambda_max']}; {defs['trace']}. CKA fc1: {defs['cka']}, at the penultimate layer "
         f"on the target test split. Numbers to {TABLE_DIGITS} significant digits; magnitudes "
@@ -258,6 +267,26 @@ def write_report(run_dir: Path, results: dict[str, Any]) -> Path:
     )
     _barrier_seed_table(rep, results)
 
+    # -- the Definition 3.1 basin test ------------------------------------------------------------
+    rep.heading("The Definition 3.1 basin test next to the barrier verdict")
+    eps = cfg["basin_epsilon"]
+    rep.figure(
+        _basin_test_figure(results, angles, strategies, cfg),
+        f"The three conditions of Definition 3.1 (Neyshabur et al. 2020) on the convex hull S of "
+        f"the {cfg['copies']} fine-tuned copies, ℓ = target test {cfg['barrier_metric']}, per "
+        "strategy from the pre-trained start and for FT from the random starts (black: shared "
+        "init; grey: independent inits). Left: condition 1, E|ℓ(w) − μ| over w uniform in S "
+        f"(μ = the mean of ℓ over S), to be at most ε = {eps:g} (dashed). Middle: condition 2, the "
+        f"expected rise E[ℓ(f + ν)] − μ under isotropic Gaussian noise ν of total scale δ = "
+        f"{cfg['basin_delta']:g} at the point f where a random ray through S leaves it. Right: "
+        "condition 3, the expected rise after an outward step of length |ν|, ν ~ N(0, δ²), along "
+        f"that ray. Conditions 2 and 3 need at least 2ε = {2 * eps:g} (dashed). Monte Carlo: "
+        f"{cfg['basin_samples']} points and {cfg['basin_pairs']} pairs per seed. Bars: means over "
+        f"{cfg['seeds']} seeds, error bars: {defs['mean and CI over seeds']}. {NO_BN}.",
+        save_as=figs / "basin_test",
+    )
+    _basin_seed_table(rep, results)
+
     # -- representations and parameters ----------------------------------------------------------
     rep.heading("How far did fine-tuning move? Distance and per-layer CKA")
     rep.figure(
@@ -347,10 +376,22 @@ def _summary_table(rows: list[dict]) -> list[dict]:
                 cells[header] = _ci_text(r[k], r.get(f"{k}_ci"))
             elif k == "start":
                 cells[header] = START_NAMES[r[k]]
+            elif k == "basin_test":
+                cells[header] = _basin_verdict_text(r)
+            elif k == "tests_agree_seeds":
+                cells[header] = f"{r[k]}/{r['seeds']}"
             else:
                 cells[header] = _cell(k, r[k])
         out.append(cells)
     return out
+
+
+def _basin_verdict_text(r: dict) -> str:
+    """A row's Definition 3.1 verdict: yes (every seed), no (none) or mixed, with the seeds
+    where the hull is a basin and those whose intervals support their verdict."""
+    verdict = {True: "yes", False: "no", None: "mixed"}[r["basin_test"]]
+    n = r["seeds"]
+    return f"{verdict} ({r['basin_test_seeds']}/{n}; {r['basin_test_supported_seeds']}/{n})"
 
 
 def _conclusion_section(rep, results) -> None:
@@ -381,6 +422,39 @@ def _barrier_seed_table(rep, results) -> None:
         rows,
         f"Per seed (0, 1, ...): the barrier between the copies on the target test split with its "
         f"bootstrap CI ({defs['barrier']}), and the path excess ({defs['path criterion']}).",
+    )
+
+
+def _basin_seed_table(rep, results) -> None:
+    """Every seed's Definition 3.1 numbers with their Monte Carlo intervals, and both
+    verdicts."""
+    defs, cfg = results["definitions"], results["config"]
+    yes = {True: "yes", False: "no"}
+    rows = []
+    for a, res in results["angles"].items():
+        for key, per in res["per_seed"].items():
+            start, s = key.split("/")
+            row = {"angle": f"{a}°", "start": START_NAMES[start], "strategy": STRATEGY_NAMES[s]}
+            for n, col in enumerate(BASIN_CONDITIONS, 1):
+                row[f"({n}) per seed (MC interval)"] = "; ".join(
+                    _ci_text(r[col], r[f"{col}_mc_ci"]) for r in per
+                )
+            row["Def. 3.1 basin per seed"] = "; ".join(
+                yes[r["basin_test_holds"]] + ("" if r["basin_test_supported"] else "?") for r in per
+            )
+            row["barrier verdict per seed"] = "; ".join(yes[r["barrier_verdict"]] for r in per)
+            rows.append(row)
+    rep.table(
+        rows,
+        f"Per seed (0, 1, ...): the three conditions of Definition 3.1 on the convex hull of the "
+        f"copies, each estimate with its {cfg['basin_confidence']:g} Monte Carlo interval: (1) "
+        f"E|ℓ−μ| inside the hull, to be at most ε = {cfg['basin_epsilon']:g}; (2) the expected "
+        f"rise of ℓ under isotropic noise of scale δ = {cfg['basin_delta']:g} where a random ray "
+        f"leaves the hull, and (3) after an outward step |ν|, ν ~ N(0, δ²), along it, each to be "
+        f"at least 2ε = {2 * cfg['basin_epsilon']:g}. Verdict: yes when all three hold; '?': "
+        f"the intervals do not support that verdict. Barrier verdict: "
+        f"{defs['basin test vs. barrier']}. {defs['basin test (Definition 3.1)']}.",
+        digits=TABLE_DIGITS,
     )
 
 
@@ -570,6 +644,43 @@ def _barrier_figure(results, angles, strategies, cfg):
     axes[0].set_ylabel(f"{cfg['barrier_metric']} barrier ({cfg['barrier_definition']})")
     axes[1].set_ylabel(f"{cfg['barrier_metric']} excess over max(f(0), f(1))")
     axes[1].set_ylim(bottom=0)
+    _legend_outside(fig, axes[0])
+    return fig
+
+
+def _basin_test_figure(results, angles, strategies, cfg):
+    """The Definition 3.1 conditions' estimates, means over seeds with their CIs, from the
+    summary rows."""
+    fig = new_figure((14, 4))
+    axes = fig.subplots(1, 3)
+    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft", "random-independent/ft"]
+    rows = {(r["angle"], r["start"], r["strategy"]): r for r in results["summary"]}
+    width = 0.8 / len(keys)
+    x = np.arange(len(angles))
+    for k, key in enumerate(keys):
+        start, s = key.split("/")
+        color = {"random": "black", "random-independent": "grey"}.get(start, COLORS[s])
+        label = f"{START_NAMES[start]}, FT" if start != "pre-trained" else STRATEGY_NAMES[s]
+        sel = [rows[(float(a), start, STRATEGY_NAMES[s])] for a in angles]
+        for column, ax in zip(BASIN_CONDITIONS, axes, strict=True):
+            vals = [r[column] for r in sel]
+            yerr = _yerr(vals, [r[f"{column}_ci"] for r in sel])
+            ax.bar(x + k * width, vals, width, color=color, label=label, yerr=yerr, capsize=2)
+    eps = cfg["basin_epsilon"]
+    metric = cfg["barrier_metric"]
+    panels = (
+        ("(1) flat inside: E|ℓ − μ| ≤ ε", f"E|ℓ − μ| ({metric})", eps),
+        ("(2) noise at the exit: rise ≥ 2ε", f"expected rise of the {metric}", 2 * eps),
+        ("(3) step out along the ray: rise ≥ 2ε", f"expected rise of the {metric}", 2 * eps),
+    )
+    for ax, (title, ylabel, level) in zip(axes, panels, strict=True):
+        ax.axhline(level, color="grey", ls="--", lw=1)
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_xticks(x + 0.4 - width / 2)
+        ax.set_xticklabels([f"{a}°" for a in angles])
+        ax.set_title(_wrap(title, 40))
+        ax.set_ylabel(ylabel)
+        style_axes(ax)
     _legend_outside(fig, axes[0])
     return fig
 
