@@ -1121,20 +1121,11 @@ def mean_ci(
 ) -> tuple[float | None, list[float] | None]:
     """The mean of ``values`` and its 95% Student-t interval (``None`` for one value or
     none; ``None`` values are left out), clipped to ``[low, high]`` where the quantity is
-    bounded (an accuracy, a barrier)."""
-    from scipy import stats
+    bounded (an accuracy, a barrier): :func:`~basinscope.experiments.transfer_common.mean_ci`
+    at level 0.95."""
+    from basinscope.experiments.transfer_common import mean_ci as t_interval
 
-    v = np.asarray([x for x in values if x is not None], dtype=np.float64)
-    if not len(v):
-        return None, None
-    mean = float(np.mean(v))
-    if len(v) < 2:
-        return mean, None
-    half = float(stats.t.ppf(0.975, len(v) - 1) * np.std(v, ddof=1) / np.sqrt(len(v)))
-    lo, hi = mean - half, mean + half
-    lo = lo if low is None else max(lo, low)
-    hi = hi if high is None else min(hi, high)
-    return mean, [lo, hi]
+    return t_interval(values, 0.95, low, high)
 
 
 def path_excess(b: dict[str, Any]) -> float:
