@@ -147,6 +147,12 @@ def test_every_shift_has_copies_barriers_and_a_basin_test(transfer_smoke):
             assert b["status"] in ("breaks", "never", "always")
             assert b["x"] == [p["x"] for p in f["points"]] and len(b["band"][0]) == len(b["x"])
             assert b["threshold"] == cfg.break_threshold and b["resamples"] == cfg.break_resamples
+            others = b["other_thresholds"]
+            assert [o["threshold"] for o in others] == sorted(cfg.break_other_thresholds)
+            for o in others:  # the same mean curve, read at another level
+                assert (o["status"], o["point"]) == tb.first_crossing(
+                    b["x"], b["mean"], o["threshold"]
+                )
         assert f["basin_flip"]["status"] in ("flips", "never", "always")
     # the identity shift of every family (rotation 0, block 8, noise 0) is one set of copies
     firsts = {f["points"][0]["folders"]["measure"] for f in fams.values()}
@@ -223,6 +229,7 @@ def test_running_the_section_again_reuses_every_stage(transfer_smoke):
         ("break_metric='accuracy'", r"break_metric must be one of"),
         ("break_barrier_definition='max'", r"break_barrier_definition must be one of"),
         ("break_threshold=0", r"break_threshold"),
+        ("break_other_thresholds=[0.05, -1]", r"break_other_thresholds"),
         ("break_delta=-1", r"break_delta"),
         ("break_basin_pairs=1", r"break_basin_pairs"),
         ("break_finetune_checkpoints=[0, 9999]", r"give distinct steps in \[0, steps\]"),

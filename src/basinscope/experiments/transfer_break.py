@@ -94,6 +94,8 @@ class Settings:
     break_barrier_refine: int = 1  # rounds of 9 points around the worst alpha (0: none)
     break_barrier_bootstrap: int = 100  # resamples of the test digits per barrier
     break_threshold: float = 0.1  # a barrier at least this high (metric units) breaks the basin
+    # other thresholds at which the breaking point is located too (how much it depends on it)
+    break_other_thresholds: tuple[float, ...] = (0.05, 0.2)
     break_delta: float = 3.0  # Definition 3.1's delta (Euclidean, over all parameters)
     break_basin_samples: int = 32  # uniform points of the hull (mu, condition 1)
     break_basin_pairs: int = 32  # uniform pairs (conditions 2 and 3)
@@ -177,6 +179,8 @@ def check(cfg: Any) -> None:
     at_least("break_hessian_examples", cfg.break_hessian_examples, 1)
     for key in ("break_threshold", "break_delta", "break_hessian_tol"):
         positive_float(key, getattr(cfg, key))
+    for t in cfg.break_other_thresholds:
+        positive_float("break_other_thresholds", t)
     check_seed("break_seed", cfg.break_seed)
     ck = cfg.break_finetune_checkpoints
     if not ck or any(not 0 <= s <= cfg.steps for s in ck) or len(set(ck)) != len(ck):
@@ -658,15 +662,26 @@ def run(cfg: Any, ctx: StudyContext, pre: Pretrained) -> dict[str, Any]:
         xs = [r["x"] for r in rows]
         breaking = {}
         for kind in ("copies", "pretrained"):
-            breaking[kind] = breaking_point(
-                xs,
-                [[b["value"] for b in r[f"barrier_{kind}"]] for r in rows],
-                [[b["se"] for b in r[f"barrier_{kind}"]] for r in rows],
-                cfg.break_threshold,
-                level=cfg.ci_level,
-                resamples=cfg.break_resamples,
-                seed=cfg.break_seed,
-            )
+            vals = [[b["value"] for b in r[f"barrier_{kind}"]] for r in rows]
+            ses = [[b["se"] for b in r[f"barrier_{kind}"]] for r in rows]
+
+            found = [
+                breaking_point(
+                    xs,
+                    vals,
+                    ses,
+                    t,
+                    level=cfg.ci_level,
+                    resamples=cfg.break_resamples,
+                    seed=cfg.break_seed,
+                )
+                for t in (cfg.break_threshold, *sorted(set(cfg.break_other_thresholds)))
+            ]
+            breaking[kind] = found[0]
+            breaking[kind]["other_thresholds"] = [
+                {k: b[k] for k in ("threshold", "status", "point", "bracket", "ci", "ci_ends")}
+                for b in found[1:]
+            ]
         breaking["copies"]["measure"] = barrier_words["copies"]
         breaking["pretrained"]["measure"] = barrier_words["pretrained"]
         families[fam] = {
@@ -875,6 +890,9 @@ DEFINITIONS: dict[str, str] = {
     "each drawing at every strength the units with replacement and each unit's barrier from "
     "N(value, its bootstrap standard error over the test digits); resamples that never cross "
     "count as beyond the sweep",
+    "other_thresholds": "the same breaking point and interval at each of "
+    "break_other_thresholds (same bootstrap seed): how much the point depends on the "
+    "threshold",
     "basin_flip": "the first strength at which the Definition 3.1 verdict is 'not a basin', "
     "with the strength before it",
     "lambda_max": "the top eigenvalue of the Hessian of the mean cross-entropy on the first "
