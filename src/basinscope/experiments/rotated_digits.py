@@ -1548,7 +1548,7 @@ beside the barrier verdict, distances and CKA, module criticality, and the curva
 solution, with a summary table.
 
 Three seeds, with 95% CIs over them and bootstrap CIs on every barrier, and a
-conclusion computed from the numbers. Runs on a 2-core CPU in about 5 minutes (--quick:
+conclusion computed from the numbers. Runs on a 2-core CPU in about 3 minutes (--quick:
 about one). Every stage is stored under --out and reused when it runs again.""",
     )
 )
