@@ -184,3 +184,18 @@ def test_the_verdict_says_yes_no_and_cannot_tell_from_the_intervals():
 def test_bad_settings_are_refused_with_the_fix(setting, message):
     with pytest.raises(BasinscopeError, match=message):
         make_config("transfer-methods", sets=[setting])
+
+
+def test_figure_labels_are_placed_apart_inside_the_axes():
+    from basinscope.experiments.transfer_compare_report import label_offsets
+
+    # ten points on one spot of the bottom edge (every barrier 0), two far apart
+    pts = [(0.50 + 0.01 * i, 0.0) for i in range(10)] + [(0.05, 0.5), (0.9, 0.9)]
+    w, h = 0.14, 0.045
+    off = label_offsets(pts, width=w, height=h)
+    boxes = [(x + dx, y + dy) for (x, y), (dx, dy) in zip(pts, off, strict=True)]
+    for i, (xi, yi) in enumerate(boxes):
+        for xj, yj in boxes[i + 1 :]:  # no two label boxes overlap
+            assert abs(xi - xj) >= w - 1e-12 or abs(yi - yj) >= h - 1e-12
+    assert all(0 <= y <= 1 for _, y in boxes[:10])  # stacked upward, not below the axes
+    assert off[10] == (0.01, 0.0) and off[11] == (0.01, 0.0)  # lone points keep their place

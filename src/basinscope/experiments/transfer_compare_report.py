@@ -132,6 +132,54 @@ def write_section(rep: Any, section: dict[str, Any], cfg: dict[str, Any], figs: 
     )
 
 
+def label_offsets(
+    points: list[tuple[float, float]], *, width: float = 0.14, height: float = 0.045
+) -> list[tuple[float, float]]:
+    """Offsets, in axes fractions, that keep labels of ``points`` (in axes fractions) apart.
+
+    Greedy, left to right: each label goes right of its point at the first of 0, -1, +1,
+    -2, +2, ... label heights (up to 20) that stays inside the axes and whose box
+    (``width`` x ``height``, left edge at the point) overlaps no label placed before; when
+    none does, it stays at its point."""
+    order = sorted(range(len(points)), key=lambda i: points[i])
+    placed: list[tuple[float, float]] = []
+    out: list[tuple[float, float]] = [(0.0, 0.0)] * len(points)
+    steps = [0, *(k * sign for k in range(1, 21) for sign in (-1, 1))]
+    for i in order:
+        x, y = points[i]
+        for k in steps:
+            ly = y + k * height
+            inside = height / 2 <= ly <= 1 - height / 2 or k == 0
+            if inside and all(abs(x - px) >= width or abs(ly - py) >= height for px, py in placed):
+                break
+        else:
+            ly = y
+        placed.append((x, ly))
+        out[i] = (0.01, ly - y)
+    return out
+
+
+def label_points(ax: Any, pts: list[tuple[float, float, str]]) -> None:
+    """Name each point (x, y, label) of ``ax`` with a label that does not sit on another's,
+    joined to its point by a thin line when it had to move."""
+    import numpy as np
+
+    ax.figure.canvas.draw()  # fix the limits the data set
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    frac = [((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)) for x, y, _ in pts]
+    for (x, y, label), (fx, fy), (dx, dy) in zip(pts, frac, label_offsets(frac), strict=True):
+        moved = bool(np.abs(dy) > 1e-12)
+        ax.annotate(
+            label,
+            (x, y),
+            xytext=(fx + dx, fy + dy),
+            textcoords="axes fraction",
+            fontsize=7,
+            va="center",
+            arrowprops={"arrowstyle": "-", "lw": 0.4, "color": "0.5"} if moved else None,
+        )
+
+
 def _tradeoff(ms: dict[str, Any]):
     from basinscope.plotting._common import new_figure
 
@@ -150,13 +198,9 @@ def _tradeoff(ms: dict[str, Any]):
             mfc=col if v["in_basin"] else "white",
             capsize=3,
         )
-        ax.annotate(
-            v["label"],
-            (f["mean"], a["mean"]),
-            fontsize=7,
-            xytext=(4, 3),
-            textcoords="offset points",
-        )
+    label_points(
+        ax, [(v["forgetting"]["mean"], v["adaptation"]["mean"], v["label"]) for v in ms.values()]
+    )
     ax.set_xlabel("forgetting (source accuracy lost)")
     ax.set_ylabel("adaptation (target accuracy gained)")
     return fig
@@ -173,13 +217,8 @@ def _lands(ms: dict[str, Any], cfg: dict[str, Any]):
         for ax, key in zip(axes, ("barrier", "flatness"), strict=True):
             ax.plot(v["distance"]["values"], v[key]["values"], ".", color=col, alpha=0.4)
             ax.plot([v["distance"]["mean"]], [v[key]["mean"]], "o", color=col, mfc=mfc)
-            ax.annotate(
-                v["label"],
-                (v["distance"]["mean"], v[key]["mean"]),
-                fontsize=7,
-                xytext=(4, 3),
-                textcoords="offset points",
-            )
+    for ax, key in zip(axes, ("barrier", "flatness"), strict=True):
+        label_points(ax, [(v["distance"]["mean"], v[key]["mean"], v["label"]) for v in ms.values()])
     m = cfg["compare_barrier_metric"]
     axes[0].set_ylabel(f"{cfg['compare_barrier_definition']} source {m} barrier")
     axes[1].set_ylabel("flatness of the segment (source loss)")
