@@ -11,13 +11,13 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.registry import make_config, rebuild_report, run_study
+from basinscope.experiments.registry import make_config, run_study
+from study_checks import rebuild_computing_nothing
 
 STUDY = "certified-training"
 FIGURES = ("certified_accuracy", "training", "surfaces", "curvature_maps", "flatness")
@@ -126,30 +126,19 @@ def test_running_again_reuses_every_stage_and_gives_the_same_numbers(smoke_run):
 
 
 def test_rebuilding_the_report_computes_nothing(smoke_run, monkeypatch):
-    _, _, _, run_dir = smoke_run
-    import basinscope.analyses as analyses
-    import basinscope.analyses.hessian as hessian
-    import basinscope.analyses.hessian_map as hessian_map
-    import basinscope.analyses.ibp as ibp
-    import basinscope.engine as engine
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    for module, name in [
-        (analyses, "random_surface"),
-        (hessian_map, "curvature_map"),
-        (hessian, "hessian_analysis"),
-        (engine, "evaluate_model"),
-        (ibp, "ibp_train"),
-        (ibp, "certified_accuracy"),
-    ]:
-        monkeypatch.setattr(module, name, boom)
-    shutil.rmtree(run_dir / "figures")
-    (run_dir / "report.html").unlink()
-    assert rebuild_report(run_dir) == run_dir / "report.html"
-    for stem in FIGURES:
-        assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
+    rebuild_computing_nothing(
+        smoke_run[3],
+        monkeypatch,
+        (
+            "basinscope.analyses:random_surface",
+            "basinscope.analyses.hessian_map:curvature_map",
+            "basinscope.analyses.hessian:hessian_analysis",
+            "basinscope.engine:evaluate_model",
+            "basinscope.analyses.ibp:ibp_train",
+            "basinscope.analyses.ibp:certified_accuracy",
+        ),
+        FIGURES,
+    )
 
 
 def test_a_new_surface_grid_recomputes_only_the_surfaces(smoke_run):

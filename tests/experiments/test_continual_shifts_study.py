@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -24,7 +23,8 @@ from basinscope.experiments.continual_shifts import (
     method_names,
     verdict,
 )
-from basinscope.experiments.registry import make_config, rebuild_report, run_study
+from basinscope.experiments.registry import make_config, run_study
+from study_checks import rebuild_computing_nothing
 
 STUDY = "continual-shifts"
 
@@ -201,31 +201,18 @@ def test_figures_and_a_self_contained_report(smoke_run):
 
 
 def test_rebuilding_the_report_computes_nothing(smoke_run, monkeypatch):
-    _, _, _, run_dir = smoke_run
-    import importlib
-
-    import basinscope.analyses as analyses
-    import basinscope.engine as engine
-    import basinscope.training as training
-
-    barrier = importlib.import_module("basinscope.analyses.barrier")
-    finetune = importlib.import_module("basinscope.training.finetune")
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    for module, name in [
-        (analyses, "adaptive_sharpness"),
-        (barrier, "barrier"),
-        (engine, "evaluate_model"),
-        (training, "train"),
-        (finetune, "finetune"),
-    ]:
-        monkeypatch.setattr(module, name, boom)
-    shutil.rmtree(run_dir / "figures")
-    (run_dir / "report.html").unlink()
-    assert rebuild_report(run_dir) == run_dir / "report.html"
-    assert (run_dir / "figures" / "matrices.png").stat().st_size > 1000
+    rebuild_computing_nothing(
+        smoke_run[3],
+        monkeypatch,
+        (
+            "basinscope.analyses:adaptive_sharpness",
+            "basinscope.analyses.barrier:barrier",
+            "basinscope.engine:evaluate_model",
+            "basinscope.training:train",
+            "basinscope.training.finetune:finetune",
+        ),
+        ("matrices",),
+    )
 
 
 @pytest.mark.parametrize(

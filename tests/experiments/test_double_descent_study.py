@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,8 @@ from basinscope.experiments.double_descent import (
     modelwise_peak,
     tracked_steps,
 )
-from basinscope.experiments.registry import make_config, rebuild_report, run_study
+from basinscope.experiments.registry import make_config, run_study
+from study_checks import rebuild_computing_nothing
 
 STUDY = "double-descent"
 FIGURES = ("modelwise", "epochwise_0", "epochwise_1", "check_overlay")
@@ -118,20 +118,15 @@ def test_figures_and_a_self_contained_report(smoke_run):
 
 
 def test_rebuilding_the_report_computes_nothing(smoke_run, monkeypatch):
-    _, _, _, run_dir = smoke_run
-    import basinscope.engine as engine
-    import basinscope.training as training
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    monkeypatch.setattr(engine, "evaluate_model", boom)
-    monkeypatch.setattr(training, "train", boom)
-    shutil.rmtree(run_dir / "figures")
-    (run_dir / "report.html").unlink()
-    assert rebuild_report(run_dir) == run_dir / "report.html"
-    for stem in FIGURES:
-        assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
+    rebuild_computing_nothing(
+        smoke_run[3],
+        monkeypatch,
+        (
+            "basinscope.engine:evaluate_model",
+            "basinscope.training:train",
+        ),
+        FIGURES,
+    )
 
 
 def test_the_report_opens_in_headless_chromium_without_errors(smoke_run):

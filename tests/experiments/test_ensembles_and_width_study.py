@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import pytest
 
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.ensembles_and_width_report import FIGURES, calibration_verdict
-from basinscope.experiments.registry import make_config, rebuild_report, run_study
+from basinscope.experiments.registry import make_config, run_study
+from study_checks import rebuild_computing_nothing
 
 STUDY = "ensembles-and-width"
 
@@ -114,30 +114,20 @@ def test_figures_and_a_self_contained_report(smoke_run):
 
 
 def test_rebuilding_the_report_computes_nothing(smoke_run, monkeypatch):
-    _, _, _, run_dir = smoke_run
-    import basinscope.analyses.calibration as calibration
-    import basinscope.analyses.ensembles as ensembles
-    import basinscope.analyses.scaling as scaling
-    import basinscope.training as training
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    for module, name in [
-        (calibration, "calibrate_log_probs"),
-        (calibration, "log_probabilities"),
-        (scaling, "fit_power_law"),
-        (scaling, "memory_split"),
-        (ensembles, "fge"),
-        (ensembles, "swa"),
-        (training, "train"),
-    ]:
-        monkeypatch.setattr(module, name, boom)
-    shutil.rmtree(run_dir / "figures")
-    (run_dir / "report.html").unlink()
-    assert rebuild_report(run_dir) == run_dir / "report.html"
-    for stem in FIGURES:
-        assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
+    rebuild_computing_nothing(
+        smoke_run[3],
+        monkeypatch,
+        (
+            "basinscope.analyses.calibration:calibrate_log_probs",
+            "basinscope.analyses.calibration:log_probabilities",
+            "basinscope.analyses.scaling:fit_power_law",
+            "basinscope.analyses.scaling:memory_split",
+            "basinscope.analyses.ensembles:fge",
+            "basinscope.analyses.ensembles:swa",
+            "basinscope.training:train",
+        ),
+        FIGURES,
+    )
 
 
 def _mono(rises):

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import pytest
 import torch
 
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.registry import make_config, rebuild_report, run_study
+from basinscope.experiments.registry import make_config, run_study
+from study_checks import rebuild_computing_nothing
 
 STUDY = "merging"
 FIGURES = ("accuracy", "selection", "decomposition", "plane_pre-trained", "plane_random")
@@ -138,32 +138,19 @@ def test_a_new_plane_grid_recomputes_only_the_planes(smoke_run):
 
 
 def test_rebuilding_the_report_computes_nothing(smoke_run, monkeypatch):
-    _, _, _, run_dir = smoke_run
-    import importlib
-
-    import basinscope.engine as engine
-    import basinscope.training as training
-
-    merging = importlib.import_module("basinscope.analyses.merging")
-    barrier = importlib.import_module("basinscope.analyses.barrier")
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    for module, name in [
-        (merging, "merge_all"),
-        (merging, "merge_decomposition"),
-        (merging, "merge_plane"),
-        (barrier, "barrier"),
-        (engine, "evaluate_model"),
-        (training, "train"),
-    ]:
-        monkeypatch.setattr(module, name, boom)
-    shutil.rmtree(run_dir / "figures")
-    (run_dir / "report.html").unlink()
-    assert rebuild_report(run_dir) == run_dir / "report.html"
-    for stem in FIGURES:
-        assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
+    rebuild_computing_nothing(
+        smoke_run[3],
+        monkeypatch,
+        (
+            "basinscope.analyses.merging:merge_all",
+            "basinscope.analyses.merging:merge_decomposition",
+            "basinscope.analyses.merging:merge_plane",
+            "basinscope.analyses.barrier:barrier",
+            "basinscope.engine:evaluate_model",
+            "basinscope.training:train",
+        ),
+        FIGURES,
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,14 +9,14 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.registry import make_config, rebuild_report, run_study
+from basinscope.experiments.registry import make_config, run_study
+from study_checks import rebuild_computing_nothing
 
 STUDY = "minefield"
 
@@ -135,28 +135,19 @@ def test_a_new_line_grid_recomputes_only_the_lines(smoke_run):
 
 
 def test_rebuilding_the_report_computes_nothing(smoke_run, monkeypatch):
-    _, _, _, run_dir = smoke_run
-    import basinscope.analyses as analyses
-    import basinscope.analyses.hessian as hessian
-    import basinscope.engine as engine
-    import basinscope.training as training
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    for module, name in [
-        (analyses, "interpolate"),
-        (analyses, "adaptive_sharpness"),
-        (analyses, "filter_normalized_sharpness"),
-        (hessian, "hessian_analysis"),
-        (engine, "evaluate_model"),
-        (training, "train"),
-    ]:
-        monkeypatch.setattr(module, name, boom)
-    shutil.rmtree(run_dir / "figures")
-    (run_dir / "report.html").unlink()
-    assert rebuild_report(run_dir) == run_dir / "report.html"
-    assert (run_dir / "figures" / "tsne_map.png").stat().st_size > 1000
+    rebuild_computing_nothing(
+        smoke_run[3],
+        monkeypatch,
+        (
+            "basinscope.analyses:interpolate",
+            "basinscope.analyses:adaptive_sharpness",
+            "basinscope.analyses:filter_normalized_sharpness",
+            "basinscope.analyses.hessian:hessian_analysis",
+            "basinscope.engine:evaluate_model",
+            "basinscope.training:train",
+        ),
+        ("tsne_map",),
+    )
 
 
 def test_the_verdict_follows_the_numbers():

@@ -9,7 +9,6 @@ import json
 import math
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,8 @@ import pytest
 import torch
 
 from basinscope.errors import BasinscopeError
-from basinscope.experiments.registry import make_config, rebuild_report, run_study
+from basinscope.experiments.registry import make_config, run_study
+from study_checks import rebuild_computing_nothing
 
 STUDY = "skip-connections"
 FIGURES = ("surfaces", "surfaces_3d_resnet8", "curvature_maps", "summary_vs_depth")
@@ -108,33 +108,21 @@ def test_running_again_reuses_every_stage_and_gives_the_same_numbers(quick_run):
 
 
 def test_rebuilding_the_report_computes_nothing(quick_run, monkeypatch):
-    _, _, _, run_dir = quick_run
-    import basinscope.analyses as analyses
-    import basinscope.analyses.hessian as hessian
-    import basinscope.analyses.hessian_map as hessian_map
-    import basinscope.analyses.landscape as landscape
-    import basinscope.engine as engine
-    import basinscope.training as training
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    for module, name in [
-        (analyses, "random_surface"),
-        (analyses, "compute_landscape"),
-        (landscape, "compute_landscape"),
-        (hessian_map, "curvature_map"),
-        (hessian, "hessian_analysis"),
-        (engine, "evaluate_model"),
-        (training, "train"),
-    ]:
-        monkeypatch.setattr(module, name, boom)
-    shutil.rmtree(run_dir / "figures")
-    (run_dir / "report.html").unlink()
-    assert rebuild_report(run_dir) == run_dir / "report.html"
-    assert (run_dir / "report.html").stat().st_size > 10_000
-    for stem in FIGURES:
-        assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
+    rebuild_computing_nothing(
+        quick_run[3],
+        monkeypatch,
+        (
+            "basinscope.analyses:random_surface",
+            "basinscope.analyses:compute_landscape",
+            "basinscope.analyses.landscape:compute_landscape",
+            "basinscope.analyses.hessian_map:curvature_map",
+            "basinscope.analyses.hessian:hessian_analysis",
+            "basinscope.engine:evaluate_model",
+            "basinscope.training:train",
+        ),
+        FIGURES,
+        min_html=10_000,
+    )
 
 
 def test_a_new_surface_grid_recomputes_only_the_surfaces(quick_run):

@@ -16,6 +16,7 @@ from basinscope.experiments import transfer_fit as fit
 from basinscope.experiments.registry import make_config, rebuild_report, run_study
 from basinscope.experiments.stages import stage_folders
 from basinscope.experiments.transfer_methods import DEFINITIONS as STUDY_DEFINITIONS
+from study_checks import forbid
 
 
 def _section(transfer_smoke):
@@ -133,14 +134,7 @@ def test_figures_and_the_report_section(transfer_smoke):
 
 def test_rebuilding_the_section_trains_nothing(transfer_smoke, monkeypatch):
     _, _, _, run_dir = transfer_smoke
-    import basinscope.engine as engine
-    import basinscope.training as training
-
-    def boom(*args, **kwargs):
-        raise AssertionError("the report recomputed something")
-
-    monkeypatch.setattr(training, "train", boom)
-    monkeypatch.setattr(engine, "evaluate_model", boom)
+    forbid(monkeypatch, ("basinscope.training:train", "basinscope.engine:evaluate_model"))
     for stem in fit.FIGURES:
         (run_dir / "figures" / f"{stem}.png").unlink()
     rebuild_report(run_dir)
