@@ -42,3 +42,24 @@ def rebuild_computing_nothing(
     assert (run_dir / "report.html").stat().st_size > min_html
     for stem in figures:
         assert (run_dir / "figures" / f"{stem}.png").stat().st_size > 1000
+
+
+def opens_in_chromium(report: Path, *, figures: int, exactly: bool = False) -> None:
+    """Open ``report`` in headless Chromium (``browser.check_report``): no console error, at
+    least (or ``exactly``) ``figures`` figures, each drawn. Skipped where Chromium is not
+    installed, except on CI (``.ci/run`` installs it)."""
+    import os
+
+    import pytest
+
+    from browser import check_report, chromium_path
+
+    if chromium_path() is None and os.environ.get("CI") != "true":
+        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
+    out = check_report(report, timeout=120)
+    assert out["console_errors"] == []
+    if exactly:
+        assert out["n_figures"] == figures
+    else:
+        assert out["n_figures"] >= figures
+    assert all(f["ok"] for f in out["figures"]), out["figures"]

@@ -5,7 +5,6 @@ configuration in the ``science`` tier (tests/experiments/test_studies_science.py
 
 import json
 import math
-import os
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import torch
 
 from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import make_config, rebuild_report, run_study
-from study_checks import forbid
+from study_checks import forbid, opens_in_chromium
 
 NAME = "flatness-vs-batch-size"
 NUMBERS = (
@@ -169,14 +168,9 @@ def test_bad_settings_are_refused_with_a_clear_message():
 
 
 def test_the_report_opens_in_headless_chromium_without_errors(runs):
-    from browser import check_report, chromium_path
-
-    if chromium_path() is None and os.environ.get("CI") != "true":
-        pytest.skip("Chromium is not installed (.ci/run installs Debian's chromium)")
-    out = check_report(Path(runs[2]["run_dir"]) / "report.html", timeout=120)
-    assert out["console_errors"] == []
-    assert out["n_figures"] == len(FIGURES) + 3
-    assert all(f["ok"] for f in out["figures"]), out["figures"]
+    opens_in_chromium(
+        Path(runs[2]["run_dir"]) / "report.html", figures=len(FIGURES) + 3, exactly=True
+    )
 
 
 # -- device and dtype (see also tests/experiments/test_study_device.py) ----------------------
