@@ -162,13 +162,10 @@ def label_offsets(
 def label_points(ax: Any, pts: list[tuple[float, float, str]]) -> None:
     """Name each point (x, y, label) of ``ax`` with a label that does not sit on another's,
     joined to its point by a thin line when it had to move."""
-    import numpy as np
-
-    ax.figure.canvas.draw()  # fix the limits the data set
-    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()  # autoscaled to the data drawn so far
     frac = [((x - x0) / (x1 - x0), (y - y0) / (y1 - y0)) for x, y, _ in pts]
     for (x, y, label), (fx, fy), (dx, dy) in zip(pts, frac, label_offsets(frac), strict=True):
-        moved = bool(np.abs(dy) > 1e-12)
+        moved = abs(dy) > 1e-12
         ax.annotate(
             label,
             (x, y),
