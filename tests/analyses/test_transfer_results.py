@@ -273,3 +273,24 @@ def test_summaries_are_the_command_lines(data):
     r = rewind(a, b, data, split="test")
     assert r.summary()[0].startswith("final model on test: loss ")
     assert [line.split()[0] for line in r.summary()[2:]] == ["1", "3"]
+
+
+def test_the_summary_says_what_the_trust_region_did():
+    from types import SimpleNamespace
+
+    from basinscope.training.finetune import _trust_line
+
+    def run(scales, spec):
+        h = {"trust_step": [10, 20], "trust_barrier": [0.01, 0.03], "trust_scale": scales}
+        return SimpleNamespace(strategy="trust-region", history=h, spec=spec)
+
+    acted = _trust_line(run([1.0, 0.5], {"trust_epsilon": 0.02}))
+    assert acted == (
+        "trust-region: 2 checks, 1 projections toward w_pre; largest source-loss rise 0.03 "
+        "(epsilon 0.02)"
+    )
+    idle = _trust_line(run([1.0, 1.0], SimpleNamespace(trust_epsilon=0.05)))
+    assert idle.endswith(
+        "it never acted, so it trained as ft does; a smaller --trust-epsilon constrains it"
+    )
+    assert _trust_line(SimpleNamespace(strategy="ft", history={"step": [1]}, spec=None)) is None

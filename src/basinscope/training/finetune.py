@@ -379,10 +379,37 @@ class FinetuneComparison(Result, kind="finetune_comparison"):
             f"{fmt(row['forgetting']):>10} {fmt(row['adaptation']):>10}"
             for row in self.table()
         ]
+        lines += [t for r in self.strategies if (t := _trust_line(r))]
         if self.weights_files:
             folder = Path(next(iter(self.weights_files.values()))).parent
             lines.append(f"fine-tuned weights: {folder}")
         return lines
+
+
+def _trust_line(r: FinetuneResult) -> str | None:
+    """What the trust region did, in one line (None for other strategies): its checks, its
+    projections and the largest source-loss rise against epsilon, and what to change when
+    it never acted (then it trained exactly as ``ft`` does)."""
+    h = r.history
+    if not h.get("trust_step"):
+        return None
+    spec = r.spec
+    eps = (
+        spec.get("trust_epsilon")
+        if isinstance(spec, dict)
+        else getattr(spec, "trust_epsilon", None)
+    )
+    moved = sum(scale < 1.0 for scale in h["trust_scale"])
+    line = (
+        f"{r.strategy}: {len(h['trust_step'])} checks, {moved} projections toward w_pre; "
+        f"largest source-loss rise {max(h['trust_barrier']):.4g}"
+        + (f" (epsilon {eps:g})" if eps is not None else "")
+    )
+    if not moved:
+        line += (
+            ": it never acted, so it trained as ft does; a smaller --trust-epsilon constrains it"
+        )
+    return line
 
 
 def _module_params(model: nn.Module, module: str) -> list[str]:
