@@ -49,7 +49,7 @@ from basinscope.experiments.stages import (
     stage_dir,
     train_stage,
 )
-from basinscope.experiments.transfer_common import finetune_call
+from basinscope.experiments.transfer_common import finetune_call, spread
 
 __all__ = [
     "DEFINITIONS",
@@ -233,17 +233,6 @@ def learning_accuracy(acc: list[list[float]]) -> float:
     it was learned (plasticity; Riemer et al. 2019's learning accuracy, without task 0)."""
     t = len(acc)
     return float(np.mean([acc[j][j] for j in range(1, t)]))
-
-
-def _spread(values: list[float]) -> dict[str, Any]:
-    v = np.asarray(values, float)
-    return {
-        "mean": float(v.mean()),
-        "std": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-        "min": float(v.min()),
-        "max": float(v.max()),
-        "values": [float(x) for x in v],
-    }
 
 
 def _digits(cfg: ContinualShiftsConfig) -> dict[str, Any]:
@@ -555,7 +544,7 @@ def run(cfg: ContinualShiftsConfig, ctx: StudyContext) -> dict[str, Any]:
             "runs": runs,
             "mean_accuracy": mean_acc,
             **{
-                k: _spread([r[k] for r in runs])
+                k: spread([r[k] for r in runs])
                 for k in (
                     "average_forgetting",
                     "average_final_accuracy",
@@ -589,8 +578,8 @@ def run(cfg: ContinualShiftsConfig, ctx: StudyContext) -> dict[str, Any]:
         for signal in ("surgical", *cfg.mask_signals):
             rs = [r for r in rows if r["budget"] == block and r["signal"] == signal]
             per[signal] = {
-                "target_gain": _spread([r["target_gain"] for r in rs]),
-                "source_forgetting": _spread([r["source_forgetting"] for r in rs]),
+                "target_gain": spread([r["target_gain"] for r in rs]),
+                "source_forgetting": spread([r["source_forgetting"] for r in rs]),
                 "trainable_params": rs[0]["trainable_params"],
             }
         subnet[block] = {
@@ -746,7 +735,7 @@ DEFINITIONS = {
     "after fine-tuning",
     "trainable_params": "parameter entries the method may change (the mask's kept entries, or "
     "the surgical block's parameters)",
-    "spread": "mean, sample std, min and max over the seeds (data orders 0..seeds-1)",
+    "spread": "mean (with its Student-t interval, ci), sample std, min and max over the seeds (data orders 0..seeds-1)",
     "clearly": "the seeds' ranges do not overlap (by more than clear_margin)",
 }
 
