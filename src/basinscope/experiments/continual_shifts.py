@@ -735,7 +735,8 @@ DEFINITIONS = {
     "after fine-tuning",
     "trainable_params": "parameter entries the method may change (the mask's kept entries, or "
     "the surgical block's parameters)",
-    "spread": "mean (with its Student-t interval, ci), sample std, min and max over the seeds (data orders 0..seeds-1)",
+    "spread": "mean (with its Student-t interval, ci), sample std, min and max over the seeds "
+    "(data orders 0..seeds-1)",
     "clearly": "the seeds' ranges do not overlap (by more than clear_margin)",
 }
 
