@@ -14,7 +14,7 @@ from basinscope.engine.metrics import BUILTIN_METRICS, batch_values, class_major
 from basinscope.errors import BasinscopeError
 from basinscope.geometry import get_buffers, get_params, random_directions
 from basinscope.models import lenet, mlp
-from helpers import reference_metrics
+from helpers import MemoryJournal, reference_metrics
 
 
 class FlattenCall(nn.Module):
@@ -232,28 +232,6 @@ def test_trial_records_every_timing_and_decides_by_the_median(digits_xy):
     assert ev.trial["trial_points"] == 16 and ev.trial["trial_examples"] == 200
 
 
-class _MemoryJournal:
-    """A journal that recorded a strategy (as a run of an earlier version would have)."""
-
-    def __init__(self, recorded):
-        self.recorded, self.chunks = recorded, {}
-
-    def done_chunks(self):
-        return set(self.chunks)
-
-    def write_chunk(self, index, rows, values):
-        self.chunks[index] = values
-
-    def read_values(self):
-        return {}
-
-    def recorded_strategy(self):
-        return self.recorded
-
-    def record_strategy(self, info):
-        self.recorded = dict(info)
-
-
 @pytest.mark.parametrize("path", ["plain", "basis"])
 def test_a_resumed_run_computes_as_its_journal_recorded(digits_xy, path):
     """A journal from before the first-layer path (no ``first_layer`` in its trial) resumes
@@ -275,7 +253,7 @@ def test_a_resumed_run_computes_as_its_journal_recorded(digits_xy, path):
 
     expected = evaluate_points(job(path), coeffs, chunk_size=2).values
     trial = {} if path == "plain" else {"first_layer": "basis"}
-    journal = _MemoryJournal({"strategy": "vmap", "trial": trial})
+    journal = MemoryJournal({"strategy": "vmap", "trial": trial})
     resumed = evaluate_points(job("auto"), coeffs, chunk_size=2, journal=journal)
     for name, v in expected.items():
         assert resumed.values[name].tobytes() == v.tobytes(), name

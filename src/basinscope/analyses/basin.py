@@ -175,7 +175,10 @@ class PinnedEvalOptions(EvalOptions):
     points give bit-identical values (the basin test evaluates points more than once)."""
 
     strategy: str = option(
-        "loop", "loop (the default: bit-identical values), vmap or auto.", choices=STRATEGIES
+        "loop",
+        "loop (the default: bit-identical values), vmap, auto or compiled (the loop through "
+        "torch.compile).",
+        choices=STRATEGIES,
     )
 
 

@@ -72,6 +72,7 @@ from basinscope.spec import (
     BN_POLICIES,
     EVAL_DTYPES,
     STRATEGIES,
+    STRATEGY_HELP,
     EvalOptions,
     Spec,
     option,
@@ -206,7 +207,7 @@ class CurveEvalSpec(Spec):
     )
     device: str = option("cpu", _eval_help("device"))
     chunk_size: int = option(64, _eval_help("chunk_size"), low=1, high=MAX_COUNT)
-    strategy: str = option("auto", "auto (time both), vmap or loop.", choices=STRATEGIES)
+    strategy: str = option("auto", STRATEGY_HELP, choices=STRATEGIES)
 
     def check(self) -> None:
         EvalOptions(device=self.device)  # the device is available (EvalOptions' check)

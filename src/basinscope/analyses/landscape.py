@@ -224,9 +224,11 @@ class Landscape(Result, kind="landscape"):
         strategy and the speed, a note per variable with non-finite values (recorded as
         they are), and each variable's range."""
         ev = self.evaluation
+        compiled = (ev.get("trial") or {}).get("compile_seconds")
+        how = f" (compiled in {compiled:.1f} s)" if compiled is not None else ""
         lines = [
-            f"{self.definition}: {ev.get('points')} points, strategy {ev.get('strategy')}, "
-            f"{ev.get('points_per_second', float('nan')):.1f} points/s"
+            f"{self.definition}: {ev.get('points')} points, strategy {ev.get('strategy')}"
+            f"{how}, {ev.get('points_per_second', float('nan')):.1f} points/s"
         ]
         for name, count in (ev.get("nonfinite") or {}).items():
             lines.append(

@@ -25,7 +25,16 @@ from basinscope.engine.precision import PRECISIONS, to_dtype
 from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, get_buffers, get_params
 from basinscope.result import Result, fmt
-from basinscope.spec import EVAL_DTYPES, STRATEGIES, EvalOptions, Spec, group, option, takes_spec
+from basinscope.spec import (
+    EVAL_DTYPES,
+    STRATEGIES,
+    STRATEGY_HELP,
+    EvalOptions,
+    Spec,
+    group,
+    option,
+    takes_spec,
+)
 
 __all__ = ["REWIND_DEFINITION", "EngineOptions", "RewindResult", "RewindSpec", "rewind"]
 
@@ -85,9 +94,7 @@ class EngineOptions(Spec):
         choices=EVAL_DTYPES,
     )
     device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
-    strategy: str = option(
-        "auto", "Evaluation engine: auto (time both), vmap or loop.", choices=STRATEGIES
-    )
+    strategy: str = option("auto", f"Evaluation engine: {STRATEGY_HELP}", choices=STRATEGIES)
     chunk_size: int = option(64, "Points per engine call.", low=1, cli=False)
 
     def check(self) -> None:

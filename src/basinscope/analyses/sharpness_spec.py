@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from basinscope._checks import MAX_STEPS, at_least, check_seed, positive_float
 from basinscope.curvature.loss import curvature_dtype
 from basinscope.errors import BasinscopeError
-from basinscope.spec import DTYPES, STRATEGIES, EvalOptions, Spec, option
+from basinscope.spec import DTYPES, STRATEGIES, STRATEGY_HELP, EvalOptions, Spec, option
 
 __all__ = ["MEASURE_NAMES", "NORMS", "SharpnessSpec"]
 
@@ -88,7 +88,7 @@ class SharpnessSpec(Spec):
     strategy: str = option(
         "auto",
         "How the engine evaluates the points of average, adaptive and filter_normalized: "
-        "auto (time both), vmap or loop.",
+        + STRATEGY_HELP,
         choices=STRATEGIES,
     )
 

@@ -7,7 +7,12 @@ For every chunk of ``K`` points the engine reads each data batch once and evalua
           of the chunk (one big matmul per layer: fast for MLPs), or
 ``loop``  with a tight loop of ``functional_call`` over the points (no model copies, no
           state-dict loads: fast for convolutions, which ``vmap`` turns into grouped
-          convolutions that are slow on CPUs).
+          convolutions that are slow on CPUs), or
+``compiled`` the loop with the per-point forward compiled by :func:`torch.compile`
+          (inductor; a C++ compiler on a CPU): seconds of compilation per input shape,
+          recorded in the trial info as ``compile_seconds``, then a faster forward pass
+          where pooling, ReLU and small convolutions bound it (LeNet: about 2x the loop
+          per point). Never chosen by ``auto``: it pays only for jobs with enough points.
 
 On either strategy the first Linear/Conv2d layer is, where it applies, evaluated once on
 the origin and each direction and combined per point (``first_layer``,
@@ -25,6 +30,8 @@ from __future__ import annotations
 
 import copy
 import time
+import types
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -63,7 +70,7 @@ __all__ = [
     "evaluate_points",
 ]
 
-STRATEGIES = ("auto", "vmap", "loop")
+STRATEGIES = ("auto", "vmap", "loop", "compiled")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 TRIAL_POINTS = 16
 TRIAL_EXAMPLES = 512
@@ -207,6 +214,8 @@ class Evaluator:
         self.widest = _widest_activation(model, self.splits, self.task)
         self._first_cache: dict[tuple[str, int], Tensor] = {}
         self._first_cache_bytes = 0
+        self._compiled: Callable[..., Any] | None = None
+        self._compiled_shapes: set[tuple[Any, ...]] = set()
 
     def _plan_first_layer(self) -> FirstLayer | None:
         """The model cut after its first layer when the basis path is taken (recorded in
@@ -353,8 +362,9 @@ class Evaluator:
                 else:
                     vals: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
                     rows = c.tolist()
+                    compiled = self.strategy == "compiled"
                     for i in range(k):
-                        o = self._forward_one(params, bufs, i, inp, rows[i])
+                        o = self._forward_one(params, bufs, i, inp, rows[i], compiled)
                         o = o[0] if isinstance(o, tuple) else o
                         for m in self.metrics:
                             v = class_major_values(m, o.unsqueeze(0), y) if o.ndim == 2 else None
@@ -394,8 +404,9 @@ class Evaluator:
                             else:
                                 sums[j] += self._metric_stacked(m, pred, yb)
                 else:
+                    compiled = strategy == "compiled"
                     for i in range(k):
-                        o = self._forward_one(params, bufs, i, inp, rows[i])
+                        o = self._forward_one(params, bufs, i, inp, rows[i], compiled)
                         pred, own = o if isinstance(o, tuple) else (o, None)
                         for j, m in enumerate(self.metrics):
                             if self.own_loss[j]:
@@ -452,15 +463,62 @@ class Evaluator:
         ``w.clone(memory_format=torch.channels_last)`` gives; ``contiguous`` would keep NCHW
         strides on a weight with one input channel, and oneDNN would take its slow path)."""
         params, moving = self.job.basis.stacked(c, self.dtype, self.device)
-        if self.channels_last and strategy == "loop":
+        if self.channels_last and strategy in ("loop", "compiled"):
             params = {k: _channels_last_stack(v) if v.dim() == 5 else v for k, v in params.items()}
         return params, moving
 
-    def _forward_one(self, params, bufs, i: int, x, coeffs: list[float]):
+    def _forward_one(self, params, bufs, i: int, x, coeffs: list[float], compiled: bool = False):
         b = points_dict(bufs, i) if bufs is not None else self.buffers
+        if compiled:  # the combination is compiled too: fused with what follows it
+            point = torch.tensor(coeffs, dtype=self.dtype) if self.first is not None else None
+            return self._call_compiled(points_dict(params, i), b, x, point)
         if self.first is not None:  # x: the first layer's outputs on the basis
-            return self._call_tail(points_dict(params, i), b, FirstLayer.combine_one(x, coeffs))
+            h = FirstLayer.combine_one(x, coeffs)
+            return self._call_tail(points_dict(params, i), b, h)
         return self._call(points_dict(params, i), b, x)
+
+    def _call_point(self, p, b, x, c: Tensor | None):
+        """The forward pass of one point; on the basis path ``x`` holds the first layer's
+        outputs on the basis and ``c`` the point's coefficients (``dim`` values)."""
+        if c is None:
+            return self._call(p, b, x)
+        h = x[0]
+        for d in range(c.shape[0]):
+            h = h + c[d] * x[1 + d]
+        return self._call_tail(p, b, h)
+
+    def _call_compiled(self, p, b, x, c: Tensor | None):
+        """The per-point forward through :func:`torch.compile`. Each new input shape (a
+        split's last, smaller batch) compiles once more; the seconds those first calls take
+        are added to ``trial["compile_seconds"]``, and a failure to compile is an error
+        that says how to go on without it."""
+        shape = _shapes(x)
+        if shape in self._compiled_shapes:
+            return self._compiled(p, b, x, c)
+        t0 = time.perf_counter()  # importing inductor is part of the cost
+        try:
+            with warnings.catch_warnings():  # torch's own deprecations, met while importing
+                warnings.simplefilter("ignore", DeprecationWarning)
+                if self._compiled is None:
+                    self._compiled = torch.compile(_own_copy(self._call_point), dynamic=False)
+                if isinstance(x, Tensor):  # one compilation for every batch size
+                    torch._dynamo.maybe_mark_dynamic(x, 0 if c is None else 1)
+                out = self._compiled(p, b, x, c)
+        except Exception as e:
+            text = " ".join(str(e).split())[:300]
+            raise BasinscopeError(
+                f"strategy 'compiled' could not compile the per-point forward pass with "
+                f"torch.compile ({type(e).__name__}: {text}); use strategy 'loop' "
+                "(--strategy loop), which computes the same values without compiling, or "
+                "install what the error names (on a CPU inductor needs a C++ compiler, g++ "
+                "or the one in $CXX)"
+            ) from None
+        self._compiled_shapes.add(shape)
+        self.trial["compile_seconds"] = self.trial.get("compile_seconds", 0.0) + (
+            time.perf_counter() - t0
+        )
+        self.trial["compiled_shapes"] = len(self._compiled_shapes)
+        return out
 
     def _forward_vmap(self, params, bufs, x, c: Tensor):
         if self.first is not None:  # x: the first layer's outputs on the basis
@@ -541,6 +599,30 @@ def _widest_activation(model: nn.Module, splits: Mapping[str, Any], task: Task) 
         for h in handles:
             h.remove()
     return widest
+
+
+def _own_copy(method: Any) -> Any:
+    """``method`` bound to a copy of its function with a code object of its own.
+    :func:`torch.compile` keeps its compilations on the code object, at most
+    ``torch._dynamo.config.recompile_limit`` (8) of them, so evaluators that shared one
+    would, from the ninth model in a process (a study's surfaces), fall back to eager code;
+    each evaluator's copy holds its own and is freed with it."""
+    fn = method.__func__
+    own = types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    return types.MethodType(own, method.__self__)
+
+
+def _shapes(x: Any) -> tuple[Any, ...]:
+    """The shapes of a batch's tensors (what a new compilation depends on)."""
+    if isinstance(x, Tensor):
+        return (tuple(x.shape),)
+    if isinstance(x, Mapping):
+        return tuple((k, *_shapes(v)) for k, v in sorted(x.items()))
+    if isinstance(x, (tuple, list)):
+        return tuple(s for v in x for s in _shapes(v))
+    return (type(x).__name__,)
 
 
 def _channels_last_stack(v: Tensor) -> Tensor:
