@@ -11,7 +11,12 @@ What it measures (issue 13, "Engine speed"), in one run, round-robin:
   with its default figures) against a plain script that imports torch and
   ``loss_landscapes``, loads the same weights and data and computes the same plane.
 * **LeNet on all 1,797 digits** (and, with ``--mnist``, LeNet-28 on the 5,000 MNIST
-  images): the engine against the naive per-point loop.
+  images): the engine against the naive per-point loop, with the defaults and with
+  ``strategy="compiled"`` (the loop through ``torch.compile``). A timed compiled run builds
+  a new evaluator, which traces again but finds inductor's kernels cached by the warm-up; the
+  warm-up's compile time (``first_compile_seconds``, what a process pays on its first
+  compilation, with inductor's on-disk cache as it is) is recorded, and the compiled time
+  "with the first compilation" is the timed median minus its runs' compile time plus that.
 * The machine's float32 matmul rate, and the fraction of it the engine reaches "inside the
   engine": the nominal forward FLOPs of the Linear and Conv2d layers x examples x points /
   the engine's seconds (``evaluation["seconds"]``: strategy trial and chunks). The engine
@@ -113,7 +118,7 @@ def setups(mnist: bool) -> dict[str, tuple[nn.Module, Any]]:
 # -----------------------------------------------------------------------------------------
 # 3. The methods, in process
 # -----------------------------------------------------------------------------------------
-def engine_surface(model: nn.Module, data, axis: np.ndarray):
+def engine_surface(model: nn.Module, data, axis: np.ndarray, strategy: str = "auto"):
     return random_surface(
         model,
         data,
@@ -122,6 +127,7 @@ def engine_surface(model: nn.Module, data, axis: np.ndarray):
         betas=axis,
         batch_size=ENGINE_BATCH,
         chunk_size=ENGINE_CHUNK,
+        strategy=strategy,
     )
 
 
@@ -234,11 +240,14 @@ def bench_model(
     loader = DataLoader(TensorDataset(data.x, data.y), batch_size=NAIVE_BATCH, shuffle=False)
     axis = np.linspace(*RANGE, grid)
     points = [(float(a), float(b)) for a in axis for b in axis]
-    methods = ["engine", "naive"] + (["loss_landscapes"] if name == "mlp" else [])
+    peers = ["loss_landscapes"] if name == "mlp" else ["compiled"]
+    methods = ["engine", "naive", *peers]
 
     def run(method: str):
         if method == "engine":
             return engine_surface(model, data, axis)
+        if method == "compiled":
+            return engine_surface(model, data, axis, strategy="compiled")
         if method == "naive":
             return naive_surface(model, center, d1, d2, loader, points)
         return loss_landscapes_surface(model, data, grid)
@@ -248,6 +257,10 @@ def bench_model(
     naive_surface(model, center, d1, d2, loader, points[:3])
     if "loss_landscapes" in methods:
         loss_landscapes_surface(model, data, 3)
+    first_compile = None
+    if "compiled" in methods:  # the same batch shapes as the timed runs: it compiles them
+        warm = engine_surface(model, data, small, strategy="compiled")
+        first_compile = warm.evaluation["trial"]["compile_seconds"]
 
     runs: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     outputs: dict[str, Any] = {}
@@ -259,17 +272,22 @@ def bench_model(
             waited = wait_for_quiet(QUIET_WAIT, CONTENDED_CORES)
             outputs[m], t = timed(lambda m=m: run(m))
             extra = {}
-            if m == "engine":
+            if m in ("engine", "compiled"):
                 ev = outputs[m].evaluation
                 extra = {"engine_seconds": ev["seconds"], "strategy": ev["strategy"]}
                 extra["trial"] = ev["trial"]
             runs[m].append({**t, "waited": waited, **extra})
 
+    def values(land) -> np.ndarray:
+        return np.stack(
+            [land.dataset[f"train_{k}"].values.reshape(-1) for k in ("loss", "accuracy")], 1
+        )
+
+    engine_values = values(outputs["engine"])
     land = outputs["engine"]
-    engine_values = np.stack(
-        [land.dataset[f"train_{k}"].values.reshape(-1) for k in ("loss", "accuracy")], 1
-    )
     diff = np.abs(engine_values - outputs["naive"]).max(axis=0)
+    if "compiled" in methods:
+        diff = np.maximum(diff, np.abs(values(outputs["compiled"]) - outputs["naive"]).max(0))
     flops = forward_flops(model, data.x)
     nominal = flops * len(data) * len(points)
     performed = performed_flops(model, data.x, len(points)) * len(data)
@@ -289,13 +307,30 @@ def bench_model(
     for m in methods:
         sec, clean = median_seconds(runs[m], CONTENDED_CORES)
         result["methods"][m] = {"seconds": sec, "clean_runs": clean, "runs": runs[m]}
+    for m in ("engine", "compiled"):
+        if m not in methods:
+            continue
+        eng = result["methods"][m]
+        clean_eng = [r for r in runs[m] if is_clean(r, CONTENDED_CORES)] or runs[m]
+        eng["engine_seconds"] = statistics.median(r["engine_seconds"] for r in clean_eng)
+        eng["strategies"] = sorted({r["strategy"] for r in runs[m]})
     eng = result["methods"]["engine"]
-    clean_eng = [r for r in runs["engine"] if is_clean(r, CONTENDED_CORES)] or runs["engine"]
-    eng["engine_seconds"] = statistics.median(r["engine_seconds"] for r in clean_eng)
-    eng["strategies"] = sorted({r["strategy"] for r in runs["engine"]})
     for m in methods:
-        if m != "engine":
+        if m not in ("engine", "compiled"):
             result[f"speedup_vs_{m}"] = result["methods"][m]["seconds"] / eng["seconds"]
+    if "compiled" in methods:
+        comp = result["methods"]["compiled"]
+        clean = [r for r in runs["compiled"] if is_clean(r, CONTENDED_CORES)] or runs["compiled"]
+        again = statistics.median(r["trial"]["compile_seconds"] for r in clean)
+        comp["first_compile_seconds"] = first_compile
+        comp["compile_seconds_in_timed_runs"] = again
+        comp["seconds_with_first_compile"] = comp["seconds"] - again + first_compile
+        comp["engine_seconds_with_first_compile"] = comp["engine_seconds"] - again + first_compile
+        naive = result["methods"]["naive"]["seconds"]
+        result["compiled_speedup_vs_naive"] = naive / comp["seconds"]
+        result["compiled_speedup_vs_naive_with_first_compile"] = (
+            naive / comp["seconds_with_first_compile"]
+        )
     return result
 
 
@@ -331,6 +366,11 @@ def main() -> None:
         r["engine_gflops_nominal"] = r["nominal_flops"] / eng["engine_seconds"] / 1e9
         r["efficiency"] = r["engine_gflops_nominal"] / peak
         r["efficiency_performed"] = r["performed_flops"] / eng["engine_seconds"] / 1e9 / peak
+        comp = r["methods"].get("compiled")
+        if comp:
+            r["compiled_efficiency_with_first_compile"] = (
+                r["nominal_flops"] / comp["engine_seconds_with_first_compile"] / 1e9 / peak
+            )
         goal = GOALS[name]
         peer_speedup = (
             processes["cli_no_plot"]["speedup_vs_loss_landscapes_script"]
@@ -343,6 +383,15 @@ def main() -> None:
             "speedup_met": peer_speedup >= goal["speedup"],
             "efficiency_met": r["efficiency"] >= goal["efficiency"],
         }
+        if comp:  # the same goals with --strategy compiled, first compilation included
+            speed = r["compiled_speedup_vs_naive_with_first_compile"]
+            eff = r["compiled_efficiency_with_first_compile"]
+            r["goal"]["compiled"] = {
+                "speedup_measured": speed,
+                "speedup_met": speed >= goal["speedup"],
+                "efficiency": eff,
+                "efficiency_met": eff >= goal["efficiency"],
+            }
 
     print(
         f"\nbasinscope engine benchmark: {grid}x{grid} filter-normalized surfaces, torch "
@@ -365,6 +414,21 @@ def main() -> None:
             f"{r['efficiency']:>8.1%} {r['max_abs_diff']['loss']:>10.1e} "
             f"{'/'.join(m['engine']['strategies']):>9}"
         )
+        if "compiled" in m:
+            c = m["compiled"]
+            print(
+                f"{'  compiled':<12} {c['seconds']:>9.3f} {c['engine_seconds']:>9.3f} "
+                f"{'':>8} {'-':>7} {r['compiled_speedup_vs_naive']:>7.1f}x {'-':>7} "
+                f"{r['nominal_flops'] / c['engine_seconds'] / 1e9 / peak:>8.1%} "
+                f"{'':>10} {'compiled':>9}"
+            )
+            print(
+                f"{'  +1st comp.':<12} {c['seconds_with_first_compile']:>9.3f} "
+                f"{c['engine_seconds_with_first_compile']:>9.3f} {'':>8} {'-':>7} "
+                f"{r['compiled_speedup_vs_naive_with_first_compile']:>7.1f}x {'-':>7} "
+                f"{r['compiled_efficiency_with_first_compile']:>8.1%}   "
+                f"(first compilation {c['first_compile_seconds']:.1f} s)"
+            )
     p = processes
     print(
         f"\nwhole processes (MLP, medians of {proc_repeats}): CLI --no-plot "
@@ -381,6 +445,13 @@ def main() -> None:
             f"{'met' if g['speedup_met'] else 'NOT met'}; >= {g['efficiency']:.0%} of matmul: "
             f"{r['efficiency']:.1%} {'met' if g['efficiency_met'] else 'NOT met'}"
         )
+        if "compiled" in g:
+            c = g["compiled"]
+            print(
+                f"  {'':<12} with --strategy compiled (first compilation included): "
+                f"{c['speedup_measured']:.1f}x {'met' if c['speedup_met'] else 'NOT met'}; "
+                f"{c['efficiency']:.1%} {'met' if c['efficiency_met'] else 'NOT met'}"
+            )
 
     report = {
         "benchmark": "bench_engine",
