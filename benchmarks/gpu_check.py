@@ -308,6 +308,12 @@ def check_surface_bf16(s, dev):  # bfloat16 autocast, compared with the CPU's fl
     return A.random_surface(m, s["data"], alphas=g, betas=g, dtype=dtype, device=dev)
 
 
+def check_surface_compiled(s, dev):  # the loop through torch.compile (Triton on a GPU)
+    g = _axis(3)
+    m = _fresh(s, "resnet_a")
+    return A.random_surface(m, s["data"], alphas=g, betas=g, strategy="compiled", device=dev)
+
+
 def check_interpolate(s, dev):
     a, b = _fresh(s, "mlp_a"), _fresh(s, "mlp_b")
     return A.interpolate(a, b, s["data"], alphas=np.linspace(0, 1, 11), device=dev)
@@ -435,6 +441,7 @@ CHECKS: dict[str, tuple[Callable[[dict[str, Any], str], Any], tuple[float, float
     "surface": (check_surface, TOL_FLOAT32),
     "surface[bn=recompute]": (check_surface_bn_recompute, TOL_FLOAT32),
     "surface[bfloat16]": (check_surface_bf16, TOL_BF16),
+    "surface[compiled]": (check_surface_compiled, TOL_FLOAT32),
     "interpolate": (check_interpolate, TOL_FLOAT32),
     "interpolate[random line]": (check_random_line, TOL_FLOAT32),
     "barrier": (check_barrier, TOL_FLOAT32),
