@@ -104,13 +104,15 @@ def assert_same(a, b):
         assert a.dataset[name].values.tobytes() == b.dataset[name].values.tobytes(), name
 
 
-@pytest.mark.parametrize("strategy", ["vmap", "loop"])
+@pytest.mark.parametrize("strategy", ["vmap", "loop", "compiled"])
 def test_surface_equals_the_local_executor_bit_for_bit(ex, data, strategy):
     model = mlp()
     kw = dict(alphas=np.linspace(-1, 1, 5), betas=np.linspace(-1, 1, 4), chunk_size=3)
     local = random_surface(model, data, strategy=strategy, **kw)
     remote = random_surface(model, data, strategy=strategy, executor=ex, **kw)
     assert_same(local, remote)
+    if strategy == "compiled":  # each worker compiles; the driver records the slowest
+        assert remote.evaluation["trial"]["compile_seconds"] > 0
     assert local.evaluation["executor"] == "local"
     assert remote.evaluation["executor"] == "ray"
     assert remote.evaluation["workers"] == 2

@@ -103,12 +103,16 @@ class _ChunkWorker:
         self.collect = getattr(job, "per_example", None)
         return os.getpid()
 
-    def evaluate(self, index: int, coeffs: np.ndarray) -> tuple[int, dict[str, np.ndarray], list]:
+    def evaluate(
+        self, index: int, coeffs: np.ndarray
+    ) -> tuple[int, dict[str, np.ndarray], list, float | None]:
+        """A chunk's values, its per-example values, and this worker's compile seconds so
+        far (strategy ``compiled``; else None)."""
         values = self.evaluator.evaluate_chunk(coeffs)
         items: list = []
         if isinstance(self.collect, _Collect):
             items, self.collect.items = self.collect.items, []
-        return index, values, items
+        return index, values, items, self.evaluator.trial.get("compile_seconds")
 
 
 def _run_call(call: Callable[[], Any]) -> tuple[bool, Any]:
@@ -299,7 +303,7 @@ class RayExecutor:
                 (ref,), _ = ray.wait(list(inflight), num_returns=1)
                 slot, gen, index, coeffs = inflight.pop(ref)
                 try:
-                    _, values, collected = ray.get(ref)
+                    _, values, collected, compiled = ray.get(ref)
                 except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
                     attempts[index] = attempts.get(index, 0) + 1
                     if attempts[index] > self.max_retries:
@@ -325,6 +329,9 @@ class RayExecutor:
                     raise e.as_instanceof_cause() from None
                 for rows, per in collected:
                     per_example(rows, per)
+                if compiled is not None:  # the slowest worker's compilation, as it waits on it
+                    before = evaluator.trial.get("compile_seconds", 0.0)
+                    evaluator.trial["compile_seconds"] = max(before, compiled)
                 yield index, values
                 if pending:
                     submit(slot)
