@@ -74,7 +74,6 @@ def test_a_killed_ray_driver_resumes_from_the_journal_bit_for_bit(tmp_path):
     gate = tmp_path / "gate"
     gate.mkdir()
     os.mkfifo(gate / "ready")
-    os.mkfifo(gate / "go")
     proc = subprocess.Popen(
         [*command(out), *RAY],
         stdout=subprocess.PIPE,

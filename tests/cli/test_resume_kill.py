@@ -105,7 +105,6 @@ def start_and_interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
     gate = out.parent / f"{out.name}-gate"
     gate.mkdir()
     os.mkfifo(gate / "ready")
-    os.mkfifo(gate / "go")
     proc = subprocess.Popen(
         command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(gate)
     )
