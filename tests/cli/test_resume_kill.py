@@ -100,13 +100,25 @@ def status(run: Path) -> str | None:
         return None
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_and_interrupt(out: Path, sig: int) -> subprocess.CompletedProcess:
     """Start the command, wait until its model stops at the gate, send ``sig``, collect it."""
     gate = out.parent / f"{out.name}-gate"
     gate.mkdir()
     os.mkfifo(gate / "ready")
     proc = subprocess.Popen(
-        command(out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(gate)
+        command(out),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(gate),
+        # Ctrl-C as a terminal delivers it: a suite started in the background (``make test
+        # &``) ignores SIGINT, the child would inherit that, and Python then installs no
+        # KeyboardInterrupt handler
+        preexec_fn=_default_sigint,
     )
     # non-blocking open: the child opens the FIFO for writing when it reaches the gate
     ready = os.open(gate / "ready", os.O_RDONLY | os.O_NONBLOCK)
