@@ -135,6 +135,7 @@ BN_POLICY = "stored"  # as Li et al.'s evaluation (net.eval()): the stored BN st
 DTYPES = ("bfloat16", "float32")  # bfloat16 autocast first: it is the headline number
 BATCH_SIZE = 1024  # engine batch (examples) and chunk (points): the engine's defaults
 CHUNK_SIZE = 64
+SURFACE_STRATEGY = "auto"  # the engine strategy of the surface (--surface-strategy)
 PILOT_GRID = 8  # 8 x 8 = 64 points (one chunk) timed first, to project the full grid
 # seconds allowed per dtype (one device command may run 600 s); over it, the largest grid
 # that fits is run and the full grid's minutes are extrapolated from it
@@ -566,7 +567,7 @@ def timed_surface(model: nn.Module, data: TensorData, grid: int, dtype: str, dev
     t0 = time.perf_counter()
     land = A.random_surface(
         model, data, seed=SEED, normalization=NORMALIZATION, alphas=axis, betas=axis,
-        strategy="auto", bn_policy=BN_POLICY, dtype=dtype, device=device,
+        strategy=SURFACE_STRATEGY, bn_policy=BN_POLICY, dtype=dtype, device=device,
         batch_size=BATCH_SIZE, chunk_size=CHUNK_SIZE,
     )  # fmt: skip
     sync(device)
@@ -681,7 +682,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to write the JSON")
     parser.add_argument("--only", nargs="*", default=None, help="run only these checks")
     parser.add_argument("--no-surface", action="store_true", help="skip the ResNet-56 surface")
+    parser.add_argument(
+        "--surface-strategy",
+        default=SURFACE_STRATEGY,
+        choices=["auto", "vmap", "loop", "compiled"],
+        help="the engine strategy of the ResNet-56 surface (default auto; compiled: the "
+        "per-point forward through torch.compile, its compile time in the pilot)",
+    )
     args = parser.parse_args()
+    globals()["SURFACE_STRATEGY"] = args.surface_strategy
     if args.quick:
         globals().update(QUICK)
     out_path = args.out
@@ -728,6 +737,7 @@ def main() -> None:
             "bn_policy_why": "Li et al.'s evaluation runs the net in eval() mode: stored stats",
             "batch_size": BATCH_SIZE,
             "chunk_size": CHUNK_SIZE,
+            "surface_strategy": SURFACE_STRATEGY,
             "surface_budget_seconds": SURFACE_BUDGET,
             "li_et_al_seconds_per_point": LI_SECONDS_PER_POINT,
             "goal_minutes": GOAL_MINUTES,
