@@ -224,12 +224,55 @@ def test_trial_records_every_timing_and_decides_by_the_median(digits_xy):
     basis = PointBasis(params, tuple(random_directions(params, 0, 2)))
     ev = EvalJob(model, basis, {"train": (x[:200], y[:200])}).build()
     chosen = ev.choose_strategy(np.zeros((16, 2)))
+    rounds = ev.trial["trial_rounds"]
+    assert engine.TRIAL_MIN_ROUNDS <= rounds <= engine.TRIAL_ROUNDS
     for s in ("vmap", "loop"):
         runs = ev.trial[f"{s}_runs"]
-        assert len(runs) == engine.TRIAL_ROUNDS
+        assert len(runs) == rounds
         assert ev.trial[f"{s}_seconds"] == pytest.approx(float(np.median(runs)), rel=1e-4)
     assert chosen == min(("vmap", "loop"), key=lambda s: ev.trial[f"{s}_seconds"])
     assert ev.trial["trial_points"] == 16 and ev.trial["trial_examples"] == 200
+
+
+class _Clock:
+    """A fake ``time`` for the trial: each strategy's run costs what the test says."""
+
+    def __init__(self, costs):
+        self.now, self.costs = 0.0, costs
+        self.calls = {name: 0 for name in costs}
+
+    def perf_counter(self):
+        return self.now
+
+    def run(self, c, splits, name, cache=True):
+        self.calls[name] += 1
+        cost = self.costs[name]
+        self.now += cost(self.calls[name]) if callable(cost) else cost
+
+
+@pytest.mark.parametrize(
+    ("costs", "rounds", "chosen"),
+    [
+        ({"vmap": 1.0, "loop": 2.0}, 2, "vmap"),  # clearly apart: the minimum of rounds
+        ({"vmap": 1.0, "loop": 1.2}, 5, "vmap"),  # close: every round
+        # a spike in the faster one's second run: the runs overlap, so the trial goes on,
+        # and the medians still choose it
+        ({"vmap": lambda i: 5.0 if i == 3 else 1.0, "loop": 2.0}, 5, "vmap"),
+    ],
+)
+def test_the_trial_stops_early_only_when_every_run_is_clearly_apart(
+    digits_xy, monkeypatch, costs, rounds, chosen
+):
+    x, y = digits_xy
+    model = mlp()
+    ev = EvalJob(model, PointBasis(get_params(model), ()), {"train": (x[:50], y[:50])}).build()
+    clock = _Clock(costs)
+    monkeypatch.setattr(engine, "time", clock)
+    monkeypatch.setattr(ev, "_run", clock.run)
+    assert ev.choose_strategy(np.zeros((4, 0))) == chosen
+    assert ev.trial["trial_rounds"] == rounds
+    assert len(ev.trial["vmap_runs"]) == len(ev.trial["loop_runs"]) == rounds
+    assert clock.calls == {"vmap": rounds + 1, "loop": rounds + 1}  # and one warm-up each
 
 
 @pytest.mark.parametrize("path", ["plain", "basis"])

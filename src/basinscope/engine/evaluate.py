@@ -75,8 +75,13 @@ MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 TRIAL_POINTS = 16
 TRIAL_EXAMPLES = 512
 #: Timed runs of each strategy in the trial (alternating, after one warm-up each); the
-#: medians decide, so one slow run caused by another process does not.
+#: medians decide, so one slow run caused by another process does not. The trial stops
+#: after ``TRIAL_MIN_ROUNDS`` when every run of one strategy beat every run of the other by
+#: ``TRIAL_CLEAR_MARGIN`` (no later run could change the median's verdict by noise alone),
+#: and runs all ``TRIAL_ROUNDS`` when the two are close.
 TRIAL_ROUNDS = 5
+TRIAL_MIN_ROUNDS = 2
+TRIAL_CLEAR_MARGIN = 1.5
 #: The first layer's outputs on the basis are kept per batch (data in memory) up to this
 #: many bytes; past it they are computed again for every chunk.
 FIRST_LAYER_CACHE_BYTES = 256 * 2**20
@@ -269,9 +274,10 @@ class Evaluator:
         eighth of the job's ``total_points``, so a small job is not dominated by it) on at most
         ``TRIAL_EXAMPLES`` examples of the first batch (BatchNorm statistics, when
         re-estimated, from one batch), on the same first-layer path as the chunks: one
-        untimed warm-up of each strategy, then ``TRIAL_ROUNDS`` alternating timed runs of
-        each. The medians decide, and every timing is recorded in ``trial``
-        (``<strategy>_seconds`` the median, ``<strategy>_runs`` all of them).
+        untimed warm-up of each strategy, then up to ``TRIAL_ROUNDS`` alternating timed runs
+        of each (``TRIAL_MIN_ROUNDS`` when one is clearly faster; ``trial["trial_rounds"]``).
+        The medians decide, and every timing is recorded in ``trial`` (``<strategy>_seconds``
+        the median, ``<strategy>_runs`` all of them).
         """
         if self.strategy is not None:
             return self.strategy
@@ -310,11 +316,14 @@ class Evaluator:
                 working.append(name)
             except Exception as e:  # vmap can fail on exotic modules; the loop always works
                 self.trial[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
-        for _ in range(TRIAL_ROUNDS):  # alternating: a load spike hits both, medians decide
+        for done in range(1, TRIAL_ROUNDS + 1):  # alternating: a load spike hits both
             for name in working:
                 t0 = time.perf_counter()
                 self._run(c, splits, name, cache=False)
                 runs.setdefault(name, []).append(time.perf_counter() - t0)
+            self.trial["trial_rounds"] = done
+            if done >= TRIAL_MIN_ROUNDS and _clearly_apart(runs.values(), TRIAL_CLEAR_MARGIN):
+                break
 
     # -- evaluation -----------------------------------------------------------------
     def evaluate_chunk(self, coeffs: np.ndarray) -> dict[str, np.ndarray]:
@@ -612,6 +621,16 @@ def _own_copy(method: Any) -> Any:
         fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
     )
     return types.MethodType(own, method.__self__)
+
+
+def _clearly_apart(runs: Any, margin: float) -> bool:
+    """Two strategies' timings, where every run of the faster took less than every run of
+    the slower divided by ``margin``."""
+    timings = list(runs)
+    if len(timings) != 2:
+        return len(timings) < 2  # one strategy works: nothing to decide
+    fast, slow = sorted(timings, key=max)
+    return max(fast) * margin < min(slow)
 
 
 def _shapes(x: Any) -> tuple[Any, ...]:
