@@ -68,7 +68,7 @@ def _copy(model):
 ALPHAS = np.linspace(-1.0, 1.0, 5)
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "compiled"])
 def test_keyword_model_with_logits_in_a_dict_matches_a_brute_force_loop(strategy):
     torch.manual_seed(0)
     model = TokenNet()
@@ -105,7 +105,7 @@ def test_keyword_model_with_logits_in_a_dict_matches_a_brute_force_loop(strategy
     )
 
 
-@pytest.mark.parametrize("strategy", ["loop", "vmap"])
+@pytest.mark.parametrize("strategy", ["loop", "vmap", "compiled"])
 def test_the_models_own_loss_is_a_batch_mean_weighted_by_batch_size(strategy):
     torch.manual_seed(0)
     model = TokenNet()

@@ -510,8 +510,9 @@ class Evaluator:
                 warnings.simplefilter("ignore", DeprecationWarning)
                 if self._compiled is None:
                     self._compiled = torch.compile(_own_copy(self._call_point), dynamic=False)
-                if isinstance(x, Tensor):  # one compilation for every batch size
-                    torch._dynamo.maybe_mark_dynamic(x, 0 if c is None else 1)
+                for t in _tensors(x):  # one compilation for every batch size
+                    if t.ndim > (c is not None):
+                        torch._dynamo.maybe_mark_dynamic(t, 0 if c is None else 1)
                 out = self._compiled(p, b, x, c)
         except Exception as e:
             text = " ".join(str(e).split())[:300]
@@ -631,6 +632,17 @@ def _clearly_apart(runs: Any, margin: float) -> bool:
         return len(timings) < 2  # one strategy works: nothing to decide
     fast, slow = sorted(timings, key=max)
     return max(fast) * margin < min(slow)
+
+
+def _tensors(x: Any) -> list[Tensor]:
+    """The tensors of a batch's inputs (a tensor, or a dict, tuple or list of them)."""
+    if isinstance(x, Tensor):
+        return [x]
+    if isinstance(x, Mapping):
+        return [t for v in x.values() for t in _tensors(v)]
+    if isinstance(x, (tuple, list)):
+        return [t for v in x for t in _tensors(v)]
+    return []
 
 
 def _shapes(x: Any) -> tuple[Any, ...]:
