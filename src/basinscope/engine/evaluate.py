@@ -645,15 +645,9 @@ def _tensors(x: Any) -> list[Tensor]:
     return []
 
 
-def _shapes(x: Any) -> tuple[Any, ...]:
+def _shapes(x: Any) -> tuple[tuple[int, ...], ...]:
     """The shapes of a batch's tensors (what a new compilation depends on)."""
-    if isinstance(x, Tensor):
-        return (tuple(x.shape),)
-    if isinstance(x, Mapping):
-        return tuple((k, *_shapes(v)) for k, v in sorted(x.items()))
-    if isinstance(x, (tuple, list)):
-        return tuple(s for v in x for s in _shapes(v))
-    return (type(x).__name__,)
+    return tuple(tuple(t.shape) for t in _tensors(x))
 
 
 def _channels_last_stack(v: Tensor) -> Tensor:

@@ -49,7 +49,12 @@ from basinscope.experiments.stages import (
     stage_dir,
     train_stage,
 )
-from basinscope.experiments.transfer_common import finetune_call, spread
+from basinscope.experiments.transfer_common import (
+    finetune_call,
+    pretrain_config,
+    spread,
+    train_config,
+)
 
 __all__ = [
     "DEFINITIONS",
@@ -262,17 +267,8 @@ def _lenet(cfg: ContinualShiftsConfig):
 
 
 def _tc(cfg: ContinualShiftsConfig, seed: int, optimizer: str = "sgd"):
-    from basinscope.training import TrainConfig
-
     extra = {} if optimizer == "sgd" else {"sharpness_aware": optimizer, "sam_rho": cfg.sam_rho}
-    return TrainConfig(
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        data_seed=seed,
-        **extra,
-    )
+    return train_config(cfg, seed, **extra)
 
 
 def _strategy_kwargs(cfg: ContinualShiftsConfig, strategy: str) -> dict[str, Any]:
@@ -368,7 +364,6 @@ def _measure_call(cfg, root, model, name, prev, prev_name, task: int, digits) ->
 
 
 def run(cfg: ContinualShiftsConfig, ctx: StudyContext) -> dict[str, Any]:
-    from basinscope.training import TrainConfig
 
     root, angles = ctx.stages_root, cfg.angles
     digits = _digits(cfg)
@@ -380,14 +375,7 @@ def run(cfg: ContinualShiftsConfig, ctx: StudyContext) -> dict[str, Any]:
     }
 
     # -- 1. pre-training on the first task ----------------------------------------------------
-    pc = TrainConfig(
-        steps=cfg.pretrain_steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.pretrain_lr,
-        momentum=cfg.momentum,
-        data_seed=0,
-        checkpoint_steps=(0, cfg.pretrain_steps),
-    )
+    pc = pretrain_config(cfg, (0, cfg.pretrain_steps))
     first = digits[angles[0]]["train"]
     pspec = {"model": "lenet", "width": cfg.width, "init_seed": cfg.init_seed, "data": first.name}
     pre_dir = stage_dir(root, "pretrain", {**pspec, **pc.to_dict(), **placement(cfg, dtype=False)})

@@ -823,21 +823,9 @@ def basin_record(res) -> dict[str, Any]:
     delta, the verdict and whether the intervals support it, the mean loss in the hull, each
     condition's estimate, threshold, margin and intervals, the point-estimate range of
     epsilon, the losses drawn, and the definition and settings that produced them."""
-    conds = [
-        {
-            "condition": c.condition,
-            "name": c.name,
-            "statement": c.statement,
-            "estimate": c.estimate,
-            "ci": list(c.ci),
-            "threshold": c.threshold,
-            "margin": c.margin,
-            "margin_ci": list(c.margin_ci),
-            "holds": c.holds,
-            "ci_supports": c.ci_supports,
-        }
-        for c in res.conditions
-    ]
+    from basinscope.experiments.transfer_common import condition_records
+
+    conds = condition_records(res)
     return {
         "epsilon": res.epsilon,
         "delta": res.delta,

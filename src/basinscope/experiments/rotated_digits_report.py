@@ -611,19 +611,31 @@ def _yerr(means, cis) -> np.ndarray | None:
     return np.array([lo, hi])
 
 
+def _bar_series(results, angles, strategies) -> list[tuple[str, str, str, list[dict]]]:
+    """``(start, color, label, summary row per angle)`` of each bar series of the barrier
+    and basin-test figures: every strategy from the pre-trained model, then FT from the
+    random and the independent random starts."""
+    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft", "random-independent/ft"]
+    rows = {(r["angle"], r["start"], r["strategy"]): r for r in results["summary"]}
+    series = []
+    for key in keys:
+        start, s = key.split("/")
+        color = {"random": "black", "random-independent": "grey"}.get(start, COLORS[s])
+        label = f"{START_NAMES[start]}, FT" if start != "pre-trained" else STRATEGY_NAMES[s]
+        series.append(
+            (start, color, label, [rows[(float(a), start, STRATEGY_NAMES[s])] for a in angles])
+        )
+    return series
+
+
 def _barrier_figure(results, angles, strategies, cfg):
     """Means over seeds with their CIs, from the summary rows."""
     fig = new_figure((11, 4))
     axes = fig.subplots(1, 2)  # the copies' barrier and the path excess: own scales
-    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft", "random-independent/ft"]
-    rows = {(r["angle"], r["start"], r["strategy"]): r for r in results["summary"]}
-    width = 0.8 / len(keys)
+    series = _bar_series(results, angles, strategies)
+    width = 0.8 / len(series)
     x = np.arange(len(angles))
-    for k, key in enumerate(keys):
-        start, s = key.split("/")
-        color = {"random": "black", "random-independent": "grey"}.get(start, COLORS[s])
-        label = f"{START_NAMES[start]}, FT" if start != "pre-trained" else STRATEGY_NAMES[s]
-        sel = [rows[(float(a), start, STRATEGY_NAMES[s])] for a in angles]
+    for k, (start, color, label, sel) in enumerate(series):
         cols = [("barrier_copies", axes[0])]
         if start == "pre-trained":
             cols.append(("path_excess_target", axes[1]))
@@ -653,15 +665,10 @@ def _basin_test_figure(results, angles, strategies, cfg):
     summary rows."""
     fig = new_figure((14, 4))
     axes = fig.subplots(1, 3)
-    keys = [f"pre-trained/{s}" for s in strategies] + ["random/ft", "random-independent/ft"]
-    rows = {(r["angle"], r["start"], r["strategy"]): r for r in results["summary"]}
-    width = 0.8 / len(keys)
+    series = _bar_series(results, angles, strategies)
+    width = 0.8 / len(series)
     x = np.arange(len(angles))
-    for k, key in enumerate(keys):
-        start, s = key.split("/")
-        color = {"random": "black", "random-independent": "grey"}.get(start, COLORS[s])
-        label = f"{START_NAMES[start]}, FT" if start != "pre-trained" else STRATEGY_NAMES[s]
-        sel = [rows[(float(a), start, STRATEGY_NAMES[s])] for a in angles]
+    for k, (_start, color, label, sel) in enumerate(series):
         for column, ax in zip(BASIN_CONDITIONS, axes, strict=True):
             vals = [r[column] for r in sel]
             yerr = _yerr(vals, [r[f"{column}_ci"] for r in sel])

@@ -47,7 +47,9 @@ from basinscope.errors import BasinscopeError
 from basinscope.experiments.registry import StageCall, StudyContext
 from basinscope.experiments.stages import cached_stage, placement, stage_dir, train_stage
 from basinscope.experiments.transfer_common import (
+    CONDITION_KEYS,
     Pretrained,
+    condition_records,
     finetune_call,
     shifted_digits,
     train_config,
@@ -337,6 +339,8 @@ def break_even(steps: list[int], values: list[float], threshold: float) -> dict[
 
 
 # -- the sweep --------------------------------------------------------------------------------
+#: The basin test's conditions as this section keeps them (without their statements).
+BREAK_CONDITION_KEYS = tuple(k for k in CONDITION_KEYS if k != "statement")
 
 
 def _sweep(cfg: Any) -> dict[str, list[dict[str, Any]]]:
@@ -461,20 +465,7 @@ def _measure_call(cfg, root, pre: Pretrained, copies, names, data) -> StageCall:
                 "mean_loss": b.mean_loss,
                 "epsilon_range": list(b.epsilon_range),
                 "affine_dimension": b.affine_dimension,
-                "conditions": [
-                    {
-                        "condition": c.condition,
-                        "name": c.name,
-                        "estimate": c.estimate,
-                        "ci": list(c.ci),
-                        "threshold": c.threshold,
-                        "margin": c.margin,
-                        "margin_ci": list(c.margin_ci),
-                        "holds": c.holds,
-                        "ci_supports": c.ci_supports,
-                    }
-                    for c in b.conditions
-                ],
+                "conditions": condition_records(b, BREAK_CONDITION_KEYS),
                 "definition": b.definition,
             },
             "distance_to_pretrained": [float(norm(sub(p, p0))) for p in ps],

@@ -189,6 +189,15 @@ def train_config(cfg: TransferBase, seed: int, **changes: Any):
     return TrainConfig(**{**kw, "data_seed": seed, **changes})
 
 
+def pretrain_config(cfg: Any, checkpoints: tuple[int, ...]):
+    """The pre-training's TrainConfig: ``cfg.pretrain_steps`` steps at ``cfg.pretrain_lr``,
+    data order 0, checkpoints at ``checkpoints`` (any configuration with those fields and
+    :func:`train_config`'s)."""
+    return train_config(
+        cfg, 0, steps=cfg.pretrain_steps, lr=cfg.pretrain_lr, checkpoint_steps=checkpoints
+    )
+
+
 # -- pre-training -----------------------------------------------------------------------------
 
 
@@ -229,20 +238,11 @@ class Pretrained:
 
 def pretrain(cfg: TransferBase, ctx: StudyContext, what: str) -> Pretrained:
     """Pre-train the LeNet on the source digits (or reuse the finished stage)."""
-    from basinscope.training import TrainConfig
-
     source = shifted_digits(cfg, cfg.source_angle)
     target = shifted_digits(cfg, cfg.target_angle)
     init = lenet(cfg)
     ckpts = tuple(sorted({*cfg.pretrain_checkpoints, 0, cfg.pretrain_steps}))
-    pc = TrainConfig(
-        steps=cfg.pretrain_steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.pretrain_lr,
-        momentum=cfg.momentum,
-        data_seed=0,
-        checkpoint_steps=ckpts,
-    )
+    pc = pretrain_config(cfg, ckpts)
     spec = {"model": "lenet", "width": cfg.width, "init_seed": cfg.init_seed}
     spec["data"] = source["train"].name
     d = stage_dir(
@@ -256,6 +256,31 @@ def pretrain(cfg: TransferBase, ctx: StudyContext, what: str) -> Pretrained:
 
     (stage,) = ctx.run_stages([StageCall(d, call)], what=what)
     return Pretrained(stage, init, source, target)
+
+
+#: What the studies keep of each condition of a Definition 3.1 basin test
+#: (:class:`~basinscope.analyses.basin.ConditionEstimate`), intervals as lists.
+CONDITION_KEYS = (
+    "condition",
+    "name",
+    "statement",
+    "estimate",
+    "ci",
+    "threshold",
+    "margin",
+    "margin_ci",
+    "holds",
+    "ci_supports",
+)
+
+
+def condition_records(res: Any, keys: tuple[str, ...] = CONDITION_KEYS) -> list[dict[str, Any]]:
+    """``keys`` of each condition of the basin test ``res``, tuples as lists."""
+    out = []
+    for c in res.conditions:
+        values = {k: getattr(c, k) for k in keys}
+        out.append({k: list(v) if isinstance(v, tuple) else v for k, v in values.items()})
+    return out
 
 
 # -- fine-tuning ------------------------------------------------------------------------------
