@@ -254,6 +254,20 @@ def _domain_data(cfg, name: str) -> dict[str, Any]:
     return shifted_digits(cfg, rot, block=block)
 
 
+def _barrier_settings(cfg) -> dict[str, Any]:
+    """The barrier settings of a pair's and a cross-domain stage (part of their hashes)."""
+    return {
+        "definition": cfg.copies_barrier_definition,
+        "points": cfg.copies_barrier_points,
+        "refine": cfg.copies_refine,
+        "bootstrap": cfg.copies_bootstrap,
+        "ci_level": cfg.ci_level,
+        "seed": cfg.copies_seed,
+        "strategy": cfg.eval_strategy,
+        **placement(cfg),
+    }
+
+
 def _pair_call(cfg, root, a, b, kind, test) -> StageCall:
     """Barriers (error and loss, bootstrap CI), the line on [-1, 2], distance and CKA of one
     pair of models on the target test digits."""
@@ -263,15 +277,8 @@ def _pair_call(cfg, root, a, b, kind, test) -> StageCall:
         "b": nb,
         "kind": kind,
         "data": test.name,
-        "definition": cfg.copies_barrier_definition,
-        "points": cfg.copies_barrier_points,
-        "refine": cfg.copies_refine,
         "line_points": cfg.copies_line_points,
-        "bootstrap": cfg.copies_bootstrap,
-        "ci_level": cfg.ci_level,
-        "seed": cfg.copies_seed,
-        "strategy": cfg.eval_strategy,
-        **placement(cfg),
+        **_barrier_settings(cfg),
     }
     where = placement(cfg)
 
@@ -437,15 +444,8 @@ def _cross_call(cfg, root, family, da, db, a, b) -> StageCall:
         "a": na,
         "b": nb,
         "data": [ta.name, tb.name],
-        "definition": cfg.copies_barrier_definition,
-        "points": cfg.copies_barrier_points,
-        "refine": cfg.copies_refine,
         "cross_points": cfg.copies_cross_points,
-        "bootstrap": cfg.copies_bootstrap,
-        "ci_level": cfg.ci_level,
-        "seed": cfg.copies_seed,
-        "strategy": cfg.eval_strategy,
-        **placement(cfg),
+        **_barrier_settings(cfg),
     }
     where = placement(cfg)
 
