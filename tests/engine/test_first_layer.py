@@ -303,12 +303,14 @@ def test_a_resumed_run_computes_as_its_journal_recorded(digits_xy, path):
     assert journal.recorded["trial"] == trial  # the recorded trial is kept, not re-made
 
 
+@pytest.mark.parametrize("first_layer", ["plain", "basis"])
 @pytest.mark.parametrize("memory_format", ["channels_last", "contiguous"])
 def test_the_loop_with_channels_last_weights_matches_the_float64_reference(
-    digits_xy, memory_format
+    digits_xy, memory_format, first_layer
 ):
     """LeNet in float64 through the loop, its convolution weights re-strided per point or
-    not: each point's loss and accuracy are the brute-force reference's."""
+    not (and on the basis path the first layer's outputs laid out channels-last or not):
+    each point's loss and accuracy are the brute-force reference's."""
     x, y = digits_xy
     x, y = x[:120], y[:120]
     torch.manual_seed(0)
@@ -321,12 +323,20 @@ def test_the_loop_with_channels_last_weights_matches_the_float64_reference(
         {"train": (x, y)},
         strategy="loop",
         dtype=torch.float64,
-        first_layer="plain",
+        first_layer=first_layer,
         memory_format=memory_format,
     )
     coeffs = np.array([[0.0, 0.0], [0.5, -0.25], [-1.0, 1.0]])
     res = evaluate_points(job, coeffs, chunk_size=2)
     assert res.trial["memory_format"] == memory_format
+    assert res.trial["first_layer"] == first_layer
+    if first_layer == "basis":  # each point's conv2 input keeps the layout of conv1's outputs
+        ev = job.build()
+        batch, _ = next(iter(ev.splits["train"]))
+        outputs = ev._batch_inputs("train", 0, batch, cache=False)
+        assert outputs.shape[:2] == (3, 120)
+        channels_last = outputs[0].is_contiguous(memory_format=torch.channels_last)
+        assert channels_last == (memory_format == "channels_last")
     for i, (a, b) in enumerate(coeffs):
         p = {
             k: params[k].double() + a * dirs[0][k].double() + b * dirs[1][k].double()

@@ -219,7 +219,7 @@ class Evaluator:
         self.widest = _widest_activation(model, self.splits, self.task)
         self._first_cache: dict[tuple[str, int], Tensor] = {}
         self._first_cache_bytes = 0
-        self._compiled: Callable[..., Any] | None = None
+        self._compiled: dict[str, Callable[..., Any]] = {}
         self._compiled_shapes: set[tuple[Any, ...]] = set()
 
     def _plan_first_layer(self) -> FirstLayer | None:
@@ -412,10 +412,15 @@ class Evaluator:
                                 sums[j] += own.double() * yb.shape[0]
                             else:
                                 sums[j] += self._metric_stacked(m, pred, yb)
-                else:
-                    compiled = strategy == "compiled"
+                elif strategy == "compiled":  # the metrics' sums are compiled too
                     for i in range(k):
-                        o = self._forward_one(params, bufs, i, inp, rows[i], compiled)
+                        b = points_dict(bufs, i) if bufs is not None else self.buffers
+                        point = self._point_tensor(rows[i])
+                        args = (points_dict(params, i), b, inp, point, y)
+                        sums[:, i] += self._call_compiled(self._point_sums, args)
+                else:
+                    for i in range(k):
+                        o = self._forward_one(params, bufs, i, inp, rows[i])
                         pred, own = o if isinstance(o, tuple) else (o, None)
                         for j, m in enumerate(self.metrics):
                             if self.own_loss[j]:
@@ -437,6 +442,8 @@ class Evaluator:
         if key in self._first_cache and cache:
             return self._first_cache[key]
         outputs = self.first.basis_outputs(self.job.basis, x, self.dtype)
+        if self.channels_last and outputs.dim() == 5:  # each (N, C, H, W) slice channels-last
+            outputs = outputs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         size = outputs.numel() * outputs.element_size()
         in_memory = isinstance(self.splits.get(split), list)
         if cache and in_memory and self._first_cache_bytes + size <= FIRST_LAYER_CACHE_BYTES:
@@ -479,8 +486,8 @@ class Evaluator:
     def _forward_one(self, params, bufs, i: int, x, coeffs: list[float], compiled: bool = False):
         b = points_dict(bufs, i) if bufs is not None else self.buffers
         if compiled:  # the combination is compiled too: fused with what follows it
-            point = torch.tensor(coeffs, dtype=self.dtype) if self.first is not None else None
-            return self._call_compiled(points_dict(params, i), b, x, point)
+            args = (points_dict(params, i), b, x, self._point_tensor(coeffs))
+            return self._call_compiled(self._call_point, args)
         if self.first is not None:  # x: the first layer's outputs on the basis
             h = FirstLayer.combine_one(x, coeffs)
             return self._call_tail(points_dict(params, i), b, h)
@@ -496,24 +503,47 @@ class Evaluator:
             h = h + c[d] * x[1 + d]
         return self._call_tail(p, b, h)
 
-    def _call_compiled(self, p, b, x, c: Tensor | None):
-        """The per-point forward through :func:`torch.compile`. Each new input shape (a
-        split's last, smaller batch) compiles once more; the seconds those first calls take
-        are added to ``trial["compile_seconds"]``, and a failure to compile is an error
-        that says how to go on without it."""
-        shape = _shapes(x)
+    def _point_tensor(self, coeffs: list[float]) -> Tensor | None:
+        """A point's coefficients as the compiled functions take them (basis path only)."""
+        return torch.tensor(coeffs, dtype=self.dtype) if self.first is not None else None
+
+    def _point_sums(self, p, b, x, c: Tensor | None, y: Tensor) -> Tensor:
+        """The ``(metrics,)`` float64 sums over a batch of one point's metrics, as
+        :meth:`_run` accumulates them: compiled with the forward pass, so the loss and
+        arg-max are fused with the last layer instead of running as separate calls."""
+        o = self._call_point(p, b, x, c)
+        pred, own = o if isinstance(o, tuple) else (o, None)
+        return torch.stack(
+            [
+                own.double() * y.shape[0] if self.own_loss[j] else batch_values(m, pred, y)
+                for j, m in enumerate(self.metrics)
+            ]
+        )
+
+    def _call_compiled(self, fn: Callable[..., Any], args: tuple[Any, ...]):
+        """``fn(p, b, x, c, ...)`` (the per-point forward, or it with the metrics' sums)
+        through :func:`torch.compile`. Each new input shape (a split's last, smaller batch)
+        compiles once more; the seconds those first calls take are added to
+        ``trial["compile_seconds"]``, and a failure to compile is an error that says how to
+        go on without it."""
+        key = fn.__name__
+        x, c, rest = args[2], args[3], args[4:]
+        shape = (key, _shapes(x), *(_shapes(r) for r in rest))
         if shape in self._compiled_shapes:
-            return self._compiled(p, b, x, c)
+            return self._compiled[key](*args)
         t0 = time.perf_counter()  # importing inductor is part of the cost
         try:
             with warnings.catch_warnings():  # torch's own deprecations, met while importing
                 warnings.simplefilter("ignore", DeprecationWarning)
-                if self._compiled is None:
-                    self._compiled = torch.compile(_own_copy(self._call_point), dynamic=False)
+                if key not in self._compiled:
+                    self._compiled[key] = torch.compile(_own_copy(fn), dynamic=False)
                 for t in _tensors(x):  # one compilation for every batch size
                     if t.ndim > (c is not None):
                         torch._dynamo.maybe_mark_dynamic(t, 0 if c is None else 1)
-                out = self._compiled(p, b, x, c)
+                for t in _tensors(rest):
+                    if t.ndim:
+                        torch._dynamo.maybe_mark_dynamic(t, 0)
+                out = self._compiled[key](*args)
         except Exception as e:
             text = " ".join(str(e).split())[:300]
             raise BasinscopeError(
