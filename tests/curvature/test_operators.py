@@ -73,6 +73,31 @@ def test_auto_method_is_recorded(xy):
     assert set(op.trial) == {"forward-over-reverse", "reverse-over-forward", "double-backward"}
 
 
+@pytest.mark.parametrize("slow_from", range(8))
+def test_auto_method_trial_is_not_decided_by_one_slow_moment(slow_from, xy, monkeypatch):
+    """A fake clock: double backward takes 1.0, the others 1.3 and 1.6, and a slow moment
+    of the machine makes two consecutive timed products 3x slower, wherever it falls.
+    The methods take turns, so it slows at most one of double backward's products."""
+    import basinscope.curvature.operators as operators
+    from basinscope.curvature.loss import EmpiricalLoss
+
+    cost = {"double-backward": 1.0, "reverse-over-forward": 1.3, "forward-over-reverse": 1.6}
+    clock = {"now": 0.0, "timed": -3}  # the first 3 products are the warm-ups
+
+    def fake_hvp(self, v, method, batches=None):
+        slow = slow_from <= clock["timed"] < slow_from + 2
+        clock["now"] += cost[method] * (3 if slow else 1)
+        clock["timed"] += 1
+        return v
+
+    monkeypatch.setattr(EmpiricalLoss, "hvp", fake_hvp)
+    monkeypatch.setattr(operators.time, "perf_counter", lambda: clock["now"])
+    op = HessianOperator(tiny_models()["mlp"], xy)
+    assert clock["timed"] == 9  # 3 rounds of 3 methods
+    assert op.method == "double-backward"
+    assert op.trial == pytest.approx(cost)
+
+
 def test_weight_decay_adds_lambda_identity(xy):
     model = tiny_models()["mlp"]
     plain = HessianOperator(model, xy).dense()
