@@ -182,7 +182,7 @@ def test_vmap_blocks_of_examples_match_whole_batches(first_layer, digits_xy, mon
     job = EvalJob(model, basis, {"train": (x[:300], y[:300])}, **kw)
     ev = job.build()
     assert ev.widest == 6 * 8 * 8  # conv1's output per example
-    inp = ev._batch_inputs("train", 0, ev.splits["train"][0][0], cache=False)
+    inp = ev._batch_inputs(("train", 0), ev.splits["train"][0][0], keep=False)
     assert len(ev._blocks(inp, y[:300], 6)) == 8  # 7 blocks of 40, one of 20
     blocked = evaluate_points(job, coeffs)
     for name, v in whole.values.items():
@@ -232,6 +232,8 @@ def test_trial_records_every_timing_and_decides_by_the_median(digits_xy):
         assert ev.trial[f"{s}_seconds"] == pytest.approx(float(np.median(runs)), rel=1e-4)
     assert chosen == min(("vmap", "loop"), key=lambda s: ev.trial[f"{s}_seconds"])
     assert ev.trial["trial_points"] == 16 and ev.trial["trial_examples"] == 200
+    assert ev.trial["first_layer"] == "basis"
+    assert not ev._first_cache and ev._first_cache_bytes == 0  # the trial's are dropped
 
 
 class _Clock:
@@ -244,7 +246,7 @@ class _Clock:
     def perf_counter(self):
         return self.now
 
-    def run(self, c, splits, name, cache=True):
+    def run(self, c, splits, name, trial=False):
         self.calls[name] += 1
         cost = self.costs[name]
         self.now += cost(self.calls[name]) if callable(cost) else cost
@@ -271,8 +273,30 @@ def test_the_trial_stops_early_only_when_every_run_is_clearly_apart(
     monkeypatch.setattr(ev, "_run", clock.run)
     assert ev.choose_strategy(np.zeros((4, 0))) == chosen
     assert ev.trial["trial_rounds"] == rounds
+    assert ev.trial["trial_stop"] == ("apart" if rounds < engine.TRIAL_ROUNDS else "rounds")
     assert len(ev.trial["vmap_runs"]) == len(ev.trial["loop_runs"]) == rounds
     assert clock.calls == {"vmap": rounds + 1, "loop": rounds + 1}  # and one warm-up each
+
+
+@pytest.mark.parametrize(
+    ("total_points", "rounds", "stop"),
+    [
+        (None, 5, "rounds"),  # the job's size unknown: every round
+        (4, 2, "budget"),  # the trial has taken far more than a twentieth of the job
+        (10**6, 5, "rounds"),  # a large job: close strategies are worth every round
+    ],
+)
+def test_a_small_jobs_trial_stops_at_its_budget(digits_xy, monkeypatch, total_points, rounds, stop):
+    """Two close strategies (1.0 and 1.2 per run, fake clock): the trial stops after the
+    minimum of rounds only when it has cost ``TRIAL_BUDGET`` of the job's projected time."""
+    x, y = digits_xy
+    model = mlp()
+    ev = EvalJob(model, PointBasis(get_params(model), ()), {"train": (x[:50], y[:50])}).build()
+    clock = _Clock({"vmap": 1.0, "loop": 1.2})
+    monkeypatch.setattr(engine, "time", clock)
+    monkeypatch.setattr(ev, "_run", clock.run)
+    assert ev.choose_strategy(np.zeros((4, 0)), total_points=total_points) == "vmap"
+    assert ev.trial["trial_rounds"] == rounds and ev.trial["trial_stop"] == stop
 
 
 @pytest.mark.parametrize("path", ["plain", "basis"])
@@ -333,7 +357,7 @@ def test_the_loop_with_channels_last_weights_matches_the_float64_reference(
     if first_layer == "basis":  # each point's conv2 input keeps the layout of conv1's outputs
         ev = job.build()
         batch, _ = next(iter(ev.splits["train"]))
-        outputs = ev._batch_inputs("train", 0, batch, cache=False)
+        outputs = ev._batch_inputs(("train", 0), batch, keep=False)
         assert outputs.shape[:2] == (3, 120)
         channels_last = outputs[0].is_contiguous(memory_format=torch.channels_last)
         assert channels_last == (memory_format == "channels_last")

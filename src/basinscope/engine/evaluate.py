@@ -82,6 +82,11 @@ TRIAL_EXAMPLES = 512
 TRIAL_ROUNDS = 5
 TRIAL_MIN_ROUNDS = 2
 TRIAL_CLEAR_MARGIN = 1.5
+#: A job whose points and examples are known (data in memory) also stops its trial after
+#: ``TRIAL_MIN_ROUNDS`` once the trial has taken this fraction of the job's projected time
+#: (the faster median scaled to all its points and examples): on a small job, more rounds
+#: to tell two close strategies apart would cost more than the closer choice could save.
+TRIAL_BUDGET = 0.05
 #: The first layer's outputs on the basis are kept per batch (data in memory) up to this
 #: many bytes; past it they are computed again for every chunk.
 FIRST_LAYER_CACHE_BYTES = 256 * 2**20
@@ -282,9 +287,11 @@ class Evaluator:
         The trial is at most ``TRIAL_POINTS`` points of the first chunk (and at most an
         eighth of the job's ``total_points``, so a small job is not dominated by it) on at most
         ``TRIAL_EXAMPLES`` examples of the first batch (BatchNorm statistics, when
-        re-estimated, from one batch), on the same first-layer path as the chunks: one
-        untimed warm-up of each strategy, then up to ``TRIAL_ROUNDS`` alternating timed runs
-        of each (``TRIAL_MIN_ROUNDS`` when one is clearly faster; ``trial["trial_rounds"]``).
+        re-estimated, from one batch), on the same first-layer path as the chunks (the
+        examples' first-layer outputs computed once, in the warm-up, so the timed runs
+        compare the strategies' own work, as in the chunks): one untimed warm-up of each
+        strategy, then up to ``TRIAL_ROUNDS`` alternating timed runs of each
+        (``TRIAL_MIN_ROUNDS`` when one is clearly faster; ``trial["trial_rounds"]``).
         The medians decide, and every timing is recorded in ``trial`` (``<strategy>_seconds``
         the median, ``<strategy>_runs`` all of them).
         """
@@ -296,15 +303,24 @@ class Evaluator:
         x0, y0 = next(iter(self.splits[first]))
         batches = [(first_examples(x0, TRIAL_EXAMPLES), y0[:TRIAL_EXAMPLES])]
         runs: dict[str, list[float]] = {}
+        examples = [
+            sum(y.shape[0] for _, y in b) for b in self.splits.values() if isinstance(b, list)
+        ]
+        scale = None  # the job's points and examples over the trial's
+        if total_points is not None and len(examples) == len(self.splits):
+            scale = total_points / c.shape[0] * sum(examples) / y0[:TRIAL_EXAMPLES].shape[0]
         all_bn = self.bn_batches
         self.bn_batches = all_bn[
             :1
         ]  # statistics from one batch are enough to time the forward passes
         try:
             with autocast(self.device, self.autocast):
-                self._time_strategies(c, {first: batches}, runs)
+                self._time_strategies(c, {first: batches}, runs, scale)
         finally:
             self.bn_batches = all_bn
+            for key in [key for key in self._first_cache if key[0] == (first, "trial")]:
+                t = self._first_cache.pop(key)
+                self._first_cache_bytes -= t.numel() * t.element_size()
         if not runs:
             raise RuntimeError(f"neither evaluation strategy works for this model: {self.trial}")
         timings = {name: float(np.median(r)) for name, r in runs.items()}
@@ -316,22 +332,38 @@ class Evaluator:
         return self.strategy
 
     def _time_strategies(
-        self, c: Tensor, splits: Mapping[str, Batches], runs: dict[str, list[float]]
+        self,
+        c: Tensor,
+        splits: Mapping[str, Batches],
+        runs: dict[str, list[float]],
+        scale: float | None,
     ) -> None:
         working = []
+        t_start = time.perf_counter()
         for name in ("vmap", "loop"):
             try:
-                self._run(c, splits, name, cache=False)  # warm-up
+                self._run(c, splits, name, trial=True)  # warm-up
                 working.append(name)
             except Exception as e:  # vmap can fail on exotic modules; the loop always works
                 self.trial[f"{name}_error"] = f"{type(e).__name__}: {e}"[:300]
+        self.trial["trial_stop"] = "rounds"
         for done in range(1, TRIAL_ROUNDS + 1):  # alternating: a load spike hits both
             for name in working:
                 t0 = time.perf_counter()
-                self._run(c, splits, name, cache=False)
+                self._run(c, splits, name, trial=True)
                 runs.setdefault(name, []).append(time.perf_counter() - t0)
             self.trial["trial_rounds"] = done
-            if done >= TRIAL_MIN_ROUNDS and _clearly_apart(runs.values(), TRIAL_CLEAR_MARGIN):
+            if done < TRIAL_MIN_ROUNDS or done == TRIAL_ROUNDS:
+                continue
+            if _clearly_apart(runs.values(), TRIAL_CLEAR_MARGIN):
+                self.trial["trial_stop"] = "apart"
+                break
+            fastest = min(float(np.median(r)) for r in runs.values())
+            if (
+                scale is not None
+                and time.perf_counter() - t_start >= TRIAL_BUDGET * fastest * scale
+            ):
+                self.trial["trial_stop"] = "budget"
                 break
 
     # -- evaluation -----------------------------------------------------------------
@@ -367,7 +399,7 @@ class Evaluator:
         for split, batches in self.splits.items():
             cols: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
             for index, (x, y) in enumerate(batches):
-                inp = self._batch_inputs(split, index, x, cache=True)
+                inp = self._batch_inputs((split, index), x, isinstance(batches, list))
                 if self.strategy == "vmap":
                     outs = self._forward_vmap(params, bufs, inp, c)
                     outs = outs[0] if isinstance(outs, tuple) else outs  # the prediction
@@ -395,8 +427,11 @@ class Evaluator:
 
     @torch.no_grad()
     def _run(
-        self, c: Tensor, splits: Mapping[str, Batches], strategy: str, cache: bool = True
+        self, c: Tensor, splits: Mapping[str, Batches], strategy: str, trial: bool = False
     ) -> dict[str, np.ndarray]:
+        """Every metric of every split at the chunk's points ``c`` with ``strategy``.
+        ``trial``: ``splits`` are the strategy trial's examples (cut from a split's first
+        batch), whose first-layer outputs are kept apart from the split's own."""
         params, moving = self._stacked(c, strategy)
         k = c.shape[0]
         rows = c.tolist()
@@ -406,14 +441,16 @@ class Evaluator:
             bufs = moving
         out: dict[str, np.ndarray] = {}
         for split, batches in splits.items():
-            if strategy != "vmap" and splits is self.splits:
-                split, batches = (split, "point"), self._per_point_batches(split)
+            keep = trial or isinstance(self.splits.get(split), list)  # data in memory
+            key: Any = (split, "trial") if trial else split
+            if strategy != "vmap" and not trial:
+                key, batches = (split, "point"), self._per_point_batches(split)
             # sums stay on the device: one transfer per split and chunk, not per batch
             sums = torch.zeros(len(self.metrics), k, dtype=torch.float64, device=self.device)
             n = 0
             for index, (x, y) in enumerate(batches):
                 n += y.shape[0]
-                inp = self._batch_inputs(split, index, x, cache)
+                inp = self._batch_inputs((key, index), x, keep)
                 if strategy == "vmap":
                     for xb, yb in self._blocks(inp, y, k):
                         outs = self._forward_vmap(params, bufs, xb, c)
@@ -439,9 +476,8 @@ class Evaluator:
                             else:
                                 sums[j, i] += self._metric_one(m, pred, y)
             sums = sums.cpu()
-            name = split[0] if isinstance(split, tuple) else split
             for j, m in enumerate(self.metrics):
-                out[f"{name}_{m.name}"] = (sums[j] / n).numpy()
+                out[f"{split}_{m.name}"] = (sums[j] / n).numpy()
         return out
 
     def _per_point_batches(self, split: str) -> Batches:
@@ -469,22 +505,20 @@ class Evaluator:
         self._point_splits[split] = out
         return out
 
-    def _batch_inputs(self, split: Any, index: int, x, cache: bool):
+    def _batch_inputs(self, key: tuple[Any, int], x, keep: bool):
         """What the per-point forward passes read for a batch: its inputs, or on the basis
-        path the first layer's outputs on the basis (kept for data in memory, up to
-        ``FIRST_LAYER_CACHE_BYTES``)."""
+        path the first layer's outputs on the basis, kept under ``key`` (a split, or its
+        per-point batches or trial examples, and the batch's index) when ``keep`` (data in
+        memory), up to ``FIRST_LAYER_CACHE_BYTES``."""
         if self.first is None:
             return x
-        key = (split, index)
-        if key in self._first_cache and cache:
+        if key in self._first_cache:
             return self._first_cache[key]
         outputs = self.first.basis_outputs(self.job.basis, x, self.dtype)
         if self.channels_last and outputs.dim() == 5:  # each (N, C, H, W) slice channels-last
             outputs = outputs.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
         size = outputs.numel() * outputs.element_size()
-        name = split[0] if isinstance(split, tuple) else split  # (split, "point"): rebatched
-        in_memory = isinstance(self.splits.get(name), list)
-        if cache and in_memory and self._first_cache_bytes + size <= FIRST_LAYER_CACHE_BYTES:
+        if keep and self._first_cache_bytes + size <= FIRST_LAYER_CACHE_BYTES:
             self._first_cache[key] = outputs
             self._first_cache_bytes += size
         return outputs
