@@ -57,6 +57,12 @@ DTYPES = ("float32", "float64")
 EVAL_DTYPES = ("float32", "float64", "bfloat16", "float16")
 STRATEGIES = ("auto", "vmap", "loop", "compiled")
 #: What each engine strategy does, for the options' help (basinscope.engine.evaluate).
+#: The help of every ``batch_size`` option of an evaluation through the engine.
+BATCH_SIZE_HELP = (
+    "Examples per forward pass, a bound on memory (the loop and compiled strategies join "
+    "the batches of data in memory while the widest activation holds at most 2^22 values, "
+    "16 MiB in float32)."
+)
 STRATEGY_HELP = (
     "auto (time vmap and loop on a small trial, keep the faster), vmap, loop, or compiled "
     "(the loop through torch.compile: seconds of compilation first, then about 2-3x faster "
@@ -357,7 +363,7 @@ class EvalOptions(Spec):
         choices=EVAL_DTYPES,
     )
     device: str = option("cpu", "torch device: cpu, cuda, cuda:N or mps.")
-    batch_size: int = option(1024, "Examples per forward pass.", low=1)
+    batch_size: int = option(1024, BATCH_SIZE_HELP, low=1)
     bn_policy: str = option(
         "stored",
         "BatchNorm statistics: stored (the model's) or recompute (re-estimated at every point).",

@@ -69,6 +69,7 @@ from basinscope.geometry.params import ParamDict, check_same_keys, get_buffers, 
 from basinscope.inputs import ModelPair
 from basinscope.result import Result, fmt, tensors
 from basinscope.spec import (
+    BATCH_SIZE_HELP,
     BN_POLICIES,
     EVAL_DTYPES,
     STRATEGIES,
@@ -195,7 +196,7 @@ class CurveEvalSpec(Spec):
     )
     batch_size: int = option(
         1024,
-        "Examples per forward pass in the evaluation.",
+        BATCH_SIZE_HELP,
         flag="--eval-batch-size",
         low=1,
         high=MAX_COUNT,

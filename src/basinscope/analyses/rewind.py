@@ -26,6 +26,7 @@ from basinscope.errors import BasinscopeError
 from basinscope.geometry.params import check_same_keys, get_buffers, get_params
 from basinscope.result import Result, fmt
 from basinscope.spec import (
+    BATCH_SIZE_HELP,
     EVAL_DTYPES,
     STRATEGIES,
     STRATEGY_HELP,
@@ -87,7 +88,7 @@ class EngineOptions(Spec):
     """How the engine evaluates the points of rewinding and module criticality (the final
     model's buffers are kept: there is no BatchNorm re-estimation to set)."""
 
-    batch_size: int = option(1024, "Examples per forward pass.", low=1)
+    batch_size: int = option(1024, BATCH_SIZE_HELP, low=1)
     dtype: str = option(
         "float32",
         "float32, float64, or mixed precision bfloat16/float16 (autocast over float32 weights).",

@@ -16,7 +16,15 @@ from typing import Any, ClassVar
 from basinscope._checks import MAX_STEPS, at_least, check_seed, positive_float
 from basinscope.curvature.loss import curvature_dtype
 from basinscope.errors import BasinscopeError
-from basinscope.spec import DTYPES, STRATEGIES, STRATEGY_HELP, EvalOptions, Spec, option
+from basinscope.spec import (
+    BATCH_SIZE_HELP,
+    DTYPES,
+    STRATEGIES,
+    STRATEGY_HELP,
+    EvalOptions,
+    Spec,
+    option,
+)
 
 __all__ = ["MEASURE_NAMES", "NORMS", "SharpnessSpec"]
 
@@ -84,7 +92,7 @@ class SharpnessSpec(Spec):
     seed: int = option(0, "Seed of every random draw (restarts, noise, directions, batches).")
     dtype: str = option("float32", "float32 or float64.", choices=DTYPES)
     device: str = option("cpu", "torch device, e.g. cpu or cuda.")
-    batch_size: int = option(1024, "Examples per forward pass.", low=1)
+    batch_size: int = option(1024, BATCH_SIZE_HELP, low=1)
     strategy: str = option(
         "auto",
         "How the engine evaluates the points of average, adaptive and filter_normalized: "

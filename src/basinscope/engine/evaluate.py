@@ -113,6 +113,8 @@ class EvalJob:
     basis: PointBasis
     datasets: Mapping[str, Any]
     metrics: Sequence[str | Metric | Callable] = ("loss", "accuracy")
+    #: examples per forward pass, a bound on memory (``loop`` and ``compiled`` join the
+    #: batches of data in memory up to ``POINT_BATCH_VALUES``: ``_per_point_batches``)
     batch_size: int = 1024
     dtype: torch.dtype = torch.float32
     device: str = "cpu"
