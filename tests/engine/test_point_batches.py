@@ -92,3 +92,14 @@ def test_joined_and_job_batches_give_the_same_values(digits_xy, monkeypatch):
     as_given = evaluate_points(job, coeffs)
     for name, v in joined.values.items():
         np.testing.assert_allclose(v, as_given.values[name], rtol=1e-6, atol=1e-7)
+
+
+def test_the_batch_size_help_states_the_engines_budget():
+    import math
+
+    from basinscope.spec import BATCH_SIZE_HELP
+
+    exponent = int(math.log2(engine.POINT_BATCH_VALUES))
+    assert 2**exponent == engine.POINT_BATCH_VALUES
+    assert f"2^{exponent} values" in BATCH_SIZE_HELP
+    assert f"{engine.POINT_BATCH_VALUES * 4 // 2**20} MiB in float32" in BATCH_SIZE_HELP
