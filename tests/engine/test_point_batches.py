@@ -103,3 +103,26 @@ def test_the_batch_size_help_states_the_engines_budget():
     assert 2**exponent == engine.POINT_BATCH_VALUES
     assert f"2^{exponent} values" in BATCH_SIZE_HELP
     assert f"{engine.POINT_BATCH_VALUES * 4 // 2**20} MiB in float32" in BATCH_SIZE_HELP
+
+
+class _NeedsTwoExamples(torch.nn.Module):
+    """A model that cannot run on one example, so its activations cannot be sized."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        if x.shape[0] < 2:
+            raise ValueError("needs at least two examples")
+        return self.fc(x.flatten(1))
+
+
+def test_a_model_that_cannot_be_sized_keeps_the_jobs_batches(digits_xy):
+    x, y = digits_xy
+    job, _ = _job(_NeedsTwoExamples(), (x[:130], y[:130]), strategy="loop", batch_size=32)
+    ev = job.build()
+    assert ev.widest == 0
+    assert ev._per_point_batches("train") is ev.splits["train"]
+    res = evaluate_points(job, np.zeros((2, 2)))
+    assert np.isfinite(res.values["train_loss"]).all()

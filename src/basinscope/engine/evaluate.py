@@ -486,7 +486,8 @@ class Evaluator:
         """The split's batches for the per-point strategies: a split in memory, one tensor
         of inputs per batch, up to ``POINT_SPLIT_BYTES``, joined and cut again into equal
         batches of up to ``POINT_BATCH_VALUES // widest`` examples (kept; the order of the
-        examples is unchanged); any other split as it is."""
+        examples is unchanged); any other split, or any split of a model whose activations
+        could not be sized on one example, as it is."""
         if split in self._point_splits:
             return self._point_splits[split]
         batches = self.splits[split]
@@ -494,6 +495,7 @@ class Evaluator:
         if (
             isinstance(batches, list)
             and len(batches) > 1
+            and self.widest > 0  # the activations' size is known
             and all(isinstance(x, Tensor) and isinstance(y, Tensor) for x, y in batches)
             and sum(x.numel() * x.element_size() for x, _ in batches) <= POINT_SPLIT_BYTES
         ):
@@ -693,7 +695,8 @@ class Evaluator:
 
 def _widest_activation(model: nn.Module, splits: Mapping[str, Any], task: Task) -> int:
     """The most values any module outputs for one example (one forward pass on the
-    first example of the first split), which sizes ``vmap``'s blocks of examples."""
+    first example of the first split), which sizes ``vmap``'s blocks of examples and the
+    per-point strategies' batches; 0 when the model cannot run on one example."""
     x0, _ = next(iter(next(iter(splits.values()))))
     widest = 1
 
@@ -708,7 +711,7 @@ def _widest_activation(model: nn.Module, splits: Mapping[str, Any], task: Task) 
             args, kwargs = functional_args(first_examples(x0, 1))
             model(*args, **kwargs)
     except Exception:  # sizing is an optimization: a model that needs more than one
-        pass  # example (BatchNorm in train mode, ...) keeps whole batches
+        widest = 0  # example (BatchNorm in train mode, ...) keeps the job's batches
     finally:
         for h in handles:
             h.remove()
