@@ -72,6 +72,7 @@ from basinscope import analyses as A
 from basinscope.analyses.hessian_map import curvature_map
 from basinscope.data import TensorData, load_digits
 from basinscope.models import mlp, resnet
+from basinscope.spec import STRATEGIES
 from basinscope.training import TrainConfig, finetune, train
 from bench_surface import forward_flops  # FLOPs of Conv2d/Linear, as the surface benchmark
 
@@ -685,7 +686,7 @@ def main() -> None:
     parser.add_argument(
         "--surface-strategy",
         default=SURFACE_STRATEGY,
-        choices=["auto", "vmap", "loop", "compiled"],
+        choices=STRATEGIES,
         help="the engine strategy of the ResNet-56 surface (default auto; compiled: the "
         "per-point forward through torch.compile, its compile time in the pilot)",
     )

@@ -56,13 +56,13 @@ DTYPES = ("float32", "float64")
 #: (:mod:`basinscope.engine.precision`).
 EVAL_DTYPES = ("float32", "float64", "bfloat16", "float16")
 STRATEGIES = ("auto", "vmap", "loop", "compiled")
-#: What each engine strategy does, for the options' help (basinscope.engine.evaluate).
 #: The help of every ``batch_size`` option of an evaluation through the engine.
 BATCH_SIZE_HELP = (
     "Examples per forward pass, a bound on memory (the loop and compiled strategies join "
     "the batches of data in memory while the widest activation holds at most 2^22 values, "
     "16 MiB in float32)."
 )
+#: What each engine strategy does, for the options' help (basinscope.engine.evaluate).
 STRATEGY_HELP = (
     "auto (time vmap and loop on a small trial, keep the faster), vmap, loop, or compiled "
     "(the loop through torch.compile: seconds of compilation first, then about 2-3x faster "

@@ -305,9 +305,7 @@ class Evaluator:
         x0, y0 = next(iter(self.splits[first]))
         batches = [(first_examples(x0, TRIAL_EXAMPLES), y0[:TRIAL_EXAMPLES])]
         runs: dict[str, list[float]] = {}
-        examples = [
-            sum(y.shape[0] for _, y in b) for b in self.splits.values() if isinstance(b, list)
-        ]
+        examples = [sum(y.shape[0] for _, y in b) for b in self.splits.values() if _in_memory(b)]
         scale = None  # the job's points and examples over the trial's
         if total_points is not None and len(examples) == len(self.splits):
             scale = total_points / c.shape[0] * sum(examples) / y0[:TRIAL_EXAMPLES].shape[0]
@@ -401,7 +399,7 @@ class Evaluator:
         for split, batches in self.splits.items():
             cols: dict[str, list[Tensor]] = {m.name: [] for m in self.metrics}
             for index, (x, y) in enumerate(batches):
-                inp = self._batch_inputs((split, index), x, isinstance(batches, list))
+                inp = self._batch_inputs((split, index), x, _in_memory(batches))
                 if self.strategy == "vmap":
                     outs = self._forward_vmap(params, bufs, inp, c)
                     outs = outs[0] if isinstance(outs, tuple) else outs  # the prediction
@@ -443,7 +441,7 @@ class Evaluator:
             bufs = moving
         out: dict[str, np.ndarray] = {}
         for split, batches in splits.items():
-            keep = trial or isinstance(self.splits.get(split), list)  # data in memory
+            keep = trial or _in_memory(self.splits.get(split))
             key: Any = (split, "trial") if trial else split
             if strategy != "vmap" and not trial:
                 key, batches = (split, "point"), self._per_point_batches(split)
@@ -464,9 +462,8 @@ class Evaluator:
                                 sums[j] += self._metric_stacked(m, pred, yb)
                 elif strategy == "compiled":  # the metrics' sums are compiled too
                     for i in range(k):
-                        b = points_dict(bufs, i) if bufs is not None else self.buffers
-                        point = self._point_tensor(rows[i])
-                        args = (points_dict(params, i), b, inp, point, y)
+                        p, b = self._point_state(params, bufs, i)
+                        args = (p, b, inp, self._point_tensor(rows[i]), y)
                         sums[:, i] += self._call_compiled(self._point_sums, args)
                 else:
                     for i in range(k):
@@ -493,7 +490,7 @@ class Evaluator:
         batches = self.splits[split]
         out = batches
         if (
-            isinstance(batches, list)
+            _in_memory(batches)
             and len(batches) > 1
             and self.widest > 0  # the activations' size is known
             and all(isinstance(x, Tensor) and isinstance(y, Tensor) for x, y in batches)
@@ -559,15 +556,17 @@ class Evaluator:
             params = {k: _channels_last_stack(v) if v.dim() == 5 else v for k, v in params.items()}
         return params, moving
 
+    def _point_state(self, params, bufs, i: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Point ``i``'s parameters and buffers (its own moving ones, else the model's)."""
+        return points_dict(params, i), points_dict(bufs, i) if bufs is not None else self.buffers
+
     def _forward_one(self, params, bufs, i: int, x, coeffs: list[float], compiled: bool = False):
-        b = points_dict(bufs, i) if bufs is not None else self.buffers
+        p, b = self._point_state(params, bufs, i)
         if compiled:  # the combination is compiled too: fused with what follows it
-            args = (points_dict(params, i), b, x, self._point_tensor(coeffs))
-            return self._call_compiled(self._call_point, args)
+            return self._call_compiled(self._call_point, (p, b, x, self._point_tensor(coeffs)))
         if self.first is not None:  # x: the first layer's outputs on the basis
-            h = FirstLayer.combine_one(x, coeffs)
-            return self._call_tail(points_dict(params, i), b, h)
-        return self._call(points_dict(params, i), b, x)
+            return self._call_tail(p, b, FirstLayer.combine_one(x, coeffs))
+        return self._call(p, b, x)
 
     def _call_point(self, p, b, x, c: Tensor | None):
         """The forward pass of one point; on the basis path ``x`` holds the first layer's
@@ -739,6 +738,11 @@ def _clearly_apart(runs: Any, margin: float) -> bool:
         return len(timings) < 2  # one strategy works: nothing to decide
     fast, slow = sorted(timings, key=max)
     return max(fast) * margin < min(slow)
+
+
+def _in_memory(batches: Any) -> bool:
+    """A split whose batches are held in memory (a list), not streamed from a loader."""
+    return isinstance(batches, list)
 
 
 def _tensors(x: Any) -> list[Tensor]:

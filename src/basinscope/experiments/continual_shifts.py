@@ -364,7 +364,6 @@ def _measure_call(cfg, root, model, name, prev, prev_name, task: int, digits) ->
 
 
 def run(cfg: ContinualShiftsConfig, ctx: StudyContext) -> dict[str, Any]:
-
     root, angles = ctx.stages_root, cfg.angles
     digits = _digits(cfg)
     init = _lenet(cfg)
